@@ -1,0 +1,64 @@
+"""Names shared by the CLI, the operator and the worker: API identity, condition types, labels, exit codes."""
+
+from typing import Final
+
+GROUP: Final = "kompression.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "CompressionJob"
+PLURAL: Final = "compressionjobs"
+SINGULAR: Final = "compressionjob"
+SHORT_NAMES: Final = ("cj",)
+CATEGORIES: Final = ("kompression",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Condition types. Ready/Reconciling/Stalled follow kstatus; Succeeded/Failed let
+# `kubectl wait --for=condition=Succeeded` work.
+COND_READY: Final = "Ready"
+COND_RECONCILING: Final = "Reconciling"
+COND_STALLED: Final = "Stalled"
+COND_SUCCEEDED: Final = "Succeeded"
+COND_FAILED: Final = "Failed"
+
+# Labels and annotations put on every child object.
+LABEL_JOB_NAME: Final = f"{GROUP}/job-name"
+LABEL_JOB_UID: Final = f"{GROUP}/job-uid"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+ANNOTATION_GENERATION: Final = f"{GROUP}/generation"
+KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+
+
+class ExitCode:
+    """The worker's exit codes. The operator's podFailurePolicy fails a Job at once on the
+    codes that a rerun cannot fix, so they are part of the API."""
+
+    OK: Final = 0
+    UNEXPECTED: Final = 1  # a bug or a transient fault: retried by backoffLimit
+    INVALID_SPEC: Final = 2  # the manifest itself is invalid
+    MODEL_ERROR: Final = 3  # missing, corrupt, unsafe or wrong-format model, shape mismatch
+    DATA_ERROR: Final = 4  # unreadable data, NaN or Inf, wrong shapes or labels
+    STORAGE_ERROR: Final = 5  # unreachable storage or bad credentials (retried: often transient)
+    GATE_FAILED: Final = 6  # an acceptance gate failed; the best candidate is kept under rejected/
+    RUNTIME_MISSING: Final = 7  # a step needs a runtime this image or node lacks (TensorRT, a GPU)
+    STEP_INVALID: Final = 8  # a step cannot apply to this model (a student larger than its teacher)
+
+    # Codes a retry cannot change: podFailurePolicy fails the Job on these without retrying.
+    PERMANENT: Final = (2, 3, 4, 6, 7, 8)
+
+# The worker's environment, set by the operator on the pod and by `kompression run` locally.
+ENV_JOB_FILE: Final = "KOMPRESSION_JOB_FILE"  # path of the CompressionJob manifest (YAML or JSON)
+ENV_PROGRESS_URL: Final = "KOMPRESSION_PROGRESS_URL"  # where the worker POSTs WorkerReports
+ENV_PROGRESS_TOKEN_FILE: Final = "KOMPRESSION_PROGRESS_TOKEN_FILE"  # projected, audience-bound token
+ENV_PUSHGATEWAY_URL: Final = "KOMPRESSION_PUSHGATEWAY_URL"  # optional Prometheus Pushgateway
+ENV_WORKDIR: Final = "KOMPRESSION_WORKDIR"  # scratch space for intermediate files
+
+# Audience of the token the worker presents to the operator: valid for this one job only.
+def progress_audience(namespace: str, name: str, uid: str) -> str:
+    return f"{GROUP}/progress/{namespace}/{name}/{uid}"
+
+
+PROGRESS_PATH_PREFIX: Final = "/v1/progress"  # POST {prefix}/{namespace}/{name}
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"

@@ -1,0 +1,784 @@
+"""The CompressionJob API, kompression.dev/v1alpha1: the single source of truth.
+
+The CRD in ``crds/`` is generated from these models (``kompression crd``), and the CLI, the operator
+and the worker all parse manifests with them. Every field carries a description: it is what
+``kubectl explain`` shows. Cross-field rules live in each model's ``__rules__`` (see rules.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from kompression.api.rules import Rule
+
+URI_SCHEMES = ("s3", "gs", "az", "file", "hf", "pvc")
+URI_PATTERN = r"^(" + "|".join(URI_SCHEMES) + r")://.+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+MAX_STEPS = 16
+
+StorageUri = Annotated[str, StringConstraints(pattern=URI_PATTERN, max_length=2048)]
+StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
+ShortString = Annotated[str, StringConstraints(max_length=253)]
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+Timestamp = Annotated[str, StringConstraints(max_length=64)]
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=False,
+    )
+    __rules__: ClassVar[tuple[Rule, ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest: camelCase, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# spec.model
+
+
+class ModelInput(ApiModel):
+    """One input tensor of the model."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
+        description="Name of the input, used for the ONNX and TensorRT input bindings."
+    )
+    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+        min_length=1,
+        max_length=8,
+        description="Shape of the input; -1 marks a dynamic dimension such as the batch size.",
+    )
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32"] = Field(
+        "float32", description="Element type of the input tensor."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="self.shape.all(d, d != 0)",
+            message="shape dimensions must be positive, or -1 for a dynamic dimension; 0 is not allowed",
+            check=lambda m: all(d != 0 for d in m.shape),
+            field_path=".shape",
+        ),
+    )
+
+
+ModelFormat = Literal["TorchExport", "TorchScript", "ONNX", "HuggingFace", "SafeTensors"]
+
+
+class ModelSource(ApiModel):
+    """The model to compress and how to load it."""
+
+    uri: StorageUri = Field(
+        description=(
+            "Where the model is stored: s3://, gs://, az://, file://, hf:// or pvc:// followed by "
+            "the bucket or volume and the path of the file (or folder, for HuggingFace)."
+        )
+    )
+    format: ModelFormat = Field(
+        description=(
+            "How the model is serialized. TorchExport is a torch.export .pt2 archive, TorchScript a "
+            "scripted or traced module, ONNX an .onnx file, HuggingFace a transformers model folder, "
+            "and SafeTensors a state dict in safetensors format loaded into `architecture`."
+        )
+    )
+    architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = (
+        Field(
+            None,
+            description=(
+                "For SafeTensors only: the class or factory to build before loading the weights, as "
+                "`module.path:Name`, for example `torchvision.models:resnet18`."
+            ),
+        )
+    )
+    architectureArguments: dict[str, Any] | None = Field(
+        None,
+        description="Keyword arguments passed to `architecture` when it is called, for example {num_classes: 10}.",
+    )
+    inputs: list[ModelInput] = Field(
+        min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="self.format != 'SafeTensors' || has(self.architecture)",
+            message="format SafeTensors needs `architecture` (module.path:Name) to build the model the weights load into",
+            check=lambda m: m.format != "SafeTensors" or m.architecture is not None,
+            field_path=".architecture",
+        ),
+        Rule(
+            cel="!has(self.architecture) || self.format == 'SafeTensors'",
+            message="`architecture` is only used with format SafeTensors; remove it for other formats",
+            check=lambda m: m.architecture is None or m.format == "SafeTensors",
+            field_path=".architecture",
+        ),
+        Rule(
+            cel="!has(self.architectureArguments) || has(self.architecture)",
+            message="`architectureArguments` needs `architecture`",
+            check=lambda m: m.architectureArguments is None or m.architecture is not None,
+            field_path=".architectureArguments",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# spec.data
+
+
+class DataSource(ApiModel):
+    """A data set: a file in object storage, or a built-in reference set."""
+
+    uri: StorageUri | None = Field(
+        None,
+        description=(
+            "Where the data set is stored: an .npz file with an `inputs` array (N, ...) and, for "
+            "labelled data, an integer `labels` array (N,)."
+        ),
+    )
+    builtin: Literal["Digits"] | None = Field(
+        None,
+        description=(
+            "A reference data set shipped with the worker instead of `uri`. Digits is scikit-learn's "
+            "8x8 handwritten digits, split deterministically: training and calibration read the "
+            "training split, evaluation the held-out split."
+        ),
+    )
+    samples: int | None = Field(
+        None, ge=1, le=10_000_000, description="Use at most this many samples; unset uses them all."
+    )
+    batchSize: int = Field(32, ge=1, le=65536, description="Batch size used when reading this data set.")
+
+    __rules__ = (
+        Rule(
+            cel="has(self.uri) != has(self.builtin)",
+            message="set exactly one of `uri` or `builtin`",
+            check=lambda m: (m.uri is None) != (m.builtin is None),
+        ),
+    )
+
+
+class EvaluationData(DataSource):
+    """The data set that scores the model before and after every step."""
+
+    metric: Literal["Top1Accuracy", "OutputAgreement", "CosineSimilarity"] = Field(
+        "Top1Accuracy",
+        description=(
+            "How to score. Top1Accuracy needs labels; OutputAgreement (same arg-max as the original "
+            "model) and CosineSimilarity (of the outputs) compare with the original model and need none."
+        ),
+    )
+
+
+class DataSpec(ApiModel):
+    """The data the steps use."""
+
+    calibration: DataSource | None = Field(
+        None, description="Representative inputs for static quantization ranges (StaticInt8, TensorRT Int8)."
+    )
+    evaluation: EvaluationData | None = Field(
+        None, description="Held-out data that measures accuracy for the acceptance gates."
+    )
+    training: DataSource | None = Field(
+        None, description="Labelled data for fine-tuning and distillation."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# spec.steps
+
+
+class FineTune(ApiModel):
+    """Training after pruning that recovers accuracy."""
+
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training data.")
+    learningRate: float = Field(1e-3, gt=0, le=10, description="Learning rate of the Adam optimizer.")
+    batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
+
+
+PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "TaylorStructured", "SemiStructured24"]
+STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
+
+
+class PruneStep(ApiModel):
+    """Remove weights. Structured methods delete whole channels, so the model gets faster on any hardware."""
+
+    method: PruneMethod = Field(
+        description=(
+            "L1Unstructured (per layer) and GlobalMagnitude (across layers) zero single weights, made "
+            "permanent. L1Structured and TaylorStructured physically remove channels and filters, "
+            "ranked by L1 norm or by a first-order Taylor estimate of their importance. "
+            "SemiStructured24 keeps 2 of every 4 weights, the pattern sparse tensor cores accelerate."
+        )
+    )
+    sparsity: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of weights (unstructured) or channels (structured) to remove, in (0, 1).",
+    )
+    ignoreLayers: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Names of modules to leave untouched; the final classifier is always kept whole.",
+    )
+    fineTune: FineTune | None = Field(None, description="Train after pruning to recover accuracy; needs data.training.")
+
+    __rules__ = (
+        Rule(
+            cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
+            message="SemiStructured24 removes exactly 2 of every 4 weights: sparsity must be 0.5 (or unset)",
+            check=lambda m: m.method != "SemiStructured24" or m.sparsity == 0.5,
+            field_path=".sparsity",
+        ),
+    )
+
+
+class StudentRef(ApiModel):
+    """The student model: the output of an earlier step, or a fresh architecture."""
+
+    fromStep: StepName | None = Field(None, description="Name of an earlier step whose output model is the student.")
+    architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = Field(
+        None,
+        description="A class or factory (module.path:Name) that builds a fresh student, e.g. `torchvision.models:resnet18`.",
+    )
+    architectureArguments: dict[str, Any] | None = Field(
+        None, description="Keyword arguments for `architecture`."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="has(self.fromStep) != has(self.architecture)",
+            message="set exactly one of `fromStep` or `architecture`",
+            check=lambda m: (m.fromStep is None) != (m.architecture is None),
+        ),
+    )
+
+
+class DistillStep(ApiModel):
+    """Train a student to match the original model (the teacher): KL on softened outputs plus cross-entropy."""
+
+    student: StudentRef = Field(description="The model to train.")
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the training data.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature for the distillation loss.")
+    alpha: float = Field(
+        0.7, ge=0, le=1, description="Weight of the distillation loss; 1 - alpha weights the hard-label loss."
+    )
+    learningRate: float = Field(1e-3, gt=0, le=10, description="Learning rate of the Adam optimizer.")
+    batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
+
+
+QuantizeMethod = Literal["DynamicInt8", "StaticInt8", "Float16", "BFloat16", "Fp8"]
+
+
+class QuantizeStep(ApiModel):
+    """Store and compute with fewer bits. The result runs quantized kernels, not fake-quantized floats."""
+
+    method: QuantizeMethod = Field(
+        description=(
+            "DynamicInt8 quantizes weights ahead of time and activations on the fly; StaticInt8 also "
+            "fixes activation ranges from calibration data (fastest, needs data.calibration); Float16 "
+            "and BFloat16 halve the weights; Fp8 needs a GPU with FP8 tensor cores (Hopper or newer)."
+        )
+    )
+    calibrator: Literal["MinMax", "Percentile", "Entropy"] = Field(
+        "MinMax", description="How StaticInt8 picks activation ranges from calibration data."
+    )
+    percentile: float = Field(
+        99.999, gt=90, le=100, description="With calibrator Percentile: the percentile of |activation| kept."
+    )
+    perChannel: bool = Field(True, description="Quantize weights per output channel rather than per tensor.")
+    excludeLayers: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Names of layers to keep in floating point (sensitive layers).",
+    )
+
+
+class OnnxStep(ApiModel):
+    """Export to ONNX and check onnxruntime's outputs against torch."""
+
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
+    tolerance: float = Field(
+        1e-3, gt=0, le=1, description="Largest allowed absolute difference between onnxruntime and torch outputs."
+    )
+    dynamicBatch: bool = Field(True, description="Keep the batch dimension dynamic in the exported graph.")
+
+
+class ShapeProfile(ApiModel):
+    """One TensorRT optimization profile for the first input."""
+
+    min: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Smallest shape.")
+    opt: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Shape to tune for.")
+    max: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Largest shape.")
+
+    __rules__ = (
+        Rule(
+            cel="size(self.min) == size(self.opt) && size(self.opt) == size(self.max)",
+            message="min, opt and max must have the same number of dimensions",
+            check=lambda m: len(m.min) == len(m.opt) == len(m.max),
+        ),
+        Rule(
+            cel="[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || "
+            "i >= size(self.max) || (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))",
+            message="each dimension must satisfy min <= opt <= max",
+            check=lambda m: all(a <= b <= c for a, b, c in zip(m.min, m.opt, m.max, strict=False)),
+        ),
+    )
+
+
+class TensorRTStep(ApiModel):
+    """Build a TensorRT engine (needs TensorRT and an NVIDIA GPU at run time)."""
+
+    precision: Literal["Fp32", "Fp16", "Int8", "Fp8"] = Field(
+        "Fp16", description="Kernel precision the builder may use; Int8 needs data.calibration."
+    )
+    profiles: list[ShapeProfile] = Field(
+        default_factory=list, max_length=8, description="Optimization profiles for dynamic shapes."
+    )
+    workspaceMiB: int = Field(4096, ge=16, le=1_048_576, description="Builder workspace memory limit in MiB.")
+    timingCache: bool = Field(True, description="Reuse and save the builder's timing cache under the output prefix.")
+
+
+class Step(ApiModel):
+    """One step of the pipeline: a name and exactly one technique."""
+
+    name: StepName = Field(description="Unique name of the step (a DNS label); shown in status.currentStep.")
+    prune: PruneStep | None = Field(None, description="Prune weights or channels.")
+    distill: DistillStep | None = Field(None, description="Distill the teacher into a student.")
+    quantize: QuantizeStep | None = Field(None, description="Quantize to fewer bits.")
+    onnx: OnnxStep | None = Field(None, description="Export to ONNX.")
+    tensorrt: TensorRTStep | None = Field(None, description="Build a TensorRT engine.")
+
+    __rules__ = (
+        Rule(
+            cel="[has(self.prune), has(self.distill), has(self.quantize), has(self.onnx), has(self.tensorrt)]"
+            ".filter(x, x).size() == 1",
+            message="each step needs exactly one technique: one of prune, distill, quantize, onnx or tensorrt",
+            check=lambda m: sum(x is not None for x in (m.prune, m.distill, m.quantize, m.onnx, m.tensorrt)) == 1,
+        ),
+    )
+
+    @property
+    def kind(self) -> str:
+        """Which technique this step runs."""
+        for kind in ("prune", "distill", "quantize", "onnx", "tensorrt"):
+            if getattr(self, kind) is not None:
+                return kind
+        raise ValueError(f"step {self.name} has no technique")
+
+    @property
+    def config(self) -> ApiModel:
+        """The technique's typed configuration."""
+        cfg = getattr(self, self.kind)
+        assert isinstance(cfg, ApiModel)
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# spec.acceptance, output, resources, runPolicy, worker
+
+
+class Acceptance(ApiModel):
+    """Gates the final model must pass. A model that fails one is kept under rejected/, not published."""
+
+    maxAccuracyDrop: float | None = Field(
+        None, ge=0, le=1, description="Largest allowed drop in the evaluation metric, absolute (0.01 = 1 point)."
+    )
+    minCompressionRatio: float | None = Field(
+        None, ge=1, le=10_000, description="Smallest allowed ratio of original to final size on disk."
+    )
+    minSpeedup: float | None = Field(
+        None, gt=0, le=10_000, description="Smallest allowed ratio of original to final latency (p50, batch 1)."
+    )
+    strategy: Literal["Fixed", "Auto"] = Field(
+        "Fixed",
+        description=(
+            "Fixed runs the steps as written. Auto searches, within maxTrials and timeoutSeconds, "
+            "lower sparsities and float fallback of sensitive layers, and keeps the most compressed "
+            "model that passes every gate."
+        ),
+    )
+    maxTrials: int = Field(8, ge=1, le=100, description="With strategy Auto: the most pipelines to try.")
+    timeoutSeconds: int | None = Field(
+        None, ge=1, le=604_800, description="With strategy Auto: stop searching after this many seconds."
+    )
+
+
+class SecretRef(ApiModel):
+    """A Secret in the CompressionJob's own namespace."""
+
+    secretName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] = Field(
+        description=(
+            "Name of a Secret in the same namespace. Its keys become the worker's environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
+            "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING, HF_TOKEN, ...). Other "
+            "namespaces cannot be named, by design."
+        )
+    )
+
+
+class Output(ApiModel):
+    """Where results are published."""
+
+    uri: StorageUri = Field(
+        description="Prefix under which the artifacts, report.json and report.md are written, e.g. s3://bucket/path/."
+    )
+    credentials: SecretRef | None = Field(
+        None,
+        description="Credentials for every URI of this job (model, data and output); unset uses the worker's ambient ones.",
+    )
+
+
+class Resources(ApiModel):
+    """What the worker pod asks for."""
+
+    gpus: int = Field(1, ge=0, le=16, description="Number of GPUs (0 runs on CPU).")
+    gpuProduct: Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None = (
+        Field(None, description="Required value of the node label nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3.")
+    )
+    memory: Quantity = Field("16Gi", description="Memory request and limit, a Kubernetes quantity.")
+    cpu: Quantity = Field("4", description="CPU request, a Kubernetes quantity.")
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.gpuProduct) || self.gpus > 0",
+            message="gpuProduct needs gpus > 0",
+            check=lambda m: m.gpuProduct is None or m.gpus > 0,
+            field_path=".gpuProduct",
+        ),
+    )
+
+
+class RunPolicy(ApiModel):
+    """How the worker Job runs, retries and is cleaned up."""
+
+    backoffLimit: int = Field(2, ge=0, le=20, description="Retries after a failure that a retry may fix.")
+    activeDeadlineSeconds: int | None = Field(
+        None, ge=1, le=2_592_000, description="Fail the job after this many seconds of running."
+    )
+    ttlSecondsAfterFinished: int | None = Field(
+        None, ge=0, le=31_536_000, description="Delete the finished worker Job after this many seconds."
+    )
+    suspend: bool = Field(False, description="Suspend the job (stops a running worker); false resumes it.")
+    queueName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
+        None, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit."
+    )
+    priorityClassName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = (
+        Field(None, description="PriorityClass of the worker pod; also orders the operator's own queue.")
+    )
+
+
+class WorkerOverrides(ApiModel):
+    """Per-job changes to the worker container."""
+
+    image: Annotated[str, StringConstraints(max_length=512)] = Field(
+        "", description="Worker image; empty uses the operator's default."
+    )
+
+
+class Measurement(ApiModel):
+    """How latency is measured."""
+
+    batchSizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=8, description="Batch sizes to time."
+    )
+    warmupIterations: int = Field(5, ge=0, le=10_000, description="Untimed runs before timing.")
+    iterations: int = Field(30, ge=1, le=100_000, description="Timed runs; p50 and p95 are reported.")
+    threads: int = Field(0, ge=0, le=1024, description="CPU threads for inference; 0 uses every core.")
+
+
+# --------------------------------------------------------------------------------------------
+# spec
+
+
+def _step_kinds(spec: Any) -> list[str]:
+    return [s.kind for s in spec.steps if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1]
+
+
+def _needs_training(spec: Any) -> bool:
+    return any(s.distill is not None or (s.prune is not None and s.prune.fineTune is not None) for s in spec.steps)
+
+
+def _has_data(spec: Any, field: str) -> bool:
+    return spec.data is not None and getattr(spec.data, field) is not None
+
+
+def _from_step_ok(spec: Any) -> bool:
+    names = [s.name for s in spec.steps]
+    for i, step in enumerate(spec.steps):
+        ref = step.distill.student.fromStep if step.distill is not None else None
+        if ref is not None and (ref not in names or names.index(ref) >= i):
+            return False
+    return True
+
+
+_NAMES = "self.steps.map(t, t.name)"
+
+
+class CompressionJobSpec(ApiModel):
+    """What to compress, how, and where the results go."""
+
+    model: ModelSource = Field(description="The model to compress.")
+    data: DataSpec | None = Field(None, description="Calibration, evaluation and training data.")
+    steps: list[Step] = Field(
+        min_length=1, max_length=MAX_STEPS, description="The ordered steps; each transforms the previous step's model."
+    )
+    acceptance: Acceptance | None = Field(None, description="Gates the final model must pass.")
+    output: Output = Field(description="Where the artifacts and report go.")
+    resources: Resources = Field(default_factory=Resources, description="Pod resources and GPU selection.")
+    runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, cleanup and queueing.")
+    worker: WorkerOverrides = Field(default_factory=WorkerOverrides, description="Worker container overrides.")
+    measurement: Measurement = Field(default_factory=Measurement, description="How latency is measured.")
+
+    __rules__ = (
+        Rule(
+            cel="self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
+            message="step names must be unique",
+            check=lambda m: len({s.name for s in m.steps}) == len(m.steps),
+            field_path=".steps",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'StaticInt8') || "
+            "(has(self.data) && has(self.data.calibration))",
+            message="quantize method StaticInt8 needs data.calibration; add a calibration data set or use DynamicInt8",
+            check=lambda m: not any(s.quantize is not None and s.quantize.method == "StaticInt8" for s in m.steps)
+            or _has_data(m, "calibration"),
+            field_path=".data",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'Int8') || "
+            "(has(self.data) && has(self.data.calibration))",
+            message="tensorrt precision Int8 needs data.calibration; add a calibration data set or use Fp16",
+            check=lambda m: not any(s.tensorrt is not None and s.tensorrt.precision == "Int8" for s in m.steps)
+            or _has_data(m, "calibration"),
+            field_path=".data",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune))) || "
+            "(has(self.data) && has(self.data.training))",
+            message="distill and prune.fineTune need data.training; add a training data set",
+            check=lambda m: not _needs_training(m) or _has_data(m, "training"),
+            field_path=".data",
+        ),
+        Rule(
+            cel=f"self.steps.all(s, !has(s.distill) || !has(s.distill.student.fromStep) || "
+            f"({_NAMES}.indexOf(s.distill.student.fromStep) >= 0 && "
+            f"{_NAMES}.indexOf(s.distill.student.fromStep) < {_NAMES}.indexOf(s.name)))",
+            message="distill.student.fromStep must name an earlier step",
+            check=_from_step_ok,
+            field_path=".steps",
+        ),
+        Rule(
+            cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
+            message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
+            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
+            check=lambda m: m.model.format != "ONNX" or all(k in ("quantize", "tensorrt") for k in _step_kinds(m)),
+            field_path=".steps",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'Fp8') || self.resources.gpus > 0",
+            message="quantize method Fp8 runs on FP8 tensor cores: resources.gpus must be at least 1",
+            check=lambda m: not any(s.quantize is not None and s.quantize.method == "Fp8" for s in m.steps)
+            or m.resources.gpus > 0,
+            field_path=".resources",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
+            message="a tensorrt step builds on an NVIDIA GPU: resources.gpus must be at least 1",
+            check=lambda m: not any(s.tensorrt is not None for s in m.steps) or m.resources.gpus > 0,
+            field_path=".resources",
+        ),
+    )
+
+
+# The spec is immutable except for these runPolicy fields (GitOps tools may toggle them).
+MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished")
+IMMUTABLE_MESSAGE = (
+    "spec is immutable after creation, except runPolicy.suspend and runPolicy.ttlSecondsAfterFinished; "
+    "create a new CompressionJob instead"
+)
+
+
+def _immutable_cel() -> str:
+    fields = [f for f in CompressionJobSpec.model_fields if f != "runPolicy"]
+    fields += [f"runPolicy.{f}" for f in RunPolicy.model_fields if f not in MUTABLE_RUN_POLICY_FIELDS]
+    return " && ".join(_unchanged(f) for f in fields)
+
+
+def _unchanged(field: str) -> str:
+    new, old = f"self.{field}", f"oldSelf.{field}"
+    if field in ("model", "steps", "output"):  # required: always present on both sides
+        return f"{new} == {old}"
+    return f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
+
+
+def _immutable_check(old: CompressionJobSpec, new: CompressionJobSpec) -> bool:
+    def frozen(spec: CompressionJobSpec) -> dict[str, Any]:
+        wire = spec.to_wire()
+        policy = wire.get("runPolicy", {})
+        for f in MUTABLE_RUN_POLICY_FIELDS:
+            policy.pop(f, None)
+        return wire
+
+    return frozen(old) == frozen(new)
+
+
+# Derived from the field list, so that a new spec field is immutable unless listed above.
+CompressionJobSpec.__rules__ += (
+    Rule(cel=_immutable_cel(), message=IMMUTABLE_MESSAGE, check=_immutable_check, transition=True),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# status
+
+
+JobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+StepPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+
+
+class Condition(ApiModel):
+    """A condition in the Kubernetes API conventions."""
+
+    type: ShortString = Field(description="Type: Ready, Reconciling, Stalled, Succeeded or Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        "", description="One CamelCase word saying why."
+    )
+    message: Annotated[str, StringConstraints(max_length=32768)] = Field(
+        "", description="Human-readable details."
+    )
+    observedGeneration: int | None = Field(None, ge=0, description="The generation this condition describes.")
+    lastTransitionTime: Timestamp | None = Field(None, description="When status last changed (RFC 3339).")
+
+
+class Progress(ApiModel):
+    """How far the worker is."""
+
+    percentage: int = Field(0, ge=0, le=100, description="Percent done.")
+    estimatedRemainingSeconds: int | None = Field(None, ge=0, description="Estimated seconds left.")
+    lastUpdateTime: Timestamp | None = Field(None, description="When the worker last reported (RFC 3339).")
+
+
+class Metrics(ApiModel):
+    """Measurements of one model."""
+
+    sizeBytes: int | None = Field(None, ge=0, description="Size of the serialized model on disk.")
+    parameters: int | None = Field(None, ge=0, description="Number of parameters (non-zero ones for sparse models are in sparsity).")
+    accuracy: float | None = Field(None, description="The evaluation metric (data.evaluation.metric).")
+    latencyMs: float | None = Field(None, ge=0, description="Median latency in milliseconds at the first measured batch size.")
+    latencyP95Ms: float | None = Field(None, ge=0, description="95th-percentile latency in milliseconds.")
+    sparsity: float | None = Field(None, ge=0, le=1, description="Fraction of weights that are zero.")
+
+
+class StepStatus(ApiModel):
+    """The state and results of one step."""
+
+    name: StepName = Field(description="The step's name.")
+    phase: StepPhase = Field("Pending", description="Pending, Running, Succeeded, Failed or Skipped.")
+    startTime: Timestamp | None = Field(None, description="When the step started.")
+    completionTime: Timestamp | None = Field(None, description="When the step finished.")
+    metrics: Metrics | None = Field(None, description="Measurements of the step's output model.")
+    message: Annotated[str, StringConstraints(max_length=4096)] | None = Field(None, description="Details.")
+
+
+class GateResult(ApiModel):
+    """The verdict of one acceptance gate."""
+
+    name: ShortString = Field(description="The gate: maxAccuracyDrop, minCompressionRatio or minSpeedup.")
+    passed: bool = Field(description="Whether the gate passed.")
+    measured: float = Field(description="The measured value.")
+    limit: float = Field(description="The limit from spec.acceptance.")
+
+
+class Result(ApiModel):
+    """The outcome of the whole pipeline."""
+
+    baseline: Metrics | None = Field(None, description="The original model's measurements.")
+    final: Metrics | None = Field(None, description="The final model's measurements.")
+    compressionRatio: float | None = Field(None, description="Original size / final size on disk.")
+    accuracyDelta: float | None = Field(None, description="Final minus original evaluation metric.")
+    speedup: float | None = Field(None, description="Original / final median latency.")
+    gatesPassed: bool | None = Field(None, description="Whether every acceptance gate passed.")
+    gates: list[GateResult] = Field(default_factory=list, max_length=16, description="Each gate's verdict.")
+
+
+ArtifactKind = Literal[
+    "TorchExport", "TorchScript", "SafeTensors", "ONNXModel", "TensorRTEngine", "TimingCache", "Report", "Plot", "Manifest"
+]
+
+
+class Artifact(ApiModel):
+    """A published file."""
+
+    name: ShortString = Field(description="Name of the artifact (usually the step that made it).")
+    kind: ArtifactKind = Field(description="What the file is.")
+    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(description="Where it is.")
+    sha256: Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{64}$")] = Field(description="SHA-256 of the file.")
+    sizeBytes: int = Field(ge=0, description="Size of the file.")
+
+
+class Environment(ApiModel):
+    """Software and hardware the worker ran with (engines are only valid on a matching setup)."""
+
+    torch: ShortString | None = Field(None, description="PyTorch version.")
+    onnx: ShortString | None = Field(None, description="onnx version.")
+    onnxruntime: ShortString | None = Field(None, description="onnxruntime version.")
+    tensorrt: ShortString | None = Field(None, description="TensorRT version used to build engines.")
+    cuda: ShortString | None = Field(None, description="CUDA version.")
+    gpu: ShortString | None = Field(None, description="GPU model.")
+    computeCapability: ShortString | None = Field(None, description="GPU compute capability, e.g. 9.0.")
+    cpu: ShortString | None = Field(None, description="CPU model.")
+
+
+class CompressionJobStatus(ApiModel):
+    """The observed state, written by the operator only."""
+
+    phase: JobPhase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
+    observedGeneration: int | None = Field(None, ge=0, description="The generation the operator last acted on.")
+    jobName: ShortString | None = Field(None, description="Name of the batch/v1 Job that runs the worker.")
+    queuePosition: int | None = Field(None, ge=0, description="Position in the operator's queue while Queued (1 = next).")
+    startTime: Timestamp | None = Field(None, description="When the worker started.")
+    completionTime: Timestamp | None = Field(None, description="When the job finished.")
+    currentStep: ShortString | None = Field(None, description="The step running now.")
+    progress: Progress | None = Field(None, description="Percent done and time left.")
+    steps: list[StepStatus] = Field(default_factory=list, max_length=MAX_STEPS, description="Per-step state and results.")
+    result: Result | None = Field(None, description="The pipeline's outcome.")
+    artifacts: list[Artifact] = Field(default_factory=list, max_length=64, description="Published files with digests.")
+    environment: Environment | None = Field(None, description="Versions and hardware the worker used.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Latest observations.")
+
+
+class ObjectMeta(ApiModel):
+    """The parts of metadata the API model reads; the rest passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: Annotated[str, StringConstraints(max_length=253)] | None = Field(None, description="Object name.")
+    namespace: Annotated[str, StringConstraints(max_length=63)] | None = Field(None, description="Namespace.")
+    generation: int | None = Field(None, description="Generation.")
+    uid: str | None = Field(None, description="UID.")
+    labels: dict[str, str] | None = Field(None, description="Labels.")
+    annotations: dict[str, str] | None = Field(None, description="Annotations.")
+
+
+class CompressionJob(ApiModel):
+    """A CompressionJob turns a model in object storage into a smaller, faster, measured model by
+    running ordered compression steps on a GPU node, and checks the result against acceptance gates."""
+
+    apiVersion: Literal["kompression.dev/v1alpha1"] = Field(description="kompression.dev/v1alpha1.")
+    kind: Literal["CompressionJob"] = Field(description="CompressionJob.")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: CompressionJobSpec = Field(description="What to compress, how, and where the results go.")
+    status: CompressionJobStatus | None = Field(None, description="Observed state, written by the operator.")

@@ -1,0 +1,89 @@
+"""The `kompression` command line.
+
+API commands (validate, crd, version) live here. The worker's and the operator's commands are
+registered by their own packages, whose CLI modules import nothing heavy at module level: the
+operator image has no torch and the worker image has no kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kompression import __version__
+from kompression.api.crd import render_crd
+from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = EXIT_VALID
+    for name in args.files:
+        path = Path(name)
+        try:
+            docs = load_documents(path)
+        except ManifestUnreadable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_UNREADABLE
+        if not docs:
+            print(f"error: {path}: no YAML document found", file=sys.stderr)
+            return EXIT_UNREADABLE
+        for doc in docs:
+            try:
+                job = parse_job(doc)
+            except SpecInvalid as exc:
+                print(f"{path}: {exc}", file=sys.stderr)
+                status = EXIT_INVALID
+            else:
+                print(f"{path}: CompressionJob {job.metadata.name or '<unnamed>'!r} is valid")
+    return status
+
+
+def _crd(args: argparse.Namespace) -> int:
+    text = render_crd()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(f"kompression {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kompression", description="Compress models with a CompressionJob.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check CompressionJob manifests against the API's rules")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("crd", help="print the CompressionJob CRD generated from the typed API")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=_crd)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=_version)
+
+    from kompression.controller import cli as controller_cli
+    from kompression.worker import cli as worker_cli
+
+    controller_cli.register(sub)
+    worker_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

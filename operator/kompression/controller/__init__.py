@@ -1,0 +1,1 @@
+"""The operator: reconciles CompressionJobs into batch/v1 Jobs. Never imports torch."""

@@ -1,0 +1,1 @@
+"""The compression worker: loads, compresses, measures and publishes models. Never imports kopf."""

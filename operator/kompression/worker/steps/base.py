@@ -1,0 +1,60 @@
+"""The one interface every technique implements: model + context -> model + notes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Step
+from kompression.worker.model import Model, TorchModel
+
+
+@dataclass
+class Dataset:
+    """In-memory data: inputs (N, ...) float32 or int64, labels (N,) int64 or None."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class DataSets:
+    calibration: Dataset | None = None
+    evaluation: Dataset | None = None
+    training: Dataset | None = None
+
+
+@dataclass
+class StepContext:
+    """Everything a technique may read besides its own config."""
+
+    job: CompressionJob
+    step: Step
+    teacher: TorchModel | None  # the original model (None when the original is ONNX)
+    outputs: Mapping[str, Model]  # earlier steps' output models, by step name
+    data: DataSets
+    device: str  # "cpu" or "cuda"
+    workdir: Path  # scratch folder for this step's files
+    report_progress: Callable[[float, str], None]  # fraction of this step done, in [0, 1]
+    seed: int = 0
+
+
+@dataclass
+class StepResult:
+    model: Model
+    # Technique-specific facts for the report (e.g. {"removedChannels": 812}); measured metrics
+    # (size, accuracy, latency, sparsity) are computed by the pipeline, not here.
+    notes: dict[str, float | int | str] = field(default_factory=dict)
+    # Extra files to publish besides the model (e.g. a TensorRT timing cache).
+    extra_artifacts: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
+
+
+class Technique(Protocol):
+    def __call__(self, model: Model, ctx: StepContext) -> StepResult: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,6 +43,10 @@ class StepContext:
     device: str  # "cpu" or "cuda"
     workdir: Path  # scratch folder for this step's files
     report_progress: Callable[[float, str], None]  # fraction of this step done, in [0, 1]
+    # Durable per-step checkpoints under the output prefix (checkpoints/<step>/<name>), so an
+    # evicted pod resumes training instead of restarting. load returns None when absent.
+    save_checkpoint: Callable[[str, dict[str, Any]], None]
+    load_checkpoint: Callable[[str], dict[str, Any] | None]
     seed: int = 0
 
 

@@ -1,0 +1,22 @@
+"""Shared pytest setup: makes tests/ importable and registers the test bed fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# tests/ has no __init__.py, so put it on sys.path explicitly: `testbed` then imports the same
+# way here, in test modules and in `python -m testbed.cluster` (PYTHONPATH=tests).
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+# Imported by name (not via pytest_plugins) so this works whichever conftest pytest loads first.
+from testbed.fixtures import (  # noqa: F401
+    helm,
+    kube,
+    namespace,
+    prometheus,
+    pushgateway,
+    s3,
+)

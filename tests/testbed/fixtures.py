@@ -1,0 +1,92 @@
+"""pytest fixtures for the real local test bed (registered by tests/conftest.py).
+
+Session-scoped servers, started lazily on first use:
+  kube        -> Kube        (cluster; or the one at $KOMPRESSION_TEST_KUBECONFIG)
+  namespace   -> str         (function scope: a fresh namespace, deleted afterwards)
+  s3          -> S3Server    (moto_server on loopback)
+  prometheus  -> Prometheus  (call it: prometheus(scrape_targets=[...]))
+  pushgateway -> Pushgateway
+  helm        -> Helm        (runs against the kube fixture's cluster)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .cluster import Cluster
+from .helm import Helm
+from .prom import Prometheus, Pushgateway
+
+if TYPE_CHECKING:  # the kubernetes and boto3 imports cost a second; only pay when used
+    from .kube import Kube
+    from .s3 import S3Server
+
+KUBECONFIG_ENV = "KOMPRESSION_TEST_KUBECONFIG"
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    from .kube import Kube
+
+    existing = os.environ.get(KUBECONFIG_ENV)
+    cluster: Cluster | None = None
+    if existing:
+        kubeconfig = Path(existing)
+    else:
+        # A private cluster per session, so a developer's `make cluster` is never disturbed.
+        cluster = Cluster(tmp_path_factory.mktemp("testbed"))
+        cluster.up()
+        kubeconfig = cluster.kubeconfig
+    handle = Kube(kubeconfig)
+    try:
+        yield handle
+    finally:
+        handle.close()
+        if cluster is not None:
+            cluster.down(quiet=True)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    name = kube.create_namespace()
+    yield name
+    kube.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    from .s3 import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgateway]:
+    server = Pushgateway(tmp_path_factory.mktemp("pushgateway"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def helm(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(kube.kubeconfig, tmp_path_factory.mktemp("helm"))

@@ -1,0 +1,107 @@
+"""What the `kube` fixture hands a test: kubeconfig, kubectl, a python client, fresh namespaces."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+
+from .cluster import bin_dir
+from .procs import TestbedError
+
+T = TypeVar("T")
+
+
+def kubectl_binary() -> str:
+    cached = bin_dir() / "kubectl"
+    if cached.exists():
+        return str(cached)
+    found = shutil.which("kubectl")
+    if not found:
+        raise TestbedError(f"kubectl not found in {bin_dir()} or on PATH")
+    return found
+
+
+class Kube:
+    """Handle on a running cluster; `api_client` is admin (system:masters)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.kubectl_path = kubectl_binary()
+        self.api_client: client.ApiClient = config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call]
+        self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.rbac = client.RbacAuthorizationV1Api(self.api_client)
+        self._namespaces: list[str] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (operator, helm, scripts) that should see this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against the test bed; raises with stderr attached when `check` fails."""
+        proc = subprocess.run(
+            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise TestbedError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def create_namespace(self, prefix: str = "t") -> str:
+        """A new, uniquely named namespace; `cleanup()` deletes every one made here."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        self._namespaces.append(name)
+        # Pods are rejected until the ServiceAccount controller has made `default`.
+        self.wait(lambda: _exists(lambda: self.core.read_namespaced_service_account("default", name)),
+                  f"ServiceAccount default in {name}", timeout=30)
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        try:
+            self.core.delete_namespace(name)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+        if name in self._namespaces:
+            self._namespaces.remove(name)
+
+    def cleanup(self) -> None:
+        for name in list(self._namespaces):
+            self.delete_namespace(name)
+
+    @staticmethod
+    def wait(probe: Callable[[], T | None], what: str, timeout: float = 30,
+             interval: float = 0.25) -> T:
+        """Poll until `probe` returns something truthy and return it, else fail naming `what`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = probe()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
+    def close(self) -> None:
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except client.ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True

@@ -1,0 +1,126 @@
+"""Small process helpers shared by the test bed's servers: free ports, daemons, pid files, waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class TestbedError(RuntimeError):
+    """A test bed component is missing or did not come up; the message says which and why."""
+
+    __test__ = False
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel picks it; a tiny race remains)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
+
+
+class Daemon:
+    """A background server whose stdout/stderr go to a log file and whose pid goes to a file.
+
+    The process gets its own session so that it outlives `make cluster` and a Ctrl-C in the
+    terminal that started it does not take it down.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path, pidfile: Path,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.pidfile = pidfile
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, cwd=cwd,
+            )
+        pidfile.write_text(f"{self.proc.pid}\n")
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise TestbedError(
+                f"{self.name} exited with status {code}; last lines of {self.log}:\n"
+                f"{log_tail(self.log)}"
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_pid(self.proc.pid, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child that was never reaped) counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; only ever the one pid we started."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def read_pid(pidfile: Path, binary: str) -> int | None:
+    """The pid in `pidfile` if that process is alive and still runs `binary` (pids get reused)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid if Path(cmdline).name == Path(binary).name and pid_alive(pid) else None
+
+
+def wait_for(what: str, probe: Callable[[], bool], timeout: float,
+             alive: Sequence[Daemon] = (), interval: float = 0.2) -> None:
+    """Poll `probe` until it returns True; fail fast if a daemon we depend on has died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for daemon in alive:
+            daemon.check_alive()
+        with contextlib.suppress(Exception):  # a probe error just means "not yet"
+            if probe():
+                return
+        if time.monotonic() > deadline:
+            raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

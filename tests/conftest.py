@@ -12,7 +12,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 # Imported by name (not via pytest_plugins) so this works whichever conftest pytest loads first.
-from testbed.fixtures import (  # noqa: F401
+from testbed.fixtures import (  # noqa: E402,F401
     helm,
     kube,
     namespace,

@@ -125,7 +125,8 @@ class Cluster:
         self._write_kubeconfig(sched_cfg, server, pki, pki.client("scheduler", "system:kube-scheduler"))
         try:
             self._start_etcd(bins["etcd"], ports, timeout)
-            self._start_apiserver(bins["kube-apiserver"], ports, pki, serving, sa_key, sa_pub, timeout)
+            self._start_apiserver(bins["kube-apiserver"], ports, pki, serving=serving,
+                                  sa_key=sa_key, sa_pub=sa_pub, timeout=timeout)
             self._start_controller_manager(bins["kube-controller-manager"], ports, kcm_cfg, pki, sa_key)
             self._start_scheduler(bins["kube-scheduler"], ports, sched_cfg)
             self._start_kwok(bins["kwok"], ports)
@@ -178,7 +179,7 @@ class Cluster:
         ])
         wait_for("etcd /health", lambda: _http_ok(f"{client}/health"), timeout, [etcd])
 
-    def _start_apiserver(self, exe: Path, ports: Ports, pki: TestbedPKI, serving: ClientCert,
+    def _start_apiserver(self, exe: Path, ports: Ports, pki: TestbedPKI, *, serving: ClientCert,
                          sa_key: Path, sa_pub: Path, timeout: float) -> None:
         apiserver = self._spawn("kube-apiserver", [
             str(exe),
@@ -263,7 +264,7 @@ class Cluster:
                  lambda: bool(self._request("GET", "/api/v1/namespaces/default/serviceaccounts/default")),
                  timeout, self._daemons)
         names = {n.name for n in FAKE_NODES}
-        wait_for("kwok to mark the fake nodes Ready",
+        wait_for("the fake nodes to be Ready and schedulable",
                  lambda: _ready_nodes(self._request("GET", "/api/v1/nodes")) >= names,
                  timeout, self._daemons)
 
@@ -315,11 +316,18 @@ def _http_ok(url: str) -> bool:
 
 
 def _ready_nodes(node_list: dict[str, Any]) -> set[str]:
+    """Nodes that are Ready and already untainted by the node-lifecycle controller.
+
+    New nodes carry node.kubernetes.io/not-ready:NoSchedule until that controller notices the
+    Ready condition; waiting for it means the first test's pods schedule at once.
+    """
     ready = set()
     for node in node_list.get("items", []):
-        for cond in node.get("status", {}).get("conditions", []):
-            if cond.get("type") == "Ready" and cond.get("status") == "True":
-                ready.add(node["metadata"]["name"])
+        conditions = node.get("status", {}).get("conditions", [])
+        is_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        taints = [t.get("key", "") for t in node.get("spec", {}).get("taints", [])]
+        if is_ready and not any(k.startswith("node.kubernetes.io/") for k in taints):
+            ready.add(node["metadata"]["name"])
     return ready
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,6 +57,31 @@ class Kube:
         if check and proc.returncode != 0:
             raise TestbedError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        """Plain-JSON REST call (e.g. `request("GET", "/api/v1/nodes")`) through `api_client`.
+
+        Handy for custom resources and for tests that want dicts instead of typed models.
+        Non-2xx answers raise `kubernetes.client.ApiException` with `.status` set.
+        """
+        cfg = self.api_client.configuration
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        resp = self.api_client.rest_client.request(  # type: ignore[no-untyped-call]
+            method, cfg.host + path, headers=headers, body=body)
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            raise client.ApiException(status=resp.status, reason=data.decode(errors="replace"))
+        return dict(json.loads(data)) if data else {}
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> str:
+        """`kubectl apply` a manifest (dict or YAML/JSON text); returns kubectl's output."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
+        return self.kubectl(*args, input=text).stdout
 
     def create_namespace(self, prefix: str = "t") -> str:
         """A new, uniquely named namespace; `cleanup()` deletes every one made here."""

@@ -42,7 +42,7 @@ class Daemon:
     terminal that started it does not take it down.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, pidfile: Path,
+    def __init__(self, name: str, argv: Sequence[str], log: Path, pidfile: Path, *,
                  env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name = name
         self.log = log

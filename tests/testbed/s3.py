@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
+import boto3
+from botocore.config import Config
 
 from .procs import LOOPBACK, Daemon, TestbedError, free_port, wait_for
 

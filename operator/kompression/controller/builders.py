@@ -1,0 +1,245 @@
+"""Pure builders: a CompressionJob in, the child manifests the operator creates out. No I/O.
+
+`kompression render` prints exactly these, and the reconciler sends exactly these, so what a user
+previews is what runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kompression.api.constants import (
+    ANNOTATION_GENERATION,
+    ENV_JOB_FILE,
+    ENV_PROGRESS_TOKEN_FILE,
+    ENV_PROGRESS_URL,
+    ENV_PUSHGATEWAY_URL,
+    ENV_WORKDIR,
+    GPU_PRODUCT_LABEL,
+    KUEUE_QUEUE_LABEL,
+    PROGRESS_PATH_PREFIX,
+    TERMINATION_MESSAGE_PATH,
+    progress_audience,
+)
+from kompression.api.v1alpha1 import CompressionJob
+from kompression.controller.failure import WORKER_CONTAINER, pod_failure_policy
+from kompression.controller.labels import child_labels, owner_reference
+from kompression.controller.naming import configmap_name, job_name
+from kompression.controller.settings import Settings
+
+CONFIG_DIR = "/etc/kompression"
+CONFIG_FILE = "job.yaml"
+TOKEN_DIR = "/var/run/secrets/kompression/progress"
+TOKEN_FILE = "token"
+SCRATCH_DIR = "/scratch"
+TOKEN_EXPIRATION_S = 3600  # kubelet refreshes the file at 80% of this; the worker rereads it per POST
+WORKER_UID = 65532  # the distroless "nonroot" user
+
+
+def _identity(job: CompressionJob) -> tuple[str, str, str]:
+    meta = job.metadata
+    if not (meta.name and meta.namespace and meta.uid):
+        raise ValueError("the CompressionJob needs metadata.name, namespace and uid to build its children")
+    return meta.name, meta.namespace, meta.uid
+
+
+def job_document(job: CompressionJob) -> str:
+    """The manifest the worker reads: the spec plus identity, never status."""
+    name, namespace, uid = _identity(job)
+    doc = {
+        "apiVersion": job.apiVersion,
+        "kind": job.kind,
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": job.metadata.generation},
+        "spec": job.spec.to_wire(),
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def build_configmap(job: CompressionJob) -> dict[str, Any]:
+    name, namespace, uid = _identity(job)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(name),
+            "namespace": namespace,
+            "labels": child_labels(name, uid),
+            "annotations": {ANNOTATION_GENERATION: str(job.metadata.generation or 1)},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        # The manifest is immutable after creation (CEL rule), so the ConfigMap is too.
+        "immutable": True,
+        "data": {CONFIG_FILE: job_document(job)},
+    }
+
+
+def progress_url(settings: Settings, namespace: str, name: str) -> str:
+    return f"{settings.progress_base_url.rstrip('/')}{PROGRESS_PATH_PREFIX}/{namespace}/{name}"
+
+
+def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
+    name, namespace, _ = _identity(job)
+    env = [
+        {"name": ENV_JOB_FILE, "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": ENV_PROGRESS_URL, "value": progress_url(settings, namespace, name)},
+        {"name": ENV_PROGRESS_TOKEN_FILE, "value": f"{TOKEN_DIR}/{TOKEN_FILE}"},
+        {"name": ENV_WORKDIR, "value": SCRATCH_DIR},
+        # The root filesystem is read-only: caches (torch, HF) go to scratch.
+        {"name": "HOME", "value": SCRATCH_DIR},
+    ]
+    if settings.pushgateway_url:
+        env.append({"name": ENV_PUSHGATEWAY_URL, "value": settings.pushgateway_url})
+    # `env` beats `envFrom`, so the default endpoint is only set when no Secret could name one.
+    if settings.s3_endpoint and job.spec.output.credentials is None:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})
+    return env
+
+
+def _resources(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    res = job.spec.resources
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        limits[settings.gpu_resource] = str(res.gpus)
+    return {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits}
+
+
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": job.spec.worker.image or settings.worker_image,
+        "command": ["kompression", "run", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": _env(job, settings),
+        "resources": _resources(job, settings),
+        "securityContext": dict(_CONTAINER_SECURITY),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        # The worker writes its final WorkerReport there; logs stand in if it died before.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "progress-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    creds = job.spec.output.credentials
+    if creds is not None:
+        # Referenced by name in the job's own namespace: the values never enter the Job spec.
+        container["envFrom"] = [{"secretRef": {"name": creds.secretName}}]
+    return container
+
+
+def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
+    name, namespace, uid = _identity(job)
+    return [
+        {"name": "job", "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]}},
+        {
+            "name": "progress-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": progress_audience(namespace, name, uid),
+                            "expirationSeconds": TOKEN_EXPIRATION_S,
+                            "path": TOKEN_FILE,
+                        }
+                    }
+                ]
+            },
+        },
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+    ]
+
+
+def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    res, policy = job.spec.resources, job.spec.runPolicy
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # podFailurePolicy requires it; retries are the Job's
+        # The only credential the pod gets is the single-audience progress token.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": dict(_POD_SECURITY),
+        "containers": [_container(job, settings)],
+        "volumes": _volumes(job),
+    }
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    if policy.priorityClassName:
+        spec["priorityClassName"] = policy.priorityClassName
+    if res.gpus > 0:
+        spec["tolerations"] = [{"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+        if res.gpuProduct:
+            spec["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpuProduct}
+    return spec
+
+
+def starts_suspended(job: CompressionJob) -> bool:
+    # Kueue admits a Job by unsuspending it, so a queued Job must be born suspended.
+    return job.spec.runPolicy.suspend or job.spec.runPolicy.queueName is not None
+
+
+def build_job(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    name, namespace, uid = _identity(job)
+    policy = job.spec.runPolicy
+    labels = child_labels(name, uid)
+    job_labels = dict(labels)
+    if policy.queueName:
+        job_labels[KUEUE_QUEUE_LABEL] = policy.queueName
+    spec: dict[str, Any] = {
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": policy.backoffLimit,
+        "suspend": starts_suspended(job),
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": _pod_spec(job, settings),
+        },
+    }
+    if policy.activeDeadlineSeconds is not None:
+        spec["activeDeadlineSeconds"] = policy.activeDeadlineSeconds
+    if policy.ttlSecondsAfterFinished is not None:
+        spec["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_GENERATION: str(job.metadata.generation or 1)},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": spec,
+    }
+
+
+def job_spec_drift(job: CompressionJob, existing: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that brings an existing Job in line with the mutable runPolicy fields."""
+    policy, spec = job.spec.runPolicy, existing.get("spec", {})
+    patch: dict[str, Any] = {}
+    # Kueue owns `suspend` of a queued Job; the operator must not admit behind its back.
+    if policy.queueName is None and bool(spec.get("suspend")) != policy.suspend:
+        patch["suspend"] = policy.suspend
+    if spec.get("ttlSecondsAfterFinished") != policy.ttlSecondsAfterFinished:
+        patch["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
+    return {"spec": patch} if patch else {}

@@ -1,0 +1,92 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "kompression.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every object name: fullnameOverride, or <release>-<name> unless the release already contains the name. */}}
+{{- define "kompression.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "kompression.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the operator's pods; never change them, Deployment selectors are immutable. */}}
+{{- define "kompression.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kompression.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "kompression.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "kompression.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kompression
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "kompression.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kompression.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}: the digest wins, the tag defaults to appVersion. Call with (list image root). */}}
+{{- define "kompression.image" -}}
+{{- $image := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's namespaced permissions: granted cluster-wide or per watched namespace (see rbac.yaml). */}}
+{{- define "kompression.namespacedRules" -}}
+# Watch CompressionJobs and record progress on them; the operator never creates or deletes them.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is a subresource: results, conditions and per-step state are written here only.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionjobs/status"]
+  verbs: ["get", "patch"]
+# Each CompressionJob runs as one batch/v1 Job; deleted when the CompressionJob is suspended or replaced.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+# The worker reads its copy of the manifest from a ConfigMap the operator writes.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get", "list", "watch"]
+# Worker pods' status and termination messages explain failures (OOMKilled, ImagePullBackOff, exit codes).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Kubernetes events on the CompressionJob tell users what happened (kopf posts and aggregates them).
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.operator.peering.enabled }}
+# With several replicas, kopf's per-namespace peering object elects the one that works.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}

@@ -1,0 +1,164 @@
+"""`helm lint` and `helm template` with several values sets, each rendered object checked."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+import yaml
+from chartlib import CHART, CRD_FILE, REPO, env_of, find, helm, one, template, template_error
+
+FULL = "kompression"
+NAMESPACED_KINDS = {"ServiceAccount", "Service", "Deployment", "ConfigMap", "NetworkPolicy",
+                    "ServiceMonitor", "PodMonitor", "PrometheusRule", "Role", "RoleBinding"}
+
+
+def test_lint_strict() -> None:
+    helm("lint", "--strict", str(CHART))
+
+
+def test_versions_match_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    assert chart["version"] == project["version"]
+
+
+def test_crd_copy_has_no_drift() -> None:
+    copy = CHART / "files" / "crds" / CRD_FILE.name
+    assert copy.read_text() == CRD_FILE.read_text(), f"run: cp {CRD_FILE.relative_to(REPO)} {copy.relative_to(REPO)}"
+
+
+def test_defaults_render_the_operator() -> None:
+    objs = template()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == sorted(["ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRole",
+                            "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                            "Service", "Deployment"])
+    for obj in objs:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "kompression"
+        if obj["kind"] in NAMESPACED_KINDS:
+            assert obj["metadata"]["namespace"] == "kompression-system"
+
+
+def test_templated_crd_is_the_generated_crd_plus_labels_and_keep() -> None:
+    crd = one(template(), "CustomResourceDefinition")
+    generated = yaml.safe_load(CRD_FILE.read_text())
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert generated["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    unkept = one(template({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"]
+    assert not find(template({"crds": {"enabled": False}}), "CustomResourceDefinition")
+
+
+def test_deployment_is_restricted_and_probed() -> None:
+    dep = one(template(), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/kompression/operator:0.1.0"
+    assert container["args"][0] == "operator"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = container["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "progress": 8081, "health": 8082}
+    assert container["resources"]["limits"]["memory"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_worker_defaults_reach_the_operator() -> None:
+    values = {"worker": {"image": {"repository": "r.example/worker", "digest": "sha256:" + "a" * 64},
+                         "gpuResourceName": "nvidia.com/mig-1g.10gb", "nodeSelector": {"pool": "gpu"},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                         "runtimeClassName": "nvidia", "s3Endpoint": "http://minio.minio.svc:9000"},
+              "operator": {"maxGpuJobs": 4, "watchNamespaces": ["ml"]}}
+    env = env_of(one(template(values, namespace="ops"), "Deployment"))
+    assert env["KOMPRESSION_WORKER_IMAGE"] == "r.example/worker@sha256:" + "a" * 64
+    assert env["KOMPRESSION_GPU_RESOURCE"] == "nvidia.com/mig-1g.10gb"
+    assert json.loads(env["KOMPRESSION_WORKER_NODE_SELECTOR"]) == {"pool": "gpu"}
+    assert json.loads(env["KOMPRESSION_EXTRA_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
+    assert env["KOMPRESSION_WORKER_RUNTIME_CLASS"] == "nvidia"
+    assert env["KOMPRESSION_S3_ENDPOINT"] == "http://minio.minio.svc:9000"
+    assert env["KOMPRESSION_MAX_GPU_JOBS"] == "4"
+    assert env["KOMPRESSION_NAMESPACES"] == "ml"
+    assert env["KOMPRESSION_PROGRESS_BASE_URL"] == "http://kompression.ops.svc:8081"
+
+
+def test_watch_namespaces_use_roles_not_cluster_wide_grants() -> None:
+    objs = template({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    assert {r["metadata"]["namespace"] for r in find(objs, "Role")} == {"team-a", "team-b"}
+    assert {r["metadata"]["namespace"] for r in find(objs, "RoleBinding")} == {"team-a", "team-b"}
+    cluster = one(objs, "ClusterRole", f"{FULL}-cluster")
+    cluster_resources = {res for rule in cluster["rules"] for res in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "tokenreviews", "priorityclasses"}
+    assert not find(objs, "ClusterRole", FULL)
+
+
+def test_rbac_rules_each_carry_a_reason() -> None:
+    text = (CHART / "templates" / "_helpers.tpl").read_text() + (CHART / "templates" / "rbac.yaml").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            previous = lines[i - 1].strip()
+            if previous.startswith("{{-"):
+                previous = lines[i - 2].strip()
+            assert previous.startswith("#"), f"rule without a comment: {line.strip()} (line {i + 1})"
+
+
+def test_peering_and_replicas() -> None:
+    assert "needs operator.peering.enabled" in template_error({"replicaCount": 2})
+    objs = template({"replicaCount": 2, "operator": {"peering": {"enabled": True}}})
+    assert one(objs, "Deployment")["spec"]["replicas"] == 2
+    assert env_of(one(objs, "Deployment"))["KOMPRESSION_PEERING"] == "kompression"
+    cluster_rules = one(objs, "ClusterRole", f"{FULL}-cluster")["rules"]
+    assert any("clusterkopfpeerings" in r["resources"] for r in cluster_rules)
+
+
+def test_monitoring_objects() -> None:
+    objs = template({"prometheus": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                                    "rule": {"enabled": True}},
+                     "grafana": {"dashboard": {"enabled": True}}})
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service = one(objs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    alerts = {r["alert"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"KompressionJobsFailing", "KompressionQueueStuck", "KompressionOperatorDown"}
+    dashboard = json.loads(one(objs, "ConfigMap")["data"]["kompression.json"])
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("phase", "duration", "compression ratio", "accuracy delta"):
+        assert topic in titles
+    pod_monitor = one(template({"prometheus": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_service_monitor_and_pod_monitor_are_exclusive() -> None:
+    err = template_error({"prometheus": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}})
+    assert "prometheus" in err
+
+
+def test_network_policy() -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    policy = one(template({"networkPolicy": {"enabled": True, "metricsFrom": [peer]}}), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    ingress = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert ingress == {"metrics": [peer], "progress": None}
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443, 6443}
+
+
+@pytest.mark.parametrize("values", [
+    {"unknown": 1},
+    {"worker": {"gpuResourceName": "not a resource"}},
+    {"operator": {"watchNamespaces": ["Bad_Name"]}},
+    {"image": {"repository": "x", "digest": "latest"}},
+    {"networkPolicy": {"enabled": True, "apiServerPorts": [0]}},
+])
+def test_schema_rejects_bad_values(values: dict[str, object]) -> None:
+    assert "values don't meet the specifications of the schema" in template_error(values)

@@ -1,0 +1,32 @@
+"""The Argo CD health check, run by a real Lua interpreter against health_test.yaml's cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from luahealth import health
+
+from kompression.api.v1alpha1 import CompressionJob
+
+HERE = Path(__file__).resolve().parent
+CASES = yaml.safe_load((HERE / "health_test.yaml").read_text())["tests"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
+def test_health(case: dict[str, dict[str, str]]) -> None:
+    obj = yaml.safe_load((HERE / case["inputPath"]).read_text())
+    CompressionJob.model_validate(obj)  # the testdata must be a valid CompressionJob, status included
+    assert health(obj) == (case["healthStatus"]["status"], case["healthStatus"]["message"])
+
+
+def test_every_testdata_file_has_a_case() -> None:
+    listed = {case["inputPath"] for case in CASES}
+    assert listed == {f"testdata/{p.name}" for p in (HERE / "testdata").glob("*.yaml")}
+
+
+def test_strings_reach_lua_intact() -> None:
+    obj = {"metadata": {}, "status": {"phase": "Failed", "conditions": [
+        {"type": "Failed", "status": "True", "reason": "ModelError", "message": 'bad "quote" \\ and\nnewline'}]}}
+    assert health(obj) == ("Degraded", 'ModelError: bad "quote" \\ and\nnewline')

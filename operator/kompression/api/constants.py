@@ -48,12 +48,14 @@ class ExitCode:
     # Codes a retry cannot change: podFailurePolicy fails the Job on these without retrying.
     PERMANENT: Final = (2, 3, 4, 6, 7, 8)
 
+
 # The worker's environment, set by the operator on the pod and by `kompression run` locally.
 ENV_JOB_FILE: Final = "KOMPRESSION_JOB_FILE"  # path of the CompressionJob manifest (YAML or JSON)
 ENV_PROGRESS_URL: Final = "KOMPRESSION_PROGRESS_URL"  # where the worker POSTs WorkerReports
 ENV_PROGRESS_TOKEN_FILE: Final = "KOMPRESSION_PROGRESS_TOKEN_FILE"  # projected, audience-bound token
 ENV_PUSHGATEWAY_URL: Final = "KOMPRESSION_PUSHGATEWAY_URL"  # optional Prometheus Pushgateway
 ENV_WORKDIR: Final = "KOMPRESSION_WORKDIR"  # scratch space for intermediate files
+
 
 # Audience of the token the worker presents to the operator: valid for this one job only.
 def progress_audience(namespace: str, name: str, uid: str) -> str:

@@ -17,14 +17,48 @@ from kompression.api.v1alpha1 import ApiModel, CompressionJob
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
     {"name": "Step", "type": "string", "jsonPath": ".status.currentStep", "description": "Step running now."},
-    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage", "description": "Percent done.", "priority": 1},
-    {"name": "Ratio", "type": "number", "jsonPath": ".status.result.compressionRatio", "description": "Original size / final size."},
-    {"name": "AccDelta", "type": "number", "jsonPath": ".status.result.accuracyDelta", "description": "Final minus original accuracy."},
-    {"name": "Speedup", "type": "number", "jsonPath": ".status.result.speedup", "description": "Original / final latency.", "priority": 1},
+    {
+        "name": "Progress",
+        "type": "integer",
+        "jsonPath": ".status.progress.percentage",
+        "description": "Percent done.",
+        "priority": 1,
+    },
+    {
+        "name": "Ratio",
+        "type": "number",
+        "jsonPath": ".status.result.compressionRatio",
+        "description": "Original size / final size.",
+    },
+    {
+        "name": "AccDelta",
+        "type": "number",
+        "jsonPath": ".status.result.accuracyDelta",
+        "description": "Final minus original accuracy.",
+    },
+    {
+        "name": "Speedup",
+        "type": "number",
+        "jsonPath": ".status.result.speedup",
+        "description": "Original / final latency.",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-_COPY_KEYS = ("type", "description", "enum", "pattern", "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "format")
+_COPY_KEYS = (
+    "type",
+    "description",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "format",
+)
 
 
 class SchemaError(ValueError):
@@ -39,6 +73,18 @@ def _model_classes() -> dict[str, type[ApiModel]]:
         found[cls.__name__] = cls
         todo.extend(cls.__subclasses__())
     return found
+
+
+def _scalar_keywords(node: dict[str, Any]) -> dict[str, Any]:
+    """Type, bounds, enum and default, with JSON Schema 2020 exclusive bounds in OpenAPI 3.0 form."""
+    out = {k: node[k] for k in _COPY_KEYS if k in node}
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if node.get("default") not in (None, []):
+        out["default"] = node["default"]
+    return out
 
 
 class _Converter:
@@ -63,13 +109,7 @@ class _Converter:
             return self.convert({**options[0], **node}, where)
         if "const" in node:
             node["enum"] = [node.pop("const")]
-        out = {k: node[k] for k in _COPY_KEYS if k in node}
-        if "exclusiveMinimum" in node:
-            out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
-        if "exclusiveMaximum" in node:
-            out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
-        if "default" in node and node["default"] is not None and node["default"] != []:
-            out["default"] = node["default"]
+        out = _scalar_keywords(node)
         kind = node.get("type")
         if kind == "object" and "properties" in node:
             out["properties"] = {k: self._property(v, f"{where}.{k}") for k, v in node["properties"].items()}

@@ -19,7 +19,7 @@ class Rule:
 
     cel: str
     message: str
-    check: Callable[[Any], bool]
+    check: Callable[..., bool]
     # Relative path (CEL ``fieldPath``) of the field the error is reported on, e.g. ".sparsity".
     field_path: str | None = None
     # Transition rules compare against the stored object (``oldSelf``); check gets (old, new).

@@ -93,14 +93,12 @@ class ModelSource(ApiModel):
             "and SafeTensors a state dict in safetensors format loaded into `architecture`."
         )
     )
-    architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = (
-        Field(
-            None,
-            description=(
-                "For SafeTensors only: the class or factory to build before loading the weights, as "
-                "`module.path:Name`, for example `torchvision.models:resnet18`."
-            ),
-        )
+    architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = Field(
+        None,
+        description=(
+            "For SafeTensors only: the class or factory to build before loading the weights, as "
+            "`module.path:Name`, for example `torchvision.models:resnet18`."
+        ),
     )
     architectureArguments: dict[str, Any] | None = Field(
         None,
@@ -189,9 +187,7 @@ class DataSpec(ApiModel):
     evaluation: EvaluationData | None = Field(
         None, description="Held-out data that measures accuracy for the acceptance gates."
     )
-    training: DataSource | None = Field(
-        None, description="Labelled data for fine-tuning and distillation."
-    )
+    training: DataSource | None = Field(None, description="Labelled data for fine-tuning and distillation.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,9 +248,7 @@ class StudentRef(ApiModel):
         None,
         description="A class or factory (module.path:Name) that builds a fresh student, e.g. `torchvision.models:resnet18`.",
     )
-    architectureArguments: dict[str, Any] | None = Field(
-        None, description="Keyword arguments for `architecture`."
-    )
+    architectureArguments: dict[str, Any] | None = Field(None, description="Keyword arguments for `architecture`.")
 
     __rules__ = (
         Rule(
@@ -474,8 +468,8 @@ class RunPolicy(ApiModel):
     queueName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
         None, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit."
     )
-    priorityClassName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = (
-        Field(None, description="PriorityClass of the worker pod; also orders the operator's own queue.")
+    priorityClassName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
+        None, description="PriorityClass of the worker pod; also orders the operator's own queue."
     )
 
 
@@ -503,7 +497,11 @@ class Measurement(ApiModel):
 
 
 def _step_kinds(spec: Any) -> list[str]:
-    return [s.kind for s in spec.steps if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1]
+    return [
+        s.kind
+        for s in spec.steps
+        if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1
+    ]
 
 
 def _needs_training(spec: Any) -> bool:
@@ -541,7 +539,7 @@ class CompressionJobSpec(ApiModel):
     worker: WorkerOverrides = Field(default_factory=WorkerOverrides, description="Worker container overrides.")
     measurement: Measurement = Field(default_factory=Measurement, description="How latency is measured.")
 
-    __rules__ = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
             message="step names must be unique",
@@ -552,16 +550,20 @@ class CompressionJobSpec(ApiModel):
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'StaticInt8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="quantize method StaticInt8 needs data.calibration; add a calibration data set or use DynamicInt8",
-            check=lambda m: not any(s.quantize is not None and s.quantize.method == "StaticInt8" for s in m.steps)
-            or _has_data(m, "calibration"),
+            check=lambda m: (
+                not any(s.quantize is not None and s.quantize.method == "StaticInt8" for s in m.steps)
+                or _has_data(m, "calibration")
+            ),
             field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'Int8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="tensorrt precision Int8 needs data.calibration; add a calibration data set or use Fp16",
-            check=lambda m: not any(s.tensorrt is not None and s.tensorrt.precision == "Int8" for s in m.steps)
-            or _has_data(m, "calibration"),
+            check=lambda m: (
+                not any(s.tensorrt is not None and s.tensorrt.precision == "Int8" for s in m.steps)
+                or _has_data(m, "calibration")
+            ),
             field_path=".data",
         ),
         Rule(
@@ -589,8 +591,9 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'Fp8') || self.resources.gpus > 0",
             message="quantize method Fp8 runs on FP8 tensor cores: resources.gpus must be at least 1",
-            check=lambda m: not any(s.quantize is not None and s.quantize.method == "Fp8" for s in m.steps)
-            or m.resources.gpus > 0,
+            check=lambda m: (
+                not any(s.quantize is not None and s.quantize.method == "Fp8" for s in m.steps) or m.resources.gpus > 0
+            ),
             field_path=".resources",
         ),
         Rule(
@@ -653,12 +656,8 @@ class Condition(ApiModel):
 
     type: ShortString = Field(description="Type: Ready, Reconciling, Stalled, Succeeded or Failed.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: Annotated[str, StringConstraints(max_length=1024)] = Field(
-        "", description="One CamelCase word saying why."
-    )
-    message: Annotated[str, StringConstraints(max_length=32768)] = Field(
-        "", description="Human-readable details."
-    )
+    reason: Annotated[str, StringConstraints(max_length=1024)] = Field("", description="One CamelCase word saying why.")
+    message: Annotated[str, StringConstraints(max_length=32768)] = Field("", description="Human-readable details.")
     observedGeneration: int | None = Field(None, ge=0, description="The generation this condition describes.")
     lastTransitionTime: Timestamp | None = Field(None, description="When status last changed (RFC 3339).")
 
@@ -675,9 +674,13 @@ class Metrics(ApiModel):
     """Measurements of one model."""
 
     sizeBytes: int | None = Field(None, ge=0, description="Size of the serialized model on disk.")
-    parameters: int | None = Field(None, ge=0, description="Number of parameters (non-zero ones for sparse models are in sparsity).")
+    parameters: int | None = Field(
+        None, ge=0, description="Number of parameters (non-zero ones for sparse models are in sparsity)."
+    )
     accuracy: float | None = Field(None, description="The evaluation metric (data.evaluation.metric).")
-    latencyMs: float | None = Field(None, ge=0, description="Median latency in milliseconds at the first measured batch size.")
+    latencyMs: float | None = Field(
+        None, ge=0, description="Median latency in milliseconds at the first measured batch size."
+    )
     latencyP95Ms: float | None = Field(None, ge=0, description="95th-percentile latency in milliseconds.")
     sparsity: float | None = Field(None, ge=0, le=1, description="Fraction of weights that are zero.")
 
@@ -715,7 +718,15 @@ class Result(ApiModel):
 
 
 ArtifactKind = Literal[
-    "TorchExport", "TorchScript", "SafeTensors", "ONNXModel", "TensorRTEngine", "TimingCache", "Report", "Plot", "Manifest"
+    "TorchExport",
+    "TorchScript",
+    "SafeTensors",
+    "ONNXModel",
+    "TensorRTEngine",
+    "TimingCache",
+    "Report",
+    "Plot",
+    "Manifest",
 ]
 
 
@@ -748,12 +759,16 @@ class CompressionJobStatus(ApiModel):
     phase: JobPhase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
     observedGeneration: int | None = Field(None, ge=0, description="The generation the operator last acted on.")
     jobName: ShortString | None = Field(None, description="Name of the batch/v1 Job that runs the worker.")
-    queuePosition: int | None = Field(None, ge=0, description="Position in the operator's queue while Queued (1 = next).")
+    queuePosition: int | None = Field(
+        None, ge=0, description="Position in the operator's queue while Queued (1 = next)."
+    )
     startTime: Timestamp | None = Field(None, description="When the worker started.")
     completionTime: Timestamp | None = Field(None, description="When the job finished.")
     currentStep: ShortString | None = Field(None, description="The step running now.")
     progress: Progress | None = Field(None, description="Percent done and time left.")
-    steps: list[StepStatus] = Field(default_factory=list, max_length=MAX_STEPS, description="Per-step state and results.")
+    steps: list[StepStatus] = Field(
+        default_factory=list, max_length=MAX_STEPS, description="Per-step state and results."
+    )
     result: Result | None = Field(None, description="The pipeline's outcome.")
     artifacts: list[Artifact] = Field(default_factory=list, max_length=64, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware the worker used.")

@@ -11,7 +11,26 @@ import yaml
 from pydantic import ValidationError
 
 from kompression.api.constants import API_VERSION, KIND
-from kompression.api.v1alpha1 import ApiModel, CompressionJob, CompressionJobSpec
+from kompression.api.v1alpha1 import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    IMPORT_REF_PATTERN,
+    QUANTITY_PATTERN,
+    URI_PATTERN,
+    URI_SCHEMES,
+    ApiModel,
+    CompressionJob,
+    CompressionJobSpec,
+)
+
+# What each pattern accepts, in words: a regex alone does not tell a user what to write.
+_PATTERN_HINTS = {
+    URI_PATTERN: "expected a storage URI starting with " + ", ".join(f"{s}://" for s in URI_SCHEMES),
+    DNS_LABEL_PATTERN: "expected a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
+    DNS_SUBDOMAIN_PATTERN: "expected a Kubernetes object name: lowercase letters, digits, '-' and '.'",
+    IMPORT_REF_PATTERN: "expected an import reference `module.path:Name`, e.g. torchvision.models:resnet18",
+    QUANTITY_PATTERN: "expected a Kubernetes quantity such as 16Gi, 512Mi, 4 or 500m",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against `kubectl explain compressionjob.spec`"
+        elif err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in _PATTERN_HINTS:
+            message = f"{_PATTERN_HINTS[err['ctx']['pattern']]} (got {_describe_input(err.get('input'))})"
         elif err["type"] != "missing":
             message = f"{message} (got {_describe_input(err.get('input'))})"
         errors.append(FieldError(format_path(loc), message))
@@ -96,7 +117,11 @@ def parse_job(obj: Any) -> CompressionJob:
     name = (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
         raise SpecInvalid(
-            [FieldError("apiVersion/kind", f"expected {API_VERSION} {KIND}, got {obj.get('apiVersion')} {obj.get('kind')}")],
+            [
+                FieldError(
+                    "apiVersion/kind", f"expected {API_VERSION} {KIND}, got {obj.get('apiVersion')} {obj.get('kind')}"
+                )
+            ],
             name,
         )
     try:

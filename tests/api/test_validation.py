@@ -1,0 +1,77 @@
+"""`kompression validate` and parse_job: the API's rules, without a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kompression.api.validation import SpecInvalid, check_update, parse_job
+from kompression.cli import main
+from tests.api.cases import EXAMPLES, INVALID, expected_field
+
+
+def test_there_are_enough_cases() -> None:
+    assert len(EXAMPLES) >= 6
+    assert len(INVALID) >= 20
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_valid(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(path)]) == 0
+    assert "is valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_every_invalid_manifest_is_rejected_naming_the_field(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{expected_field(path)}:" in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_and_unparsable_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    assert main(["validate", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_wrong_kind_names_what_is_expected() -> None:
+    with pytest.raises(SpecInvalid, match=r"expected kompression.dev/v1alpha1 CompressionJob, got v1 Pod"):
+        parse_job({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}})
+
+
+def test_errors_list_every_problem_at_once() -> None:
+    doc = yaml.safe_load((INVALID[0].parent / "prune-method-unknown.yaml").read_text())
+    doc["spec"]["resources"]["gpus"] = -3
+    with pytest.raises(SpecInvalid) as info:
+        parse_job(doc)
+    paths = {e.path for e in info.value.errors}
+    assert {"spec.steps[0].prune.method", "spec.resources.gpus"} <= paths
+
+
+def test_unset_fields_take_the_documented_defaults() -> None:
+    job = parse_job(_quickstart())
+    assert job.spec.runPolicy.backoffLimit == 2
+    assert job.spec.measurement.batchSizes == [1]
+
+
+def _quickstart() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((EXAMPLES[0].parent / "quickstart.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_spec_is_immutable_except_suspend_and_ttl() -> None:
+    old = parse_job(_quickstart()).spec
+    changed = _quickstart()
+    changed["spec"]["runPolicy"] = {"suspend": True, "ttlSecondsAfterFinished": 60}
+    assert check_update(old, parse_job(changed).spec) == []
+    changed["spec"]["steps"][0]["prune"]["sparsity"] = 0.3
+    errors = check_update(old, parse_job(changed).spec)
+    assert errors and "create a new CompressionJob" in errors[0].message
+    changed = _quickstart()
+    changed["spec"]["runPolicy"] = {"backoffLimit": 5}
+    assert check_update(old, parse_job(changed).spec)

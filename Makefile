@@ -1,0 +1,58 @@
+# Kompression: `make demo` runs a real compression on this machine; `make test` runs every test.
+# Both set up what they need on a fresh machine (Python environment, test bed binaries).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+EXTRAS := operator,worker,dev
+
+include Makefile.testbed
+
+.PHONY: help setup demo test test-fast lint format crd bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml | $(UV)
+	@test -x $(PY) || $(UV) venv --quiet --python 3.11 $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv with the operator, worker and dev extras
+
+demo: setup ## train the quickstart model, then compress it: prune -> distill -> int8 -> ONNX
+	$(BIN)/kompression example-model --output file://.kompression/quickstart/digits-cnn.pt2
+	$(BIN)/kompression run examples/quickstart.yaml
+
+lint: setup ## ruff, mypy (strict on the API and controller), import rules, CRD drift
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/kompression crd | diff -u crds/compressionjobs.kompression.dev.yaml - || \
+	  (echo "crds/ is stale: run make crd" >&2; exit 1)
+
+format: setup ## apply ruff's formatter and fixes
+	$(BIN)/ruff format operator tests benchmarks
+	$(BIN)/ruff check --fix operator tests benchmarks
+
+crd: setup ## regenerate crds/ from the typed API
+	$(BIN)/kompression crd -o crds/compressionjobs.kompression.dev.yaml
+
+test: setup testbed-deps lint ## every test, against the real test bed (starts it as needed)
+	$(BIN)/pytest
+
+test-fast: setup ## the tests that need no cluster
+	$(BIN)/pytest -m "not cluster"
+
+bench: setup testbed-deps ## the benchmarks; figures go to benchmarks/RESULTS.md
+	$(PY) benchmarks/run_all.py
+
+clean: cluster-down ## remove build and run state (keeps the cached test bed binaries)
+	rm -rf .kompression .pytest_cache .mypy_cache .ruff_cache

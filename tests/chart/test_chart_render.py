@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -162,3 +163,15 @@ def test_network_policy() -> None:
 ])
 def test_schema_rejects_bad_values(values: dict[str, object]) -> None:
     assert "values don't meet the specifications of the schema" in template_error(values)
+
+
+def test_alerts_and_dashboard_use_metrics_the_operator_exports() -> None:
+    metrics = pytest.importorskip("kompression.controller.metrics")
+    suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
+    exported = {family.name + suffix for family in metrics.Metrics().registry.collect()
+                for suffix in ("", *suffixes.get(family.type, ()))}
+    objs = template({"prometheus": {"rule": {"enabled": True}}, "grafana": {"dashboard": {"enabled": True}}})
+    text = json.dumps(one(objs, "PrometheusRule")["spec"]) + one(objs, "ConfigMap")["data"]["kompression.json"]
+    used = set(re.findall(r"\bkompression_[a-z_]+", text))
+    assert used, "no metric found in the rule or dashboard"
+    assert used <= exported, f"not exported by the operator: {sorted(used - exported)}"

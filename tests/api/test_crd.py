@@ -6,7 +6,7 @@ from typing import Any
 
 from kompression.api.crd import build_crd, render_crd
 from kompression.api.v1alpha1 import ApiModel
-from tests.api.cases import ROOT
+from api_cases import ROOT
 
 CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 

@@ -9,7 +9,7 @@ import yaml
 
 from kompression.api.validation import SpecInvalid, check_update, parse_job
 from kompression.cli import main
-from tests.api.cases import EXAMPLES, INVALID, expected_field
+from api_cases import EXAMPLES, INVALID, expected_field
 
 
 def test_there_are_enough_cases() -> None:

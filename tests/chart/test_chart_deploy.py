@@ -1,0 +1,30 @@
+"""deploy/ (plain manifests for `kubectl apply -k deploy/`) is rendered from the chart: no drift."""
+
+from __future__ import annotations
+
+import yaml
+from chartlib import CHART, CRD_FILE, KUBE_VERSION, REPO, helm
+
+DEPLOY = REPO / "deploy"
+FIX = "run hack/chart-render-deploy.sh"
+
+
+def test_plain_manifests_match_the_chart() -> None:
+    rendered = helm("template", "kompression", str(CHART), "--namespace", "kompression-system",
+                    "--kube-version", KUBE_VERSION, "--set", "crds.enabled=false").stdout
+    committed = (DEPLOY / "kompression.yaml").read_text()
+    assert committed.split("\n", 1)[1] == rendered, f"deploy/kompression.yaml is stale: {FIX}"
+
+
+def test_crd_copy_matches() -> None:
+    assert (DEPLOY / "crds" / CRD_FILE.name).read_text() == CRD_FILE.read_text(), f"deploy/crds is stale: {FIX}"
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    top = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert top["resources"] == ["crds", "namespace.yaml", "kompression.yaml"]
+    crds = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())
+    assert crds["resources"] == [CRD_FILE.name]
+    namespaces = {d["metadata"].get("namespace") for d in yaml.safe_load_all((DEPLOY / "kompression.yaml").read_text())
+                  if d and d["kind"] not in ("ClusterRole", "ClusterRoleBinding")}
+    assert namespaces == {yaml.safe_load((DEPLOY / "namespace.yaml").read_text())["metadata"]["name"]}

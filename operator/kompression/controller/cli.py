@@ -1,15 +1,110 @@
-"""Commands of the controller, registered on the kompression CLI."""
+"""Commands of the controller, registered on the kompression CLI: `operator` and `render`.
+
+Every operator setting is a flag whose default comes from an environment variable, so a
+Deployment can set either. kopf and aiohttp are imported only when `operator` runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from kompression.controller.settings import Settings
+
+ENV_PREFIX = "KOMPRESSION_"
+# Stands in for the uid the API server assigns, which the token audience and owner references carry.
+RENDER_UID = "00000000-0000-0000-0000-000000000000"
+
+# (flag, Settings field, type, help)
+_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--worker-image", "worker_image", str, "default worker image"),
+    ("--gpu-resource", "gpu_resource", str, "extended resource name of a GPU"),
+    ("--s3-endpoint", "s3_endpoint", str, "default AWS_ENDPOINT_URL for jobs without a credentials Secret"),
+    ("--progress-base-url", "progress_base_url", str, "URL at which worker pods reach the progress server"),
+    ("--pushgateway-url", "pushgateway_url", str, "Prometheus Pushgateway handed to workers"),
+    ("--max-gpu-jobs", "max_gpu_jobs", int, "GPU Jobs in flight cluster-wide (0: unlimited)"),
+    ("--max-gpu-jobs-per-namespace", "max_gpu_jobs_per_namespace", int, "GPU Jobs in flight per namespace (0: unlimited)"),
+    ("--metrics-port", "metrics_port", int, "port of /metrics"),
+    ("--progress-port", "progress_port", int, "port of the progress server"),
+    ("--health-port", "health_port", int, "port of /healthz (liveness and readiness)"),
+    ("--peering", "peering", str, "kopf peering object; replicas then need distinct --priority values"),
+    ("--priority", "priority", int, "this replica's peering priority"),
+    ("--progress-interval", "progress_interval_s", float, "seconds between progress status writes per job"),
+    ("--worker-service-account", "service_account", str, "ServiceAccount of worker pods"),
+)
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper().removesuffix("_S")
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for flag, field, kind, text in _FLAGS:
+        env = _env_name(field)
+        default = kind(os.environ[env]) if env in os.environ else getattr(defaults, field)
+        p.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {field: getattr(args, field) for _, field, _, _ in _FLAGS}
+    namespaces = getattr(args, "namespaces", "") or ""
+    values["namespaces"] = tuple(n for n in namespaces.split(",") if n)
+    return Settings(**values)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from kompression.controller.handlers import run  # kopf, aiohttp: only for this command
+
+    return run(settings_from(args), verbose=args.verbose)
+
+
+def render(docs: list[Any], settings: Settings) -> str:
+    from kompression.api.validation import parse_job
+    from kompression.controller.builders import build_configmap, build_job
+
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        meta = doc.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        meta.setdefault("uid", RENDER_UID)
+        meta.setdefault("generation", 1)
+        job = parse_job(doc)
+        out += [build_configmap(job), build_job(job, settings)]
+    return yaml.safe_dump_all(out, sort_keys=False)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents
+
+    try:
+        docs = load_documents(Path(args.file))
+        text = render(docs, settings_from(args))
+    except ManifestUnreadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SpecInvalid as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
 
 
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Add this package's subcommands."""
-    del sub
+    p = sub.add_parser("operator", help="run the operator (reconciles CompressionJobs into Jobs)")
+    p.add_argument("--namespaces", default=os.environ.get(ENV_PREFIX + "NAMESPACES", ""),
+                   help="comma-separated namespaces to watch; empty watches all (env KOMPRESSION_NAMESPACES)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every reconcile")
+    _add_settings(p)
+    p.set_defaults(func=_operator)
 
-
-def _unused(_: argparse.Namespace) -> int:
-    return 0
+    p = sub.add_parser("render", help="print the ConfigMap and batch/v1 Job the operator would create for FILE")
+    p.add_argument("file", metavar="FILE")
+    _add_settings(p)
+    p.set_defaults(func=_render)

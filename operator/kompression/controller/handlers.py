@@ -1,0 +1,158 @@
+"""The kopf side: thin watch handlers that feed the Store and enqueue keys, plus the lifecycle.
+
+Only `on.event` handlers are used, so kopf keeps no handler progress on the objects (no
+annotations, no finalizer): state lives in the cluster itself (the CR, its deterministic Job), and
+the reconcile queue retries. A finalizer would block deleting a CompressionJob while the operator
+is down, and there is nothing outside the cluster to clean up; children go by ownerReference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kompression.api.constants import GROUP, PLURAL, VERSION
+from kompression.controller.kubeapi import Api
+from kompression.controller.labels import MANAGED_SELECTOR
+from kompression.controller.metrics import Metrics
+from kompression.controller.progress import ProgressServer
+from kompression.controller.reconcile import Reconciler
+from kompression.controller.settings import Settings
+from kompression.controller.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything one operator process holds; built at login, started at startup."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store()
+        self.metrics = Metrics()
+        self.api: Api | None = None
+        self.reconciler: Reconciler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[web.AppRunner] = []
+
+    def connect(self, info: kopf.ConnectionInfo) -> None:
+        if self.api is None:
+            self.api = Api(info)
+            self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics)
+
+    async def start(self) -> None:
+        assert self.api is not None and self.reconciler is not None
+        self._tasks.append(asyncio.create_task(self.reconciler.run()))
+        progress = ProgressServer(self.api, self.store, self.reconciler, self.settings.progress_interval_s)
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", self._metrics)
+        for app, port in ((progress.app(), self.settings.progress_port), (metrics_app, self.settings.metrics_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "0.0.0.0", port).start()
+            self._runners.append(runner)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.api is not None:
+            await self.api.close()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ---------------------------------------------------------------- watch events
+
+    def on_cr(self, event: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        body = event["object"]
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event.get("type") == "DELETED":
+            self.store.drop_cr(key)
+            self.metrics.forget(key)
+            self.reconciler.kick_queue()  # a queued job's place is free
+        else:
+            self.reconciler.enqueue(self.store.put_cr(body))
+
+    def on_job(self, event: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        deleted = event.get("type") == "DELETED"
+        key = self.store.put_job(event["object"], deleted=deleted)
+        if key is not None:
+            self.reconciler.enqueue(key)
+            if deleted:
+                self.reconciler.kick_queue()
+
+    def on_pod(self, event: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        key = self.store.put_pod(event["object"], deleted=event.get("type") == "DELETED")
+        if key is not None:
+            self.reconciler.enqueue(key)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Silent watch stalls are kopf's best-known failure (#585, #957, #996): bound every stream.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = 600
+    # kopf would post its handler logs as Events; ours are posted deliberately, in words.
+    settings.posting.enabled = False
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            runtime.connect(info)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        await runtime.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await runtime.stop()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def compressionjob(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_cr(event)
+
+    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_SELECTOR, registry=registry)
+    def job(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_job(event)
+
+    @kopf.on.event("", "v1", "pods", labels=MANAGED_SELECTOR, registry=registry)
+    def pod(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_pod(event)
+
+    return registry
+
+
+def run(settings: Settings, *, verbose: bool = False) -> int:
+    kopf.configure(verbose=verbose)
+    runtime = Runtime(settings)
+    asyncio.run(kopf.operator(
+        registry=build_registry(runtime),
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
+        priority=settings.priority,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+    ))
+    return 0

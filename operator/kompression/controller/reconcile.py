@@ -1,0 +1,302 @@
+"""The reconcile loop: one CompressionJob at a time, level-triggered, from the Store to the API.
+
+A work queue (as in controller-runtime) rather than kopf's per-change handlers: every watch event
+only enqueues a key, and `sync` derives everything from what exists now (the CR, its Job, its
+pods). Nothing is remembered between runs, so an operator killed at any point resumes by listing.
+Failed syncs are retried with backoff; user errors (an invalid spec) are recorded and not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kompression.api.report import WorkerReport
+from kompression.api.v1alpha1 import CompressionJob, StepStatus
+from kompression.api.validation import SpecInvalid, parse_job
+from kompression.controller.builders import build_configmap, build_job, job_spec_drift
+from kompression.controller.conditions import (
+    TERMINAL_PHASES,
+    Observation,
+    desired_conditions,
+    merge_conditions,
+    same_conditions,
+)
+from kompression.controller.events import post_event
+from kompression.controller.kubeapi import Api, ApiError, path
+from kompression.controller.labels import controller_uid
+from kompression.controller.metrics import Metrics
+from kompression.controller.naming import configmap_name, job_name
+from kompression.controller.observe import final_report, observe
+from kompression.controller.queueing import Candidate, Key, Limits, decide
+from kompression.controller.reports import differs, report_status
+from kompression.controller.settings import Settings
+from kompression.controller.store import Body, Store
+
+log = logging.getLogger(__name__)
+
+CR_GROUP, CR_VERSION, CR_PLURAL = "kompression.dev", "v1alpha1", "compressionjobs"
+WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", "InvalidSpec"}
+MAX_BACKOFF_S = 60.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _job_finished(job: Body) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in job.get("status", {}).get("conditions") or ())
+
+
+def _cr_path(ns: str, name: str, sub: str | None = None) -> str:
+    return path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns, name=name, sub=sub)
+
+
+class Conflict(Exception):
+    """A child with our deterministic name exists and is not ours."""
+
+
+class Reconciler:
+    def __init__(self, api: Api, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.api, self.settings, self.store, self.metrics = api, settings, store, metrics
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._admission = asyncio.Lock()
+        self._priorities: dict[str, int] = {}
+        self._limits = Limits(settings.max_gpu_jobs, settings.max_gpu_jobs_per_namespace)
+
+    # ---------------------------------------------------------------- the queue
+
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def run(self, workers: int = 4) -> None:
+        await asyncio.gather(*(self._work() for _ in range(workers)))
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            if key in self._active:  # another worker has it: run again once it is done
+                self._dirty.add(key)
+                continue
+            self._active.add(key)
+            try:
+                await self.sync(key)
+                self._failures.pop(key, None)
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                n = self._failures[key] = self._failures.get(key, 0) + 1
+                log.exception("reconcile of %s/%s failed (attempt %d)", *key, n)
+                self.enqueue(key, min(2.0 ** n * 0.25, MAX_BACKOFF_S))
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    # ---------------------------------------------------------------- one CompressionJob
+
+    async def sync(self, key: Key) -> None:
+        cr = self.store.crs.get(key)
+        if cr is None or cr["metadata"].get("deletionTimestamp"):
+            return
+        status = cr.get("status") or {}
+        generation = int(cr["metadata"].get("generation") or 1)
+        try:
+            spec = parse_job({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+        except SpecInvalid as exc:
+            # What kopf.PermanentError means: recorded, not retried, until the spec changes.
+            await self._write(cr, Observation("Failed", "InvalidSpec", str(exc), stalled=True), None, {})
+            return
+        job = self.store.jobs.get(key)
+        if job is not None and controller_uid(job) != cr["metadata"]["uid"]:
+            job = None  # a Job of a deleted namesake, on its way out through garbage collection
+        finished = status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == generation
+        if job is None:
+            if finished:
+                return  # done; its Job may have gone through ttlSecondsAfterFinished
+            if not await self._admit(key, cr, spec):
+                return
+            try:
+                job = await self._create_children(key, cr, spec)
+            except Conflict as exc:
+                await self._write(cr, Observation("Pending", "JobConflict", str(exc), stalled=True), None, {})
+                return
+        else:
+            drift = job_spec_drift(spec, job)
+            if drift:
+                job = await self.api.merge_patch(path("batch", "v1", "jobs", namespace=key[0],
+                                                      name=job["metadata"]["name"]), drift)
+                self.store.put_job(job)
+        pods = self.store.pods_of(key[0], job["metadata"]["name"])
+        policy = spec.spec.runPolicy
+        obs = observe(job, pods, user_suspended=policy.suspend, kueue_managed=policy.queueName is not None)
+        extra: dict[str, Any] = {}
+        if obs.phase in TERMINAL_PHASES:
+            reports = [r for r in map(final_report, pods) if r is not None]
+            if reports:
+                extra = report_status(max(reports, key=lambda r: r.sequence))
+        await self._write(cr, obs, job, extra)
+
+    async def _create_children(self, key: Key, cr: Body, spec: CompressionJob) -> Body:
+        ns, name = key
+        uid = cr["metadata"]["uid"]
+        await self._create_owned(path("", "v1", "configmaps", namespace=ns), build_configmap(spec), uid,
+                                 path("", "v1", "configmaps", namespace=ns, name=configmap_name(name)))
+        manifest = build_job(spec, self.settings)
+        existed_before = bool((cr.get("status") or {}).get("jobName"))
+        job, created = await self._create_owned(path("batch", "v1", "jobs", namespace=ns), manifest, uid,
+                                                path("batch", "v1", "jobs", namespace=ns, name=job_name(name)))
+        self.store.put_job(job)
+        if created:
+            if existed_before:
+                await post_event(self.api, cr, "Warning", "JobRecreated",
+                                 f"the worker Job {job_name(name)} was deleted before the job finished; recreated it")
+            else:
+                await post_event(self.api, cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
+        return job
+
+    async def _create_owned(self, collection: str, body: Body, uid: str, item: str) -> tuple[Body, bool]:
+        """Create, or accept what is there if it is ours: AlreadyExists after a crash is success."""
+        try:
+            return await self.api.create(collection, body), True
+        except ApiError as err:
+            if err.status != 409:
+                raise
+        existing = await self.api.get(item)
+        if existing is None:  # deleted between our create and get: let the retry create it
+            raise RuntimeError(f"{item} vanished after AlreadyExists")
+        if controller_uid(existing) != uid:
+            kind = body["kind"]
+            raise Conflict(f"a {kind} named {body['metadata']['name']} already exists and is not owned by this "
+                           f"CompressionJob; delete or rename it")
+        return existing, False
+
+    # ---------------------------------------------------------------- queueing
+
+    async def _priority(self, class_name: str | None) -> int:
+        if not class_name:
+            return 0
+        if class_name not in self._priorities:
+            obj = await self.api.get(path("scheduling.k8s.io", "v1", "priorityclasses", name=class_name))
+            self._priorities[class_name] = int((obj or {}).get("value") or 0)
+        return self._priorities[class_name]
+
+    def _gpus(self, cr: Body) -> int:
+        return int((cr.get("spec", {}).get("resources") or {}).get("gpus", 1))
+
+    def _waiting(self) -> list[tuple[Key, Body]]:
+        out = []
+        for key, cr in self.store.crs.items():
+            status = cr.get("status") or {}
+            if key not in self.store.jobs and status.get("phase") not in TERMINAL_PHASES and self._gpus(cr) > 0:
+                out.append((key, cr))
+        return out
+
+    def _in_flight(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (ns, _), job in self.store.jobs.items():
+            limits = job["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+            if self.settings.gpu_resource in limits and not _job_finished(job):
+                counts[ns] = counts.get(ns, 0) + 1
+        return counts
+
+    async def _admit(self, key: Key, cr: Body, spec: CompressionJob) -> bool:
+        if spec.spec.resources.gpus == 0 or (self._limits.total <= 0 and self._limits.per_namespace <= 0):
+            return True
+        async with self._admission:
+            waiting = [
+                Candidate(k[0], k[1], c["metadata"].get("creationTimestamp") or "",
+                          await self._priority((c["spec"].get("runPolicy") or {}).get("priorityClassName")),
+                          self._gpus(c))
+                for k, c in self._waiting()
+            ]
+            decision = decide(waiting, self._in_flight(), self._limits)
+            self.metrics.queue_depth.set(len(decision.positions))
+            if key in decision.admitted:
+                # Reserve the slot before letting go of the lock; the create follows at once.
+                self.store.jobs[key] = build_job(spec, self.settings)
+                return True
+        position = decision.positions.get(key)
+        obs = Observation("Queued", "Queued", f"waiting for a GPU slot: position {position} in the operator's queue")
+        await self._write(cr, obs, None, {"queuePosition": position})
+        return False
+
+    def kick_queue(self) -> None:
+        """A slot may have opened (a Job finished, a job was deleted): let the waiting try again."""
+        if self._limits.total > 0 or self._limits.per_namespace > 0:
+            for key, _ in self._waiting():
+                self.enqueue(key)
+
+    # ---------------------------------------------------------------- status
+
+    async def _write(self, cr: Body, obs: Observation, job: Body | None, extra: dict[str, Any]) -> None:
+        meta = cr["metadata"]
+        key = (meta["namespace"], meta["name"])
+        status = cr.get("status") or {}
+        generation = int(meta.get("generation") or 1)
+        conditions = merge_conditions(status.get("conditions") or [], desired_conditions(obs, generation), _now())
+        patch: dict[str, Any] = {"phase": obs.phase, "observedGeneration": generation, "queuePosition": None}
+        if job is not None:
+            patch["jobName"] = job["metadata"]["name"]
+            job_status = job.get("status") or {}
+            patch["startTime"] = job_status.get("startTime")
+            if obs.phase in TERMINAL_PHASES:
+                patch["completionTime"] = job_status.get("completionTime") or status.get("completionTime") or _now()
+        patch.update(extra)
+        if not differs(status, patch) and same_conditions(status.get("conditions") or [], conditions):
+            self.metrics.set_phase(key, obs.phase)
+            return
+        patch["conditions"] = conditions
+        updated = await self.api.merge_patch(_cr_path(*key, sub="status"), {"status": patch})
+        self.store.put_cr(updated)
+        self.metrics.set_phase(key, obs.phase)
+        await self._announce(cr, status, obs, updated)
+
+    async def _announce(self, cr: Body, before: dict[str, Any], obs: Observation, updated: Body) -> None:
+        was = (before.get("phase"), _ready_reason(before))
+        if was == (obs.phase, obs.reason):
+            return
+        key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
+        if obs.phase in TERMINAL_PHASES and before.get("phase") not in TERMINAL_PHASES:
+            after = updated.get("status") or {}
+            steps = [StepStatus.model_validate(s) for s in after.get("steps") or []]
+            report = WorkerReport.model_validate({"phase": obs.phase, "result": after.get("result")})
+            self.metrics.finished(key, obs.phase, created=cr["metadata"].get("creationTimestamp"),
+                                  completed=after.get("completionTime"), steps=steps, result=report.result)
+            self.kick_queue()
+            await post_event(self.api, cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason,
+                             obs.message)
+        elif obs.reason in WARNING_REASONS:
+            await post_event(self.api, cr, "Warning", obs.reason, obs.message)
+
+    async def apply_report(self, key: Key, report: WorkerReport) -> None:
+        """Merge a live report into status, unless the job already finished (the final report rules)."""
+        cr = self.store.crs.get(key)
+        if cr is None or (cr.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return
+        patch = report_status(report)
+        if report.phase != "Running":
+            patch.pop("currentStep")  # the outcome itself is the Job's to tell
+        if differs(cr.get("status") or {}, patch):
+            updated = await self.api.merge_patch(_cr_path(*key, sub="status"), {"status": patch})
+            self.store.put_cr(updated)
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    for c in status.get("conditions") or ():
+        if c.get("type") == "Ready":
+            reason = c.get("reason")
+            return str(reason) if reason is not None else None
+    return None

@@ -1,0 +1,86 @@
+"""What the operator has seen through its watches: CompressionJobs, and the Jobs and pods they own.
+
+Filled by the kopf event handlers; read by the reconciler, the queue and the progress server, so
+that a reconcile costs no API reads in the common case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kompression.controller.labels import owner_name
+from kompression.controller.queueing import Key
+
+Body = dict[str, Any]
+
+
+def _key_of_child(obj: Body) -> Key | None:
+    name = owner_name(obj)
+    ns = obj.get("metadata", {}).get("namespace")
+    return (ns, name) if name and ns else None
+
+
+def _older(meta: Body, than: Body) -> bool:
+    try:  # resourceVersions are opaque by contract but etcd revisions in practice
+        return int(meta.get("resourceVersion") or 0) < int(than.get("resourceVersion") or 0)
+    except ValueError:
+        return False
+
+
+def _pod_job_key(pod: Body) -> Key | None:
+    # Pods are owned by the Job, not by the CompressionJob: map through the Job's name.
+    ns = pod.get("metadata", {}).get("namespace")
+    for ref in pod.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == "Job":
+            return (ns, ref.get("name"))
+    return None
+
+
+@dataclass
+class Store:
+    crs: dict[Key, Body] = field(default_factory=dict)
+    jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
+    job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
+    pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
+
+    def put_cr(self, body: Body) -> Key:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        # Our own status writes land here before their watch events do: never step back.
+        old = self.crs.get(key)
+        if old is None or old["metadata"].get("uid") != meta.get("uid") or not _older(meta, old["metadata"]):
+            self.crs[key] = body
+        return key
+
+    def drop_cr(self, key: Key) -> None:
+        self.crs.pop(key, None)
+
+    def put_job(self, job: Body, deleted: bool = False) -> Key | None:
+        key = _key_of_child(job)
+        if key is None:
+            return None
+        job_key = (key[0], job["metadata"]["name"])
+        if deleted:
+            if self.jobs.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
+                self.jobs.pop(key, None)
+        else:
+            self.jobs[key] = job
+            self.job_owner[job_key] = key
+        return key
+
+    def put_pod(self, pod: Body, deleted: bool = False) -> Key | None:
+        job_key = _pod_job_key(pod)
+        if job_key is None:
+            return None
+        pods = self.pods.setdefault(job_key, {})
+        if deleted:
+            pods.pop(pod["metadata"]["name"], None)
+            if not pods:
+                self.pods.pop(job_key, None)
+        else:
+            pods[pod["metadata"]["name"]] = pod
+        return self.job_owner.get(job_key)
+
+    def pods_of(self, namespace: str, job_name: str) -> list[Body]:
+        return list(self.pods.get((namespace, job_name), {}).values())

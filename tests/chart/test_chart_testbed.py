@@ -1,0 +1,150 @@
+"""The chart against the real test bed: install, least privilege, CRD upgrade, uninstall.
+
+ServiceMonitor, PodMonitor and PrometheusRule need the Prometheus Operator's CRDs, which the test
+bed does not have: those templates are covered by helm template and the values schema only
+(test_chart_render.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chartlib import CHART
+from testbedlib import can_i_list, install
+
+from kompression.api import constants as c
+
+pytestmark = pytest.mark.timeout(600)
+
+# What the operator's ServiceAccount may do in a watched namespace; anything else fails the test.
+ALLOWED = {
+    "compressionjobs.kompression.dev": {"get", "list", "watch", "patch"},
+    "compressionjobs.kompression.dev/status": {"get", "patch"},
+    "jobs.batch": {"create", "get", "list", "watch", "delete"},
+    "configmaps": {"create", "get", "list", "watch"},
+    "pods": {"get", "list", "watch"},
+    "events": {"create", "patch"},
+    "events.events.k8s.io": {"create", "patch"},
+    "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
+    "tokenreviews.authentication.k8s.io": {"create"},
+    "priorityclasses.scheduling.k8s.io": {"get", "list", "watch"},
+    "namespaces": {"list", "watch"},
+    # Granted to every authenticated user by Kubernetes itself.
+    "selfsubjectaccessreviews.authorization.k8s.io": {"create"},
+    "selfsubjectrulesreviews.authorization.k8s.io": {"create"},
+    "selfsubjectreviews.authentication.k8s.io": {"create"},
+}
+FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+
+def _sa(namespace: str, release: str) -> str:
+    return f"system:serviceaccount:{namespace}:{release}-kompression"
+
+
+def _exists(kube: Any, obj: dict[str, Any]) -> bool:
+    group = obj["apiVersion"].rpartition("/")[0]
+    resource = f"{obj['kind'].lower()}.{group}" if group else obj["kind"].lower()
+    args = ["get", resource, obj["metadata"]["name"]]
+    if obj["metadata"].get("namespace"):
+        args += ["-n", obj["metadata"]["namespace"]]
+    return kube.kubectl(*args, check=False).returncode == 0
+
+
+def _check_least_privilege(granted: dict[str, set[str]]) -> None:
+    assert "secrets" not in granted, "the operator must not read Secrets"
+    assert "pods/exec" not in granted and "pods/log" not in granted
+    for resource, verbs in granted.items():
+        assert "*" not in resource, f"wildcard resource {resource}"
+        assert not verbs & FORBIDDEN_VERBS, f"{resource}: {verbs & FORBIDDEN_VERBS}"
+        assert resource in ALLOWED, f"unexpected permission on {resource}: {verbs}"
+        assert verbs <= ALLOWED[resource], f"{resource}: {verbs - ALLOWED[resource]} not allowed"
+
+
+def test_install_least_privilege_upgrade_uninstall(kube: Any, helm: Any, tmp_path: Path) -> None:
+    release, ns = "kpr", kube.create_namespace("kompression")
+    team = kube.create_namespace("team")
+    objs = install(kube, helm, release, ns)
+    kinds = {o["kind"] for o in objs}
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
+    for obj in objs:
+        assert _exists(kube, obj), f"{obj['kind']} {obj['metadata']['name']} was not created"
+
+    # Least privilege, watching every namespace: checked in an unrelated namespace.
+    granted = can_i_list(kube, _sa(ns, release), team)
+    _check_least_privilege(granted)
+    assert granted["jobs.batch"] == ALLOWED["jobs.batch"], "the operator must be able to run worker Jobs"
+
+    # Upgrade with a changed CRD: the cluster's CRD really changes.
+    chart = tmp_path / "kompression"
+    shutil.copytree(CHART, chart)
+    crd_file = chart / "files" / "crds" / f"{c.CRD_NAME}.yaml"
+    crd_file.write_text(crd_file.read_text().replace("description: Phase of the job.",
+                                                     "description: Phase of the job (upgraded)."))
+    install(kube, helm, release, ns, chart=chart, verb="upgrade")
+    live = json.loads(kube.kubectl("get", "crd", c.CRD_NAME, "-o", "json").stdout)
+    columns = live["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert columns[0]["description"] == "Phase of the job (upgraded)."
+    assert live["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    # Uninstall: nothing of the operator is left, the CRD is kept (crds.keep).
+    helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
+    for obj in objs:
+        if obj["kind"] == "CustomResourceDefinition":
+            assert _exists(kube, obj), "crds.keep: the CRD survives helm uninstall"
+        else:
+            assert not _exists(kube, obj), f"{obj['kind']} {obj['metadata']['name']} left behind"
+    install(kube, helm, release, ns)  # put the repository's CRD back for the other tests
+    helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
+
+
+def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None:
+    release, ns = "kpn", kube.create_namespace("kompression")
+    watched, other = kube.create_namespace("watched"), kube.create_namespace("other")
+    install(kube, helm, release, ns, f"operator.watchNamespaces={{{watched}}}", "rbac.aggregateToDefaultRoles=false")
+    try:
+        in_watched = can_i_list(kube, _sa(ns, release), watched)
+        _check_least_privilege(in_watched)
+        assert "jobs.batch" in in_watched and "compressionjobs.kompression.dev" in in_watched
+        elsewhere = can_i_list(kube, _sa(ns, release), other)
+        _check_least_privilege(elsewhere)
+        for resource in ("jobs.batch", "configmaps", "pods", "compressionjobs.kompression.dev", "namespaces"):
+            assert resource not in elsewhere, f"{resource} granted outside the watched namespaces"
+    finally:
+        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
+
+
+def test_aggregated_roles_let_namespace_editors_use_compressionjobs(kube: Any, helm: Any) -> None:
+    release, ns = "kpa", kube.create_namespace("kompression")
+    team = kube.create_namespace("team")
+    kube.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", team)
+    kube.kubectl("create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", team)
+    install(kube, helm, release, ns)
+    try:
+        def can(user: str, verb: str) -> bool:
+            out = kube.kubectl("auth", "can-i", verb, "compressionjobs.kompression.dev", f"--as={user}", "-n", team,
+                               check=False)
+            return out.stdout.strip() == "yes"
+
+        kube.wait(lambda: can("alice", "create"), "aggregation of the edit role", timeout=30)
+        assert can("bob", "list") and not can("bob", "create")
+    finally:
+        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
+
+
+def test_plain_manifests_apply_with_kustomize(kube: Any) -> None:
+    # A server-side dry run: the API server validates every object without changing the cluster.
+    # Namespaced objects need their namespace to exist, even in a dry run.
+    created = kube.kubectl("create", "namespace", "kompression-system", check=False).returncode == 0
+    try:
+        out = kube.kubectl("apply", "--server-side", "--dry-run=server", "-k", str(CHART.parents[1] / "deploy"))
+    finally:
+        if created:
+            kube.kubectl("delete", "namespace", "kompression-system", "--wait=false")
+    applied = set(out.stdout.split())
+    for name in ("deployment.apps/kompression", "serviceaccount/kompression", "service/kompression",
+                 f"customresourcedefinition.apiextensions.k8s.io/{c.CRD_NAME}"):
+        assert name in applied, out.stdout

@@ -1,0 +1,94 @@
+"""Helpers for chart tests on the real test bed: install, impersonate the chart's ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from chartlib import CHART, KUBE_VERSION
+
+from kompression.api import constants as c
+
+
+def adopt_crd(kube: Any, release: str, namespace: str) -> None:
+    """Let `release` take over a CRD another test (or release) already installed: the documented
+    adoption step (docs/install.md), since Helm refuses to overwrite objects it does not own."""
+    if kube.kubectl("get", "crd", c.CRD_NAME, check=False).returncode != 0:
+        return
+    kube.kubectl("label", "--overwrite", "crd", c.CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+    kube.kubectl("annotate", "--overwrite", "crd", c.CRD_NAME, f"meta.helm.sh/release-name={release}",
+                 f"meta.helm.sh/release-namespace={namespace}")
+
+
+def install(kube: Any, helm: Any, release: str, namespace: str, *sets: str, chart: Path = CHART,
+            verb: str = "install") -> list[dict[str, Any]]:
+    """helm install/upgrade and return the objects of the release's manifest."""
+    adopt_crd(kube, release, namespace)
+    args = [verb, release, str(chart), "-n", namespace]
+    for s in sets:
+        args += ["--set", s]
+    helm.run(*args, timeout=180)
+    manifest = helm.run("get", "manifest", release, "-n", namespace).stdout
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def impersonating_kubeconfig(kube: Any, user: str, path: Path) -> Path:
+    """A copy of the admin kubeconfig that acts as `user` (admin may impersonate anyone)."""
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    for entry in config["users"]:
+        entry["user"]["as"] = user
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def can_i_list(kube: Any, user: str, namespace: str) -> dict[str, set[str]]:
+    """`kubectl auth can-i --list` for `user` in `namespace`, as {resource: verbs}."""
+    out = kube.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", namespace, "-o", "json",
+                       check=False)
+    if out.returncode == 0 and out.stdout.lstrip().startswith("{"):
+        return _from_json(json.loads(out.stdout))
+    table = kube.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", namespace).stdout
+    return _from_table(table)
+
+
+def _from_json(review: dict[str, Any]) -> dict[str, set[str]]:
+    rules: dict[str, set[str]] = {}
+    for rule in review.get("status", {}).get("resourceRules", []):
+        for group in rule.get("apiGroups", [""]):
+            for resource in rule.get("resources", []):
+                key = f"{resource}.{group}" if group else resource
+                rules.setdefault(key, set()).update(rule["verbs"])
+    return rules
+
+
+def _from_table(table: str) -> dict[str, set[str]]:
+    rules: dict[str, set[str]] = {}
+    for line in table.splitlines()[1:]:
+        columns = [col for col in line.split("  ") if col.strip()]
+        if not columns or columns[0].strip() == "":
+            continue
+        resource, verbs = columns[0].strip(), columns[-1].strip().strip("[]").split()
+        if not resource.startswith("/"):  # non-resource URLs are discovery only
+            rules.setdefault(resource, set()).update(verbs)
+    return rules
+
+
+def chart_env(namespace: str, values: list[str]) -> dict[str, str]:
+    """The operator Deployment's literal environment, as the chart renders it."""
+    from chartlib import helm as helm_cli
+
+    args = ["template", "kompression", str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
+    for s in values:
+        args += ["--set", s]
+    docs = [d for d in yaml.safe_load_all(helm_cli(*args).stdout) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+
+
+def operator_available() -> bool:
+    proc = subprocess.run([sys.executable, "-m", "kompression.cli", "operator", "--help"], capture_output=True, text=True, check=False)
+    return proc.returncode == 0

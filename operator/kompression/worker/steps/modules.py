@@ -1,0 +1,76 @@
+"""Small facts about torch modules that several techniques need."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kompression.worker.errors import SpecError, StepInvalid
+from kompression.worker.model import Model, TorchModel
+
+WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def require_torch(model: Model, step: str, technique: str) -> TorchModel:
+    if not isinstance(model, TorchModel):
+        raise StepInvalid(
+            f"step {step}: {technique} needs a PyTorch model, but the model reaching it is "
+            f"{type(model).__name__}; put {technique} before the steps that convert to ONNX or TensorRT"
+        )
+    return model
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def final_layer(module: nn.Module, example_inputs: Sequence[torch.Tensor]) -> str:
+    """Name of the last Linear/Conv layer that runs in forward(): the classifier, never pruned.
+
+    Registration order can differ from execution order, so the forward pass decides.
+    """
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
+        for name, m in module.named_modules()
+        if isinstance(m, WEIGHT_LAYERS)
+    ]
+    was_training = module.training
+    try:
+        module.eval()
+        module(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    if not order:
+        raise StepInvalid("the model has no Linear or Conv layer to compress")
+    return order[-1]
+
+
+def named_layers(module: nn.Module, names: Sequence[str], step: str) -> dict[str, nn.Module]:
+    """Modules by name, or StepInvalid naming the ones that do not exist."""
+    modules = dict(module.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        known = ", ".join(n for n, m in modules.items() if isinstance(m, WEIGHT_LAYERS))
+        raise StepInvalid(f"step {step}: no layer named {', '.join(missing)}; the model's layers are: {known}")
+    return {n: modules[n] for n in names}
+
+
+def build_architecture(ref: str, arguments: dict[str, Any] | None) -> nn.Module:
+    """Build `module.path:Name(**arguments)`; the API's pattern already checked the ref's shape."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+        built = factory(**(arguments or {}))
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise SpecError(f"cannot build architecture {ref} with arguments {arguments or {}}: {exc}") from exc
+    if not isinstance(built, nn.Module):
+        raise SpecError(f"architecture {ref} built a {type(built).__name__}, not a torch.nn.Module")
+    return built

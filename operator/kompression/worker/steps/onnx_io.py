@@ -1,0 +1,90 @@
+"""Torch -> ONNX export and onnxruntime sessions, shared by the onnx, quantize and tensorrt steps."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from kompression.worker.errors import ModelError
+from kompression.worker.model import OnnxModel, TorchModel
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(
+    model: TorchModel,
+    path: Path,
+    input_names: Sequence[str],
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> OnnxModel:
+    """Export on CPU in float32 and check the graph, so every later tool sees a valid model."""
+    module = copy.deepcopy(model.module).to("cpu").eval()
+    inputs = tuple(x.detach().to("cpu") for x in model.example_inputs)
+    names = list(input_names)[: len(inputs)]
+    if len(names) < len(inputs):
+        names += [f"input_{i}" for i in range(len(names), len(inputs))]
+    dynamic_axes = {name: {0: "batch"} for name in [*names, "output"]} if dynamic_batch else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # The TorchScript-based exporter gives plain Conv/Gemm graphs (scoped node names such as
+        # /layer1/layer1.0/conv1/Conv) that onnxruntime's quantizer handles best.
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                inputs,
+                str(path),
+                input_names=names,
+                output_names=["output"],
+                opset_version=opset,
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # the exporter raises many unrelated types for unsupported ops
+        raise ModelError(f"exporting the model to ONNX (opset {opset}) failed: {exc}") from exc
+    return OnnxModel(path=path, input_names=names)
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session with every graph optimization on; threads=0 lets onnxruntime pick."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(sess: ort.InferenceSession, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """First output of the model for positional inputs."""
+    feeds = {meta.name: arr for meta, arr in zip(sess.get_inputs(), inputs, strict=False)}
+    return np.asarray(sess.run(None, feeds)[0])
+
+
+def module_path_of_node(node_name: str) -> str:
+    """The torch module a node came from, rebuilt from the exporter's scope path.
+
+    Scopes mix short and dotted names ("/layer1/layer1.0/conv1/Conv" is layer1.0.conv1), so a
+    component that extends the path so far replaces it, and any other component is appended.
+    """
+    path = ""
+    for part in node_name.strip("/").split("/")[:-1]:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def nodes_of_modules(model_path: Path, module_names: Sequence[str]) -> dict[str, list[str]]:
+    """ONNX node names per torch module name (a module's own nodes and its children's)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    found: dict[str, list[str]] = {name: [] for name in module_names}
+    for node in graph.node:
+        owner = module_path_of_node(node.name)
+        for name in module_names:
+            if name in (node.name, owner) or owner.startswith(name + "."):
+                found[name].append(node.name)
+    return found

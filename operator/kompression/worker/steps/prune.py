@@ -1,0 +1,186 @@
+"""Pruning: zero single weights (masks made permanent), 2:4 patterns, or remove whole channels.
+
+Unstructured and 2:4 masks only speed things up with sparse kernels (2:4 on GPU tensor cores);
+structured pruning deletes channels with Torch-Pruning's dependency graph, so every later layer
+shrinks with it and the dense model itself gets smaller and faster.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry type: ignore
+
+from kompression.api.v1alpha1 import PruneStep
+from kompression.worker.errors import StepInvalid
+from kompression.worker.model import Model, TorchModel
+from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.steps.modules import (
+    WEIGHT_LAYERS,
+    final_layer,
+    named_layers,
+    parameter_count,
+    require_torch,
+)
+from kompression.worker.steps.training import batches, fine_tune, labelled
+
+Notes = dict[str, float | int | str]
+TAYLOR_BATCHES = 4
+TAYLOR_BATCH_SIZE = 32
+
+
+def prune(model: Model, ctx: StepContext) -> StepResult:
+    cfg = ctx.step.config
+    assert isinstance(cfg, PruneStep)
+    source = require_torch(model, ctx.step.name, "prune")
+    # Never mutate the incoming module: it may be the teacher or an earlier step's output.
+    module = copy.deepcopy(source.module).to(ctx.device).eval()
+    example = tuple(x.to(ctx.device) for x in source.example_inputs)
+    kept = {final_layer(module, example), *named_layers(module, cfg.ignoreLayers, ctx.step.name)}
+    targets: dict[str, nn.Module] = {
+        n: m for n, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS) and n not in kept
+    }
+    if not targets:
+        raise StepInvalid(f"step {ctx.step.name}: nothing to prune once the classifier and ignoreLayers are left out")
+
+    before = parameter_count(module)
+    if cfg.method in ("L1Structured", "TaylorStructured"):
+        notes = _structured(module, example, [m for n, m in module.named_modules() if n in kept], cfg, ctx)
+        _maybe_fine_tune(module, cfg, ctx)
+    else:
+        apply_masks = _MASKS[cfg.method]
+        apply_masks(targets, cfg.sparsity)
+        # Fine-tune while the masks are still reparametrizations, so pruned weights stay zero.
+        _maybe_fine_tune(module, cfg, ctx)
+        for layer in targets.values():
+            torch_prune.remove(layer, "weight")  # type: ignore[no-untyped-call]
+        notes = {"prunedLayers": len(targets), "weightSparsity": round(_sparsity(targets.values()), 6)}
+        if cfg.method == "SemiStructured24":
+            notes.update(_semi_structured_kernels(targets, ctx.device))
+    notes.update({"parametersBefore": before, "parametersAfter": parameter_count(module)})
+    return StepResult(TorchModel(module, source.example_inputs), notes)
+
+
+def _l1_unstructured(targets: dict[str, nn.Module], sparsity: float) -> None:
+    for layer in targets.values():
+        torch_prune.l1_unstructured(layer, "weight", amount=sparsity)  # type: ignore[no-untyped-call]
+
+
+def _global_magnitude(targets: dict[str, nn.Module], sparsity: float) -> None:
+    torch_prune.global_unstructured(
+        [(layer, "weight") for layer in targets.values()], pruning_method=torch_prune.L1Unstructured, amount=sparsity
+    )
+
+
+def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| of every 4 consecutive weights along the reduction dimension."""
+    rows = weight.detach().reshape(weight.shape[0], -1, 4).abs()
+    keep = rows.topk(2, dim=-1).indices
+    return torch.zeros_like(rows).scatter_(-1, keep, 1.0).reshape(weight.shape)
+
+
+def _semi_structured(targets: dict[str, nn.Module], sparsity: float) -> None:
+    del sparsity  # always 0.5: the API requires it
+    for name, layer in list(targets.items()):
+        weight = layer.weight
+        assert isinstance(weight, torch.Tensor)
+        if weight[0].numel() % 4:
+            # A reduction length that is not a multiple of 4 has no 2:4 layout (e.g. a 3x7x7 stem).
+            del targets[name]
+            continue
+        torch_prune.custom_from_mask(layer, "weight", mask_2_4(weight))  # type: ignore[no-untyped-call]
+
+
+_MASKS: dict[str, Callable[[dict[str, nn.Module], float], None]] = {
+    "L1Unstructured": _l1_unstructured,
+    "GlobalMagnitude": _global_magnitude,
+    "SemiStructured24": _semi_structured,
+}
+
+
+def _semi_structured_kernels(targets: dict[str, nn.Module], device: str) -> Notes:
+    if not device.startswith("cuda"):
+        return {"sparseKernels": "none: on CPU the 2:4 masks stay dense; the speedup needs a GPU's sparse tensor cores"}
+    from torch.sparse import to_sparse_semi_structured
+
+    converted, skipped = 0, []
+    for name, layer in targets.items():
+        if not isinstance(layer, nn.Linear):
+            continue
+        try:
+            layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight.detach()), requires_grad=False)
+            converted += 1
+        except (RuntimeError, ValueError) as exc:  # shape or dtype the sparse kernels do not take
+            skipped.append(f"{name} ({str(exc).splitlines()[0][:80]})")
+    notes: Notes = {"sparseKernelLayers": converted}
+    if skipped:
+        notes["sparseKernelSkipped"] = "; ".join(skipped)[:1000]
+    return notes
+
+
+def _sparsity(layers: Iterable[nn.Module]) -> float:
+    weights = [w for layer in layers if isinstance(w := layer.weight, torch.Tensor)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / max(sum(w.numel() for w in weights), 1)
+
+
+def _structured(
+    module: nn.Module, example: tuple[torch.Tensor, ...], kept: list[nn.Module], cfg: PruneStep, ctx: StepContext
+) -> Notes:
+    taylor = cfg.method == "TaylorStructured"
+    importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
+    pruner = tp.pruner.BasePruner(
+        module,
+        example[0] if len(example) == 1 else example,
+        importance=importance,
+        pruning_ratio=cfg.sparsity,
+        ignored_layers=kept,
+    )
+    if taylor:
+        _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
+    channels_before = _channels(module)
+    pruner.step()
+    module.zero_grad(set_to_none=True)
+    return {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
+
+
+def _taylor_data(ctx: StepContext) -> Dataset:
+    for data in (ctx.data.training, ctx.data.calibration, ctx.data.evaluation):
+        if data is not None and len(data):
+            return data
+    raise StepInvalid(
+        f"step {ctx.step.name}: TaylorStructured ranks channels by gradients and needs data "
+        "(data.training, data.calibration or data.evaluation)"
+    )
+
+
+def _accumulate_gradients(module: nn.Module, data: Dataset, device: str) -> None:
+    """Sum loss gradients over a few batches; unlabelled data uses the model's own predictions."""
+    module.eval()  # gradients without disturbing BatchNorm statistics
+    module.zero_grad(set_to_none=True)
+    loss_fn = nn.CrossEntropyLoss()
+    for i, (x, y) in enumerate(batches(data, TAYLOR_BATCH_SIZE, device, shuffle=True)):
+        if i == TAYLOR_BATCHES:
+            break
+        out = module(x)
+        target = y if data.labels is not None else out.detach().argmax(dim=1)
+        loss_fn(out, target).backward()
+
+
+def _channels(module: nn.Module) -> int:
+    return sum(
+        m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+        for m in module.modules()
+        if isinstance(m, WEIGHT_LAYERS)
+    )
+
+
+def _maybe_fine_tune(module: nn.Module, cfg: PruneStep, ctx: StepContext) -> None:
+    if cfg.fineTune is None:
+        return
+    data = labelled(ctx.data.training, ctx.step.name, "fineTune")
+    fine_tune(module, data, cfg.fineTune, ctx.device, progress=ctx.report_progress, seed=ctx.seed)

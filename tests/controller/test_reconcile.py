@@ -41,7 +41,7 @@ def _status(api: FakeApi, name: str = "resnet") -> dict[str, Any]:
 
 
 def test_creates_configmap_and_job_once_even_after_losing_its_memory() -> None:
-    api, store, rec = _setup(_cr())
+    api, _, rec = _setup(_cr())
     asyncio.run(rec.sync(("team-a", "resnet")))
     assert _jobs(api) == [f"{JOBS}/resnet"]
     assert _status(api)["phase"] == "Pending"

@@ -1,0 +1,51 @@
+"""The hand-written docs stay in step with the code they describe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from kompression.api.constants import ExitCode
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+REASONS = ("Unschedulable", "ImagePullBackOff", "OOMKilled", "DeadlineExceeded", "BackoffLimitExceeded",
+           "GateFailed", "JobConflict", "InvalidSpec", "ModelError", "DataError", "StorageError", "RuntimeMissing")
+
+
+def test_troubleshooting_covers_every_reason_and_exit_code() -> None:
+    page = (DOCS / "troubleshooting.md").read_text()
+    for reason in REASONS:
+        assert f"| `{reason}` |" in page, reason
+    codes = {name: value for name, value in vars(ExitCode).items() if name.isupper() and isinstance(value, int)}
+    for name, value in codes.items():
+        retried = "no" if value in ExitCode.PERMANENT else ("-" if value == 0 else "yes")
+        assert re.search(rf"\| {value} \| {name}\b[^|]*\| {retried} \|", page), f"exit code {value} {name}"
+
+
+def test_troubleshooting_covers_every_exit_reason_of_the_operator() -> None:
+    failure = __import__("kompression.controller.failure", fromlist=["EXIT_REASONS"])
+    page = (DOCS / "troubleshooting.md").read_text()
+    for reason in failure.EXIT_REASONS.values():
+        assert f"| `{reason}` |" in page, reason
+
+
+def test_yaml_examples_in_docs_parse() -> None:
+    for page in DOCS.glob("*.md"):
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S):
+            list(yaml.safe_load_all(block))
+
+
+def test_relative_links_resolve() -> None:
+    for page in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def test_storage_doc_names_the_credential_variables() -> None:
+    page = (DOCS / "storage.md").read_text()
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION",
+                "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING"):
+        assert var in page

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from kompression.worker.steps.base import Technique
+from kompression.worker.steps.onnx_export import onnx_export
 from kompression.worker.steps.prune import prune
+from kompression.worker.steps.quantize import quantize
 
 TECHNIQUES: dict[str, Technique] = {
     "prune": prune,
+    "quantize": quantize,
+    "onnx": onnx_export,
 }
 
 __all__ = ["TECHNIQUES"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def export_onnx(
     try:
         # The TorchScript-based exporter gives plain Conv/Gemm graphs (scoped node names such as
         # /layer1/layer1.0/conv1/Conv) that onnxruntime's quantizer handles best.
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # that exporter is chosen on purpose
             torch.onnx.export(
                 module,
                 inputs,

@@ -1,0 +1,216 @@
+"""Quantization that runs low-precision kernels: onnxruntime QDQ int8, torch fp16/bf16, fp8 GEMMs.
+
+Int8 goes through ONNX because onnxruntime's int8 kernels are what make a CPU model faster;
+torch's own fake-quantized modules would only be smaller.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from torch import nn
+
+from kompression.api.v1alpha1 import QuantizeStep
+from kompression.worker.errors import DataError, RuntimeMissing, StepInvalid
+from kompression.worker.model import Model, OnnxModel, TorchModel
+from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
+from kompression.worker.steps.modules import require_torch
+from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
+
+CALIBRATORS = {
+    "MinMax": CalibrationMethod.MinMax,
+    "Percentile": CalibrationMethod.Percentile,
+    "Entropy": CalibrationMethod.Entropy,
+}
+# Dynamic quantization targets weight-heavy matrix products; onnxruntime's CPU ConvInteger only
+# takes uint8 weights, so convolutions stay float there (use StaticInt8 for CNNs).
+DYNAMIC_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM"]
+
+
+def quantize(model: Model, ctx: StepContext) -> StepResult:
+    cfg = ctx.step.config
+    assert isinstance(cfg, QuantizeStep)
+    return _METHODS[cfg.method](model, cfg, ctx)
+
+
+def float_onnx(model: Model, ctx: StepContext) -> OnnxModel:
+    """The model as a float ONNX file: exported from torch, or passed through when already ONNX."""
+    if isinstance(model, OnnxModel):
+        return model
+    torch_model = require_torch(model, ctx.step.name, "quantize")
+    names = [i.name for i in ctx.job.spec.model.inputs]
+    return export_onnx(torch_model, ctx.workdir / "model.float.onnx", names)
+
+
+class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
+    """Feeds a Dataset to onnxruntime's calibrator in batches, under the model's input name."""
+
+    def __init__(self, data: Dataset, input_name: str, batch_size: int) -> None:
+        self._data = data
+        self._input_name = input_name
+        self._batch_size = batch_size
+        self._batches = self._iterate()
+
+    def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self._data), self._batch_size):
+            chunk = self._data.inputs[start : start + self._batch_size]
+            yield {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        self._batches = self._iterate()
+
+
+def has_vnni() -> bool:
+    """Whether x86 int8 dot products are exact (VNNI/AMX); without them u8s8 can saturate."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _excluded_nodes(path: Path, cfg: QuantizeStep, step: str) -> list[str]:
+    if not cfg.excludeLayers:
+        return []
+    found = nodes_of_modules(path, cfg.excludeLayers)
+    missing = [name for name, nodes in found.items() if not nodes]
+    if missing:
+        raise StepInvalid(f"step {step}: excludeLayers {', '.join(missing)} match no node of the ONNX graph")
+    return sorted({node for nodes in found.values() for node in nodes})
+
+
+def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+    calibration = ctx.data.calibration
+    if calibration is None or len(calibration) == 0:
+        raise StepInvalid(f"step {ctx.step.name}: StaticInt8 needs data.calibration to fix activation ranges")
+    if not np.isfinite(calibration.inputs).all():
+        raise DataError(f"step {ctx.step.name}: the calibration data contains NaN or infinite values")
+    source = float_onnx(model, ctx)
+    spec_data = ctx.job.spec.data
+    batch_size = spec_data.calibration.batchSize if spec_data and spec_data.calibration else 32
+    input_name = source.input_names[0] if source.input_names else ctx.job.spec.model.inputs[0].name
+    # Without VNNI, u8s8 products can overflow 16-bit accumulators; 7-bit weights avoid that.
+    reduce_range = not has_vnni()
+    out = ctx.workdir / "model.int8.onnx"
+    quantize_static(
+        str(source.path),
+        str(out),
+        ArrayCalibrationReader(calibration, input_name, batch_size),
+        quant_format=QuantFormat.QDQ,
+        per_channel=cfg.perChannel,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CALIBRATORS[cfg.calibrator],
+        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
+        extra_options={"CalibPercentile": cfg.percentile} if cfg.calibrator == "Percentile" else {},
+    )
+    notes: dict[str, float | int | str] = {
+        "format": "ONNX QDQ (onnxruntime int8 kernels)",
+        "calibrator": cfg.calibrator,
+        "calibrationSamples": len(calibration),
+        "reduceRange": str(reduce_range).lower(),
+    }
+    if cfg.excludeLayers:
+        notes["floatLayers"] = ", ".join(cfg.excludeLayers)
+    return StepResult(OnnxModel(out, source.input_names), notes)
+
+
+def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+    source = float_onnx(model, ctx)
+    out = ctx.workdir / "model.dynamic-int8.onnx"
+    quantize_dynamic(
+        str(source.path),
+        str(out),
+        per_channel=cfg.perChannel,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=DYNAMIC_OP_TYPES,
+        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
+    )
+    notes: dict[str, float | int | str] = {
+        "format": "ONNX dynamic int8 (weights int8, activations quantized at run time)",
+        "quantizedOpTypes": ", ".join(DYNAMIC_OP_TYPES),
+    }
+    return StepResult(OnnxModel(out, source.input_names), notes)
+
+
+class LowPrecision(nn.Module):
+    """Runs `inner` in a 16-bit dtype while callers keep float32 inputs and outputs."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        cast = [x.to(self.dtype) if x.is_floating_point() else x for x in inputs]
+        out: torch.Tensor = self.inner(*cast)
+        return out.float()
+
+
+def _half(dtype: torch.dtype) -> Callable[[Model, QuantizeStep, StepContext], StepResult]:
+    def cast(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+        del cfg
+        source = require_torch(model, ctx.step.name, "quantize")
+        module = LowPrecision(copy.deepcopy(source.module), dtype).to(ctx.device).eval()
+        notes: dict[str, float | int | str] = {"dtype": str(dtype).removeprefix("torch.")}
+        if not ctx.device.startswith("cuda"):
+            notes["speed"] = "on CPU 16-bit weights halve the size; the speedup needs GPU tensor cores"
+        return StepResult(TorchModel(module, source.example_inputs), notes)
+
+    return cast
+
+
+def _fp8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+    source = require_torch(model, ctx.step.name, "quantize")
+    if not (ctx.device.startswith("cuda") and torch.cuda.is_available()):
+        raise RuntimeMissing(
+            f"step {ctx.step.name}: Fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
+            f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer: Ada L4/L40, Hopper H100/H200, Blackwell); "
+            f"this worker runs on {ctx.device}"
+        )
+    capability = torch.cuda.get_device_capability()
+    if capability < FP8_MIN_CAPABILITY:
+        raise RuntimeMissing(
+            f"step {ctx.step.name}: Fp8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+            f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}"
+        )
+    module = copy.deepcopy(source.module).to(ctx.device).eval()
+    converted, skipped = convert_to_fp8(module, exclude=set(cfg.excludeLayers))
+    if converted == 0:
+        raise StepInvalid(
+            f"step {ctx.step.name}: no Linear layer has in and out features that are multiples of 16, "
+            "which FP8 GEMMs need"
+        )
+    notes: dict[str, float | int | str] = {"fp8Layers": converted, "format": "float8_e4m3fn, per-tensor scales"}
+    if skipped:
+        notes["fp8Skipped"] = ", ".join(skipped)[:1000]
+    return StepResult(TorchModel(module, source.example_inputs), notes)
+
+
+_METHODS: dict[str, Callable[[Model, QuantizeStep, StepContext], StepResult]] = {
+    "StaticInt8": _static_int8,
+    "DynamicInt8": _dynamic_int8,
+    "Float16": _half(torch.float16),
+    "BFloat16": _half(torch.bfloat16),
+    "Fp8": _fp8,
+}

@@ -109,19 +109,25 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
 
 
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    # Our own login, not kopf's default: that one would import the `kubernetes` client if installed.
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-        if info is not None:
-            runtime.connect(info)
-        return info
+        return _login(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
+        info = _login(settings=settings)  # startup runs before kopf's own login
+        if info is None:
+            raise kopf.PermanentError("no in-cluster ServiceAccount and no kubeconfig to log in with")
+        runtime.connect(info)
         await runtime.start()
 
     @kopf.on.cleanup(registry=registry)

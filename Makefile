@@ -42,8 +42,10 @@ format: setup ## apply ruff's formatter and fixes
 	$(BIN)/ruff format operator tests benchmarks
 	$(BIN)/ruff check --fix operator tests benchmarks
 
-crd: setup ## regenerate crds/ from the typed API
+crd: setup ## regenerate everything derived from the typed API: crds/, the chart's and deploy/ copies, docs/crd-reference.md
 	$(BIN)/kompression crd -o crds/compressionjobs.kompression.dev.yaml
+	$(BIN)/python -m kompression.api.reference > docs/crd-reference.md
+	hack/chart-render-deploy.sh
 
 test: setup testbed-deps lint ## every test, against the real test bed (starts it as needed)
 	$(BIN)/pytest

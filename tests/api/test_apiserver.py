@@ -33,7 +33,7 @@ def _create(kube: Any, namespace: str, path: Path) -> Any:
 def test_crd_is_established_with_its_names(kube: Any, crd: None) -> None:
     crd_obj = json.loads(kube.kubectl("get", "crd", "compressionjobs.kompression.dev", "-o", "json").stdout)
     names = crd_obj["status"]["acceptedNames"]
-    assert names["shortNames"] == ["cj"]
+    assert names["shortNames"] == ["kjob", "kj"]
     assert names["categories"] == ["kompression"]
 
 
@@ -41,7 +41,7 @@ def test_every_example_is_accepted(kube: Any, crd: None, namespace: str) -> None
     for path in EXAMPLES:
         proc = _create(kube, namespace, path)
         assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
-    listed = json.loads(kube.kubectl("get", "cj", "-n", namespace, "-o", "json").stdout)["items"]
+    listed = json.loads(kube.kubectl("get", "kjob", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(listed) == len(EXAMPLES)
 
 
@@ -58,7 +58,7 @@ def test_invalid_manifest_is_rejected_like_the_cli_does(kube: Any, crd: None, na
 def test_spec_is_immutable_except_suspend_and_ttl(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, ROOT / "examples" / "quickstart.yaml").returncode == 0
     edit = kube.kubectl(
-        "patch", "cj", "quickstart", "-n", namespace, "--type=json",
+        "patch", "kjob", "quickstart", "-n", namespace, "--type=json",
         "-p", '[{"op": "replace", "path": "/spec/steps/0/prune/sparsity", "value": 0.3}]',
         check=False,
     )  # fmt: skip
@@ -66,14 +66,14 @@ def test_spec_is_immutable_except_suspend_and_ttl(kube: Any, crd: None, namespac
     assert "spec is immutable after creation" in edit.stderr
     assert "create a new CompressionJob" in edit.stderr
     allowed = '{"spec": {"runPolicy": {"suspend": true, "ttlSecondsAfterFinished": 60}}}'
-    kube.kubectl("patch", "cj", "quickstart", "-n", namespace, "--type=merge", "-p", allowed)
-    stored = json.loads(kube.kubectl("get", "cj", "quickstart", "-n", namespace, "-o", "json").stdout)
+    kube.kubectl("patch", "kjob", "quickstart", "-n", namespace, "--type=merge", "-p", allowed)
+    stored = json.loads(kube.kubectl("get", "kjob", "quickstart", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["runPolicy"]["suspend"] is True
 
 
 def test_server_applies_the_documented_defaults(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, ROOT / "examples" / "quickstart.yaml").returncode == 0
-    spec = json.loads(kube.kubectl("get", "cj", "quickstart", "-n", namespace, "-o", "json").stdout)["spec"]
+    spec = json.loads(kube.kubectl("get", "kjob", "quickstart", "-n", namespace, "-o", "json").stdout)["spec"]
     local = parse_job(yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())).spec
     assert spec["runPolicy"]["backoffLimit"] == local.runPolicy.backoffLimit == 2
     assert spec["measurement"]["batchSizes"] == local.measurement.batchSizes
@@ -82,16 +82,17 @@ def test_server_applies_the_documented_defaults(kube: Any, crd: None, namespace:
 
 
 def test_kubectl_explain_teaches_the_fields(kube: Any, crd: None) -> None:
-    out = kube.kubectl("explain", "cj.spec.steps.prune").stdout
-    assert "physically remove channels" in out
-    assert "sparsity" in out
-    out = kube.kubectl("explain", "compressionjob.spec.acceptance.maxAccuracyDrop").stdout
-    assert "Largest allowed drop" in out
+    out = " ".join(kube.kubectl("explain", "kjob.spec.steps.prune").stdout.split())
+    assert "KIND: CompressionJob" in out
+    assert "physically remove channels and filters" in out
+    assert "sparsity <number>" in out
+    out = " ".join(kube.kubectl("explain", "compressionjob.spec.acceptance.maxAccuracyDrop").stdout.split())
+    assert "Largest allowed drop in the evaluation metric" in out
 
 
 def test_printer_columns_show_phase_step_ratio_and_accuracy(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, ROOT / "examples" / "quickstart.yaml").returncode == 0
-    header = kube.kubectl("get", "cj", "-n", namespace).stdout.splitlines()[0].split()
+    header = kube.kubectl("get", "kjob", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "STEP", "RATIO", "ACCDELTA", "AGE"]
     wide = kube.kubectl("get", "kompression", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert {"PROGRESS", "SPEEDUP"} <= set(wide)

@@ -51,8 +51,8 @@ def test_operator_as_chart_service_account_runs_a_job(kube: Any, helm: Any, tmp_
                         "the worker pod", timeout=120)
         running = _status(kube, team)
         kube.kubectl("annotate", "-n", team, pod.splitlines()[0], "kompression.dev/kwok-exit-code=0")
-        kube.kubectl("wait", "-n", team, "--for=condition=Succeeded", "cj/chart-rbac", "--timeout=120s", timeout=150)
-        kube.kubectl("wait", "-n", team, "--for=condition=Ready", "cj/chart-rbac", "--timeout=30s", timeout=60)
+        kube.kubectl("wait", "-n", team, "--for=condition=Succeeded", "kjob/chart-rbac", "--timeout=120s", timeout=150)
+        kube.kubectl("wait", "-n", team, "--for=condition=Ready", "kjob/chart-rbac", "--timeout=30s", timeout=60)
         final = _status(kube, team)
         assert final["status"]["phase"] == "Succeeded"
         assert health(final)[0] == "Healthy"
@@ -67,4 +67,4 @@ def test_operator_as_chart_service_account_runs_a_job(kube: Any, helm: Any, tmp_
 
 
 def _status(kube: Any, namespace: str) -> dict[str, Any]:
-    return yaml.safe_load(kube.kubectl("get", "cj/chart-rbac", "-n", namespace, "-o", "yaml").stdout)
+    return yaml.safe_load(kube.kubectl("get", "kjob/chart-rbac", "-n", namespace, "-o", "yaml").stdout)

@@ -8,7 +8,8 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "CompressionJob"
 PLURAL: Final = "compressionjobs"
 SINGULAR: Final = "compressionjob"
-SHORT_NAMES: Final = ("cj",)
+# Not "cj": that is CronJob's built-in short name, and kubectl resolves built-ins first.
+SHORT_NAMES: Final = ("kjob", "kj")
 CATEGORIES: Final = ("kompression",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 

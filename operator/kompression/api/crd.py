@@ -131,28 +131,16 @@ class _Converter:
         return out
 
 
-def _object_defaults(schema: dict[str, Any]) -> None:
-    """Give optional sub-objects whose fields all have defaults ``default: {}``, so the API
-    server fills their fields in when the user leaves the whole object out."""
-    for prop in schema.get("properties", {}).values():
-        _object_defaults(prop)
-        if prop.get("type") == "object" and "properties" in prop and "default" not in prop:
-            required = prop.get("required", [])
-            if not required and all("default" in p for p in prop["properties"].values()):
-                prop["default"] = {}
-    if "items" in schema:
-        _object_defaults(schema["items"])
-
-
 def openapi_schema() -> dict[str, Any]:
     raw = CompressionJob.model_json_schema(by_alias=True, mode="validation")
     conv = _Converter(raw.get("$defs", {}))
     spec = conv.convert({"$ref": "#/$defs/CompressionJobSpec"}, "spec")
     status = conv.convert({"$ref": "#/$defs/CompressionJobStatus"}, "status")
-    spec_defaults = {"resources", "runPolicy", "worker", "measurement"}
-    for name in spec_defaults:
+    # These always exist after defaulting, so their fields' defaults apply when the user leaves
+    # the whole object out. Technique objects (onnx: {}, fineTune: {}) must never be defaulted:
+    # their presence is meaningful.
+    for name in ("resources", "runPolicy", "worker", "measurement"):
         spec["properties"][name]["default"] = {}
-    _object_defaults(spec)
     # Lists keyed by a name merge cleanly under server-side apply.
     spec["properties"]["steps"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     status["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})

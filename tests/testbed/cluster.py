@@ -76,8 +76,11 @@ class Ports:
 class Cluster:
     """One control plane whose whole state (PKI, etcd data, logs, pids) lives in `state_dir`."""
 
-    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *, detached: bool = False) -> None:
+        """`detached`: the processes outlive this Python process (`make cluster`); otherwise
+        they get SIGTERM when it exits, however it exits (the pytest fixture's case)."""
         self.dir = state_dir.resolve()
+        self.detached = detached
         self.kubeconfig = self.dir / "kubeconfig"
         self.pki_dir = self.dir / "pki"
         self.log_dir = self.dir / "logs"
@@ -104,11 +107,10 @@ class Cluster:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def up(self, timeout: float = 90.0) -> None:
-        """Start everything (idempotent: a healthy cluster is left alone)."""
+    def up(self, timeout: float = 90.0) -> bool:
+        """Start everything; False if a healthy cluster was already running (left alone)."""
         if self.is_healthy():
-            print(f"test bed already running; KUBECONFIG={self.kubeconfig}")
-            return
+            return False
         self.down(quiet=True)
         bins = {name: binary(name) for name in COMPONENTS}
         self._prepare_dirs()
@@ -117,6 +119,7 @@ class Cluster:
         pki = TestbedPKI(self.pki_dir)
         sa_key, sa_pub = pki.service_account_keys()
         serving = pki.serving()
+        front_proxy = pki.client("front-proxy-client", "front-proxy-client")
         server = f"https://{LOOPBACK}:{ports.apiserver}"
         self._write_kubeconfig(self.kubeconfig, server, pki, pki.client("admin", "kubernetes-admin", "system:masters"))
         kcm_cfg = self.dir / "controller-manager.kubeconfig"
@@ -125,7 +128,7 @@ class Cluster:
         self._write_kubeconfig(sched_cfg, server, pki, pki.client("scheduler", "system:kube-scheduler"))
         try:
             self._start_etcd(bins["etcd"], ports, timeout)
-            self._start_apiserver(bins["kube-apiserver"], ports, pki, serving=serving,
+            self._start_apiserver(bins["kube-apiserver"], ports, pki, serving=serving, front_proxy=front_proxy,
                                   sa_key=sa_key, sa_pub=sa_pub, timeout=timeout)
             self._start_controller_manager(bins["kube-controller-manager"], ports, kcm_cfg, pki, sa_key)
             self._start_scheduler(bins["kube-scheduler"], ports, sched_cfg)
@@ -135,6 +138,7 @@ class Cluster:
         except BaseException:
             self.down(quiet=True, keep_logs=True)
             raise
+        return True
 
     def down(self, quiet: bool = False, keep_logs: bool = True) -> None:
         """Stop every component we started (by pid file) and delete the cluster state."""
@@ -162,7 +166,8 @@ class Cluster:
             d.mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str, argv: list[str]) -> Daemon:
-        daemon = Daemon(name, argv, self.log_dir / f"{name}.log", self.pid_dir / f"{name}.pid")
+        daemon = Daemon(name, argv, self.log_dir / f"{name}.log", self.pid_dir / f"{name}.pid",
+                        die_with_parent=not self.detached)
         self._daemons.append(daemon)
         return daemon
 
@@ -180,7 +185,7 @@ class Cluster:
         wait_for("etcd /health", lambda: _http_ok(f"{client}/health"), timeout, [etcd])
 
     def _start_apiserver(self, exe: Path, ports: Ports, pki: TestbedPKI, *, serving: ClientCert,
-                         sa_key: Path, sa_pub: Path, timeout: float) -> None:
+                         front_proxy: ClientCert, sa_key: Path, sa_pub: Path, timeout: float) -> None:
         apiserver = self._spawn("kube-apiserver", [
             str(exe),
             f"--etcd-servers=http://{LOOPBACK}:{ports.etcd}",
@@ -193,6 +198,15 @@ class Cluster:
             f"--service-account-signing-key-file={sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            # Front-proxy (request-header) auth: aggregated API servers work, and the
+            # controller-manager and scheduler find the CA bundle they look for at start.
+            f"--requestheader-client-ca-file={pki.ca_cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={front_proxy.cert}",
+            f"--proxy-client-key-file={front_proxy.key}",
             "--allow-privileged=true",
             # There is no real network: publishing 127.0.0.1 as the `kubernetes` Service
             # endpoint is rejected by validation and would only spam the log.
@@ -337,13 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_STATE_DIR, help="state directory")
     parser.add_argument("--timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
-    cluster = Cluster(args.dir)
+    cluster = Cluster(args.dir, detached=True)
     try:
         if args.action == "up":
             started = time.monotonic()
-            cluster.up(args.timeout)
-            print(f"test bed up in {time.monotonic() - started:.1f}s; "
-                  f"export KUBECONFIG={cluster.kubeconfig}")
+            fresh = cluster.up(args.timeout)
+            what = f"up in {time.monotonic() - started:.1f}s" if fresh else "already running"
+            print(f"test bed {what}; export KUBECONFIG={cluster.kubeconfig}")
         elif args.action == "down":
             cluster.down()
         else:

@@ -35,7 +35,6 @@ class Kube:
 
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
-        self.kubectl_path = kubectl_binary()
         self.api_client: client.ApiClient = config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
@@ -51,7 +50,7 @@ class Kube:
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run kubectl against the test bed; raises with stderr attached when `check` fails."""
         proc = subprocess.run(
-            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            [kubectl_binary(), "--kubeconfig", str(self.kubeconfig), *args],
             input=input, capture_output=True, text=True, timeout=timeout, check=False,
         )
         if check and proc.returncode != 0:

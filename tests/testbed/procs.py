@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,15 +37,32 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+_PR_SET_PDEATHSIG = 1
+# Resolved here, not in the forked child: a dlopen there could deadlock on a lock that some
+# other thread of the parent held at fork time.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent goes away.
+
+    For servers a pytest session owns, so that a killed or crashed session cannot leave
+    apiservers and etcds running in the background forever.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Daemon:
     """A background server whose stdout/stderr go to a log file and whose pid goes to a file.
 
-    The process gets its own session so that it outlives `make cluster` and a Ctrl-C in the
-    terminal that started it does not take it down.
+    The process gets its own session so that a Ctrl-C in the terminal does not hit it
+    directly; with `die_with_parent=False` it also outlives its starter (`make cluster`).
     """
 
     def __init__(self, name: str, argv: Sequence[str], log: Path, pidfile: Path, *,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 die_with_parent: bool = True) -> None:
         self.name = name
         self.log = log
         self.pidfile = pidfile
@@ -53,6 +72,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=env, cwd=cwd,
+                preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
             )
         pidfile.write_text(f"{self.proc.pid}\n")
 

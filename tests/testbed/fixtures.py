@@ -36,7 +36,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     existing = os.environ.get(KUBECONFIG_ENV)
     cluster: Cluster | None = None
     if existing:
-        kubeconfig = Path(existing)
+        kubeconfig = Path(existing).resolve()
     else:
         # A private cluster per session, so a developer's `make cluster` is never disturbed.
         cluster = Cluster(tmp_path_factory.mktemp("testbed"))

@@ -1,15 +1,97 @@
-"""Commands of the worker, registered on the kompression CLI."""
+"""Commands of the worker, registered on the kompression CLI.
+
+Nothing heavy is imported at module level: `kompression validate` must stay fast and the operator
+image has no torch. The pipeline is imported when a worker command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
 from typing import Any
+
+from kompression.api.constants import ENV_JOB_FILE, ENV_WORKDIR, ExitCode
+from kompression.api.report import WorkerReport
+from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
 
 
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Add this package's subcommands."""
-    del sub
+    p = sub.add_parser("run", help="run a CompressionJob here (also what the worker pod runs)")
+    p.add_argument("job", nargs="?", metavar="JOB.yaml", help=f"the manifest (default: ${ENV_JOB_FILE})")
+    p.add_argument("--output", metavar="URI", help="publish under this prefix instead of spec.output.uri")
+    p.add_argument("--progress", choices=("auto", "bar", "json"), default="auto",
+                   help="progress display: a bar on a terminal, JSON lines otherwise (auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for training steps (default 0)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("example-model", help="train the quickstart's small CNN on digits and save it (TorchExport)")
+    p.add_argument("--output", metavar="URI", required=True, help="where to write the .pt2 file")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.set_defaults(func=_example_model)
 
 
-def _unused(_: argparse.Namespace) -> int:
-    return 0
+def _fail_early(reason: str, message: str, code: int) -> int:
+    """A failure before the pipeline exists still gets a termination message."""
+    from kompression.worker.progress import write_termination_message
+
+    print(f"error: {message}", file=sys.stderr)
+    write_termination_message(WorkerReport(phase="Failed", reason=reason, message=message[:4096]))
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    name = args.job or os.environ.get(ENV_JOB_FILE)
+    if not name:
+        return _fail_early("InvalidSpec", f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC)
+    try:
+        docs = load_documents(Path(name))
+        if len(docs) != 1:
+            raise ManifestUnreadable(f"{name}: expected exactly one CompressionJob document, found {len(docs)}")
+        job = parse_job(docs[0])
+    except (ManifestUnreadable, SpecInvalid) as exc:
+        return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
+
+    from kompression.worker.errors import WorkerError
+    from kompression.worker.pipeline import RunOptions, run
+    from kompression.worker.progress import Reporter
+    from kompression.worker.reporting import table
+
+    mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
+    reporter = Reporter(job, mode)
+    workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
+    try:
+        _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
+    except WorkerError as exc:
+        reporter.finish("Failed", exc.reason, exc.message)
+        print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        reporter.finish("Failed", "Unexpected", f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return ExitCode.UNEXPECTED
+    report = reporter.finish("Succeeded")
+    if mode == "bar":
+        print(table(rows))
+        result = report.result
+        if result is not None:
+            print(f"\ncompression {result.compressionRatio}x, accuracy delta {result.accuracyDelta:+.4f}, "
+                  f"speedup {result.speedup}x; published under {args.output or job.spec.output.uri}")
+    return ExitCode.OK
+
+
+def _example_model(args: argparse.Namespace) -> int:
+    from kompression.worker.errors import WorkerError
+    from kompression.worker.example_model import build
+
+    try:
+        accuracy, size = build(args.output, seed=args.seed, epochs=args.epochs)
+    except WorkerError as exc:
+        print(f"error ({exc.reason}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    print(f"wrote {args.output}: {size / 1e6:.2f} MB, held-out accuracy {accuracy:.4f}")
+    return ExitCode.OK

@@ -1,0 +1,412 @@
+"""Loading and saving models in the formats spec.model.format names, treating every file as untrusted.
+
+Unpickling runs code. So:
+- ``torch.load`` is only ever called with ``weights_only=True``.
+- ``.pt2`` (TorchExport) archives are vetted before ``torch.export.load`` sees them: in torch 2.x its
+  loader unpickles weight payloads marked ``use_pickle`` and opaque constants with full pickle
+  (``weights_only=False`` / ``pickle.loads``), and falls back to a full unpickle of the sample inputs
+  when the restricted one fails. We reject archives with pickled weights that need more than
+  ``weights_only``, with custom or opaque objects, with legacy pickled weight files, or with
+  ambiguous zip entries.
+- ONNX external-data locations must stay inside the model's folder (no absolute paths, no ``..``,
+  no symlinks pointing out).
+- HuggingFace folders load with ``use_safetensors=True`` and ``trust_remote_code=False``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kompression.api.v1alpha1 import ModelInput, ModelSource
+from kompression.worker import eager
+from kompression.worker.errors import ModelError, RuntimeMissing
+from kompression.worker.model import Model, OnnxModel, TorchModel
+
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+PICKLE_ADVICE = (
+    "pickled checkpoints can run arbitrary code when loaded, so the worker refuses them; "
+    "save the model with torch.export.save (format TorchExport) or its state dict with "
+    "safetensors (format SafeTensors plus `architecture`)"
+)
+
+
+def example_inputs(inputs: list[ModelInput], batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """Zero tensors matching the declared inputs; the first -1 is the batch, other -1s become 1."""
+    out = []
+    for spec in inputs:
+        shape = [batch if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
+        out.append(torch.zeros(shape, dtype=TORCH_DTYPES[spec.dtype]))
+    return tuple(out)
+
+
+def load_model(
+    source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None
+) -> Model:
+    """Load the model at path (already local) as source.format says, and check its inputs.
+
+    fetch_sibling(relative_name) brings a file stored next to the model (ONNX external data)
+    into the same local folder; it is only called for names that passed the path checks.
+    """
+    loaders: dict[str, Callable[[ModelSource, Path], Model]] = {
+        "TorchExport": _load_torch_export,
+        "TorchScript": _load_torchscript,
+        "SafeTensors": _load_safetensors,
+        "HuggingFace": _load_huggingface,
+    }
+    if source.format == "ONNX":
+        model: Model = _load_onnx(source, path, fetch_sibling)
+    else:
+        model = loaders[source.format](source, path)
+    check_inputs(model, source.inputs, source.uri)
+    return model
+
+
+def _reject_pickle_checkpoint(source: ModelSource, path: Path) -> None:
+    """A torch.save() file offered as some other format gets a precise explanation."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()):
+                raise ModelError(f"{source.uri} is a torch.save() pickle, not {source.format}: {PICKLE_ADVICE}")
+
+
+# --------------------------------------------------------------------------------------------
+# TorchExport
+
+
+def vet_pt2_archive(path: Path, uri: str) -> None:
+    """Refuse .pt2 archives whose loading would unpickle anything beyond plain tensors."""
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{uri}: not a TorchExport .pt2 archive (not a zip file); is spec.model.format right?")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        if len(names) != len(set(names)):
+            raise ModelError(f"{uri}: the .pt2 archive has duplicate entries; refusing an ambiguous archive")
+        if not any("/models/" in n and n.endswith(".json") for n in names):
+            if any(n.endswith("data.pkl") for n in names):
+                raise ModelError(f"{uri} is a torch.save() pickle, not a TorchExport archive: {PICKLE_ADVICE}")
+            raise ModelError(f"{uri}: not a TorchExport .pt2 archive (no models/*.json); was it made by torch.export.save?")
+        for name in names:
+            root, _, inner = name.partition("/")
+            if inner.startswith("data/weights/") and inner.endswith(".pt"):
+                raise ModelError(f"{uri}: legacy pickled weights ({name}); re-save with a current torch.export.save")
+            if inner.startswith("data/sample_inputs/"):
+                _vet_pickle(zf.read(name), name, uri)  # read with a silent full-pickle fallback
+            if inner.endswith("_config.json") and inner.startswith(("data/weights/", "data/constants/")):
+                folder = inner.rsplit("/", 1)[0]
+                for entry in _pickled_entries(json.loads(zf.read(name)), name, uri):
+                    member = f"{root}/{folder}/{entry}"
+                    if member not in names:
+                        raise ModelError(f"{uri}: {name} names {entry}, which the archive lacks")
+                    _vet_pickle(zf.read(member), member, uri)
+
+
+def _vet_pickle(data: bytes, name: str, uri: str) -> None:
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"{uri}: entry {name} is a pickle that needs more than weights_only loading "
+            f"({type(exc).__name__}); {PICKLE_ADVICE}"
+        ) from None
+
+
+def _pickled_entries(config: Any, name: str, uri: str) -> list[str]:
+    """Payload files the loader would unpickle; custom and opaque objects are refused outright."""
+    entries = config.get("config", {}) if isinstance(config, dict) else {}
+    pickled = []
+    for fqn, meta in entries.items():
+        if not isinstance(meta, dict):
+            raise ModelError(f"{uri}: {name} is malformed (entry {fqn!r})")
+        path_name = str(meta.get("path_name", ""))
+        if path_name.startswith(("custom_obj", "opaque_obj")):
+            raise ModelError(f"{uri}: {name} stores {fqn} as a pickled custom object; {PICKLE_ADVICE}")
+        if meta.get("use_pickle"):
+            pickled.append(path_name)
+    return pickled
+
+
+def _load_torch_export(source: ModelSource, path: Path) -> Model:
+    vet_pt2_archive(path, source.uri)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"{source.uri}: cannot load the TorchExport archive: {_short(exc)}") from None
+    _check_program_inputs(program, source)
+    graph_module = program.module()
+    module = eager.rebuild(program)
+    if module is not None:
+        probe = example_inputs(source.inputs, batch=2)
+        with torch.no_grad():
+            if not torch.allclose(module(*probe), graph_module(*probe), atol=1e-5):
+                module = None  # a rebuild that changes the outputs is worse than none
+    return TorchModel(module if module is not None else graph_module, example_inputs(source.inputs))
+
+
+def _check_program_inputs(program: Any, source: ModelSource) -> None:
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    user = set(program.graph_signature.user_inputs)
+    shapes = [n.meta.get("val") for n in placeholders if n.name in user]
+    if len(shapes) != len(source.inputs):
+        raise ModelError(
+            f"{source.uri}: the model takes {len(shapes)} input(s) but spec.model.inputs declares {len(source.inputs)}"
+        )
+    for declared, val in zip(source.inputs, shapes, strict=True):
+        if val is None or not hasattr(val, "shape"):
+            continue
+        actual = [int(d) if isinstance(d, int) or str(d).isdigit() else -1 for d in val.shape]
+        _compare_shapes(source.uri, declared, actual)
+
+
+def _compare_shapes(uri: str, declared: ModelInput, actual: list[int]) -> None:
+    mismatch = len(actual) != len(declared.shape) or any(
+        a not in (d, -1) and d != -1 for a, d in zip(actual, declared.shape, strict=False)
+    )
+    if mismatch:
+        raise ModelError(
+            f"{uri}: input {declared.name!r} is declared in spec.model.inputs with shape {declared.shape} "
+            f"but the model expects {actual} (-1 = dynamic)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# TorchScript, SafeTensors, HuggingFace
+
+
+def _load_torchscript(source: ModelSource, path: Path) -> Model:
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{source.uri}: not a TorchScript archive (not a zip file); is spec.model.format right?")
+    with zipfile.ZipFile(path) as zf:
+        if not any(n.endswith("/code/__torch__.py") or "/code/" in n for n in zf.namelist()):
+            _reject_pickle_checkpoint(source, path)
+            raise ModelError(f"{source.uri}: not a TorchScript archive (no code/); was it made by torch.jit.save?")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise ModelError(f"{source.uri}: cannot load the TorchScript archive: {_short(exc)}") from None
+    return TorchModel(module.eval(), example_inputs(source.inputs))
+
+
+def import_ref(ref: str, field: str) -> Callable[..., Any]:
+    """Resolve `module.path:Name` to the object it names."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"{field}: cannot import module {module_name!r} ({exc}); is it installed in the worker image?") from None
+    obj = getattr(module, attr, None)
+    if obj is None or not callable(obj):
+        raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
+    return obj  # type: ignore[no-any-return]
+
+
+def build_architecture(ref: str, kwargs: dict[str, Any] | None, field: str) -> torch.nn.Module:
+    factory = import_ref(ref, field)
+    try:
+        module = factory(**(kwargs or {}))
+    except Exception as exc:
+        raise ModelError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _load_safetensors(source: ModelSource, path: Path) -> Model:
+    from safetensors.torch import load_file
+
+    assert source.architecture is not None  # enforced by the API's rules
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        _reject_pickle_checkpoint(source, path)
+        raise ModelError(f"{source.uri}: not a readable safetensors file: {_short(exc)}") from None
+    module = build_architecture(source.architecture, source.architectureArguments, "spec.model.architecture")
+    missing, unexpected = _key_diff(module.state_dict(), state)
+    if missing or unexpected:
+        raise ModelError(
+            f"{source.uri}: the weights do not fit {source.architecture}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; check architectureArguments"
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{source.uri}: the weights do not fit {source.architecture}: {_short(exc)}") from None
+    return TorchModel(module.eval(), example_inputs(source.inputs))
+
+
+def _key_diff(expected: dict[str, Any], got: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+class _LogitsOnly(torch.nn.Module):
+    """HuggingFace models return output objects; the pipeline needs one tensor."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out = self.inner(*args)
+        for key in ("logits", "last_hidden_state"):
+            if hasattr(out, key):
+                return getattr(out, key)  # type: ignore[no-any-return]
+        return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
+
+
+def _load_huggingface(source: ModelSource, path: Path) -> Model:
+    try:
+        transformers = importlib.import_module("transformers")
+    except ImportError:
+        raise RuntimeMissing(
+            "format HuggingFace needs the transformers package, which this worker image lacks; "
+            "use an image with transformers, or export the model with torch.export (format TorchExport)"
+        ) from None
+    config_file = path / "config.json"
+    if not path.is_dir() or not config_file.is_file():
+        raise ModelError(f"{source.uri}: a HuggingFace model is a folder with config.json; none found")
+    try:
+        config = json.loads(config_file.read_text())
+        arch = (config.get("architectures") or ["AutoModel"])[0]
+        cls = getattr(transformers, arch, None) or transformers.AutoModel
+        module = cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{source.uri}: cannot load the HuggingFace model (safetensors weights only): {_short(exc)}") from None
+    return TorchModel(_LogitsOnly(module).eval(), example_inputs(source.inputs))
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+
+
+def vet_onnx_external_data(proto: Any, folder: Path, uri: str) -> list[str]:
+    """The external-data files the model references, each checked to stay inside folder."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    root = folder.resolve()
+    names: list[str] = []
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != 1:  # onnx.TensorProto.EXTERNAL
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        candidate = Path(location)
+        resolved = (root / candidate).resolve()
+        if not location or candidate.is_absolute() or ".." in candidate.parts or not resolved.is_relative_to(root):
+            raise ModelError(
+                f"{uri}: tensor {tensor.name!r} points its external data at {location!r}, outside the "
+                "model's folder; external data must be a relative path next to the .onnx file"
+            )
+        names.append(location)
+    return sorted(set(names))
+
+
+def _load_onnx(source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None) -> OnnxModel:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{source.uri}: not a readable ONNX model: {_short(exc)}") from None
+    for name in vet_onnx_external_data(proto, path.parent, source.uri):
+        if fetch_sibling is not None:
+            fetch_sibling(name)
+        target = path.parent / name
+        if target.is_symlink() and not target.resolve().is_relative_to(path.parent.resolve()):
+            raise ModelError(f"{source.uri}: external data {name!r} is a symlink leaving the model's folder")
+        if not target.is_file():
+            raise ModelError(f"{source.uri}: external data file {name!r} is missing next to the model")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelError(f"{source.uri}: the ONNX model is invalid: {_short(exc)}") from None
+    graph_inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if len(graph_inputs) != len(source.inputs):
+        raise ModelError(
+            f"{source.uri}: the model takes {len(graph_inputs)} input(s) but spec.model.inputs declares {len(source.inputs)}"
+        )
+    for declared, gi in zip(source.inputs, graph_inputs, strict=True):
+        dims = gi.type.tensor_type.shape.dim
+        actual = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+        _compare_shapes(source.uri, declared, actual)
+    return OnnxModel(path, [gi.name for gi in graph_inputs])
+
+
+# --------------------------------------------------------------------------------------------
+# checks and saving
+
+
+def check_inputs(model: Model, inputs: list[ModelInput], uri: str) -> None:
+    """Run an eager model once on declared-shape zeros: a mismatch becomes a ModelError naming the input."""
+    if not isinstance(model, TorchModel):
+        return
+    try:
+        with torch.no_grad():
+            model.module(*example_inputs(inputs, batch=2))
+    except Exception as exc:
+        shapes = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise ModelError(
+            f"{uri}: the model rejects inputs of the declared shapes ({shapes}; -1 tried as 2 for the batch, "
+            f"1 elsewhere): {_short(exc)}. Fix spec.model.inputs to match the model"
+        ) from None
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(int(p.numel()) for p in module.parameters())
+
+
+def save_torch_export(model: TorchModel, path: Path) -> Path:
+    """Save as a .pt2 archive (dynamic batch when the model allows it) and check it holds every parameter."""
+    module = model.module.eval()
+    batch2 = tuple(torch.cat([t, t]) for t in model.example_inputs)
+    dim = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.export.export(module, batch2, dynamic_shapes=tuple({0: dim} for _ in batch2))
+    except Exception:
+        # Some graphs (quantized ones, data-dependent code) specialize the batch: keep it static.
+        program = torch.export.export(module, model.example_inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    saved = sum(int(t.numel()) for n, t in program.state_dict.items() if n in dict(module.named_parameters()))
+    expected = parameter_count(module)
+    if saved != expected:
+        raise ModelError(f"saving {path.name}: the archive holds {saved} parameters but the model has {expected}")
+    return path
+
+
+def save_safetensors(module: torch.nn.Module, path: Path) -> Path:
+    """Save the state dict (contiguous, de-aliased copies) as safetensors and check the element count."""
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    back = load_file(str(path))
+    if sum(t.numel() for t in back.values()) != sum(t.numel() for t in state.values()):
+        raise ModelError(f"saving {path.name}: the file does not hold every tensor of the state dict")
+    return path
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def file_size(path: Path) -> int:
+    """Bytes on disk of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return os.path.getsize(path)

@@ -1,0 +1,168 @@
+"""The run's written report: report.json (a WorkerReport plus details), report.md and its PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kompression.api.report import WorkerReport
+from kompression.api.v1alpha1 import Environment, Metrics
+
+PLOTS = (
+    ("size.png", "sizeBytes", "Size on disk (KiB)", 1 / 1024),
+    ("accuracy.png", "accuracy", "Evaluation metric", 1.0),
+    ("latency.png", "latencyMs", "Median latency (ms)", 1.0),
+)
+
+
+@dataclass
+class Row:
+    """One line of the per-step table: the original model or a step's output."""
+
+    name: str
+    metrics: Metrics
+    latency_ms: dict[int, tuple[float, float]]
+    seconds: float | None = None
+    notes: dict[str, Any] | None = None
+
+
+def environment() -> Environment:
+    """Versions and hardware; engines are only valid where these match."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    env = Environment(torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
+                      cpu=_cpu_model())
+    try:
+        import tensorrt
+
+        env.tensorrt = tensorrt.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        env.cuda = torch.version.cuda
+        env.gpu = torch.cuda.get_device_name(0)
+        major, minor = torch.cuda.get_device_capability(0)
+        env.computeCapability = f"{major}.{minor}"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -> Path:
+    """report.json: every WorkerReport field, plus `details` (per-batch latency, notes, seconds)."""
+    body = report.model_dump(by_alias=True, exclude_none=True, mode="json")
+    body["details"] = {
+        "runId": run_id,
+        "models": [
+            {
+                "name": r.name,
+                "seconds": r.seconds,
+                "latencyMs": {str(bs): {"p50": round(p50, 4), "p95": round(p95, 4)} for bs, (p50, p95) in r.latency_ms.items()},
+                "notes": r.notes or {},
+            }
+            for r in rows
+        ],
+    }
+    path.write_text(json.dumps(body, indent=2, sort_keys=True))
+    return path
+
+
+def load_report(path: Path) -> WorkerReport:
+    """Read report.json back as a WorkerReport (details dropped)."""
+    body = json.loads(path.read_text())
+    body.pop("details", None)
+    return WorkerReport.model_validate(body)
+
+
+def plot(rows: list[Row], folder: Path) -> list[Path]:
+    """One bar chart per figure of merit, steps in order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = [r.name for r in rows]
+    for filename, key, title, scale in PLOTS:
+        values = [getattr(r.metrics, key) for r in rows]
+        if all(v is None for v in values):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        ax.bar(names, [0 if v is None else v * scale for v in values], color="#3b6ea5")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+        fig.tight_layout()
+        path = folder / filename
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def table(rows: list[Row]) -> str:
+    """Plain-text table of size, parameters, accuracy and latency per step (also used on the terminal)."""
+    header = ("model", "size KiB", "params", "accuracy", "p50 ms", "p95 ms", "sparsity")
+    lines = [header]
+    for r in rows:
+        m = r.metrics
+        lines.append((
+            r.name,
+            "-" if m.sizeBytes is None else f"{m.sizeBytes / 1024:.1f}",
+            "-" if m.parameters is None else f"{m.parameters:,}",
+            "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+            "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
+            "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
+            "-" if m.sparsity is None else f"{m.sparsity:.3f}",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+           for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job_name: str, path: Path) -> Path:
+    result = report.result
+    lines = [f"# Compression report: {job_name}", ""]
+    if result is not None:
+        lines += ["| figure | value |", "|---|---|"]
+        if result.compressionRatio is not None:
+            lines.append(f"| compression ratio | {result.compressionRatio:.2f}x |")
+        if result.accuracyDelta is not None:
+            lines.append(f"| accuracy delta | {result.accuracyDelta:+.4f} |")
+        if result.speedup is not None:
+            lines.append(f"| speedup (p50, first batch size) | {result.speedup:.2f}x |")
+        for gate in result.gates:
+            lines.append(f"| gate {gate.name} | {'passed' if gate.passed else 'FAILED'}: {gate.measured:g} (limit {gate.limit:g}) |")
+        lines.append("")
+    lines += ["## Per step", "", "```", table(rows), "```", ""]
+    batch_sizes = sorted({bs for r in rows for bs in r.latency_ms})
+    if len(batch_sizes) > 1:
+        lines += ["## Latency by batch size (p50 / p95 ms)", "",
+                  "| model | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
+                  "|---" * (len(batch_sizes) + 1) + "|"]
+        for r in rows:
+            cells = [f"{r.latency_ms[b][0]:.3f} / {r.latency_ms[b][1]:.3f}" if b in r.latency_ms else "-" for b in batch_sizes]
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    env = report.environment
+    if env is not None:
+        lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.to_wire().items()] + [""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    path.write_text("\n".join(lines))
+    return path

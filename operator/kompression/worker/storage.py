@@ -1,0 +1,316 @@
+"""One storage layer for every URI a job names: s3://, gs://, az://, file:// and plain paths.
+
+Built on fsspec. Credentials come from the environment (the operator turns the job's Secret into
+environment variables), never from the manifest.
+
+- ``s3://bucket/key``: s3fs. Endpoint from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (MinIO
+  and other S3-compatibles), region from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, keys from
+  ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or the usual botocore chain). boto3 >= 1.36
+  adds checksums to every request by default, which several S3-compatible servers reject; we
+  default both ``request_checksum_calculation`` and ``response_checksum_validation`` to
+  ``when_required`` and honour botocore's own ``AWS_REQUEST_CHECKSUM_CALCULATION`` /
+  ``AWS_RESPONSE_CHECKSUM_VALIDATION`` variables (``when_supported`` turns them on).
+- ``gs://`` needs gcsfs, ``az://`` needs adlfs: optional, a StorageError says what to install.
+- ``file://relative/path`` is relative to the working directory, ``file:///abs/path`` absolute;
+  a URI without a scheme is a local path.
+
+Every write computes a sha256; downloads verify one when the caller knows it. Transient faults
+(connection refused, timeouts) are retried with exponential backoff; a missing object raises
+ObjectNotFound at once, bad credentials raise StorageError at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kompression.worker.errors import StorageError
+
+CHECKSUM_SETTINGS = ("when_required", "when_supported")
+ENV_RETRIES = "KOMPRESSION_STORAGE_RETRIES"
+ENV_BACKOFF = "KOMPRESSION_STORAGE_BACKOFF_SECONDS"
+CHUNK = 1 << 20
+
+T = TypeVar("T")
+
+
+class ObjectNotFound(StorageError):
+    """The URI is reachable but names nothing. Callers turn this into ModelError or DataError."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: the fsspec protocol and the path that protocol's filesystem understands."""
+
+    uri: str
+    protocol: str  # "s3", "gs", "az" or "file"
+    path: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+
+def parse_uri(uri: str) -> Location:
+    """Split a URI into protocol and path; local paths come back absolute."""
+    if "://" not in uri:
+        return Location(uri, "file", str(Path(uri).resolve()))
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file":
+        # file:///abs keeps its leading slash; file://rel/path is relative to the working directory.
+        return Location(uri, "file", str(Path(rest).resolve()))
+    if scheme in ("s3", "gs", "az"):
+        if not rest or rest.startswith("/"):
+            raise StorageError(f"{uri}: expected {scheme}://BUCKET/PATH")
+        return Location(uri, scheme, rest)
+    raise StorageError(
+        f"{uri}: the worker reads and writes s3://, gs://, az://, file:// and local paths, not {scheme}://"
+    )
+
+
+def join(prefix: str, *parts: str) -> str:
+    """Append path parts to a URI prefix with exactly one slash between them."""
+    out = prefix.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def _checksum_setting(env: str) -> str:
+    value = os.environ.get(env, "when_required").strip().lower()
+    if value not in CHECKSUM_SETTINGS:
+        raise StorageError(f"{env}={value!r}: expected one of {', '.join(CHECKSUM_SETTINGS)}")
+    return value
+
+
+def s3_options() -> dict[str, Any]:
+    """s3fs constructor arguments from the environment (exposed for tests and diagnostics)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    config: dict[str, Any] = {
+        "request_checksum_calculation": _checksum_setting("AWS_REQUEST_CHECKSUM_CALCULATION"),
+        "response_checksum_validation": _checksum_setting("AWS_RESPONSE_CHECKSUM_VALIDATION"),
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        # Our own loop below retries with backoff; botocore's inner retries would multiply it.
+        "retries": {"max_attempts": 1, "mode": "standard"},
+    }
+    if endpoint:
+        config["s3"] = {"addressing_style": "path"}
+    options: dict[str, Any] = {
+        "endpoint_url": endpoint,
+        "client_kwargs": {"region_name": region} if region else {},
+        "config_kwargs": config,
+        "skip_instance_cache": True,
+        "use_listings_cache": False,
+        "retries": 1,
+    }
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        options.update(key=key, secret=secret, token=os.environ.get("AWS_SESSION_TOKEN"))
+    return options
+
+
+def filesystem(protocol: str) -> Any:
+    """The fsspec filesystem for a protocol, configured from the environment."""
+    import fsspec
+
+    if protocol == "file":
+        return fsspec.filesystem("file", auto_mkdir=True)
+    if protocol == "s3":
+        return fsspec.filesystem("s3", **s3_options())
+    package = {"gs": "gcsfs", "az": "adlfs"}[protocol]
+    try:
+        return fsspec.filesystem(protocol, skip_instance_cache=True)
+    except ImportError:
+        raise StorageError(
+            f"{protocol}:// storage needs the optional package {package}, which this worker image lacks; "
+            f"install it (pip install {package}) or use s3:// or file://"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# errors and retries
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    markers = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "ExpiredToken",
+               "NoCredentialsError", "Unable to locate credentials", "InvalidToken", "403")
+    return isinstance(exc, PermissionError) or any(m in text for m in markers)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, FileNotFoundError) or "NoSuchKey" in str(exc) or "NoSuchBucket" in str(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _retry_policy() -> tuple[int, float]:
+    try:
+        attempts = max(1, int(os.environ.get(ENV_RETRIES, "4")))
+        backoff = max(0.0, float(os.environ.get(ENV_BACKOFF, "0.5")))
+    except ValueError:
+        raise StorageError(f"{ENV_RETRIES} must be an integer and {ENV_BACKOFF} a number of seconds") from None
+    return attempts, backoff
+
+
+def with_retries(uri: str, action: str, fn: Callable[[], T]) -> T:
+    """Run fn, retrying transient faults; map every failure to a StorageError naming uri and cause."""
+    attempts, backoff = _retry_policy()
+    last: BaseException | None = None
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except Exception as exc:  # fsspec backends raise anything from OSError to botocore errors
+            if _is_not_found(exc):
+                raise ObjectNotFound(f"{uri}: not found ({action}): {_describe(exc)}") from None
+            if _is_auth_error(exc):
+                raise StorageError(
+                    f"{uri}: access denied while trying to {action}: {_describe(exc)}. Check the credentials "
+                    "in spec.output.credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket policy"
+                ) from None
+            last = exc
+            if attempt + 1 < attempts:
+                time.sleep(backoff * (2**attempt))
+    raise StorageError(
+        f"{uri}: cannot {action} after {attempts} attempts: {_describe(last or RuntimeError('unknown'))}. "
+        "Check that the storage endpoint (AWS_ENDPOINT_URL for S3-compatibles) is reachable"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# operations
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(uri: str, dest: Path, sha256: str | None = None) -> Path:
+    """Copy a file (or a folder, recursively) to dest; verify its sha256 when one is given."""
+    loc = parse_uri(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fs = filesystem(loc.protocol)
+
+    def fetch() -> None:
+        if fs.isdir(loc.path):
+            fs.get(loc.path.rstrip("/") + "/", str(dest), recursive=True)
+        elif fs.exists(loc.path):
+            fs.get(loc.path, str(dest))
+        else:
+            raise FileNotFoundError(loc.path)
+
+    with_retries(uri, "download", fetch)
+    if sha256 is not None and dest.is_file():
+        actual = sha256_file(dest)
+        if actual != sha256:
+            raise StorageError(f"{uri}: sha256 mismatch after download: expected {sha256}, got {actual}")
+    return dest
+
+
+def upload(src: Path, uri: str) -> str:
+    """Write a local file to uri and return its sha256. Local targets are written atomically
+    (temporary file, then rename); an S3/GCS/Azure PUT is atomic by itself."""
+    digest = sha256_file(src)
+    loc = parse_uri(uri)
+    if loc.is_local:
+        target = Path(loc.path)
+
+        def copy_local() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out, src.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(CHUNK), b""):
+                        out.write(chunk)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+        with_retries(uri, "write", copy_local)
+        return digest
+    fs = filesystem(loc.protocol)
+    with_retries(uri, "upload", lambda: fs.put_file(str(src), loc.path))
+    return digest
+
+
+def write_bytes(data: bytes, uri: str) -> str:
+    """Write bytes to uri (atomically, see upload) and return their sha256."""
+    with tempfile.TemporaryDirectory(prefix="kompression-") as tmp:
+        path = Path(tmp) / "blob"
+        path.write_bytes(data)
+        return upload(path, uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    loc = parse_uri(uri)
+    fs = filesystem(loc.protocol)
+    return with_retries(uri, "read", lambda: bytes(fs.cat_file(loc.path)))
+
+
+def exists(uri: str) -> bool:
+    loc = parse_uri(uri)
+    fs = filesystem(loc.protocol)
+    return bool(with_retries(uri, "check", lambda: fs.exists(loc.path)))
+
+
+def list_files(prefix: str) -> list[str]:
+    """Every file below a prefix, as paths relative to it (empty when the prefix does not exist)."""
+    loc = parse_uri(prefix)
+    fs = filesystem(loc.protocol)
+    base = loc.path.rstrip("/")
+
+    def find() -> list[str]:
+        if not fs.exists(base):
+            return []
+        return [str(p)[len(base) :].lstrip("/") for p in fs.find(base)]
+
+    return sorted(with_retries(prefix, "list", find))
+
+
+def remove(uri: str) -> None:
+    """Delete a file or a folder; deleting nothing is fine (rerun cleanup is idempotent)."""
+    loc = parse_uri(uri)
+    fs = filesystem(loc.protocol)
+
+    def rm() -> None:
+        if fs.exists(loc.path):
+            fs.rm(loc.path, recursive=True)
+
+    with contextlib.suppress(ObjectNotFound):
+        with_retries(uri, "delete", rm)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, workdir: Path, sha256: str | None = None) -> Iterator[Path]:
+    """A local path for uri: the file itself when local, else a downloaded copy under workdir."""
+    loc = parse_uri(uri)
+    if loc.is_local:
+        path = Path(loc.path)
+        if not path.exists():
+            raise ObjectNotFound(f"{uri}: not found (no such file {path})")
+        if sha256 is not None and path.is_file() and sha256_file(path) != sha256:
+            raise StorageError(f"{uri}: sha256 mismatch: expected {sha256}")
+        yield path
+        return
+    dest = workdir / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(loc.path).name
+    yield download(uri, dest, sha256)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Front door to the local test bed (see tests/testbed/README.md). Subcommands:
-#   deps         install Debian's prometheus + pushgateway (if missing) and build the binaries
+#   deps         install Debian's prometheus, pushgateway and lua5.4 (if missing) and build the binaries
 #   up | down | status   the Kubernetes control plane + kwok nodes, state in $TESTBED_DIR
 #   s3           moto S3 server in the foreground        (S3_PORT, default 9000)
 #   prometheus   Prometheus in the foreground            (PROM_PORT 9090, PROM_TARGETS a,b)
@@ -22,6 +22,7 @@ deps() {
   local missing=()
   command -v prometheus >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  command -v lua5.4 >/dev/null || missing+=(lua5.4)  # runs the Argo CD health check in tests/gitops
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from chartlib import CHART
-from testbedlib import can_i_list, install
+from testbedlib import can_i_list, install, installed, release_name
 
 from kompression.api import constants as c
 
@@ -65,8 +65,15 @@ def _check_least_privilege(granted: dict[str, set[str]]) -> None:
 
 
 def test_install_least_privilege_upgrade_uninstall(kube: Any, helm: Any, tmp_path: Path) -> None:
-    release, ns = "kpr", kube.create_namespace("kompression")
+    release, ns = release_name("kpr"), kube.create_namespace("kompression")
     team = kube.create_namespace("team")
+    try:
+        _install_upgrade_uninstall(kube, helm, release, ns, team, tmp_path)
+    finally:
+        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180, check=False)
+
+
+def _install_upgrade_uninstall(kube: Any, helm: Any, release: str, ns: str, team: str, tmp_path: Path) -> None:
     objs = install(kube, helm, release, ns)
     kinds = {o["kind"] for o in objs}
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
@@ -102,10 +109,10 @@ def test_install_least_privilege_upgrade_uninstall(kube: Any, helm: Any, tmp_pat
 
 
 def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None:
-    release, ns = "kpn", kube.create_namespace("kompression")
+    release, ns = release_name("kpn"), kube.create_namespace("kompression")
     watched, other = kube.create_namespace("watched"), kube.create_namespace("other")
-    install(kube, helm, release, ns, f"operator.watchNamespaces={{{watched}}}", "rbac.aggregateToDefaultRoles=false")
-    try:
+    with installed(kube, helm, release, ns, f"operator.watchNamespaces={{{watched}}}",
+                   "rbac.aggregateToDefaultRoles=false"):
         in_watched = can_i_list(kube, _sa(ns, release), watched)
         _check_least_privilege(in_watched)
         assert "jobs.batch" in in_watched and "compressionjobs.kompression.dev" in in_watched
@@ -113,17 +120,14 @@ def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None
         _check_least_privilege(elsewhere)
         for resource in ("jobs.batch", "configmaps", "pods", "compressionjobs.kompression.dev", "namespaces"):
             assert resource not in elsewhere, f"{resource} granted outside the watched namespaces"
-    finally:
-        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
 
 
 def test_aggregated_roles_let_namespace_editors_use_compressionjobs(kube: Any, helm: Any) -> None:
-    release, ns = "kpa", kube.create_namespace("kompression")
+    release, ns = release_name("kpa"), kube.create_namespace("kompression")
     team = kube.create_namespace("team")
     kube.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", team)
     kube.kubectl("create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", team)
-    install(kube, helm, release, ns)
-    try:
+    with installed(kube, helm, release, ns):
         def can(user: str, verb: str) -> bool:
             out = kube.kubectl("auth", "can-i", verb, "compressionjobs.kompression.dev", f"--as={user}", "-n", team,
                                check=False)
@@ -131,8 +135,6 @@ def test_aggregated_roles_let_namespace_editors_use_compressionjobs(kube: Any, h
 
         kube.wait(lambda: can("alice", "create"), "aggregation of the edit role", timeout=30)
         assert can("bob", "list") and not can("bob", "create")
-    finally:
-        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
 
 
 def test_plain_manifests_apply_with_kustomize(kube: Any) -> None:

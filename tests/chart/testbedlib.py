@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,21 @@ def install(kube: Any, helm: Any, release: str, namespace: str, *sets: str, char
     return [d for d in yaml.safe_load_all(manifest) if d]
 
 
+def release_name(prefix: str) -> str:
+    """A release name unique to this run: the chart's cluster-scoped objects (ClusterRoles, their
+    bindings) carry it, and other runs may share the cluster."""
+    return f"{prefix}{uuid.uuid4().hex[:5]}"
+
+
+@contextmanager
+def installed(kube: Any, helm: Any, release: str, namespace: str, *sets: str) -> Iterator[list[dict[str, Any]]]:
+    """`install`, and `helm uninstall` afterwards whatever happens."""
+    try:
+        yield install(kube, helm, release, namespace, *sets)
+    finally:
+        helm.run("uninstall", release, "-n", namespace, "--wait", timeout=180, check=False)
+
+
 def impersonating_kubeconfig(kube: Any, user: str, path: Path) -> Path:
     """A copy of the admin kubeconfig that acts as `user` (admin may impersonate anyone)."""
     config = yaml.safe_load(kube.kubeconfig.read_text())
@@ -46,34 +64,27 @@ def impersonating_kubeconfig(kube: Any, user: str, path: Path) -> Path:
 
 
 def can_i_list(kube: Any, user: str, namespace: str) -> dict[str, set[str]]:
-    """`kubectl auth can-i --list` for `user` in `namespace`, as {resource: verbs}."""
-    out = kube.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", namespace, "-o", "json",
-                       check=False)
-    if out.returncode == 0 and out.stdout.lstrip().startswith("{"):
-        return _from_json(json.loads(out.stdout))
-    table = kube.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", namespace).stdout
-    return _from_table(table)
+    """What `user` may do in `namespace`, as {resource.group: verbs}: the SelfSubjectRulesReview
+    behind `kubectl auth can-i --list`, created while impersonating `user` (kubectl's can-i has no
+    machine-readable output). Rules limited to resourceNames count as granted too."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+              "spec": {"namespace": namespace}}
+    out = kube.kubectl("create", "--validate=false", f"--as={user}", "-o", "json", "-f", "-",
+                       input=json.dumps(review))
+    result = json.loads(out.stdout)
+    assert not result["status"].get("incomplete"), result["status"].get("evaluationError")
+    return _from_review(result)
 
 
-def _from_json(review: dict[str, Any]) -> dict[str, set[str]]:
+def _from_review(review: dict[str, Any]) -> dict[str, set[str]]:
     rules: dict[str, set[str]] = {}
     for rule in review.get("status", {}).get("resourceRules", []):
         for group in rule.get("apiGroups", [""]):
             for resource in rule.get("resources", []):
-                key = f"{resource}.{group}" if group else resource
+                # kubectl's spelling: resource.group/subresource
+                name, slash, sub = resource.partition("/")
+                key = (f"{name}.{group}" if group else name) + slash + sub
                 rules.setdefault(key, set()).update(rule["verbs"])
-    return rules
-
-
-def _from_table(table: str) -> dict[str, set[str]]:
-    rules: dict[str, set[str]] = {}
-    for line in table.splitlines()[1:]:
-        columns = [col for col in line.split("  ") if col.strip()]
-        if not columns or columns[0].strip() == "":
-            continue
-        resource, verbs = columns[0].strip(), columns[-1].strip().strip("[]").split()
-        if not resource.startswith("/"):  # non-resource URLs are discovery only
-            rules.setdefault(resource, set()).update(verbs)
     return rules
 
 

@@ -166,7 +166,8 @@ def test_job_deleted_by_hand_is_recreated_while_unfinished(kube: Any, namespace:
     _apply(kube, namespace, "gone")
     _wait_phase(kube, namespace, "gone", "Running")
     uid = get_json(kube, "-n", namespace, "job", "gone")["metadata"]["uid"]
-    kube.kubectl("-n", namespace, "delete", "job", "gone", "--cascade=foreground", "--wait=true")
-    kube.wait(lambda: get_json(kube, "-n", namespace, "jobs")["items"], "the recreated Job", timeout=60)
-    assert get_json(kube, "-n", namespace, "job", "gone")["metadata"]["uid"] != uid
+    # Not --wait: kubectl would watch the name, which the operator reuses at once.
+    kube.kubectl("-n", namespace, "delete", "job", "gone", "--cascade=foreground", "--wait=false")
+    kube.wait(lambda: [j for j in get_json(kube, "-n", namespace, "jobs")["items"] if j["metadata"]["uid"] != uid],
+              "the recreated Job", timeout=60)
     kube.wait(lambda: "JobRecreated" in _events(kube, namespace, "gone"), "a JobRecreated event")

@@ -159,6 +159,7 @@ class Reconciler:
         job, created = await self._create_owned(path("batch", "v1", "jobs", namespace=ns), manifest, uid,
                                                 path("batch", "v1", "jobs", namespace=ns, name=job_name(name)))
         self.store.put_job(job)
+        log.info("%s Job %s/%s", "created" if created else "found our", ns, job_name(name))
         if created:
             if existed_before:
                 await post_event(self.api, cr, "Warning", "JobRecreated",

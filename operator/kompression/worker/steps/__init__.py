@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from kompression.worker.steps.base import Technique
+from kompression.worker.steps.distill import distill
 from kompression.worker.steps.onnx_export import onnx_export
 from kompression.worker.steps.prune import prune
 from kompression.worker.steps.quantize import quantize
 
 TECHNIQUES: dict[str, Technique] = {
     "prune": prune,
+    "distill": distill,
     "quantize": quantize,
     "onnx": onnx_export,
 }

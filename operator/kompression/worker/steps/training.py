@@ -30,7 +30,8 @@ def batches(
     """Mini-batches as tensors on `device`; `shard` = (rank, world size) gives each rank its own slice."""
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
     rank, world = shard
-    order = order[rank::world]
+    # Every rank gets the same number of batches, or DistributedDataParallel waits forever.
+    order = order[: len(order) - len(order) % world][rank::world]
     labels = data.labels if data.labels is not None else np.zeros(len(data), dtype=np.int64)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -38,11 +39,6 @@ def batches(
             torch.from_numpy(np.ascontiguousarray(data.inputs[idx])).to(device),
             torch.from_numpy(np.ascontiguousarray(labels[idx])).long().to(device),
         )
-
-
-def num_batches(data: Dataset, batch_size: int, world: int = 1) -> int:
-    per_rank = -(-len(data) // world)
-    return -(-per_rank // batch_size)
 
 
 def fine_tune(

@@ -21,7 +21,7 @@ def lua_literal(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + "".join(f"\\{ord(ch)}" if ch in '"\\\n' or ord(ch) < 32 else ch for ch in value) + '"'
+        return '"' + "".join(f"\\{ord(ch):03d}" if ch in '"\\\n' or ord(ch) < 32 else ch for ch in value) + '"'
     if isinstance(value, list):
         return "{" + ", ".join(lua_literal(v) for v in value) + "}"
     if isinstance(value, dict):
@@ -39,6 +39,8 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
         f"local hs = assert(loadfile({lua_literal(str(HEALTH_LUA))}))()\n"
         'io.write(hs.status, "\\n", hs.message or "")\n'
     )
-    proc = subprocess.run([interpreter, "-"], input=script, capture_output=True, text=True, timeout=30, check=True)
+    proc = subprocess.run([interpreter, "-"], input=script, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{LUA} failed on the health check: {proc.stderr.strip()}")
     status, _, message = proc.stdout.partition("\n")
     return status, message

@@ -7,12 +7,14 @@ from kompression.worker.steps.distill import distill
 from kompression.worker.steps.onnx_export import onnx_export
 from kompression.worker.steps.prune import prune
 from kompression.worker.steps.quantize import quantize
+from kompression.worker.steps.tensorrt import tensorrt_engine
 
 TECHNIQUES: dict[str, Technique] = {
     "prune": prune,
     "distill": distill,
     "quantize": quantize,
     "onnx": onnx_export,
+    "tensorrt": tensorrt_engine,
 }
 
 __all__ = ["TECHNIQUES"]

@@ -1,0 +1,138 @@
+"""TensorRT engines built with the TensorRT Python API; needs the tensorrt extra and an NVIDIA GPU.
+
+When either is missing the step fails with RuntimeMissing: an engine is only reported if built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from kompression.api.v1alpha1 import TensorRTStep
+from kompression.worker.errors import ModelError, RuntimeMissing, StepInvalid
+from kompression.worker.model import EngineModel, Model, OnnxModel
+from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.steps.modules import require_torch
+from kompression.worker.steps.onnx_io import export_onnx
+
+MISSING = (
+    "TensorRT is not installed in this worker image or no CUDA GPU is visible; use the worker image "
+    "with the tensorrt extra on an NVIDIA GPU node"
+)
+PRECISION_FLAGS = {"Fp16": "FP16", "Int8": "INT8", "Fp8": "FP8"}
+
+
+def load_tensorrt(step: str) -> ModuleType:
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as exc:
+        raise RuntimeMissing(f"step {step}: {MISSING} (import tensorrt failed: {exc})") from exc
+    if not torch.cuda.is_available():
+        raise RuntimeMissing(f"step {step}: {MISSING} (torch sees no CUDA device)")
+    return trt
+
+
+def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
+    cfg = ctx.step.config
+    assert isinstance(cfg, TensorRTStep)
+    trt = load_tensorrt(ctx.step.name)
+    onnx_model = model if isinstance(model, OnnxModel) else _export(model, ctx)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_model.path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelError(f"step {ctx.step.name}: TensorRT's ONNX parser rejected the model: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspaceMiB << 20)
+    notes: dict[str, float | int | str] = {"precision": cfg.precision, "tensorrtVersion": trt.__version__}
+    if cfg.precision in PRECISION_FLAGS:
+        config.set_flag(getattr(trt.BuilderFlag, PRECISION_FLAGS[cfg.precision]))
+    _add_profiles(builder, config, network, cfg, ctx)
+    if cfg.precision == "Int8":
+        config.int8_calibrator = _calibrator(trt, ctx)
+        # TensorRT 10 deprecates implicit (calibrator) INT8 in favour of explicit Q/DQ graphs; an
+        # ONNX model from StaticInt8 already carries Q/DQ nodes and TensorRT uses their scales.
+        notes["int8"] = "implicit calibration (IInt8EntropyCalibrator2; deprecated in TensorRT 10)"
+
+    cache_path = ctx.workdir / "timing.cache"
+    if cfg.timingCache:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ModelError(f"step {ctx.step.name}: TensorRT could not build an engine (see the worker log)")
+    engine_path = ctx.workdir / "model.engine"
+    engine_path.write_bytes(bytes(serialized))
+    major, minor = torch.cuda.get_device_capability()
+    result = StepResult(EngineModel(engine_path, trt.__version__, f"{major}.{minor}"), notes)
+    if cfg.timingCache:
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        result.extra_artifacts.append(("timing.cache", "TimingCache", cache_path))
+    return result
+
+
+def _export(model: Model, ctx: StepContext) -> OnnxModel:
+    torch_model = require_torch(model, ctx.step.name, "tensorrt")
+    names = [i.name for i in ctx.job.spec.model.inputs]
+    return export_onnx(torch_model, ctx.workdir / "model.onnx", names)
+
+
+def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext) -> None:
+    name = ctx.job.spec.model.inputs[0].name
+    if not cfg.profiles:
+        dynamic = any(d < 0 for d in network.get_input(0).shape)
+        if dynamic:
+            raise StepInvalid(f"step {ctx.step.name}: input {name} has a dynamic dimension; set tensorrt.profiles")
+        return
+    for shape in cfg.profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(name, shape.min, shape.opt, shape.max)
+        config.add_optimization_profile(profile)
+        if cfg.precision == "Int8" and config.get_calibration_profile() is None:
+            config.set_calibration_profile(profile)  # calibrate at the first profile's shapes
+
+
+def _calibrator(trt: Any, ctx: StepContext) -> Any:
+    data = ctx.data.calibration
+    if data is None or len(data) == 0:
+        raise StepInvalid(f"step {ctx.step.name}: tensorrt precision Int8 needs data.calibration")
+    spec_data = ctx.job.spec.data
+    batch = spec_data.calibration.batchSize if spec_data and spec_data.calibration else 32
+    return _make_calibrator(trt)(data, batch, ctx.workdir / "calibration.cache")
+
+
+def _make_calibrator(trt: Any) -> Any:
+    """The calibrator class, defined once TensorRT is importable (it subclasses a TensorRT type)."""
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
+        def __init__(self, data: Dataset, batch_size: int, cache: Path) -> None:
+            super().__init__()
+            self._data, self._batch, self._cache, self._next = data, batch_size, cache, 0
+            self._device_batch: torch.Tensor | None = None
+
+        def get_batch_size(self) -> int:
+            return self._batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self._next >= len(self._data):
+                return None
+            chunk = np.ascontiguousarray(self._data.inputs[self._next : self._next + self._batch], dtype=np.float32)
+            self._next += self._batch
+            self._device_batch = torch.from_numpy(chunk).cuda()  # kept alive until the next call
+            return [int(self._device_batch.data_ptr())]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return self._cache.read_bytes() if self._cache.exists() else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            self._cache.write_bytes(bytes(cache))
+
+    return EntropyCalibrator

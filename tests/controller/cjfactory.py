@@ -10,7 +10,11 @@ BASE: dict[str, Any] = {
     "kind": "CompressionJob",
     "metadata": {"name": "resnet", "namespace": "team-a", "uid": "0b1c-uid", "generation": 1},
     "spec": {
-        "model": {"uri": "s3://models/resnet.pt2", "format": "TorchExport", "inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}]},
+        "model": {
+            "uri": "s3://models/resnet.pt2",
+            "format": "TorchExport",
+            "inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}],
+        },
         "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
         "output": {"uri": "s3://out/resnet/"},
     },

@@ -31,11 +31,27 @@ class OperatorProcess:
         self.starts += 1
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kompression.cli", "operator", "--verbose",
-             "--metrics-port", str(self.metrics_port), "--progress-port", str(self.progress_port),
-             "--health-port", str(self.health_port), "--progress-base-url", self.progress_base_url,
-             "--progress-interval", "1", *self.extra],
-            env=self.kube.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "kompression.cli",
+                "operator",
+                "--verbose",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--progress-port",
+                str(self.progress_port),
+                "--health-port",
+                str(self.health_port),
+                "--progress-base-url",
+                self.progress_base_url,
+                "--progress-interval",
+                "1",
+                *self.extra,
+            ],
+            env=self.kube.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -19,7 +19,9 @@ from kompression.controller.builders import build_configmap, build_job, job_spec
 from kompression.controller.naming import MAX_JOB_NAME, configmap_name, job_name
 from kompression.controller.settings import Settings
 
-SETTINGS = Settings(worker_image="registry.local/worker:1", progress_base_url="http://op:8081", s3_endpoint="http://s3:9000")
+SETTINGS = Settings(
+    worker_image="registry.local/worker:1", progress_base_url="http://op:8081", s3_endpoint="http://s3:9000"
+)
 
 
 def _job(**spec: object) -> dict:
@@ -34,8 +36,14 @@ def test_job_is_owned_named_and_runs_the_worker_on_the_configmap() -> None:
     job = _job()
     assert job["metadata"]["name"] == "resnet"
     (owner,) = job["metadata"]["ownerReferences"]
-    assert owner == {"apiVersion": "kompression.dev/v1alpha1", "kind": "CompressionJob", "name": "resnet",
-                     "uid": "0b1c-uid", "controller": True, "blockOwnerDeletion": True}
+    assert owner == {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "name": "resnet",
+        "uid": "0b1c-uid",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     (container,) = _pod(job)["containers"]
     assert container["image"] == "registry.local/worker:1"
     assert container["command"] == ["kompression", "run", "/etc/kompression/job.yaml"]
@@ -80,7 +88,16 @@ def test_pod_meets_pss_restricted() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["readOnlyRootFilesystem"] is True
     # restricted allows only these volume types
-    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    allowed = {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
     for vol in pod["volumes"]:
         assert set(vol) - {"name"} <= allowed
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
@@ -105,8 +122,14 @@ def test_credentials_are_referenced_never_copied() -> None:
 
 
 def test_run_policy_carries_over_and_pod_failure_policy_fails_on_permanent_codes() -> None:
-    job = _job(runPolicy={"backoffLimit": 4, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60,
-                          "priorityClassName": "batch-high"})
+    job = _job(
+        runPolicy={
+            "backoffLimit": 4,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": 60,
+            "priorityClassName": "batch-high",
+        }
+    )
     spec = job["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (4, 600, 60)
     assert spec["suspend"] is False

@@ -86,14 +86,29 @@ def test_lifecycle_gpu_job_to_success(kube: Any, namespace: str, operator: Opera
     # cascade deletion through the ownerReference
     kube.kubectl("-n", namespace, "delete", "compressionjob", "life", "--wait=true")
     kube.wait(lambda: not get_json(kube, "-n", namespace, "jobs")["items"], "the Job to be collected", timeout=60)
-    kube.wait(lambda: not get_json(kube, "-n", namespace, "configmaps", "-l",
-                                   "app.kubernetes.io/managed-by=kompression-operator")["items"], "the ConfigMap", timeout=60)
+    kube.wait(
+        lambda: (
+            not get_json(
+                kube, "-n", namespace, "configmaps", "-l", "app.kubernetes.io/managed-by=kompression-operator"
+            )["items"]
+        ),
+        "the ConfigMap",
+        timeout=60,
+    )
 
 
-def test_gpu_product_no_node_has_stays_pending_unschedulable(kube: Any, namespace: str, operator: OperatorProcess) -> None:
+def test_gpu_product_no_node_has_stays_pending_unschedulable(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
     _apply(kube, namespace, "nowhere", resources={"gpus": 1, "gpuProduct": "NVIDIA-B200"})
-    kube.wait(lambda: _conditions(_cr(kube, namespace, "nowhere").get("status") or {}).get("Ready", {})
-              .get("reason") == "Unschedulable", "reason Unschedulable", timeout=60)
+    kube.wait(
+        lambda: (
+            _conditions(_cr(kube, namespace, "nowhere").get("status") or {}).get("Ready", {}).get("reason")
+            == "Unschedulable"
+        ),
+        "reason Unschedulable",
+        timeout=60,
+    )
     assert _cr(kube, namespace, "nowhere")["status"]["phase"] == "Pending"
     kube.wait(lambda: "Unschedulable" in _events(kube, namespace, "nowhere"), "an Unschedulable event")
 
@@ -112,11 +127,27 @@ def test_suspend_both_ways(kube: Any, namespace: str, operator: OperatorProcess)
     _apply(kube, namespace, "pause", runPolicy={"suspend": True})
     _wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
-    kube.kubectl("-n", namespace, "patch", "compressionjob", "pause", "--type=merge",
-                 "-p", json.dumps({"spec": {"runPolicy": {"suspend": False}}}))
+    kube.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "compressionjob",
+        "pause",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"runPolicy": {"suspend": False}}}),
+    )
     _wait_phase(kube, namespace, "pause", "Running")
-    kube.kubectl("-n", namespace, "patch", "compressionjob", "pause", "--type=merge",
-                 "-p", json.dumps({"spec": {"runPolicy": {"suspend": True}}}))
+    kube.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "compressionjob",
+        "pause",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"runPolicy": {"suspend": True}}}),
+    )
     _wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
 
@@ -133,8 +164,9 @@ def test_kueue_queue_name_labels_and_suspends(kube: Any, namespace: str, operato
     _wait_phase(kube, namespace, "kq", "Running")
 
 
-def test_sigkill_at_several_points_never_makes_a_second_job(kube: Any, namespace: str, operator: OperatorProcess,
-                                                           tmp_path: Path) -> None:
+def test_sigkill_at_several_points_never_makes_a_second_job(
+    kube: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
     other = OperatorProcess(kube, tmp_path)
     operator.stop()  # one operator at a time: this test owns the restarts
     try:
@@ -162,12 +194,17 @@ def test_sigkill_at_several_points_never_makes_a_second_job(kube: Any, namespace
         operator.start()
 
 
-def test_job_deleted_by_hand_is_recreated_while_unfinished(kube: Any, namespace: str, operator: OperatorProcess) -> None:
+def test_job_deleted_by_hand_is_recreated_while_unfinished(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
     _apply(kube, namespace, "gone")
     _wait_phase(kube, namespace, "gone", "Running")
     uid = get_json(kube, "-n", namespace, "job", "gone")["metadata"]["uid"]
     # Not --wait: kubectl would watch the name, which the operator reuses at once.
     kube.kubectl("-n", namespace, "delete", "job", "gone", "--cascade=foreground", "--wait=false")
-    kube.wait(lambda: [j for j in get_json(kube, "-n", namespace, "jobs")["items"] if j["metadata"]["uid"] != uid],
-              "the recreated Job", timeout=60)
+    kube.wait(
+        lambda: [j for j in get_json(kube, "-n", namespace, "jobs")["items"] if j["metadata"]["uid"] != uid],
+        "the recreated Job",
+        timeout=60,
+    )
     kube.wait(lambda: "JobRecreated" in _events(kube, namespace, "gone"), "a JobRecreated event")

@@ -10,12 +10,20 @@ from kompression.controller.observe import observe
 
 
 def _job(*conds: tuple[str, str], suspend: bool = False) -> dict[str, Any]:
-    return {"spec": {"suspend": suspend},
-            "status": {"conditions": [{"type": t, "status": "True", "reason": r} for t, r in conds]}}
+    return {
+        "spec": {"suspend": suspend},
+        "status": {"conditions": [{"type": t, "status": "True", "reason": r} for t, r in conds]},
+    }
 
 
-def _pod(phase: str = "Pending", *, created: str = "2025-01-01T00:00:00Z", scheduled: dict | None = None,
-         waiting: str | None = None, terminated: dict | None = None) -> dict[str, Any]:
+def _pod(
+    phase: str = "Pending",
+    *,
+    created: str = "2025-01-01T00:00:00Z",
+    scheduled: dict | None = None,
+    waiting: str | None = None,
+    terminated: dict | None = None,
+) -> dict[str, Any]:
     state: dict[str, Any] = {}
     if waiting:
         state["waiting"] = {"reason": waiting, "message": "back-off pulling"}
@@ -93,7 +101,11 @@ def test_conditions_follow_kstatus() -> None:
     assert (done["Ready"].status, done["Succeeded"].status, done["Failed"].status) == ("True", "True", "False")
     assert done["Reconciling"].status == "False"
     failed = {c.type: c for c in desired_conditions(Observation("Failed", "GateFailed", "no", stalled=True), 3)}
-    assert (failed["Failed"].status, failed["Failed"].reason, failed["Stalled"].status) == ("True", "GateFailed", "True")
+    assert (failed["Failed"].status, failed["Failed"].reason, failed["Stalled"].status) == (
+        "True",
+        "GateFailed",
+        "True",
+    )
 
 
 def test_last_transition_time_moves_only_on_status_change() -> None:

@@ -70,8 +70,11 @@ def test_job_status_drives_phase_and_a_finished_job_is_not_recreated() -> None:
     key = ("team-a", "resnet")
     asyncio.run(rec.sync(key))
     job = copy.deepcopy(api.objects[f"{JOBS}/resnet"])
-    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "startTime": "2025-01-01T00:00:01Z",
-                     "completionTime": "2025-01-01T00:01:00Z"}
+    job["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}],
+        "startTime": "2025-01-01T00:00:01Z",
+        "completionTime": "2025-01-01T00:01:00Z",
+    }
     store.put_job(job)
     asyncio.run(rec.sync(key))
     status = _status(api)
@@ -120,9 +123,15 @@ def test_writes_from_creation_to_success() -> None:
     key = ("team-a", "resnet")
     asyncio.run(rec.sync(key))
     job = copy.deepcopy(store.jobs[key])
-    pod = {"metadata": {"name": "resnet-x", "namespace": "team-a", "creationTimestamp": "2025-01-01T00:00:01Z",
-                        "ownerReferences": [{"kind": "Job", "name": "resnet", "controller": True}]},
-           "status": {"phase": "Running"}}
+    pod = {
+        "metadata": {
+            "name": "resnet-x",
+            "namespace": "team-a",
+            "creationTimestamp": "2025-01-01T00:00:01Z",
+            "ownerReferences": [{"kind": "Job", "name": "resnet", "controller": True}],
+        },
+        "status": {"phase": "Running"},
+    }
     store.put_pod(pod)
     asyncio.run(rec.sync(key))
     asyncio.run(rec.sync(key))  # a repeated event changes nothing

@@ -8,17 +8,29 @@ from kompression.controller.reports import SequenceGate, differs, report_status
 
 
 def test_report_replaces_report_fields() -> None:
-    report = WorkerReport.model_validate({
-        "phase": "Running", "currentStep": "int8", "progress": {"percentage": 40},
-        "steps": [{"name": "int8", "phase": "Running"}], "sequence": 3,
-    })
+    report = WorkerReport.model_validate(
+        {
+            "phase": "Running",
+            "currentStep": "int8",
+            "progress": {"percentage": 40},
+            "steps": [{"name": "int8", "phase": "Running"}],
+            "sequence": 3,
+        }
+    )
     patch = report_status(report)
     assert patch["currentStep"] == "int8"
     assert patch["progress"] == {"percentage": 40}
     assert patch["result"] is None  # a snapshot: what it leaves out is cleared
     assert differs({}, patch)
-    assert not differs({"currentStep": "int8", "progress": {"percentage": 40},
-                        "steps": [{"name": "int8", "phase": "Running"}], "artifacts": []}, patch)
+    assert not differs(
+        {
+            "currentStep": "int8",
+            "progress": {"percentage": 40},
+            "steps": [{"name": "int8", "phase": "Running"}],
+            "artifacts": [],
+        },
+        patch,
+    )
 
 
 def test_stale_sequences_are_dropped_per_job() -> None:

@@ -150,7 +150,10 @@ def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
 def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
     name, namespace, uid = _identity(job)
     return [
-        {"name": "job", "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]}},
+        {
+            "name": "job",
+            "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+        },
         {
             "name": "progress-token",
             "projected": {
@@ -185,10 +188,19 @@ def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:
         spec["serviceAccountName"] = settings.service_account
     if policy.priorityClassName:
         spec["priorityClassName"] = policy.priorityClassName
+    tolerations: list[dict[str, Any]] = []
+    node_selector = dict(settings.worker_node_selector)
     if res.gpus > 0:
-        spec["tolerations"] = [{"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+        tolerations.append({"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
         if res.gpuProduct:
-            spec["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpuProduct}
+            node_selector[GPU_PRODUCT_LABEL] = res.gpuProduct  # the job's own choice wins
+        if settings.worker_runtime_class:
+            spec["runtimeClassName"] = settings.worker_runtime_class
+    tolerations += [dict(t) for t in settings.extra_tolerations if t not in tolerations]
+    if tolerations:
+        spec["tolerations"] = tolerations
+    if node_selector:
+        spec["nodeSelector"] = node_selector
     return spec
 
 
@@ -211,7 +223,10 @@ def build_job(job: CompressionJob, settings: Settings) -> dict[str, Any]:
         "suspend": starts_suspended(job),
         "podFailurePolicy": pod_failure_policy(),
         "template": {
-            "metadata": {"labels": labels},
+            "metadata": {
+                "labels": labels,
+                **({"annotations": dict(settings.pod_annotations)} if settings.pod_annotations else {}),
+            },
             "spec": _pod_spec(job, settings),
         },
     }

@@ -7,8 +7,11 @@ Deployment can set either. kopf and aiohttp are imported only when `operator` ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +23,68 @@ ENV_PREFIX = "KOMPRESSION_"
 # Stands in for the uid the API server assigns, which the token audience and owner references carry.
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
 
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def _json_object(text: str) -> dict[str, str]:
+    value = json.loads(text) if text.strip() else {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise argparse.ArgumentTypeError("expected a JSON object of strings")
+    return {str(k): v for k, v in value.items()}
+
+
+def _json_list(text: str) -> tuple[dict[str, Any], ...]:
+    value = json.loads(text) if text.strip() else []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise argparse.ArgumentTypeError("expected a JSON list of objects")
+    return tuple(value)
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower() or "info"
+    if level not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError("expected debug, info, warning or error")
+    return level
+
+
 # (flag, Settings field, type, help)
-_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--worker-image", "worker_image", str, "default worker image"),
     ("--gpu-resource", "gpu_resource", str, "extended resource name of a GPU"),
     ("--s3-endpoint", "s3_endpoint", str, "default AWS_ENDPOINT_URL for jobs without a credentials Secret"),
     ("--progress-base-url", "progress_base_url", str, "URL at which worker pods reach the progress server"),
     ("--pushgateway-url", "pushgateway_url", str, "Prometheus Pushgateway handed to workers"),
     ("--max-gpu-jobs", "max_gpu_jobs", int, "GPU Jobs in flight cluster-wide (0: unlimited)"),
-    ("--max-gpu-jobs-per-namespace", "max_gpu_jobs_per_namespace", int, "GPU Jobs in flight per namespace (0: unlimited)"),
+    (
+        "--max-gpu-jobs-per-namespace",
+        "max_gpu_jobs_per_namespace",
+        int,
+        "GPU Jobs in flight per namespace (0: unlimited)",
+    ),
     ("--metrics-port", "metrics_port", int, "port of /metrics"),
     ("--progress-port", "progress_port", int, "port of the progress server"),
     ("--health-port", "health_port", int, "port of /healthz (liveness and readiness)"),
-    ("--peering", "peering", str, "kopf peering object; replicas then need distinct --priority values"),
-    ("--priority", "priority", int, "this replica's peering priority"),
+    ("--peering", "peering", str, "kopf peering object; exactly one replica is active (single-active HA)"),
+    (
+        "--priority",
+        "priority",
+        _optional_int,
+        "this replica's peering priority; empty derives a distinct one from POD_NAME",
+    ),
     ("--progress-interval", "progress_interval_s", float, "seconds between progress status writes per job"),
     ("--worker-service-account", "service_account", str, "ServiceAccount of worker pods"),
+    ("--worker-node-selector", "worker_node_selector", _json_object, "JSON object of labels every worker pod selects"),
+    ("--extra-tolerations", "extra_tolerations", _json_list, "JSON list of tolerations added to every worker pod"),
+    ("--worker-runtime-class", "worker_runtime_class", str, "runtimeClassName of worker pods that request GPUs"),
+    ("--log-level", "log_level", _log_level, "debug, info, warning or error"),
+    (
+        "--worker-pod-annotations",
+        "pod_annotations",
+        _json_object,
+        "JSON object of annotations on worker pods (tests and benchmarks)",
+    ),
 )
 
 
@@ -47,7 +96,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for flag, field, kind, text in _FLAGS:
         env = _env_name(field)
-        default = kind(os.environ[env]) if env in os.environ else getattr(defaults, field)
+        # An empty variable (a chart value left blank) means the default, not an error.
+        default = kind(os.environ[env]) if os.environ.get(env, "").strip() else getattr(defaults, field)
         p.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
 
 
@@ -61,7 +111,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _operator(args: argparse.Namespace) -> int:
     from kompression.controller.handlers import run  # kopf, aiohttp: only for this command
 
-    return run(settings_from(args), verbose=args.verbose)
+    settings = settings_from(args)
+    if args.verbose:
+        settings = replace(settings, log_level="debug")
+    return run(settings)
 
 
 def render(docs: list[Any], settings: Settings) -> str:
@@ -98,8 +151,11 @@ def _render(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Add this package's subcommands."""
     p = sub.add_parser("operator", help="run the operator (reconciles CompressionJobs into Jobs)")
-    p.add_argument("--namespaces", default=os.environ.get(ENV_PREFIX + "NAMESPACES", ""),
-                   help="comma-separated namespaces to watch; empty watches all (env KOMPRESSION_NAMESPACES)")
+    p.add_argument(
+        "--namespaces",
+        default=os.environ.get(ENV_PREFIX + "NAMESPACES", ""),
+        help="comma-separated namespaces to watch; empty watches all (env KOMPRESSION_NAMESPACES)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every reconcile")
     _add_settings(p)
     p.set_defaults(func=_operator)

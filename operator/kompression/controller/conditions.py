@@ -29,7 +29,10 @@ class Observation:
 def desired_conditions(obs: Observation, generation: int) -> list[Condition]:
     def cond(type_: str, status: bool, reason: str, message: str) -> Condition:
         return Condition(
-            type=type_, status="True" if status else "False", reason=reason, message=message,
+            type=type_,
+            status="True" if status else "False",
+            reason=reason,
+            message=message,
             observedGeneration=generation,
         )
 
@@ -38,7 +41,9 @@ def desired_conditions(obs: Observation, generation: int) -> list[Condition]:
     conds = [
         cond(COND_READY, succeeded, obs.reason, obs.message),
         cond(COND_RECONCILING, not done and not obs.stalled, obs.reason if not done else "Finished", obs.message),
-        cond(COND_STALLED, obs.stalled, obs.reason if obs.stalled else "AsExpected", obs.message if obs.stalled else ""),
+        cond(
+            COND_STALLED, obs.stalled, obs.reason if obs.stalled else "AsExpected", obs.message if obs.stalled else ""
+        ),
     ]
     if done:
         conds.append(cond(COND_SUCCEEDED, succeeded, obs.reason, obs.message))

@@ -24,8 +24,13 @@ def build_event(cr: dict[str, Any], type_: str, reason: str, message: str, stamp
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
         "type": type_,
         "reason": reason,
         "message": message[:1024],
@@ -41,7 +46,9 @@ def build_event(cr: dict[str, Any], type_: str, reason: str, message: str, stamp
 async def post_event(api: Api, cr: dict[str, Any], type_: str, reason: str, message: str) -> None:
     # An Event is advice, not state: losing one must not fail or repeat a reconcile.
     try:
-        await api.create(path("", "v1", "events", namespace=cr["metadata"]["namespace"]),
-                         build_event(cr, type_, reason, message, now()))
+        await api.create(
+            path("", "v1", "events", namespace=cr["metadata"]["namespace"]),
+            build_event(cr, type_, reason, message, now()),
+        )
     except (ApiError, OSError) as exc:
         log.warning("could not post event %s on %s: %s", reason, cr["metadata"].get("name"), exc)

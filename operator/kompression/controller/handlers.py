@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kompression.api.constants import GROUP, PLURAL, VERSION
 from kompression.controller.kubeapi import Api
 from kompression.controller.labels import MANAGED_SELECTOR
+from kompression.controller.leadership import Leadership, own_identity
 from kompression.controller.metrics import Metrics
 from kompression.controller.progress import ProgressServer
 from kompression.controller.reconcile import Reconciler
@@ -38,18 +39,25 @@ class Runtime:
         self.metrics = Metrics()
         self.api: Api | None = None
         self.reconciler: Reconciler | None = None
+        self.identity = own_identity()
+        self.leadership = Leadership(
+            settings.peering, self.identity, settings.effective_priority(), settings.namespaces
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
         if self.api is None:
             self.api = Api(info)
-            self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics)
+            self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics, self.leadership)
 
     async def start(self) -> None:
         assert self.api is not None and self.reconciler is not None
         self._tasks.append(asyncio.create_task(self.reconciler.run()))
-        progress = ProgressServer(self.api, self.store, self.reconciler, self.settings.progress_interval_s)
+        self._tasks.append(asyncio.create_task(self.leadership.run(self.api)))
+        progress = ProgressServer(
+            self.api, self.store, self.reconciler, self.settings.progress_interval_s, self.leadership
+        )
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._metrics)
         for app, port in ((progress.app(), self.settings.progress_port), (metrics_app, self.settings.metrics_port)):
@@ -149,16 +157,22 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     return registry
 
 
-def run(settings: Settings, *, verbose: bool = False) -> int:
-    kopf.configure(verbose=verbose)
+def run(settings: Settings) -> int:
+    level = settings.log_level.upper()
+    kopf.configure(verbose=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
+    logging.getLogger().setLevel(level)
     runtime = Runtime(settings)
-    asyncio.run(kopf.operator(
-        registry=build_registry(runtime),
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=not settings.peering,
-        peering_name=settings.peering or None,
-        priority=settings.priority,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
-    ))
+    asyncio.run(
+        kopf.operator(
+            registry=build_registry(runtime),
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=not settings.peering,
+            peering_name=settings.peering or None,
+            priority=settings.effective_priority(),
+            # kopf's Identity is a NewType of str that kopf does not export.
+            identity=cast(Any, runtime.identity),
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+        )
+    )
     return 0

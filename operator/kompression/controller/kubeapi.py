@@ -34,7 +34,10 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         ctx.load_cert_chain(info.certificate_path, info.private_key_path)
     elif info.certificate_data and info.private_key_data:
         # ssl only loads client certificates from files.
-        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as cert, tempfile.NamedTemporaryFile("wb", suffix=".pem") as key:
+        with (
+            tempfile.NamedTemporaryFile("wb", suffix=".pem") as cert,
+            tempfile.NamedTemporaryFile("wb", suffix=".pem") as key,
+        ):
             cert.write(base64.b64decode(info.certificate_data))
             key.write(base64.b64decode(info.private_key_data))
             cert.flush()
@@ -43,8 +46,15 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return ctx
 
 
-def path(group: str, version: str, plural: str, *, namespace: str | None = None, name: str | None = None,
-         sub: str | None = None) -> str:
+def path(
+    group: str,
+    version: str,
+    plural: str,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    sub: str | None = None,
+) -> str:
     base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
     if namespace:
         base += f"/namespaces/{quote(namespace)}"
@@ -66,7 +76,9 @@ class Api:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
         self._session = session or aiohttp.ClientSession(
-            headers=headers, auth=auth, connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=32),
+            headers=headers,
+            auth=auth,
+            connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=32),
             timeout=aiohttp.ClientTimeout(total=30),
         )
         # Counted so that the benchmark and tests can check the API writes per job.
@@ -75,8 +87,14 @@ class Api:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
-                    params: dict[str, str] | None = None) -> dict[str, Any]:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         if method != "GET":

@@ -46,7 +46,11 @@ def owner_reference(cr_name: str, uid: str) -> dict[str, Any]:
 def controller_uid(obj: dict[str, Any]) -> str | None:
     """The uid of the CompressionJob that controls `obj`, if one does."""
     for ref in obj.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith("kompression.dev/"):
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion", "").startswith("kompression.dev/")
+        ):
             uid = ref.get("uid")
             return str(uid) if uid else None
     return None

@@ -30,19 +30,39 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = Gauge("kompression_jobs", "CompressionJobs by phase.", ["phase"], registry=r)
-        self.job_duration = Histogram("kompression_job_duration_seconds", "Creation to completion of finished jobs.",
-                                      ["outcome"], buckets=DURATION_BUCKETS, registry=r)
-        self.step_duration = Histogram("kompression_step_duration_seconds", "Duration of finished steps.",
-                                       ["step"], buckets=DURATION_BUCKETS, registry=r)
-        self.ratio = Gauge("kompression_job_compression_ratio", "Original / final size of a finished job.",
-                           ["namespace", "name"], registry=r)
-        self.accuracy_delta = Gauge("kompression_job_accuracy_delta", "Final minus original metric of a finished job.",
-                                    ["namespace", "name"], registry=r)
-        self.speedup = Gauge("kompression_job_speedup", "Original / final latency of a finished job.",
-                             ["namespace", "name"], registry=r)
+        self.job_duration = Histogram(
+            "kompression_job_duration_seconds",
+            "Creation to completion of finished jobs.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "kompression_step_duration_seconds",
+            "Duration of finished steps.",
+            ["step"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ratio = Gauge(
+            "kompression_job_compression_ratio",
+            "Original / final size of a finished job.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.accuracy_delta = Gauge(
+            "kompression_job_accuracy_delta",
+            "Final minus original metric of a finished job.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.speedup = Gauge(
+            "kompression_job_speedup", "Original / final latency of a finished job.", ["namespace", "name"], registry=r
+        )
         self.reconcile_errors = Counter("kompression_reconcile_errors", "Reconciles that raised.", registry=r)
-        self.queue_depth = Gauge("kompression_queue_depth", "CompressionJobs waiting in the operator's queue.",
-                                 registry=r)
+        self.queue_depth = Gauge(
+            "kompression_queue_depth", "CompressionJobs waiting in the operator's queue.", registry=r
+        )
         self.gpu_in_flight = Gauge("kompression_gpu_jobs_in_flight", "GPU Jobs created and not finished.", registry=r)
         self._phase: dict[Key, str] = {}
         for phase in PHASES:
@@ -57,8 +77,16 @@ class Metrics:
         for p in PHASES:
             self.jobs.labels(p).set(counts.get(p, 0))
 
-    def finished(self, key: Key, outcome: str, *, created: str | None, completed: str | None,
-                 steps: list[StepStatus], result: Result | None) -> None:
+    def finished(
+        self,
+        key: Key,
+        outcome: str,
+        *,
+        created: str | None,
+        completed: str | None,
+        steps: list[StepStatus],
+        result: Result | None,
+    ) -> None:
         """Called once, on the transition to Succeeded or Failed."""
         total = _seconds(created, completed)
         if total is not None:
@@ -71,8 +99,11 @@ class Metrics:
             self.results(key, result)
 
     def results(self, key: Key, result: Result) -> None:
-        for gauge, value in ((self.ratio, result.compressionRatio), (self.accuracy_delta, result.accuracyDelta),
-                             (self.speedup, result.speedup)):
+        for gauge, value in (
+            (self.ratio, result.compressionRatio),
+            (self.accuracy_delta, result.accuracyDelta),
+            (self.speedup, result.speedup),
+        ):
             if value is not None:
                 gauge.labels(*key).set(value)
 

@@ -77,7 +77,9 @@ def _failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
         "DeadlineExceeded": "the job ran longer than runPolicy.activeDeadlineSeconds",
         "BackoffLimitExceeded": "the worker failed more often than runPolicy.backoffLimit allows",
     }
-    return Observation("Failed", job_reason, messages.get(job_reason, cond.get("message") or "the worker Job failed"), True)
+    return Observation(
+        "Failed", job_reason, messages.get(job_reason, cond.get("message") or "the worker Job failed"), True
+    )
 
 
 def _pending(pods: list[dict[str, Any]]) -> Observation:

@@ -21,9 +21,10 @@ from pydantic import ValidationError
 from kompression.api.constants import PROGRESS_PATH_PREFIX, progress_audience
 from kompression.api.report import WorkerReport
 from kompression.controller.kubeapi import Api, ApiError, path
+from kompression.controller.leadership import Leadership
 from kompression.controller.queueing import Key
 from kompression.controller.reconcile import Reconciler
-from kompression.controller.reports import SequenceGate
+from kompression.controller.reports import SequenceGate, older_than_status
 from kompression.controller.store import Body, Store
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ def pod_belongs(pod: Body, job: Body, pod_uid: str | None) -> bool:
     if pod_uid and pod["metadata"].get("uid") != pod_uid:
         return False
     job_uid = job["metadata"].get("uid")
-    return any(ref.get("controller") and ref.get("kind") == "Job" and ref.get("uid") == job_uid
-               for ref in pod["metadata"].get("ownerReferences") or ())
+    return any(
+        ref.get("controller") and ref.get("kind") == "Job" and ref.get("uid") == job_uid
+        for ref in pod["metadata"].get("ownerReferences") or ()
+    )
 
 
 class Throttle:
@@ -72,8 +75,10 @@ class Throttle:
 
 
 class ProgressServer:
-    def __init__(self, api: Api, store: Store, reconciler: Reconciler, interval: float) -> None:
-        self.api, self.store = api, store
+    def __init__(
+        self, api: Api, store: Store, reconciler: Reconciler, interval: float, leadership: Leadership | None = None
+    ) -> None:
+        self.api, self.store, self.leadership = api, store, leadership
         self.gate = SequenceGate()
         self.throttle = Throttle(interval, reconciler.apply_report)
         self._reviews: dict[tuple[str, str], tuple[float, str, str | None]] = {}
@@ -89,10 +94,14 @@ class ProgressServer:
         hit = self._reviews.get(cache_key)
         if hit and hit[0] > time.monotonic():
             return hit[1], hit[2]
-        review = await self.api.create(path("authentication.k8s.io", "v1", "tokenreviews"), {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [audience]},
-        })
+        review = await self.api.create(
+            path("authentication.k8s.io", "v1", "tokenreviews"),
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]},
+            },
+        )
         status = review.get("status") or {}
         if not status.get("authenticated") or audience not in (status.get("audiences") or [audience]):
             return None
@@ -111,7 +120,7 @@ class ProgressServer:
         if cr is None or job is None:
             return 404, "no such CompressionJob, or it has no Job yet"
         uid = str(cr["metadata"]["uid"])
-        bound = await self._review(auth[len("Bearer "):].strip(), progress_audience(*key, uid))
+        bound = await self._review(auth[len("Bearer ") :].strip(), progress_audience(*key, uid))
         if bound is None:
             return 403, "the token is not valid for this job"
         pod = self.store.pods.get((key[0], job["metadata"]["name"]), {}).get(bound[0])
@@ -123,6 +132,9 @@ class ProgressServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
+        if self.leadership is not None and not self.leadership.active:
+            # A paused peer's store is stale; the worker retries and may reach the leader.
+            return web.json_response({"error": "this operator replica is paused; another leads"}, status=503)
         code, uid = await self._authorize(key, request.headers.get("Authorization", ""))
         if code != 200:
             return web.json_response({"error": uid}, status=code)
@@ -130,7 +142,9 @@ class ProgressServer:
             report = WorkerReport.model_validate_json(await request.read())
         except ValidationError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        if not self.gate.accept(uid, report.sequence):
+        cr = self.store.crs.get(key) or {}
+        stale = not self.gate.knows(uid) and older_than_status(report, cr.get("status") or {})
+        if stale or not self.gate.accept(uid, report.sequence):
             return web.json_response({"accepted": False, "reason": "stale sequence"}, status=200)
         self.throttle.submit(key, report)
         return web.json_response({"accepted": True}, status=202)

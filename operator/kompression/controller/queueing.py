@@ -32,7 +32,9 @@ class Limits:
     per_namespace: int = 0
 
     def allows(self, total: int, in_namespace: int) -> bool:
-        return (self.total <= 0 or total < self.total) and (self.per_namespace <= 0 or in_namespace < self.per_namespace)
+        return (self.total <= 0 or total < self.total) and (
+            self.per_namespace <= 0 or in_namespace < self.per_namespace
+        )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from kompression.controller.conditions import (
 from kompression.controller.events import post_event
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.labels import controller_uid
+from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
 from kompression.controller.naming import configmap_name, job_name
 from kompression.controller.observe import final_report, observe
@@ -47,8 +48,10 @@ def _now() -> str:
 
 
 def _job_finished(job: Body) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or ())
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in job.get("status", {}).get("conditions") or ()
+    )
 
 
 def _cr_path(ns: str, name: str, sub: str | None = None) -> str:
@@ -60,8 +63,13 @@ class Conflict(Exception):
 
 
 class Reconciler:
-    def __init__(self, api: Api, settings: Settings, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, api: Api, settings: Settings, store: Store, metrics: Metrics, leadership: Leadership | None = None
+    ) -> None:
         self.api, self.settings, self.store, self.metrics = api, settings, store, metrics
+        self.leadership = leadership
+        if leadership is not None:
+            leadership.on_change(self._leadership_changed)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -87,6 +95,8 @@ class Reconciler:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
+            if self.leadership is not None and not self.leadership.active:
+                continue  # paused: everything is enqueued again when this replica leads
             if key in self._active:  # another worker has it: run again once it is done
                 self._dirty.add(key)
                 continue
@@ -98,12 +108,17 @@ class Reconciler:
                 self.metrics.reconcile_errors.inc()
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 log.exception("reconcile of %s/%s failed (attempt %d)", *key, n)
-                self.enqueue(key, min(2.0 ** n * 0.25, MAX_BACKOFF_S))
+                self.enqueue(key, min(2.0**n * 0.25, MAX_BACKOFF_S))
             finally:
                 self._active.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.enqueue(key)
+
+    def _leadership_changed(self, active: bool) -> None:
+        if active:  # what the store holds may be stale; kopf's resumed watches refresh it
+            for key in list(self.store.crs):
+                self.enqueue(key)
 
     # ---------------------------------------------------------------- one CompressionJob
 
@@ -136,8 +151,9 @@ class Reconciler:
         else:
             drift = job_spec_drift(spec, job)
             if drift:
-                job = await self.api.merge_patch(path("batch", "v1", "jobs", namespace=key[0],
-                                                      name=job["metadata"]["name"]), drift)
+                job = await self.api.merge_patch(
+                    path("batch", "v1", "jobs", namespace=key[0], name=job["metadata"]["name"]), drift
+                )
                 self.store.put_job(job)
         pods = self.store.pods_of(key[0], job["metadata"]["name"])
         policy = spec.spec.runPolicy
@@ -146,24 +162,38 @@ class Reconciler:
         if obs.phase in TERMINAL_PHASES:
             reports = [r for r in map(final_report, pods) if r is not None]
             if reports:
-                extra = report_status(max(reports, key=lambda r: r.sequence))
+                # The termination message is compact (no steps, environment): keep what POSTs left.
+                extra = report_status(max(reports, key=lambda r: r.sequence), partial=True)
         await self._write(cr, obs, job, extra)
 
     async def _create_children(self, key: Key, cr: Body, spec: CompressionJob) -> Body:
         ns, name = key
         uid = cr["metadata"]["uid"]
-        await self._create_owned(path("", "v1", "configmaps", namespace=ns), build_configmap(spec), uid,
-                                 path("", "v1", "configmaps", namespace=ns, name=configmap_name(name)))
+        await self._create_owned(
+            path("", "v1", "configmaps", namespace=ns),
+            build_configmap(spec),
+            uid,
+            path("", "v1", "configmaps", namespace=ns, name=configmap_name(name)),
+        )
         manifest = build_job(spec, self.settings)
         existed_before = bool((cr.get("status") or {}).get("jobName"))
-        job, created = await self._create_owned(path("batch", "v1", "jobs", namespace=ns), manifest, uid,
-                                                path("batch", "v1", "jobs", namespace=ns, name=job_name(name)))
+        job, created = await self._create_owned(
+            path("batch", "v1", "jobs", namespace=ns),
+            manifest,
+            uid,
+            path("batch", "v1", "jobs", namespace=ns, name=job_name(name)),
+        )
         self.store.put_job(job)
         log.info("%s Job %s/%s", "created" if created else "found our", ns, job_name(name))
         if created:
             if existed_before:
-                await post_event(self.api, cr, "Warning", "JobRecreated",
-                                 f"the worker Job {job_name(name)} was deleted before the job finished; recreated it")
+                await post_event(
+                    self.api,
+                    cr,
+                    "Warning",
+                    "JobRecreated",
+                    f"the worker Job {job_name(name)} was deleted before the job finished; recreated it",
+                )
             else:
                 await post_event(self.api, cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
         return job
@@ -180,8 +210,10 @@ class Reconciler:
             raise RuntimeError(f"{item} vanished after AlreadyExists")
         if controller_uid(existing) != uid:
             kind = body["kind"]
-            raise Conflict(f"a {kind} named {body['metadata']['name']} already exists and is not owned by this "
-                           f"CompressionJob; delete or rename it")
+            raise Conflict(
+                f"a {kind} named {body['metadata']['name']} already exists and is not owned by this "
+                f"CompressionJob; delete or rename it"
+            )
         return existing, False
 
     # ---------------------------------------------------------------- queueing
@@ -218,9 +250,13 @@ class Reconciler:
             return True
         async with self._admission:
             waiting = [
-                Candidate(k[0], k[1], c["metadata"].get("creationTimestamp") or "",
-                          await self._priority((c["spec"].get("runPolicy") or {}).get("priorityClassName")),
-                          self._gpus(c))
+                Candidate(
+                    k[0],
+                    k[1],
+                    c["metadata"].get("creationTimestamp") or "",
+                    await self._priority((c["spec"].get("runPolicy") or {}).get("priorityClassName")),
+                    self._gpus(c),
+                )
                 for k, c in self._waiting()
             ]
             decision = decide(waiting, self._in_flight(), self._limits)
@@ -274,11 +310,16 @@ class Reconciler:
             after = updated.get("status") or {}
             steps = [StepStatus.model_validate(s) for s in after.get("steps") or []]
             report = WorkerReport.model_validate({"phase": obs.phase, "result": after.get("result")})
-            self.metrics.finished(key, obs.phase, created=cr["metadata"].get("creationTimestamp"),
-                                  completed=after.get("completionTime"), steps=steps, result=report.result)
+            self.metrics.finished(
+                key,
+                obs.phase,
+                created=cr["metadata"].get("creationTimestamp"),
+                completed=after.get("completionTime"),
+                steps=steps,
+                result=report.result,
+            )
             self.kick_queue()
-            await post_event(self.api, cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason,
-                             obs.message)
+            await post_event(self.api, cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason, obs.message)
         elif obs.reason in WARNING_REASONS:
             await post_event(self.api, cr, "Warning", obs.reason, obs.message)
 

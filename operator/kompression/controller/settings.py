@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/kompression/worker:0.1.0"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
@@ -26,7 +30,28 @@ class Settings:
     progress_port: int = 8081
     health_port: int = 8082
     peering: str = ""  # kopf peering object name; empty runs standalone
-    priority: int = 0  # kopf peering priority: each replica needs a distinct one
+    # kopf peering priority: each replica needs a distinct one (equal priorities freeze every
+    # replica). None derives one from the pod name; see `effective_priority`.
+    priority: int | None = None
     progress_interval_s: float = 5.0  # at most one status write per job per interval from progress POSTs
     service_account: str = ""  # the worker pod's ServiceAccount; empty uses the namespace's default
-    extra_tolerations: tuple[dict[str, str], ...] = field(default=())
+    extra_tolerations: tuple[dict[str, Any], ...] = field(default=())  # added to every worker pod
+    worker_node_selector: dict[str, str] = field(default_factory=dict)  # added to every worker pod
+    worker_runtime_class: str = ""  # runtimeClassName of worker pods that request GPUs
+    log_level: str = "info"  # debug, info, warning or error
+    # Test and benchmark only: annotations put on every worker pod template (kwok's exit codes).
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+
+    def effective_priority(self, pod_name: str | None = None) -> int:
+        """This replica's peering priority: the configured one, else one derived from its name.
+
+        With peering, kopf pauses every replica when two share the highest priority (the freeze
+        trap), and every replica of a Deployment gets the same flags. A hash of the pod name
+        (POD_NAME, else the host name) gives each replica its own priority, stable across restarts.
+        """
+        if self.priority is not None:
+            return self.priority
+        if not self.peering:
+            return 0
+        name = pod_name if pod_name is not None else os.environ.get("POD_NAME") or socket.gethostname()
+        return 1 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % (2**31 - 2)

@@ -21,6 +21,7 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from kompression.api.v1alpha1 import QuantizeStep
@@ -111,8 +112,12 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     # Without VNNI, u8s8 products can overflow 16-bit accumulators; 7-bit weights avoid that.
     reduce_range = not has_vnni()
     out = ctx.workdir / "model.int8.onnx"
+    # onnxruntime's recommended pre-pass: shape inference and graph folding, so the exporter's
+    # Identity-wrapped weights and biases become initializers that QLinearConv fusion can use.
+    prepared = ctx.workdir / "model.prepared.onnx"
+    quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
     quantize_static(
-        str(source.path),
+        str(prepared),
         str(out),
         ArrayCalibrationReader(calibration, input_name, batch_size),
         quant_format=QuantFormat.QDQ,

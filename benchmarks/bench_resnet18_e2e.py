@@ -1,0 +1,54 @@
+"""(e) prune(L1Structured 0.5) -> StaticInt8 -> onnx on ResNet-18 vs the original in torch eager fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision
+
+from common import THREADS, job_context, median_ms, workdir, write_report
+from kompression.worker.model import Model, OnnxModel, TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.base import Dataset, DataSets
+from kompression.worker.steps.onnx_io import session
+
+STEPS = [
+    {"name": "prune", "prune": {"method": "L1Structured", "sparsity": 0.5}},
+    {"name": "int8", "quantize": {"method": "StaticInt8"}},
+    {"name": "export", "onnx": {}},
+]
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    work = workdir()
+    original = torchvision.models.resnet18().eval()
+    calib = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+    data = DataSets(calibration=Dataset(calib))
+    model: Model = TorchModel(original, (torch.from_numpy(calib[:1]),))
+    for step in STEPS:
+        model = TECHNIQUES[next(k for k in step if k != "name")](
+            model, job_context(step, work, [-1, 3, 224, 224], data)
+        ).model
+    assert isinstance(model, OnnxModel)
+
+    x = calib[:1]
+    with torch.inference_mode():
+        eager = median_ms(lambda: original(torch.from_numpy(x)))
+    sess = session(model.path, threads=THREADS)
+    final = median_ms(lambda: sess.run(None, {"x": x}))
+    write_report(
+        "resnet18_e2e",
+        "(e) End to end on ResNet-18 (random weights): prune 0.5 -> StaticInt8 -> onnx, batch 1, 224x224",
+        ["model", "median latency (ms)", "speedup"],
+        [
+            ["original, torch eager fp32", f"{eager:.2f}", "1.0"],
+            ["final artifact, onnxruntime int8", f"{final:.2f}", f"{eager / final:.1f}x"],
+        ],
+        "Target >= 15x. Same input and 2 threads for both; onnxruntime with graph optimization ALL.",
+    )
+
+
+if __name__ == "__main__":
+    main()

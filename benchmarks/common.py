@@ -1,0 +1,105 @@
+"""Timing and reporting helpers shared by the benchmarks: medians of repeated runs, one markdown file each."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = 2
+REPEATS = 7
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, inner: int = 5, warmup: int = 3) -> float:
+    """Median over `repeats` of the mean time of `inner` calls, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner * 1000)
+    return statistics.median(samples)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    import onnxruntime
+
+    return (
+        f"{cpu}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, python {platform.python_version()}, "
+        f"{THREADS} threads, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def write_report(name: str, title: str, header: Sequence[str], rows: Sequence[Sequence[object]], notes: str) -> Path:
+    lines = [
+        f"# {title}",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["", notes.strip(), ""]
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines))
+    print(path.read_text())
+    return path
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="kompression-bench-"))
+
+
+def job_context(step: dict[str, Any], work: Path, input_shape: Sequence[int], data: Any, teacher: Any = None) -> Any:
+    """A StepContext for one step, as the worker would build it."""
+    from kompression.api.v1alpha1 import CompressionJob
+    from kompression.worker.steps.base import StepContext
+
+    spec = {
+        "model": {
+            "uri": "file://m.pt2",
+            "format": "TorchExport",
+            "inputs": [{"name": "x", "shape": list(input_shape)}],
+        },
+        "steps": [step],
+        "output": {"uri": "file://out/"},
+    }
+    job = CompressionJob.model_validate(
+        {"apiVersion": "kompression.dev/v1alpha1", "kind": "CompressionJob", "spec": spec}
+    )
+    store: dict[str, Any] = {}
+    return StepContext(
+        job=job,
+        step=job.spec.steps[0],
+        teacher=teacher,
+        outputs={},
+        data=data,
+        device="cpu",
+        workdir=work,
+        report_progress=lambda fraction, message: None,
+        save_checkpoint=store.__setitem__,
+        load_checkpoint=store.get,
+    )

@@ -157,6 +157,9 @@ class Checkpoints:
 
     def clear(self) -> None:
         storage.remove(self.root)
+        parent = self.root.rsplit("/", 1)[0]
+        if not storage.list_files(parent):
+            storage.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
 
 
 def run_steps(loaded: Loaded, steps: list[Step], techniques: Mapping[str, Technique], reporter: Reporter,

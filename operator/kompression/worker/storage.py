@@ -110,7 +110,6 @@ def s3_options() -> dict[str, Any]:
         "config_kwargs": config,
         "skip_instance_cache": True,
         "use_listings_cache": False,
-        "retries": 1,
     }
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:

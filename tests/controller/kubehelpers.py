@@ -1,0 +1,61 @@
+"""Small kubectl-based helpers shared by the controller's cluster tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cjfactory import manifest
+from operator_proc import get_json
+
+
+def apply_cr(kube: Any, ns: str, name: str, **spec: Any) -> None:
+    doc = manifest(name=name, namespace=ns, **spec)
+    for k in ("uid", "generation"):
+        doc["metadata"].pop(k)
+    kube.apply(doc)
+
+
+def cr(kube: Any, ns: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = get_json(kube, "-n", ns, "compressionjob", name)
+    return result
+
+
+def status(kube: Any, ns: str, name: str) -> dict[str, Any]:
+    return cr(kube, ns, name).get("status") or {}
+
+
+def wait_phase(kube: Any, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        s = status(kube, ns, name)
+        return s if s.get("phase") == phase else None
+
+    result: dict[str, Any] = kube.wait(probe, f"{ns}/{name} phase {phase}", timeout=timeout)
+    return result
+
+
+def jobs(kube: Any, ns: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(kube, "-n", ns, "jobs")["items"]
+    return items
+
+
+def pods(kube: Any, ns: str, job: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(kube, "-n", ns, "pods", "-l", f"job-name={job}")["items"]
+    return items
+
+
+def running_pod(kube: Any, ns: str, job: str, timeout: float = 60) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        live = [p for p in pods(kube, ns, job) if p["status"].get("phase") == "Running"]
+        return live[0] if live else None
+
+    result: dict[str, Any] = kube.wait(probe, f"a running pod of {ns}/{job}", timeout=timeout)
+    return result
+
+
+def events(kube: Any, ns: str, name: str) -> set[str]:
+    items = get_json(kube, "-n", ns, "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    return {e["reason"] for e in items}
+
+
+def conditions(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in s.get("conditions") or []}

@@ -1,0 +1,137 @@
+"""Model formats and the untrusted-input rules."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from runtime_helpers import Tiny, save_tiny
+
+from kompression.api.v1alpha1 import ModelSource
+from kompression.worker import formats
+from kompression.worker.errors import ModelError, RuntimeMissing
+from kompression.worker.model import OnnxModel, TorchModel
+
+
+def source(uri: str, fmt: str = "TorchExport", shape: list[int] | None = None, **extra: object) -> ModelSource:
+    return ModelSource.model_validate({"uri": uri, "format": fmt, "inputs": [{"name": "x", "shape": shape or [-1, 1, 8, 8]}], **extra})
+
+
+def test_torch_export_loads_as_eager_layers(tmp_path: Path) -> None:
+    model = formats.load_model(source("file://m.pt2"), save_tiny(tmp_path / "m.pt2"))
+    assert isinstance(model, TorchModel)
+    assert any(isinstance(m, torch.nn.Linear) for m in model.module.modules())
+    assert "classifier.1.weight" in model.module.state_dict()
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))  # unpickling creates the marker file
+
+
+def _malicious_pt2(good: Path, bad: Path, marker: Path) -> None:
+    """Replace the sample inputs with a pickle that creates marker when unpickled."""
+    payload = pickle.dumps(_Evil(marker))
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if "/data/sample_inputs/" in item.filename:
+                data = payload
+            dst.writestr(item, data)
+
+
+def test_malicious_pt2_is_refused_before_any_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _malicious_pt2(save_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", marker)
+    # The threat is real: torch's own loader falls back to a full unpickle of these bytes.
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises after running the payload
+        torch.export.load(str(tmp_path / "evil.pt2"))
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ModelError, match="needs more than weights_only"):
+        formats.load_model(source("file://evil.pt2"), tmp_path / "evil.pt2")
+    assert not marker.exists()
+
+
+def test_torch_save_pickle_is_refused_with_advice(tmp_path: Path) -> None:
+    torch.save(Tiny(), tmp_path / "ckpt.pt")
+    with pytest.raises(ModelError, match=r"torch.save\(\) pickle.*safetensors"):
+        formats.load_model(source("file://ckpt.pt"), tmp_path / "ckpt.pt")
+
+
+def test_shape_mismatch_names_input_and_both_shapes(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"'x'.*\[-1, 1, 16, 16\].*\[-1, 1, 8, 8\]"):
+        formats.load_model(source("file://m.pt2", shape=[-1, 1, 16, 16]), save_tiny(tmp_path / "m.pt2"))
+
+
+def test_safetensors_with_architecture(tmp_path: Path) -> None:
+    formats.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
+    model = formats.load_model(
+        source("file://w.safetensors", "SafeTensors", [-1, 4], architecture="torch.nn:Linear",
+               architectureArguments={"in_features": 4, "out_features": 3}),
+        tmp_path / "w.safetensors",
+    )
+    assert isinstance(model, TorchModel)
+    with pytest.raises(ModelError, match="do not fit"):
+        formats.load_model(
+            source("file://w.safetensors", "SafeTensors", [-1, 5], architecture="torch.nn:Linear",
+                   architectureArguments={"in_features": 5, "out_features": 3}),
+            tmp_path / "w.safetensors",
+        )
+
+
+def test_torchscript(tmp_path: Path) -> None:
+    torch.jit.script(Tiny()).save(str(tmp_path / "m.ts"))
+    assert isinstance(formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts"), TorchModel)
+
+
+def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        pytest.skip("transformers is installed here")
+    with pytest.raises(RuntimeMissing, match="transformers"):
+        formats.load_model(source("file://hf", "HuggingFace"), tmp_path)
+
+
+def _onnx_with_external(location: str, path: Path) -> None:
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [64, 10], [0.0] * 640)
+    weight.data_location = TensorProto.EXTERNAL
+    del weight.float_data[:]
+    weight.external_data.add(key="location", value=location)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [weight],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "sub/../../x.bin"])
+def test_onnx_external_data_escaping_the_folder_is_refused(tmp_path: Path, location: str) -> None:
+    _onnx_with_external(location, tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        formats.load_model(source("file://m.onnx", "ONNX"), tmp_path / "m.onnx")
+
+
+def test_onnx_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
+    _onnx_with_external("w.bin", tmp_path / "m.onnx")
+    (tmp_path / "w.bin").write_bytes(b"\0" * 640 * 4)
+    assert isinstance(formats.load_model(source("file://m.onnx", "ONNX"), tmp_path / "m.onnx"), OnnxModel)
+    with pytest.raises(ModelError, match=r"'x'.*\[-1, 3, 8, 8\]"):
+        formats.load_model(source("file://m.onnx", "ONNX", [-1, 3, 8, 8]), tmp_path / "m.onnx")
+
+
+def test_saved_pt2_holds_every_parameter(tmp_path: Path) -> None:
+    module = Tiny().eval()
+    path = formats.save_torch_export(TorchModel(module, (torch.zeros(1, 1, 8, 8),)), tmp_path / "x.pt2")
+    reloaded = torch.export.load(str(path))
+    assert sum(t.numel() for t in reloaded.state_dict.values()) == formats.parameter_count(module)

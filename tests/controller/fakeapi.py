@@ -53,6 +53,14 @@ class FakeApi:
         base = url.removesuffix("/status")
         if base not in self.objects:
             raise ApiError(404, "NotFound")
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != self.objects[base]["metadata"].get("resourceVersion"):
+            raise ApiError(409, "Conflict: the object has been modified")
+        body = {k: v for k, v in body.items() if k != "metadata"} | (
+            {"metadata": {k: v for k, v in body["metadata"].items() if k != "resourceVersion"}}
+            if "metadata" in body
+            else {}
+        )
         _merge(self.objects[base], body)
         return self._stamp(self.objects[base])
 

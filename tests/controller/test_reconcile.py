@@ -140,3 +140,24 @@ def test_writes_from_creation_to_success() -> None:
     asyncio.run(rec.sync(key))
     assert _status(api)["phase"] == "Succeeded"
     assert len(api.writes) <= 8, api.writes
+
+
+def test_status_write_races_a_concurrent_writer_with_409_and_keeps_its_conditions() -> None:
+    api, store, rec = _setup(_cr())
+    key = ("team-a", "resnet")
+
+    async def go() -> None:
+        await rec.sync(key)
+        # Another controller adds its own condition; the operator's store has not seen it yet.
+        obj = api.objects[f"{CRS}/resnet"]
+        obj["status"]["conditions"].append({"type": "Audited", "status": "True", "reason": "Checked"})
+        obj["metadata"]["resourceVersion"] = "999"
+        store.jobs[key]["status"] = {"active": 1, "startTime": "2025-01-01T00:00:01Z"}
+        await rec.sync(key)  # conditions computed from a stale read: refused (409), then re-read
+        assert rec.metrics.status_conflicts._value.get() == 1
+        await rec.sync(key)
+
+    asyncio.run(go())
+    types = [c["type"] for c in _status(api)["conditions"]]
+    assert "Audited" in types and "Ready" in types
+    assert _status(api)["startTime"] == "2025-01-01T00:00:01Z"

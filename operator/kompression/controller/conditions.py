@@ -14,6 +14,7 @@ from kompression.api.constants import COND_FAILED, COND_READY, COND_RECONCILING,
 from kompression.api.v1alpha1 import Condition
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+OWNED_CONDITIONS = frozenset({COND_READY, COND_RECONCILING, COND_STALLED, COND_SUCCEEDED, COND_FAILED})
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,11 @@ def desired_conditions(obs: Observation, generation: int) -> list[Condition]:
 
 
 def merge_conditions(old: list[dict[str, Any]], new: list[Condition], now: str) -> list[dict[str, Any]]:
-    """The new conditions, keeping lastTransitionTime where a condition's status did not change."""
+    """The new conditions, keeping lastTransitionTime where a condition's status did not change.
+
+    Condition types the operator does not own (another controller's, a policy engine's) are kept
+    as they are: the list is written whole, so dropping them would erase someone else's write.
+    """
     previous = {c.get("type"): c for c in old}
     merged: list[dict[str, Any]] = []
     for c in new:
@@ -60,6 +65,7 @@ def merge_conditions(old: list[dict[str, Any]], new: list[Condition], now: str) 
         changed = before is None or before.get("status") != c.status
         stamp = now if changed or not before else before.get("lastTransitionTime") or now
         merged.append(c.model_copy(update={"lastTransitionTime": stamp}).to_wire())
+    merged += [dict(c) for c in old if c.get("type") not in OWNED_CONDITIONS]
     return merged
 
 

@@ -64,7 +64,11 @@ class Metrics:
             "kompression_queue_depth", "CompressionJobs waiting in the operator's queue.", registry=r
         )
         self.gpu_in_flight = Gauge("kompression_gpu_jobs_in_flight", "GPU Jobs created and not finished.", registry=r)
+        self.status_conflicts = Counter(
+            "kompression_status_conflicts", "Status writes refused with 409 (a concurrent writer); retried.", registry=r
+        )
         self._phase: dict[Key, str] = {}
+        self._with_results: set[Key] = set()
         for phase in PHASES:
             self.jobs.labels(phase).set(0)
 
@@ -98,7 +102,11 @@ class Metrics:
         if result is not None:
             self.results(key, result)
 
+    def has_results(self, key: Key) -> bool:
+        return key in self._with_results
+
     def results(self, key: Key, result: Result) -> None:
+        self._with_results.add(key)
         for gauge, value in (
             (self.ratio, result.compressionRatio),
             (self.accuracy_delta, result.accuracyDelta),
@@ -109,6 +117,7 @@ class Metrics:
 
     def forget(self, key: Key) -> None:
         self.set_phase(key, None)
+        self._with_results.discard(key)
         for gauge in (self.ratio, self.accuracy_delta, self.speedup):
             with suppress(KeyError):  # never set: the job did not finish with results
                 gauge.remove(*key)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import CompressionJob, StepStatus
+from kompression.api.v1alpha1 import CompressionJob, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
 from kompression.controller.conditions import (
@@ -78,6 +78,8 @@ class Reconciler:
         self._admission = asyncio.Lock()
         self._priorities: dict[str, int] = {}
         self._limits = Limits(settings.max_gpu_jobs, settings.max_gpu_jobs_per_namespace)
+        # Counted when scraped, from what the watches show.
+        metrics.gpu_in_flight.set_function(lambda: float(sum(self._in_flight().values())))
 
     # ---------------------------------------------------------------- the queue
 
@@ -294,9 +296,29 @@ class Reconciler:
         patch.update(extra)
         if not differs(status, patch) and same_conditions(status.get("conditions") or [], conditions):
             self.metrics.set_phase(key, obs.phase)
+            if obs.phase in TERMINAL_PHASES and status.get("result") and not self.metrics.has_results(key):
+                # Finished before this process started: its gauges live in this process only.
+                self.metrics.results(key, Result.model_validate(status["result"]))
             return
         patch["conditions"] = conditions
-        updated = await self.api.merge_patch(_cr_path(*key, sub="status"), {"status": patch})
+        # The conditions list is written whole, so the write is conditional on the resourceVersion
+        # it was computed from: a concurrent status writer gets a 409 here instead of losing its
+        # update, and the reconcile runs again on a fresh read.
+        rv = meta.get("resourceVersion")
+        body: dict[str, Any] = {"status": patch}
+        if rv:
+            body["metadata"] = {"resourceVersion": rv}
+        try:
+            updated = await self.api.merge_patch(_cr_path(*key, sub="status"), body)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            self.metrics.status_conflicts.inc()
+            fresh = await self.api.get(_cr_path(*key))
+            if fresh is not None:
+                self.store.put_cr(fresh)
+                self.enqueue(key)
+            return
         self.store.put_cr(updated)
         self.metrics.set_phase(key, obs.phase)
         await self._announce(cr, status, obs, updated)

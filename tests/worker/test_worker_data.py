@@ -22,7 +22,7 @@ def spec(**roles: object) -> DataSpec:
 def test_digits_split_is_deterministic_disjoint_and_scaled() -> None:
     train, held_out = digits("train"), digits("eval")
     assert train.inputs.shape == (1437, 1, 8, 8) and held_out.inputs.shape == (360, 1, 8, 8)
-    assert train.inputs.dtype == np.float32 and 0 <= train.inputs.min() and train.inputs.max() <= 1
+    assert train.inputs.dtype == np.float32 and train.inputs.min() >= 0 and train.inputs.max() <= 1
     assert np.array_equal(digits("eval").inputs, held_out.inputs)
     rows = {r.tobytes() for r in train.inputs}
     assert sum(r.tobytes() in rows for r in held_out.inputs) < 10  # only duplicate images in the source
@@ -30,7 +30,7 @@ def test_digits_split_is_deterministic_disjoint_and_scaled() -> None:
 
 def test_roles_read_their_split_and_samples_cap() -> None:
     sets = load_datasets(spec(calibration={"builtin": "Digits", "samples": 100}, evaluation={"builtin": "Digits"}),
-                         X, lambda uri: Path(uri))
+                         X, Path)
     assert sets.calibration is not None and len(sets.calibration) == 100
     assert sets.evaluation is not None and len(sets.evaluation) == 360
 
@@ -48,7 +48,7 @@ def test_npz_round_trip(tmp_path: Path) -> None:
 ])
 def test_bad_data_is_a_data_error_naming_the_field(tmp_path: Path, inputs: np.ndarray, message: str) -> None:
     path = npz(tmp_path / "d.npz", inputs, np.zeros(len(inputs), np.int64))
-    with pytest.raises(DataError, match=f"spec.data.calibration.*{message}"):
+    with pytest.raises(DataError, match=rf"spec\.data\.calibration.*{message}"):
         load_datasets(spec(calibration={"uri": "file://d.npz"}), X, lambda uri: path)
 
 
@@ -63,5 +63,5 @@ def test_missing_inputs_and_unlabeled_top1(tmp_path: Path) -> None:
 
 def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "obj.npz", inputs=np.array([object()], dtype=object))
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
         load_datasets(spec(evaluation={"uri": "file://x"}), X, lambda uri: tmp_path / "obj.npz")

@@ -89,7 +89,7 @@ def test_safetensors_with_architecture(tmp_path: Path) -> None:
 
 
 def test_torchscript(tmp_path: Path) -> None:
-    torch.jit.script(Tiny()).save(str(tmp_path / "m.ts"))
+    torch.jit.script(Tiny()).save(str(tmp_path / "m.ts"))  # type: ignore[no-untyped-call]
     assert isinstance(formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts"), TorchModel)
 
 

@@ -131,7 +131,7 @@ def test_auto_strategy_keeps_most_compressed_passing_trial(env: Path, fake_techn
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[str, dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append((self.headers.get("Authorization", ""), json.loads(body)))
         self.send_response(204)

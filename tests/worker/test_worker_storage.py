@@ -55,7 +55,7 @@ def test_s3_round_trip_under_both_checksum_settings(s3: Any, tmp_path: Path, mon
 
 def test_unknown_checksum_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "always")
-    with pytest.raises(StorageError, match="AWS_REQUEST_CHECKSUM_CALCULATION='always'.*when_required"):
+    with pytest.raises(StorageError, match=r"AWS_REQUEST_CHECKSUM_CALCULATION='always'.*when_required"):
         storage.s3_options()
 
 

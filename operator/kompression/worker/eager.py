@@ -23,7 +23,7 @@ def _conv(args: list[Any], t: dict[str, torch.Tensor], _: Any) -> nn.Module:
     weight = t[args[1]]
     bias = t.get(args[2]) if len(args) > 2 and args[2] is not None else None
     stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], (weight.shape[2], weight.shape[3]), stride=stride,
                      padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
     conv.weight = nn.Parameter(weight.detach().clone())
     if bias is not None:
@@ -51,8 +51,8 @@ def _batch_norm(args: list[Any], t: dict[str, torch.Tensor], input_val: Any) -> 
     if weight is not None and bias is not None:
         bn.weight = nn.Parameter(weight.detach().clone())
         bn.bias = nn.Parameter(bias.detach().clone())
-    bn.running_mean.copy_(mean)
-    bn.running_var.copy_(var)
+    bn.running_mean = mean.detach().clone()
+    bn.running_var = var.detach().clone()
     return bn
 
 
@@ -64,12 +64,12 @@ OPS: dict[str, Builder] = {
     "aten.conv2d.default": _conv,
     "aten.linear.default": _linear,
     "aten.batch_norm.default": _batch_norm,
-    "aten.relu.default": _simple(lambda: nn.ReLU()),
-    "aten.relu_.default": _simple(lambda: nn.ReLU()),
+    "aten.relu.default": _simple(nn.ReLU),
+    "aten.relu_.default": _simple(nn.ReLU),
     "aten.gelu.default": _simple(lambda *a: nn.GELU()),
-    "aten.silu.default": _simple(lambda: nn.SiLU()),
-    "aten.sigmoid.default": _simple(lambda: nn.Sigmoid()),
-    "aten.tanh.default": _simple(lambda: nn.Tanh()),
+    "aten.silu.default": _simple(nn.SiLU),
+    "aten.sigmoid.default": _simple(nn.Sigmoid),
+    "aten.tanh.default": _simple(nn.Tanh),
     "aten.hardtanh.default": _simple(lambda lo=-1.0, hi=1.0: nn.Hardtanh(lo, hi)),
     "aten.max_pool2d.default": _simple(lambda k, s=None, p=0, d=1, c=False: nn.MaxPool2d(k, s or k, p, d, ceil_mode=c)),
     "aten.avg_pool2d.default": _simple(lambda k, s=None, p=0, c=False, i=True, *_: nn.AvgPool2d(k, s or k, p, c, i)),
@@ -124,10 +124,7 @@ def rebuild(program: Any) -> nn.Module | None:
             return None
         input_val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
         module = OPS[target](args, tensors, input_val)
-        if target in PARAM_OPS:
-            path = names[args[1]].rsplit(".", 1)[0]
-        else:
-            path = f"op{index}"
+        path = names[args[1]].rsplit(".", 1)[0] if target in PARAM_OPS else f"op{index}"
         layers.append((path, module))
         previous = node.name
     outputs = [n for n in program.graph.nodes if n.op == "output"]

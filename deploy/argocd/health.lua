@@ -73,5 +73,13 @@ end
 if status.progress ~= nil and status.progress.percentage ~= nil then
   message = message .. " (" .. tostring(status.progress.percentage) .. "%)"
 end
+-- Why it is not further along, when Ready says more than the phase (Pending: Unschedulable, ...).
+local ready = condition(status.conditions, "Ready")
+if ready ~= nil and ready.reason ~= nil and ready.reason ~= status.phase then
+  message = message .. ": " .. ready.reason
+  if ready.message ~= nil and ready.message ~= "" then
+    message = message .. ": " .. ready.message
+  end
+end
 hs.message = message
 return hs

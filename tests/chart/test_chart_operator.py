@@ -4,22 +4,18 @@ judges the real statuses it wrote. Skipped until `kompression operator` exists."
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from testbedlib import chart_env, impersonating_kubeconfig, install, operator_available
-
-from testbed.procs import free_port
+from testbedlib import operator_as_chart_sa, operator_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gitops"))
-from luahealth import health
+from luahealth import health  # noqa: E402
 
-pytestmark = [pytest.mark.timeout(600),
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600),
               pytest.mark.skipif(not operator_available(), reason="`kompression operator` does not exist yet")]
 
 JOB = """
@@ -35,36 +31,29 @@ spec:
 
 
 def test_operator_as_chart_service_account_runs_a_job(kube: Any, helm: Any, tmp_path: Path) -> None:
-    release, ns = "kpo", kube.create_namespace("kompression")
     team = kube.create_namespace("team")
-    install(kube, helm, release, ns, "replicaCount=0")  # the test runs the operator itself
-    user = f"system:serviceaccount:{ns}:{release}-kompression"
-    kubeconfig = impersonating_kubeconfig(kube, user, tmp_path / "operator.kubeconfig")
-    ports = [f"ports.metrics={free_port()}", f"ports.progress={free_port()}", f"ports.health={free_port()}"]
-    env = {**os.environ, **chart_env(ns, ports), "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": ns}
-    log = (tmp_path / "operator.log").open("w")
-    operator = subprocess.Popen([sys.executable, "-m", "kompression.cli", "operator"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with operator_as_chart_sa(kube, helm, tmp_path, "kpo") as log:
         kube.kubectl("apply", "-n", team, "-f", "-", input=JOB)
         pod = kube.wait(lambda: kube.kubectl("get", "pods", "-n", team, "-o", "name").stdout.strip(),  # noqa: PLW0108
                         "the worker pod", timeout=120)
-        running = _status(kube, team)
+        running = kube.wait(lambda: _running(kube, team), "phase Running", timeout=60)
         kube.kubectl("annotate", "-n", team, pod.splitlines()[0], "kompression.dev/kwok-exit-code=0")
         kube.kubectl("wait", "-n", team, "--for=condition=Succeeded", "kjob/chart-rbac", "--timeout=120s", timeout=150)
         kube.kubectl("wait", "-n", team, "--for=condition=Ready", "kjob/chart-rbac", "--timeout=30s", timeout=60)
         final = _status(kube, team)
-        assert final["status"]["phase"] == "Succeeded"
-        assert health(final)[0] == "Healthy"
-        assert health(running)[0] == "Progressing"
-    finally:
-        operator.terminate()
-        operator.wait(timeout=30)
-        log.close()
-        helm.run("uninstall", release, "-n", ns, "--wait", timeout=180)
-    text = (tmp_path / "operator.log").read_text()
+        kube.kubectl("delete", "namespace", team, "--wait=false")
+    assert final["status"]["phase"] == "Succeeded"
+    assert health(final)[0] == "Healthy"
+    assert health(running)[0] == "Progressing"
+    text = log.read_text()
     assert "Forbidden" not in text and " 403" not in text, f"the chart's RBAC is missing something:\n{text[-3000:]}"
 
 
 def _status(kube: Any, namespace: str) -> dict[str, Any]:
-    return yaml.safe_load(kube.kubectl("get", "kjob/chart-rbac", "-n", namespace, "-o", "yaml").stdout)
+    result: dict[str, Any] = yaml.safe_load(kube.kubectl("get", "kjob/chart-rbac", "-n", namespace, "-o", "yaml").stdout)
+    return result
+
+
+def _running(kube: Any, namespace: str) -> dict[str, Any] | None:
+    obj = _status(kube, namespace)
+    return obj if (obj.get("status") or {}).get("phase") == "Running" else None

@@ -18,7 +18,7 @@ from testbedlib import can_i_list, install, installed, release_name
 
 from kompression.api import constants as c
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 # What the operator's ServiceAccount may do in a watched namespace; anything else fails the test.
 ALLOWED = {

@@ -54,6 +54,14 @@ def installed(kube: Any, helm: Any, release: str, namespace: str, *sets: str) ->
         helm.run("uninstall", release, "-n", namespace, "--wait", timeout=180, check=False)
 
 
+@contextmanager
+def _namespace_deleted(kube: Any, namespace: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 def impersonating_kubeconfig(kube: Any, user: str, path: Path) -> Path:
     """A copy of the admin kubeconfig that acts as `user` (admin may impersonate anyone)."""
     config = yaml.safe_load(kube.kubeconfig.read_text())
@@ -103,3 +111,48 @@ def chart_env(namespace: str, values: list[str]) -> dict[str, str]:
 def operator_available() -> bool:
     proc = subprocess.run([sys.executable, "-m", "kompression.cli", "operator", "--help"], capture_output=True, text=True, check=False)
     return proc.returncode == 0
+
+
+@contextmanager
+def operator_as_chart_sa(kube: Any, helm: Any, workdir: Path, prefix: str, *sets: str) -> Iterator[Path]:
+    """Install the chart without its Deployment, run `kompression operator` here with the chart's
+    environment while impersonating the chart's ServiceAccount, wait until it is healthy; yield
+    the operator's log file. Stops the operator and uninstalls the release afterwards."""
+    import os
+    import time
+    import urllib.request
+
+    from testbed.procs import free_port
+
+    release, ns = release_name(prefix), kube.create_namespace("kompression")
+    health_port = free_port()
+    ports = [f"ports.metrics={free_port()}", f"ports.progress={free_port()}", f"ports.health={health_port}"]
+    values = ["replicaCount=0", *sets]  # the test runs the operator itself
+    log_path = workdir / f"{release}-operator.log"
+    with _namespace_deleted(kube, ns), installed(kube, helm, release, ns, *values):
+        kubeconfig = impersonating_kubeconfig(kube, f"system:serviceaccount:{ns}:{release}-kompression",
+                                              workdir / f"{release}.kubeconfig")
+        env = {**os.environ, **chart_env(ns, [*ports, *sets]), "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": ns}
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "kompression.cli", "operator"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"operator exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1).close()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("the operator did not become healthy") from None
+                        time.sleep(0.3)
+                yield log_path
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)

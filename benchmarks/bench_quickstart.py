@@ -30,13 +30,16 @@ def one_run(seed: int, workdir: Path) -> dict[str, float]:
     subprocess.run([KOMPRESSION, "example-model", "--output", str(model), "--seed", str(seed)], check=True, cwd=workdir,
                    stdout=subprocess.DEVNULL)
     trained = time.monotonic()
-    subprocess.run([KOMPRESSION, "run", str(ROOT / "examples" / "quickstart.yaml"), "--output", f"file://{out}/",
-                    "--progress", "json", "--seed", str(seed)], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
+    code = subprocess.run([KOMPRESSION, "run", str(ROOT / "examples" / "quickstart.yaml"), "--output", f"file://{out}/",
+                           "--progress", "json", "--seed", str(seed)], cwd=workdir, stdout=subprocess.DEVNULL).returncode
     finished = time.monotonic()
-    manifest = json.loads((out / "manifest.json").read_text())
+    if code not in (0, 6):  # 6: a gate failed; the run still counts, read from rejected/
+        raise SystemExit(f"seed {seed}: kompression run exited {code}")
+    manifest = json.loads((out / ("manifest.json" if code == 0 else "rejected/manifest.json")).read_text())
     result = manifest["result"]
     return {
         "seed": seed,
+        "passed": float(code == 0),
         "ratio": result["compressionRatio"],
         "drop_points": -result["accuracyDelta"] * 100,
         "baseline": result["baseline"]["accuracy"],
@@ -66,11 +69,11 @@ def main() -> None:
         "(L1Structured 0.5 + fine-tune -> distill -> StaticInt8 -> onnx). Size ratio = original .pt2 size /",
         "final ONNX size on disk; accuracy on the held-out Digits split (360 images).",
         "",
-        "| seed | size ratio | baseline acc | final acc | drop (points) | speedup p50 | train s | pipeline s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | gates | size ratio | baseline acc | final acc | drop (points) | speedup p50 | train s | pipeline s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['ratio']:.2f}x | {r['baseline']:.4f} | {r['final']:.4f} | {r['drop_points']:.2f} "
+        lines.append(f"| {r['seed']} | {'passed' if r['passed'] else 'failed'} | {r['ratio']:.2f}x | {r['baseline']:.4f} | {r['final']:.4f} | {r['drop_points']:.2f} "
                      f"| {r['speedup']:.1f}x | {r['train_s']:.0f} | {r['pipeline_s']:.0f} |")
     lines += [
         "",

@@ -49,6 +49,7 @@ class Runtime:
     def connect(self, info: kopf.ConnectionInfo) -> None:
         if self.api is None:
             self.api = Api(info)
+            self.api.on_write = lambda verb, resource: self.metrics.api_writes.labels(verb, resource).inc()
             self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics, self.leadership)
 
     async def start(self) -> None:

@@ -10,6 +10,7 @@ import base64
 import json
 import ssl
 import tempfile
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -66,6 +67,15 @@ def path(
     return base
 
 
+def resource_of(url: str) -> str:
+    """The resource (and subresource) a request path names: "jobs", "compressionjobs/status"."""
+    parts = [p for p in url.split("?", maxsplit=1)[0].split("/") if p]
+    parts = parts[2:] if parts[:1] == ["api"] else parts[3:]  # drop api/v1 or apis/group/version
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    return "/".join(parts[0:1] + parts[2:3])
+
+
 class Api:
     """A thin JSON client: get, list, create, patch, delete. Raises ApiError on non-2xx."""
 
@@ -83,6 +93,7 @@ class Api:
         )
         # Counted so that the benchmark and tests can check the API writes per job.
         self.writes = 0
+        self.on_write: Callable[[str, str], None] | None = None  # (verb, resource) of each write
 
     async def close(self) -> None:
         await self._session.close()
@@ -99,6 +110,8 @@ class Api:
         headers = {"Content-Type": content_type} if data is not None else {}
         if method != "GET":
             self.writes += 1
+            if self.on_write is not None:
+                self.on_write(method, resource_of(url))
         async with self._session.request(method, self.server + url, data=data, headers=headers, params=params) as resp:
             text = await resp.text()
             if resp.status >= 300:

@@ -67,6 +67,12 @@ class Metrics:
         self.status_conflicts = Counter(
             "kompression_status_conflicts", "Status writes refused with 409 (a concurrent writer); retried.", registry=r
         )
+        self.api_writes = Counter(
+            "kompression_api_writes",
+            "The operator's API writes, by verb and resource.",
+            ["verb", "resource"],
+            registry=r,
+        )
         self._phase: dict[Key, str] = {}
         self._with_results: set[Key] = set()
         for phase in PHASES:

@@ -118,6 +118,14 @@ def test_peering_and_replicas() -> None:
     assert env_of(one(objs, "Deployment"))["KOMPRESSION_PEERING"] == "kompression"
     cluster_rules = one(objs, "ClusterRole", f"{FULL}-cluster")["rules"]
     assert any("clusterkopfpeerings" in r["resources"] for r in cluster_rules)
+    assert one(objs, "ClusterKopfPeering", "kompression")  # the operator refuses to run without it
+    assert not find(template(), "ClusterKopfPeering")
+    scoped = template({"replicaCount": 2, "operator": {"peering": {"enabled": True}, "watchNamespaces": ["a", "b"]}})
+    assert {o["metadata"]["namespace"] for o in find(scoped, "KopfPeering", "kompression")} == {"a", "b"}
+    assert not find(scoped, "ClusterKopfPeering")
+    # kopf's peering CRDs ship in crds/, which Helm installs before the templates.
+    assert {p.name for p in (CHART / "crds").glob("*.yaml")} == {
+        "clusterkopfpeerings.kopf.dev.yaml", "kopfpeerings.kopf.dev.yaml"}
 
 
 def test_monitoring_objects() -> None:

@@ -33,6 +33,9 @@ ALLOWED = {
     "tokenreviews.authentication.k8s.io": {"create"},
     "priorityclasses.scheduling.k8s.io": {"get", "list", "watch"},
     "namespaces": {"list", "watch"},
+    # Only with operator.peering.enabled: the replicas' shared peering object.
+    "clusterkopfpeerings.kopf.dev": {"get", "list", "watch", "patch"},
+    "kopfpeerings.kopf.dev": {"get", "list", "watch", "patch"},
     # Granted to every authenticated user by Kubernetes itself.
     "selfsubjectaccessreviews.authorization.k8s.io": {"create"},
     "selfsubjectrulesreviews.authorization.k8s.io": {"create"},
@@ -120,6 +123,18 @@ def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None
         _check_least_privilege(elsewhere)
         for resource in ("jobs.batch", "configmaps", "pods", "compressionjobs.kompression.dev", "namespaces"):
             assert resource not in elsewhere, f"{resource} granted outside the watched namespaces"
+
+
+def test_peering_install_creates_the_peering_object(kube: Any, helm: Any) -> None:
+    # Two replicas with peering: kopf's CRDs come from the chart's crds/, the peering object from a
+    # template in the same install (Helm could not map it if its CRD were a template too).
+    release, ns = release_name("kpp"), kube.create_namespace("kompression")
+    with installed(kube, helm, release, ns, "replicaCount=2", "operator.peering.enabled=true"):
+        kube.kubectl("get", "clusterkopfpeering.kopf.dev", "kompression")
+        granted = can_i_list(kube, _sa(ns, release), "default")
+        _check_least_privilege(granted)
+        assert granted["clusterkopfpeerings.kopf.dev"] == ALLOWED["clusterkopfpeerings.kopf.dev"]
+    assert kube.kubectl("get", "clusterkopfpeering.kopf.dev", "kompression", check=False).returncode != 0
 
 
 def test_aggregated_roles_let_namespace_editors_use_compressionjobs(kube: Any, helm: Any) -> None:

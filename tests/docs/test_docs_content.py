@@ -49,3 +49,25 @@ def test_storage_doc_names_the_credential_variables() -> None:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION",
                 "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING"):
         assert var in page
+
+
+def test_readme_links_every_doc_and_they_exist() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name in ("install", "crd-reference", "steps", "storage", "metrics", "gitops", "troubleshooting"):
+        assert f"(docs/{name}.md)" in readme, f"README does not link docs/{name}.md"
+        assert (DOCS / f"{name}.md").exists(), f"docs/{name}.md is missing"
+
+
+def test_install_doc_matches_the_operator_flags_and_progress_channel() -> None:
+    from kompression.api.constants import ENV_PROGRESS_URL, PROGRESS_PATH_PREFIX, progress_audience
+    from kompression.controller import cli
+
+    page = (DOCS / "install.md").read_text()
+    flags = {flag for flag, *_ in cli._FLAGS}
+    envs = {cli._env_name(field) for _, field, *_ in cli._FLAGS}
+    for flag in re.findall(r"`(--[a-z-]+)", page):
+        assert flag in flags or flag == "--skip-crds", f"install.md names {flag}, which `kompression operator` lacks"
+    for env in re.findall(r"`(KOMPRESSION_[A-Z_]+)`", page):
+        assert env in envs or env in (ENV_PROGRESS_URL, "KOMPRESSION_NAMESPACES"), env
+    assert f"`{progress_audience('<namespace>', '<name>', '<uid>')}`" in page
+    assert f"`{PROGRESS_PATH_PREFIX}/<namespace>/<name>`" in page

@@ -22,21 +22,24 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run helm with private config dirs, so the developer's repositories are never touched."""
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home, "HELM_DATA_HOME": home}
-        proc = subprocess.run([str(binary("helm")), *args], env=env, capture_output=True, text=True,
-                              timeout=120, check=False)
+        proc = subprocess.run(
+            [str(binary("helm")), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr}")
     return proc
 
 
-def template(values: dict[str, Any] | None = None, release: str = "kompression",
-             namespace: str = "kompression-system") -> list[dict[str, Any]]:
+def template(
+    values: dict[str, Any] | None = None, release: str = "kompression", namespace: str = "kompression-system"
+) -> list[dict[str, Any]]:
     """Render the chart with `values` and return the parsed objects."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         yaml.safe_dump(values or {}, f)
         f.flush()
-        out = helm("template", release, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION,
-                   "-f", f.name).stdout
+        out = helm(
+            "template", release, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION, "-f", f.name
+        ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -45,17 +48,21 @@ def template_error(values: dict[str, Any]) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         yaml.safe_dump(values, f)
         f.flush()
-        proc = helm("template", "kompression", str(CHART), "--kube-version", KUBE_VERSION, "-f", f.name,
-                    check=False)
+        proc = helm("template", "kompression", str(CHART), "--kube-version", KUBE_VERSION, "-f", f.name, check=False)
     assert proc.returncode != 0, "helm template accepted values it should reject"
     return proc.stderr
 
 
-def find(objs: list[dict[str, Any]], kind: str, name: str | None = None,
-         namespace: str | None = None) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind
-            and (name is None or o["metadata"]["name"] == name)
-            and (namespace is None or o["metadata"].get("namespace") == namespace)]
+def find(
+    objs: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
+        and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
 
 
 def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:

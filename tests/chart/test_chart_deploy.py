@@ -10,8 +10,17 @@ FIX = "run hack/chart-render-deploy.sh"
 
 
 def test_plain_manifests_match_the_chart() -> None:
-    rendered = helm("template", "kompression", str(CHART), "--namespace", "kompression-system",
-                    "--kube-version", KUBE_VERSION, "--set", "crds.enabled=false").stdout
+    rendered = helm(
+        "template",
+        "kompression",
+        str(CHART),
+        "--namespace",
+        "kompression-system",
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "crds.enabled=false",
+    ).stdout
     committed = (DEPLOY / "kompression.yaml").read_text()
     assert committed.split("\n", 1)[1] == rendered, f"deploy/kompression.yaml is stale: {FIX}"
 
@@ -25,6 +34,9 @@ def test_kustomization_lists_every_manifest() -> None:
     assert top["resources"] == ["crds", "namespace.yaml", "kompression.yaml"]
     crds = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())
     assert crds["resources"] == [CRD_FILE.name]
-    namespaces = {d["metadata"].get("namespace") for d in yaml.safe_load_all((DEPLOY / "kompression.yaml").read_text())
-                  if d and d["kind"] not in ("ClusterRole", "ClusterRoleBinding")}
+    namespaces = {
+        d["metadata"].get("namespace")
+        for d in yaml.safe_load_all((DEPLOY / "kompression.yaml").read_text())
+        if d and d["kind"] not in ("ClusterRole", "ClusterRoleBinding")
+    }
     assert namespaces == {yaml.safe_load((DEPLOY / "namespace.yaml").read_text())["metadata"]["name"]}

@@ -13,10 +13,13 @@ import yaml
 from testbedlib import operator_as_chart_sa, operator_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gitops"))
-from luahealth import health  # noqa: E402
+from luahealth import health
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600),
-              pytest.mark.skipif(not operator_available(), reason="`kompression operator` does not exist yet")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not operator_available(), reason="`kompression operator` does not exist yet"),
+]
 
 JOB = """
 apiVersion: kompression.dev/v1alpha1
@@ -34,8 +37,11 @@ def test_operator_as_chart_service_account_runs_a_job(kube: Any, helm: Any, tmp_
     team = kube.create_namespace("team")
     with operator_as_chart_sa(kube, helm, tmp_path, "kpo") as log:
         kube.kubectl("apply", "-n", team, "-f", "-", input=JOB)
-        pod = kube.wait(lambda: kube.kubectl("get", "pods", "-n", team, "-o", "name").stdout.strip(),  # noqa: PLW0108
-                        "the worker pod", timeout=120)
+        pod = kube.wait(
+            lambda: kube.kubectl("get", "pods", "-n", team, "-o", "name").stdout.strip(),  # noqa: PLW0108
+            "the worker pod",
+            timeout=120,
+        )
         running = kube.wait(lambda: _running(kube, team), "phase Running", timeout=60)
         kube.kubectl("annotate", "-n", team, pod.splitlines()[0], "kompression.dev/kwok-exit-code=0")
         kube.kubectl("wait", "-n", team, "--for=condition=Succeeded", "kjob/chart-rbac", "--timeout=120s", timeout=150)
@@ -50,7 +56,9 @@ def test_operator_as_chart_service_account_runs_a_job(kube: Any, helm: Any, tmp_
 
 
 def _status(kube: Any, namespace: str) -> dict[str, Any]:
-    result: dict[str, Any] = yaml.safe_load(kube.kubectl("get", "kjob/chart-rbac", "-n", namespace, "-o", "yaml").stdout)
+    result: dict[str, Any] = yaml.safe_load(
+        kube.kubectl("get", "kjob/chart-rbac", "-n", namespace, "-o", "yaml").stdout
+    )
     return result
 
 

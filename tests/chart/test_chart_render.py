@@ -11,8 +11,18 @@ import yaml
 from chartlib import CHART, CRD_FILE, REPO, env_of, find, helm, one, template, template_error
 
 FULL = "kompression"
-NAMESPACED_KINDS = {"ServiceAccount", "Service", "Deployment", "ConfigMap", "NetworkPolicy",
-                    "ServiceMonitor", "PodMonitor", "PrometheusRule", "Role", "RoleBinding"}
+NAMESPACED_KINDS = {
+    "ServiceAccount",
+    "Service",
+    "Deployment",
+    "ConfigMap",
+    "NetworkPolicy",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "Role",
+    "RoleBinding",
+}
 
 
 def test_lint_strict() -> None:
@@ -34,9 +44,20 @@ def test_crd_copy_has_no_drift() -> None:
 def test_defaults_render_the_operator() -> None:
     objs = template()
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRole",
-                            "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                            "Service", "Deployment"])
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment",
+        ]
+    )
     for obj in objs:
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "kompression"
         if obj["kind"] in NAMESPACED_KINDS:
@@ -67,17 +88,27 @@ def test_deployment_is_restricted_and_probed() -> None:
     assert ctx["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
     assert container["readinessProbe"]["httpGet"]["port"] == "health"
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "progress": 8081, "health": 8082}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "metrics": 8080,
+        "progress": 8081,
+        "health": 8082,
+    }
     assert container["resources"]["limits"]["memory"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_worker_defaults_reach_the_operator() -> None:
-    values = {"worker": {"image": {"repository": "r.example/worker", "digest": "sha256:" + "a" * 64},
-                         "gpuResourceName": "nvidia.com/mig-1g.10gb", "nodeSelector": {"pool": "gpu"},
-                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                         "runtimeClassName": "nvidia", "s3Endpoint": "http://minio.minio.svc:9000"},
-              "operator": {"maxGpuJobs": 4, "watchNamespaces": ["ml"]}}
+    values = {
+        "worker": {
+            "image": {"repository": "r.example/worker", "digest": "sha256:" + "a" * 64},
+            "gpuResourceName": "nvidia.com/mig-1g.10gb",
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "runtimeClassName": "nvidia",
+            "s3Endpoint": "http://minio.minio.svc:9000",
+        },
+        "operator": {"maxGpuJobs": 4, "watchNamespaces": ["ml"]},
+    }
     env = env_of(one(template(values, namespace="ops"), "Deployment"))
     assert env["KOMPRESSION_WORKER_IMAGE"] == "r.example/worker@sha256:" + "a" * 64
     assert env["KOMPRESSION_GPU_RESOURCE"] == "nvidia.com/mig-1g.10gb"
@@ -125,13 +156,21 @@ def test_peering_and_replicas() -> None:
     assert not find(scoped, "ClusterKopfPeering")
     # kopf's peering CRDs ship in crds/, which Helm installs before the templates.
     assert {p.name for p in (CHART / "crds").glob("*.yaml")} == {
-        "clusterkopfpeerings.kopf.dev.yaml", "kopfpeerings.kopf.dev.yaml"}
+        "clusterkopfpeerings.kopf.dev.yaml",
+        "kopfpeerings.kopf.dev.yaml",
+    }
 
 
 def test_monitoring_objects() -> None:
-    objs = template({"prometheus": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                                    "rule": {"enabled": True}},
-                     "grafana": {"dashboard": {"enabled": True}}})
+    objs = template(
+        {
+            "prometheus": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                "rule": {"enabled": True},
+            },
+            "grafana": {"dashboard": {"enabled": True}},
+        }
+    )
     monitor = one(objs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -162,13 +201,16 @@ def test_network_policy() -> None:
     assert egress_ports == {53, 443, 6443}
 
 
-@pytest.mark.parametrize("values", [
-    {"unknown": 1},
-    {"worker": {"gpuResourceName": "not a resource"}},
-    {"operator": {"watchNamespaces": ["Bad_Name"]}},
-    {"image": {"repository": "x", "digest": "latest"}},
-    {"networkPolicy": {"enabled": True, "apiServerPorts": [0]}},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"unknown": 1},
+        {"worker": {"gpuResourceName": "not a resource"}},
+        {"operator": {"watchNamespaces": ["Bad_Name"]}},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"networkPolicy": {"enabled": True, "apiServerPorts": [0]}},
+    ],
+)
 def test_schema_rejects_bad_values(values: dict[str, object]) -> None:
     assert "values don't meet the specifications of the schema" in template_error(values)
 
@@ -176,8 +218,11 @@ def test_schema_rejects_bad_values(values: dict[str, object]) -> None:
 def test_alerts_and_dashboard_use_metrics_the_operator_exports() -> None:
     metrics = pytest.importorskip("kompression.controller.metrics")
     suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
-    exported = {family.name + suffix for family in metrics.Metrics().registry.collect()
-                for suffix in ("", *suffixes.get(family.type, ()))}
+    exported = {
+        family.name + suffix
+        for family in metrics.Metrics().registry.collect()
+        for suffix in ("", *suffixes.get(family.type, ()))
+    }
     objs = template({"prometheus": {"rule": {"enabled": True}}, "grafana": {"dashboard": {"enabled": True}}})
     text = json.dumps(one(objs, "PrometheusRule")["spec"]) + one(objs, "ConfigMap")["data"]["kompression.json"]
     used = set(re.findall(r"\bkompression_[a-z_]+", text))

@@ -71,12 +71,12 @@ def test_install_least_privilege_upgrade_uninstall(kube: Any, helm: Any, tmp_pat
     release, ns = release_name("kpr"), kube.create_namespace("kompression")
     team = kube.create_namespace("team")
     try:
-        _install_upgrade_uninstall(kube, helm, release, ns, team, tmp_path)
+        _install_upgrade_uninstall(kube, helm, release, ns, team=team, tmp_path=tmp_path)
     finally:
         helm.run("uninstall", release, "-n", ns, "--wait", timeout=180, check=False)
 
 
-def _install_upgrade_uninstall(kube: Any, helm: Any, release: str, ns: str, team: str, tmp_path: Path) -> None:
+def _install_upgrade_uninstall(kube: Any, helm: Any, release: str, ns: str, *, team: str, tmp_path: Path) -> None:
     objs = install(kube, helm, release, ns)
     kinds = {o["kind"] for o in objs}
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
@@ -92,8 +92,9 @@ def _install_upgrade_uninstall(kube: Any, helm: Any, release: str, ns: str, team
     chart = tmp_path / "kompression"
     shutil.copytree(CHART, chart)
     crd_file = chart / "files" / "crds" / f"{c.CRD_NAME}.yaml"
-    crd_file.write_text(crd_file.read_text().replace("description: Phase of the job.",
-                                                     "description: Phase of the job (upgraded)."))
+    crd_file.write_text(
+        crd_file.read_text().replace("description: Phase of the job.", "description: Phase of the job (upgraded).")
+    )
     install(kube, helm, release, ns, chart=chart, verb="upgrade")
     live = json.loads(kube.kubectl("get", "crd", c.CRD_NAME, "-o", "json").stdout)
     columns = live["spec"]["versions"][0]["additionalPrinterColumns"]
@@ -114,8 +115,9 @@ def _install_upgrade_uninstall(kube: Any, helm: Any, release: str, ns: str, team
 def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None:
     release, ns = release_name("kpn"), kube.create_namespace("kompression")
     watched, other = kube.create_namespace("watched"), kube.create_namespace("other")
-    with installed(kube, helm, release, ns, f"operator.watchNamespaces={{{watched}}}",
-                   "rbac.aggregateToDefaultRoles=false"):
+    with installed(
+        kube, helm, release, ns, f"operator.watchNamespaces={{{watched}}}", "rbac.aggregateToDefaultRoles=false"
+    ):
         in_watched = can_i_list(kube, _sa(ns, release), watched)
         _check_least_privilege(in_watched)
         assert "jobs.batch" in in_watched and "compressionjobs.kompression.dev" in in_watched
@@ -143,9 +145,11 @@ def test_aggregated_roles_let_namespace_editors_use_compressionjobs(kube: Any, h
     kube.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", team)
     kube.kubectl("create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", team)
     with installed(kube, helm, release, ns):
+
         def can(user: str, verb: str) -> bool:
-            out = kube.kubectl("auth", "can-i", verb, "compressionjobs.kompression.dev", f"--as={user}", "-n", team,
-                               check=False)
+            out = kube.kubectl(
+                "auth", "can-i", verb, "compressionjobs.kompression.dev", f"--as={user}", "-n", team, check=False
+            )
             return out.stdout.strip() == "yes"
 
         kube.wait(lambda: can("alice", "create"), "aggregation of the edit role", timeout=30)
@@ -162,6 +166,10 @@ def test_plain_manifests_apply_with_kustomize(kube: Any) -> None:
         if created:
             kube.kubectl("delete", "namespace", "kompression-system", "--wait=false")
     applied = set(out.stdout.split())
-    for name in ("deployment.apps/kompression", "serviceaccount/kompression", "service/kompression",
-                 f"customresourcedefinition.apiextensions.k8s.io/{c.CRD_NAME}"):
+    for name in (
+        "deployment.apps/kompression",
+        "serviceaccount/kompression",
+        "service/kompression",
+        f"customresourcedefinition.apiextensions.k8s.io/{c.CRD_NAME}",
+    ):
         assert name in applied, out.stdout

@@ -23,12 +23,19 @@ def adopt_crd(kube: Any, release: str, namespace: str) -> None:
     if kube.kubectl("get", "crd", c.CRD_NAME, check=False).returncode != 0:
         return
     kube.kubectl("label", "--overwrite", "crd", c.CRD_NAME, "app.kubernetes.io/managed-by=Helm")
-    kube.kubectl("annotate", "--overwrite", "crd", c.CRD_NAME, f"meta.helm.sh/release-name={release}",
-                 f"meta.helm.sh/release-namespace={namespace}")
+    kube.kubectl(
+        "annotate",
+        "--overwrite",
+        "crd",
+        c.CRD_NAME,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
 
 
-def install(kube: Any, helm: Any, release: str, namespace: str, *sets: str, chart: Path = CHART,
-            verb: str = "install") -> list[dict[str, Any]]:
+def install(
+    kube: Any, helm: Any, release: str, namespace: str, *sets: str, chart: Path = CHART, verb: str = "install"
+) -> list[dict[str, Any]]:
     """helm install/upgrade and return the objects of the release's manifest."""
     adopt_crd(kube, release, namespace)
     args = [verb, release, str(chart), "-n", namespace]
@@ -75,10 +82,12 @@ def can_i_list(kube: Any, user: str, namespace: str) -> dict[str, set[str]]:
     """What `user` may do in `namespace`, as {resource.group: verbs}: the SelfSubjectRulesReview
     behind `kubectl auth can-i --list`, created while impersonating `user` (kubectl's can-i has no
     machine-readable output). Rules limited to resourceNames count as granted too."""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-              "spec": {"namespace": namespace}}
-    out = kube.kubectl("create", "--validate=false", f"--as={user}", "-o", "json", "-f", "-",
-                       input=json.dumps(review))
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    out = kube.kubectl("create", "--validate=false", f"--as={user}", "-o", "json", "-f", "-", input=json.dumps(review))
     result = json.loads(out.stdout)
     assert not result["status"].get("incomplete"), result["status"].get("evaluationError")
     return _from_review(result)
@@ -109,7 +118,9 @@ def chart_env(namespace: str, values: list[str]) -> dict[str, str]:
 
 
 def operator_available() -> bool:
-    proc = subprocess.run([sys.executable, "-m", "kompression.cli", "operator", "--help"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompression.cli", "operator", "--help"], capture_output=True, text=True, check=False
+    )
     return proc.returncode == 0
 
 
@@ -130,12 +141,14 @@ def operator_as_chart_sa(kube: Any, helm: Any, workdir: Path, prefix: str, *sets
     values = ["replicaCount=0", *sets]  # the test runs the operator itself
     log_path = workdir / f"{release}-operator.log"
     with _namespace_deleted(kube, ns), installed(kube, helm, release, ns, *values):
-        kubeconfig = impersonating_kubeconfig(kube, f"system:serviceaccount:{ns}:{release}-kompression",
-                                              workdir / f"{release}.kubeconfig")
+        kubeconfig = impersonating_kubeconfig(
+            kube, f"system:serviceaccount:{ns}:{release}-kompression", workdir / f"{release}.kubeconfig"
+        )
         env = {**os.environ, **chart_env(ns, [*ports, *sets]), "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": ns}
         with log_path.open("w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "kompression.cli", "operator"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kompression.cli", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 deadline = time.monotonic() + 60
                 while True:

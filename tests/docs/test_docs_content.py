@@ -11,8 +11,20 @@ from kompression.api.constants import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-REASONS = ("Unschedulable", "ImagePullBackOff", "OOMKilled", "DeadlineExceeded", "BackoffLimitExceeded",
-           "GateFailed", "JobConflict", "InvalidSpec", "ModelError", "DataError", "StorageError", "RuntimeMissing")
+REASONS = (
+    "Unschedulable",
+    "ImagePullBackOff",
+    "OOMKilled",
+    "DeadlineExceeded",
+    "BackoffLimitExceeded",
+    "GateFailed",
+    "JobConflict",
+    "InvalidSpec",
+    "ModelError",
+    "DataError",
+    "StorageError",
+    "RuntimeMissing",
+)
 
 
 def test_troubleshooting_covers_every_reason_and_exit_code() -> None:
@@ -46,8 +58,14 @@ def test_relative_links_resolve() -> None:
 
 def test_storage_doc_names_the_credential_variables() -> None:
     page = (DOCS / "storage.md").read_text()
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION",
-                "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "AZURE_STORAGE_CONNECTION_STRING",
+    ):
         assert var in page
 
 

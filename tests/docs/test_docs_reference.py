@@ -18,8 +18,19 @@ def test_reference_has_no_drift() -> None:
 
 def test_reference_covers_every_spec_and_status_model() -> None:
     page = render_reference()
-    for name in ("CompressionJobSpec", "CompressionJobStatus", "PruneStep", "DistillStep", "QuantizeStep",
-                 "OnnxStep", "TensorRTStep", "Acceptance", "RunPolicy", "Condition", "Artifact"):
+    for name in (
+        "CompressionJobSpec",
+        "CompressionJobStatus",
+        "PruneStep",
+        "DistillStep",
+        "QuantizeStep",
+        "OnnxStep",
+        "TensorRTStep",
+        "Acceptance",
+        "RunPolicy",
+        "Condition",
+        "Artifact",
+    ):
         assert f"## {name}\n" in page
     assert "One of: `L1Unstructured`, `GlobalMagnitude`" in page
     assert "Range: 0 < value < 1." in page  # prune.sparsity's exclusive bounds
@@ -32,4 +43,3 @@ def test_every_section_is_linked_from_somewhere() -> None:
     assert sections[0] == "CompressionJob"
     for name in sections[1:]:
         assert f"(#{name.lower()})" in page, name
-

@@ -27,6 +27,18 @@ def test_every_testdata_file_has_a_case() -> None:
 
 
 def test_strings_reach_lua_intact() -> None:
-    obj = {"metadata": {}, "status": {"phase": "Failed", "conditions": [
-        {"type": "Failed", "status": "True", "reason": "ModelError", "message": 'bad "quote" \\ and\nnewline "1'}]}}
+    obj = {
+        "metadata": {},
+        "status": {
+            "phase": "Failed",
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "ModelError",
+                    "message": 'bad "quote" \\ and\nnewline "1',
+                }
+            ],
+        },
+    }
     assert health(obj) == ("Degraded", 'ModelError: bad "quote" \\ and\nnewline "1')

@@ -25,10 +25,13 @@ import yaml
 from luahealth import health
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from testbedlib import operator_as_chart_sa, operator_available  # noqa: E402
+from testbedlib import operator_as_chart_sa, operator_available
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600),
-              pytest.mark.skipif(not operator_available(), reason="`kompression operator` does not exist yet")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not operator_available(), reason="`kompression operator` does not exist yet"),
+]
 
 HERE = Path(__file__).resolve().parent
 RECORD = os.environ.get("KOMPRESSION_RECORD_HEALTH") == "1"
@@ -39,8 +42,11 @@ BASE: dict[str, Any] = {
     "apiVersion": "kompression.dev/v1alpha1",
     "kind": "CompressionJob",
     "spec": {
-        "model": {"uri": "s3://models/resnet18/model.pt2", "format": "TorchExport",
-                  "inputs": [{"name": "x", "shape": [-1, 3, 224, 224]}]},
+        "model": {
+            "uri": "s3://models/resnet18/model.pt2",
+            "format": "TorchExport",
+            "inputs": [{"name": "x", "shape": [-1, 3, 224, 224]}],
+        },
         "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
         "output": {"uri": "s3://out/resnet18/"},
         "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
@@ -103,15 +109,22 @@ def _normalized(obj: dict[str, Any]) -> dict[str, Any]:
         if key in status:
             status[key] = PLACEHOLDER_TIME
     text = json.dumps(status).replace(meta["namespace"], "ml")
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-            "metadata": {"name": meta["name"], "namespace": "ml", "generation": meta["generation"]},
-            "spec": obj["spec"], "status": json.loads(text)}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {"name": meta["name"], "namespace": "ml", "generation": meta["generation"]},
+        "spec": obj["spec"],
+        "status": json.loads(text),
+    }
 
 
 def _signature(obj: dict[str, Any]) -> dict[str, Any]:
     status = obj.get("status") or {}
-    return {"phase": status.get("phase"), "health": health(obj)[0],
-            "conditions": sorted((c["type"], c["status"], c.get("reason")) for c in status.get("conditions") or [])}
+    return {
+        "phase": status.get("phase"),
+        "health": health(obj)[0],
+        "conditions": sorted((c["type"], c["status"], c.get("reason")) for c in status.get("conditions") or []),
+    }
 
 
 def test_health_of_statuses_recorded_from_the_operator(kube: Any, helm: Any, tmp_path: Path) -> None:
@@ -127,7 +140,8 @@ def test_health_of_statuses_recorded_from_the_operator(kube: Any, helm: Any, tmp
             bed.apply(_manifest("unschedulable", resources={"gpus": 1, "gpuProduct": "NVIDIA-B200"}))
             live["unschedulable"] = (
                 bed.wait_status("unschedulable", lambda s: _reason(s, "Ready") == "Unschedulable", "Unschedulable"),
-                "Progressing")
+                "Progressing",
+            )
             # Queued: both GPU slots are taken.
             bed.apply(_manifest("queued", resources={"gpus": 1, "gpuProduct": H100}))
             live["queued"] = (bed.wait_status("queued", _phase("Queued"), "Queued"), "Progressing")
@@ -157,5 +171,7 @@ def test_health_of_statuses_recorded_from_the_operator(kube: Any, helm: Any, tmp
             path.write_text(yaml.safe_dump(_normalized(obj), sort_keys=False))
         elif _signature(_normalized(obj)) != _signature(yaml.safe_load(path.read_text())):
             drift.append(f"{name}: live {_signature(obj)} != recorded {_signature(yaml.safe_load(path.read_text()))}")
-    assert not drift, "the operator's statuses drifted from testdata/recorded-*.yaml " \
-                      "(KOMPRESSION_RECORD_HEALTH=1 re-records):\n" + "\n".join(drift)
+    assert not drift, (
+        "the operator's statuses drifted from testdata/recorded-*.yaml "
+        "(KOMPRESSION_RECORD_HEALTH=1 re-records):\n" + "\n".join(drift)
+    )

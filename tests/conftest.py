@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 # tests/ has no __init__.py, so put it on sys.path explicitly: `testbed` then imports the same
 # way here, in test modules and in `python -m testbed.cluster` (PYTHONPATH=tests).
 _TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -20,3 +22,13 @@ from testbed.fixtures import (  # noqa: E402,F401
     pushgateway,
     s3,
 )
+
+_TEST_BED_FIXTURES = frozenset({"kube", "namespace", "s3", "prometheus", "pushgateway", "helm"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a test bed server as `cluster`, so `-m "not cluster"` (make
+    test-fast) really needs no server, whether or not the test remembered the marker."""
+    for item in items:
+        if _TEST_BED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)

@@ -27,12 +27,29 @@ def one_run(seed: int, workdir: Path) -> dict[str, float]:
     model = workdir / ".kompression" / "quickstart" / "digits-cnn.pt2"
     out = workdir / "out"
     started = time.monotonic()
-    subprocess.run([KOMPRESSION, "example-model", "--output", str(model), "--seed", str(seed)], check=True, cwd=workdir,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [KOMPRESSION, "example-model", "--output", str(model), "--seed", str(seed)],
+        check=True,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+    )
     trained = time.monotonic()
-    code = subprocess.run([KOMPRESSION, "run", str(ROOT / "examples" / "quickstart.yaml"), "--output", f"file://{out}/",
-                           "--progress", "json", "--seed", str(seed)], check=False, cwd=workdir,
-                          stdout=subprocess.DEVNULL).returncode
+    code = subprocess.run(
+        [
+            KOMPRESSION,
+            "run",
+            str(ROOT / "examples" / "quickstart.yaml"),
+            "--output",
+            f"file://{out}/",
+            "--progress",
+            "json",
+            "--seed",
+            str(seed),
+        ],
+        check=False,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+    ).returncode
     finished = time.monotonic()
     if code not in (0, 6):  # 6: a gate failed; the run still counts, read from rejected/
         raise SystemExit(f"seed {seed}: kompression run exited {code}")
@@ -74,8 +91,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {'passed' if r['passed'] else 'failed'} | {r['ratio']:.2f}x | {r['baseline']:.4f} | {r['final']:.4f} | {r['drop_points']:.2f} "
-                     f"| {r['speedup']:.1f}x | {r['train_s']:.0f} | {r['pipeline_s']:.0f} |")
+        lines.append(
+            f"| {r['seed']} | {'passed' if r['passed'] else 'failed'} | {r['ratio']:.2f}x | {r['baseline']:.4f} | {r['final']:.4f} | {r['drop_points']:.2f} "
+            f"| {r['speedup']:.1f}x | {r['train_s']:.0f} | {r['pipeline_s']:.0f} |"
+        )
     lines += [
         "",
         f"**Median size ratio: {ratio:.2f}x** (target >= 12x): {'met' if ratio >= 12 else 'NOT met'}.",

@@ -42,11 +42,13 @@ def gpu_job(name: str, product: str, exit_code: str | None) -> dict[str, Any]:
                 "spec": {
                     "restartPolicy": "Never",
                     "nodeSelector": {GPU_PRODUCT_LABEL: product},
-                    "containers": [{
-                        "name": "worker",
-                        "image": "kompression.dev/never-pulled:0",  # kwok never pulls images
-                        "resources": {"limits": {GPU_RESOURCE: "1"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": "kompression.dev/never-pulled:0",  # kwok never pulls images
+                            "resources": {"limits": {GPU_RESOURCE: "1"}},
+                        }
+                    ],
                 },
             },
         },
@@ -121,9 +123,16 @@ def test_gpu_job_fails_with_exit_code(kube: Kube, namespace: str) -> None:
 
 @pytest.mark.cluster
 def test_unannotated_pod_runs_until_test_sets_exit_code(kube: Kube, namespace: str) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": "kwok-cpu-0"},
-                    "containers": [{"name": "c", "image": "kompression.dev/never-pulled:0"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {"kubernetes.io/hostname": "kwok-cpu-0"},
+            "containers": [{"name": "c", "image": "kompression.dev/never-pulled:0"}],
+        },
+    }
     kube.request("POST", api(namespace, "pods"), pod)
 
     def phase() -> str:
@@ -156,13 +165,21 @@ def test_unknown_gpu_product_is_unschedulable(kube: Kube, namespace: str) -> Non
 @pytest.mark.cluster
 def test_owner_reference_cascade(kube: Kube, namespace: str) -> None:
     parent = kube.request("POST", api(namespace, "configmaps"), {"metadata": {"name": "parent"}})
-    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "parent",
-             "uid": parent["metadata"]["uid"], "blockOwnerDeletion": True}
+    owner = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "parent",
+        "uid": parent["metadata"]["uid"],
+        "blockOwnerDeletion": True,
+    }
     kube.request("POST", api(namespace, "configmaps"), {"metadata": {"name": "child", "ownerReferences": [owner]}})
     # A running Job's pod must go too: that exercises kwok's kill + finalizer-aware removal.
     kube.request("POST", api(namespace, "jobs", group="batch/v1"), gpu_job("long", A100, None))
-    kube.wait(lambda: [p for p in job_pods(kube, namespace, "long") if p["status"].get("phase") == "Running"],
-              "Job pod Running", WAIT)
+    kube.wait(
+        lambda: [p for p in job_pods(kube, namespace, "long") if p["status"].get("phase") == "Running"],
+        "Job pod Running",
+        WAIT,
+    )
 
     background = {"propagationPolicy": "Background"}
     kube.request("DELETE", api(namespace, "configmaps", "parent"), background)
@@ -181,8 +198,11 @@ def test_token_request_and_review(kube: Kube, namespace: str) -> None:
     token = token["status"]["token"]
 
     def review(audiences: list[str]) -> dict[str, Any]:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": audiences}}
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
         return dict(kube.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body)["status"])
 
     ok = review([audience])
@@ -202,20 +222,26 @@ def test_rbac_is_enforced(kube: Kube, namespace: str) -> None:
 
     assert can_list_pods() == "no"
     rbac = "rbac.authorization.k8s.io/v1"
-    kube.request("POST", api(namespace, "roles", group=rbac), {
-        "metadata": {"name": "pod-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})
-    kube.request("POST", api(namespace, "rolebindings", group=rbac), {
-        "metadata": {"name": "reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]})
+    kube.request(
+        "POST",
+        api(namespace, "roles", group=rbac),
+        {"metadata": {"name": "pod-reader"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]},
+    )
+    kube.request(
+        "POST",
+        api(namespace, "rolebindings", group=rbac),
+        {
+            "metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
     kube.wait(lambda: can_list_pods() == "yes", "RBAC grant to take effect", 10)
 
 
 @pytest.mark.parametrize("checksums", ["when_supported", "when_required"])
 def test_s3_round_trip(s3: S3Server, checksums: str) -> None:
-    s3c = s3.make_client(request_checksum_calculation=checksums,
-                         response_checksum_validation=checksums)
+    s3c = s3.make_client(request_checksum_calculation=checksums, response_checksum_validation=checksums)
     bucket = s3.create_bucket("roundtrip")
     s3c.put_object(Bucket=bucket, Key="models/a.bin", Body=b"\x00weights\xff")
     assert s3c.get_object(Bucket=bucket, Key="models/a.bin")["Body"].read() == b"\x00weights\xff"
@@ -233,16 +259,14 @@ def metrics_server() -> Iterator[tuple[str, Gauge]]:
         thread.join(5)
 
 
-def test_prometheus_scrapes_loopback_server(prometheus: Prometheus,
-                                            metrics_server: tuple[str, Gauge]) -> None:
+def test_prometheus_scrapes_loopback_server(prometheus: Prometheus, metrics_server: tuple[str, Gauge]) -> None:
     address, gauge = metrics_server
     gauge.set(42)
     prometheus(scrape_targets=[address])
     assert prometheus.wait_for_value("kompression_testbed_gauge") == 42
 
 
-def test_pushgateway_push_reaches_prometheus(prometheus: Prometheus,
-                                             pushgateway: Pushgateway) -> None:
+def test_pushgateway_push_reaches_prometheus(prometheus: Prometheus, pushgateway: Pushgateway) -> None:
     registry = CollectorRegistry()
     Gauge("kompression_testbed_pushed", "pushed value", registry=registry).set(7)
     push_to_gateway(pushgateway.address, job="testbed-push", registry=registry)

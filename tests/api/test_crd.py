@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from api_cases import ROOT
+
 from kompression.api.crd import build_crd, render_crd
 from kompression.api.v1alpha1 import ApiModel
-from api_cases import ROOT
 
 CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 
@@ -36,7 +37,9 @@ def test_schema_is_structural() -> None:
 
 
 def test_every_spec_and_status_field_is_described() -> None:
-    for path, node in _walk(_schema()["properties"]["spec"], "spec") + _walk(_schema()["properties"]["status"], "status"):
+    for path, node in _walk(_schema()["properties"]["spec"], "spec") + _walk(
+        _schema()["properties"]["status"], "status"
+    ):
         if not path.endswith("[]"):
             assert node.get("description"), f"{path} has no description"
 

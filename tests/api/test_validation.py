@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from api_cases import EXAMPLES, INVALID, expected_field
 
 from kompression.api.validation import SpecInvalid, check_update, parse_job
 from kompression.cli import main
-from api_cases import EXAMPLES, INVALID, expected_field
 
 
 def test_there_are_enough_cases() -> None:

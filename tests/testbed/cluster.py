@@ -128,8 +128,16 @@ class Cluster:
         self._write_kubeconfig(sched_cfg, server, pki, pki.client("scheduler", "system:kube-scheduler"))
         try:
             self._start_etcd(bins["etcd"], ports, timeout)
-            self._start_apiserver(bins["kube-apiserver"], ports, pki, serving=serving, front_proxy=front_proxy,
-                                  sa_key=sa_key, sa_pub=sa_pub, timeout=timeout)
+            self._start_apiserver(
+                bins["kube-apiserver"],
+                ports,
+                pki,
+                serving=serving,
+                front_proxy=front_proxy,
+                sa_key=sa_key,
+                sa_pub=sa_pub,
+                timeout=timeout,
+            )
             self._start_controller_manager(bins["kube-controller-manager"], ports, kcm_cfg, pki, sa_key)
             self._start_scheduler(bins["kube-scheduler"], ports, sched_cfg)
             self._start_kwok(bins["kwok"], ports)
@@ -166,89 +174,123 @@ class Cluster:
             d.mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str, argv: list[str]) -> Daemon:
-        daemon = Daemon(name, argv, self.log_dir / f"{name}.log", self.pid_dir / f"{name}.pid",
-                        die_with_parent=not self.detached)
+        daemon = Daemon(
+            name, argv, self.log_dir / f"{name}.log", self.pid_dir / f"{name}.pid", die_with_parent=not self.detached
+        )
         self._daemons.append(daemon)
         return daemon
 
     def _start_etcd(self, exe: Path, ports: Ports, timeout: float) -> None:
         client = f"http://{LOOPBACK}:{ports.etcd}"
         peer = f"http://{LOOPBACK}:{ports.etcd_peer}"
-        etcd = self._spawn("etcd", [
-            str(exe), "--name=testbed", f"--data-dir={self.dir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=testbed={peer}", "--listen-metrics-urls=",
-            # Throwaway data: skipping fsync makes every apiserver write much cheaper.
-            "--unsafe-no-fsync", "--log-level=warn",
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(exe),
+                "--name=testbed",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=testbed={peer}",
+                "--listen-metrics-urls=",
+                # Throwaway data: skipping fsync makes every apiserver write much cheaper.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
         wait_for("etcd /health", lambda: _http_ok(f"{client}/health"), timeout, [etcd])
 
-    def _start_apiserver(self, exe: Path, ports: Ports, pki: TestbedPKI, *, serving: ClientCert,
-                         front_proxy: ClientCert, sa_key: Path, sa_pub: Path, timeout: float) -> None:
-        apiserver = self._spawn("kube-apiserver", [
-            str(exe),
-            f"--etcd-servers=http://{LOOPBACK}:{ports.etcd}",
-            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
-            f"--secure-port={ports.apiserver}",
-            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={pki.ca_cert}",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={sa_pub}",
-            f"--service-account-signing-key-file={sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=Node,RBAC",
-            # Front-proxy (request-header) auth: aggregated API servers work, and the
-            # controller-manager and scheduler find the CA bundle they look for at start.
-            f"--requestheader-client-ca-file={pki.ca_cert}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={front_proxy.cert}",
-            f"--proxy-client-key-file={front_proxy.key}",
-            "--allow-privileged=true",
-            # There is no real network: publishing 127.0.0.1 as the `kubernetes` Service
-            # endpoint is rejected by validation and would only spam the log.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-            "--v=1",
-        ])
+    def _start_apiserver(
+        self,
+        exe: Path,
+        ports: Ports,
+        pki: TestbedPKI,
+        *,
+        serving: ClientCert,
+        front_proxy: ClientCert,
+        sa_key: Path,
+        sa_pub: Path,
+        timeout: float,
+    ) -> None:
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(exe),
+                f"--etcd-servers=http://{LOOPBACK}:{ports.etcd}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                f"--secure-port={ports.apiserver}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                # Front-proxy (request-header) auth: aggregated API servers work, and the
+                # controller-manager and scheduler find the CA bundle they look for at start.
+                f"--requestheader-client-ca-file={pki.ca_cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={front_proxy.cert}",
+                f"--proxy-client-key-file={front_proxy.key}",
+                "--allow-privileged=true",
+                # There is no real network: publishing 127.0.0.1 as the `kubernetes` Service
+                # endpoint is rejected by validation and would only spam the log.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         wait_for("kube-apiserver /readyz", lambda: self._get("/readyz") == "ok", timeout, [apiserver])
 
-    def _start_controller_manager(self, exe: Path, ports: Ports, kubeconfig: Path,
-                                  pki: TestbedPKI, sa_key: Path) -> None:
-        self._spawn("kube-controller-manager", [
-            str(exe),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={ports.controller_manager}",
-            "--controllers=*",
-            # Each controller acts as its own ServiceAccount, so RBAC problems show up as in
-            # a kubeadm cluster instead of being hidden behind one all-powerful identity.
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={sa_key}",
-            f"--root-ca-file={pki.ca_cert}",
-            f"--cluster-signing-cert-file={pki.ca_cert}",
-            f"--cluster-signing-key-file={pki.ca_key}",
-            "--cluster-name=kompression-testbed",
-            "--leader-elect=false",
-            "--profiling=false",
-            "--v=1",
-        ])
+    def _start_controller_manager(
+        self, exe: Path, ports: Ports, kubeconfig: Path, pki: TestbedPKI, sa_key: Path
+    ) -> None:
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(exe),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={ports.controller_manager}",
+                "--controllers=*",
+                # Each controller acts as its own ServiceAccount, so RBAC problems show up as in
+                # a kubeadm cluster instead of being hidden behind one all-powerful identity.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--cluster-signing-cert-file={pki.ca_cert}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--cluster-name=kompression-testbed",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     def _start_scheduler(self, exe: Path, ports: Ports, kubeconfig: Path) -> None:
-        self._spawn("kube-scheduler", [
-            str(exe),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={ports.scheduler}",
-            "--leader-elect=false",
-            "--profiling=false",
-            "--v=1",
-        ])
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(exe),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={ports.scheduler}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     def _start_kwok(self, exe: Path, ports: Ports) -> None:
         stages = sorted(STAGES_DIR.glob("*.yaml"))
@@ -256,17 +298,20 @@ class Cluster:
             raise TestbedError(f"no kwok Stage files in {STAGES_DIR}")
         config = self.dir / "kwok-stages.yaml"
         config.write_text("\n---\n".join(p.read_text() for p in stages))
-        self._spawn("kwok", [
-            str(exe),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--config={config}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            # kwok then renews a Lease per node, as a kubelet does.
-            "--node-lease-duration-seconds=40",
-            f"--cidr={POD_CIDR}",
-            f"--server-address={LOOPBACK}:{ports.kwok}",
-        ])
+        self._spawn(
+            "kwok",
+            [
+                str(exe),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                # kwok then renews a Lease per node, as a kubelet does.
+                "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}",
+                f"--server-address={LOOPBACK}:{ports.kwok}",
+            ],
+        )
 
     def _create_nodes(self) -> None:
         for node in FAKE_NODES:
@@ -274,13 +319,19 @@ class Cluster:
 
     def _wait_settled(self, timeout: float) -> None:
         """Ready means: every fake node Ready and the `default` ServiceAccount exists."""
-        wait_for("the default ServiceAccount in namespace default",
-                 lambda: bool(self._request("GET", "/api/v1/namespaces/default/serviceaccounts/default")),
-                 timeout, self._daemons)
+        wait_for(
+            "the default ServiceAccount in namespace default",
+            lambda: bool(self._request("GET", "/api/v1/namespaces/default/serviceaccounts/default")),
+            timeout,
+            self._daemons,
+        )
         names = {n.name for n in FAKE_NODES}
-        wait_for("the fake nodes to be Ready and schedulable",
-                 lambda: _ready_nodes(self._request("GET", "/api/v1/nodes")) >= names,
-                 timeout, self._daemons)
+        wait_for(
+            "the fake nodes to be Ready and schedulable",
+            lambda: _ready_nodes(self._request("GET", "/api/v1/nodes")) >= names,
+            timeout,
+            self._daemons,
+        )
 
     # ---- tiny admin HTTP client (no kubernetes client import: keeps `make cluster` fast) ---
 
@@ -299,8 +350,9 @@ class Cluster:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self._server() + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self._server() + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, context=self._ssl_context(), timeout=10) as r:
                 return dict(json.loads(r.read()))
@@ -313,10 +365,8 @@ class Cluster:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "testbed", "cluster": {
-                "server": server, "certificate-authority": str(pki.ca_cert)}}],
-            "users": [{"name": "testbed", "user": {
-                "client-certificate": str(user.cert), "client-key": str(user.key)}}],
+            "clusters": [{"name": "testbed", "cluster": {"server": server, "certificate-authority": str(pki.ca_cert)}}],
+            "users": [{"name": "testbed", "user": {"client-certificate": str(user.cert), "client-key": str(user.key)}}],
             "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "testbed"}}],
             "current-context": "testbed",
         }
@@ -362,8 +412,12 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
         else:
             healthy = cluster.is_healthy()
-            print(json.dumps({"healthy": healthy, "pids": cluster.running_pids(),
-                              "kubeconfig": str(cluster.kubeconfig)}, indent=2))
+            print(
+                json.dumps(
+                    {"healthy": healthy, "pids": cluster.running_pids(), "kubeconfig": str(cluster.kubeconfig)},
+                    indent=2,
+                )
+            )
             return 0 if healthy else 1
     except TestbedError as err:
         print(f"test bed: {err}", file=sys.stderr)

@@ -26,10 +26,10 @@ class Helm:
         if kubeconfig is not None:
             self._env["KUBECONFIG"] = str(kubeconfig)
 
-    def run(self, *args: str, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(self.binary), *args], env=self._env, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.binary), *args], env=self._env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
             raise TestbedError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc

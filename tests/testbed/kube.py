@@ -46,19 +46,25 @@ class Kube:
         """Environment for subprocesses (operator, helm, scripts) that should see this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against the test bed; raises with stderr attached when `check` fails."""
         proc = subprocess.run(
             [kubectl_binary(), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and proc.returncode != 0:
             raise TestbedError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
 
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> dict[str, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
         """Plain-JSON REST call (e.g. `request("GET", "/api/v1/nodes")`) through `api_client`.
 
         Handy for custom resources and for tests that want dicts instead of typed models.
@@ -70,7 +76,8 @@ class Kube:
         if token:
             headers["Authorization"] = token
         resp = self.api_client.rest_client.request(  # type: ignore[no-untyped-call]
-            method, cfg.host + path, headers=headers, body=body)
+            method, cfg.host + path, headers=headers, body=body
+        )
         data = resp.read()
         if not 200 <= resp.status < 300:
             raise client.ApiException(status=resp.status, reason=data.decode(errors="replace"))
@@ -88,8 +95,11 @@ class Kube:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         self._namespaces.append(name)
         # Pods are rejected until the ServiceAccount controller has made `default`.
-        self.wait(lambda: _exists(lambda: self.core.read_namespaced_service_account("default", name)),
-                  f"ServiceAccount default in {name}", timeout=30)
+        self.wait(
+            lambda: _exists(lambda: self.core.read_namespaced_service_account("default", name)),
+            f"ServiceAccount default in {name}",
+            timeout=30,
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:
@@ -106,8 +116,7 @@ class Kube:
             self.delete_namespace(name)
 
     @staticmethod
-    def wait(probe: Callable[[], T | None], what: str, timeout: float = 30,
-             interval: float = 0.25) -> T:
+    def wait(probe: Callable[[], T | None], what: str, timeout: float = 30, interval: float = 0.25) -> T:
         """Poll until `probe` returns something truthy and return it, else fail naming `what`."""
         deadline = time.monotonic() + timeout
         while True:

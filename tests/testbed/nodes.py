@@ -28,8 +28,7 @@ class FakeNode:
             "kubernetes.io/arch": "amd64",
             "type": "kwok",
         }
-        resources = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods,
-                     "ephemeral-storage": "1Ti"}
+        resources = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods, "ephemeral-storage": "1Ti"}
         if self.gpu_product:
             labels[GPU_PRODUCT_LABEL] = self.gpu_product
             labels["nvidia.com/gpu.count"] = str(self.gpus)

@@ -60,9 +60,17 @@ class Daemon:
     directly; with `die_with_parent=False` it also outlives its starter (`make cluster`).
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, pidfile: Path, *,
-                 env: dict[str, str] | None = None, cwd: Path | None = None,
-                 die_with_parent: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        pidfile: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
         self.name = name
         self.log = log
         self.pidfile = pidfile
@@ -70,8 +78,13 @@ class Daemon:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, cwd=cwd,
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
                 preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
             )
         pidfile.write_text(f"{self.proc.pid}\n")
@@ -80,8 +93,7 @@ class Daemon:
         code = self.proc.poll()
         if code is not None:
             raise TestbedError(
-                f"{self.name} exited with status {code}; last lines of {self.log}:\n"
-                f"{log_tail(self.log)}"
+                f"{self.name} exited with status {code}; last lines of {self.log}:\n{log_tail(self.log)}"
             )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -131,8 +143,9 @@ def read_pid(pidfile: Path, binary: str) -> int | None:
     return pid if Path(cmdline).name == Path(binary).name and pid_alive(pid) else None
 
 
-def wait_for(what: str, probe: Callable[[], bool], timeout: float,
-             alive: Sequence[Daemon] = (), interval: float = 0.2) -> None:
+def wait_for(
+    what: str, probe: Callable[[], bool], timeout: float, alive: Sequence[Daemon] = (), interval: float = 0.2
+) -> None:
     """Poll `probe` until it returns True; fail fast if a daemon we depend on has died."""
     deadline = time.monotonic() + timeout
     while True:

@@ -87,17 +87,21 @@ class Prometheus:
             urllib.request.urlopen(req, timeout=10).close()
 
     def _start(self) -> None:
-        self._daemon = Daemon("prometheus", [
-            self._binary,
-            f"--config.file={self.config_file}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address={LOOPBACK}:{self.port}",
-            "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=warn",
-        ], self.workdir / "prometheus.log", self.workdir / "prometheus.pid")
-        wait_for("prometheus /-/ready", lambda: _status(f"{self.url}/-/ready") == 200,
-                 timeout=30, alive=[self._daemon])
+        self._daemon = Daemon(
+            "prometheus",
+            [
+                self._binary,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            self.workdir / "prometheus.log",
+            self.workdir / "prometheus.pid",
+        )
+        wait_for("prometheus /-/ready", lambda: _status(f"{self.url}/-/ready") == 200, timeout=30, alive=[self._daemon])
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Instant query; returns the `result` list (vector samples with `metric` and `value`)."""
@@ -115,8 +119,7 @@ class Prometheus:
             if result:
                 return float(result[0]["value"][1])
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no sample for {promql!r} within {timeout}s; targets: "
-                                   f"{self.active_targets()}")
+                raise TimeoutError(f"no sample for {promql!r} within {timeout}s; targets: {self.active_targets()}")
             time.sleep(0.5)
 
     def active_targets(self) -> list[dict[str, Any]]:
@@ -136,14 +139,20 @@ class Pushgateway:
         self.port = free_port()
         self.address = f"{LOOPBACK}:{self.port}"
         self.url = f"http://{self.address}"
-        self._daemon = Daemon("prometheus-pushgateway", [
-            debian_binary("prometheus-pushgateway", "prometheus-pushgateway"),
-            f"--web.listen-address={self.address}",
-            "--web.enable-admin-api",  # lets wipe() reset state between tests
-            "--log.level=warn",
-        ], workdir / "pushgateway.log", workdir / "pushgateway.pid")
-        wait_for("pushgateway /-/ready", lambda: _status(f"{self.url}/-/ready") == 200,
-                 timeout=30, alive=[self._daemon])
+        self._daemon = Daemon(
+            "prometheus-pushgateway",
+            [
+                debian_binary("prometheus-pushgateway", "prometheus-pushgateway"),
+                f"--web.listen-address={self.address}",
+                "--web.enable-admin-api",  # lets wipe() reset state between tests
+                "--log.level=warn",
+            ],
+            workdir / "pushgateway.log",
+            workdir / "pushgateway.pid",
+        )
+        wait_for(
+            "pushgateway /-/ready", lambda: _status(f"{self.url}/-/ready") == 200, timeout=30, alive=[self._daemon]
+        )
 
     @property
     def scrape_target(self) -> ScrapeTarget:

@@ -41,8 +41,10 @@ class S3Server:
         self.secret_key = SECRET_KEY
         self.region = REGION
         self._daemon = Daemon(
-            "moto_server", [str(moto_server_binary()), "-H", LOOPBACK, "-p", str(self.port)],
-            workdir / "moto_server.log", workdir / "moto_server.pid",
+            "moto_server",
+            [str(moto_server_binary()), "-H", LOOPBACK, "-p", str(self.port)],
+            workdir / "moto_server.log",
+            workdir / "moto_server.pid",
         )
         wait_for("moto_server", self._responds, timeout=30, alive=[self._daemon])
         self.client = self.make_client()
@@ -64,8 +66,11 @@ class S3Server:
     def make_client(self, **config: Any) -> Any:
         """A boto3 S3 client; pass e.g. request_checksum_calculation="when_required" to vary it."""
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}, **config),
         )
 
@@ -89,8 +94,11 @@ def main() -> None:
     port = int(os.environ.get("S3_PORT", "0")) or None
     workdir = Path(os.environ.get("TESTBED_DIR", ".testbed")) / "s3"
     server = S3Server(workdir, port)
-    print(f"S3 endpoint {server.endpoint_url} access_key={server.access_key} "
-          f"secret_key={server.secret_key} region={server.region}; Ctrl-C stops it", flush=True)
+    print(
+        f"S3 endpoint {server.endpoint_url} access_key={server.access_key} "
+        f"secret_key={server.secret_key} region={server.region}; Ctrl-C stops it",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

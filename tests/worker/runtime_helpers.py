@@ -58,8 +58,12 @@ def job(model_uri: str, output_uri: str, steps: list[dict[str, Any]] | None = No
         "measurement": {"iterations": 3, "warmupIterations": 1},
     }
     body.update(spec)
-    return {"apiVersion": "kompression.dev/v1alpha1", "kind": "CompressionJob",
-            "metadata": {"name": "t", "namespace": "ns"}, "spec": body}
+    return {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "t", "namespace": "ns"},
+        "spec": body,
+    }
 
 
 def write_job(path: Path, body: dict[str, Any]) -> Path:

@@ -29,8 +29,9 @@ def test_digits_split_is_deterministic_disjoint_and_scaled() -> None:
 
 
 def test_roles_read_their_split_and_samples_cap() -> None:
-    sets = load_datasets(spec(calibration={"builtin": "Digits", "samples": 100}, evaluation={"builtin": "Digits"}),
-                         X, Path)
+    sets = load_datasets(
+        spec(calibration={"builtin": "Digits", "samples": 100}, evaluation={"builtin": "Digits"}), X, Path
+    )
     assert sets.calibration is not None and len(sets.calibration) == 100
     assert sets.evaluation is not None and len(sets.evaluation) == 360
 
@@ -41,11 +42,14 @@ def test_npz_round_trip(tmp_path: Path) -> None:
     assert sets.evaluation is not None and sets.evaluation.inputs.dtype == np.float32
 
 
-@pytest.mark.parametrize(("inputs", "message"), [
-    (np.full((4, 1, 8, 8), np.inf, np.float32), "NaN or Inf"),
-    (np.zeros((4, 3, 8, 8), np.float32), r"shape \[4, 3, 8, 8\].*\[1, 8, 8\]"),
-    (np.zeros((0, 1, 8, 8), np.float32), "empty"),
-])
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (np.full((4, 1, 8, 8), np.inf, np.float32), "NaN or Inf"),
+        (np.zeros((4, 3, 8, 8), np.float32), r"shape \[4, 3, 8, 8\].*\[1, 8, 8\]"),
+        (np.zeros((0, 1, 8, 8), np.float32), "empty"),
+    ],
+)
 def test_bad_data_is_a_data_error_naming_the_field(tmp_path: Path, inputs: np.ndarray, message: str) -> None:
     path = npz(tmp_path / "d.npz", inputs, np.zeros(len(inputs), np.int64))
     with pytest.raises(DataError, match=rf"spec\.data\.calibration.*{message}"):

@@ -19,7 +19,9 @@ from kompression.worker.model import OnnxModel, TorchModel
 
 
 def source(uri: str, fmt: str = "TorchExport", shape: list[int] | None = None, **extra: object) -> ModelSource:
-    return ModelSource.model_validate({"uri": uri, "format": fmt, "inputs": [{"name": "x", "shape": shape or [-1, 1, 8, 8]}], **extra})
+    return ModelSource.model_validate(
+        {"uri": uri, "format": fmt, "inputs": [{"name": "x", "shape": shape or [-1, 1, 8, 8]}], **extra}
+    )
 
 
 def test_torch_export_loads_as_eager_layers(tmp_path: Path) -> None:
@@ -75,15 +77,25 @@ def test_shape_mismatch_names_input_and_both_shapes(tmp_path: Path) -> None:
 def test_safetensors_with_architecture(tmp_path: Path) -> None:
     formats.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
     model = formats.load_model(
-        source("file://w.safetensors", "SafeTensors", [-1, 4], architecture="torch.nn:Linear",
-               architectureArguments={"in_features": 4, "out_features": 3}),
+        source(
+            "file://w.safetensors",
+            "SafeTensors",
+            [-1, 4],
+            architecture="torch.nn:Linear",
+            architectureArguments={"in_features": 4, "out_features": 3},
+        ),
         tmp_path / "w.safetensors",
     )
     assert isinstance(model, TorchModel)
     with pytest.raises(ModelError, match="do not fit"):
         formats.load_model(
-            source("file://w.safetensors", "SafeTensors", [-1, 5], architecture="torch.nn:Linear",
-                   architectureArguments={"in_features": 5, "out_features": 3}),
+            source(
+                "file://w.safetensors",
+                "SafeTensors",
+                [-1, 5],
+                architecture="torch.nn:Linear",
+                architectureArguments={"in_features": 5, "out_features": 3},
+            ),
             tmp_path / "w.safetensors",
         )
 
@@ -108,9 +120,11 @@ def _onnx_with_external(location: str, path: Path) -> None:
     del weight.float_data[:]
     weight.external_data.add(key="location", value=location)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])], "g",
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+        [weight],
     )
     onnx.save(helper.make_model(graph), str(path))
 

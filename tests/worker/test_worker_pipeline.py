@@ -42,7 +42,9 @@ def termination(env: Path) -> WorkerReport:
     return WorkerReport.model_validate_json(text)
 
 
-def test_run_publishes_model_reports_and_manifest(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_publishes_model_reports_and_manifest(
+    env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/", acceptance={"minCompressionRatio": 1.1}))
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
@@ -53,7 +55,15 @@ def test_run_publishes_model_reports_and_manifest(env: Path, fake_techniques: No
     manifest = publish.read_manifest("file://out/")
     assert manifest is not None and manifest["passed"] is True
     fetched = publish.fetch_published("file://out/", env / "fetched")  # verifies every sha256
-    assert {"model.pt2", "model.safetensors", "report.json", "report.md", "size.png", "accuracy.png", "latency.png"} <= set(fetched)
+    assert {
+        "model.pt2",
+        "model.safetensors",
+        "report.json",
+        "report.md",
+        "size.png",
+        "accuracy.png",
+        "latency.png",
+    } <= set(fetched)
     report = load_report(fetched["report.json"])
     assert report.result is not None and report.result.compressionRatio is not None
     assert report.result.compressionRatio > 1.1 and report.result.gatesPassed
@@ -78,7 +88,9 @@ def test_rerun_is_idempotent_and_keeps_at_most_two_runs(env: Path, fake_techniqu
     assert len(list((env / "out" / "runs").iterdir())) == 2  # the current run and the previous one
 
 
-def test_crash_before_manifest_leaves_the_previous_result(env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_before_manifest_leaves_the_previous_result(
+    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
@@ -93,15 +105,21 @@ def test_crash_before_manifest_leaves_the_previous_result(env: Path, fake_techni
     publish.fetch_published("file://out/", env / "fetched")
 
 
-def test_crash_before_first_manifest_publishes_nothing(env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_before_first_manifest_publishes_nothing(
+    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
-    monkeypatch.setattr(publish.Publisher, "commit", lambda self, metadata: (_ for _ in ()).throw(RuntimeError("killed")))
+    monkeypatch.setattr(
+        publish.Publisher, "commit", lambda self, metadata: (_ for _ in ()).throw(RuntimeError("killed"))
+    )
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.UNEXPECTED
     assert publish.read_manifest("file://out/") is None
 
 
-def test_gate_failure_keeps_best_model_under_rejected(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gate_failure_keeps_best_model_under_rejected(
+    env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/", acceptance={"minCompressionRatio": 50}))
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.GATE_FAILED
@@ -118,8 +136,12 @@ def test_gate_failure_keeps_best_model_under_rejected(env: Path, fake_techniques
 def test_auto_strategy_keeps_most_compressed_passing_trial(env: Path, fake_techniques: None) -> None:
     save_tiny(env / "model.pt2")
     steps = [{"name": "prune", "prune": {"method": "L1Unstructured", "sparsity": 0.97}}]
-    body = job("file://model.pt2", "file://out/", steps=steps,
-               acceptance={"maxAccuracyDrop": 0.03, "strategy": "Auto", "maxTrials": 4})
+    body = job(
+        "file://model.pt2",
+        "file://out/",
+        steps=steps,
+        acceptance={"maxAccuracyDrop": 0.03, "strategy": "Auto", "maxTrials": 4},
+    )
     assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
     fetched = publish.fetch_published("file://out/", env / "fetched")
     report = json.loads(fetched["report.json"].read_text())
@@ -151,8 +173,12 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
     server.shutdown()
 
 
-def test_progress_reports_are_posted_with_the_token(env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch,
-                                                   receiver: tuple[str, list[tuple[str, dict[str, Any]]]]) -> None:
+def test_progress_reports_are_posted_with_the_token(
+    env: Path,
+    fake_techniques: None,
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: tuple[str, list[tuple[str, dict[str, Any]]]],
+) -> None:
     url, received = receiver
     (env / "token").write_text("secret-token\n")
     monkeypatch.setenv("KOMPRESSION_PROGRESS_URL", url)
@@ -221,8 +247,9 @@ def test_nan_in_data(env: Path, fake_techniques: None, capsys: pytest.CaptureFix
     assert code == ExitCode.DATA_ERROR and "spec.data.evaluation" in err and "NaN" in err
 
 
-def test_unreachable_storage(env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_storage(
+    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import socket
 
     with socket.socket() as sock:  # a port that was just free: nothing listens there
@@ -236,8 +263,9 @@ def test_unreachable_storage(env: Path, fake_techniques: None, monkeypatch: pyte
     assert code == ExitCode.STORAGE_ERROR and "s3://models/model.pt2" in err and "connect" in err.lower()
 
 
-def test_bad_credentials(env: Path, fake_techniques: None, s3: Any, monkeypatch: pytest.MonkeyPatch,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_credentials(
+    env: Path, fake_techniques: None, s3: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bucket = s3.create_bucket()
     s3.client.put_object(Bucket=bucket, Key="model.pt2", Body=save_tiny(env / "model.pt2").read_bytes())
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
@@ -256,15 +284,29 @@ def _set_moto_auth(s3: Any, free_actions: str) -> None:
     """moto accepts any key until its authentication counter runs out: 0 enforces it, inf disables it."""
     import urllib.request
 
-    req = urllib.request.Request(f"{s3.endpoint_url}/moto-api/reset-auth", method="POST", data=free_actions.encode(),
-                                 headers={"Content-Type": "text/plain"})  # a form type would hide the body
+    req = urllib.request.Request(
+        f"{s3.endpoint_url}/moto-api/reset-auth",
+        method="POST",
+        data=free_actions.encode(),
+        headers={"Content-Type": "text/plain"},
+    )  # a form type would hide the body
     urllib.request.urlopen(req, timeout=5).close()
 
 
 def test_student_larger_than_teacher(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
-    steps = [{"name": "kd", "distill": {"student": {"architecture": "torchvision.models:resnet18",
-                                                    "architectureArguments": {"num_classes": 10}}, "epochs": 1}}]
+    steps = [
+        {
+            "name": "kd",
+            "distill": {
+                "student": {
+                    "architecture": "torchvision.models:resnet18",
+                    "architectureArguments": {"num_classes": 10},
+                },
+                "epochs": 1,
+            },
+        }
+    ]
     body = job("file://model.pt2", "file://out/", steps=steps)
     body["spec"]["data"] = {"evaluation": {"builtin": "Digits"}, "training": {"builtin": "Digits", "samples": 64}}
     code, err = _run_bad(env, body, capsys)

@@ -16,7 +16,9 @@ from kompression.worker.progress import Reporter, compact
 
 
 def test_compact_report_fits_the_termination_limit() -> None:
-    artifacts = [Artifact(name=f"a{i}", kind="Plot", uri="s3://b/" + "p" * 200, sha256="0" * 64, sizeBytes=1) for i in range(40)]
+    artifacts = [
+        Artifact(name=f"a{i}", kind="Plot", uri="s3://b/" + "p" * 200, sha256="0" * 64, sizeBytes=1) for i in range(40)
+    ]
     report = WorkerReport(phase="Failed", reason="GateFailed", message="m" * 4000, artifacts=artifacts)
     text = compact(report)
     assert len(text.encode()) < 4096

@@ -31,8 +31,9 @@ def test_local_upload_download_verifies_sha256(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("checksums", ["when_required", "when_supported"])
-def test_s3_round_trip_under_both_checksum_settings(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    checksums: str) -> None:
+def test_s3_round_trip_under_both_checksum_settings(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checksums: str
+) -> None:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", checksums)

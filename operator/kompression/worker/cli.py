@@ -23,8 +23,12 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
     p = sub.add_parser("run", help="run a CompressionJob here (also what the worker pod runs)")
     p.add_argument("job", nargs="?", metavar="JOB.yaml", help=f"the manifest (default: ${ENV_JOB_FILE})")
     p.add_argument("--output", metavar="URI", help="publish under this prefix instead of spec.output.uri")
-    p.add_argument("--progress", choices=("auto", "bar", "json"), default="auto",
-                   help="progress display: a bar on a terminal, JSON lines otherwise (auto)")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json"),
+        default="auto",
+        help="progress display: a bar on a terminal, JSON lines otherwise (auto)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed for training steps (default 0)")
     p.set_defaults(func=_run)
 
@@ -47,7 +51,9 @@ def _fail_early(reason: str, message: str, code: int) -> int:
 def _run(args: argparse.Namespace) -> int:
     name = args.job or os.environ.get(ENV_JOB_FILE)
     if not name:
-        return _fail_early("InvalidSpec", f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC)
+        return _fail_early(
+            "InvalidSpec", f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC
+        )
     try:
         docs = load_documents(Path(name))
         if len(docs) != 1:
@@ -79,8 +85,10 @@ def _run(args: argparse.Namespace) -> int:
         print(table(rows))
         result = report.result
         if result is not None:
-            print(f"\ncompression {result.compressionRatio}x, accuracy delta {result.accuracyDelta:+.4f}, "
-                  f"speedup {result.speedup}x; published under {args.output or job.spec.output.uri}")
+            print(
+                f"\ncompression {result.compressionRatio}x, accuracy delta {result.accuracyDelta:+.4f}, "
+                f"speedup {result.speedup}x; published under {args.output or job.spec.output.uri}"
+            )
     return ExitCode.OK
 
 

@@ -120,7 +120,9 @@ def load_datasets(spec: DataSpec | None, declared: ModelInput, fetch: Callable[[
     if spec.evaluation is not None and spec.evaluation.metric == "Top1Accuracy":
         assert out.evaluation is not None
         if out.evaluation.labels is None:
-            raise DataError("spec.data.evaluation: metric Top1Accuracy needs `labels`; use OutputAgreement for unlabeled data")
+            raise DataError(
+                "spec.data.evaluation: metric Top1Accuracy needs `labels`; use OutputAgreement for unlabeled data"
+            )
     if out.training is not None and out.training.labels is None:
         raise DataError("spec.data.training: fine-tuning and distillation need `labels` in the .npz")
     return out

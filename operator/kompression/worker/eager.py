@@ -22,9 +22,17 @@ Builder = Callable[[list[Any], dict[str, torch.Tensor], Any], nn.Module]
 def _conv(args: list[Any], t: dict[str, torch.Tensor], _: Any) -> nn.Module:
     weight = t[args[1]]
     bias = t.get(args[2]) if len(args) > 2 and args[2] is not None else None
-    stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], (weight.shape[2], weight.shape[3]), stride=stride,
-                     padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+    stride, padding, dilation, groups = list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :]
+    conv = nn.Conv2d(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        (weight.shape[2], weight.shape[3]),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=bias is not None,
+    )
     conv.weight = nn.Parameter(weight.detach().clone())
     if bias is not None:
         conv.bias = nn.Parameter(bias.detach().clone())

@@ -24,9 +24,13 @@ class DigitsCNN(nn.Module):
     def __init__(self, width: int = 32, hidden: int = 768, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.MaxPool2d(2),  # 4x4
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, num_classes)

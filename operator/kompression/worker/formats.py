@@ -54,9 +54,7 @@ def example_inputs(inputs: list[ModelInput], batch: int = 1) -> tuple[torch.Tens
     return tuple(out)
 
 
-def load_model(
-    source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None
-) -> Model:
+def load_model(source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None) -> Model:
     """Load the model at path (already local) as source.format says, and check its inputs.
 
     fetch_sibling(relative_name) brings a file stored next to the model (ONNX external data)
@@ -99,7 +97,9 @@ def vet_pt2_archive(path: Path, uri: str) -> None:
         if not any("/models/" in n and n.endswith(".json") for n in names):
             if any(n.endswith("data.pkl") for n in names):
                 raise ModelError(f"{uri} is a torch.save() pickle, not a TorchExport archive: {PICKLE_ADVICE}")
-            raise ModelError(f"{uri}: not a TorchExport .pt2 archive (no models/*.json); was it made by torch.export.save?")
+            raise ModelError(
+                f"{uri}: not a TorchExport .pt2 archive (no models/*.json); was it made by torch.export.save?"
+            )
         for name in names:
             root, _, inner = name.partition("/")
             if inner.startswith("data/weights/") and inner.endswith(".pt"):
@@ -207,7 +207,9 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"{field}: cannot import module {module_name!r} ({exc}); is it installed in the worker image?") from None
+        raise ModelError(
+            f"{field}: cannot import module {module_name!r} ({exc}); is it installed in the worker image?"
+        ) from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
         raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
@@ -285,7 +287,9 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
         cls = getattr(transformers, arch, None) or transformers.AutoModel
         module = cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
-        raise ModelError(f"{source.uri}: cannot load the HuggingFace model (safetensors weights only): {_short(exc)}") from None
+        raise ModelError(
+            f"{source.uri}: cannot load the HuggingFace model (safetensors weights only): {_short(exc)}"
+        ) from None
     return TorchModel(_LogitsOnly(module).eval(), example_inputs(source.inputs))
 
 

@@ -26,16 +26,34 @@ def evaluate(acceptance: Acceptance | None, result: Result) -> list[GateResult]:
     gates = []
     if acceptance.maxAccuracyDrop is not None:
         drop = -result.accuracyDelta if result.accuracyDelta is not None else float("inf")
-        gates.append(GateResult(name="maxAccuracyDrop", passed=drop <= acceptance.maxAccuracyDrop + 1e-9,
-                                measured=round(drop, 6), limit=acceptance.maxAccuracyDrop))
+        gates.append(
+            GateResult(
+                name="maxAccuracyDrop",
+                passed=drop <= acceptance.maxAccuracyDrop + 1e-9,
+                measured=round(drop, 6),
+                limit=acceptance.maxAccuracyDrop,
+            )
+        )
     if acceptance.minCompressionRatio is not None:
         ratio = result.compressionRatio or 0.0
-        gates.append(GateResult(name="minCompressionRatio", passed=ratio >= acceptance.minCompressionRatio,
-                                measured=ratio, limit=acceptance.minCompressionRatio))
+        gates.append(
+            GateResult(
+                name="minCompressionRatio",
+                passed=ratio >= acceptance.minCompressionRatio,
+                measured=ratio,
+                limit=acceptance.minCompressionRatio,
+            )
+        )
     if acceptance.minSpeedup is not None:
         speedup = result.speedup or 0.0
-        gates.append(GateResult(name="minSpeedup", passed=speedup >= acceptance.minSpeedup,
-                                measured=speedup, limit=acceptance.minSpeedup))
+        gates.append(
+            GateResult(
+                name="minSpeedup",
+                passed=speedup >= acceptance.minSpeedup,
+                measured=speedup,
+                limit=acceptance.minSpeedup,
+            )
+        )
     return gates
 
 

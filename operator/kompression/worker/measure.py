@@ -60,7 +60,10 @@ def _torch_forward(model: TorchModel, threads: int) -> Forward:
 
     def run(batch: Sequence[np.ndarray]) -> np.ndarray:
         torch.set_num_threads(threads)
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=d) for a, d in zip(batch, dtypes, strict=True)]
+        tensors = [
+            torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=d)
+            for a, d in zip(batch, dtypes, strict=True)
+        ]
         with torch.inference_mode():
             out = module(*tensors)
         if isinstance(out, (tuple, list)):
@@ -71,8 +74,13 @@ def _torch_forward(model: TorchModel, threads: int) -> Forward:
     return run
 
 
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32, "tensor(double)": np.float64}
+ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(double)": np.float64,
+}
 
 
 def _onnx_forward(model: OnnxModel, threads: int) -> Forward:
@@ -106,7 +114,9 @@ def _engine_forward(model: EngineModel) -> Forward:
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(model.path.read_bytes())
     if engine is None:
-        raise ModelError(f"{model.path.name}: TensorRT cannot deserialize the engine (built for another version or GPU?)")
+        raise ModelError(
+            f"{model.path.name}: TensorRT cannot deserialize the engine (built for another version or GPU?)"
+        )
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     in_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -172,7 +182,9 @@ def score(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference
 # latency, size, parameters, sparsity
 
 
-def latency(run: Forward, sample: Sequence[np.ndarray], batch_size: int, warmup: int, iterations: int) -> tuple[float, float]:
+def latency(
+    run: Forward, sample: Sequence[np.ndarray], batch_size: int, warmup: int, iterations: int
+) -> tuple[float, float]:
     """(p50, p95) in milliseconds for one batch size, after warm-up runs."""
     batch = [np.repeat(s, batch_size, axis=0) for s in sample]
     for _ in range(warmup):
@@ -259,4 +271,3 @@ def measure(  # noqa: PLR0917 - one call site, every argument is distinct
         sparsity=sparsity(model),
     )
     return Measured(metrics, timings, outputs)
-

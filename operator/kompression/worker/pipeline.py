@@ -85,13 +85,17 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         uri = spec.model.uri.rsplit("/", 1)[0] + "/" + name
         return _fetch_to(uri, model_path.parent / name, ModelError, "ONNX external data")
 
-    model = formats.load_model(spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None)
+    model = formats.load_model(
+        spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
+    )
     datasets = data_io.load_datasets(
         spec.data, spec.model.inputs[0], lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data")
     )
     device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
-    baseline = measure.measure(model, model_path, spec.model.inputs, spec.measurement, datasets.evaluation, metric, None)
+    baseline = measure.measure(
+        model, model_path, spec.model.inputs, spec.measurement, datasets.evaluation, metric, None
+    )
     reporter.phase_done("Baseline")
     return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
 
@@ -102,7 +106,9 @@ def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) ->
         if not Path(loc.path).exists():
             raise error(f"{field_name}: {uri} does not exist (resolved to {loc.path})")
         return Path(loc.path)
-    return _fetch_to(uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(loc.path).name, error, field_name)
+    return _fetch_to(
+        uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(loc.path).name, error, field_name
+    )
 
 
 def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -> Path:
@@ -162,8 +168,9 @@ class Checkpoints:
             storage.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
 
 
-def run_steps(loaded: Loaded, steps: list[Step], techniques: Mapping[str, Technique], reporter: Reporter,
-              seed: int) -> list[StepRecord]:
+def run_steps(
+    loaded: Loaded, steps: list[Step], techniques: Mapping[str, Technique], reporter: Reporter, seed: int
+) -> list[StepRecord]:
     job = loaded.job.model_copy(update={"spec": loaded.job.spec.model_copy(update={"steps": steps})})
     spec = job.spec
     teacher = loaded.model if isinstance(loaded.model, TorchModel) else None
@@ -182,7 +189,12 @@ def run_steps(loaded: Loaded, steps: list[Step], techniques: Mapping[str, Techni
         workdir = loaded.workdir / "steps" / step.name
         workdir.mkdir(parents=True, exist_ok=True)
         ctx = StepContext(
-            job=job, step=step, teacher=teacher, outputs=dict(outputs), data=loaded.data, device=loaded.device,
+            job=job,
+            step=step,
+            teacher=teacher,
+            outputs=dict(outputs),
+            data=loaded.data,
+            device=loaded.device,
             workdir=workdir,
             report_progress=partial(reporter.step_progress, step.name),
             save_checkpoint=partial(checkpoints.save, step.name),
@@ -194,15 +206,24 @@ def run_steps(loaded: Loaded, steps: list[Step], techniques: Mapping[str, Techni
             np.random.seed(seed)
             result = technique(current, ctx)
             artifact, kind = serialize(result.model, workdir / "out")
-            measured = measure.measure(result.model, artifact, spec.model.inputs, spec.measurement,
-                                       loaded.data.evaluation, metric, loaded.baseline.outputs)
+            measured = measure.measure(
+                result.model,
+                artifact,
+                spec.model.inputs,
+                spec.measurement,
+                loaded.data.evaluation,
+                metric,
+                loaded.baseline.outputs,
+            )
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)
             raise
         seconds = time.monotonic() - started
         notes = dict(result.notes)
         reporter.step_finished(step.name, measured.metrics, ", ".join(f"{k}={v}" for k, v in notes.items()) or None)
-        records.append(StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts)))
+        records.append(
+            StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
+        )
         outputs[step.name] = result.model
         current = result.model
     return records
@@ -268,10 +289,15 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         snapshot = reporter.report.model_copy(deep=True)
         snapshot.phase = "Succeeded" if trial.passed else "Failed"
         name = job.metadata.name or "compressionjob"
-        publisher.add(reporting.write_json(snapshot, rows, publisher.run_id, artifacts_folder / "report.json"), "report", "Report")
-        publisher.add(reporting.write_markdown(snapshot, rows, plots, name, artifacts_folder / "report.md"), "report", "Report")
-        manifest = publisher.commit({"job": name, "namespace": job.metadata.namespace, "passed": trial.passed,
-                                     "result": trial.result.to_wire()})
+        publisher.add(
+            reporting.write_json(snapshot, rows, publisher.run_id, artifacts_folder / "report.json"), "report", "Report"
+        )
+        publisher.add(
+            reporting.write_markdown(snapshot, rows, plots, name, artifacts_folder / "report.md"), "report", "Report"
+        )
+        manifest = publisher.commit(
+            {"job": name, "namespace": job.metadata.namespace, "passed": trial.passed, "result": trial.result.to_wire()}
+        )
         reporter.set_artifacts([*publisher.artifacts, manifest])
         Checkpoints(prefix, trial.steps).clear()
         reporter.phase_done("Publish")

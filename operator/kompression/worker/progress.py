@@ -204,8 +204,12 @@ class Reporter:
         self.report.progress = self.progress()
         self.report.sequence += 1
         if self.mode == "json":
-            line = {"time": now(), **event, "percent": self.report.progress.percentage,
-                    "etaSeconds": self.report.progress.estimatedRemainingSeconds}
+            line = {
+                "time": now(),
+                **event,
+                "percent": self.report.progress.percentage,
+                "etaSeconds": self.report.progress.estimatedRemainingSeconds,
+            }
             self.stream.write(json.dumps(line, default=str) + "\n")
             self.stream.flush()
         elif self.mode == "bar":
@@ -233,11 +237,19 @@ class Reporter:
         registry = CollectorRegistry()
         labels = ["step"]
         gauges = {
-            "sizeBytes": Gauge("kompression_step_size_bytes", "Model size on disk after the step", labels, registry=registry),
+            "sizeBytes": Gauge(
+                "kompression_step_size_bytes", "Model size on disk after the step", labels, registry=registry
+            ),
             "parameters": Gauge("kompression_step_parameters", "Parameters after the step", labels, registry=registry),
-            "accuracy": Gauge("kompression_step_accuracy", "Evaluation metric after the step", labels, registry=registry),
-            "latencyMs": Gauge("kompression_step_latency_ms", "Median latency after the step", labels, registry=registry),
-            "sparsity": Gauge("kompression_step_sparsity", "Fraction of zero weights after the step", labels, registry=registry),
+            "accuracy": Gauge(
+                "kompression_step_accuracy", "Evaluation metric after the step", labels, registry=registry
+            ),
+            "latencyMs": Gauge(
+                "kompression_step_latency_ms", "Median latency after the step", labels, registry=registry
+            ),
+            "sparsity": Gauge(
+                "kompression_step_sparsity", "Fraction of zero weights after the step", labels, registry=registry
+            ),
         }
         duration = Gauge("kompression_step_duration_seconds", "Wall time of the step", labels, registry=registry)
         for s in self.steps:
@@ -259,8 +271,14 @@ class Reporter:
 
 def compact(report: WorkerReport, limit: int = TERMINATION_LIMIT) -> str:
     """The report as JSON under limit bytes: drop detail (steps, artifacts' names, baseline) as needed."""
-    slim = WorkerReport(phase=report.phase, reason=report.reason, message=report.message,
-                        result=report.result, artifacts=report.artifacts, sequence=report.sequence)
+    slim = WorkerReport(
+        phase=report.phase,
+        reason=report.reason,
+        message=report.message,
+        result=report.result,
+        artifacts=report.artifacts,
+        sequence=report.sequence,
+    )
 
     def text() -> str:
         return slim.model_dump_json(by_alias=True, exclude_none=True)

@@ -36,8 +36,9 @@ def environment() -> Environment:
     import onnxruntime
     import torch
 
-    env = Environment(torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
-                      cpu=_cpu_model())
+    env = Environment(
+        torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, cpu=_cpu_model()
+    )
     try:
         import tensorrt
 
@@ -71,7 +72,9 @@ def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -
             {
                 "name": r.name,
                 "seconds": r.seconds,
-                "latencyMs": {str(bs): {"p50": round(p50, 4), "p95": round(p95, 4)} for bs, (p50, p95) in r.latency_ms.items()},
+                "latencyMs": {
+                    str(bs): {"p50": round(p50, 4), "p95": round(p95, 4)} for bs, (p50, p95) in r.latency_ms.items()
+                },
                 "notes": r.notes or {},
             }
             for r in rows
@@ -119,18 +122,22 @@ def table(rows: list[Row]) -> str:
     lines = [header]
     for r in rows:
         m = r.metrics
-        lines.append((
-            r.name,
-            "-" if m.sizeBytes is None else f"{m.sizeBytes / 1024:.1f}",
-            "-" if m.parameters is None else f"{m.parameters:,}",
-            "-" if m.accuracy is None else f"{m.accuracy:.4f}",
-            "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
-            "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
-            "-" if m.sparsity is None else f"{m.sparsity:.3f}",
-        ))
+        lines.append(
+            (
+                r.name,
+                "-" if m.sizeBytes is None else f"{m.sizeBytes / 1024:.1f}",
+                "-" if m.parameters is None else f"{m.parameters:,}",
+                "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+                "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
+                "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
+                "-" if m.sparsity is None else f"{m.sparsity:.3f}",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-           for line in lines]
+    out = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        for line in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -147,16 +154,24 @@ def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job
         if result.speedup is not None:
             lines.append(f"| speedup (p50, first batch size) | {result.speedup:.2f}x |")
         for gate in result.gates:
-            lines.append(f"| gate {gate.name} | {'passed' if gate.passed else 'FAILED'}: {gate.measured:g} (limit {gate.limit:g}) |")
+            lines.append(
+                f"| gate {gate.name} | {'passed' if gate.passed else 'FAILED'}: {gate.measured:g} (limit {gate.limit:g}) |"
+            )
         lines.append("")
     lines += ["## Per step", "", "```", table(rows), "```", ""]
     batch_sizes = sorted({bs for r in rows for bs in r.latency_ms})
     if len(batch_sizes) > 1:
-        lines += ["## Latency by batch size (p50 / p95 ms)", "",
-                  "| model | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
-                  "|---" * (len(batch_sizes) + 1) + "|"]
+        lines += [
+            "## Latency by batch size (p50 / p95 ms)",
+            "",
+            "| model | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
+            "|---" * (len(batch_sizes) + 1) + "|",
+        ]
         for r in rows:
-            cells = [f"{r.latency_ms[b][0]:.3f} / {r.latency_ms[b][1]:.3f}" if b in r.latency_ms else "-" for b in batch_sizes]
+            cells = [
+                f"{r.latency_ms[b][0]:.3f} / {r.latency_ms[b][1]:.3f}" if b in r.latency_ms else "-"
+                for b in batch_sizes
+            ]
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         lines.append("")
     env = report.environment

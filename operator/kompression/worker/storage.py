@@ -141,8 +141,17 @@ def filesystem(protocol: str) -> Any:
 
 def _is_auth_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}"
-    markers = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "ExpiredToken",
-               "NoCredentialsError", "Unable to locate credentials", "InvalidToken", "403")
+    markers = (
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "Forbidden",
+        "ExpiredToken",
+        "NoCredentialsError",
+        "Unable to locate credentials",
+        "InvalidToken",
+        "403",
+    )
     return isinstance(exc, PermissionError) or any(m in text for m in markers)
 
 

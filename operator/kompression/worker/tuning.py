@@ -72,7 +72,9 @@ def search(loaded: Loaded, techniques: Mapping[str, Technique], reporter: Report
     deadline = time.monotonic() + acceptance.timeoutSeconds if acceptance.timeoutSeconds else None
     best: Trial | None = None
     for index, steps in enumerate(candidates(loaded.job.spec.steps, sensitive_layers(loaded))):
-        if index >= acceptance.maxTrials or (deadline is not None and time.monotonic() >= deadline and best is not None):
+        if index >= acceptance.maxTrials or (
+            deadline is not None and time.monotonic() >= deadline and best is not None
+        ):
             break
         if index:
             reporter.reset_steps()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,21 @@ def test_step_metrics_reach_the_pushgateway(pushgateway: Any, monkeypatch: pytes
     assert 'compressionjob="t"' in line and 'namespace="ns"' in line and 'step="shrink"' in line
     assert line.rsplit(" ", 1)[1] in ("1234", "1234.0")
     pushgateway.wipe()
+
+
+def test_reserved_stdout_keeps_library_prints_out_of_the_json_stream() -> None:
+    # onnxruntime's calibrator prints to stdout from Python and C++; a consumer parsing the
+    # JSON lines must see none of it.
+    script = (
+        "import os, sys\n"
+        "from kompression.worker.progress import reserved_stdout\n"
+        "with reserved_stdout() as out:\n"
+        "    print('library chatter')\n"
+        "    os.write(1, b'native chatter\\n')\n"
+        '    out.write(\'{"event": "stepStarted"}\\n\')\n'
+        "print('after')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert proc.stdout == '{"event": "stepStarted"}\nafter\n'
+    assert "library chatter" in proc.stderr
+    assert "native chatter" in proc.stderr

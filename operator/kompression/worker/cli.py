@@ -7,15 +7,20 @@ image has no torch. The pipeline is imported when a worker command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kompression.api.constants import ENV_JOB_FILE, ENV_WORKDIR, ExitCode
 from kompression.api.report import WorkerReport
+from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
+
+if TYPE_CHECKING:  # the worker modules import torch: only for annotations here
+    from kompression.worker.progress import Reporter
 
 
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
@@ -62,13 +67,19 @@ def _run(args: argparse.Namespace) -> int:
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
 
-    from kompression.worker.errors import WorkerError
-    from kompression.worker.pipeline import RunOptions, run
-    from kompression.worker.progress import Reporter
-    from kompression.worker.reporting import table
+    from kompression.worker.progress import Reporter, reserved_stdout
 
     mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
-    reporter = Reporter(job, mode)
+    guard = reserved_stdout() if mode == "json" else contextlib.nullcontext(sys.stdout)
+    with guard as stream:
+        return _execute(job, args, Reporter(job, mode, stream=stream))
+
+
+def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter) -> int:
+    from kompression.worker.errors import WorkerError
+    from kompression.worker.pipeline import RunOptions, run
+    from kompression.worker.reporting import table
+
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:
         _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
@@ -81,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         traceback.print_exc()
         return ExitCode.UNEXPECTED
     report = reporter.finish("Succeeded")
-    if mode == "bar":
+    if reporter.mode == "bar":
         print(table(rows))
         result = report.result
         if result is not None:

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -312,3 +314,30 @@ def write_termination_message(report: WorkerReport) -> None:
         path.write_text(compact(report))
     except OSError as exc:
         sys.stderr.write(f"warning: cannot write the termination message to {path}: {exc}\n")
+
+
+@contextmanager
+def reserved_stdout() -> Iterator[TextIO]:
+    """Keep stdout for the JSON-lines progress stream alone.
+
+    Libraries print to stdout (onnxruntime's calibrator does, from Python and C++), which would
+    corrupt the stream a consumer parses. So file descriptor 1 is pointed at stderr for the
+    duration, C extensions included, and progress gets a private handle on the real stdout.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stdout: nothing to guard
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    stream = os.fdopen(os.dup(saved), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), fd)
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        stream.close()

@@ -2,7 +2,7 @@
 
 Trials are tried from the most compressed to the least: first the steps as written, then, for
 each prune sparsity factor (1, 0.75, 0.5, 0.25 of the written sparsity), int8 quantization with
-0, 1 or 2 sensitive layers kept in float. Since each trial is at most as compressed as the one
+0, 1 or 2 layers kept in float, chosen by their measured int8 sensitivity. Since each trial is at most as compressed as the one
 before, the first trial that passes every gate is the most compressed passing model and the
 search stops there. The budget is acceptance.maxTrials and acceptance.timeoutSeconds. When no
 trial passes, the best one (most gates passed, then highest accuracy) is returned for rejected/.
@@ -11,7 +11,8 @@ trial passes, the best one (most gates passed, then highest accuracy) is returne
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -25,14 +26,80 @@ SPARSITY_FACTORS = (1.0, 0.75, 0.5, 0.25)
 INT8_METHODS = ("StaticInt8", "DynamicInt8")
 
 
+FALLBACK_LAYERS = 2  # the most int8-sensitive layers that trials may keep in float
+SENSITIVITY_SAMPLES = 64
+
+
 def sensitive_layers(loaded: Loaded) -> list[str]:
-    """The first and the last weighted layer: the usual accuracy-critical ones under int8."""
+    """The weighted layers whose int8 quantization hurts the output most, most sensitive first.
+
+    Each layer is quantized alone (weights per channel, inputs per tensor, the ranges int8 PTQ
+    would use) and scored by the relative error it causes in the model's output on real data:
+    measured, as Neural Compressor does, not guessed from the layer's position.
+    """
     if not isinstance(loaded.model, TorchModel):
         return []
-    names = [n for n, m in loaded.model.module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    if not names:
+    data = loaded.data.calibration or loaded.data.evaluation or loaded.data.training
+    if data is None:
         return []
-    return [names[0]] if len(names) == 1 else [names[0], names[-1]]
+    module = loaded.model.module.eval()
+    device = next(module.parameters()).device
+    inputs = torch.from_numpy(data.inputs[:SENSITIVITY_SAMPLES]).to(device)
+    layers: dict[str, torch.nn.Conv2d | torch.nn.Linear] = {
+        n: m for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    }
+    with torch.inference_mode():
+        ranges = _input_ranges(module, layers, inputs)
+        reference = module(inputs)
+        scale = reference.pow(2).mean().clamp_min(1e-12)
+        errors = {}
+        for name, layer in layers.items():
+            with _int8_layer(layer, ranges[name]):
+                errors[name] = float((module(inputs) - reference).pow(2).mean() / scale)
+    return sorted(errors, key=errors.__getitem__, reverse=True)[:FALLBACK_LAYERS]
+
+
+def _input_ranges(
+    module: torch.nn.Module, layers: Mapping[str, torch.nn.Conv2d | torch.nn.Linear], inputs: torch.Tensor
+) -> dict[str, tuple[float, float]]:
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def recorder(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def record(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            ranges[name] = (float(args[0].min()), float(args[0].max()))
+
+        return record
+
+    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
+    try:
+        module(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    return (torch.clamp(torch.round(x / scale) + zero, low, high) - zero) * scale
+
+
+@contextmanager
+def _int8_layer(layer: torch.nn.Conv2d | torch.nn.Linear, input_range: tuple[float, float]) -> Iterator[None]:
+    """Temporarily run one layer as int8 PTQ would: s8 per-channel weights, u8 per-tensor inputs."""
+    weight = layer.weight
+    original = weight.detach().clone()
+    per_channel = original.abs().flatten(1).amax(dim=1).clamp_min(1e-12) / 127
+    shape = (-1,) + (1,) * (original.dim() - 1)
+    weight.copy_(_fake_quant(original, per_channel.view(shape), torch.zeros(()), -127, 127))
+    low, high = min(input_range[0], 0.0), max(input_range[1], 0.0)
+    scale = torch.tensor(max(high - low, 1e-12) / 255)
+    zero = torch.round(-low / scale)
+    handle = layer.register_forward_pre_hook(lambda _, args: (_fake_quant(args[0], scale, zero, 0, 255),))
+    try:
+        yield
+    finally:
+        handle.remove()
+        weight.copy_(original)
 
 
 def candidates(steps: list[Step], sensitive: list[str]) -> Iterator[list[Step]]:

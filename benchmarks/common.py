@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,30 @@ def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, inner: int = 5, war
             fn()
         samples.append((time.perf_counter() - start) / inner * 1000)
     return statistics.median(samples)
+
+
+def interleaved_ms(
+    candidates: Mapping[str, Callable[[], Any]], repeats: int = REPEATS, inner: int = 5, warmup: int = 3
+) -> dict[str, float]:
+    """Median per candidate, timed A,B,C,A,B,C,... so that load from other processes on a shared
+    machine falls on every candidate alike instead of on whichever ran during a busy spell."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, recorded with every timing (the machine is shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def machine() -> str:

@@ -4,6 +4,10 @@ Only `on.event` handlers are used, so kopf keeps no handler progress on the obje
 annotations, no finalizer): state lives in the cluster itself (the CR, its deterministic Job), and
 the reconcile queue retries. A finalizer would block deleting a CompressionJob while the operator
 is down, and there is nothing outside the cluster to clean up; children go by ownerReference.
+
+High availability is single-active: with `--peering`, every replica joins kopf's peering object
+with its own priority (derived from POD_NAME unless `--priority` is given) and only the
+highest-priority live one reconciles and accepts progress reports; see `leadership.py`.
 """
 
 from __future__ import annotations

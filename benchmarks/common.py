@@ -98,7 +98,16 @@ def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="kompression-bench-"))
 
 
-def job_context(step: dict[str, Any], work: Path, input_shape: Sequence[int], data: Any, teacher: Any = None) -> Any:
+def job_context(
+    step: dict[str, Any],
+    work: Path,
+    input_shape: Sequence[int],
+    data: Any,
+    *,
+    teacher: Any = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Any:
     """A StepContext for one step, as the worker would build it."""
     from kompression.api.v1alpha1 import CompressionJob
     from kompression.worker.steps.base import StepContext
@@ -122,9 +131,10 @@ def job_context(step: dict[str, Any], work: Path, input_shape: Sequence[int], da
         teacher=teacher,
         outputs={},
         data=data,
-        device="cpu",
+        device=device,
         workdir=work,
         report_progress=lambda fraction, message: None,
         save_checkpoint=store.__setitem__,
         load_checkpoint=store.get,
+        seed=seed,
     )

@@ -57,7 +57,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
         config.set_flag(getattr(trt.BuilderFlag, PRECISION_FLAGS[cfg.precision]))
     _add_profiles(builder, config, network, cfg, ctx)
     if cfg.precision == "Int8":
-        config.int8_calibrator = _calibrator(trt, ctx)
+        config.int8_calibrator = _calibrator(trt, ctx, _calibration_shape(network, cfg))
         # TensorRT 10 deprecates implicit (calibrator) INT8 in favour of explicit Q/DQ graphs; an
         # ONNX model from StaticInt8 already carries Q/DQ nodes and TensorRT uses their scales.
         notes["int8"] = "implicit calibration (IInt8EntropyCalibrator2; deprecated in TensorRT 10)"
@@ -92,20 +92,40 @@ def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ct
         if dynamic:
             raise StepInvalid(f"step {ctx.step.name}: input {name} has a dynamic dimension; set tensorrt.profiles")
         return
-    for shape in cfg.profiles:
+    for index, shape in enumerate(cfg.profiles):
         profile = builder.create_optimization_profile()
         profile.set_shape(name, shape.min, shape.opt, shape.max)
         config.add_optimization_profile(profile)
-        if cfg.precision == "Int8" and config.get_calibration_profile() is None:
-            config.set_calibration_profile(profile)  # calibrate at the first profile's shapes
+        if cfg.precision == "Int8" and index == 0:
+            # IBuilderConfig.set_calibration_profile (deprecated with implicit INT8 in TensorRT 10,
+            # still present): a dynamic-shape network is calibrated at this profile's opt shape.
+            config.set_calibration_profile(profile)
 
 
-def _calibrator(trt: Any, ctx: StepContext) -> Any:
+def _calibration_shape(network: Any, cfg: TensorRTStep) -> tuple[int, ...]:
+    """The input shape TensorRT calibrates at: the first profile's opt shape, else the static shape."""
+    if cfg.profiles:
+        return tuple(cfg.profiles[0].opt)
+    return tuple(int(d) for d in network.get_input(0).shape)
+
+
+def _calibrator(trt: Any, ctx: StepContext, shape: tuple[int, ...]) -> Any:
     data = ctx.data.calibration
     if data is None or len(data) == 0:
         raise StepInvalid(f"step {ctx.step.name}: tensorrt precision Int8 needs data.calibration")
-    spec_data = ctx.job.spec.data
-    batch = spec_data.calibration.batchSize if spec_data and spec_data.calibration else 32
+    # TensorRT reads exactly one opt-shaped batch from each pointer get_batch returns, so the batch
+    # is the profile's, not data.calibration.batchSize, and only whole batches are fed.
+    batch, sample = shape[0], shape[1:]
+    if tuple(data.inputs.shape[1:]) != sample:
+        raise StepInvalid(
+            f"step {ctx.step.name}: calibration samples have shape {tuple(data.inputs.shape[1:])}, but TensorRT "
+            f"calibrates at the first profile's opt shape {list(shape)}; make them match"
+        )
+    if len(data) < batch:
+        raise StepInvalid(
+            f"step {ctx.step.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
+            f"but data.calibration has only {len(data)} samples; supply more or lower the opt batch"
+        )
     return _make_calibrator(trt)(data, batch, ctx.workdir / "calibration.cache")
 
 
@@ -122,7 +142,7 @@ def _make_calibrator(trt: Any) -> Any:
             return self._batch
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            if self._next >= len(self._data):
+            if self._next + self._batch > len(self._data):  # a partial last batch would be read past its end
                 return None
             chunk = np.ascontiguousarray(self._data.inputs[self._next : self._next + self._batch], dtype=np.float32)
             self._next += self._batch

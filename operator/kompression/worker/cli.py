@@ -35,6 +35,13 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
         help="progress display: a bar on a terminal, JSON lines otherwise (auto)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for training steps (default 0)")
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N local ranks with torchrun (one per GPU); distillation then trains with DDP",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("example-model", help="train the quickstart's small CNN on digits and save it (TorchExport)")
@@ -42,6 +49,12 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
     p.set_defaults(func=_example_model)
+
+
+def _rank_argv(args: argparse.Namespace) -> list[str]:
+    """The same `run` for each rank, minus the rank count: a rank must not relaunch."""
+    argv = ["run", *([args.job] if args.job else []), "--progress", args.progress, "--seed", str(args.seed)]
+    return argv + (["--output", args.output] if args.output else [])
 
 
 def _fail_early(reason: str, message: str, code: int) -> int:
@@ -54,6 +67,10 @@ def _fail_early(reason: str, message: str, code: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        from kompression.worker import distributed
+
+        return distributed.launch(args.nproc_per_node, _rank_argv(args))
     name = args.job or os.environ.get(ENV_JOB_FILE)
     if not name:
         return _fail_early(
@@ -67,12 +84,14 @@ def _run(args: argparse.Namespace) -> int:
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
 
+    from kompression.worker import distributed
     from kompression.worker.progress import Reporter, reserved_stdout
 
+    distributed.bind_device()
     mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
     guard = reserved_stdout() if mode == "json" else contextlib.nullcontext(sys.stdout)
     with guard as stream:
-        return _execute(job, args, Reporter(job, mode, stream=stream))
+        return _execute(job, args, Reporter(job, mode, stream=stream, leader=distributed.is_leader()))
 
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter) -> int:

@@ -21,7 +21,7 @@ from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Result, Step
 from kompression.worker import data as data_io
-from kompression.worker import formats, gates, measure, publish, reporting, storage
+from kompression.worker import distributed, formats, gates, measure, publish, reporting, storage
 from kompression.worker.errors import DataError, GateFailed, ModelError, WorkerError
 from kompression.worker.model import EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
@@ -264,11 +264,13 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
                 records = run_steps(loaded, job.spec.steps, techniques, reporter, options.seed)
                 trial = score_trial(loaded, job.spec.steps, records)
         except WorkerError as exc:
-            if exc.exit_code in ExitCode.PERMANENT:
+            if exc.exit_code in ExitCode.PERMANENT and distributed.is_leader():
                 Checkpoints(prefix, job.spec.steps).clear()  # a permanent failure: nothing to resume
             raise
         reporter.set_result(trial.result)
         rows = rows_for(loaded, trial)
+        if not distributed.is_leader():
+            return reporter.report, rows
         target = prefix if trial.passed else storage.join(prefix, publish.REJECTED)
         artifacts_folder = Path(tmp) / "publish"
         artifacts_folder.mkdir()

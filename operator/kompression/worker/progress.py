@@ -112,9 +112,13 @@ class _Poster:
 class Reporter:
     """Holds the worker's state as a WorkerReport and publishes every change."""
 
-    def __init__(self, job: CompressionJob, mode: str = "json", stream: TextIO | None = None) -> None:
+    def __init__(
+        self, job: CompressionJob, mode: str = "json", stream: TextIO | None = None, leader: bool = True
+    ) -> None:
         self.job = job
-        self.mode = mode  # "json", "bar" or "quiet"
+        # Only one process of a torchrun group speaks for the job: the others stay silent.
+        self.leader = leader
+        self.mode = mode if leader else "quiet"  # "json", "bar" or "quiet"
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.steps = [StepStatus(name=s.name) for s in job.spec.steps]
@@ -123,9 +127,9 @@ class Reporter:
         self.report = WorkerReport(phase="Running", steps=self.steps)
         self.step_timings: dict[str, float] = {}
         self._step_started: dict[str, float] = {}
-        url = os.environ.get(ENV_PROGRESS_URL)
+        url = os.environ.get(ENV_PROGRESS_URL) if leader else None
         self.poster = _Poster(url, os.environ.get(ENV_PROGRESS_TOKEN_FILE)) if url else None
-        self.pushgateway = os.environ.get(ENV_PUSHGATEWAY_URL) or None
+        self.pushgateway = (os.environ.get(ENV_PUSHGATEWAY_URL) or None) if leader else None
 
     # ---------------------------------------------------------------------------------- state
 
@@ -197,7 +201,8 @@ class Reporter:
         if self.poster is not None:
             self.poster.close(timeout=POST_TIMEOUT_S * POST_ATTEMPTS)
         self._push_metrics()
-        write_termination_message(self.report)
+        if self.leader:
+            write_termination_message(self.report)
         return self.report
 
     # ---------------------------------------------------------------------------------- output

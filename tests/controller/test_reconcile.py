@@ -152,7 +152,11 @@ def test_status_write_races_a_concurrent_writer_with_409_and_keeps_its_condition
         obj = api.objects[f"{CRS}/resnet"]
         obj["status"]["conditions"].append({"type": "Audited", "status": "True", "reason": "Checked"})
         obj["metadata"]["resourceVersion"] = "999"
-        store.jobs[key]["status"] = {"active": 1, "startTime": "2025-01-01T00:00:01Z"}
+        store.jobs[key]["status"] = {
+            "startTime": "2025-01-01T00:00:01Z",
+            "completionTime": "2025-01-01T00:00:09Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        }
         await rec.sync(key)  # conditions computed from a stale read: refused (409), then re-read
         assert rec.metrics.status_conflicts._value.get() == 1
         await rec.sync(key)
@@ -161,3 +165,4 @@ def test_status_write_races_a_concurrent_writer_with_409_and_keeps_its_condition
     types = [c["type"] for c in _status(api)["conditions"]]
     assert "Audited" in types and "Ready" in types
     assert _status(api)["startTime"] == "2025-01-01T00:00:01Z"
+    assert _status(api)["phase"] == "Succeeded"

@@ -63,6 +63,7 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         int,
         "GPU Jobs in flight per namespace (0: unlimited)",
     ),
+    ("--workers", "workers", int, "reconciles in flight at once"),
     ("--metrics-port", "metrics_port", int, "port of /metrics"),
     ("--progress-port", "progress_port", int, "port of the progress server"),
     ("--health-port", "health_port", int, "port of /healthz (liveness and readiness)"),

@@ -93,7 +93,9 @@ def _pending(pods: list[dict[str, Any]]) -> Observation:
         if waiting.get("reason") in IMAGE_PULL_REASONS:
             msg = waiting.get("message") or "the worker image cannot be pulled"
             return Observation("Pending", "ImagePullBackOff", msg)
-        if status.get("phase") == "Running":
+        # Succeeded before the Job says Complete: the Job controller is catching up. Still
+        # Running, so that the status does not step back to Pending for a moment.
+        if status.get("phase") in ("Running", "Succeeded"):
             return Observation("Running", "Running", "the worker is running")
     return Observation("Pending", "Starting", "waiting for the worker pod to start")
 

@@ -75,6 +75,7 @@ class Reconciler:
         self._active: set[Key] = set()
         self._dirty: set[Key] = set()
         self._failures: dict[Key, int] = {}
+        self._events: set[asyncio.Future[None]] = set()
         self._admission = asyncio.Lock()
         self._priorities: dict[str, int] = {}
         self._limits = Limits(settings.max_gpu_jobs, settings.max_gpu_jobs_per_namespace)
@@ -90,8 +91,9 @@ class Reconciler:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    async def run(self, workers: int = 4) -> None:
-        await asyncio.gather(*(self._work() for _ in range(workers)))
+    async def run(self) -> None:
+        # Reconciles wait on the API server, not the CPU: several in flight keep a burst moving.
+        await asyncio.gather(*(self._work() for _ in range(max(1, self.settings.workers))))
 
     async def _work(self) -> None:
         while True:
@@ -116,6 +118,12 @@ class Reconciler:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.enqueue(key)
+
+    def _event(self, cr: Body, type_: str, reason: str, message: str) -> None:
+        """Post an Event without holding up the reconcile (an Event is advice, never state)."""
+        task = asyncio.ensure_future(post_event(self.api, cr, type_, reason, message))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     def _leadership_changed(self, active: bool) -> None:
         if active:  # what the store holds may be stale; kopf's resumed watches refresh it
@@ -189,15 +197,14 @@ class Reconciler:
         log.info("%s Job %s/%s", "created" if created else "found our", ns, job_name(name))
         if created:
             if existed_before:
-                await post_event(
-                    self.api,
+                self._event(
                     cr,
                     "Warning",
                     "JobRecreated",
                     f"the worker Job {job_name(name)} was deleted before the job finished; recreated it",
                 )
             else:
-                await post_event(self.api, cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
+                self._event(cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
         return job
 
     async def _create_owned(self, collection: str, body: Body, uid: str, item: str) -> tuple[Body, bool]:
@@ -290,9 +297,11 @@ class Reconciler:
         if job is not None:
             patch["jobName"] = job["metadata"]["name"]
             job_status = job.get("status") or {}
-            patch["startTime"] = job_status.get("startTime")
+            # Written with the phase it belongs to, not as a write of its own while still Pending.
+            if obs.phase not in ("Pending", "Queued"):
+                patch["startTime"] = status.get("startTime") or job_status.get("startTime") or _now()
             if obs.phase in TERMINAL_PHASES:
-                patch["completionTime"] = job_status.get("completionTime") or status.get("completionTime") or _now()
+                patch["completionTime"] = status.get("completionTime") or job_status.get("completionTime") or _now()
         patch.update(extra)
         if not differs(status, patch) and same_conditions(status.get("conditions") or [], conditions):
             self.metrics.set_phase(key, obs.phase)
@@ -341,9 +350,9 @@ class Reconciler:
                 result=report.result,
             )
             self.kick_queue()
-            await post_event(self.api, cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason, obs.message)
+            self._event(cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason, obs.message)
         elif obs.reason in WARNING_REASONS:
-            await post_event(self.api, cr, "Warning", obs.reason, obs.message)
+            self._event(cr, "Warning", obs.reason, obs.message)
 
     async def apply_report(self, key: Key, report: WorkerReport) -> None:
         """Merge a live report into status, unless the job already finished (the final report rules)."""

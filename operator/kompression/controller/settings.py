@@ -33,6 +33,7 @@ class Settings:
     # kopf peering priority: each replica needs a distinct one (equal priorities freeze every
     # replica). None derives one from the pod name; see `effective_priority`.
     priority: int | None = None
+    workers: int = 16  # reconciles in flight at once (they wait on the API server, not the CPU)
     progress_interval_s: float = 5.0  # at most one status write per job per interval from progress POSTs
     service_account: str = ""  # the worker pod's ServiceAccount; empty uses the namespace's default
     extra_tolerations: tuple[dict[str, Any], ...] = field(default=())  # added to every worker pod

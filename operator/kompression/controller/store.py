@@ -37,8 +37,53 @@ def _pod_job_key(pod: Body) -> Key | None:
     return None
 
 
+_POD_META = (
+    "name",
+    "namespace",
+    "uid",
+    "ownerReferences",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "resourceVersion",
+)
+
+
+def _meta(obj: Body) -> Body:
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)  # often the largest part of an object, and never read here
+    return meta
+
+
+def slim_cr(cr: Body) -> Body:
+    return {**cr, "metadata": _meta(cr)}
+
+
+def slim_job(job: Body) -> Body:
+    """What the reconciler reads of a Job: metadata, status, run policy and the container resources."""
+    spec = job.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    kept = {k: v for k, v in spec.items() if k != "template"}
+    kept["template"] = {
+        "spec": {"containers": [{"name": c.get("name"), "resources": c.get("resources") or {}} for c in containers]}
+    }
+    return {"metadata": _meta(job), "spec": kept, "status": job.get("status") or {}}
+
+
+def slim_pod(pod: Body) -> Body:
+    """What the status and progress checks read of a pod: identity, owner, node and status."""
+    meta = pod.get("metadata") or {}
+    return {
+        "metadata": {k: meta[k] for k in _POD_META if k in meta},
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": pod.get("status") or {},
+    }
+
+
 @dataclass
 class Store:
+    """Slimmed copies (no managedFields, no pod specs): memory stays flat at thousands of jobs."""
+
     crs: dict[Key, Body] = field(default_factory=dict)
     jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
@@ -50,7 +95,7 @@ class Store:
         # Our own status writes land here before their watch events do: never step back.
         old = self.crs.get(key)
         if old is None or old["metadata"].get("uid") != meta.get("uid") or not _older(meta, old["metadata"]):
-            self.crs[key] = body
+            self.crs[key] = slim_cr(body)
         return key
 
     def drop_cr(self, key: Key) -> None:
@@ -65,7 +110,7 @@ class Store:
             if self.jobs.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
                 self.jobs.pop(key, None)
         else:
-            self.jobs[key] = job
+            self.jobs[key] = slim_job(job)
             self.job_owner[job_key] = key
         return key
 
@@ -79,7 +124,7 @@ class Store:
             if not pods:
                 self.pods.pop(job_key, None)
         else:
-            pods[pod["metadata"]["name"]] = pod
+            pods[pod["metadata"]["name"]] = slim_pod(pod)
         return self.job_owner.get(job_key)
 
     def pods_of(self, namespace: str, job_name: str) -> list[Body]:

@@ -79,7 +79,7 @@ def main() -> None:
         rows,
         "Targets: Kompression structured latency ratio <= 0.35 (anchor ~0.30); masks ~1.0 (dense kernels "
         "still multiply the zeros). Torch eager fp32 under torch.inference_mode(), NCHW for every model, "
-        f"{THREADS} threads; the candidates are timed interleaved (A,B,C,D,A,B,...), 7 repetitions x 5 calls "
+        f"{THREADS} threads; the candidates are timed interleaved (A,B,C,D, then B,C,D,A, ...), 7 repetitions x 5 calls "
         "after 3 warm-up calls, medians. MACs from torch_pruning.utils.count_ops_and_params at batch 1. "
         f"Load average (1/5/15 min) before, after batch 1, after batch 8: {' | '.join(loads)}.",
     )

@@ -6,11 +6,10 @@ import numpy as np
 import torch
 import torchvision
 
-from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
+from common import THREADS, interleaved_ms, job_context, load_average, ort_session, workdir, write_report
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import Dataset, DataSets
-from kompression.worker.steps.onnx_io import session
 
 STEPS = [
     {"name": "prune", "prune": {"method": "L1Structured", "sparsity": 0.5}},
@@ -34,7 +33,7 @@ def main() -> None:
     assert isinstance(model, OnnxModel)
 
     x = calib[:1]
-    sess = session(model.path, threads=THREADS)
+    sess = ort_session(model.path)
     load_before = load_average()
     with torch.inference_mode():
         times = interleaved_ms(
@@ -51,7 +50,8 @@ def main() -> None:
             ["final artifact, onnxruntime int8", f"{final:.2f}", f"{eager / final:.1f}x"],
         ],
         "Target >= 15x. Same input and 2 threads for both; torch under inference_mode, onnxruntime with graph "
-        "optimization ALL; timed interleaved, 7 repetitions x 5 calls after 3 warm-up calls, medians. "
+        "optimization ALL and thread spinning off; timed interleaved, 7 repetitions x 5 calls after 3 warm-up "
+        "calls, medians. "
         f"Load average (1/5/15 min) before / after timing: {load_before} | {load_after}.",
     )
 

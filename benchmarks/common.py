@@ -39,19 +39,36 @@ def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, inner: int = 5, war
 def interleaved_ms(
     candidates: Mapping[str, Callable[[], Any]], repeats: int = REPEATS, inner: int = 5, warmup: int = 3
 ) -> dict[str, float]:
-    """Median per candidate, timed A,B,C,A,B,C,... so that load from other processes on a shared
+    """Median per candidate, timed A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared
     machine falls on every candidate alike instead of on whichever ran during a busy spell."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for rep in range(repeats):
+        # Rotate the starting candidate each repetition, so that none always runs right after the
+        # same neighbour (whose cache footprint or waking threads could bias it).
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            fn = candidates[name]
             start = time.perf_counter()
             for _ in range(inner):
                 fn()
             samples[name].append((time.perf_counter() - start) / inner * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def ort_session(path: Path) -> Any:
+    """An onnxruntime CPU session as Kompression's (THREADS intra-op threads, every graph optimization),
+    with spinning off: interleaved candidates would otherwise run while the previous session's idle
+    threads still spin on the same 2 cores, which charges one candidate for another's threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = THREADS
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def load_average() -> str:

@@ -119,4 +119,5 @@ def observe(
             return Observation("Suspended", "Suspended", "runPolicy.suspend is true")
         if kueue_managed:
             return Observation("Queued", "WaitingForKueue", "the Job waits for Kueue to admit it")
-    return _pending(pods) if pods else Observation("Pending", "Starting", "waiting for the Job to create a pod")
+    # One message for "no pod yet" and "pod not running yet": a status write per pod step buys nothing.
+    return _pending(pods) if pods else Observation("Pending", "Starting", "waiting for the worker pod to start")

@@ -298,7 +298,7 @@ class Reconciler:
             patch["jobName"] = job["metadata"]["name"]
             job_status = job.get("status") or {}
             # Written with the phase it belongs to, not as a write of its own while still Pending.
-            if obs.phase not in ("Pending", "Queued"):
+            if obs.phase == "Running" or obs.phase in TERMINAL_PHASES:
                 patch["startTime"] = status.get("startTime") or job_status.get("startTime") or _now()
             if obs.phase in TERMINAL_PHASES:
                 patch["completionTime"] = status.get("completionTime") or job_status.get("completionTime") or _now()

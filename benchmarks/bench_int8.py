@@ -7,6 +7,8 @@ the plain quantize_static call with its defaults is kept as an extra row.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import torch
@@ -76,7 +78,7 @@ def main() -> None:
     sessions = {name: ort_session(path) for name, path in paths.items()}
     load_before = load_average()
     times = interleaved_ms(
-        {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, repeats=REPEATS, inner=INNER
+        {name: functools.partial(s.run, None, {"x": x}) for name, s in sessions.items()}, repeats=REPEATS, inner=INNER
     )
     load_after = load_average()
     base_t, base_s = times["onnxruntime fp32"], fp32.path.stat().st_size

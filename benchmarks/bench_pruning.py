@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch_pruning as tp
@@ -37,8 +38,8 @@ def candidates(dense: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
     masked = copy.deepcopy(dense)
     for m in masked.modules():
         if isinstance(m, nn.Conv2d):
-            torch_prune.ln_structured(m, "weight", amount=0.5, n=1, dim=0)  # same channel sparsity, kept as masks
-            torch_prune.remove(m, "weight")
+            torch_prune.ln_structured(m, "weight", amount=0.5, n=1, dim=0)  # type: ignore[no-untyped-call]  # same channel sparsity, kept as masks
+            torch_prune.remove(m, "weight")  # type: ignore[no-untyped-call]
     return {
         "dense": dense,
         "Kompression L1Structured 0.5": result.model.module,
@@ -66,7 +67,7 @@ def main() -> None:
         for batch in BATCHES:
             x = torch.randn(batch, 3, 224, 224)  # one input for every candidate, default (NCHW) layout
             times[batch] = interleaved_ms(
-                {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}, repeats=REPEATS
+                {name: functools.partial(m, x) for name, m in models.items()}, repeats=REPEATS
             )
             loads.append(load_average())
     rows = [

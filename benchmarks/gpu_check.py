@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -120,7 +121,7 @@ def precision(sizes: Sizes) -> list[Row]:
         base = getattr(torchvision.models, arch)().eval().to(sizes.device).to(memory_format=torch.channels_last)
         x = torch.randn(sizes.batch, 3, sizes.image, sizes.image, device=sizes.device)
         x = x.contiguous(memory_format=torch.channels_last)
-        models: dict[str, nn.Module] = {"fp32": base}
+        models: dict[str, Callable[..., Any]] = {"fp32": base}
         for method in ("Float16", "BFloat16"):
             models[method] = technique(
                 TorchModel(base, (x[:1],)), {"name": "q", "quantize": {"method": method}}, shape, sizes, DataSets()
@@ -138,7 +139,7 @@ def precision(sizes: Sizes) -> list[Row]:
                 models[f"{name} compiled"] = compiled
                 notes[f"{name} compiled"] = f"first call (compile) {time.perf_counter() - started:.0f} s"
         with torch.inference_mode():
-            times = timed({name: (lambda m=m, x=x: m(x)) for name, m in models.items()}, sizes)
+            times = timed({name: functools.partial(m, x) for name, m in models.items()}, sizes)
         rows += rows_from(f"precision {arch} b{sizes.batch}", times, "fp32", notes)
     return rows
 
@@ -208,7 +209,7 @@ def _onnxruntime_int8(sizes: Sizes) -> list[Row]:
         name: ort.InferenceSession(str(path), providers=[provider])
         for name, path in (("fp32", fp32.path), ("Kompression StaticInt8 QDQ", qdq.path))
     }
-    times = timed({name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, sizes)
+    times = timed({name: functools.partial(s.run, None, {"x": x}) for name, s in sessions.items()}, sizes)
     return rows_from(f"int8 onnxruntime {provider} ResNet-18 b{sizes.batch}", times, "fp32")
 
 
@@ -241,13 +242,14 @@ def fp8(sizes: Sizes) -> list[Row]:
 
 def distill(sizes: Sizes) -> list[Row]:
     import bench_distill
+    from kompression.worker.steps.training import accuracy
 
     started = time.perf_counter()
     teacher = bench_distill.train_teacher(sizes.device, epochs=max(1, sizes.distill_epochs))
-    teacher_acc = bench_distill.accuracy(teacher.module, bench_distill.digits_split()[1], sizes.device)
+    teacher_acc = accuracy(teacher.module, bench_distill.digits_split()[1], sizes.device)
     rows: list[Row] = [{"section": "distill digits", "candidate": "teacher", "accuracy": round(teacher_acc, 4)}]
     for name, alpha in (("student KD", bench_distill.ALPHA), ("student alone", 0.0)):
-        _, acc = bench_distill.train_student(teacher, 0, alpha, sizes.device, epochs=sizes.distill_epochs)
+        _, acc = bench_distill.train_student(teacher, 0, alpha, device=sizes.device, epochs=sizes.distill_epochs)
         rows.append({"section": "distill digits", "candidate": name, "accuracy": round(acc, 4)})
     rows[0]["note"] = f"{sizes.device}, seed 0, {sizes.distill_epochs} epochs, {time.perf_counter() - started:.0f} s"
     return rows

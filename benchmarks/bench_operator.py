@@ -18,10 +18,13 @@ Times are taken by this process from watch events, not from creationTimestamps (
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import signal
 import ssl
 import statistics
 import subprocess
@@ -47,6 +50,10 @@ RESULT = ROOT / "benchmarks" / "results" / "operator.md"
 EXTRA_NODES, GPUS_PER_NODE = 50, 16
 BURST, STEADY_RATE, STEADY_SECONDS = 500, 10, 60
 CONCURRENCY = 32
+# The Job controller, not the operator, sets the pace of completion: at the test bed's default
+# client rate (kube-api-qps 20, shared by every controller) 500 Jobs take ~85 s to be marked
+# Complete after their pods end. Production control planes raise it; so does this benchmark.
+KCM_QPS = 100
 CR_API = "/apis/kompression.dev/v1alpha1"
 # The writes the operator makes and only the operator makes (configmaps: minus one per namespace,
 # the root CA publisher's); events are shared with the scheduler and Job controller, so the
@@ -143,7 +150,7 @@ class Seen:
         m = obj["metadata"]
         self.job.setdefault((m["namespace"], m["name"]), time.monotonic())
         conds = (obj.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
+        if any(c["type"] in ("Complete", "SuccessCriteriaMet") and c["status"] == "True" for c in conds):
             self.job_done.setdefault((m["namespace"], m["name"]), time.monotonic())
 
     def on_pod(self, _: str, obj: dict[str, Any]) -> None:
@@ -419,7 +426,12 @@ def report(fig: dict[str, Any], wall: float) -> str:
 Measured on {platform.node() or "this machine"} ({os.cpu_count()} cores, shared with other work), one
 private kwok test-bed cluster (kube-apiserver, controller-manager, scheduler v1.34, kwok) with
 {EXTRA_NODES} extra fake H100 nodes ({GPUS_PER_NODE} GPUs each), one `kompression operator` process,
-jobs asking for 1 GPU each. One run (wall time {wall:.0f} s); times from this script's watches.
+jobs asking for 1 GPU each. kube-controller-manager runs with `--kube-api-qps={fig["kcm_qps"]}`
+(`--kube-api-burst` twice that, `--concurrent-job-syncs=20`): the Job controller marks Jobs Complete,
+and at the test bed's default 20 QPS it alone took 85 s for 500 Jobs in an earlier run (the
+operator's share then: p50 0.01 s, max 0.21 s). One run (wall time {wall:.0f} s); times from this
+script's watches. The 2 cores are shared with the control plane, kwok and other work, so figures
+move between runs: that earlier run had the burst at 22 s and the steady p99 at 274 ms.
 
 | what | measured | target | |
 |---|---|---|---|
@@ -431,8 +443,8 @@ jobs asking for 1 GPU each. One run (wall time {wall:.0f} s); times from this sc
 | scale: operator peak RSS (VmHWM) with {fig["live_crs"]} live CRs (current VmRSS {fig.get("VmRSS", 0)} MB) | {fig.get("VmHWM", 0)} MB | ≤ 200 MB | {mark(fig.get("VmHWM", 10**6) <= 200)} |
 | API writes per job, creation to Succeeded, no progress | {fig["writes_per_job"]:.2f} | ≤ 8 | {mark(fig["writes_per_job"] <= 8)} |
 | completion: all {BURST} statuses Succeeded after kwok completed the last pod | {fig["completion_after_last_pod_s"]:.1f} s | ≤ 30 s | {mark(fig["completion_after_last_pod_s"] <= 30)} |
-| completion: every Job Complete (Job controller) after the last pod | {fig["jobs_complete_after_last_pod_s"]:.1f} s | | |
-| completion: per job, Job Complete to CR Succeeded (the operator's share), p50 / max | {fig["operator_lag_p50_s"]:.2f} s / {fig["operator_lag_max_s"]:.2f} s | | |
+| completion: every Job SuccessCriteriaMet or Complete (Job controller) after the last pod | {fig["jobs_complete_after_last_pod_s"]:.1f} s | | |
+| completion: per job, Job success condition to CR Succeeded (the operator's share), p50 / max | {fig["operator_lag_p50_s"]:.2f} s / {fig["operator_lag_max_s"]:.2f} s | | |
 | completion: per job, pod Succeeded to CR Succeeded, p50 / max | {fig["completion_lag_p50_s"]:.1f} s / {fig["completion_lag_max_s"]:.1f} s | | |
 
 API writes per job by kube-apiserver's `apiserver_request_total` deltas (writes only the operator
@@ -443,13 +455,50 @@ Annotating the {BURST} pods to exit took {fig["annotate_s"]:.1f} s.
 """
 
 
+def restart_with(state_dir: Path, component: str, flags: dict[str, str]) -> None:
+    """Restart a test-bed component with the same command line plus `flags` (same pid file)."""
+    pidfile = state_dir / "pids" / f"{component}.pid"
+    pid = int(pidfile.read_text().split()[0])
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    argv = [a for a in argv if a.split("=", 1)[0] not in flags] + [f"{k}={v}" for k, v in flags.items()]
+    os.kill(pid, signal.SIGTERM)
+    while Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ChildProcessError):  # our own child (the Cluster started it): reap it
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with (state_dir / "logs" / f"{component}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--kcm-qps",
+        type=int,
+        default=KCM_QPS,
+        help="kube-controller-manager --kube-api-qps (0: the test bed's default, 20)",
+    )
+    args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         cluster = Cluster(Path(tmp) / "cluster")
         cluster.up()
+        if args.kcm_qps:
+            restart_with(
+                cluster.dir,
+                "kube-controller-manager",
+                {
+                    "--kube-api-qps": str(args.kcm_qps),
+                    "--kube-api-burst": str(2 * args.kcm_qps),
+                    "--concurrent-job-syncs": "20",
+                },
+            )
         try:
             fig = asyncio.run(bench(cluster, Path(tmp)))
+            fig["kcm_qps"] = args.kcm_qps or 20
         finally:
             log = Path(tmp) / "operator.log"
             if log.exists():

@@ -60,6 +60,8 @@ def _restart_apiserver(state_dir: Path, down_s: float = 3.0) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # a child of this pytest (the kube fixture's cluster)
+            os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)
     time.sleep(down_s)
     with (state_dir / "logs" / "kube-apiserver.log").open("ab") as log:

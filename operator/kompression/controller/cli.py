@@ -98,7 +98,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     for flag, field, kind, text in _FLAGS:
         env = _env_name(field)
         # An empty variable (a chart value left blank) means the default, not an error.
-        default = kind(os.environ[env]) if os.environ.get(env, "").strip() else getattr(defaults, field)
+        # A string default goes through `type` when this subcommand is parsed, so a bad value is
+        # reported as a usage error of that command only.
+        default = os.environ[env] if os.environ.get(env, "").strip() else getattr(defaults, field)
         p.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
 
 

@@ -239,6 +239,7 @@ def pct(values: list[float], q: float) -> float:
 async def bench(cluster: Cluster, workdir: Path) -> dict[str, Any]:
     client = Client(cluster)
     fig: dict[str, Any] = {}
+    op: subprocess.Popen[bytes] | None = None
     try:
         await gather_limited(
             [
@@ -409,9 +410,10 @@ async def bench(cluster: Cluster, workdir: Path) -> dict[str, Any]:
         )
         for w in watches:
             w.cancel()
-        op.terminate()
-        op.wait(30)
     finally:
+        if op is not None and op.poll() is None:
+            op.terminate()
+            op.wait(30)
         await client.close()
     return fig
 

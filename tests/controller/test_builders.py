@@ -68,6 +68,13 @@ def test_gpu_limits_product_selector_and_toleration() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
+def test_several_gpus_run_one_rank_each() -> None:
+    one = _pod(_job(resources={"gpus": 1}))["containers"][0]["command"]
+    four = _pod(_job(resources={"gpus": 4}))["containers"][0]["command"]
+    assert one == ["kompression", "run", "/etc/kompression/job.yaml"]
+    assert four == [*one, "--nproc-per-node", "4"]
+
+
 def test_gpu_resource_name_is_a_setting() -> None:
     job = build_job(parse_job(manifest(resources={"gpus": 1})), Settings(gpu_resource="amd.com/gpu"))
     assert _pod(job)["containers"][0]["resources"]["limits"]["amd.com/gpu"] == "1"

@@ -122,11 +122,18 @@ _POD_SECURITY = {
 }
 
 
+def _command(job: CompressionJob) -> list[str]:
+    command = ["kompression", "run", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+    # One rank per GPU under torchrun; the worker keeps its own exit codes through the launcher.
+    gpus = job.spec.resources.gpus
+    return [*command, "--nproc-per-node", str(gpus)] if gpus > 1 else command
+
+
 def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": job.spec.worker.image or settings.worker_image,
-        "command": ["kompression", "run", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "command": _command(job),
         "env": _env(job, settings),
         "resources": _resources(job, settings),
         "securityContext": dict(_CONTAINER_SECURITY),

@@ -4,6 +4,7 @@ small shared step helpers."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ class DigitsCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.features(x))
         return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run each step test on one torch thread: these tiny models train no faster on two, and on a
+    shared 2-core machine two threads wait at OpenMP barriers whenever another process holds a core
+    (a 2 s training took 27 s that way). Autouse here; the other step modules import it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def layer(module: nn.Module, name: str) -> Any:

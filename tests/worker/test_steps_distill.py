@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_steps_common import DigitsCNN, digits, make_ctx, trained_cnn
+from test_steps_common import DigitsCNN, digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel

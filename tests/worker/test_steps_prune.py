@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from test_steps_common import digits, layer, make_ctx, trained_cnn
+from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import TorchModel

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
-from test_steps_common import digits, make_ctx, trained_cnn
+from test_steps_common import digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel

@@ -45,7 +45,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         torchrun(args)  # type: ignore[no-untyped-call]
     except ChildFailedError as exc:
-        failures = sorted(exc.failures.items())
-        leader = [f for r, f in failures if r == 0]
-        return int((leader or [failures[0][1]])[0].exitcode)
+        # The first rank to fail takes the others down with SIGTERM (a negative exit code): the
+        # worker's own verdict is the lowest rank's real exit code.
+        codes = [f.exitcode for _, f in sorted(exc.failures.items())]
+        return next((c for c in codes if c > 0), 1)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -105,13 +106,49 @@ def test_torchscript(tmp_path: Path) -> None:
     assert isinstance(formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts"), TorchModel)
 
 
-def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("transformers") is not None:
-        pytest.skip("transformers is installed here")
+def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules is Python's own way of making an import fail, as in an image
+    # built without the package.
+    monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(RuntimeMissing, match="transformers"):
         formats.load_model(source("file://hf", "HuggingFace"), tmp_path)
+
+
+def _tiny_bert(folder: Path) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(str(folder))
+    return model
+
+
+def test_huggingface_folder_loads_with_its_logits(tmp_path: Path) -> None:
+    original = _tiny_bert(tmp_path / "bert")
+    src = ModelSource.model_validate(
+        {
+            "uri": "file://bert",
+            "format": "HuggingFace",
+            "inputs": [{"name": "input_ids", "shape": [-1, 8], "dtype": "int64"}],
+        }
+    )
+    loaded = formats.load_model(src, tmp_path / "bert")
+    assert isinstance(loaded, TorchModel)
+    ids = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(ids), original(ids).logits, atol=1e-6)
+
+
+def test_huggingface_pickled_weights_are_refused(tmp_path: Path) -> None:
+    model = _tiny_bert(tmp_path / "bert")
+    # A checkpoint in the legacy pickle format only, as older hub folders have.
+    (tmp_path / "bert" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "bert" / "pytorch_model.bin")
+    src = source("file://bert", "HuggingFace", [-1, 8])
+    with pytest.raises(ModelError, match="safetensors weights only"):
+        formats.load_model(src, tmp_path / "bert")
 
 
 def _onnx_with_external(location: str, path: Path) -> None:

@@ -37,10 +37,22 @@ def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, inner: int = 5, war
 
 
 def interleaved_ms(
-    candidates: Mapping[str, Callable[[], Any]], repeats: int = REPEATS, inner: int = 5, warmup: int = 3
+    candidates: Mapping[str, Callable[[], Any]],
+    repeats: int = REPEATS,
+    *,
+    inner: int = 5,
+    warmup: int = 3,
+    settle_s: float = 0.0,
+    rewarm_s: float = 0.0,
 ) -> dict[str, float]:
     """Median per candidate, timed A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared
-    machine falls on every candidate alike instead of on whichever ran during a busy spell."""
+    machine falls on every candidate alike instead of on whichever ran during a busy spell.
+
+    Candidates from different runtimes (torch's OpenMP pool next to onnxruntime's threads) should
+    pass `settle_s` and `rewarm_s`: each block then starts after that much idleness and at least
+    that long of untimed calls, since one runtime's worker threads keep spinning for up to a few
+    hundred ms after its last call, and on 2 cores the next candidate would be charged for them.
+    """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -48,14 +60,33 @@ def interleaved_ms(
     names = list(candidates)
     for rep in range(repeats):
         # Rotate the starting candidate each repetition, so that none always runs right after the
-        # same neighbour (whose cache footprint or waking threads could bias it).
+        # same neighbour.
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             fn = candidates[name]
+            if settle_s:
+                time.sleep(settle_s)
+            warm_until = time.perf_counter() + rewarm_s
+            while time.perf_counter() < warm_until:
+                fn()
             start = time.perf_counter()
             for _ in range(inner):
                 fn()
             samples[name].append((time.perf_counter() - start) / inner * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def isolated_ms(fn: Callable[[], Any], calls: int = 60, warmup_s: float = 1.0) -> float:
+    """Median of `calls` back-to-back calls after `warmup_s` of untimed ones: the candidate alone
+    on the machine, as a direct benchmark of one library would time it."""
+    warm_until = time.perf_counter() + warmup_s
+    while time.perf_counter() < warm_until:
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def ort_session(path: Path) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cjfactory import manifest
+from kubehelpers import apply_cr, conditions, cr, events, pods, wait_phase
 from operator_proc import CRD, OperatorProcess, get_json
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,62 +24,27 @@ def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
     proc.stop()
 
 
-def _apply(kube: Any, ns: str, name: str, **spec: Any) -> None:
-    doc = manifest(name=name, namespace=ns, **spec)
-    for k in ("uid", "generation"):
-        doc["metadata"].pop(k)
-    kube.apply(doc)
-
-
-def _cr(kube: Any, ns: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = get_json(kube, "-n", ns, "compressionjob", name)
-    return result
-
-
-def _wait_phase(kube: Any, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        status = _cr(kube, ns, name).get("status") or {}
-        return status if status.get("phase") == phase else None
-
-    result: dict[str, Any] = kube.wait(probe, f"{ns}/{name} phase {phase}", timeout=timeout)
-    return result
-
-
-def _pods(kube: Any, ns: str, job: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = get_json(kube, "-n", ns, "pods", "-l", f"job-name={job}")["items"]
-    return items
-
-
 def _finish_pod(kube: Any, ns: str, job: str, code: int) -> None:
-    pod = kube.wait(lambda: _pods(kube, ns, job), f"a pod of {job}")[0]
+    pod = kube.wait(lambda: pods(kube, ns, job), f"a pod of {job}")[0]
     kube.kubectl("-n", ns, "annotate", "pod", pod["metadata"]["name"], f"kompression.dev/kwok-exit-code={code}")
 
 
-def _events(kube: Any, ns: str, name: str) -> set[str]:
-    items = get_json(kube, "-n", ns, "events", "--field-selector", f"involvedObject.name={name}")["items"]
-    return {e["reason"] for e in items}
-
-
-def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in status.get("conditions") or []}
-
-
 def test_lifecycle_gpu_job_to_success(kube: Any, namespace: str, operator: OperatorProcess, prometheus: Any) -> None:
-    _apply(kube, namespace, "life", resources={"gpus": 2, "gpuProduct": H100})
+    apply_cr(kube, namespace, "life", resources={"gpus": 2, "gpuProduct": H100})
     job = kube.wait(lambda: get_json(kube, "-n", namespace, "jobs")["items"], "the Job")[0]
     assert job["metadata"]["ownerReferences"][0]["kind"] == "CompressionJob"
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": H100}
-    status = _wait_phase(kube, namespace, "life", "Running")
-    assert _conditions(status)["Ready"]["status"] == "False"
-    (pod,) = _pods(kube, namespace, "life")
+    status = wait_phase(kube, namespace, "life", "Running")
+    assert conditions(status)["Ready"]["status"] == "False"
+    (pod,) = pods(kube, namespace, "life")
     assert pod["spec"]["nodeName"].startswith("kwok-h100")
     _finish_pod(kube, namespace, "life", 0)
     kube.kubectl("-n", namespace, "wait", "--for=condition=Succeeded", "compressionjob/life", "--timeout=60s")
     kube.kubectl("-n", namespace, "wait", "--for=condition=Ready", "compressionjob/life", "--timeout=10s")
-    status = _cr(kube, namespace, "life")["status"]
+    status = cr(kube, namespace, "life")["status"]
     assert status["observedGeneration"] == 1 and status["completionTime"]
-    assert {"JobCreated", "Succeeded"} <= _events(kube, namespace, "life")
+    assert {"JobCreated", "Succeeded"} <= events(kube, namespace, "life")
     prom = prometheus(scrape_targets=[f"127.0.0.1:{operator.metrics_port}"])
     assert prom.wait_for_value('kompression_jobs{phase="Succeeded"}', timeout=60) >= 1
     assert prom.wait_for_value("sum(kompression_job_duration_seconds_count)", timeout=60) >= 1
@@ -100,32 +65,32 @@ def test_lifecycle_gpu_job_to_success(kube: Any, namespace: str, operator: Opera
 def test_gpu_product_no_node_has_stays_pending_unschedulable(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    _apply(kube, namespace, "nowhere", resources={"gpus": 1, "gpuProduct": "NVIDIA-B200"})
+    apply_cr(kube, namespace, "nowhere", resources={"gpus": 1, "gpuProduct": "NVIDIA-B200"})
     kube.wait(
         lambda: (
-            _conditions(_cr(kube, namespace, "nowhere").get("status") or {}).get("Ready", {}).get("reason")
+            conditions(cr(kube, namespace, "nowhere").get("status") or {}).get("Ready", {}).get("reason")
             == "Unschedulable"
         ),
         "reason Unschedulable",
         timeout=60,
     )
-    assert _cr(kube, namespace, "nowhere")["status"]["phase"] == "Pending"
-    kube.wait(lambda: "Unschedulable" in _events(kube, namespace, "nowhere"), "an Unschedulable event")
+    assert cr(kube, namespace, "nowhere")["status"]["phase"] == "Pending"
+    kube.wait(lambda: "Unschedulable" in events(kube, namespace, "nowhere"), "an Unschedulable event")
 
 
 def test_permanent_exit_code_fails_at_once_with_reason(kube: Any, namespace: str, operator: OperatorProcess) -> None:
-    _apply(kube, namespace, "gate", runPolicy={"backoffLimit": 5})
-    _wait_phase(kube, namespace, "gate", "Running")
+    apply_cr(kube, namespace, "gate", runPolicy={"backoffLimit": 5})
+    wait_phase(kube, namespace, "gate", "Running")
     _finish_pod(kube, namespace, "gate", 6)
-    status = _wait_phase(kube, namespace, "gate", "Failed")
-    assert _conditions(status)["Failed"]["reason"] == "GateFailed"
-    assert _conditions(status)["Stalled"]["status"] == "True"
-    assert len(_pods(kube, namespace, "gate")) == 1  # no retry for a permanent code
+    status = wait_phase(kube, namespace, "gate", "Failed")
+    assert conditions(status)["Failed"]["reason"] == "GateFailed"
+    assert conditions(status)["Stalled"]["status"] == "True"
+    assert len(pods(kube, namespace, "gate")) == 1  # no retry for a permanent code
 
 
 def test_suspend_both_ways(kube: Any, namespace: str, operator: OperatorProcess) -> None:
-    _apply(kube, namespace, "pause", runPolicy={"suspend": True})
-    _wait_phase(kube, namespace, "pause", "Suspended")
+    apply_cr(kube, namespace, "pause", runPolicy={"suspend": True})
+    wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
     kube.kubectl(
         "-n",
@@ -137,7 +102,7 @@ def test_suspend_both_ways(kube: Any, namespace: str, operator: OperatorProcess)
         "-p",
         json.dumps({"spec": {"runPolicy": {"suspend": False}}}),
     )
-    _wait_phase(kube, namespace, "pause", "Running")
+    wait_phase(kube, namespace, "pause", "Running")
     kube.kubectl(
         "-n",
         namespace,
@@ -148,20 +113,20 @@ def test_suspend_both_ways(kube: Any, namespace: str, operator: OperatorProcess)
         "-p",
         json.dumps({"spec": {"runPolicy": {"suspend": True}}}),
     )
-    _wait_phase(kube, namespace, "pause", "Suspended")
+    wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
 
 
 def test_kueue_queue_name_labels_and_suspends(kube: Any, namespace: str, operator: OperatorProcess) -> None:
-    _apply(kube, namespace, "kq", runPolicy={"queueName": "gpu"})
-    status = _wait_phase(kube, namespace, "kq", "Queued")
-    assert _conditions(status)["Ready"]["reason"] == "WaitingForKueue"
+    apply_cr(kube, namespace, "kq", runPolicy={"queueName": "gpu"})
+    status = wait_phase(kube, namespace, "kq", "Queued")
+    assert conditions(status)["Ready"]["reason"] == "WaitingForKueue"
     job = get_json(kube, "-n", namespace, "job", "kq")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
     assert job["spec"]["suspend"] is True
     # Kueue admits by unsuspending; the operator must follow, not fight it
     kube.kubectl("-n", namespace, "patch", "job", "kq", "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    _wait_phase(kube, namespace, "kq", "Running")
+    wait_phase(kube, namespace, "kq", "Running")
 
 
 def test_sigkill_at_several_points_never_makes_a_second_job(
@@ -172,7 +137,7 @@ def test_sigkill_at_several_points_never_makes_a_second_job(
     try:
         names = [f"k{i}" for i in range(6)]
         for i, name in enumerate(names):
-            _apply(kube, namespace, name)
+            apply_cr(kube, namespace, name)
             if i % 2 == 0:
                 other.start()
             else:
@@ -180,13 +145,13 @@ def test_sigkill_at_several_points_never_makes_a_second_job(
         other.kill()
         other.start()
         for name in names:
-            _wait_phase(kube, namespace, name, "Running")
+            wait_phase(kube, namespace, name, "Running")
         other.kill()
         for name in names:
             _finish_pod(kube, namespace, name, 0)
         other.start()
         for name in names:
-            _wait_phase(kube, namespace, name, "Succeeded")
+            wait_phase(kube, namespace, name, "Succeeded")
         jobs = get_json(kube, "-n", namespace, "jobs")["items"]
         assert sorted(j["metadata"]["name"] for j in jobs) == names
     finally:
@@ -197,8 +162,8 @@ def test_sigkill_at_several_points_never_makes_a_second_job(
 def test_job_deleted_by_hand_is_recreated_while_unfinished(
     kube: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    _apply(kube, namespace, "gone")
-    _wait_phase(kube, namespace, "gone", "Running")
+    apply_cr(kube, namespace, "gone")
+    wait_phase(kube, namespace, "gone", "Running")
     uid = get_json(kube, "-n", namespace, "job", "gone")["metadata"]["uid"]
     # Not --wait: kubectl would watch the name, which the operator reuses at once.
     kube.kubectl("-n", namespace, "delete", "job", "gone", "--cascade=foreground", "--wait=false")
@@ -207,4 +172,4 @@ def test_job_deleted_by_hand_is_recreated_while_unfinished(
         "the recreated Job",
         timeout=60,
     )
-    kube.wait(lambda: "JobRecreated" in _events(kube, namespace, "gone"), "a JobRecreated event")
+    kube.wait(lambda: "JobRecreated" in events(kube, namespace, "gone"), "a JobRecreated event")

@@ -584,6 +584,13 @@ class CompressionJobSpec(ApiModel):
             field_path=".steps",
         ),
         Rule(
+            cel="!has(self.acceptance) || !has(self.acceptance.maxAccuracyDrop) || "
+            "(has(self.data) && has(self.data.evaluation))",
+            message="acceptance.maxAccuracyDrop needs data.evaluation to measure accuracy; add an evaluation data set",
+            check=lambda m: m.acceptance is None or m.acceptance.maxAccuracyDrop is None or _has_data(m, "evaluation"),
+            field_path=".data",
+        ),
+        Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
             "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import ge
+
 from kompression.api.v1alpha1 import Acceptance, GateResult, Metrics, Result
 
 
@@ -23,38 +25,17 @@ def evaluate(acceptance: Acceptance | None, result: Result) -> list[GateResult]:
     """One verdict per configured gate. A gate whose figure could not be measured fails."""
     if acceptance is None:
         return []
-    gates = []
-    if acceptance.maxAccuracyDrop is not None:
-        drop = -result.accuracyDelta if result.accuracyDelta is not None else float("inf")
-        gates.append(
-            GateResult(
-                name="maxAccuracyDrop",
-                passed=drop <= acceptance.maxAccuracyDrop + 1e-9,
-                measured=round(drop, 6),
-                limit=acceptance.maxAccuracyDrop,
-            )
-        )
-    if acceptance.minCompressionRatio is not None:
-        ratio = result.compressionRatio or 0.0
-        gates.append(
-            GateResult(
-                name="minCompressionRatio",
-                passed=ratio >= acceptance.minCompressionRatio,
-                measured=ratio,
-                limit=acceptance.minCompressionRatio,
-            )
-        )
-    if acceptance.minSpeedup is not None:
-        speedup = result.speedup or 0.0
-        gates.append(
-            GateResult(
-                name="minSpeedup",
-                passed=speedup >= acceptance.minSpeedup,
-                measured=speedup,
-                limit=acceptance.minSpeedup,
-            )
-        )
-    return gates
+    drop = -result.accuracyDelta if result.accuracyDelta is not None else float("inf")
+    checks = (  # name, limit, measured, whether measured is within the limit
+        ("maxAccuracyDrop", acceptance.maxAccuracyDrop, round(drop, 6), lambda m, lim: m <= lim + 1e-9),
+        ("minCompressionRatio", acceptance.minCompressionRatio, result.compressionRatio or 0.0, ge),
+        ("minSpeedup", acceptance.minSpeedup, result.speedup or 0.0, ge),
+    )
+    return [
+        GateResult(name=name, passed=within(measured, limit), measured=measured, limit=limit)
+        for name, limit, measured, within in checks
+        if limit is not None
+    ]
 
 
 def describe_failures(gates: list[GateResult]) -> str:

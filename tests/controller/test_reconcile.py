@@ -9,6 +9,7 @@ from typing import Any
 from cjfactory import manifest
 from fakeapi import FakeApi
 
+from kompression.controller.kubeapi import ApiError
 from kompression.controller.metrics import Metrics
 from kompression.controller.reconcile import Reconciler
 from kompression.controller.settings import Settings
@@ -166,3 +167,15 @@ def test_status_write_races_a_concurrent_writer_with_409_and_keeps_its_condition
     assert "Audited" in types and "Ready" in types
     assert _status(api)["startTime"] == "2025-01-01T00:00:01Z"
     assert _status(api)["phase"] == "Succeeded"
+
+
+def test_creating_in_a_terminating_namespace_is_recognised_as_no_fault() -> None:
+    body = (
+        '{"kind":"Status","status":"Failure","message":"configmaps \\"x-job\\" is forbidden: unable to create new '
+        'content in namespace t-1 because it is being terminated","reason":"Forbidden","details":{"causes":'
+        '[{"reason":"NamespaceTerminating"}]},"code":403}'
+    )
+    assert ApiError(403, body).namespace_terminating
+    assert not ApiError(
+        403, '{"message":"jobs is forbidden: User \\"sa\\" cannot create resource"}'
+    ).namespace_terminating

@@ -24,6 +24,11 @@ class ApiError(Exception):
         self.status = status
         self.body = body
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """Creating in a namespace being deleted: not a fault to retry, the objects are going away."""
+        return self.status == 403 and "NamespaceTerminating" in self.body
+
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     if info.insecure:

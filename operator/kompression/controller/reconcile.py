@@ -108,16 +108,24 @@ class Reconciler:
             try:
                 await self.sync(key)
                 self._failures.pop(key, None)
+            except ApiError as err:
+                if not err.namespace_terminating:
+                    self._failed(key)
+                # else: the namespace and this CR are going away; nothing to create there.
             except Exception:
-                self.metrics.reconcile_errors.inc()
-                n = self._failures[key] = self._failures.get(key, 0) + 1
-                log.exception("reconcile of %s/%s failed (attempt %d)", *key, n)
-                self.enqueue(key, min(2.0**n * 0.25, MAX_BACKOFF_S))
+                self._failed(key)
             finally:
                 self._active.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.enqueue(key)
+
+    def _failed(self, key: Key) -> None:
+        """Count, log (inside the caller's except block) and retry with exponential backoff."""
+        self.metrics.reconcile_errors.inc()
+        n = self._failures[key] = self._failures.get(key, 0) + 1
+        log.exception("reconcile of %s/%s failed (attempt %d)", *key, n)
+        self.enqueue(key, min(2.0**n * 0.25, MAX_BACKOFF_S))
 
     def _event(self, cr: Body, type_: str, reason: str, message: str) -> None:
         """Post an Event without holding up the reconcile (an Event is advice, never state)."""

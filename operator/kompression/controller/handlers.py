@@ -166,6 +166,9 @@ def run(settings: Settings) -> int:
     level = settings.log_level.upper()
     kopf.configure(verbose=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     logging.getLogger().setLevel(level)
+    if level != "DEBUG":
+        # kopf logs "Handler succeeded" at INFO for every watch event; ours only update the store.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     runtime = Runtime(settings)
     asyncio.run(
         kopf.operator(

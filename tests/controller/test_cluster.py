@@ -88,31 +88,18 @@ def test_permanent_exit_code_fails_at_once_with_reason(kube: Any, namespace: str
     assert len(pods(kube, namespace, "gate")) == 1  # no retry for a permanent code
 
 
+def _set_suspend(kube: Any, namespace: str, name: str, suspend: bool) -> None:
+    patch = json.dumps({"spec": {"runPolicy": {"suspend": suspend}}})
+    kube.kubectl("-n", namespace, "patch", "compressionjob", name, "--type=merge", "-p", patch)
+
+
 def test_suspend_both_ways(kube: Any, namespace: str, operator: OperatorProcess) -> None:
     apply_cr(kube, namespace, "pause", runPolicy={"suspend": True})
     wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
-    kube.kubectl(
-        "-n",
-        namespace,
-        "patch",
-        "compressionjob",
-        "pause",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"runPolicy": {"suspend": False}}}),
-    )
+    _set_suspend(kube, namespace, "pause", False)
     wait_phase(kube, namespace, "pause", "Running")
-    kube.kubectl(
-        "-n",
-        namespace,
-        "patch",
-        "compressionjob",
-        "pause",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"runPolicy": {"suspend": True}}}),
-    )
+    _set_suspend(kube, namespace, "pause", True)
     wait_phase(kube, namespace, "pause", "Suspended")
     assert get_json(kube, "-n", namespace, "job", "pause")["spec"]["suspend"] is True
 

@@ -157,32 +157,6 @@ def job_context(
     seed: int = 0,
 ) -> Any:
     """A StepContext for one step, as the worker would build it."""
-    from kompression.api.v1alpha1 import CompressionJob
-    from kompression.worker.steps.base import StepContext
+    from kompression.worker.steps.base import standalone_context
 
-    spec = {
-        "model": {
-            "uri": "file://m.pt2",
-            "format": "TorchExport",
-            "inputs": [{"name": "x", "shape": list(input_shape)}],
-        },
-        "steps": [step],
-        "output": {"uri": "file://out/"},
-    }
-    job = CompressionJob.model_validate(
-        {"apiVersion": "kompression.dev/v1alpha1", "kind": "CompressionJob", "spec": spec}
-    )
-    store: dict[str, Any] = {}
-    return StepContext(
-        job=job,
-        step=job.spec.steps[0],
-        teacher=teacher,
-        outputs={},
-        data=data,
-        device=device,
-        workdir=work,
-        report_progress=lambda fraction, message: None,
-        save_checkpoint=store.__setitem__,
-        load_checkpoint=store.get,
-        seed=seed,
-    )
+    return standalone_context(step, work, data, input_shape, teacher=teacher, device=device, seed=seed)

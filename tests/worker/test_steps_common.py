@@ -14,9 +14,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from kompression.api.v1alpha1 import CompressionJob, FineTune
+from kompression.api.v1alpha1 import FineTune
 from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import Dataset, DataSets, StepContext
+from kompression.worker.steps.base import Dataset, DataSets, StepContext, standalone_context
 from kompression.worker.steps.modules import final_layer
 from kompression.worker.steps.onnx_io import module_path_of_node
 from kompression.worker.steps.prune import mask_2_4
@@ -97,34 +97,9 @@ def make_ctx(
     input_shape: tuple[int, ...] = (-1, 1, 8, 8),
 ) -> StepContext:
     train, test = digits()
-    job = CompressionJob.model_validate(
-        {
-            "apiVersion": "kompression.dev/v1alpha1",
-            "kind": "CompressionJob",
-            "metadata": {"name": "t"},
-            "spec": {
-                "model": {
-                    "uri": "file://m.pt2",
-                    "format": "TorchExport",
-                    "inputs": [{"name": "x", "shape": list(input_shape)}],
-                },
-                "steps": [step],
-                "output": {"uri": "file://out/"},
-            },
-        }
-    )
-    store = checkpoints if checkpoints is not None else {}
-    return StepContext(
-        job=job,
-        step=job.spec.steps[0],
-        teacher=teacher,
-        outputs=outputs or {},
-        data=data or DataSets(calibration=Dataset(train.inputs[:128]), evaluation=test, training=train),
-        device="cpu",
-        workdir=workdir,
-        report_progress=lambda fraction, message: None,
-        save_checkpoint=store.__setitem__,
-        load_checkpoint=store.get,
+    data = data or DataSets(calibration=Dataset(train.inputs[:128]), evaluation=test, training=train)
+    return standalone_context(
+        step, workdir, data, input_shape, teacher=teacher, outputs=outputs, checkpoints=checkpoints
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,3 +62,50 @@ class StepResult:
 
 class Technique(Protocol):
     def __call__(self, model: Model, ctx: StepContext) -> StepResult: ...
+
+
+def standalone_context(
+    step: Mapping[str, Any],
+    workdir: Path,
+    data: DataSets,
+    input_shape: Sequence[int],
+    *,
+    teacher: TorchModel | None = None,
+    outputs: Mapping[str, Model] | None = None,
+    checkpoints: dict[str, dict[str, Any]] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> StepContext:
+    """A context for running one technique outside the pipeline (a notebook, a test, a benchmark):
+    the step, as a manifest mapping, wrapped in a minimal CompressionJob, parsed with the same
+    model the API server's schema comes from; checkpoints are kept in `checkpoints` (in memory)."""
+    job = CompressionJob.model_validate(
+        {
+            "apiVersion": "kompression.dev/v1alpha1",
+            "kind": "CompressionJob",
+            "metadata": {"name": "standalone"},
+            "spec": {
+                "model": {
+                    "uri": "file://model",
+                    "format": "TorchExport",
+                    "inputs": [{"name": "x", "shape": list(input_shape)}],
+                },
+                "steps": [dict(step)],
+                "output": {"uri": "file://out/"},
+            },
+        }
+    )
+    store = checkpoints if checkpoints is not None else {}
+    return StepContext(
+        job=job,
+        step=job.spec.steps[0],
+        teacher=teacher,
+        outputs=outputs or {},
+        data=data,
+        device=device,
+        workdir=workdir,
+        report_progress=lambda fraction, message: None,
+        save_checkpoint=store.__setitem__,
+        load_checkpoint=store.get,
+        seed=seed,
+    )

@@ -88,6 +88,21 @@ def test_permanent_exit_code_fails_at_once_with_reason(kube: Any, namespace: str
     assert len(pods(kube, namespace, "gate")) == 1  # no retry for a permanent code
 
 
+def test_deadline_and_backoff_failures_surface_with_their_reasons(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    # The real Job controller ends both: a deadline on a pod that never finishes, and retries
+    # used up by a retryable exit code (1).
+    apply_cr(kube, namespace, "slow", runPolicy={"activeDeadlineSeconds": 3})
+    apply_cr(kube, namespace, "flaky", runPolicy={"backoffLimit": 0})
+    wait_phase(kube, namespace, "flaky", "Running")
+    _finish_pod(kube, namespace, "flaky", 1)
+    for name, reason in (("slow", "DeadlineExceeded"), ("flaky", "BackoffLimitExceeded")):
+        status = wait_phase(kube, namespace, name, "Failed", timeout=90)
+        assert conditions(status)["Failed"]["reason"] == reason
+        kube.wait(lambda n=name, r=reason: r in events(kube, namespace, n), f"a {reason} event")
+
+
 def _set_suspend(kube: Any, namespace: str, name: str, suspend: bool) -> None:
     patch = json.dumps({"spec": {"runPolicy": {"suspend": suspend}}})
     kube.kubectl("-n", namespace, "patch", "compressionjob", name, "--type=merge", "-p", patch)

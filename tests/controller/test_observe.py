@@ -115,3 +115,8 @@ def test_last_transition_time_moves_only_on_status_change() -> None:
     assert by_type["Ready"]["lastTransitionTime"] == "T1"  # False -> False
     done = merge_conditions(second, desired_conditions(Observation("Succeeded", "Succeeded", ""), 1), "T3")
     assert {c["type"]: c for c in done}["Ready"]["lastTransitionTime"] == "T3"
+
+
+def test_failure_target_alone_already_names_the_reason() -> None:
+    # Kubernetes >= 1.31 sets FailureTarget while the Job's pods are still terminating.
+    assert _obs(_job(("FailureTarget", "DeadlineExceeded")), []).reason == "DeadlineExceeded"

@@ -58,7 +58,9 @@ def _newest(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
-    cond = _job_condition(job, "Failed") or {}
+    # Since Kubernetes 1.31 FailureTarget comes first and Failed only once the pods are gone; both
+    # carry the reason (DeadlineExceeded, BackoffLimitExceeded, PodFailurePolicy).
+    cond = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget") or {}
     job_reason = cond.get("reason") or "Failed"
     for pod in _newest(pods):
         term = _terminated(pod)

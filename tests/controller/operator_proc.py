@@ -16,6 +16,13 @@ from testbed.procs import free_port
 CRD = Path(__file__).resolve().parents[2] / "crds" / "compressionjobs.kompression.dev.yaml"
 
 
+def install_crd(kube: Any, *extra: Path) -> None:
+    """Apply the generated CRD (and any other CRD files) and wait until it serves."""
+    files = [arg for path in (CRD, *extra) for arg in ("-f", str(path))]
+    kube.kubectl("apply", "--server-side", "--force-conflicts", *files)
+    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}", "--timeout=30s")
+
+
 class OperatorProcess:
     def __init__(self, kube: Any, log_dir: Path, *extra: str) -> None:
         self.kube, self.log_dir, self.extra = kube, log_dir, extra

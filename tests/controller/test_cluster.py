@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubehelpers import apply_cr, conditions, cr, events, pods, wait_phase
-from operator_proc import CRD, OperatorProcess, get_json
+from operator_proc import OperatorProcess, get_json
 
 pytestmark = pytest.mark.timeout(300)
 H100 = "NVIDIA-H100-80GB-HBM3"
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    kube.kubectl("apply", "--server-side", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}", "--timeout=30s")
-    proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator")).start()
-    yield proc
-    proc.stop()
 
 
 def _finish_pod(kube: Any, ns: str, job: str, code: int) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,19 +21,10 @@ from urllib.parse import urlparse
 import podrun
 import pytest
 from kubehelpers import apply_cr, conditions, events, running_pod, status, wait_phase
-from operator_proc import CRD, OperatorProcess
+from operator_proc import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 H100 = "NVIDIA-H100-80GB-HBM3"
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    kube.kubectl("apply", "--server-side", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}", "--timeout=30s")
-    proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator-e2e")).start()
-    yield proc
-    proc.stop()
 
 
 def _sha256(s3: Any, uri: str) -> str:

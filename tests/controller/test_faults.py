@@ -15,28 +15,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubehelpers import apply_cr, conditions, events, jobs, pods, running_pod, status, wait_phase
-from operator_proc import CRD, OperatorProcess, get_json
+from operator_proc import OperatorProcess, get_json
 
 from testbed.nodes import FakeNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 SHARED_TESTBED = (Path(__file__).resolve().parents[2] / ".testbed").resolve()
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    kube.kubectl("apply", "--server-side", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}", "--timeout=30s")
-    proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator-faults")).start()
-    yield proc
-    proc.stop()
 
 
 def _finish(kube: Any, ns: str, pod: dict[str, Any], code: int = 0, message: str | None = None) -> None:

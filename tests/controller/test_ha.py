@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kubehelpers import apply_cr, jobs, wait_phase
-from operator_proc import CRD, OperatorProcess
+from operator_proc import OperatorProcess, install_crd
 
 PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kompression" / "crds"
 
@@ -31,8 +31,7 @@ def _progress_status(op: OperatorProcess, namespace: str, name: str) -> int:
 
 @pytest.fixture
 def replicas(kube: Any, namespace: str, tmp_path: Path) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(PEERING_CRDS))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD.stem}")
+    install_crd(kube, PEERING_CRDS)
     kube.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "ha", "namespace": namespace}})
     common = ("--namespaces", namespace, "--peering", "ha")
     leader = OperatorProcess(kube, tmp_path, *common, "--priority", "200").start()

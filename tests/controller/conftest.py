@@ -1,0 +1,19 @@
+"""The operator process the cluster tests share: one per test module, on the CRD from crds/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from operator_proc import OperatorProcess, install_crd
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kube: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install_crd(kube)
+    proc = OperatorProcess(kube, tmp_path_factory.mktemp(f"operator-{request.module.__name__}")).start()
+    yield proc
+    proc.stop()

@@ -2,7 +2,8 @@
 
 Unstructured and 2:4 masks only speed things up with sparse kernels (2:4 on GPU tensor cores);
 structured pruning deletes channels with Torch-Pruning's dependency graph, so every later layer
-shrinks with it and the dense model itself gets smaller and faster.
+shrinks with it and the dense model itself gets smaller and faster; the pruned model is then left
+in whichever memory layout runs it faster (see layout.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
     final_layer,
@@ -51,6 +53,7 @@ def prune(model: Model, ctx: StepContext) -> StepResult:
     if cfg.method in ("L1Structured", "TaylorStructured"):
         notes = _structured(module, example, [m for n, m in module.named_modules() if n in kept], cfg, ctx)
         _maybe_fine_tune(module, cfg, ctx)
+        notes.update(apply_faster_layout(module, example, ctx))
     else:
         apply_masks = _MASKS[cfg.method]
         apply_masks(targets, cfg.sparsity)

@@ -1,0 +1,90 @@
+"""Memory layout of a convolutional model's weights: channels-last or contiguous, whichever runs faster.
+
+Structured pruning leaves odd, small channel counts, and in the default (NCHW) layout PyTorch's CPU
+backend sends such convolutions at batch 1 to its slow reference kernel and its max-pooling to a
+scalar loop; channels-last keeps them on oneDNN's and the vectorized paths. Which layout wins still
+depends on the model, the batch, the device and the threads, so it is timed, not assumed. The
+input stays as the user feeds it: a channels-last weight makes the convolution's output
+channels-last, and the layout then carries through the network.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from kompression.worker.steps.base import StepContext
+
+CONTIGUOUS = "contiguous"
+CHANNELS_LAST = "channels_last"
+FORMATS = {CONTIGUOUS: torch.contiguous_format, CHANNELS_LAST: torch.channels_last}
+# A switch must win by this much: a closer race is noise, and the layout the user gave is kept.
+MARGIN = 0.95
+ROUNDS = 5
+CALLS = 3
+
+
+def choose_layout(timings_ms: Mapping[str, float], current: str = CONTIGUOUS) -> str:
+    """The layout to keep: the fastest, if it beats the current one by more than the margin."""
+    best = min(timings_ms, key=lambda name: timings_ms[name])
+    return best if timings_ms[best] < MARGIN * timings_ms[current] else current
+
+
+def time_layouts(module: nn.Module, example: Sequence[torch.Tensor], device: str, threads: int) -> dict[str, float]:
+    """Median ms per call in each layout, timed in alternating rounds so that a busy spell on a
+    shared machine falls on both. The module ends in the layout it came in."""
+    current = current_layout(module)
+    sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    samples: dict[str, list[float]] = {name: [] for name in FORMATS}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for round_ in range(ROUNDS):
+                order = list(FORMATS) if round_ % 2 == 0 else list(reversed(FORMATS))
+                for name in order:
+                    module.to(memory_format=FORMATS[name])
+                    module(*example)  # untimed: the first call after a layout change repacks weights
+                    sync()
+                    for _ in range(CALLS):
+                        start = time.perf_counter()
+                        module(*example)
+                        sync()
+                        samples[name].append((time.perf_counter() - start) * 1000)
+    finally:
+        module.to(memory_format=FORMATS[current])
+        torch.set_num_threads(previous_threads)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def current_layout(module: nn.Module) -> str:
+    weights = _conv_weights(module)
+    channels_last = bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    # A 1x1 kernel with one input channel is contiguous in both layouts; the non-trivial ones decide.
+    contiguous = all(w.is_contiguous() for w in weights)
+    return CHANNELS_LAST if channels_last and not contiguous else CONTIGUOUS
+
+
+def apply_faster_layout(module: nn.Module, example: Sequence[torch.Tensor], ctx: StepContext) -> dict[str, str | float]:
+    """Time both layouts on the example input, leave the module in the faster one, and say which."""
+    if not _conv_weights(module):
+        return {}
+    threads = ctx.job.spec.measurement.threads or os.cpu_count() or 1
+    current = current_layout(module)
+    timings = time_layouts(module.eval(), example, ctx.device, threads)
+    chosen = choose_layout(timings, current)
+    module.to(memory_format=FORMATS[chosen])
+    return {
+        "memoryFormat": chosen,
+        "layoutMsContiguous": round(timings[CONTIGUOUS], 3),
+        "layoutMsChannelsLast": round(timings[CHANNELS_LAST], 3),
+    }

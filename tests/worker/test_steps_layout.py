@@ -1,0 +1,88 @@
+"""The memory layout a structured prune leaves: chosen by timing, applied to every convolution,
+with the model's outputs unchanged and the layout kept through a .pt2 round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
+from torch import nn
+
+from kompression.worker import formats
+from kompression.worker.model import TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.layout import (
+    CHANNELS_LAST,
+    CONTIGUOUS,
+    apply_faster_layout,
+    choose_layout,
+    current_layout,
+    time_layouts,
+)
+
+STRUCTURED = {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}
+
+
+def conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def in_layout(module: nn.Module, layout: str) -> bool:
+    fmt = torch.channels_last if layout == CHANNELS_LAST else torch.contiguous_format
+    return all(w.is_contiguous(memory_format=fmt) for w in conv_weights(module))
+
+
+@pytest.mark.parametrize(
+    ("timings", "current", "expected"),
+    [
+        ({CONTIGUOUS: 10.0, CHANNELS_LAST: 7.0}, CONTIGUOUS, CHANNELS_LAST),
+        ({CONTIGUOUS: 10.0, CHANNELS_LAST: 9.8}, CONTIGUOUS, CONTIGUOUS),  # within the margin: keep
+        ({CONTIGUOUS: 9.8, CHANNELS_LAST: 10.0}, CHANNELS_LAST, CHANNELS_LAST),
+        ({CONTIGUOUS: 6.0, CHANNELS_LAST: 10.0}, CHANNELS_LAST, CONTIGUOUS),
+    ],
+)
+def test_a_layout_change_must_win_by_the_margin(timings: dict[str, float], current: str, expected: str) -> None:
+    assert choose_layout(timings, current) == expected
+
+
+def test_timing_both_layouts_leaves_the_model_as_it_came() -> None:
+    module = torchvision.models.resnet18(num_classes=10).eval().to(memory_format=torch.channels_last)
+    assert current_layout(module) == CHANNELS_LAST
+    timings = time_layouts(module, (torch.randn(1, 3, 32, 32),), "cpu", threads=1)
+    assert set(timings) == {CONTIGUOUS, CHANNELS_LAST} and all(t > 0 for t in timings.values())
+    assert current_layout(module) == CHANNELS_LAST and in_layout(module, CHANNELS_LAST)
+
+
+def test_the_chosen_layout_is_applied_everywhere_and_changes_no_output(tmp_path: Path) -> None:
+    module = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = module(x)
+    notes = apply_faster_layout(module, (x[:1],), make_ctx(STRUCTURED, tmp_path, input_shape=(-1, 3, 32, 32)))
+    assert notes["memoryFormat"] in (CONTIGUOUS, CHANNELS_LAST)
+    assert float(notes["layoutMsContiguous"]) > 0 and float(notes["layoutMsChannelsLast"]) > 0
+    assert in_layout(module, str(notes["memoryFormat"]))
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_without_2d_convolutions_is_left_alone(tmp_path: Path) -> None:
+    module = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert apply_faster_layout(module, (torch.randn(1, 8),), make_ctx(STRUCTURED, tmp_path)) == {}
+
+
+def test_structured_prune_reports_its_layout_and_the_pt2_archive_keeps_it(tmp_path: Path) -> None:
+    result = TECHNIQUES["prune"](trained_cnn(), make_ctx(STRUCTURED, tmp_path))
+    pruned = result.model
+    assert isinstance(pruned, TorchModel)
+    layout = str(result.notes["memoryFormat"])
+    assert in_layout(pruned.module, layout)
+    path = formats.save_torch_export(pruned, tmp_path / "model.pt2")
+    loaded = torch.export.load(str(path)).module()
+    assert current_layout(loaded) == current_layout(pruned.module)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), pruned.module(x), rtol=1e-4, atol=1e-4)

@@ -26,6 +26,8 @@ from kompression.worker.steps.quantize import has_vnni
 CALIBRATION = 32
 # Each call is only 10-40 ms: many short interleaved blocks ride out other processes' bursts.
 REPEATS, INNER = 21, 10
+# Untimed calls before each block: the previous session's spinning threads stop meanwhile.
+REWARM_S = 0.05
 
 
 class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -78,7 +80,10 @@ def main() -> None:
     sessions = {name: ort_session(path) for name, path in paths.items()}
     load_before = load_average()
     times = interleaved_ms(
-        {name: functools.partial(s.run, None, {"x": x}) for name, s in sessions.items()}, repeats=REPEATS, inner=INNER
+        {name: functools.partial(s.run, None, {"x": x}) for name, s in sessions.items()},
+        repeats=REPEATS,
+        inner=INNER,
+        rewarm_s=REWARM_S,
     )
     load_after = load_average()
     base_t, base_s = times["onnxruntime fp32"], fp32.path.stat().st_size
@@ -103,8 +108,9 @@ def main() -> None:
         f"Kompression int8 / direct call with the same recipe: {fair:.3f} (target within 1.10); the two graphs are "
         f"{'identical' if identical else 'different'}. "
         "Targets: latency ratio <= 0.38, size ratio <= 0.26. All sessions: intra-op threads 2, graph "
-        "optimization ALL, thread spinning off (so one session's idle threads do not slow the next), timed "
-        f"interleaved (A,B,C,D, then B,C,D,A, ...), {REPEATS} repetitions x {INNER} calls after 3 warm-up calls, medians. Calibration: {CALIBRATION} random-normal samples (latency does not depend on the ranges). "
+        "optimization ALL, onnxruntime's default thread spinning; timed interleaved (A,B,C,D, then B,C,D,A, ...), "
+        f"{REPEATS} repetitions x {INNER} calls, each block after {REWARM_S * 1000:.0f} ms of untimed calls (so the "
+        "previous session's spinning threads have stopped), medians of single calls. Calibration: {CALIBRATION} random-normal samples (latency does not depend on the ranges). "
         f"Same recipe: QDQ, U8S8, per-channel, MinMax, reduce_range={not has_vnni()} (this CPU has VNNI: {has_vnni()}). "
         "The plain call uses quantize_static's defaults (QDQ, per-channel, S8S8) without the pre-process, "
         "which leaves the exporter's Identity-wrapped weights unfused. "

@@ -21,7 +21,15 @@ BATCHES = (1, 8)
 REPEATS = 15  # more than the default 7: identical models differed by up to 30% over 7 on the shared machine
 
 
-def candidates(dense: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
+OURS, DIRECT, DENSE_CL = (
+    "Kompression L1Structured 0.5",
+    "Torch-Pruning direct 0.5",
+    "dense, channels-last (layout alone)",
+)
+
+
+def candidates(dense: nn.Module, x: torch.Tensor) -> tuple[dict[str, nn.Module], str]:
+    """The models to time, and the memory layout Kompression's prune step chose (by timing)."""
     ctx = job_context(
         {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}, workdir(), [-1, 3, 224, 224], DataSets()
     )
@@ -40,12 +48,16 @@ def candidates(dense: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
         if isinstance(m, nn.Conv2d):
             torch_prune.ln_structured(m, "weight", amount=0.5, n=1, dim=0)  # type: ignore[no-untyped-call]  # same channel sparsity, kept as masks
             torch_prune.remove(m, "weight")  # type: ignore[no-untyped-call]
-    return {
+    # The same layout change on the unpruned model: how much of the speedup is layout, not pruning.
+    dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    models = {
         "dense": dense,
-        "Kompression L1Structured 0.5": result.model.module,
-        "Torch-Pruning direct 0.5": direct,
+        DENSE_CL: dense_cl,
+        OURS: result.model.module,
+        DIRECT: direct,
         "torch.nn.utils.prune masks 0.5": masked,
     }
+    return models, str(result.notes.get("memoryFormat", "contiguous"))
 
 
 def main() -> None:
@@ -53,13 +65,15 @@ def main() -> None:
     torch.manual_seed(0)
     dense = torchvision.models.resnet18().eval()
     x1 = torch.randn(1, 3, 224, 224)
-    models = {name: m.eval() for name, m in candidates(dense, x1).items()}
+    built, layout = candidates(dense, x1)
+    models = {name: m.eval() for name, m in built.items()}
     # MACs count what the kernels must compute; masks keep the dense count (zeros are multiplied).
     macs = {name: tp.utils.count_ops_and_params(m, x1)[0] for name, m in models.items()}
-    ours, direct = models["Kompression L1Structured 0.5"], models["Torch-Pruning direct 0.5"]
+    ours, direct = models[OURS], models[DIRECT]
     identical = all(
         torch.equal(a, b) for a, b in zip(ours.state_dict().values(), direct.state_dict().values(), strict=True)
     )
+    same_layout = DENSE_CL if layout == "channels_last" else "dense"
 
     times: dict[int, dict[str, float]] = {}
     loads = [load_average()]
@@ -80,17 +94,21 @@ def main() -> None:
         ]
         for name, m in models.items()
     ]
+    equal_layout = ", ".join(f"batch {b}: {times[b][OURS] / times[b][same_layout]:.3f}" for b in BATCHES)
     write_report(
         "pruning",
         "(a) Structured pruning vs masks, ResNet-18 (random weights), 224x224",
         ["model", "params (M)", "GMACs", "MACs ratio", *(f"batch {b}: median ms (ratio vs dense)" for b in BATCHES)],
         rows,
         "Targets: Kompression structured latency ratio <= 0.35 (anchor ~0.30); masks ~1.0 (dense kernels "
-        "still multiply the zeros). Torch eager fp32 under torch.inference_mode(), NCHW for every model, "
-        f"{THREADS} threads; the candidates are timed interleaved (A,B,C,D, then B,C,D,A, ...), {REPEATS} repetitions x 5 calls "
-        "after 3 warm-up calls, medians. MACs from torch_pruning.utils.count_ops_and_params at batch 1. "
+        "still multiply the zeros). Ratios are against the dense model as given (NCHW). Kompression's prune step "
+        f"timed both memory layouts and kept {layout}; the direct Torch-Pruning model stays NCHW. Kompression's "
+        f"model against the dense model in that same layout (the pruning's share alone): {equal_layout}. "
+        f"Every input is NCHW, torch eager fp32 under torch.inference_mode(), {THREADS} threads; the candidates are "
+        f"timed interleaved (A,B,C,D,E, then B,C,D,E,A, ...), {REPEATS} repetitions x 5 calls after 3 warm-up "
+        "calls, medians of single calls. MACs from torch_pruning.utils.count_ops_and_params at batch 1. "
         f"Kompression's and the direct Torch-Pruning model have {'identical' if identical else 'different'} "
-        "weights and shapes, so any latency gap between those two rows is measurement noise. "
+        "weights and shapes, so any gap between those two rows is the layout plus measurement noise. "
         f"Load average (1/5/15 min) before, after batch 1, after batch 8: {' | '.join(loads)}.",
     )
 

@@ -45,13 +45,16 @@ def interleaved_ms(
     settle_s: float = 0.0,
     rewarm_s: float = 0.0,
 ) -> dict[str, float]:
-    """Median per candidate, timed A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared
-    machine falls on every candidate alike instead of on whichever ran during a busy spell.
+    """Median ms of one call per candidate, over `repeats` blocks of `inner` timed calls each, the
+    blocks run A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared machine falls
+    on every candidate alike instead of on whichever ran during a busy spell. The median is taken
+    over single calls, not block means: one call stalled by another process (or the cold first call
+    of a block) then counts as one outlier instead of inflating its whole block.
 
     Candidates from different runtimes (torch's OpenMP pool next to onnxruntime's threads) should
     pass `settle_s` and `rewarm_s`: each block then starts after that much idleness and at least
-    that long of untimed calls, since one runtime's worker threads keep spinning for up to a few
-    hundred ms after its last call, and on 2 cores the next candidate would be charged for them.
+    that long of untimed calls, since one runtime's worker threads keep spinning for a while after
+    its last call, and on 2 cores the next candidate would be charged for them.
     """
     for fn in candidates.values():
         for _ in range(warmup):
@@ -68,10 +71,10 @@ def interleaved_ms(
             warm_until = time.perf_counter() + rewarm_s
             while time.perf_counter() < warm_until:
                 fn()
-            start = time.perf_counter()
             for _ in range(inner):
+                start = time.perf_counter()
                 fn()
-            samples[name].append((time.perf_counter() - start) / inner * 1000)
+                samples[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -90,15 +93,16 @@ def isolated_ms(fn: Callable[[], Any], calls: int = 60, warmup_s: float = 1.0) -
 
 
 def ort_session(path: Path) -> Any:
-    """An onnxruntime CPU session as Kompression's (THREADS intra-op threads, every graph optimization),
-    with spinning off: interleaved candidates would otherwise run while the previous session's idle
-    threads still spin on the same 2 cores, which charges one candidate for another's threads."""
+    """An onnxruntime CPU session as Kompression's worker measures and a deployment runs one:
+    THREADS intra-op threads, every graph optimization, and onnxruntime's default thread spinning
+    (turning it off costs a 2 ms int8 ResNet-18 about a quarter of its speed here). Benchmarks that
+    interleave sessions pass settle_s/rewarm_s, so one session's spinning threads are not charged
+    to the next candidate."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = THREADS
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -311,3 +314,28 @@ def test_student_larger_than_teacher(env: Path, capsys: pytest.CaptureFixture[st
     body["spec"]["data"] = {"evaluation": {"builtin": "Digits"}, "training": {"builtin": "Digits", "samples": 64}}
     code, err = _run_bad(env, body, capsys)
     assert code == ExitCode.STEP_INVALID and "student" in err.lower()
+
+
+def test_bar_mode_keeps_library_output_off_the_terminal(env: Path) -> None:
+    # onnxruntime's Entropy calibrator prints progress from C++ and Python; on a terminal that output
+    # would break the bar mid-line, so `--progress bar` sends it to a log named at the end.
+    save_tiny(env / "model.pt2")
+    steps = [{"name": "int8", "quantize": {"method": "StaticInt8", "calibrator": "Entropy"}}]
+    body = job("file://model.pt2", "file://out/", steps, data={"calibration": {"builtin": "Digits", "samples": 64}})
+    path = write_job(env / "job.yaml", body)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompression", "run", str(path), "--progress", "bar"],
+        capture_output=True,
+        text=True,
+        cwd=env,
+        env={**os.environ, "KOMPRESSION_WORKDIR": str(env / "work")},
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert "100%" in proc.stdout and "int8" in proc.stdout and "published under file://out/" in proc.stdout
+    logs = list((env / "work").glob("kompression-t-*-libraries.log"))
+    assert len(logs) == 1  # the Entropy calibrator prints, so there is a log to name
+    libraries = [line for line in logs[0].read_text().splitlines() if line.strip()]
+    assert libraries and not any(line in proc.stdout or line in proc.stderr for line in libraries)
+    assert proc.stderr.strip() == f"(output of the libraries, e.g. onnxruntime's calibrator: {logs[0]})"

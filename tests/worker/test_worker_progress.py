@@ -49,6 +49,35 @@ def test_step_metrics_reach_the_pushgateway(pushgateway: Any, monkeypatch: pytes
     pushgateway.wipe()
 
 
+def test_libraries_logged_keeps_the_terminal_for_the_bar(tmp_path: Path) -> None:
+    # In bar mode, library output from Python and C++ would tear the bar apart mid-line: it goes to
+    # the log, while the bar and Kompression's own errors keep the real stdout and stderr.
+    log = tmp_path / "libraries.log"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from kompression.worker.progress import libraries_logged\n"
+        f"with libraries_logged(Path({str(log)!r})) as (out, err):\n"
+        "    print('library chatter')\n"
+        "    print('library warning', file=sys.stderr)\n"
+        "    os.write(1, b'native chatter\\n')\n"
+        "    os.write(2, b'native warning\\n')\n"
+        "    out.write('[####] 100%\\n')\n"
+        "    err.write('error: ours\\n')\n"
+        "print('after')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert proc.stdout == "[####] 100%\nafter\n"
+    assert proc.stderr == "error: ours\n"
+    # Python's buffered stdout reaches the log when the guard flushes it, so order is not asserted.
+    assert sorted(log.read_text().splitlines()) == [
+        "library chatter",
+        "library warning",
+        "native chatter",
+        "native warning",
+    ]
+
+
 def test_reserved_stdout_keeps_library_prints_out_of_the_json_stream() -> None:
     # onnxruntime's calibrator prints to stdout from Python and C++; a consumer parsing the
     # JSON lines must see none of it.

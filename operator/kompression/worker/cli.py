@@ -10,9 +10,11 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kompression.api.constants import ENV_JOB_FILE, ENV_WORKDIR, ExitCode
 from kompression.api.report import WorkerReport
@@ -85,16 +87,40 @@ def _run(args: argparse.Namespace) -> int:
         return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
 
     from kompression.worker import distributed
-    from kompression.worker.progress import Reporter, reserved_stdout
+    from kompression.worker.progress import Reporter
 
     distributed.bind_device()
     mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
-    guard = reserved_stdout() if mode == "json" else contextlib.nullcontext(sys.stdout)
-    with guard as stream:
-        return _execute(job, args, Reporter(job, mode, stream=stream, leader=distributed.is_leader()))
+    log = _library_log(job)
+    with _terminal(mode, log) as (out, err):
+        code = _execute(job, args, Reporter(job, mode, stream=out, leader=distributed.is_leader()), err)
+    if log.exists() and not log.stat().st_size:
+        log.unlink()
+    elif log.exists():
+        print(f"(output of the libraries, e.g. onnxruntime's calibrator: {log})", file=sys.stderr)
+    return code
 
 
-def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter) -> int:
+def _library_log(job: CompressionJob) -> Path:
+    folder = Path(os.environ.get(ENV_WORKDIR) or tempfile.gettempdir())
+    return folder / f"kompression-{job.metadata.name}-{os.getpid()}-libraries.log"
+
+
+@contextlib.contextmanager
+def _terminal(mode: str, log: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """Streams for progress and for Kompression's own messages, kept clear of library output:
+    JSON lines keep stdout to themselves; a bar keeps the terminal and library output goes to `log`."""
+    from kompression.worker.progress import libraries_logged, reserved_stdout
+
+    if mode == "json":
+        with reserved_stdout() as stream:
+            yield stream, sys.stderr
+    else:
+        with libraries_logged(log) as streams:
+            yield streams
+
+
+def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
     from kompression.worker.errors import WorkerError
     from kompression.worker.pipeline import RunOptions, run
     from kompression.worker.reporting import table
@@ -104,21 +130,26 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter) 
         _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
     except WorkerError as exc:
         reporter.finish("Failed", exc.reason, exc.message)
-        print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=sys.stderr)
+        print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=err)
         return exc.exit_code
     except Exception as exc:
         reporter.finish("Failed", "Unexpected", f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
+        traceback.print_exc(file=err)
         return ExitCode.UNEXPECTED
     report = reporter.finish("Succeeded")
     if reporter.mode == "bar":
-        print(table(rows))
+        print(table(rows), file=reporter.stream)
         result = report.result
         if result is not None:
-            print(
-                f"\ncompression {result.compressionRatio}x, accuracy delta {result.accuracyDelta:+.4f}, "
-                f"speedup {result.speedup}x; published under {args.output or job.spec.output.uri}"
-            )
+            # Each figure only exists when it was measured (no evaluation data: no accuracy delta).
+            figures = [
+                f"compression {result.compressionRatio:.2f}x" if result.compressionRatio is not None else "",
+                f"accuracy delta {result.accuracyDelta:+.4f}" if result.accuracyDelta is not None else "",
+                f"speedup {result.speedup:.2f}x" if result.speedup is not None else "",
+            ]
+            summary = ", ".join(f for f in figures if f)
+            where = f"published under {args.output or job.spec.output.uri}"
+            print(f"\n{summary}; {where}" if summary else f"\n{where}", file=reporter.stream)
     return ExitCode.OK
 
 

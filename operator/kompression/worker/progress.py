@@ -346,3 +346,36 @@ def reserved_stdout() -> Iterator[TextIO]:
         os.dup2(saved, fd)
         os.close(saved)
         stream.close()
+
+
+@contextmanager
+def libraries_logged(log: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """Keep the terminal for the progress bar, the final table and Kompression's own errors.
+
+    Libraries print to stdout and stderr from Python and C++ (onnxruntime's calibrator, torch's
+    warnings), which would tear the bar apart mid-line. So file descriptors 1 and 2 point at `log`
+    for the duration, and the caller gets private handles on the real stdout and stderr.
+    """
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # captured or replaced streams: nothing to guard
+        yield sys.stdout, sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    saved = [os.dup(fd) for fd in fds]
+    out, err = (os.fdopen(os.dup(fd), "w", buffering=1) for fd in saved)
+    with log.open("ab") as sink:
+        for fd in fds:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield out, err
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip(fds, saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+            out.close()
+            err.close()

@@ -107,7 +107,7 @@ def digits_split() -> tuple[Dataset, Dataset]:
     return Dataset(x[order[:cut]], y[order[:cut]]), Dataset(x[order[cut:]], y[order[cut:]])
 
 
-def train_teacher(device: str = "cpu") -> tuple[TorchModel, int]:
+def train_teacher(device: str = "cpu", max_epochs: int = MAX_TEACHER_EPOCHS) -> tuple[TorchModel, int]:
     """Pick the epoch count on a validation carve-out of the training split (best validation
     accuracy, earliest on ties, patience PATIENCE), then refit on the whole training split for
     that many epochs: the usual way to early-stop without losing training data."""
@@ -118,7 +118,7 @@ def train_teacher(device: str = "cpu") -> tuple[TorchModel, int]:
     torch.manual_seed(0)
     probe = Teacher()
     best, best_epoch = -1.0, 0
-    for epoch in range(MAX_TEACHER_EPOCHS):
+    for epoch in range(max_epochs):
         fine_tune(probe, fit, FineTune(epochs=1, learningRate=1e-3, batchSize=64), device, progress=_quiet, seed=epoch)
         score = accuracy(probe, validation, device)
         if score > best:

@@ -10,15 +10,22 @@ import numpy as np
 import torch
 import torch_pruning as tp
 import torchvision
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import THREADS, interleaved_ms, isolated_ms, job_context, load_average, ort_session, workdir, write_report
+from common import (
+    THREADS,
+    direct_static_int8,
+    interleaved_ms,
+    isolated_ms,
+    job_context,
+    load_average,
+    ort_session,
+    workdir,
+    write_report,
+)
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.onnx_io import export_onnx
-from kompression.worker.steps.quantize import has_vnni
 
 STEPS = [
     {"name": "prune", "prune": {"method": "L1Structured", "sparsity": 0.5}},
@@ -28,14 +35,6 @@ STEPS = [
 
 REPEATS = 15  # calls take 3-40 ms; more short interleaved blocks ride out other processes' bursts
 SETTLE_S, REWARM_S = 0.3, 0.05
-
-
-class Reader(CalibrationDataReader):  # type: ignore[misc]
-    def __init__(self, inputs: np.ndarray) -> None:
-        self._it = iter([{"x": inputs[i : i + 8]} for i in range(0, len(inputs), 8)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
 
 
 def direct_composition(original: torch.nn.Module, calib: np.ndarray, work: Path) -> Path:
@@ -51,20 +50,7 @@ def direct_composition(original: torch.nn.Module, calib: np.ndarray, work: Path)
         ignored_layers=[pruned.fc],
     ).step()
     fp32 = export_onnx(TorchModel(pruned.eval(), (example,)), work / "direct.fp32.onnx", ["x"]).path
-    prepared, out = work / "direct.prepared.onnx", work / "direct.int8.onnx"
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(out),
-        Reader(calib),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=not has_vnni(),
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return out
+    return direct_static_int8(fp32, work / "direct.int8.onnx", calib)
 
 
 def main() -> None:

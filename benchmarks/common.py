@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,18 +93,61 @@ def isolated_ms(fn: Callable[[], Any], calls: int = 60, warmup_s: float = 1.0) -
     return statistics.median(times)
 
 
-def ort_session(path: Path) -> Any:
+def ort_session(path: Path, *, spinning: bool = True) -> Any:
     """An onnxruntime CPU session as Kompression's worker measures and a deployment runs one:
-    THREADS intra-op threads, every graph optimization, and onnxruntime's default thread spinning
-    (turning it off costs a 2 ms int8 ResNet-18 about a quarter of its speed here). Benchmarks that
-    interleave sessions pass settle_s/rewarm_s, so one session's spinning threads are not charged
-    to the next candidate."""
+    THREADS intra-op threads, every graph optimization, and by default onnxruntime's default thread
+    spinning (turning it off cost a 2 ms int8 ResNet-18 about a quarter of its speed here).
+    Benchmarks that interleave sessions pass settle_s/rewarm_s, so one session's spinning threads
+    are not charged to the next candidate."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = THREADS
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def direct_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, recipe: bool = True) -> Path:
+    """onnxruntime's quantizer called by hand: with `recipe`, Kompression's StaticInt8 recipe (the
+    pre-process, then QDQ, U8S8, per-channel, MinMax, reduce_range only without VNNI); without it,
+    quantize_static's defaults on the graph as exported."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from kompression.worker.steps.quantize import has_vnni
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
+        def __init__(self) -> None:
+            self._it = iter([{"x": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    if not recipe:
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+        return out
+    prepared = out.with_suffix(".prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=not has_vnni(),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return out
 
 
 def load_average() -> str:

@@ -5,6 +5,7 @@
 
 Sections, each timed interleaved (candidates alternate within every repetition), medians:
   precision  ResNet-18/50 batch 64: fp32 vs Kompression Float16/BFloat16, eager and torch.compile
+  structured ResNet-50 batch 64 fp32: dense vs Kompression L1Structured 0.5 (its layout timed on cuda)
   sparse24   a BERT-sized FFN in fp16: dense vs Kompression SemiStructured24 (to_sparse_semi_structured)
   int8       torch._int_mm vs fp16 matmul; onnxruntime CUDA EP QDQ ResNet-18 vs fp32 when available
   fp8        the same FFN in bf16: dense vs Kompression Fp8 (torch._scaled_mm)
@@ -16,6 +17,7 @@ would overrun.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import json
@@ -56,11 +58,12 @@ class Sizes:
     inner: int
     compile_backend: str
     distill_epochs: int
+    teacher_max_epochs: int
 
 
-FULL = Sizes("cuda", 64, 224, 4096, 16384, 8192, 8192, 9, 10, "inductor", 20)
+FULL = Sizes("cuda", 64, 224, 4096, 16384, 8192, 8192, 9, 10, "inductor", 20, 40)
 # Tiny, on CPU: every call runs once or twice so that typos and API misuse show without a GPU.
-DRY = Sizes("cpu", 2, 32, 64, 256, 32, 64, 2, 1, "eager", 1)
+DRY = Sizes("cpu", 2, 32, 64, 256, 32, 64, 2, 1, "eager", 1, 2)
 
 
 def over_budget() -> bool:
@@ -158,6 +161,31 @@ class Ffn(nn.Module):
         return out
 
 
+def structured(sizes: Sizes) -> list[Row]:
+    """Structured pruning on the GPU: the prune step's layout choice runs its cuda-synchronized timing."""
+    import torchvision
+
+    dense = torchvision.models.resnet50().eval().to(sizes.device)
+    x = torch.randn(sizes.batch, 3, sizes.image, sizes.image, device=sizes.device)
+    step = {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}
+    result = technique(TorchModel(dense, (x[:1],)), step, [-1, 3, sizes.image, sizes.image], sizes, DataSets())
+    pruned = result.model.module
+    dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        times = timed(
+            {
+                "dense fp32": lambda: dense(x),
+                "dense fp32 channels-last": lambda: dense_cl(x),
+                "L1Structured 0.5": lambda: pruned(x),
+            },
+            sizes,
+        )
+    layout = ", ".join(f"{k}={v}" for k, v in result.notes.items() if k.startswith(("memoryFormat", "layoutMs")))
+    return rows_from(
+        f"structured prune ResNet-50 b{sizes.batch} fp32", times, "dense fp32", {"L1Structured 0.5": layout}
+    )
+
+
 def sparse24(sizes: Sizes) -> list[Row]:
     torch.manual_seed(0)
     dense = Ffn(sizes.model_dim, sizes.ffn_hidden).half().to(sizes.device).eval()
@@ -224,8 +252,6 @@ def fp8(sizes: Sizes) -> list[Row]:
         result = technique(TorchModel(dense, (x[:16],)), step, [-1, sizes.model_dim], sizes, DataSets())
         fast, note = result.model.module, f"fp8Layers={result.notes.get('fp8Layers')}"
     else:  # the technique refuses CPUs (RuntimeMissing); its layer swap is exercised directly
-        import copy
-
         fast = copy.deepcopy(dense)
         note = f"dry run: convert_to_fp8 swapped {convert_to_fp8(fast, set())[0]} layers"
     with torch.inference_mode():
@@ -245,9 +271,15 @@ def distill(sizes: Sizes) -> list[Row]:
     from kompression.worker.steps.training import accuracy
 
     started = time.perf_counter()
-    teacher = bench_distill.train_teacher(sizes.device, epochs=max(1, sizes.distill_epochs))
+    teacher, teacher_epochs = bench_distill.train_teacher(sizes.device, max_epochs=sizes.teacher_max_epochs)
     teacher_acc = accuracy(teacher.module, bench_distill.digits_split()[1], sizes.device)
-    rows: list[Row] = [{"section": "distill digits", "candidate": "teacher", "accuracy": round(teacher_acc, 4)}]
+    rows: list[Row] = [
+        {
+            "section": "distill digits",
+            "candidate": f"teacher ({teacher_epochs} epochs, early-stopped)",
+            "accuracy": round(teacher_acc, 4),
+        }
+    ]
     for name, alpha in (("student KD", bench_distill.ALPHA), ("student alone", 0.0)):
         _, acc = bench_distill.train_student(teacher, 0, alpha, device=sizes.device, epochs=sizes.distill_epochs)
         rows.append({"section": "distill digits", "candidate": name, "accuracy": round(acc, 4)})
@@ -257,6 +289,7 @@ def distill(sizes: Sizes) -> list[Row]:
 
 SECTIONS: dict[str, Callable[[Sizes], list[Row]]] = {
     "precision": precision,
+    "structured": structured,
     "sparse24": sparse24,
     "int8": int8,
     "fp8": fp8,

@@ -17,9 +17,11 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.layout import (
     CHANNELS_LAST,
     CONTIGUOUS,
+    ROUNDS,
     apply_faster_layout,
     choose_layout,
     current_layout,
+    rounds_for,
     time_layouts,
 )
 
@@ -46,6 +48,12 @@ def in_layout(module: nn.Module, layout: str) -> bool:
 )
 def test_a_layout_change_must_win_by_the_margin(timings: dict[str, float], current: str, expected: str) -> None:
     assert choose_layout(timings, current) == expected
+
+
+def test_slow_models_get_fewer_timing_rounds_but_never_none() -> None:
+    assert rounds_for(0.01) == ROUNDS  # a ResNet-18 call on a CPU: the full count
+    assert 1 < rounds_for(0.3) < ROUNDS
+    assert rounds_for(30.0) == 1
 
 
 def test_timing_both_layouts_leaves_the_model_as_it_came() -> None:

@@ -56,3 +56,27 @@ def test_a_permanent_error_keeps_its_exit_code_through_torchrun(tmp_path: Path) 
     proc = _run(write_job(tmp_path / "job.yaml", body), tmp_path)
     assert proc.returncode == ExitCode.MODEL_ERROR, proc.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_every_rank_takes_rank_zeros_timed_choice(tmp_path: Path) -> None:
+    # Each rank times the memory layouts for itself; had they kept their own answers, DDP would
+    # refuse the student (its parameters' strides must match across ranks). agree() hands every
+    # rank rank 0's value, here made to differ on purpose.
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import os\n"
+        "from kompression.worker import distributed\n"
+        "mine = 'rank' + os.environ['RANK']\n"
+        "print('RESULT', os.environ['RANK'], mine, distributed.agree(mine, 'cpu'), flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert results == [["0", "rank0", "rank0"], ["1", "rank1", "rank0"]]

@@ -2,14 +2,20 @@
 DistributedDataParallel collectives line up, but only rank 0 reports and publishes.
 
 The other steps run redundantly on every rank; they are cheap next to training, and DDP starts
-from rank 0's weights, so small differences between ranks before distillation do not matter.
+from rank 0's weights, so small differences between ranks before distillation do not matter. A
+choice made by timing (a memory layout) is another matter: DDP refuses parameters whose strides
+differ between ranks, so every rank takes rank 0's choice (`agree`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -23,6 +29,30 @@ def world_size() -> int:
 def is_leader() -> bool:
     """Whether this process reports progress and publishes (always, without torchrun)."""
     return rank() == 0
+
+
+def join_group(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this rank's device); joins the torchrun process group when there is one."""
+    world = world_size()
+    if world <= 1:
+        return 0, 1, device
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def agree(value: T, device: str) -> T:
+    """Rank 0's value, on every rank (the value itself when there is one process)."""
+    if world_size() <= 1:
+        return value
+    join_group(device)
+    box: list[T] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def bind_device() -> None:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 
 from kompression.api.v1alpha1 import DistillStep
+from kompression.worker import distributed
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
@@ -59,7 +58,7 @@ def distill(model: Model, ctx: StepContext) -> StepResult:
             f"{teacher_params:,}; distillation should make the model smaller"
         )
     data = labelled(ctx.data.training, ctx.step.name, "distillation")
-    rank, world, device = _distributed(ctx.device)
+    rank, world, device = distributed.join_group(ctx.device)
 
     teacher = copy.deepcopy(ctx.teacher.module).to(device).eval()
     student = copy.deepcopy(student_source.module).to(device)
@@ -121,20 +120,6 @@ def _student(cfg: DistillStep, ctx: StepContext) -> TorchModel:
     assert ref.architecture is not None and ctx.teacher is not None  # the API's rule: exactly one is set
     torch.manual_seed(ctx.seed)  # the same fresh student on every rank and every rerun
     return TorchModel(build_architecture(ref.architecture, ref.architectureArguments), ctx.teacher.example_inputs)
-
-
-def _distributed(device: str) -> tuple[int, int, str]:
-    """(rank, world size, this rank's device); joins the torchrun process group when there is one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, device
-    cuda = device.startswith("cuda")
-    if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 def _check_outputs_match(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from kompression.worker import distributed
 from kompression.worker.steps.base import StepContext
 
 CONTIGUOUS = "contiguous"
@@ -27,6 +28,14 @@ FORMATS = {CONTIGUOUS: torch.contiguous_format, CHANNELS_LAST: torch.channels_la
 MARGIN = 0.95
 ROUNDS = 5
 CALLS = 3
+# Timing must stay a small part of the step: a model whose calls are slow gets fewer rounds.
+BUDGET_S = 10.0
+
+
+def rounds_for(call_s: float) -> int:
+    """Rounds that fit the budget at this many seconds per call (each round makes 2 x (CALLS + 1))."""
+    per_round = 2 * (CALLS + 1) * max(call_s, 1e-9)
+    return max(1, min(ROUNDS, int(BUDGET_S / per_round)))
 
 
 def choose_layout(timings_ms: Mapping[str, float], current: str = CONTIGUOUS) -> str:
@@ -36,8 +45,8 @@ def choose_layout(timings_ms: Mapping[str, float], current: str = CONTIGUOUS) ->
 
 
 def time_layouts(module: nn.Module, example: Sequence[torch.Tensor], device: str, threads: int) -> dict[str, float]:
-    """Median ms per call in each layout, timed in alternating rounds so that a busy spell on a
-    shared machine falls on both. The module ends in the layout it came in."""
+    """Median ms per call in each layout, timed in alternating rounds (as many as BUDGET_S allows)
+    so that a busy spell on a shared machine falls on both. The module ends in the layout it came in."""
     current = current_layout(module)
     sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     samples: dict[str, list[float]] = {name: [] for name in FORMATS}
@@ -45,7 +54,10 @@ def time_layouts(module: nn.Module, example: Sequence[torch.Tensor], device: str
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for round_ in range(ROUNDS):
+            start = time.perf_counter()
+            module(*example)  # untimed warm-up, and the call time that sizes the rounds
+            sync()
+            for round_ in range(rounds_for(time.perf_counter() - start)):
                 order = list(FORMATS) if round_ % 2 == 0 else list(reversed(FORMATS))
                 for name in order:
                     module.to(memory_format=FORMATS[name])
@@ -81,7 +93,8 @@ def apply_faster_layout(module: nn.Module, example: Sequence[torch.Tensor], ctx:
     threads = ctx.job.spec.measurement.threads or os.cpu_count() or 1
     current = current_layout(module)
     timings = time_layouts(module.eval(), example, ctx.device, threads)
-    chosen = choose_layout(timings, current)
+    # Under torchrun each rank times for itself and could choose differently; rank 0's choice holds.
+    chosen = distributed.agree(choose_layout(timings, current), ctx.device)
     module.to(memory_format=FORMATS[chosen])
     return {
         "memoryFormat": chosen,

@@ -91,33 +91,31 @@ def _run(args: argparse.Namespace) -> int:
 
     distributed.bind_device()
     mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
-    log = _library_log(job)
-    with _terminal(mode, log) as (out, err):
-        code = _execute(job, args, Reporter(job, mode, stream=out, leader=distributed.is_leader()), err)
-    if log.exists() and not log.stat().st_size:
-        log.unlink()
-    elif log.exists():
-        print(f"(output of the libraries, e.g. onnxruntime's calibrator: {log})", file=sys.stderr)
-    return code
-
-
-def _library_log(job: CompressionJob) -> Path:
-    folder = Path(os.environ.get(ENV_WORKDIR) or tempfile.gettempdir())
-    return folder / f"kompression-{job.metadata.name}-{os.getpid()}-libraries.log"
+    with _terminal(mode, job) as (out, err):
+        return _execute(job, args, Reporter(job, mode, stream=out, leader=distributed.is_leader()), err)
 
 
 @contextlib.contextmanager
-def _terminal(mode: str, log: Path) -> Iterator[tuple[TextIO, TextIO]]:
+def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]:
     """Streams for progress and for Kompression's own messages, kept clear of library output:
-    JSON lines keep stdout to themselves; a bar keeps the terminal and library output goes to `log`."""
+    JSON lines keep stdout to themselves; a bar keeps the terminal, and library output goes to a
+    log that is named at the end (or removed when nothing was written to it)."""
     from kompression.worker.progress import libraries_logged, reserved_stdout
 
     if mode == "json":
         with reserved_stdout() as stream:
             yield stream, sys.stderr
-    else:
+        return
+    folder = Path(os.environ.get(ENV_WORKDIR) or tempfile.gettempdir())
+    log = folder / f"kompression-{job.metadata.name}-{os.getpid()}-libraries.log"
+    try:
         with libraries_logged(log) as streams:
             yield streams
+    finally:
+        if log.exists() and log.stat().st_size:
+            print(f"(output of the libraries, e.g. onnxruntime's calibrator: {log})", file=sys.stderr)
+        else:
+            log.unlink(missing_ok=True)
 
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:

@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from kompression.api.constants import (
     ENV_PROGRESS_TOKEN_FILE,
@@ -322,30 +322,47 @@ def write_termination_message(report: WorkerReport) -> None:
 
 
 @contextmanager
+def _diverted(streams: Sequence[TextIO], target: IO[Any]) -> Iterator[Sequence[TextIO]]:
+    """Point the file descriptors under `streams` at `target`'s for the duration, C extensions'
+    writes included, and yield private line-buffered handles on the original descriptors.
+
+    Captured or replaced streams (no real descriptor, as under pytest) are left alone and yielded
+    as they are.
+    """
+    try:
+        fds = [stream.fileno() for stream in streams]
+        into = target.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield list(streams)
+        return
+    for stream in streams:
+        stream.flush()
+    saved = [os.dup(fd) for fd in fds]
+    private = [os.fdopen(os.dup(fd), "w", buffering=1) for fd in saved]
+    for fd in fds:
+        os.dup2(into, fd)
+    try:
+        yield private
+    finally:
+        for stream in (*private, *streams):
+            stream.flush()
+        for fd, original in zip(fds, saved, strict=True):
+            os.dup2(original, fd)
+            os.close(original)
+        for stream in private:
+            stream.close()
+
+
+@contextmanager
 def reserved_stdout() -> Iterator[TextIO]:
     """Keep stdout for the JSON-lines progress stream alone.
 
     Libraries print to stdout (onnxruntime's calibrator does, from Python and C++), which would
     corrupt the stream a consumer parses. So file descriptor 1 is pointed at stderr for the
-    duration, C extensions included, and progress gets a private handle on the real stdout.
+    duration, and progress gets a private handle on the real stdout.
     """
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured or replaced stdout: nothing to guard
-        yield sys.stdout
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    stream = os.fdopen(os.dup(saved), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), fd)
-    try:
-        yield stream
-    finally:
-        stream.flush()
-        sys.stdout.flush()
-        os.dup2(saved, fd)
-        os.close(saved)
-        stream.close()
+    with _diverted((sys.stdout,), sys.stderr) as (stdout,):
+        yield stdout
 
 
 @contextmanager
@@ -356,26 +373,6 @@ def libraries_logged(log: Path) -> Iterator[tuple[TextIO, TextIO]]:
     warnings), which would tear the bar apart mid-line. So file descriptors 1 and 2 point at `log`
     for the duration, and the caller gets private handles on the real stdout and stderr.
     """
-    try:
-        fds = (sys.stdout.fileno(), sys.stderr.fileno())
-    except (AttributeError, OSError, ValueError):  # captured or replaced streams: nothing to guard
-        yield sys.stdout, sys.stderr
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
     log.parent.mkdir(parents=True, exist_ok=True)
-    saved = [os.dup(fd) for fd in fds]
-    out, err = (os.fdopen(os.dup(fd), "w", buffering=1) for fd in saved)
-    with log.open("ab") as sink:
-        for fd in fds:
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield out, err
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, original in zip(fds, saved, strict=True):
-                os.dup2(original, fd)
-                os.close(original)
-            out.close()
-            err.close()
+    with log.open("ab") as sink, _diverted((sys.stdout, sys.stderr), sink) as (stdout, stderr):
+        yield stdout, stderr

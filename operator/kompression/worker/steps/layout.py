@@ -10,7 +10,6 @@ channels-last, and the layout then carries through the network.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +89,10 @@ def apply_faster_layout(module: nn.Module, example: Sequence[torch.Tensor], ctx:
     """Time both layouts on the example input, leave the module in the faster one, and say which."""
     if not _conv_weights(module):
         return {}
-    threads = ctx.job.spec.measurement.threads or os.cpu_count() or 1
+    # Imported here: measure imports the steps package, which imports this module.
+    from kompression.worker.measure import threads_for
+
+    threads = threads_for(ctx.job.spec.measurement)
     current = current_layout(module)
     timings = time_layouts(module.eval(), example, ctx.device, threads)
     # Under torchrun each rank times for itself and could choose differently; rank 0's choice holds.

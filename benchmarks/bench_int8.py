@@ -74,14 +74,8 @@ def main() -> None:
         for name, path in paths.items()
     }
     load_before = load_average()
-    timed = interleaved_ms(
-        {f"{name}|{spinning}": fn for (name, spinning), fn in calls.items()},
-        repeats=REPEATS,
-        inner=INNER,
-        rewarm_s=REWARM_S,
-    )
+    times = interleaved_ms(calls, repeats=REPEATS, inner=INNER, rewarm_s=REWARM_S)
     load_after = load_average()
-    times = {key: timed[f"{key[0]}|{key[1]}"] for key in calls}
     base_s = fp32.path.stat().st_size
     rows = [
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,8 @@ def main() -> None:
     assert isinstance(model, OnnxModel)
 
     x = calib[:1]
-    sess = ort_session(model.path)
-    direct = ort_session(direct_composition(original, calib, work))
-
-    def run_final() -> Any:
-        return sess.run(None, {"x": x})
-
-    def run_direct() -> Any:
-        return direct.run(None, {"x": x})
+    run_final = functools.partial(ort_session(model.path).run, None, {"x": x})
+    run_direct = functools.partial(ort_session(direct_composition(original, calib, work)).run, None, {"x": x})
 
     def run_eager() -> Any:
         return original(torch.from_numpy(x))

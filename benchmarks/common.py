@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,30 +22,18 @@ sys.path.insert(0, str(ROOT / "operator"))
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 REPEATS = 7
-
-
-def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, inner: int = 5, warmup: int = 3) -> float:
-    """Median over `repeats` of the mean time of `inner` calls, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner * 1000)
-    return statistics.median(samples)
+K = TypeVar("K")  # a candidate's key: its name, or (name, setting)
 
 
 def interleaved_ms(
-    candidates: Mapping[str, Callable[[], Any]],
+    candidates: Mapping[K, Callable[[], Any]],
     repeats: int = REPEATS,
     *,
     inner: int = 5,
     warmup: int = 3,
     settle_s: float = 0.0,
     rewarm_s: float = 0.0,
-) -> dict[str, float]:
+) -> dict[K, float]:
     """Median ms of one call per candidate, over `repeats` blocks of `inner` timed calls each, the
     blocks run A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared machine falls
     on every candidate alike instead of on whichever ran during a busy spell. The median is taken
@@ -60,7 +48,7 @@ def interleaved_ms(
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    samples: dict[K, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for rep in range(repeats):
         # Rotate the starting candidate each repetition, so that none always runs right after the

@@ -8,7 +8,7 @@ Sections, each timed interleaved (candidates alternate within every repetition),
   structured ResNet-50 batch 64 fp32: dense vs Kompression L1Structured 0.5 (its layout timed on cuda)
   sparse24   a BERT-sized FFN in fp16: dense vs Kompression SemiStructured24 (to_sparse_semi_structured)
   int8       torch._int_mm vs fp16 matmul; onnxruntime CUDA EP QDQ ResNet-18 vs fp32 when available
-  fp8        the same FFN in bf16: dense vs Kompression Fp8 (torch._scaled_mm)
+  fp8        the same FFN in bf16: dense vs Kompression FP8 (torch._scaled_mm)
   distill    bench_distill's teacher and student on cuda through Kompression's distill step
 A failing section is recorded with its error and the others still run; a time budget skips what
 would overrun.
@@ -248,7 +248,7 @@ def fp8(sizes: Sizes) -> list[Row]:
     dense = Ffn(sizes.model_dim, sizes.ffn_hidden).to(torch.bfloat16).to(sizes.device).eval()
     x = torch.randn(sizes.tokens, sizes.model_dim, device=sizes.device, dtype=torch.bfloat16)
     if sizes.device == "cuda":
-        step = {"name": "q", "quantize": {"method": "Fp8"}}
+        step = {"name": "q", "quantize": {"method": "FP8"}}
         result = technique(TorchModel(dense, (x[:16],)), step, [-1, sizes.model_dim], sizes, DataSets())
         fast, note = result.model.module, f"fp8Layers={result.notes.get('fp8Layers')}"
     else:  # the technique refuses CPUs (RuntimeMissing); its layer swap is exercised directly
@@ -257,12 +257,12 @@ def fp8(sizes: Sizes) -> list[Row]:
     with torch.inference_mode():
         reference, got = dense(x).float(), fast(x).float()
         error = float((got - reference).norm() / reference.norm())
-        times = timed({"dense bf16": lambda: dense(x), "Fp8 (e4m3, _scaled_mm)": lambda: fast(x)}, sizes)
+        times = timed({"dense bf16": lambda: dense(x), "FP8 (e4m3, _scaled_mm)": lambda: fast(x)}, sizes)
     return rows_from(
         f"fp8 FFN {sizes.model_dim}x{sizes.ffn_hidden}, {sizes.tokens} tokens",
         times,
         "dense bf16",
-        {"Fp8 (e4m3, _scaled_mm)": f"{note}; relative output error {error:.4f}"},
+        {"FP8 (e4m3, _scaled_mm)": f"{note}; relative output error {error:.4f}"},
     )
 
 

@@ -9,6 +9,7 @@ import yaml
 from luahealth import health
 
 from kompression.api.v1alpha1 import CompressionJob
+from kompression.api.validation import rule_errors
 
 HERE = Path(__file__).resolve().parent
 CASES = yaml.safe_load((HERE / "health_test.yaml").read_text())["tests"]
@@ -17,7 +18,8 @@ CASES = yaml.safe_load((HERE / "health_test.yaml").read_text())["tests"]
 @pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
 def test_health(case: dict[str, dict[str, str]]) -> None:
     obj = yaml.safe_load((HERE / case["inputPath"]).read_text())
-    CompressionJob.model_validate(obj)  # the testdata must be a valid CompressionJob, status included
+    job = CompressionJob.model_validate(obj)  # the testdata must be a valid CompressionJob, status included
+    assert rule_errors(job.spec, "spec") == []  # ... that breaks none of the API's rules
     assert health(obj) == (case["healthStatus"]["status"], case["healthStatus"]["message"])
 
 

@@ -15,7 +15,7 @@ from test_steps_common import digits, make_ctx, one_thread, trained_cnn  # noqa:
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.fp8 import Fp8Linear
+from kompression.worker.steps.fp8 import FP8Linear
 from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 from kompression.worker.steps.training import accuracy
 
@@ -105,7 +105,7 @@ def test_half_precision_halves_the_size_and_takes_float32_inputs(
 
 def test_fp8_without_an_fp8_gpu_is_runtime_missing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeMissing, match=r"compute capability 8\.9"):
-        quantize(trained_cnn(), make_ctx({"name": "q", "quantize": {"method": "Fp8"}}, tmp_path))
+        quantize(trained_cnn(), make_ctx({"name": "q", "quantize": {"method": "FP8"}}, tmp_path))
 
 
 def test_fp8_linear_matches_float_within_fp8_error() -> None:
@@ -114,7 +114,7 @@ def test_fp8_linear_matches_float_within_fp8_error() -> None:
     linear = torch.nn.Linear(64, 32)
     x = torch.randn(8, 64)
     expected = linear(x)
-    got = Fp8Linear(linear)(x).detach()
+    got = FP8Linear(linear)(x).detach()
     expected = expected.detach()
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) < 0.1 * float(expected.abs().max())

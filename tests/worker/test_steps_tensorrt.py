@@ -16,7 +16,7 @@ from kompression.worker.steps import TECHNIQUES
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 STEP = {
     "name": "engine",
-    "tensorrt": {"precision": "Fp16", "profiles": [{"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]}]},
+    "tensorrt": {"precision": "FP16", "profiles": [{"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]}]},
 }
 
 
@@ -29,7 +29,7 @@ def test_without_tensorrt_or_a_gpu_the_step_fails_with_runtime_missing(tmp_path:
 
 
 @pytest.mark.skipif(not HAS_TENSORRT, reason="needs the tensorrt package and a CUDA GPU; neither is on this machine")
-@pytest.mark.parametrize("precision", ["Fp32", "Fp16", "Int8"])
+@pytest.mark.parametrize("precision", ["FP32", "FP16", "INT8"])
 def test_builds_a_real_engine_with_a_timing_cache(precision: str, tmp_path: Path) -> None:
     step = {"name": "engine", "tensorrt": {**STEP["tensorrt"], "precision": precision}}  # type: ignore[dict-item]
     result = TECHNIQUES["tensorrt"](trained_cnn(), make_ctx(step, tmp_path))

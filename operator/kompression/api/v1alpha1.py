@@ -3,6 +3,19 @@
 The CRD in ``crds/`` is generated from these models (``kompression crd``), and the CLI, the operator
 and the worker all parse manifests with them. Every field carries a description: it is what
 ``kubectl explain`` shows. Cross-field rules live in each model's ``__rules__`` (see rules.py).
+
+Spelling of enum values, as Kubernetes' API conventions write them (``TCP``, ``IPv4``):
+
+- Values are CamelCase words: ``DynamicInt8``, ``Float16``, ``BFloat16``, ``L1Structured``.
+- Acronyms and initialisms keep their capitals, as the libraries users come from write them
+  (TensorRT's ``BuilderFlag.FP16``, ``trtexec --fp16``, ModelOpt's ``FP8``): ``FP32``, ``FP16``,
+  ``INT8``, ``FP8``, ``ONNX``. New values follow the same rule (``NVFP4``, ``MXFP4``, ``W4A16``).
+  Never ``Fp8`` or ``Int8`` on their own; a word-like name such as ``DynamicInt8`` stays as it is.
+
+Options a method does not use are refused, not ignored: an option that only some methods read
+is optional (unset in the CRD, its default documented and applied where it is read), and a rule
+names the methods that use it. Fields with a server-side default cannot be told apart from ones
+the user set, so such options carry no schema default.
 """
 
 from __future__ import annotations
@@ -182,7 +195,7 @@ class DataSpec(ApiModel):
     """The data the steps use."""
 
     calibration: DataSource | None = Field(
-        None, description="Representative inputs for static quantization ranges (StaticInt8, TensorRT Int8)."
+        None, description="Representative inputs for static quantization ranges (StaticInt8, TensorRT INT8)."
     )
     evaluation: EvaluationData | None = Field(
         None, description="Held-out data that measures accuracy for the acceptance gates."
@@ -248,13 +261,22 @@ class StudentRef(ApiModel):
         None,
         description="A class or factory (module.path:Name) that builds a fresh student, e.g. `torchvision.models:resnet18`.",
     )
-    architectureArguments: dict[str, Any] | None = Field(None, description="Keyword arguments for `architecture`.")
+    architectureArguments: dict[str, Any] | None = Field(
+        None, description="Keyword arguments for `architecture`; only with `architecture`."
+    )
 
     __rules__ = (
         Rule(
             cel="has(self.fromStep) != has(self.architecture)",
             message="set exactly one of `fromStep` or `architecture`",
             check=lambda m: (m.fromStep is None) != (m.architecture is None),
+        ),
+        Rule(
+            cel="!has(self.architectureArguments) || has(self.architecture)",
+            message="`architectureArguments` is only used with `architecture`; remove it when the student "
+            "comes from `fromStep`",
+            check=lambda m: m.architectureArguments is None or m.architecture is not None,
+            field_path=".architectureArguments",
         ),
     )
 
@@ -272,7 +294,13 @@ class DistillStep(ApiModel):
     batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
 
 
-QuantizeMethod = Literal["DynamicInt8", "StaticInt8", "Float16", "BFloat16", "Fp8"]
+QuantizeMethod = Literal["DynamicInt8", "StaticInt8", "Float16", "BFloat16", "FP8"]
+Calibrator = Literal["MinMax", "Percentile", "Entropy"]
+INT8_METHODS = ("StaticInt8", "DynamicInt8")
+EXCLUDE_LAYER_METHODS = ("StaticInt8", "DynamicInt8", "FP8")
+DEFAULT_CALIBRATOR: Calibrator = "MinMax"
+DEFAULT_PERCENTILE = 99.999
+DEFAULT_PER_CHANNEL = True
 
 
 class QuantizeStep(ApiModel):
@@ -282,21 +310,88 @@ class QuantizeStep(ApiModel):
         description=(
             "DynamicInt8 quantizes weights ahead of time and activations on the fly; StaticInt8 also "
             "fixes activation ranges from calibration data (fastest, needs data.calibration); Float16 "
-            "and BFloat16 halve the weights; Fp8 needs a GPU with FP8 tensor cores (Hopper or newer)."
+            "and BFloat16 halve the weights; FP8 needs a GPU with FP8 tensor cores (Ada, Hopper or newer)."
         )
     )
-    calibrator: Literal["MinMax", "Percentile", "Entropy"] = Field(
-        "MinMax", description="How StaticInt8 picks activation ranges from calibration data."
+    calibrator: Calibrator | None = Field(
+        None,
+        description=(
+            f"StaticInt8 only: how activation ranges are picked from calibration data; unset means "
+            f"{DEFAULT_CALIBRATOR}."
+        ),
     )
-    percentile: float = Field(
-        99.999, gt=90, le=100, description="With calibrator Percentile: the percentile of |activation| kept."
+    percentile: float | None = Field(
+        None,
+        gt=90,
+        le=100,
+        description=(
+            f"StaticInt8 with calibrator Percentile only: the percentile of |activation| kept; unset means "
+            f"{DEFAULT_PERCENTILE}."
+        ),
     )
-    perChannel: bool = Field(True, description="Quantize weights per output channel rather than per tensor.")
+    perChannel: bool | None = Field(
+        None,
+        description=(
+            "StaticInt8 and DynamicInt8 only: quantize weights per output channel (true) or per tensor "
+            f"(false); unset means {str(DEFAULT_PER_CHANNEL).lower()}. FP8 scales per tensor."
+        ),
+    )
     excludeLayers: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
         default_factory=list,
         max_length=256,
-        description="Names of layers to keep in floating point (sensitive layers).",
+        description=(
+            "StaticInt8, DynamicInt8 and FP8 only: names of layers to keep in floating point (sensitive "
+            "layers). Float16 and BFloat16 convert the whole model."
+        ),
     )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.calibrator) || self.method == 'StaticInt8'",
+            message="`calibrator` is only used by method StaticInt8; remove it for DynamicInt8, Float16, "
+            "BFloat16 and FP8",
+            check=lambda m: m.calibrator is None or m.method == "StaticInt8",
+            field_path=".calibrator",
+        ),
+        Rule(
+            cel="!has(self.percentile) || (self.method == 'StaticInt8' && has(self.calibrator) && "
+            "self.calibrator == 'Percentile')",
+            message="`percentile` is only used by method StaticInt8 with calibrator Percentile; set "
+            "calibrator: Percentile or remove it",
+            check=lambda m: m.percentile is None or (m.method == "StaticInt8" and m.calibrator == "Percentile"),
+            field_path=".percentile",
+        ),
+        Rule(
+            cel="!has(self.perChannel) || self.method in " + str(list(INT8_METHODS)),
+            message="`perChannel` is only used by methods StaticInt8 and DynamicInt8; remove it for Float16, "
+            "BFloat16 and FP8 (FP8 scales per tensor)",
+            check=lambda m: m.perChannel is None or m.method in INT8_METHODS,
+            field_path=".perChannel",
+        ),
+        Rule(
+            cel="!has(self.excludeLayers) || size(self.excludeLayers) == 0 || self.method in "
+            + str(list(EXCLUDE_LAYER_METHODS)),
+            message="`excludeLayers` is only used by methods StaticInt8, DynamicInt8 and FP8; Float16 and "
+            "BFloat16 convert the whole model, so remove it",
+            check=lambda m: not m.excludeLayers or m.method in EXCLUDE_LAYER_METHODS,
+            field_path=".excludeLayers",
+        ),
+    )
+
+    @property
+    def calibrator_or_default(self) -> Calibrator:
+        """The calibrator StaticInt8 uses."""
+        return self.calibrator or DEFAULT_CALIBRATOR
+
+    @property
+    def percentile_or_default(self) -> float:
+        """The percentile calibrator Percentile keeps."""
+        return DEFAULT_PERCENTILE if self.percentile is None else self.percentile
+
+    @property
+    def per_channel_or_default(self) -> bool:
+        """Whether int8 weights get one scale per output channel."""
+        return DEFAULT_PER_CHANNEL if self.perChannel is None else self.perChannel
 
 
 class OnnxStep(ApiModel):
@@ -334,8 +429,12 @@ class ShapeProfile(ApiModel):
 class TensorRTStep(ApiModel):
     """Build a TensorRT engine (needs TensorRT and an NVIDIA GPU at run time)."""
 
-    precision: Literal["Fp32", "Fp16", "Int8", "Fp8"] = Field(
-        "Fp16", description="Kernel precision the builder may use; Int8 needs data.calibration."
+    precision: Literal["FP32", "FP16", "INT8", "FP8"] = Field(
+        "FP16",
+        description=(
+            "Kernel precision the builder may use besides FP32, as TensorRT's builder flags name them; "
+            "INT8 needs data.calibration."
+        ),
     )
     profiles: list[ShapeProfile] = Field(
         default_factory=list, max_length=8, description="Optimization profiles for dynamic shapes."
@@ -383,6 +482,9 @@ class Step(ApiModel):
 # spec.acceptance, output, resources, runPolicy, worker
 
 
+DEFAULT_MAX_TRIALS = 8
+
+
 class Acceptance(ApiModel):
     """Gates the final model must pass. A model that fails one is kept under rejected/, not published."""
 
@@ -403,10 +505,38 @@ class Acceptance(ApiModel):
             "model that passes every gate."
         ),
     )
-    maxTrials: int = Field(8, ge=1, le=100, description="With strategy Auto: the most pipelines to try.")
-    timeoutSeconds: int | None = Field(
-        None, ge=1, le=604_800, description="With strategy Auto: stop searching after this many seconds."
+    maxTrials: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description=f"Strategy Auto only: the most pipelines to try; unset means {DEFAULT_MAX_TRIALS}.",
     )
+    timeoutSeconds: int | None = Field(
+        None,
+        ge=1,
+        le=604_800,
+        description="Strategy Auto only: stop searching after this many seconds; unset: no limit.",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.maxTrials) || self.strategy == 'Auto'",
+            message="`maxTrials` is only used by strategy Auto; remove it or set strategy: Auto",
+            check=lambda m: m.maxTrials is None or m.strategy == "Auto",
+            field_path=".maxTrials",
+        ),
+        Rule(
+            cel="!has(self.timeoutSeconds) || self.strategy == 'Auto'",
+            message="`timeoutSeconds` is only used by strategy Auto; remove it or set strategy: Auto",
+            check=lambda m: m.timeoutSeconds is None or m.strategy == "Auto",
+            field_path=".timeoutSeconds",
+        ),
+    )
+
+    @property
+    def max_trials_or_default(self) -> int:
+        """The most pipelines strategy Auto tries."""
+        return DEFAULT_MAX_TRIALS if self.maxTrials is None else self.maxTrials
 
 
 class SecretRef(ApiModel):
@@ -557,11 +687,11 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'Int8') || "
+            cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'INT8') || "
             "(has(self.data) && has(self.data.calibration))",
-            message="tensorrt precision Int8 needs data.calibration; add a calibration data set or use Fp16",
+            message="tensorrt precision INT8 needs data.calibration; add a calibration data set or use FP16",
             check=lambda m: (
-                not any(s.tensorrt is not None and s.tensorrt.precision == "Int8" for s in m.steps)
+                not any(s.tensorrt is not None and s.tensorrt.precision == "INT8" for s in m.steps)
                 or _has_data(m, "calibration")
             ),
             field_path=".data",
@@ -598,10 +728,10 @@ class CompressionJobSpec(ApiModel):
             field_path=".steps",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'Fp8') || self.resources.gpus > 0",
-            message="quantize method Fp8 runs on FP8 tensor cores: resources.gpus must be at least 1",
+            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'FP8') || self.resources.gpus > 0",
+            message="quantize method FP8 runs on FP8 tensor cores: resources.gpus must be at least 1",
             check=lambda m: (
-                not any(s.quantize is not None and s.quantize.method == "Fp8" for s in m.steps) or m.resources.gpus > 0
+                not any(s.quantize is not None and s.quantize.method == "FP8" for s in m.steps) or m.resources.gpus > 0
             ),
             field_path=".resources",
         ),

@@ -139,7 +139,7 @@ def search(loaded: Loaded, techniques: Mapping[str, Technique], reporter: Report
     deadline = time.monotonic() + acceptance.timeoutSeconds if acceptance.timeoutSeconds else None
     best: Trial | None = None
     for index, steps in enumerate(candidates(loaded.job.spec.steps, sensitive_layers(loaded))):
-        if index >= acceptance.maxTrials or (
+        if index >= acceptance.max_trials_or_default or (
             deadline is not None and time.monotonic() >= deadline and best is not None
         ):
             break

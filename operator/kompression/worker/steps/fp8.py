@@ -14,7 +14,7 @@ def _scale(t: torch.Tensor) -> torch.Tensor:
     return (t.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
 
 
-class Fp8Linear(nn.Module):
+class FP8Linear(nn.Module):
     """Weight stored in fp8 with one scale; activations get a per-tensor scale on every call."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -55,6 +55,6 @@ def convert_to_fp8(module: nn.Module, exclude: set[str]) -> tuple[int, list[str]
             skipped.append(name)
             continue
         parent_name, _, attr = name.rpartition(".")
-        setattr(module.get_submodule(parent_name), attr, Fp8Linear(child))
+        setattr(module.get_submodule(parent_name), attr, FP8Linear(child))
         converted += 1
     return converted, skipped

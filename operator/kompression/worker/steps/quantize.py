@@ -121,17 +121,17 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
         str(out),
         ArrayCalibrationReader(calibration, input_name, batch_size),
         quant_format=QuantFormat.QDQ,
-        per_channel=cfg.perChannel,
+        per_channel=cfg.per_channel_or_default,
         reduce_range=reduce_range,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CALIBRATORS[cfg.calibrator],
+        calibrate_method=CALIBRATORS[cfg.calibrator_or_default],
         nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
-        extra_options={"CalibPercentile": cfg.percentile} if cfg.calibrator == "Percentile" else {},
+        extra_options={"CalibPercentile": cfg.percentile_or_default} if cfg.calibrator == "Percentile" else {},
     )
     notes: dict[str, float | int | str] = {
         "format": "ONNX QDQ (onnxruntime int8 kernels)",
-        "calibrator": cfg.calibrator,
+        "calibrator": cfg.calibrator_or_default,
         "calibrationSamples": len(calibration),
         "reduceRange": str(reduce_range).lower(),
     }
@@ -146,7 +146,7 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResu
     quantize_dynamic(
         str(source.path),
         str(out),
-        per_channel=cfg.perChannel,
+        per_channel=cfg.per_channel_or_default,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=DYNAMIC_OP_TYPES,
         nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
@@ -189,14 +189,14 @@ def _fp8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     source = require_torch(model, ctx.step.name, "quantize")
     if not (ctx.device.startswith("cuda") and torch.cuda.is_available()):
         raise RuntimeMissing(
-            f"step {ctx.step.name}: Fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
+            f"step {ctx.step.name}: FP8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
             f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer: Ada L4/L40, Hopper H100/H200, Blackwell); "
             f"this worker runs on {ctx.device}"
         )
     capability = torch.cuda.get_device_capability()
     if capability < FP8_MIN_CAPABILITY:
         raise RuntimeMissing(
-            f"step {ctx.step.name}: Fp8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+            f"step {ctx.step.name}: FP8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
             f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}"
         )
     module = copy.deepcopy(source.module).to(ctx.device).eval()
@@ -217,5 +217,5 @@ _METHODS: dict[str, Callable[[Model, QuantizeStep, StepContext], StepResult]] = 
     "DynamicInt8": _dynamic_int8,
     "Float16": _half(torch.float16),
     "BFloat16": _half(torch.bfloat16),
-    "Fp8": _fp8,
+    "FP8": _fp8,
 }

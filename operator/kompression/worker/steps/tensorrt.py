@@ -21,10 +21,11 @@ from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx
 
 MISSING = (
-    "TensorRT is not installed in this worker image or no CUDA GPU is visible; use the worker image "
-    "with the tensorrt extra on an NVIDIA GPU node"
+    "TensorRT is not installed (pip install 'kompression[tensorrt]') or no CUDA GPU is visible; in a cluster, "
+    "use the worker image with the tensorrt extra on an NVIDIA GPU node"
 )
-PRECISION_FLAGS = {"Fp16": "FP16", "Int8": "INT8", "Fp8": "FP8"}
+# The API spells precisions as TensorRT names its builder flags; FP32 needs no flag.
+PRECISION_FLAGS = ("FP16", "INT8", "FP8")
 
 
 def load_tensorrt(step: str) -> ModuleType:
@@ -54,9 +55,9 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspaceMiB << 20)
     notes: dict[str, float | int | str] = {"precision": cfg.precision, "tensorrtVersion": trt.__version__}
     if cfg.precision in PRECISION_FLAGS:
-        config.set_flag(getattr(trt.BuilderFlag, PRECISION_FLAGS[cfg.precision]))
+        config.set_flag(getattr(trt.BuilderFlag, cfg.precision))
     _add_profiles(builder, config, network, cfg, ctx)
-    if cfg.precision == "Int8":
+    if cfg.precision == "INT8":
         config.int8_calibrator = _calibrator(trt, ctx, _calibration_shape(network, cfg))
         # TensorRT 10 deprecates implicit (calibrator) INT8 in favour of explicit Q/DQ graphs; an
         # ONNX model from StaticInt8 already carries Q/DQ nodes and TensorRT uses their scales.
@@ -96,7 +97,7 @@ def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ct
         profile = builder.create_optimization_profile()
         profile.set_shape(name, shape.min, shape.opt, shape.max)
         config.add_optimization_profile(profile)
-        if cfg.precision == "Int8" and index == 0:
+        if cfg.precision == "INT8" and index == 0:
             # IBuilderConfig.set_calibration_profile (deprecated with implicit INT8 in TensorRT 10,
             # still present): a dynamic-shape network is calibrated at this profile's opt shape.
             config.set_calibration_profile(profile)
@@ -112,7 +113,7 @@ def _calibration_shape(network: Any, cfg: TensorRTStep) -> tuple[int, ...]:
 def _calibrator(trt: Any, ctx: StepContext, shape: tuple[int, ...]) -> Any:
     data = ctx.data.calibration
     if data is None or len(data) == 0:
-        raise StepInvalid(f"step {ctx.step.name}: tensorrt precision Int8 needs data.calibration")
+        raise StepInvalid(f"step {ctx.step.name}: tensorrt precision INT8 needs data.calibration")
     # TensorRT reads exactly one opt-shaped batch from each pointer get_batch returns, so the batch
     # is the profile's, not data.calibration.batchSize, and only whole batches are fed.
     batch, sample = shape[0], shape[1:]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from kompression.controller.settings import Settings
+from kompression.extras import ExtraMissing, need, require
 
 ENV_PREFIX = "KOMPRESSION_"
 # Stands in for the uid the API server assigns, which the token audience and owner references carry.
@@ -112,6 +113,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    try:
+        require(need("`kompression operator`", "operator"))
+    except ExtraMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     from kompression.controller.handlers import run  # kopf, aiohttp: only for this command
 
     settings = settings_from(args)

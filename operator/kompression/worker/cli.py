@@ -20,6 +20,7 @@ from kompression.api.constants import ENV_JOB_FILE, ENV_WORKDIR, ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
+from kompression.extras import EXTRAS, ExtraMissing, Need, require
 
 if TYPE_CHECKING:  # the worker modules import torch: only for annotations here
     from kompression.worker.progress import Reporter
@@ -53,6 +54,20 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
     p.set_defaults(func=_example_model)
 
 
+# transformers comes with the worker extra, but only format HuggingFace imports it.
+WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
+
+
+def job_needs(job: CompressionJob) -> list[Need]:
+    """What `kompression run` must be able to import for this job, by extra."""
+    needs = [Need("`kompression run`", "worker", WORKER_CORE)]
+    if job.spec.model.format == "HuggingFace":
+        needs.append(Need("model format HuggingFace", "worker", ("transformers",)))
+    if any(s.tensorrt is not None for s in job.spec.steps):
+        needs.append(Need("a tensorrt step", "tensorrt", EXTRAS["tensorrt"]))
+    return needs
+
+
 def _rank_argv(args: argparse.Namespace) -> list[str]:
     """The same `run` for each rank, minus the rank count: a rank must not relaunch."""
     argv = ["run", *([args.job] if args.job else []), "--progress", args.progress, "--seed", str(args.seed)]
@@ -69,10 +84,6 @@ def _fail_early(reason: str, message: str, code: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        from kompression.worker import distributed
-
-        return distributed.launch(args.nproc_per_node, _rank_argv(args))
     name = args.job or os.environ.get(ENV_JOB_FILE)
     if not name:
         return _fail_early(
@@ -85,8 +96,15 @@ def _run(args: argparse.Namespace) -> int:
         job = parse_job(docs[0])
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
+    try:
+        require(*job_needs(job))
+    except ExtraMissing as exc:
+        return _fail_early("RuntimeMissing", str(exc), exc.exit_code)
 
     from kompression.worker import distributed
+
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return distributed.launch(args.nproc_per_node, _rank_argv(args))
     from kompression.worker.progress import Reporter
 
     distributed.bind_device()
@@ -152,6 +170,11 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
 
 
 def _example_model(args: argparse.Namespace) -> int:
+    try:
+        require(Need("`kompression example-model`", "worker", WORKER_CORE))
+    except ExtraMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     from kompression.worker.errors import WorkerError
     from kompression.worker.example_model import build
 

@@ -275,8 +275,9 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
         transformers = importlib.import_module("transformers")
     except ImportError:
         raise RuntimeMissing(
-            "format HuggingFace needs the transformers package, which this worker image lacks; "
-            "use an image with transformers, or export the model with torch.export (format TorchExport)"
+            "format HuggingFace needs the transformers package, which this worker lacks: "
+            "pip install 'kompression[worker]' (or use an image with it), or export the model with torch.export "
+            "(format TorchExport)"
         ) from None
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():

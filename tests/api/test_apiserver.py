@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 from api_cases import EXAMPLES, INVALID, ROOT, expected_field
+from kubernetes.client import ApiException
+from option_cases import CASES, Case, refusal_names_option_and_users
 
 from kompression.api.validation import SpecInvalid, parse_job
 
@@ -53,6 +55,22 @@ def test_invalid_manifest_is_rejected_like_the_cli_does(kube: Any, crd: None, na
     with pytest.raises(SpecInvalid) as cli_verdict:
         parse_job(yaml.safe_load(path.read_text()))
     assert any(e.path == expected_field(path) for e in cli_verdict.value.errors)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_options_a_method_does_not_use_are_refused_like_the_cli_does(kube: Any, crd: None, case: Case) -> None:
+    # A server-side dry run: the whole admission chain (defaulting, then the CEL rules), nothing stored.
+    path = "/apis/kompression.dev/v1alpha1/namespaces/default/compressionjobs?dryRun=All&fieldValidation=Strict"
+    try:
+        kube.request("POST", path, case.manifest)
+    except ApiException as exc:
+        assert exc.status == 422, exc.reason
+        causes = json.loads(exc.reason)["details"]["causes"]
+        assert not case.accepted, f"the API server refused it: {causes}"
+        messages = [c["message"] for c in causes if c.get("field") == case.field]
+        assert any(refusal_names_option_and_users(case, m) for m in messages), causes
+    else:
+        assert case.accepted, f"the API server accepted {case.field} with {case.manifest['spec']}"
 
 
 def test_spec_is_immutable_except_suspend_and_ttl(kube: Any, crd: None, namespace: str) -> None:

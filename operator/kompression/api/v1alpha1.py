@@ -246,7 +246,8 @@ class PruneStep(ApiModel):
     __rules__ = (
         Rule(
             cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
-            message="SemiStructured24 removes exactly 2 of every 4 weights: sparsity must be 0.5 (or unset)",
+            message="`sparsity` other than 0.5 is only used by methods L1Unstructured, GlobalMagnitude, L1Structured "
+            "and TaylorStructured; SemiStructured24 removes exactly 2 of every 4 weights, so leave it unset or 0.5",
             check=lambda m: m.method != "SemiStructured24" or m.sparsity == 0.5,
             field_path=".sparsity",
         ),

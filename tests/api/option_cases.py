@@ -1,0 +1,187 @@
+"""Every option against every method: which combinations the API takes, as one table.
+
+For each object whose options depend on a selector (a step's method, TensorRT's precision, the
+acceptance strategy, the student's source), the table lists each selector value and, per option,
+sample settings with the selector values that use them. Any other combination must be refused,
+naming the option. The CLI tests and the API-server test walk the same cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kompression.api.v1alpha1 import (
+    Acceptance,
+    ApiModel,
+    PruneStep,
+    QuantizeMethod,
+    QuantizeStep,
+    StudentRef,
+    TensorRTStep,
+)
+
+Fields = dict[str, Any]
+
+
+def _values(literal: Any) -> tuple[str, ...]:
+    return typing.get_args(literal)
+
+
+QUANTIZE = _values(QuantizeMethod)
+PRUNE = _values(PruneStep.model_fields["method"].annotation)
+PRECISIONS = _values(TensorRTStep.model_fields["precision"].annotation)
+STRATEGIES = _values(Acceptance.model_fields["strategy"].annotation)
+PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One object's selector values, and for each option the settings tried with who uses them."""
+
+    model: type[ApiModel]
+    where: str  # the object's path in the spec, as errors name it
+    choices: dict[str, Fields]  # selector value -> the fields that select it
+    options: dict[str, list[tuple[Fields, tuple[str, ...]]]]
+    # The selector's default: also tried unset, since the API server fills it in before its rules run.
+    default: str | None = None
+
+
+TABLE = (
+    Selector(
+        QuantizeStep,
+        "spec.steps[0].quantize",
+        {m: {"method": m} for m in QUANTIZE},
+        {
+            "calibrator": [({"calibrator": c}, ("StaticInt8",)) for c in ("MinMax", "Percentile", "Entropy")],
+            "percentile": [
+                ({"calibrator": "Percentile", "percentile": 99.9}, ("StaticInt8",)),
+                ({"percentile": 99.9}, ()),
+                ({"calibrator": "Entropy", "percentile": 99.9}, ()),
+            ],
+            "perChannel": [({"perChannel": v}, ("StaticInt8", "DynamicInt8")) for v in (True, False)],
+            "excludeLayers": [
+                ({"excludeLayers": ["head"]}, ("StaticInt8", "DynamicInt8", "FP8")),
+                ({"excludeLayers": []}, QUANTIZE),  # an empty list sets nothing, in CEL as in Python
+            ],
+        },
+    ),
+    Selector(
+        PruneStep,
+        "spec.steps[0].prune",
+        {m: {"method": m} for m in PRUNE},
+        {
+            "sparsity": [
+                ({"sparsity": 0.3}, tuple(m for m in PRUNE if m != "SemiStructured24")),
+                ({"sparsity": 0.5}, PRUNE),
+            ],
+            "ignoreLayers": [({"ignoreLayers": ["features.0"]}, PRUNE)],
+            "fineTune": [({"fineTune": {"epochs": 1}}, PRUNE)],
+        },
+    ),
+    Selector(
+        TensorRTStep,
+        "spec.steps[0].tensorrt",
+        {p: {"precision": p} for p in PRECISIONS},
+        {
+            "profiles": [({"profiles": [PROFILE]}, PRECISIONS)],
+            "workspaceMiB": [({"workspaceMiB": 1024}, PRECISIONS)],
+            "timingCache": [({"timingCache": False}, PRECISIONS)],
+        },
+        default="FP16",
+    ),
+    Selector(
+        Acceptance,
+        "spec.acceptance",
+        {s: {"strategy": s} for s in STRATEGIES},
+        {
+            "maxAccuracyDrop": [({"maxAccuracyDrop": 0.01}, STRATEGIES)],
+            "minCompressionRatio": [({"minCompressionRatio": 2.0}, STRATEGIES)],
+            "minSpeedup": [({"minSpeedup": 1.5}, STRATEGIES)],
+            "maxTrials": [({"maxTrials": 4}, ("Auto",))],
+            "timeoutSeconds": [({"timeoutSeconds": 600}, ("Auto",))],
+        },
+        default="Fixed",
+    ),
+    Selector(
+        StudentRef,
+        "spec.steps[1].distill.student",
+        {"fromStep": {"fromStep": "prune"}, "architecture": {"architecture": "torchvision.models:resnet18"}},
+        {"architectureArguments": [({"architectureArguments": {"num_classes": 10}}, ("architecture",))]},
+    ),
+)
+
+
+def _manifest(where: str, fields: Fields) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "options"},
+        "spec": {
+            "model": {
+                "uri": "s3://models/m.pt2",
+                "format": "TorchExport",
+                "inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}],
+            },
+            "data": {
+                "calibration": {"uri": "s3://data/calib.npz"},
+                "evaluation": {"uri": "s3://data/val.npz"},
+                "training": {"uri": "s3://data/train.npz"},
+            },
+            "steps": [{"name": "q", "quantize": {"method": "DynamicInt8"}}],
+            "output": {"uri": "s3://out/m/"},
+            "resources": {"gpus": 1},
+        },
+    }
+    spec = doc["spec"]
+    if where == "spec.acceptance":
+        spec["acceptance"] = fields
+    elif where == "spec.steps[1].distill.student":
+        spec["steps"] = [
+            {"name": "prune", "prune": {"method": "L1Structured"}},
+            {"name": "d", "distill": {"student": fields}},
+        ]
+    else:
+        kind = where.rsplit(".", 1)[-1]
+        spec["steps"] = [{"name": "s", kind: fields}]
+    return doc
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    manifest: dict[str, Any]
+    option: str
+    field: str  # the option's path, which a refusal must name
+    accepted: bool
+    users: tuple[str, ...]  # what a refusal's message must name: the selector values that use the option
+
+
+def cases() -> Iterator[Case]:
+    for sel in TABLE:
+        choices = dict(sel.choices)
+        if sel.default is not None:
+            choices[f"{sel.default}(unset)"] = {}
+        for choice, selecting in choices.items():
+            for option, variants in sel.options.items():
+                named = sorted({u for _, users in variants for u in users})
+                for i, (fields, users) in enumerate(variants):
+                    yield Case(
+                        id=f"{sel.model.__name__}.{option}#{i}@{choice}",
+                        manifest=_manifest(sel.where, copy.deepcopy({**selecting, **fields})),
+                        option=option,
+                        field=f"{sel.where}.{option}",
+                        accepted=choice.removesuffix("(unset)") in users,
+                        users=users or tuple(named),
+                    )
+
+
+CASES = list(cases())
+
+
+def refusal_names_option_and_users(case: Case, message: str) -> bool:
+    """A refusal names the option and what uses it."""
+    return f"`{case.option}`" in message and all(u in message for u in case.users)

@@ -65,6 +65,31 @@ def test_static_int8_keeps_excluded_layers_in_float(tmp_path: Path) -> None:
         quantize(trained_cnn(), make_ctx(step, tmp_path))
 
 
+def _weight_scale_sizes(path: Path) -> set[int]:
+    """Element counts of the scales that dequantize int8 weights (1: per tensor, C: per channel)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    sizes = set()
+    for node in graph.node:
+        weight = inits.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and weight is not None and weight.data_type == TensorProto.INT8:
+            sizes.add(int(np.prod(inits[node.input[1]].dims)))
+    return sizes
+
+
+def test_static_int8_defaults_apply_when_unset_and_per_tensor_scales_when_per_channel_is_false(
+    tmp_path: Path,
+) -> None:
+    unset = quantize(trained_cnn(), make_ctx({"name": "q", "quantize": {"method": "StaticInt8"}}, tmp_path / "a"))
+    assert unset.notes["calibrator"] == "MinMax"
+    assert isinstance(unset.model, OnnxModel)
+    assert max(_weight_scale_sizes(unset.model.path)) > 1  # per channel by default
+    step = {"name": "q", "quantize": {"method": "StaticInt8", "perChannel": False}}
+    per_tensor = quantize(trained_cnn(), make_ctx(step, tmp_path / "b"))
+    assert isinstance(per_tensor.model, OnnxModel)
+    assert _weight_scale_sizes(per_tensor.model.path) == {1}
+
+
 def test_static_int8_quantizes_an_onnx_model_too(tmp_path: Path, float_onnx: Path) -> None:
     result = quantize(
         OnnxModel(float_onnx, ["x"]), make_ctx({"name": "q", "quantize": {"method": "StaticInt8"}}, tmp_path)

@@ -111,6 +111,9 @@ def test_kubectl_explain_teaches_the_fields(kube: Any, crd: None) -> None:
     assert "sparsity <number>" in out
     out = " ".join(kube.kubectl("explain", "compressionjob.spec.acceptance.maxAccuracyDrop").stdout.split())
     assert "Largest allowed drop in the evaluation metric" in out
+    # An option without a schema default says what unset means, and which methods use it.
+    out = " ".join(kube.kubectl("explain", "kjob.spec.steps.quantize.calibrator").stdout.split())
+    assert "StaticInt8 only" in out and "unset means MinMax" in out
 
 
 def test_printer_columns_show_phase_step_ratio_and_accuracy(kube: Any, crd: None, namespace: str) -> None:

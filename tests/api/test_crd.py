@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from api_cases import ROOT
@@ -84,3 +85,22 @@ def test_enums_bounds_and_defaults_reach_the_schema() -> None:
 def test_printer_columns() -> None:
     columns = {c["name"] for c in build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert {"Phase", "Step", "Ratio", "AccDelta", "Age"} <= columns
+
+
+# A number format on its own: FP8, INT4, BF16, NVFP4, MXFP4, W4A16 (case-insensitive here).
+_PRECISION = re.compile(r"(fp|int|uint|bf|nvfp|mxfp)\d+|w\d+a\d+", re.IGNORECASE)
+
+
+def test_enum_values_keep_acronyms_in_capitals() -> None:
+    # Element types (model.inputs[].dtype) are spelled as numpy and torch spell them: float32, int64.
+    values = {
+        v
+        for path, node in _walk(_schema(), "")
+        if not path.endswith(".dtype")
+        for v in node.get("enum", [])
+        if isinstance(v, str)
+    }
+    assert {"FP8", "FP16", "INT8", "DynamicInt8", "BFloat16"} <= values
+    for value in values:
+        assert not _PRECISION.fullmatch(value) or value.isupper(), f"{value}: write precisions in capitals"
+        assert not re.search(r"Onnx|Tensorrt|Cuda|Gpu", value), f"{value}: write acronyms in capitals"

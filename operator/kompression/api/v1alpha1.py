@@ -4,18 +4,19 @@ The CRD in ``crds/`` is generated from these models (``kompression crd``), and t
 and the worker all parse manifests with them. Every field carries a description: it is what
 ``kubectl explain`` shows. Cross-field rules live in each model's ``__rules__`` (see rules.py).
 
-Spelling of enum values, as Kubernetes' API conventions write them (``TCP``, ``IPv4``):
+Spelling of enum values, as Kubernetes' API conventions write them (``TCP``, ``IPv4``, ``projectID``):
 
 - Values are CamelCase words: ``DynamicInt8``, ``Float16``, ``BFloat16``, ``L1Structured``.
 - Acronyms and initialisms keep their capitals, as the libraries users come from write them
-  (TensorRT's ``BuilderFlag.FP16``, ``trtexec --fp16``, ModelOpt's ``FP8``): ``FP32``, ``FP16``,
-  ``INT8``, ``FP8``, ``ONNX``. New values follow the same rule (``NVFP4``, ``MXFP4``, ``W4A16``).
-  Never ``Fp8`` or ``Int8`` on their own; a word-like name such as ``DynamicInt8`` stays as it is.
+  (TensorRT's ``BuilderFlag.FP16`` and ``trtexec --fp16``, ModelOpt's ``FP8``): ``FP32``, ``FP16``,
+  ``INT8``, ``FP8``, ``ONNX``. New values follow the same rule: ``NVFP4``, ``MXFP4``, ``W4A16``.
+  A precision on its own is written ``FP8``, never ``Fp8``; inside a word-like name it reads as
+  part of the word and stays as it is (``DynamicInt8``, ``BFloat16``).
 
-Options a method does not use are refused, not ignored: an option that only some methods read
-is optional (unset in the CRD, its default documented and applied where it is read), and a rule
-names the methods that use it. Fields with a server-side default cannot be told apart from ones
-the user set, so such options carry no schema default.
+Options a method does not use are refused, not ignored. Such an option has no schema default
+(the API server would fill it in, and a rule could no longer tell it from one the user set): it
+is optional, its description says what unset means, the model's ``*_or_default`` properties apply
+that, and a rule naming the methods that use it refuses it elsewhere.
 """
 
 from __future__ import annotations

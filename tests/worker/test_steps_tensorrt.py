@@ -25,6 +25,7 @@ def test_without_tensorrt_or_a_gpu_the_step_fails_with_runtime_missing(tmp_path:
     with pytest.raises(RuntimeMissing, match="worker image with the tensorrt extra on an NVIDIA GPU node") as err:
         TECHNIQUES["tensorrt"](trained_cnn(), make_ctx(STEP, tmp_path))
     assert err.value.reason == "RuntimeMissing"
+    assert "pip install 'kompression[tensorrt]'" in err.value.message
     assert not list(tmp_path.glob("*.engine"))
 
 

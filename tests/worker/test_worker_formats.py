@@ -110,7 +110,7 @@ def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path, mon
     # A None entry in sys.modules is Python's own way of making an import fail, as in an image
     # built without the package.
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(RuntimeMissing, match="transformers"):
+    with pytest.raises(RuntimeMissing, match=r"transformers.*pip install 'kompression\[worker\]'"):
         formats.load_model(source("file://hf", "HuggingFace"), tmp_path)
 
 

@@ -16,16 +16,13 @@ from contextlib import contextmanager
 
 import torch
 
-from kompression.api.v1alpha1 import Step
+from kompression.api.v1alpha1 import INT8_METHODS, Step
 from kompression.worker.model import TorchModel
 from kompression.worker.pipeline import Loaded, Trial, run_steps, score_trial
 from kompression.worker.progress import Reporter
 from kompression.worker.steps.base import Technique
 
 SPARSITY_FACTORS = (1.0, 0.75, 0.5, 0.25)
-INT8_METHODS = ("StaticInt8", "DynamicInt8")
-
-
 FALLBACK_LAYERS = 2  # the most int8-sensitive layers that trials may keep in float
 SENSITIVITY_SAMPLES = 64
 

@@ -101,9 +101,34 @@ def test_safetensors_with_architecture(tmp_path: Path) -> None:
         )
 
 
-def test_torchscript(tmp_path: Path) -> None:
+def test_torchscript_loads_only_when_trusted_as_code(tmp_path: Path) -> None:
     torch.jit.script(Tiny()).save(str(tmp_path / "m.ts"))  # type: ignore[no-untyped-call]
-    assert isinstance(formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts"), TorchModel)
+    trusted = source("file://m.ts", "TorchScript", trustTorchScriptCode=True)
+    assert isinstance(formats.load_model(trusted, tmp_path / "m.ts"), TorchModel)
+    with pytest.raises(ModelError, match="trustTorchScriptCode"):
+        formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts")
+
+
+class _ReadsAFile(torch.nn.Module):
+    """What an untrusted TorchScript forward() can do: read a file of the pod into its output."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaked = torch.from_file(self.secret, shared=False, size=4, dtype=torch.uint8)
+        return x.flatten(1)[:, :4] * 0 + leaked.to(x.dtype)
+
+
+def test_untrusted_torchscript_never_runs(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_bytes(b"\x01\x02\x03\x04")
+    torch.jit.script(_ReadsAFile(str(secret))).save(str(tmp_path / "m.ts"))  # type: ignore[no-untyped-call]
+    ran = torch.jit.load(str(tmp_path / "m.ts"))(torch.zeros(1, 1, 8, 8))  # type: ignore[no-untyped-call]
+    assert ran.tolist() == [[1.0, 2.0, 3.0, 4.0]]  # the threat: the file's bytes come out
+    with pytest.raises(ModelError, match="code that runs in the worker"):
+        formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts")
 
 
 def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

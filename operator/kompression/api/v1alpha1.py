@@ -107,8 +107,30 @@ class ModelSource(ApiModel):
     inputs: list[ModelInput] = Field(
         min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
     )
+    trustTorchScriptCode: bool = Field(
+        False,
+        description=(
+            "Required, and only allowed, with format TorchScript. A TorchScript archive is a program: "
+            "its scripted forward() runs in the worker, next to the job's credentials, and can read "
+            "files (torch.from_file). Set true only for archives you would run as code, as with "
+            "transformers' trust_remote_code; prefer TorchExport, whose archives the worker vets."
+        ),
+    )
 
     __rules__ = (
+        Rule(
+            cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
+            message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
+            "if you trust it as code, or save the model with torch.export.save (format TorchExport)",
+            check=lambda m: m.format != "TorchScript" or m.trustTorchScriptCode,
+            field_path=".trustTorchScriptCode",
+        ),
+        Rule(
+            cel="!has(self.trustTorchScriptCode) || !self.trustTorchScriptCode || self.format == 'TorchScript'",
+            message="trustTorchScriptCode only applies to format TorchScript; remove it for other formats",
+            check=lambda m: not m.trustTorchScriptCode or m.format == "TorchScript",
+            field_path=".trustTorchScriptCode",
+        ),
         Rule(
             cel="self.format != 'SafeTensors' || has(self.architecture)",
             message="format SafeTensors needs `architecture` (module.path:Name) to build the model the weights load into",
@@ -789,8 +811,9 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
 
-    name: Annotated[str, StringConstraints(max_length=253)] | None = Field(None, description="Object name.")
-    namespace: Annotated[str, StringConstraints(max_length=63)] | None = Field(None, description="Namespace.")
+    # Their rules (DNS-1123 names, label syntax) are the API server's; validation.metadata_errors mirrors them.
+    name: str | None = Field(None, description="Object name.")
+    namespace: str | None = Field(None, description="Namespace.")
     generation: int | None = Field(None, description="Generation.")
     uid: str | None = Field(None, description="UID.")
     labels: dict[str, str] | None = Field(None, description="Labels.")

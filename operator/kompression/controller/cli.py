@@ -121,16 +121,19 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def render(docs: list[Any], settings: Settings) -> str:
-    from kompression.api.validation import parse_job
+    from kompression.api.validation import FieldError, SpecInvalid, parse_job
     from kompression.controller.builders import build_configmap, build_job
 
     out: list[dict[str, Any]] = []
     for doc in docs:
-        meta = doc.setdefault("metadata", {})
-        meta.setdefault("namespace", "default")
-        meta.setdefault("uid", RENDER_UID)
-        meta.setdefault("generation", 1)
+        # What the API server fills in; a malformed document is left for parse_job to explain.
+        if isinstance(doc, dict) and isinstance(doc.setdefault("metadata", {}), dict):
+            for key, value in (("namespace", "default"), ("uid", RENDER_UID), ("generation", 1)):
+                doc["metadata"].setdefault(key, value)
         job = parse_job(doc)
+        if not job.metadata.name:
+            reason = "render needs metadata.name: the API server picks the name from generateName only at create"
+            raise SpecInvalid([FieldError("metadata.name", reason)], None)
         out += [build_configmap(job), build_job(job, settings)]
     return yaml.safe_dump_all(out, sort_keys=False)
 

@@ -130,6 +130,11 @@ def _compare_shapes(uri: str, declared: ModelInput, actual: list[int]) -> None:
 
 
 def _load_torchscript(source: ModelSource, path: Path) -> Model:
+    if not source.trustTorchScriptCode:  # the API refuses it too; the worker does not rely on that
+        raise ModelError(
+            f"{source.uri}: a TorchScript archive is code that runs in the worker; the job must set "
+            "spec.model.trustTorchScriptCode: true to load it"
+        )
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{source.uri}: not a TorchScript archive (not a zip file); is spec.model.format right?")
     with zipfile.ZipFile(path) as zf:

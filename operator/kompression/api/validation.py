@@ -256,7 +256,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise ManifestUnreadable(f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1})")
             return super().compose_node(parent, index)
         finally:

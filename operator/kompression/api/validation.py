@@ -307,7 +307,7 @@ def load_documents(path: Path) -> list[Any]:
     loader = _BoundedLoader(text)
     try:
         docs = []
-        while loader.check_data():
+        while loader.check_data():  # type: ignore[no-untyped-call]
             doc = loader.get_data()
             if doc is not None:
                 docs.append(doc)

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kompression.api.architectures import reference_allowed, refusal
 from kompression.api.constants import API_VERSION, KIND
 from kompression.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
@@ -226,6 +227,19 @@ def _map_errors(path: str, value: Any, label_values: bool) -> list[FieldError]:
     if not label_values and sum(len(str(k)) + len(str(v)) for k, v in value.items()) > MAX_ANNOTATIONS_BYTES:
         errors.append(FieldError(path, f"annotations may total at most {MAX_ANNOTATIONS_BYTES} bytes"))
     return errors
+
+
+def architecture_errors(spec: CompressionJobSpec, allowed: tuple[str, ...]) -> list[FieldError]:
+    """The cluster's policy on `architecture` references (not a CRD rule: the list is the operator's)."""
+    refs = [("spec.model.architecture", spec.model.architecture)]
+    refs += [
+        (f"spec.steps[{i}].distill.student.architecture", s.distill.student.architecture)
+        for i, s in enumerate(spec.steps)
+        if s.distill is not None
+    ]
+    return [
+        FieldError(path, refusal(ref, allowed)) for path, ref in refs if ref and not reference_allowed(ref, allowed)
+    ]
 
 
 def check_update(old: CompressionJobSpec, new: CompressionJobSpec) -> list[FieldError]:

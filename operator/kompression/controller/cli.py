@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kompression.api.architectures import module_list_argument
 from kompression.controller.settings import Settings
 
 ENV_PREFIX = "KOMPRESSION_"
@@ -80,6 +81,12 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--extra-tolerations", "extra_tolerations", _json_list, "JSON list of tolerations added to every worker pod"),
     ("--worker-runtime-class", "worker_runtime_class", str, "runtimeClassName of worker pods that request GPUs"),
     ("--log-level", "log_level", _log_level, "debug, info, warning or error"),
+    (
+        "--architecture-modules",
+        "architecture_modules",
+        module_list_argument,
+        "comma-separated module prefixes a job's `architecture` may name (handed to workers)",
+    ),
     (
         "--worker-pod-annotations",
         "pod_annotations",

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from kompression.api import architectures
 from kompression.api.v1alpha1 import ModelInput, ModelSource
 from kompression.worker import eager
-from kompression.worker.errors import ModelError, RuntimeMissing
+from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.pt2_archive import PICKLE_ADVICE, vet_pt2_archive
 
@@ -149,7 +150,13 @@ def _load_torchscript(source: ModelSource, path: Path) -> Model:
 
 
 def import_ref(ref: str, field: str) -> Callable[..., Any]:
-    """Resolve `module.path:Name` to the object it names."""
+    """Resolve `module.path:Name` to the object it names, if the operator allows its module.
+
+    Nothing is imported before the check: importing a module runs it.
+    """
+    allowed = architectures.allowed_modules(os.environ)
+    if not architectures.reference_allowed(ref, allowed):
+        raise SpecError(f"{field}: {architectures.refusal(ref, allowed)}")
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -160,6 +167,13 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
         raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
+    # An allowed module may re-export something from elsewhere (a zoo that imports os): the object
+    # itself must come from an allowed module too.
+    home = getattr(obj, "__module__", None) or ""
+    if not architectures.module_allowed(home, allowed):
+        raise SpecError(
+            f"{field}: {ref} is defined in {home or 'an unknown module'}; {architectures.refusal(ref, allowed)}"
+        )
     return obj  # type: ignore[no-any-return]
 
 

@@ -68,7 +68,6 @@ class ModelInput(ApiModel):
         Rule(
             cel="self.shape.all(d, d != 0)",
             message="shape dimensions must be positive, or -1 for a dynamic dimension; 0 is not allowed",
-            check=lambda m: all(d != 0 for d in m.shape),
             field_path=".shape",
         ),
     )
@@ -122,31 +121,26 @@ class ModelSource(ApiModel):
             cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
             message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
             "if you trust it as code, or save the model with torch.export.save (format TorchExport)",
-            check=lambda m: m.format != "TorchScript" or m.trustTorchScriptCode,
             field_path=".trustTorchScriptCode",
         ),
         Rule(
             cel="!has(self.trustTorchScriptCode) || !self.trustTorchScriptCode || self.format == 'TorchScript'",
             message="trustTorchScriptCode only applies to format TorchScript; remove it for other formats",
-            check=lambda m: not m.trustTorchScriptCode or m.format == "TorchScript",
             field_path=".trustTorchScriptCode",
         ),
         Rule(
             cel="self.format != 'SafeTensors' || has(self.architecture)",
             message="format SafeTensors needs `architecture` (module.path:Name) to build the model the weights load into",
-            check=lambda m: m.format != "SafeTensors" or m.architecture is not None,
             field_path=".architecture",
         ),
         Rule(
             cel="!has(self.architecture) || self.format == 'SafeTensors'",
             message="`architecture` is only used with format SafeTensors; remove it for other formats",
-            check=lambda m: m.architecture is None or m.format == "SafeTensors",
             field_path=".architecture",
         ),
         Rule(
             cel="!has(self.architectureArguments) || has(self.architecture)",
             message="`architectureArguments` needs `architecture`",
-            check=lambda m: m.architectureArguments is None or m.architecture is not None,
             field_path=".architectureArguments",
         ),
     )
@@ -183,7 +177,6 @@ class DataSource(ApiModel):
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
-            check=lambda m: (m.uri is None) != (m.builtin is None),
         ),
     )
 
@@ -256,7 +249,6 @@ class PruneStep(ApiModel):
         Rule(
             cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
             message="SemiStructured24 removes exactly 2 of every 4 weights: sparsity must be 0.5 (or unset)",
-            check=lambda m: m.method != "SemiStructured24" or m.sparsity == 0.5,
             field_path=".sparsity",
         ),
     )
@@ -276,7 +268,6 @@ class StudentRef(ApiModel):
         Rule(
             cel="has(self.fromStep) != has(self.architecture)",
             message="set exactly one of `fromStep` or `architecture`",
-            check=lambda m: (m.fromStep is None) != (m.architecture is None),
         ),
     )
 
@@ -342,13 +333,11 @@ class ShapeProfile(ApiModel):
         Rule(
             cel="size(self.min) == size(self.opt) && size(self.opt) == size(self.max)",
             message="min, opt and max must have the same number of dimensions",
-            check=lambda m: len(m.min) == len(m.opt) == len(m.max),
         ),
         Rule(
             cel="[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || "
             "i >= size(self.max) || (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))",
             message="each dimension must satisfy min <= opt <= max",
-            check=lambda m: all(a <= b <= c for a, b, c in zip(m.min, m.opt, m.max, strict=False)),
         ),
     )
 
@@ -381,7 +370,6 @@ class Step(ApiModel):
             cel="[has(self.prune), has(self.distill), has(self.quantize), has(self.onnx), has(self.tensorrt)]"
             ".filter(x, x).size() == 1",
             message="each step needs exactly one technique: one of prune, distill, quantize, onnx or tensorrt",
-            check=lambda m: sum(x is not None for x in (m.prune, m.distill, m.quantize, m.onnx, m.tensorrt)) == 1,
         ),
     )
 
@@ -470,7 +458,6 @@ class Resources(ApiModel):
         Rule(
             cel="!has(self.gpuProduct) || self.gpus > 0",
             message="gpuProduct needs gpus > 0",
-            check=lambda m: m.gpuProduct is None or m.gpus > 0,
             field_path=".gpuProduct",
         ),
     )
@@ -518,31 +505,6 @@ class Measurement(ApiModel):
 # spec
 
 
-def _step_kinds(spec: Any) -> list[str]:
-    return [
-        s.kind
-        for s in spec.steps
-        if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1
-    ]
-
-
-def _needs_training(spec: Any) -> bool:
-    return any(s.distill is not None or (s.prune is not None and s.prune.fineTune is not None) for s in spec.steps)
-
-
-def _has_data(spec: Any, field: str) -> bool:
-    return spec.data is not None and getattr(spec.data, field) is not None
-
-
-def _from_step_ok(spec: Any) -> bool:
-    names = [s.name for s in spec.steps]
-    for i, step in enumerate(spec.steps):
-        ref = step.distill.student.fromStep if step.distill is not None else None
-        if ref is not None and (ref not in names or names.index(ref) >= i):
-            return False
-    return True
-
-
 _INDICES = str(list(range(MAX_STEPS)))
 
 
@@ -565,34 +527,24 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
             message="step names must be unique",
-            check=lambda m: len({s.name for s in m.steps}) == len(m.steps),
             field_path=".steps",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'StaticInt8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="quantize method StaticInt8 needs data.calibration; add a calibration data set or use DynamicInt8",
-            check=lambda m: (
-                not any(s.quantize is not None and s.quantize.method == "StaticInt8" for s in m.steps)
-                or _has_data(m, "calibration")
-            ),
             field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'Int8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="tensorrt precision Int8 needs data.calibration; add a calibration data set or use Fp16",
-            check=lambda m: (
-                not any(s.tensorrt is not None and s.tensorrt.precision == "Int8" for s in m.steps)
-                or _has_data(m, "calibration")
-            ),
             field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune))) || "
             "(has(self.data) && has(self.data.training))",
             message="distill and prune.fineTune need data.training; add a training data set",
-            check=lambda m: not _needs_training(m) or _has_data(m, "training"),
             field_path=".data",
         ),
         Rule(
@@ -602,35 +554,28 @@ class CompressionJobSpec(ApiModel):
             f"!has(self.steps[i].distill.student.fromStep) || {_INDICES}.exists(j, j < i && "
             f"self.steps[j].name == self.steps[i].distill.student.fromStep))",
             message="distill.student.fromStep must name an earlier step",
-            check=_from_step_ok,
             field_path=".steps",
         ),
         Rule(
             cel="!has(self.acceptance) || !has(self.acceptance.maxAccuracyDrop) || "
             "(has(self.data) && has(self.data.evaluation))",
             message="acceptance.maxAccuracyDrop needs data.evaluation to measure accuracy; add an evaluation data set",
-            check=lambda m: m.acceptance is None or m.acceptance.maxAccuracyDrop is None or _has_data(m, "evaluation"),
             field_path=".data",
         ),
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
             "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
-            check=lambda m: m.model.format != "ONNX" or all(k in ("quantize", "tensorrt") for k in _step_kinds(m)),
             field_path=".steps",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'Fp8') || self.resources.gpus > 0",
             message="quantize method Fp8 runs on FP8 tensor cores: resources.gpus must be at least 1",
-            check=lambda m: (
-                not any(s.quantize is not None and s.quantize.method == "Fp8" for s in m.steps) or m.resources.gpus > 0
-            ),
             field_path=".resources",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
             message="a tensorrt step builds on an NVIDIA GPU: resources.gpus must be at least 1",
-            check=lambda m: not any(s.tensorrt is not None for s in m.steps) or m.resources.gpus > 0,
             field_path=".resources",
         ),
     )
@@ -657,21 +602,8 @@ def _unchanged(field: str) -> str:
     return f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
 
 
-def _immutable_check(old: CompressionJobSpec, new: CompressionJobSpec) -> bool:
-    def frozen(spec: CompressionJobSpec) -> dict[str, Any]:
-        wire = spec.to_wire()
-        policy = wire.get("runPolicy", {})
-        for f in MUTABLE_RUN_POLICY_FIELDS:
-            policy.pop(f, None)
-        return wire
-
-    return frozen(old) == frozen(new)
-
-
 # Derived from the field list, so that a new spec field is immutable unless listed above.
-CompressionJobSpec.__rules__ += (
-    Rule(cel=_immutable_cel(), message=IMMUTABLE_MESSAGE, check=_immutable_check, transition=True),
-)
+CompressionJobSpec.__rules__ += (Rule(cel=_immutable_cel(), message=IMMUTABLE_MESSAGE, transition=True),)
 
 
 # --------------------------------------------------------------------------------------------

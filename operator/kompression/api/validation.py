@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import reprlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 
 from kompression.api.architectures import reference_allowed, refusal
 from kompression.api.constants import API_VERSION, KIND
+from kompression.api.rules import verdicts
 from kompression.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -115,9 +118,31 @@ def rule_errors(model: ApiModel, path: str) -> list[FieldError]:
     """Evaluate every cross-field rule below ``model`` (the CRD's CEL rules, in Python)."""
     errors = []
     for node_path, node in _walk(model, path):
-        for rule in type(node).__rules__:
-            if not rule.transition and not rule.check(node):
-                errors.append(FieldError(node_path + (rule.field_path or ""), rule.message))
+        rules = tuple(r for r in type(node).__rules__ if not r.transition)
+        if rules:
+            results = verdicts(rules, node.to_wire())
+            errors += [
+                FieldError(node_path + (r.field_path or ""), r.message)
+                for r, ok in zip(rules, results, strict=True)
+                if not ok
+            ]
+    return errors
+
+
+_RULE_CACHE: OrderedDict[str, list[FieldError]] = OrderedDict()
+_RULE_CACHE_SIZE = 4096
+
+
+def _spec_rule_errors(spec: CompressionJobSpec) -> list[FieldError]:
+    """rule_errors, remembered per spec: the operator parses the same immutable spec on every event,
+    and handing objects to CEL costs milliseconds."""
+    key = json.dumps(spec.to_wire(), sort_keys=True)
+    if key in _RULE_CACHE:
+        _RULE_CACHE.move_to_end(key)
+        return _RULE_CACHE[key]
+    errors = _RULE_CACHE[key] = rule_errors(spec, "spec")
+    if len(_RULE_CACHE) > _RULE_CACHE_SIZE:
+        _RULE_CACHE.popitem(last=False)
     return errors
 
 
@@ -134,10 +159,11 @@ def parse_job(obj: Any) -> CompressionJob:
         )
         raise SpecInvalid([FieldError("apiVersion/kind", f"expected {API_VERSION} {KIND}, got {got}")], name)
     try:
-        job = CompressionJob.model_validate(obj)
+        # Strict: the API server's schema takes no "1" for a number and no 1 for a string or a bool.
+        job = CompressionJob.model_validate(obj, strict=True)
     except ValidationError as exc:
         raise SpecInvalid(metadata_errors(meta) + _pydantic_errors(exc), name) from None
-    errors = metadata_errors(meta) + rule_errors(job.spec, "spec")
+    errors = metadata_errors(meta) + _spec_rule_errors(job.spec)
     if errors:
         raise SpecInvalid(errors, name)
     return job
@@ -247,7 +273,7 @@ def check_update(old: CompressionJobSpec, new: CompressionJobSpec) -> list[Field
     return [
         FieldError("spec", rule.message)
         for rule in CompressionJobSpec.__rules__
-        if rule.transition and not rule.check(old, new)
+        if rule.transition and not rule.holds(new.to_wire(), old.to_wire())
     ]
 
 

@@ -146,6 +146,25 @@ def _spec_rule_errors(spec: CompressionJobSpec) -> list[FieldError]:
     return errors
 
 
+def _integral_floats_as_ints(value: Any) -> Any:
+    """1.0 becomes 1, as the API server's JSON decoding makes it, before the strict type check.
+
+    Shared sub-objects (YAML aliases) are converted once and stay shared.
+    """
+    memo: dict[int, Any] = {}
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
+            return int(v)
+        if not isinstance(v, (dict, list)):
+            return v
+        if id(v) not in memo:
+            memo[id(v)] = {k: convert(x) for k, x in v.items()} if isinstance(v, dict) else [convert(x) for x in v]
+        return memo[id(v)]
+
+    return convert(value)
+
+
 def parse_job(obj: Any) -> CompressionJob:
     """Parse a CompressionJob manifest, raising SpecInvalid with every problem found."""
     if not isinstance(obj, dict):
@@ -160,7 +179,7 @@ def parse_job(obj: Any) -> CompressionJob:
         raise SpecInvalid([FieldError("apiVersion/kind", f"expected {API_VERSION} {KIND}, got {got}")], name)
     try:
         # Strict: the API server's schema takes no "1" for a number and no 1 for a string or a bool.
-        job = CompressionJob.model_validate(obj, strict=True)
+        job = CompressionJob.model_validate(_integral_floats_as_ints(obj), strict=True)
     except ValidationError as exc:
         raise SpecInvalid(metadata_errors(meta) + _pydantic_errors(exc), name) from None
     errors = metadata_errors(meta) + _spec_rule_errors(job.spec)

@@ -1,7 +1,7 @@
 """Generated CompressionJobs around the schema: `kompression validate`'s verdict must equal a real
 kube-apiserver's on a server-side dry-run create (strict field validation, as `kubectl create`).
 
-This tests the CEL rules against their Python twins, the OpenAPI bounds against pydantic's, and the
+This tests the CEL rules as a CEL library evaluates them, the OpenAPI bounds against pydantic's, and the
 type checks (a string where a number goes) on documents nobody wrote by hand. Values are drawn at
 and around each bound and pattern, with whole sections present, absent or malformed.
 """

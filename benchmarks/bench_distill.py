@@ -16,6 +16,7 @@ be poor teachers (Cho & Hariharan, "On the Efficacy of Knowledge Distillation", 
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 
@@ -25,6 +26,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from common import THREADS, job_context, load_average, workdir, write_report
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import FineTune
 from kompression.worker.model import TorchModel
 from kompression.worker.steps import TECHNIQUES
@@ -145,6 +147,7 @@ def train_student(
     temperature: float = TEMPERATURE,
 ) -> tuple[nn.Module, float]:
     """A fresh student through Kompression's distill step; returns it and its held-out accuracy."""
+    os.environ[ENV_ARCHITECTURE_MODULES] = "bench_distill"  # the worker builds only allow-listed students
     step = {
         "name": "distill",
         "distill": {

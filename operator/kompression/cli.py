@@ -8,13 +8,23 @@ operator image has no torch and the worker image has no kopf.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from kompression import __version__
+from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES, module_list_argument
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.crd import render_crd
-from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
+from kompression.api.validation import (
+    ManifestUnreadable,
+    SpecInvalid,
+    architecture_errors,
+    describe,
+    load_documents,
+    parse_job,
+)
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -34,11 +44,14 @@ def _validate(args: argparse.Namespace) -> int:
         for doc in docs:
             try:
                 job = parse_job(doc)
+                errors = architecture_errors(job.spec, args.architecture_modules)
+                if errors:
+                    raise SpecInvalid(errors, job.metadata.name)
             except SpecInvalid as exc:
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = EXIT_INVALID
             else:
-                print(f"{path}: CompressionJob {job.metadata.name or '<unnamed>'!r} is valid")
+                print(f"{path}: CompressionJob {describe(job.metadata.name or '<unnamed>')} is valid")
     return status
 
 
@@ -62,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check CompressionJob manifests against the API's rules")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--architecture-modules",
+        type=module_list_argument,
+        default=os.environ.get(ENV_ARCHITECTURE_MODULES, ""),
+        help=(
+            "comma-separated module prefixes `architecture` may name, as the cluster's operator "
+            f"allows (env {ENV_ARCHITECTURE_MODULES}; default {','.join(DEFAULT_ARCHITECTURE_MODULES)})"
+        ),
+    )
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("crd", help="print the CompressionJob CRD generated from the typed API")

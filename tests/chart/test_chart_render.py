@@ -121,6 +121,16 @@ def test_worker_defaults_reach_the_operator() -> None:
     assert env["KOMPRESSION_PROGRESS_BASE_URL"] == "http://kompression.ops.svc:8081"
 
 
+def test_architecture_allow_list_reaches_the_operator() -> None:
+    from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES, parse_modules
+
+    default = env_of(one(template({}), "Deployment"))["KOMPRESSION_ARCHITECTURE_MODULES"]
+    assert parse_modules(default) == DEFAULT_ARCHITECTURE_MODULES  # the chart's default is the code's
+    custom = template({"worker": {"architectureModules": ["torchvision.models", "acme.zoo"]}})
+    assert env_of(one(custom, "Deployment"))["KOMPRESSION_ARCHITECTURE_MODULES"] == "torchvision.models,acme.zoo"
+    assert "does not match pattern" in template_error({"worker": {"architectureModules": ["os; rm -rf"]}})
+
+
 def test_watch_namespaces_use_roles_not_cluster_wide_grants() -> None:
     objs = template({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
     assert {r["metadata"]["namespace"] for r in find(objs, "Role")} == {"team-a", "team-b"}

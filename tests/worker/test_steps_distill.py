@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from test_steps_common import DigitsCNN, digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
-from kompression.worker.errors import StepInvalid
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES
+from kompression.worker.errors import SpecError, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import Dataset, DataSets
@@ -20,6 +21,14 @@ from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
 
 distill = TECHNIQUES["distill"]
+
+
+@pytest.fixture(autouse=True)
+def _students_from_this_suite(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The students are test classes: the operator's allow-list (an env var) must name their module.
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "test_steps_common")
+
+
 SMALL = {"architecture": "test_steps_common:DigitsCNN", "architectureArguments": {"width": 6, "hidden": 32}}
 
 
@@ -51,6 +60,17 @@ def test_a_student_larger_than_the_teacher_is_refused_with_both_counts(tmp_path:
     big = {"architecture": "test_steps_common:DigitsCNN", "architectureArguments": {"width": 32}}
     with pytest.raises(StepInvalid, match=r"has [\d,]+ parameters, more than the teacher's 38,314"):
         distill(teacher, make_ctx({"name": "d", "distill": {"student": big}}, tmp_path, teacher=teacher))
+
+
+def test_a_student_outside_the_allowed_modules_is_never_imported(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    step = {
+        "name": "d",
+        "distill": {"student": {"architecture": "os:system", "architectureArguments": {"command": f"touch {marker}"}}},
+    }
+    with pytest.raises(SpecError, match=r"spec.steps\[0\].distill.student.architecture: os:system is not under"):
+        distill(trained_cnn(), make_ctx(step, tmp_path, teacher=trained_cnn(), data=small_data(64)))
+    assert not marker.exists()
 
 
 def test_a_student_from_a_step_that_made_onnx_is_refused_naming_the_step(tmp_path: Path) -> None:

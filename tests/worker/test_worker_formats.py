@@ -13,9 +13,10 @@ import torch
 from onnx import TensorProto, helper
 from runtime_helpers import Tiny, save_tiny
 
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES, ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import formats
-from kompression.worker.errors import ModelError, RuntimeMissing
+from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
 from kompression.worker.model import OnnxModel, TorchModel
 
 
@@ -75,7 +76,8 @@ def test_shape_mismatch_names_input_and_both_shapes(tmp_path: Path) -> None:
         formats.load_model(source("file://m.pt2", shape=[-1, 1, 16, 16]), save_tiny(tmp_path / "m.pt2"))
 
 
-def test_safetensors_with_architecture(tmp_path: Path) -> None:
+def test_safetensors_with_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "torch.nn")
     formats.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
     model = formats.load_model(
         source(
@@ -101,9 +103,34 @@ def test_safetensors_with_architecture(tmp_path: Path) -> None:
         )
 
 
-def test_torchscript(tmp_path: Path) -> None:
+def test_torchscript_loads_only_when_trusted_as_code(tmp_path: Path) -> None:
     torch.jit.script(Tiny()).save(str(tmp_path / "m.ts"))  # type: ignore[no-untyped-call]
-    assert isinstance(formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts"), TorchModel)
+    trusted = source("file://m.ts", "TorchScript", trustTorchScriptCode=True)
+    assert isinstance(formats.load_model(trusted, tmp_path / "m.ts"), TorchModel)
+    with pytest.raises(ModelError, match="trustTorchScriptCode"):
+        formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts")
+
+
+class _ReadsAFile(torch.nn.Module):
+    """What an untrusted TorchScript forward() can do: read a file of the pod into its output."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaked = torch.from_file(self.secret, shared=False, size=4, dtype=torch.uint8)
+        return x.flatten(1)[:, :4] * 0 + leaked.to(x.dtype)
+
+
+def test_untrusted_torchscript_never_runs(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_bytes(b"\x01\x02\x03\x04")
+    torch.jit.script(_ReadsAFile(str(secret))).save(str(tmp_path / "m.ts"))  # type: ignore[no-untyped-call]
+    ran = torch.jit.load(str(tmp_path / "m.ts"))(torch.zeros(1, 1, 8, 8))  # type: ignore[no-untyped-call]
+    assert ran.tolist() == [[1.0, 2.0, 3.0, 4.0]]  # the threat: the file's bytes come out
+    with pytest.raises(ModelError, match="code that runs in the worker"):
+        formats.load_model(source("file://m.ts", "TorchScript"), tmp_path / "m.ts")
 
 
 def test_huggingface_without_transformers_is_runtime_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,3 +213,33 @@ def test_saved_pt2_holds_every_parameter(tmp_path: Path) -> None:
     path = formats.save_torch_export(TorchModel(module, (torch.zeros(1, 1, 8, 8),)), tmp_path / "x.pt2")
     reloaded = torch.export.load(str(path))
     assert sum(t.numel() for t in reloaded.state_dict.values()) == formats.parameter_count(module)
+
+
+@pytest.mark.parametrize(
+    ("ref", "allowed", "why"),
+    [
+        ("os:system", "", "is not under a module this cluster allows"),  # the default list
+        ("os:system", "torchvision.models,timm", "is not under"),
+        ("subprocess:getoutput", "sub", "is not under"),  # a prefix is a whole module path
+        ("torch.nn.modules._utils:_ntuple", "torch.nn", "is not under"),  # private parts
+        ("kompression.worker.formats:Path", "kompression.worker.formats", "is defined in pathlib"),  # a re-export
+    ],
+)
+def test_architecture_outside_the_allowed_modules_is_never_called(
+    ref: str, allowed: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, allowed)
+    marker = tmp_path / "ran"
+    formats.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
+    spec = source("file://w.safetensors", "SafeTensors", [-1, 4], architecture=ref)
+    spec.architectureArguments = {"command": f"touch {marker}"} if ref.startswith("os:") else None
+    with pytest.raises(SpecError, match=why) as info:
+        formats.load_model(spec, tmp_path / "w.safetensors")
+    assert info.value.exit_code == ExitCode.INVALID_SPEC
+    assert not marker.exists()
+
+
+def test_default_architecture_modules_build_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_ARCHITECTURE_MODULES, raising=False)
+    module = formats.build_architecture("torchvision.models:resnet18", {"num_classes": 3}, "spec.model.architecture")
+    assert isinstance(module, torch.nn.Module)

@@ -56,6 +56,8 @@ ENV_PROGRESS_URL: Final = "KOMPRESSION_PROGRESS_URL"  # where the worker POSTs W
 ENV_PROGRESS_TOKEN_FILE: Final = "KOMPRESSION_PROGRESS_TOKEN_FILE"  # projected, audience-bound token
 ENV_PUSHGATEWAY_URL: Final = "KOMPRESSION_PUSHGATEWAY_URL"  # optional Prometheus Pushgateway
 ENV_WORKDIR: Final = "KOMPRESSION_WORKDIR"  # scratch space for intermediate files
+# Comma-separated module prefixes `architecture` may name (api/architectures.py).
+ENV_ARCHITECTURE_MODULES: Final = "KOMPRESSION_ARCHITECTURE_MODULES"
 
 
 # Audience of the token the worker presents to the operator: valid for this one job only.

@@ -82,7 +82,6 @@ class ModelInput(ApiModel):
         Rule(
             cel="self.shape.all(d, d != 0)",
             message="shape dimensions must be positive, or -1 for a dynamic dimension; 0 is not allowed",
-            check=lambda m: all(d != 0 for d in m.shape),
             field_path=".shape",
         ),
     )
@@ -121,24 +120,41 @@ class ModelSource(ApiModel):
     inputs: list[ModelInput] = Field(
         min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
     )
+    trustTorchScriptCode: bool = Field(
+        False,
+        description=(
+            "Required, and only allowed, with format TorchScript. A TorchScript archive is a program: "
+            "its scripted forward() runs in the worker, next to the job's credentials, and can read "
+            "files (torch.from_file). Set true only for archives you would run as code, as with "
+            "transformers' trust_remote_code; prefer TorchExport, whose archives the worker vets."
+        ),
+    )
 
     __rules__ = (
         Rule(
+            cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
+            message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
+            "if you trust it as code, or save the model with torch.export.save (format TorchExport)",
+            field_path=".trustTorchScriptCode",
+        ),
+        Rule(
+            cel="!has(self.trustTorchScriptCode) || !self.trustTorchScriptCode || self.format == 'TorchScript'",
+            message="trustTorchScriptCode only applies to format TorchScript; remove it for other formats",
+            field_path=".trustTorchScriptCode",
+        ),
+        Rule(
             cel="self.format != 'SafeTensors' || has(self.architecture)",
             message="format SafeTensors needs `architecture` (module.path:Name) to build the model the weights load into",
-            check=lambda m: m.format != "SafeTensors" or m.architecture is not None,
             field_path=".architecture",
         ),
         Rule(
             cel="!has(self.architecture) || self.format == 'SafeTensors'",
             message="`architecture` is only used with format SafeTensors; remove it for other formats",
-            check=lambda m: m.architecture is None or m.format == "SafeTensors",
             field_path=".architecture",
         ),
         Rule(
             cel="!has(self.architectureArguments) || has(self.architecture)",
             message="`architectureArguments` needs `architecture`",
-            check=lambda m: m.architectureArguments is None or m.architecture is not None,
             field_path=".architectureArguments",
         ),
     )
@@ -175,7 +191,6 @@ class DataSource(ApiModel):
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
-            check=lambda m: (m.uri is None) != (m.builtin is None),
         ),
     )
 
@@ -249,7 +264,6 @@ class PruneStep(ApiModel):
             cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
             message="`sparsity` other than 0.5 is only used by methods L1Unstructured, GlobalMagnitude, L1Structured "
             "and TaylorStructured; SemiStructured24 removes exactly 2 of every 4 weights, so leave it unset or 0.5",
-            check=lambda m: m.method != "SemiStructured24" or m.sparsity == 0.5,
             field_path=".sparsity",
         ),
     )
@@ -271,13 +285,11 @@ class StudentRef(ApiModel):
         Rule(
             cel="has(self.fromStep) != has(self.architecture)",
             message="set exactly one of `fromStep` or `architecture`",
-            check=lambda m: (m.fromStep is None) != (m.architecture is None),
         ),
         Rule(
             cel="!has(self.architectureArguments) || has(self.architecture)",
             message="`architectureArguments` is only used with `architecture`; remove it when the student "
             "comes from `fromStep`",
-            check=lambda m: m.architectureArguments is None or m.architecture is not None,
             field_path=".architectureArguments",
         ),
     )
@@ -352,7 +364,6 @@ class QuantizeStep(ApiModel):
             cel="!has(self.calibrator) || self.method == 'StaticInt8'",
             message="`calibrator` is only used by method StaticInt8; remove it for DynamicInt8, Float16, "
             "BFloat16 and FP8",
-            check=lambda m: m.calibrator is None or m.method == "StaticInt8",
             field_path=".calibrator",
         ),
         Rule(
@@ -360,14 +371,12 @@ class QuantizeStep(ApiModel):
             "self.calibrator == 'Percentile')",
             message="`percentile` is only used by method StaticInt8 with calibrator Percentile; set "
             "calibrator: Percentile or remove it",
-            check=lambda m: m.percentile is None or (m.method == "StaticInt8" and m.calibrator == "Percentile"),
             field_path=".percentile",
         ),
         Rule(
             cel="!has(self.perChannel) || self.method in " + str(list(INT8_METHODS)),
             message="`perChannel` is only used by methods StaticInt8 and DynamicInt8; remove it for Float16, "
             "BFloat16 and FP8 (FP8 scales per tensor)",
-            check=lambda m: m.perChannel is None or m.method in INT8_METHODS,
             field_path=".perChannel",
         ),
         Rule(
@@ -375,7 +384,6 @@ class QuantizeStep(ApiModel):
             + str(list(EXCLUDE_LAYER_METHODS)),
             message="`excludeLayers` is only used by methods StaticInt8, DynamicInt8 and FP8; Float16 and "
             "BFloat16 convert the whole model, so remove it",
-            check=lambda m: not m.excludeLayers or m.method in EXCLUDE_LAYER_METHODS,
             field_path=".excludeLayers",
         ),
     )
@@ -417,13 +425,11 @@ class ShapeProfile(ApiModel):
         Rule(
             cel="size(self.min) == size(self.opt) && size(self.opt) == size(self.max)",
             message="min, opt and max must have the same number of dimensions",
-            check=lambda m: len(m.min) == len(m.opt) == len(m.max),
         ),
         Rule(
             cel="[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || "
             "i >= size(self.max) || (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))",
             message="each dimension must satisfy min <= opt <= max",
-            check=lambda m: all(a <= b <= c for a, b, c in zip(m.min, m.opt, m.max, strict=False)),
         ),
     )
 
@@ -460,7 +466,6 @@ class Step(ApiModel):
             cel="[has(self.prune), has(self.distill), has(self.quantize), has(self.onnx), has(self.tensorrt)]"
             ".filter(x, x).size() == 1",
             message="each step needs exactly one technique: one of prune, distill, quantize, onnx or tensorrt",
-            check=lambda m: sum(x is not None for x in (m.prune, m.distill, m.quantize, m.onnx, m.tensorrt)) == 1,
         ),
     )
 
@@ -524,13 +529,11 @@ class Acceptance(ApiModel):
         Rule(
             cel="!has(self.maxTrials) || self.strategy == 'Auto'",
             message="`maxTrials` is only used by strategy Auto; remove it or set strategy: Auto",
-            check=lambda m: m.maxTrials is None or m.strategy == "Auto",
             field_path=".maxTrials",
         ),
         Rule(
             cel="!has(self.timeoutSeconds) || self.strategy == 'Auto'",
             message="`timeoutSeconds` is only used by strategy Auto; remove it or set strategy: Auto",
-            check=lambda m: m.timeoutSeconds is None or m.strategy == "Auto",
             field_path=".timeoutSeconds",
         ),
     )
@@ -580,7 +583,6 @@ class Resources(ApiModel):
         Rule(
             cel="!has(self.gpuProduct) || self.gpus > 0",
             message="gpuProduct needs gpus > 0",
-            check=lambda m: m.gpuProduct is None or m.gpus > 0,
             field_path=".gpuProduct",
         ),
     )
@@ -628,31 +630,6 @@ class Measurement(ApiModel):
 # spec
 
 
-def _step_kinds(spec: Any) -> list[str]:
-    return [
-        s.kind
-        for s in spec.steps
-        if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1
-    ]
-
-
-def _needs_training(spec: Any) -> bool:
-    return any(s.distill is not None or (s.prune is not None and s.prune.fineTune is not None) for s in spec.steps)
-
-
-def _has_data(spec: Any, field: str) -> bool:
-    return spec.data is not None and getattr(spec.data, field) is not None
-
-
-def _from_step_ok(spec: Any) -> bool:
-    names = [s.name for s in spec.steps]
-    for i, step in enumerate(spec.steps):
-        ref = step.distill.student.fromStep if step.distill is not None else None
-        if ref is not None and (ref not in names or names.index(ref) >= i):
-            return False
-    return True
-
-
 _INDICES = str(list(range(MAX_STEPS)))
 
 
@@ -675,34 +652,24 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
             message="step names must be unique",
-            check=lambda m: len({s.name for s in m.steps}) == len(m.steps),
             field_path=".steps",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'StaticInt8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="quantize method StaticInt8 needs data.calibration; add a calibration data set or use DynamicInt8",
-            check=lambda m: (
-                not any(s.quantize is not None and s.quantize.method == "StaticInt8" for s in m.steps)
-                or _has_data(m, "calibration")
-            ),
             field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'INT8') || "
             "(has(self.data) && has(self.data.calibration))",
             message="tensorrt precision INT8 needs data.calibration; add a calibration data set or use FP16",
-            check=lambda m: (
-                not any(s.tensorrt is not None and s.tensorrt.precision == "INT8" for s in m.steps)
-                or _has_data(m, "calibration")
-            ),
             field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune))) || "
             "(has(self.data) && has(self.data.training))",
             message="distill and prune.fineTune need data.training; add a training data set",
-            check=lambda m: not _needs_training(m) or _has_data(m, "training"),
             field_path=".data",
         ),
         Rule(
@@ -712,35 +679,28 @@ class CompressionJobSpec(ApiModel):
             f"!has(self.steps[i].distill.student.fromStep) || {_INDICES}.exists(j, j < i && "
             f"self.steps[j].name == self.steps[i].distill.student.fromStep))",
             message="distill.student.fromStep must name an earlier step",
-            check=_from_step_ok,
             field_path=".steps",
         ),
         Rule(
             cel="!has(self.acceptance) || !has(self.acceptance.maxAccuracyDrop) || "
             "(has(self.data) && has(self.data.evaluation))",
             message="acceptance.maxAccuracyDrop needs data.evaluation to measure accuracy; add an evaluation data set",
-            check=lambda m: m.acceptance is None or m.acceptance.maxAccuracyDrop is None or _has_data(m, "evaluation"),
             field_path=".data",
         ),
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
             "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
-            check=lambda m: m.model.format != "ONNX" or all(k in ("quantize", "tensorrt") for k in _step_kinds(m)),
             field_path=".steps",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'FP8') || self.resources.gpus > 0",
             message="quantize method FP8 runs on FP8 tensor cores: resources.gpus must be at least 1",
-            check=lambda m: (
-                not any(s.quantize is not None and s.quantize.method == "FP8" for s in m.steps) or m.resources.gpus > 0
-            ),
             field_path=".resources",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
             message="a tensorrt step builds on an NVIDIA GPU: resources.gpus must be at least 1",
-            check=lambda m: not any(s.tensorrt is not None for s in m.steps) or m.resources.gpus > 0,
             field_path=".resources",
         ),
     )
@@ -767,21 +727,8 @@ def _unchanged(field: str) -> str:
     return f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
 
 
-def _immutable_check(old: CompressionJobSpec, new: CompressionJobSpec) -> bool:
-    def frozen(spec: CompressionJobSpec) -> dict[str, Any]:
-        wire = spec.to_wire()
-        policy = wire.get("runPolicy", {})
-        for f in MUTABLE_RUN_POLICY_FIELDS:
-            policy.pop(f, None)
-        return wire
-
-    return frozen(old) == frozen(new)
-
-
 # Derived from the field list, so that a new spec field is immutable unless listed above.
-CompressionJobSpec.__rules__ += (
-    Rule(cel=_immutable_cel(), message=IMMUTABLE_MESSAGE, check=_immutable_check, transition=True),
-)
+CompressionJobSpec.__rules__ += (Rule(cel=_immutable_cel(), message=IMMUTABLE_MESSAGE, transition=True),)
 
 
 # --------------------------------------------------------------------------------------------
@@ -921,8 +868,9 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
 
-    name: Annotated[str, StringConstraints(max_length=253)] | None = Field(None, description="Object name.")
-    namespace: Annotated[str, StringConstraints(max_length=63)] | None = Field(None, description="Namespace.")
+    # Their rules (DNS-1123 names, label syntax) are the API server's; validation.metadata_errors mirrors them.
+    name: str | None = Field(None, description="Object name.")
+    namespace: str | None = Field(None, description="Namespace.")
     generation: int | None = Field(None, description="Generation.")
     uid: str | None = Field(None, description="UID.")
     labels: dict[str, str] | None = Field(None, description="Labels.")

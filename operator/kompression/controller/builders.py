@@ -12,6 +12,7 @@ import yaml
 
 from kompression.api.constants import (
     ANNOTATION_GENERATION,
+    ENV_ARCHITECTURE_MODULES,
     ENV_JOB_FILE,
     ENV_PROGRESS_TOKEN_FILE,
     ENV_PROGRESS_URL,
@@ -88,6 +89,8 @@ def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
         {"name": ENV_WORKDIR, "value": SCRATCH_DIR},
         # The root filesystem is read-only: caches (torch, HF) go to scratch.
         {"name": "HOME", "value": SCRATCH_DIR},
+        # The worker refuses any other `architecture`; set explicitly so the image's default never decides.
+        {"name": ENV_ARCHITECTURE_MODULES, "value": ",".join(settings.architecture_modules)},
     ]
     if settings.pushgateway_url:
         env.append({"name": ENV_PUSHGATEWAY_URL, "value": settings.pushgateway_url})

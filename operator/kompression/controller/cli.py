@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kompression.api.architectures import module_list_argument
 from kompression.controller.settings import Settings
 from kompression.extras import ExtraMissing, need, require
 
@@ -82,6 +83,12 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--worker-runtime-class", "worker_runtime_class", str, "runtimeClassName of worker pods that request GPUs"),
     ("--log-level", "log_level", _log_level, "debug, info, warning or error"),
     (
+        "--architecture-modules",
+        "architecture_modules",
+        module_list_argument,
+        "comma-separated module prefixes a job's `architecture` may name (handed to workers)",
+    ),
+    (
         "--worker-pod-annotations",
         "pod_annotations",
         _json_object,
@@ -127,16 +134,19 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def render(docs: list[Any], settings: Settings) -> str:
-    from kompression.api.validation import parse_job
+    from kompression.api.validation import FieldError, SpecInvalid, parse_job
     from kompression.controller.builders import build_configmap, build_job
 
     out: list[dict[str, Any]] = []
     for doc in docs:
-        meta = doc.setdefault("metadata", {})
-        meta.setdefault("namespace", "default")
-        meta.setdefault("uid", RENDER_UID)
-        meta.setdefault("generation", 1)
+        # What the API server fills in; a malformed document is left for parse_job to explain.
+        if isinstance(doc, dict) and isinstance(doc.setdefault("metadata", {}), dict):
+            for key, value in (("namespace", "default"), ("uid", RENDER_UID), ("generation", 1)):
+                doc["metadata"].setdefault(key, value)
         job = parse_job(doc)
+        if not job.metadata.name:
+            reason = "render needs metadata.name: the API server picks the name from generateName only at create"
+            raise SpecInvalid([FieldError("metadata.name", reason)], None)
         out += [build_configmap(job), build_job(job, settings)]
     return yaml.safe_dump_all(out, sort_keys=False)
 

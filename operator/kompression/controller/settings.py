@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES
+
 DEFAULT_WORKER_IMAGE = "ghcr.io/kompression/worker:0.1.0"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -40,6 +42,8 @@ class Settings:
     worker_node_selector: dict[str, str] = field(default_factory=dict)  # added to every worker pod
     worker_runtime_class: str = ""  # runtimeClassName of worker pods that request GPUs
     log_level: str = "info"  # debug, info, warning or error
+    # Module prefixes `architecture` may name; handed to every worker (see api/architectures.py).
+    architecture_modules: tuple[str, ...] = DEFAULT_ARCHITECTURE_MODULES
     # Test and benchmark only: annotations put on every worker pod template (kwok's exit codes).
     pod_annotations: dict[str, str] = field(default_factory=dict)
 

@@ -2,12 +2,11 @@
 
 Unpickling runs code. So:
 - ``torch.load`` is only ever called with ``weights_only=True``.
-- ``.pt2`` (TorchExport) archives are vetted before ``torch.export.load`` sees them: in torch 2.x its
-  loader unpickles weight payloads marked ``use_pickle`` and opaque constants with full pickle
-  (``weights_only=False`` / ``pickle.loads``), and falls back to a full unpickle of the sample inputs
-  when the restricted one fails. We reject archives with pickled weights that need more than
-  ``weights_only``, with custom or opaque objects, with legacy pickled weight files, or with
-  ambiguous zip entries.
+- ``.pt2`` (TorchExport) archives are vetted before ``torch.export.load`` sees them: only entries of
+  the current format with raw tensor payloads pass (pt2_archive.py lists what torch's loader would
+  otherwise unpickle, load or evaluate).
+- TorchScript archives are code (a scripted forward() can read files), so they load only when the
+  job sets ``spec.model.trustTorchScriptCode``.
 - ONNX external-data locations must stay inside the model's folder (no absolute paths, no ``..``,
   no symlinks pointing out).
 - HuggingFace folders load with ``use_safetensors=True`` and ``trust_remote_code=False``.
@@ -16,7 +15,6 @@ Unpickling runs code. So:
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import zipfile
@@ -26,10 +24,12 @@ from typing import Any
 
 import torch
 
+from kompression.api import architectures
 from kompression.api.v1alpha1 import ModelInput, ModelSource
 from kompression.worker import eager
-from kompression.worker.errors import ModelError, RuntimeMissing
+from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
 from kompression.worker.model import Model, OnnxModel, TorchModel
+from kompression.worker.pt2_archive import PICKLE_ADVICE, vet_pt2_archive
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -38,11 +38,6 @@ TORCH_DTYPES = {
     "int64": torch.int64,
     "int32": torch.int32,
 }
-PICKLE_ADVICE = (
-    "pickled checkpoints can run arbitrary code when loaded, so the worker refuses them; "
-    "save the model with torch.export.save (format TorchExport) or its state dict with "
-    "safetensors (format SafeTensors plus `architecture`)"
-)
 
 
 def example_inputs(inputs: list[ModelInput], batch: int = 1) -> tuple[torch.Tensor, ...]:
@@ -86,67 +81,15 @@ def _reject_pickle_checkpoint(source: ModelSource, path: Path) -> None:
 # TorchExport
 
 
-def vet_pt2_archive(path: Path, uri: str) -> None:
-    """Refuse .pt2 archives whose loading would unpickle anything beyond plain tensors."""
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"{uri}: not a TorchExport .pt2 archive (not a zip file); is spec.model.format right?")
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if len(names) != len(set(names)):
-            raise ModelError(f"{uri}: the .pt2 archive has duplicate entries; refusing an ambiguous archive")
-        if not any("/models/" in n and n.endswith(".json") for n in names):
-            if any(n.endswith("data.pkl") for n in names):
-                raise ModelError(f"{uri} is a torch.save() pickle, not a TorchExport archive: {PICKLE_ADVICE}")
-            raise ModelError(
-                f"{uri}: not a TorchExport .pt2 archive (no models/*.json); was it made by torch.export.save?"
-            )
-        for name in names:
-            root, _, inner = name.partition("/")
-            if inner.startswith("data/weights/") and inner.endswith(".pt"):
-                raise ModelError(f"{uri}: legacy pickled weights ({name}); re-save with a current torch.export.save")
-            if inner.startswith("data/sample_inputs/"):
-                _vet_pickle(zf.read(name), name, uri)  # read with a silent full-pickle fallback
-            if inner.endswith("_config.json") and inner.startswith(("data/weights/", "data/constants/")):
-                folder = inner.rsplit("/", 1)[0]
-                for entry in _pickled_entries(json.loads(zf.read(name)), name, uri):
-                    member = f"{root}/{folder}/{entry}"
-                    if member not in names:
-                        raise ModelError(f"{uri}: {name} names {entry}, which the archive lacks")
-                    _vet_pickle(zf.read(member), member, uri)
-
-
-def _vet_pickle(data: bytes, name: str, uri: str) -> None:
-    try:
-        torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"{uri}: entry {name} is a pickle that needs more than weights_only loading "
-            f"({type(exc).__name__}); {PICKLE_ADVICE}"
-        ) from None
-
-
-def _pickled_entries(config: Any, name: str, uri: str) -> list[str]:
-    """Payload files the loader would unpickle; custom and opaque objects are refused outright."""
-    entries = config.get("config", {}) if isinstance(config, dict) else {}
-    pickled = []
-    for fqn, meta in entries.items():
-        if not isinstance(meta, dict):
-            raise ModelError(f"{uri}: {name} is malformed (entry {fqn!r})")
-        path_name = str(meta.get("path_name", ""))
-        if path_name.startswith(("custom_obj", "opaque_obj")):
-            raise ModelError(f"{uri}: {name} stores {fqn} as a pickled custom object; {PICKLE_ADVICE}")
-        if meta.get("use_pickle"):
-            pickled.append(path_name)
-    return pickled
-
-
 def _load_torch_export(source: ModelSource, path: Path) -> Model:
     vet_pt2_archive(path, source.uri)
     try:
         program = torch.export.load(str(path))
-    except Exception as exc:
+        _check_program_inputs(program, source)
+    except ModelError:
+        raise
+    except Exception as exc:  # whatever torch raises on a file it cannot read is the file's fault
         raise ModelError(f"{source.uri}: cannot load the TorchExport archive: {_short(exc)}") from None
-    _check_program_inputs(program, source)
     graph_module = program.module()
     module = eager.rebuild(program)
     if module is not None:
@@ -188,6 +131,11 @@ def _compare_shapes(uri: str, declared: ModelInput, actual: list[int]) -> None:
 
 
 def _load_torchscript(source: ModelSource, path: Path) -> Model:
+    if not source.trustTorchScriptCode:  # the API refuses it too; the worker does not rely on that
+        raise ModelError(
+            f"{source.uri}: a TorchScript archive is code that runs in the worker; the job must set "
+            "spec.model.trustTorchScriptCode: true to load it"
+        )
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{source.uri}: not a TorchScript archive (not a zip file); is spec.model.format right?")
     with zipfile.ZipFile(path) as zf:
@@ -202,7 +150,13 @@ def _load_torchscript(source: ModelSource, path: Path) -> Model:
 
 
 def import_ref(ref: str, field: str) -> Callable[..., Any]:
-    """Resolve `module.path:Name` to the object it names."""
+    """Resolve `module.path:Name` to the object it names, if the operator allows its module.
+
+    Nothing is imported before the check: importing a module runs it.
+    """
+    allowed = architectures.allowed_modules(os.environ)
+    if not architectures.reference_allowed(ref, allowed):
+        raise SpecError(f"{field}: {architectures.refusal(ref, allowed)}")
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -213,6 +167,13 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
         raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
+    # An allowed module may re-export something from elsewhere (a zoo that imports os): the object
+    # itself must come from an allowed module too.
+    home = getattr(obj, "__module__", None) or ""
+    if not architectures.module_allowed(home, allowed):
+        raise SpecError(
+            f"{field}: {ref} is defined in {home or 'an unknown module'}; {architectures.refusal(ref, allowed)}"
+        )
     return obj  # type: ignore[no-any-return]
 
 

@@ -18,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 from kompression.api.v1alpha1 import DistillStep
 from kompression.worker import distributed
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import build_architecture
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
-from kompression.worker.steps.modules import build_architecture, parameter_count
+from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import batches, labelled
 
 CHECKPOINT = "distill"
@@ -119,7 +120,11 @@ def _student(cfg: DistillStep, ctx: StepContext) -> TorchModel:
         return earlier
     assert ref.architecture is not None and ctx.teacher is not None  # the API's rule: exactly one is set
     torch.manual_seed(ctx.seed)  # the same fresh student on every rank and every rerun
-    return TorchModel(build_architecture(ref.architecture, ref.architectureArguments), ctx.teacher.example_inputs)
+    index = [s.name for s in ctx.job.spec.steps].index(ctx.step.name)
+    field = f"spec.steps[{index}].distill.student.architecture"
+    return TorchModel(
+        build_architecture(ref.architecture, ref.architectureArguments, field), ctx.teacher.example_inputs
+    )
 
 
 def _check_outputs_match(

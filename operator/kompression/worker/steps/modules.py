@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from kompression.worker.errors import SpecError, StepInvalid
+from kompression.worker.errors import StepInvalid
 from kompression.worker.model import Model, TorchModel
 
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -61,16 +59,3 @@ def named_layers(module: nn.Module, names: Sequence[str], step: str) -> dict[str
         known = ", ".join(n for n, m in modules.items() if isinstance(m, WEIGHT_LAYERS))
         raise StepInvalid(f"step {step}: no layer named {', '.join(missing)}; the model's layers are: {known}")
     return {n: modules[n] for n in names}
-
-
-def build_architecture(ref: str, arguments: dict[str, Any] | None) -> nn.Module:
-    """Build `module.path:Name(**arguments)`; the API's pattern already checked the ref's shape."""
-    module_name, _, attr = ref.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-        built = factory(**(arguments or {}))
-    except (ImportError, AttributeError, TypeError) as exc:
-        raise SpecError(f"cannot build architecture {ref} with arguments {arguments or {}}: {exc}") from exc
-    if not isinstance(built, nn.Module):
-        raise SpecError(f"architecture {ref} built a {type(built).__name__}, not a torch.nn.Module")
-    return built

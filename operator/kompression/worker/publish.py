@@ -171,12 +171,8 @@ def _parse(uri: str, data: bytes) -> dict[str, Any]:
 
 def read_manifest(prefix: str) -> dict[str, Any] | None:
     """The committed manifest under prefix, or None when nothing was ever published there."""
-    uri = storage.join(prefix, MANIFEST)
-    try:
-        data = storage.read_bytes(uri)
-    except storage.ObjectNotFound:
-        return None
-    return _parse(uri, data)
+    manifest, _ = _read_versioned(storage.join(prefix, MANIFEST))
+    return manifest
 
 
 def fetch_published(prefix: str, dest: Path) -> dict[str, Path]:

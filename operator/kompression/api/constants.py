@@ -57,6 +57,8 @@ ENV_PROGRESS_URL: Final = "KOMPRESSION_PROGRESS_URL"  # where the worker POSTs W
 ENV_PROGRESS_TOKEN_FILE: Final = "KOMPRESSION_PROGRESS_TOKEN_FILE"  # projected, audience-bound token
 ENV_PUSHGATEWAY_URL: Final = "KOMPRESSION_PUSHGATEWAY_URL"  # optional Prometheus Pushgateway
 ENV_WORKDIR: Final = "KOMPRESSION_WORKDIR"  # scratch space for intermediate files
+# Seconds one storage operation retries transient faults: spec.output.retrySeconds, else the chart's.
+ENV_STORAGE_RETRY_SECONDS: Final = "KOMPRESSION_STORAGE_RETRY_SECONDS"
 
 
 # Audience of the token the worker presents to the operator: valid for this one job only.

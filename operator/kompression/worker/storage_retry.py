@@ -36,11 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from kompression.api.constants import ENV_STORAGE_RETRY_SECONDS
 from kompression.worker.errors import StorageError, StorageRefused
 
 log = logging.getLogger(__name__)
 
-ENV_RETRY_SECONDS = "KOMPRESSION_STORAGE_RETRY_SECONDS"
+ENV_RETRY_SECONDS = ENV_STORAGE_RETRY_SECONDS
 ENV_RETRIES = "KOMPRESSION_STORAGE_RETRIES"
 ENV_BACKOFF = "KOMPRESSION_STORAGE_BACKOFF_SECONDS"
 ENV_TIMEOUT = "KOMPRESSION_STORAGE_TIMEOUT_SECONDS"

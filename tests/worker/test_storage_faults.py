@@ -5,6 +5,10 @@ relay that takes the endpoint away while moto keeps what it stores (so leftovers
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -231,3 +235,36 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         assert info.value.code == "InvalidAccessKeyId"
     finally:
         _set_moto_auth(s3env, "inf")
+
+
+UPLOADER = """
+import sys
+from pathlib import Path
+from kompression.worker import storage
+storage.upload(Path(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigterm_mid_multipart_upload_aborts_it(s3env: Any, tmp_path: Path) -> None:
+    """A deleted or evicted pod gets SIGTERM: the upload in flight is aborted, not left billed."""
+    bucket = s3env.create_bucket()
+    src = _big_file(tmp_path / "model.bin", 40 * PART)
+    env = {
+        **os.environ,
+        "KOMPRESSION_STORAGE_PART_BYTES": str(PART),
+        "PYTHONPATH": str(Path(storage.__file__).parents[2]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, str(src), f"s3://{bucket}/runs/r1/model.bin"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_a_part(s3env, bucket)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert s3env.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -14,11 +14,16 @@ the call as a whole by ``storage_retry.with_retries`` within the job's budget.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from kompression.worker.errors import StorageError
@@ -79,6 +84,11 @@ def put_file(s3: Any, uri: str, path: str, src: Path) -> None:
         body = src.read_bytes()
         with_retries(uri, "upload", lambda: s3.put_object(Bucket=bucket, Key=key, Body=body))
         return
+    with _terminate_raises():
+        _multipart(s3, uri, bucket, key, src, part=part)
+
+
+def _multipart(s3: Any, uri: str, bucket: str, key: str, src: Path, *, part: int) -> None:
     upload_id: str | None = None
     try:
         created = with_retries(
@@ -110,6 +120,24 @@ def put_file(s3: Any, uri: str, path: str, src: Path) -> None:
         if upload_id is not None:
             abort(s3, uri, bucket, key, upload_id)
         raise
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """Turn SIGTERM (pod deletion, eviction, a deadline) into SystemExit while a multipart upload
+    runs, so that its abort runs too; by default the signal would end the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def abort(s3: Any, uri: str, bucket: str, key: str, upload_id: str) -> None:

@@ -179,3 +179,25 @@ def test_a_symlinked_old_run_is_not_followed_by_cleanup(tmp_path: Path) -> None:
     pub.commit({})
     assert (outside / "keep.txt").read_text() == "mine"
     assert publish.read_manifest(f"file://{tmp_path / 'out'}") is not None
+
+
+def test_a_symlinked_checkpoints_folder_is_refused(tmp_path: Path) -> None:
+    import torch  # here, not at the top: the other tests of this module run without torch
+
+    from kompression.api.v1alpha1 import Step
+    from kompression.worker.pipeline import Checkpoints
+
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(outside)
+    checkpoints = Checkpoints(
+        f"file://{out}", [Step.model_validate({"name": "q", "quantize": {"method": "DynamicInt8"}})]
+    )
+    with pytest.raises(StorageRefused, match="symbolic link"):
+        checkpoints.save("q", "state", {"w": torch.zeros(1)})
+    with pytest.raises(StorageRefused, match="symbolic link"):
+        checkpoints.clear()
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]

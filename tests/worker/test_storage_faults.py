@@ -283,8 +283,6 @@ def test_spec_output_retry_seconds_reaches_the_worker(
     relay.cut()
     body = job("s3://models/model.pt2", "file://out/")
     body["spec"]["output"]["retrySeconds"] = 1
-    started = time.monotonic()
     code = main(["run", str(write_job(tmp_path / "job.yaml", body)), "--progress", "json"])
     err = capsys.readouterr().err
     assert code == ExitCode.STORAGE_ERROR and "retry budget 1 s" in err, err[-2000:]
-    assert time.monotonic() - started < 30

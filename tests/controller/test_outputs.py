@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from typing import Any
 
 import pytest
+from cjfactory import manifest
+from fakeapi import FakeApi
 from kubehelpers import apply_cr, conditions, events, jobs, pods, status, wait_phase
 from operator_proc import OperatorProcess
 
+from kompression.controller.metrics import Metrics
 from kompression.controller.outputs import Claim, holder, overlaps, prefix_key
+from kompression.controller.reconcile import Reconciler
+from kompression.controller.settings import Settings
+from kompression.controller.store import Store
+
+CRS = "/apis/kompression.dev/v1alpha1/namespaces/team-a/compressionjobs"
+JOBS = "/apis/batch/v1/namespaces/team-a/jobs"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +50,33 @@ def test_the_started_job_holds_then_the_oldest() -> None:
     assert holder(old, [new, other]) is None
     assert holder(old, [new, running]) == running  # a job already publishing keeps its prefix
     assert holder(Claim("x", "s3://o/x/", "2025-01-01T00:00:09Z", False), [old, new, running, other]) is None
+
+
+def test_reconcile_holds_the_second_job_back_until_the_first_finishes() -> None:
+    api, store = FakeApi(), Store()
+    for i, name in enumerate(("first", "second")):
+        doc = manifest(name=name, output={"uri": "s3://out/shared/"})
+        doc["metadata"].update(uid=f"cr-{name}", creationTimestamp=f"2025-01-01T00:00:0{i}Z", resourceVersion="1")
+        api.put(f"{CRS}/{name}", doc)
+        store.put_cr(copy.deepcopy(doc))
+    rec = Reconciler(api, Settings(), store, Metrics())  # type: ignore[arg-type]
+
+    async def sync(name: str) -> None:
+        await rec.sync(("team-a", name))
+        await asyncio.gather(*rec._events)  # the Event is posted in the background
+
+    asyncio.run(sync("second"))  # the younger one first: it must still wait for the older
+    asyncio.run(sync("first"))
+    assert [u for u in api.objects if u.startswith(JOBS)] == [f"{JOBS}/first"]
+    cond = {c["type"]: c for c in api.objects[f"{CRS}/second"]["status"]["conditions"]}
+    assert (cond["Stalled"]["status"], cond["Stalled"]["reason"]) == ("True", "OutputPrefixInUse")
+    assert "first" in cond["Stalled"]["message"] and "s3://out/shared/" in cond["Stalled"]["message"]
+    assert any(u.endswith("/events") for _, u in api.writes)
+    done = copy.deepcopy(api.objects[f"{JOBS}/first"])
+    done["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    store.put_job(done)
+    asyncio.run(sync("second"))
+    assert f"{JOBS}/second" in api.objects
 
 
 # --------------------------------------------------------------------------------------------

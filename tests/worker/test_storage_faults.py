@@ -189,8 +189,9 @@ def test_the_retry_budget_bounds_an_outage(relay: NetCut, monkeypatch: pytest.Mo
     with pytest.raises(StorageError) as info:
         storage.read_bytes("s3://anything/key")
     elapsed = time.monotonic() - started
-    # botocore's own attempts (jittered, at most 1 + 2 s of sleep) may run past the budget once.
-    assert elapsed < 3 + 4, elapsed
+    # One attempt may run past the budget: botocore's own tries (at most 1 + 2 s of jittered
+    # sleep) and, on a loaded machine, the client's first-call setup.
+    assert elapsed < 3 + 8, elapsed
     assert info.value.exit_code == ExitCode.STORAGE_ERROR and "retry budget 3 s" in info.value.message
 
 

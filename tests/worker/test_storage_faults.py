@@ -222,7 +222,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         started = time.monotonic()
         with pytest.raises(StorageRefused) as info:
             call()
-        assert time.monotonic() - started < 5, what  # not waited out against a 60 s budget
+        assert time.monotonic() - started < 10, what  # not waited out against a 60 s budget
         assert info.value.exit_code == ExitCode.STORAGE_REFUSED, what
         assert ExitCode.STORAGE_REFUSED in ExitCode.PERMANENT
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
@@ -232,7 +232,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         started = time.monotonic()
         with pytest.raises(StorageRefused, match="access denied") as info:
             storage.upload(src, f"s3://{bucket}/denied.bin")
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10
         assert info.value.code == "InvalidAccessKeyId"
     finally:
         _set_moto_auth(s3env, "inf")

@@ -79,7 +79,7 @@ def manifest(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "model": {"uri": "s3://models/m.pt2", "format": "TorchExport", "inputs": [{"name": "x", "shape": [-1, 8]}]},
             "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
-            "output": {"uri": "s3://out/m/"},
+            "output": {"uri": f"s3://out/{name}/"},  # one live job per output prefix
             "resources": {"gpus": 1, "gpuProduct": H100, "cpu": "10m", "memory": "16Mi"},
         },
     }

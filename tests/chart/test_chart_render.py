@@ -106,6 +106,7 @@ def test_worker_defaults_reach_the_operator() -> None:
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "runtimeClassName": "nvidia",
             "s3Endpoint": "http://minio.minio.svc:9000",
+            "storageRetrySeconds": 15,
         },
         "operator": {"maxGpuJobs": 4, "watchNamespaces": ["ml"]},
     }
@@ -116,6 +117,7 @@ def test_worker_defaults_reach_the_operator() -> None:
     assert json.loads(env["KOMPRESSION_EXTRA_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
     assert env["KOMPRESSION_WORKER_RUNTIME_CLASS"] == "nvidia"
     assert env["KOMPRESSION_S3_ENDPOINT"] == "http://minio.minio.svc:9000"
+    assert env["KOMPRESSION_STORAGE_RETRY_SECONDS"] == "15"
     assert env["KOMPRESSION_MAX_GPU_JOBS"] == "4"
     assert env["KOMPRESSION_NAMESPACES"] == "ml"
     assert env["KOMPRESSION_PROGRESS_BASE_URL"] == "http://kompression.ops.svc:8081"

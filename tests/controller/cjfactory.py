@@ -22,8 +22,10 @@ BASE: dict[str, Any] = {
 
 
 def manifest(name: str = "resnet", namespace: str = "team-a", **spec: Any) -> dict[str, Any]:
-    """BASE with metadata replaced and top-level spec fields overridden."""
+    """BASE with metadata replaced and top-level spec fields overridden. Each name gets its own
+    output prefix (the operator runs one live job per prefix), unless `output` is given."""
     doc = copy.deepcopy(BASE)
     doc["metadata"].update(name=name, namespace=namespace)
+    doc["spec"]["output"]["uri"] = f"s3://out/{name}/"
     doc["spec"].update(copy.deepcopy(spec))
     return doc

@@ -9,6 +9,7 @@ from kompression.api.constants import (
     ENV_JOB_FILE,
     ENV_PROGRESS_TOKEN_FILE,
     ENV_PROGRESS_URL,
+    ENV_STORAGE_RETRY_SECONDS,
     GPU_PRODUCT_LABEL,
     KUEUE_QUEUE_LABEL,
     ExitCode,
@@ -53,6 +54,16 @@ def test_job_is_owned_named_and_runs_the_worker_on_the_configmap() -> None:
     assert env[ENV_PROGRESS_TOKEN_FILE].startswith("/var/run/secrets/kompression/progress/")
     assert env["AWS_ENDPOINT_URL"] == "http://s3:9000"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_storage_retry_budget_comes_from_the_spec_else_the_operator() -> None:
+    def budget(job: dict) -> str:
+        return str({e["name"]: e["value"] for e in _pod(job)["containers"][0]["env"]}[ENV_STORAGE_RETRY_SECONDS])
+
+    assert budget(_job()) == str(SETTINGS.storage_retry_seconds) == "60"
+    assert budget(_job(output={"uri": "s3://out/resnet/", "retrySeconds": 0})) == "0"
+    chart = Settings(storage_retry_seconds=15)
+    assert budget(build_job(parse_job(manifest()), chart)) == "15"
 
 
 def test_per_job_image_overrides_the_default() -> None:

@@ -57,6 +57,7 @@ BASE: dict[str, Any] = {
 def _manifest(name: str, **spec: Any) -> dict[str, Any]:
     doc = copy.deepcopy(BASE)
     doc["metadata"] = {"name": name}
+    doc["spec"]["output"] = {"uri": f"s3://out/{name}/"}  # one live job per output prefix
     doc["spec"].update(spec)
     return doc
 

@@ -280,7 +280,7 @@ def test_bad_credentials(
         code, err = _run_bad(env, job(f"s3://{bucket}/model.pt2", "file://out/"), capsys)
     finally:
         _set_moto_auth(s3, "inf")
-    assert code == ExitCode.STORAGE_ERROR and f"s3://{bucket}/model.pt2" in err and "access denied" in err
+    assert code == ExitCode.STORAGE_REFUSED and f"s3://{bucket}/model.pt2" in err and "access denied" in err
 
 
 def _set_moto_auth(s3: Any, free_actions: str) -> None:

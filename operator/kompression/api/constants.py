@@ -41,13 +41,14 @@ class ExitCode:
     INVALID_SPEC: Final = 2  # the manifest itself is invalid
     MODEL_ERROR: Final = 3  # missing, corrupt, unsafe or wrong-format model, shape mismatch
     DATA_ERROR: Final = 4  # unreadable data, NaN or Inf, wrong shapes or labels
-    STORAGE_ERROR: Final = 5  # unreachable storage or bad credentials (retried: often transient)
+    STORAGE_ERROR: Final = 5  # storage unreachable for longer than the retry budget (retried: transient)
     GATE_FAILED: Final = 6  # an acceptance gate failed; the best candidate is kept under rejected/
     RUNTIME_MISSING: Final = 7  # a step needs a runtime this image or node lacks (TensorRT, a GPU)
     STEP_INVALID: Final = 8  # a step cannot apply to this model (a student larger than its teacher)
+    STORAGE_REFUSED: Final = 9  # storage said no for good: access denied, no such bucket, bad bucket name
 
     # Codes a retry cannot change: podFailurePolicy fails the Job on these without retrying.
-    PERMANENT: Final = (2, 3, 4, 6, 7, 8)
+    PERMANENT: Final = (2, 3, 4, 6, 7, 8, 9)
 
 
 # The worker's environment, set by the operator on the pod and by `kompression run` locally.
@@ -58,6 +59,8 @@ ENV_PUSHGATEWAY_URL: Final = "KOMPRESSION_PUSHGATEWAY_URL"  # optional Prometheu
 ENV_WORKDIR: Final = "KOMPRESSION_WORKDIR"  # scratch space for intermediate files
 # Comma-separated module prefixes `architecture` may name (api/architectures.py).
 ENV_ARCHITECTURE_MODULES: Final = "KOMPRESSION_ARCHITECTURE_MODULES"
+# Seconds one storage operation retries transient faults: spec.output.retrySeconds, else the chart's.
+ENV_STORAGE_RETRY_SECONDS: Final = "KOMPRESSION_STORAGE_RETRY_SECONDS"
 
 
 # Audience of the token the worker presents to the operator: valid for this one job only.

@@ -567,6 +567,17 @@ class Output(ApiModel):
         None,
         description="Credentials for every URI of this job (model, data and output); unset uses the worker's ambient ones.",
     )
+    retrySeconds: int | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description=(
+            "How long one storage operation keeps retrying transient faults (connection errors, timeouts, "
+            "5xx, throttling) with jittered backoff before the attempt fails and the Job's backoffLimit takes "
+            "over; 0 retries nothing. Refusals (404, 403, a bad bucket name) fail at once. Unset uses the "
+            "operator's worker.storageRetrySeconds (60 by default)."
+        ),
+    )
 
 
 class Resources(ApiModel):

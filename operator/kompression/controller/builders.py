@@ -17,6 +17,7 @@ from kompression.api.constants import (
     ENV_PROGRESS_TOKEN_FILE,
     ENV_PROGRESS_URL,
     ENV_PUSHGATEWAY_URL,
+    ENV_STORAGE_RETRY_SECONDS,
     ENV_WORKDIR,
     GPU_PRODUCT_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -94,6 +95,13 @@ def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
     ]
     if settings.pushgateway_url:
         env.append({"name": ENV_PUSHGATEWAY_URL, "value": settings.pushgateway_url})
+    retry = job.spec.output.retrySeconds
+    env.append(
+        {
+            "name": ENV_STORAGE_RETRY_SECONDS,
+            "value": str(retry if retry is not None else settings.storage_retry_seconds),
+        }
+    )
     # `env` beats `envFrom`, so the default endpoint is only set when no Secret could name one.
     if settings.s3_endpoint and job.spec.output.credentials is None:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})

@@ -58,6 +58,12 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--s3-endpoint", "s3_endpoint", str, "default AWS_ENDPOINT_URL for jobs without a credentials Secret"),
     ("--progress-base-url", "progress_base_url", str, "URL at which worker pods reach the progress server"),
     ("--pushgateway-url", "pushgateway_url", str, "Prometheus Pushgateway handed to workers"),
+    (
+        "--storage-retry-seconds",
+        "storage_retry_seconds",
+        int,
+        "seconds a worker retries a transient storage fault, unless spec.output.retrySeconds says",
+    ),
     ("--max-gpu-jobs", "max_gpu_jobs", int, "GPU Jobs in flight cluster-wide (0: unlimited)"),
     (
         "--max-gpu-jobs-per-namespace",

@@ -22,13 +22,15 @@ EXIT_REASONS: dict[int, str] = {
     ExitCode.GATE_FAILED: "GateFailed",
     ExitCode.RUNTIME_MISSING: "RuntimeMissing",
     ExitCode.STEP_INVALID: "StepInvalid",
+    ExitCode.STORAGE_REFUSED: "StorageRefused",
 }
 
 EXIT_MESSAGES: dict[str, str] = {
     "InvalidSpec": "the worker rejected the job's manifest",
     "ModelError": "the model could not be loaded or is unsafe or malformed",
     "DataError": "a data set could not be read or holds invalid values",
-    "StorageError": "object storage was unreachable or refused the credentials",
+    "StorageError": "object storage stayed unreachable for longer than the retry budget",
+    "StorageRefused": "object storage refused the request for good (access denied, no such bucket, bad name)",
     "GateFailed": "an acceptance gate failed; the best candidate was kept under rejected/",
     "RuntimeMissing": "a step needs a runtime this image or node lacks",
     "StepInvalid": "a step cannot apply to this model",

@@ -16,6 +16,7 @@ from typing import Any
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
+from kompression.controller import outputs
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
 from kompression.controller.conditions import (
     TERMINAL_PHASES,
@@ -39,7 +40,7 @@ from kompression.controller.store import Body, Store
 log = logging.getLogger(__name__)
 
 CR_GROUP, CR_VERSION, CR_PLURAL = "kompression.dev", "v1alpha1", "compressionjobs"
-WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", "InvalidSpec"}
+WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", "InvalidSpec", outputs.REASON}
 MAX_BACKOFF_S = 60.0
 
 
@@ -159,6 +160,13 @@ class Reconciler:
         if job is None:
             if finished:
                 return  # done; its Job may have gone through ttlSecondsAfterFinished
+            held_by = self._output_held_by(key, cr)
+            if held_by is not None:
+                obs = Observation(
+                    "Pending", outputs.REASON, outputs.message(key[1], spec.spec.output.uri, held_by), True
+                )
+                await self._write(cr, obs, None, {})
+                return
             if not await self._admit(key, cr, spec):
                 return
             try:
@@ -233,6 +241,32 @@ class Reconciler:
             )
         return existing, False
 
+    # ---------------------------------------------------------------- output prefixes
+
+    def _claim(self, key: Key, cr: Body) -> outputs.Claim | None:
+        """The output prefix a CompressionJob holds or wants, while it is live."""
+        meta = cr["metadata"]
+        status = cr.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            return None
+        generation = int(meta.get("generation") or 1)
+        if status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == generation:
+            return None
+        job = self.store.jobs.get(key)
+        if job is not None and (controller_uid(job) != meta.get("uid") or _job_finished(job)):
+            return None
+        uri = ((cr.get("spec") or {}).get("output") or {}).get("uri")
+        if not isinstance(uri, str):
+            return None
+        return outputs.Claim(key[1], uri, meta.get("creationTimestamp") or "", started=job is not None)
+
+    def _output_held_by(self, key: Key, cr: Body) -> outputs.Claim | None:
+        me = self._claim(key, cr)
+        if me is None:
+            return None
+        others = (self._claim(k, c) for k, c in self.store.crs.items() if k[0] == key[0] and k != key)
+        return outputs.holder(me, (c for c in others if c is not None))
+
     # ---------------------------------------------------------------- queueing
 
     async def _priority(self, class_name: str | None) -> int:
@@ -250,7 +284,12 @@ class Reconciler:
         out = []
         for key, cr in self.store.crs.items():
             status = cr.get("status") or {}
-            if key not in self.store.jobs and status.get("phase") not in TERMINAL_PHASES and self._gpus(cr) > 0:
+            if (
+                key not in self.store.jobs
+                and status.get("phase") not in TERMINAL_PHASES
+                and _ready_reason(status) != outputs.REASON  # not waiting for a GPU, but for its prefix
+                and self._gpus(cr) > 0
+            ):
                 out.append((key, cr))
         return out
 
@@ -288,7 +327,11 @@ class Reconciler:
         return False
 
     def kick_queue(self) -> None:
-        """A slot may have opened (a Job finished, a job was deleted): let the waiting try again."""
+        """A slot or a prefix may have been freed (a Job finished, a job was deleted): let the
+        waiting try again."""
+        for key, cr in self.store.crs.items():
+            if _ready_reason(cr.get("status") or {}) == outputs.REASON:
+                self.enqueue(key)
         if self._limits.total > 0 or self._limits.per_namespace > 0:
             for key, _ in self._waiting():
                 self.enqueue(key)

@@ -25,6 +25,8 @@ class Settings:
     # The URL pods reach the operator's progress server at (a Service in front of the operator).
     progress_base_url: str = "http://kompression-operator.kompression-system.svc:8081"
     pushgateway_url: str = ""
+    # How long a worker's storage operation rides out an outage, unless spec.output.retrySeconds says.
+    storage_retry_seconds: int = 60
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     max_gpu_jobs: int = 0  # GPU Jobs in flight across the cluster; 0 = unlimited
     max_gpu_jobs_per_namespace: int = 0  # 0 = unlimited

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kompression.api.constants import ENV_JOB_FILE, ENV_WORKDIR, ExitCode
+from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
@@ -107,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         return distributed.launch(args.nproc_per_node, _rank_argv(args))
     from kompression.worker.progress import Reporter
 
+    if job.spec.output.retrySeconds is not None:  # the pod has it in its environment already
+        os.environ[ENV_STORAGE_RETRY_SECONDS] = str(job.spec.output.retrySeconds)
     distributed.bind_device()
     mode = args.progress if args.progress != "auto" else ("bar" if sys.stdout.isatty() else "json")
     with _terminal(mode, job) as (out, err):

@@ -33,8 +33,19 @@ class DataError(WorkerError):
 
 
 class StorageError(WorkerError):
+    """Storage failed in a way a later attempt may not: an outage longer than the retry budget."""
+
     exit_code = ExitCode.STORAGE_ERROR
     reason = "StorageError"
+    code: str | None = None  # the storage service's error code (S3's NoSuchBucket, AccessDenied...)
+
+
+class StorageRefused(StorageError):
+    """Storage answered, and every retry would get the same answer: access denied, no such
+    bucket or object, an invalid bucket name. Permanent: the Job fails without retrying."""
+
+    exit_code = ExitCode.STORAGE_REFUSED
+    reason = "StorageRefused"
 
 
 class GateFailed(WorkerError):

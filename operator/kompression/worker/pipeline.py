@@ -146,12 +146,15 @@ class Checkpoints:
 
     def __init__(self, prefix: str, steps: list[Step]) -> None:
         digest = hashlib.sha256(json.dumps([s.to_wire() for s in steps], sort_keys=True).encode()).hexdigest()[:16]
+        self.prefix = prefix
         self.root = storage.join(prefix, "checkpoints", digest)
 
     def save(self, step: str, name: str, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        storage.write_bytes(buffer.getvalue(), storage.join(self.root, step, f"{name}.pt"))
+        target = storage.join(self.root, step, f"{name}.pt")
+        storage.confine(self.prefix, target)  # a symlinked checkpoints/ must not lead writes elsewhere
+        storage.write_bytes(buffer.getvalue(), target)
 
     def load(self, step: str, name: str) -> dict[str, Any] | None:
         try:
@@ -162,6 +165,7 @@ class Checkpoints:
         return state if isinstance(state, dict) else None
 
     def clear(self) -> None:
+        storage.confine(self.prefix, self.root)
         storage.remove(self.root)
         parent = self.root.rsplit("/", 1)[0]
         if not storage.list_files(parent):

@@ -1,4 +1,4 @@
-"""Atomic publication of a run's files under the output prefix.
+"""Atomic publication of a run's files under the output prefix, safe with concurrent publishers.
 
 Layout under ``<prefix>``::
 
@@ -9,34 +9,63 @@ Layout under ``<prefix>``::
 
 A reader starts from ``manifest.json``. It is a single object written in one PUT (or a local
 rename), so it either names a complete earlier run or a complete new one, never a mix: the run
-folder it points to was fully written before the manifest. A rerun writes a fresh ``runs/<id>/``
-and then replaces the manifest, so repeating a run leaves the same shape. After the manifest is
-replaced, run folders other than the new one and the one the previous manifest named are removed
-(keeping the previous one lets a reader that fetched the old manifest finish its download).
-Nothing is written under the prefix before the run has a result, so bad input leaves it untouched.
+folder it points to was fully written before the manifest. Nothing is written under the prefix
+before the run has a result, so bad input leaves it untouched.
+
+Two publishers may share a prefix (a rerun racing its predecessor, two jobs pointed at one
+place). The manifest is therefore replaced by compare-and-swap: read with its version (an S3
+ETag; a digest under a file lock locally), write with ``If-Match`` (``If-None-Match: *`` for the
+first), and on a lost race read the winner's manifest and go on top of it. Each manifest records
+the run it replaced (``previousRunId``), and cleanup deletes only
+
+- the run that the replaced manifest had itself replaced: superseded twice, so no manifest that
+  is current or was current a moment ago names it; and
+- runs that no manifest names, once they are older than ``ABANDONED_AFTER`` (a crashed run).
+
+A run another publisher is still uploading is named by no manifest yet and is young, so it is
+never deleted under it; that holds even on a store that ignores conditional writes. On file://
+prefixes every path is confined to the prefix: a symbolic link leading out is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from kompression.api.v1alpha1 import Artifact, ArtifactKind
 from kompression.worker import storage
-from kompression.worker.errors import StorageError
+from kompression.worker.errors import StorageError, StorageRefused
+from kompression.worker.storage_retry import UNSUPPORTED_CODES
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RUNS = "runs"
 REJECTED = "rejected"
 MANIFEST_VERSION = 1
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
+# A run no manifest names is deleted only after this long: until then it may be another
+# publisher's upload in progress (uploads start when the run has its result, so they are short).
+ABANDONED_AFTER = timedelta(hours=24)
+COMMIT_ATTEMPTS = 8
 
 
 def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return datetime.now(UTC).strftime(RUN_ID_TIME) + "-" + secrets.token_hex(4)
+
+
+def run_started(run_id: str) -> datetime | None:
+    """When a run began, from its id; None for a folder this code did not name."""
+    try:
+        return datetime.strptime(run_id.split("-", 1)[0], RUN_ID_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -53,46 +82,96 @@ class Publisher:
 
     def add(self, local: Path, name: str, kind: ArtifactKind, relpath: str | None = None) -> Artifact:
         uri = storage.join(self.run_prefix, relpath or local.name)
+        storage.confine(self.prefix, uri)
         digest = storage.upload(local, uri)
         artifact = Artifact(name=name, kind=kind, uri=uri, sha256=digest, sizeBytes=local.stat().st_size)
         self.artifacts.append(artifact)
         return artifact
 
     def commit(self, metadata: dict[str, Any]) -> Artifact:
-        """Write the manifest (the commit point), then prune stale run folders."""
-        previous = read_manifest(self.prefix)
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "runId": self.run_id,
-            "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **metadata,
-            "artifacts": [a.to_wire() for a in self.artifacts],
-        }
-        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        """Swap in the manifest (the commit point), then delete runs nobody can still need."""
         uri = storage.join(self.prefix, MANIFEST)
-        digest = storage.write_bytes(body, uri)
-        keep = {self.run_id, previous.get("runId") if previous else None}
-        self._prune_runs(keep)
+        storage.confine(self.prefix, uri)
+        with storage.publish_lock(self.prefix):
+            previous, body, digest = self._swap(uri, metadata)
+            self._prune(previous)
         return Artifact(name="manifest", kind="Manifest", uri=uri, sha256=digest, sizeBytes=len(body))
 
-    def _prune_runs(self, keep: set[str | None]) -> None:
+    def _swap(self, uri: str, metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes, str]:
+        """Write the manifest on top of the one read just before, re-reading after a lost race."""
+        for _ in range(COMMIT_ATTEMPTS):
+            previous, version = _read_versioned(uri)
+            manifest = {
+                "version": MANIFEST_VERSION,
+                "runId": self.run_id,
+                "previousRunId": previous.get("runId") if previous else None,
+                "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                **metadata,
+                "artifacts": [a.to_wire() for a in self.artifacts],
+            }
+            body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            try:
+                digest = storage.write_if(body, uri, version, exists=previous is not None)
+            except storage.WriteConflict:
+                # Someone committed between our read and write, or our own earlier attempt landed
+                # and only its answer was lost: read again and look.
+                landed, _ = _read_versioned(uri)
+                if landed is not None and landed.get("runId") == self.run_id:
+                    return None, json.dumps(landed, indent=2, sort_keys=True).encode(), _digest(landed)
+                continue
+            except StorageRefused as exc:
+                if exc.code not in UNSUPPORTED_CODES:
+                    raise
+                log.warning("%s: the store refuses conditional writes (%s); writing unconditionally", uri, exc.code)
+                digest = storage.write_bytes(body, uri)
+            return previous, body, digest
+        raise StorageError(
+            f"{uri}: the manifest changed {COMMIT_ATTEMPTS} times while this run tried to commit; "
+            "several publishers write to this output prefix at once. Give each job its own spec.output.uri"
+        )
+
+    def _prune(self, previous: dict[str, Any] | None) -> None:
         runs = storage.join(self.prefix, RUNS)
-        stale = {rel.split("/", 1)[0] for rel in storage.list_files(runs)} - keep
-        for run_id in sorted(stale):
-            storage.remove(storage.join(runs, run_id))
+        storage.confine(self.prefix, runs)
+        keep = {self.run_id, previous.get("runId") if previous else None}
+        retired = previous.get("previousRunId") if previous else None
+        cutoff = datetime.now(UTC) - ABANDONED_AFTER
+        for run_id in sorted({rel.split("/", 1)[0] for rel in storage.list_files(runs)} - keep):
+            started = run_started(run_id)
+            if run_id != retired and (started is None or started > cutoff):
+                continue  # maybe another publisher's upload in progress, or not ours at all
+            target = storage.join(runs, run_id)
+            try:
+                storage.confine(self.prefix, target)
+            except StorageRefused as exc:
+                log.warning("not deleting %s: %s", target, exc)
+                continue
+            storage.remove(target)
 
 
-def read_manifest(prefix: str) -> dict[str, Any] | None:
-    """The committed manifest under prefix, or None when nothing was ever published there."""
-    uri = storage.join(prefix, MANIFEST)
+def _digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, indent=2, sort_keys=True).encode()).hexdigest()
+
+
+def _read_versioned(uri: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        data = storage.read_bytes(uri)
+        data, version = storage.read_versioned(uri)
     except storage.ObjectNotFound:
-        return None
+        return None, None
+    return _parse(uri, data), version
+
+
+def _parse(uri: str, data: bytes) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads(data)
     except ValueError as exc:
         raise StorageError(f"{uri}: not a valid manifest ({exc})") from None
+    return manifest
+
+
+def read_manifest(prefix: str) -> dict[str, Any] | None:
+    """The committed manifest under prefix, or None when nothing was ever published there."""
+    manifest, _ = _read_versioned(storage.join(prefix, MANIFEST))
     return manifest
 
 

@@ -14,35 +14,42 @@ environment variables), never from the manifest.
 - ``file://relative/path`` is relative to the working directory, ``file:///abs/path`` absolute;
   a URI without a scheme is a local path.
 
-Every write computes a sha256; downloads verify one when the caller knows it. Transient faults
-(connection refused, timeouts) are retried with exponential backoff; a missing object raises
-ObjectNotFound at once, bad credentials raise StorageError at once.
+Every write computes a sha256; downloads verify one when the caller knows it. Failures are
+classified and retried by ``storage_retry``: transient ones within a bounded, jittered budget,
+permanent ones (missing, denied, invalid) answered at once. S3 uploads and conditional writes go
+through botocore directly (``s3``), so that a multipart upload is aborted on every failure path.
+
+A ``file://`` output prefix is confined: ``confine`` refuses a path whose symbolic links lead out
+of the prefix, so that a symlinked ``runs/`` cannot make the publisher write or delete elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from kompression.worker.errors import StorageError
+from kompression.worker import s3
+from kompression.worker.errors import StorageError, StorageRefused
+from kompression.worker.storage_retry import (
+    BOTOCORE_ATTEMPTS,
+    ObjectNotFound,
+    WriteConflict,
+    request_timeout,
+    with_retries,
+)
+
+__all__ = ["ObjectNotFound", "StorageError", "StorageRefused", "WriteConflict", "with_retries"]
 
 CHECKSUM_SETTINGS = ("when_required", "when_supported")
-ENV_RETRIES = "KOMPRESSION_STORAGE_RETRIES"
-ENV_BACKOFF = "KOMPRESSION_STORAGE_BACKOFF_SECONDS"
 CHUNK = 1 << 20
-
-T = TypeVar("T")
-
-
-class ObjectNotFound(StorageError):
-    """The URI is reachable but names nothing. Callers turn this into ModelError or DataError."""
+LOCK_FILE = ".publish.lock"
 
 
 @dataclass(frozen=True)
@@ -97,10 +104,11 @@ def s3_options() -> dict[str, Any]:
     config: dict[str, Any] = {
         "request_checksum_calculation": _checksum_setting("AWS_REQUEST_CHECKSUM_CALCULATION"),
         "response_checksum_validation": _checksum_setting("AWS_RESPONSE_CHECKSUM_VALIDATION"),
-        "connect_timeout": 10,
-        "read_timeout": 60,
-        # Our own loop below retries with backoff; botocore's inner retries would multiply it.
-        "retries": {"max_attempts": 1, "mode": "standard"},
+        "connect_timeout": min(10.0, request_timeout()),
+        "read_timeout": request_timeout(),
+        # botocore's standard mode retries each request a few times with jitter; the budget in
+        # storage_retry bounds the whole operation on top of it.
+        "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"},
     }
     if endpoint:
         config["s3"] = {"addressing_style": "path"}
@@ -133,70 +141,6 @@ def filesystem(protocol: str) -> Any:
             f"{protocol}:// storage needs the optional package {package}, which this worker image lacks; "
             f"install it (pip install {package}) or use s3:// or file://"
         ) from None
-
-
-# --------------------------------------------------------------------------------------------
-# errors and retries
-
-
-def _is_auth_error(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    markers = (
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "Forbidden",
-        "ExpiredToken",
-        "NoCredentialsError",
-        "Unable to locate credentials",
-        "InvalidToken",
-        "403",
-    )
-    return isinstance(exc, PermissionError) or any(m in text for m in markers)
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, FileNotFoundError) or "NoSuchKey" in str(exc) or "NoSuchBucket" in str(exc)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _retry_policy() -> tuple[int, float]:
-    try:
-        attempts = max(1, int(os.environ.get(ENV_RETRIES, "4")))
-        backoff = max(0.0, float(os.environ.get(ENV_BACKOFF, "0.5")))
-    except ValueError:
-        raise StorageError(f"{ENV_RETRIES} must be an integer and {ENV_BACKOFF} a number of seconds") from None
-    return attempts, backoff
-
-
-def with_retries(uri: str, action: str, fn: Callable[[], T]) -> T:
-    """Run fn, retrying transient faults; map every failure to a StorageError naming uri and cause."""
-    attempts, backoff = _retry_policy()
-    last: BaseException | None = None
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except StorageError:
-            raise
-        except Exception as exc:  # fsspec backends raise anything from OSError to botocore errors
-            if _is_not_found(exc):
-                raise ObjectNotFound(f"{uri}: not found ({action}): {_describe(exc)}") from None
-            if _is_auth_error(exc):
-                raise StorageError(
-                    f"{uri}: access denied while trying to {action}: {_describe(exc)}. Check the credentials "
-                    "in spec.output.credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket policy"
-                ) from None
-            last = exc
-            if attempt + 1 < attempts:
-                time.sleep(backoff * (2**attempt))
-    raise StorageError(
-        f"{uri}: cannot {action} after {attempts} attempts: {_describe(last or RuntimeError('unknown'))}. "
-        "Check that the storage endpoint (AWS_ENDPOINT_URL for S3-compatibles) is reachable"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,6 +199,9 @@ def upload(src: Path, uri: str) -> str:
                 raise
 
         with_retries(uri, "write", copy_local)
+        return digest
+    if loc.protocol == "s3":
+        s3.put_file(s3.client(s3_options()), uri, loc.path, src)
         return digest
     fs = filesystem(loc.protocol)
     with_retries(uri, "upload", lambda: fs.put_file(str(src), loc.path))
@@ -322,3 +269,72 @@ def local_copy(uri: str, workdir: Path, sha256: str | None = None) -> Iterator[P
         return
     dest = workdir / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(loc.path).name
     yield download(uri, dest, sha256)
+
+
+# --------------------------------------------------------------------------------------------
+# what the publisher needs: confinement, a lock, and compare-and-swap writes
+
+
+def confine(prefix: str, uri: str) -> None:
+    """Refuse a local uri whose real location (after symbolic links) is outside the prefix's.
+
+    Only file:// can have links; object stores have none. Checked before the publisher writes
+    or deletes, so a link planted under the prefix (``runs -> /etc``) is named, not followed."""
+    base, target = parse_uri(prefix), parse_uri(uri)
+    if not (base.is_local and target.is_local):
+        return
+    real_base = Path(base.path).resolve()
+    real = Path(target.path).resolve()
+    if real != real_base and real_base not in real.parents:
+        raise StorageRefused(
+            f"{uri}: a symbolic link under the output prefix leads to {real}, outside {real_base}; "
+            "the worker writes and deletes only inside the prefix. Remove the link or choose another prefix"
+        )
+
+
+@contextlib.contextmanager
+def publish_lock(prefix: str) -> Iterator[None]:
+    """Serialize publishers of one local prefix (an advisory flock on <prefix>/.publish.lock).
+
+    Object stores get no lock: their manifest writes are conditional instead (write_if)."""
+    loc = parse_uri(prefix)
+    if not loc.is_local:
+        yield
+        return
+    folder = Path(loc.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    confine(prefix, str(folder / LOCK_FILE))
+    with (folder / LOCK_FILE).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_versioned(uri: str) -> tuple[bytes, str | None]:
+    """An object's bytes and a version to make a later write_if conditional on (None: the store
+    offers none). ObjectNotFound when there is no object."""
+    loc = parse_uri(uri)
+    if loc.protocol == "s3":
+        return s3.get_versioned(s3.client(s3_options()), uri, loc.path)
+    data = read_bytes(uri)
+    return data, hashlib.sha256(data).hexdigest() if loc.is_local else None
+
+
+def write_if(data: bytes, uri: str, version: str | None, exists: bool) -> str:
+    """Write data to uri only if the object is still at version (exists=False: only if absent).
+
+    S3 sends If-Match / If-None-Match; a local write must run under publish_lock, where the
+    comparison is exact. Other stores write unconditionally. Raises WriteConflict on a lost race.
+    """
+    loc = parse_uri(uri)
+    if loc.protocol == "s3":
+        s3.put_bytes_if(s3.client(s3_options()), uri, loc.path, data, version if exists else None)
+        return hashlib.sha256(data).hexdigest()
+    if loc.is_local:
+        path = Path(loc.path)
+        current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if (current is not None) != exists or (exists and current != version):
+            raise WriteConflict(f"{uri}: changed by another publisher since it was read")
+    return write_bytes(data, uri)

@@ -13,9 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from kompression.api.rules import Rule
+from kompression.api.uris import URI_PATTERN
 
-URI_SCHEMES = ("s3", "gs", "az", "file", "hf", "pvc")
-URI_PATTERN = r"^(" + "|".join(URI_SCHEMES) + r")://.+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -82,8 +81,9 @@ class ModelSource(ApiModel):
 
     uri: StorageUri = Field(
         description=(
-            "Where the model is stored: s3://, gs://, az://, file://, hf:// or pvc:// followed by "
-            "the bucket or volume and the path of the file (or folder, for HuggingFace)."
+            "Where the model is stored: s3://BUCKET/PATH, gs://BUCKET/PATH, az://CONTAINER/PATH, "
+            "pvc://CLAIM/PATH (a PersistentVolumeClaim in the job's namespace, mounted read-only) or "
+            "file://PATH (local runs); the path names the file, or the folder for HuggingFace."
         )
     )
     format: ModelFormat = Field(
@@ -416,7 +416,7 @@ class SecretRef(ApiModel):
         description=(
             "Name of a Secret in the same namespace. Its keys become the worker's environment "
             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
-            "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING, HF_TOKEN, ...). Other "
+            "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING, ...). Other "
             "namespaces cannot be named, by design."
         )
     )
@@ -426,7 +426,10 @@ class Output(ApiModel):
     """Where results are published."""
 
     uri: StorageUri = Field(
-        description="Prefix under which the artifacts, report.json and report.md are written, e.g. s3://bucket/path/."
+        description=(
+            "Prefix under which the artifacts, report.json and report.md are written, e.g. s3://bucket/path/ "
+            "or pvc://claim/path/ (the claim is mounted read-write)."
+        )
     )
     credentials: SecretRef | None = Field(
         None,

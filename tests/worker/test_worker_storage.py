@@ -118,3 +118,37 @@ def test_pvc_default_root_is_where_the_operator_mounts_claims(monkeypatch: pytes
 def test_pvc_paths_cannot_leave_the_claim(claims: Path, uri: str) -> None:
     with pytest.raises(StorageError, match="leaves the claim's volume"):
         storage.parse_uri(uri)
+
+
+# --------------------------------------------------------------------------------------------
+# gs:// and az:// against their emulators
+
+
+def _round_trip(scheme: str, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(bytes(range(256)) * 4096)
+    digest = storage.upload(src, f"{scheme}://{bucket}/a/model.bin")
+    storage.write_bytes(b'{"k": 1}', f"{scheme}://{bucket}/a/sub/manifest.json")
+    assert storage.exists(f"{scheme}://{bucket}/a/model.bin")
+    assert storage.list_files(f"{scheme}://{bucket}/a") == ["model.bin", "sub/manifest.json"]
+    back = storage.download(f"{scheme}://{bucket}/a/model.bin", tmp_path / "back.bin", digest)
+    assert back.read_bytes() == src.read_bytes()
+    folder = storage.download(f"{scheme}://{bucket}/a/sub", tmp_path / "folder")
+    assert (folder / "manifest.json").read_bytes() == b'{"k": 1}'
+    assert storage.read_bytes(f"{scheme}://{bucket}/a/sub/manifest.json") == b'{"k": 1}'
+    with pytest.raises(storage.ObjectNotFound, match=f"{scheme}://{bucket}/missing"):
+        storage.read_bytes(f"{scheme}://{bucket}/missing")
+    storage.remove(f"{scheme}://{bucket}/a")
+    assert storage.list_files(f"{scheme}://{bucket}/a") == []
+
+
+def test_gcs_round_trip_against_fake_gcs_server(gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in gcs.env.items():
+        monkeypatch.setenv(key, value)
+    _round_trip("gs", gcs.create_bucket(), tmp_path)
+
+
+def test_azure_round_trip_against_azurite(azurite: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in azurite.env.items():
+        monkeypatch.setenv(key, value)
+    _round_trip("az", azurite.create_container(), tmp_path)

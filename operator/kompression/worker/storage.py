@@ -161,6 +161,13 @@ def filesystem(protocol: str) -> Any:
         return fsspec.filesystem("s3", **s3_options())
     package = {"gs": "gcsfs", "az": "adlfs"}[protocol]
     try:
+        if protocol == "gs":
+            # gcsfs's default class first asks each bucket's type over gRPC (experimental zonal
+            # buckets) and waits a minute where that endpoint does not answer; the JSON API class
+            # serves every standard bucket without it.
+            from gcsfs.core import GCSFileSystem
+
+            return GCSFileSystem(skip_instance_cache=True, **_cloud_options(protocol))
         return fsspec.filesystem(protocol, skip_instance_cache=True, **_cloud_options(protocol))
     except ImportError:
         raise StorageError(

@@ -7,13 +7,14 @@ and the worker all parse manifests with them. Every field carries a description:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from kompression.api.rules import Rule
-from kompression.api.uris import URI_PATTERN
+from kompression.api.uris import URI_HINT, URI_PATTERN
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -21,11 +22,23 @@ IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 MAX_STEPS = 16
 
-StorageUri = Annotated[str, StringConstraints(pattern=URI_PATTERN, max_length=2048)]
+StorageUri = Annotated[str, StringConstraints(max_length=2048)]
 StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
 ShortString = Annotated[str, StringConstraints(max_length=253)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
 Timestamp = Annotated[str, StringConstraints(max_length=64)]
+
+
+def uri_rule(*, optional: bool = False) -> Rule:
+    """The check of a model's `uri`: a rule, not a field pattern, so that the API server and
+    `kompression validate` both name the accepted schemes in words instead of quoting a regex."""
+    matches = f"self.uri.matches('{URI_PATTERN}')"
+    return Rule(
+        cel=f"!has(self.uri) || {matches}" if optional else matches,
+        message=URI_HINT,
+        check=lambda m: m.uri is None or re.match(URI_PATTERN, m.uri) is not None,
+        field_path=".uri",
+    )
 
 
 class ApiModel(BaseModel):
@@ -109,6 +122,7 @@ class ModelSource(ApiModel):
     )
 
     __rules__ = (
+        uri_rule(),
         Rule(
             cel="self.format != 'SafeTensors' || has(self.architecture)",
             message="format SafeTensors needs `architecture` (module.path:Name) to build the model the weights load into",
@@ -158,6 +172,7 @@ class DataSource(ApiModel):
     batchSize: int = Field(32, ge=1, le=65536, description="Batch size used when reading this data set.")
 
     __rules__ = (
+        uri_rule(optional=True),
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
@@ -435,6 +450,8 @@ class Output(ApiModel):
         None,
         description="Credentials for every URI of this job (model, data and output); unset uses the worker's ambient ones.",
     )
+
+    __rules__ = (uri_rule(),)
 
 
 class Resources(ApiModel):

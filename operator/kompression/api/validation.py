@@ -11,7 +11,6 @@ import yaml
 from pydantic import ValidationError
 
 from kompression.api.constants import API_VERSION, KIND
-from kompression.api.uris import URI_HINT, URI_PATTERN
 from kompression.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -24,7 +23,6 @@ from kompression.api.v1alpha1 import (
 
 # What each pattern accepts, in words: a regex alone does not tell a user what to write.
 _PATTERN_HINTS = {
-    URI_PATTERN: URI_HINT,
     DNS_LABEL_PATTERN: "expected a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
     DNS_SUBDOMAIN_PATTERN: "expected a Kubernetes object name: lowercase letters, digits, '-' and '.'",
     IMPORT_REF_PATTERN: "expected an import reference `module.path:Name`, e.g. torchvision.models:resnet18",

@@ -8,6 +8,9 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
+# 3.36+ needs Node 22; 3.35 runs on the Node 18/20 that Debian and Ubuntu ship.
+AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"
 
 CACHE="${KOMPRESSION_CACHE:-$HOME/.cache/kompression}"
 BIN="$CACHE/bin"
@@ -75,8 +78,23 @@ build_go_module() { # name module package version
 build_etcd() { build_go_module etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; }
 build_kwok() { build_go_module kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; }
 build_helm() { build_go_module helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; }
+build_fake_gcs() {
+  build_go_module fake-gcs-server github.com/fsouza/fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION"
+}
+
+build_azurite() {
+  # The Azure Storage emulator is an npm package; it lives in its own prefix next to bin/.
+  local prefix="$CACHE/azurite"
+  [ -x "$prefix/node_modules/.bin/azurite-blob" ] && [ "$(cat "$prefix/.version" 2>/dev/null)" = "$AZURITE_VERSION" ] &&
+    return 0
+  command -v npm >/dev/null || { log "npm missing: install Node.js (apt-get install nodejs npm)"; return 1; }
+  log "npm install azurite@$AZURITE_VERSION into $prefix"
+  mkdir -p "$prefix"
+  npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
+  echo "$AZURITE_VERSION" >"$prefix/.version"
+}
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm k8s)
+[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite k8s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "binaries ready in $BIN"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Front door to the local test bed (see tests/testbed/README.md). Subcommands:
-#   deps         install Debian's prometheus, pushgateway and lua5.4 (if missing) and build the binaries
+#   deps         install Debian's prometheus, pushgateway, lua5.4 and npm (if missing) and build the binaries
 #   up | down | status   the Kubernetes control plane + kwok nodes, state in $TESTBED_DIR
 #   s3           moto S3 server in the foreground        (S3_PORT, default 9000)
+#   gcs          fake-gcs-server in the foreground       (GCS_PORT, default 4443)
+#   azurite      Azurite blob service in the foreground  (AZURITE_PORT, default 10000)
 #   prometheus   Prometheus in the foreground            (PROM_PORT 9090, PROM_TARGETS a,b)
 #   pushgateway  Pushgateway in the foreground           (PUSHGATEWAY_PORT 9091)
 #   helm         build helm if needed and print its path
@@ -23,6 +25,7 @@ deps() {
   command -v prometheus >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   command -v lua5.4 >/dev/null || missing+=(lua5.4)  # runs the Argo CD health check in tests/gitops
+  command -v npm >/dev/null || missing+=(nodejs npm)   # installs Azurite, the Azure Storage emulator
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
@@ -61,8 +64,12 @@ case "${1:-}" in
   down) py -m testbed.cluster down --dir "$TESTBED_DIR" ;;
   status) py -m testbed.cluster status --dir "$TESTBED_DIR" ;;
   s3) exec env PYTHONPATH="$ROOT/tests" S3_PORT="${S3_PORT:-9000}" "$PYTHON" -m testbed.s3 ;;
+  gcs) "$ROOT/hack/build-testbed.sh" fake_gcs
+    exec env PYTHONPATH="$ROOT/tests" GCS_PORT="${GCS_PORT:-4443}" "$PYTHON" -m testbed.gcs ;;
+  azurite) "$ROOT/hack/build-testbed.sh" azurite
+    exec env PYTHONPATH="$ROOT/tests" AZURITE_PORT="${AZURITE_PORT:-10000}" "$PYTHON" -m testbed.azurite ;;
   prometheus) prometheus_fg ;;
   pushgateway) pushgateway_fg ;;
   helm) "$ROOT/hack/build-testbed.sh" helm; echo "$BIN/helm" ;;
-  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac

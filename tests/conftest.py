@@ -15,6 +15,8 @@ if _TESTS_DIR not in sys.path:
 
 # Imported by name (not via pytest_plugins) so this works whichever conftest pytest loads first.
 from testbed.fixtures import (  # noqa: E402,F401
+    azurite,
+    gcs,
     helm,
     kube,
     namespace,
@@ -23,7 +25,7 @@ from testbed.fixtures import (  # noqa: E402,F401
     s3,
 )
 
-_TEST_BED_FIXTURES = frozenset({"kube", "namespace", "s3", "prometheus", "pushgateway", "helm"})
+_TEST_BED_FIXTURES = frozenset({"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -75,3 +75,25 @@ def test_spec_is_immutable_except_suspend_and_ttl() -> None:
     changed = _quickstart()
     changed["spec"]["runPolicy"] = {"backoffLimit": 5}
     assert check_update(old, parse_job(changed).spec)
+
+
+def test_a_scheme_the_worker_cannot_read_is_refused_saying_what_works() -> None:
+    doc = _quickstart()
+    doc["spec"]["model"]["uri"] = "hf://google/vit-base-patch16-224@main"
+    with pytest.raises(SpecInvalid) as info:
+        parse_job(doc)
+    (error,) = info.value.errors
+    assert error.path == "spec.model.uri"
+    for accepted in ("s3://BUCKET/PATH", "gs://BUCKET/PATH", "az://CONTAINER/PATH", "pvc://CLAIM/PATH", "file://PATH"):
+        assert accepted in error.message
+    assert "hf:// is not served" in error.message
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://b/k.pt2", "gs://b/k.pt2", "az://c/k.pt2", "pvc://models/k.pt2", "pvc://team.models-1/a/b", "file://k.pt2"],
+)
+def test_every_scheme_the_worker_reads_is_accepted(uri: str) -> None:
+    doc = _quickstart()
+    doc["spec"]["model"]["uri"] = uri
+    assert parse_job(doc).spec.model.uri == uri

@@ -3,8 +3,10 @@
 Everything comes from the API server: the container's command, args and env; envFrom Secrets and
 ConfigMaps; ConfigMap volumes written out as files; projected ServiceAccount tokens minted with
 TokenRequest for the pod (bound to it, with its audience and expiry); emptyDirs as empty
-directories; the termination message path as a file. Mount paths are mapped under a temp root,
-and every occurrence of a mount path in the command, args and env values is rewritten to match.
+directories; PersistentVolumeClaims as their bound hostPath volume (a symlink; read-only is not
+enforced here, the tests run as root); the termination message path as a file. Mount paths are
+mapped under a temp root, and every occurrence of a mount path (or of a folder holding mount
+points) in the command, args and env values is rewritten to match.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ def _volume_files(kube: Any, ns: str, volume: dict[str, Any], pod: dict[str, Any
     raise NotImplementedError(f"volume type of {volume['name']}")
 
 
+def _claim_host_path(kube: Any, ns: str, claim: str) -> Path:
+    pvc = kube.request("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
+    volume = pvc["spec"].get("volumeName")
+    if not volume or pvc.get("status", {}).get("phase") != "Bound":
+        raise RuntimeError(f"claim {ns}/{claim} is not bound")
+    pv = kube.request("GET", f"/api/v1/persistentvolumes/{volume}")
+    if "hostPath" not in pv["spec"]:
+        raise NotImplementedError(f"volume {volume}: only hostPath volumes can stand in here")
+    return Path(pv["spec"]["hostPath"]["path"])
+
+
 def prepare(kube: Any, pod: dict[str, Any], root: Path, container_name: str) -> Prepared:
     ns = pod["metadata"]["namespace"]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == container_name)
@@ -81,6 +94,12 @@ def prepare(kube: Any, pod: dict[str, Any], root: Path, container_name: str) -> 
     mapping: list[tuple[str, str]] = []
     for mount in container.get("volumeMounts") or []:
         host = root / mount["mountPath"].lstrip("/")
+        claim = volumes[mount["name"]].get("persistentVolumeClaim")
+        if claim is not None:
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.symlink_to(_claim_host_path(kube, ns, claim["claimName"]), target_is_directory=True)
+            mapping.append((mount["mountPath"].rstrip("/"), str(host)))
+            continue
         host.mkdir(parents=True, exist_ok=True)
         files = _volume_files(kube, ns, volumes[mount["name"]], pod)
         for rel, content in (files or {}).items():
@@ -93,6 +112,10 @@ def prepare(kube: Any, pod: dict[str, Any], root: Path, container_name: str) -> 
         for inside, outside in mapping:
             if value == inside or value.startswith(inside + "/"):
                 return outside + value[len(inside) :]
+        # A folder that holds mount points (KOMPRESSION_PVC_ROOT): every mount lies at root + its path.
+        folder = value.rstrip("/")
+        if folder.startswith("/") and any(inside.startswith(folder + "/") for inside, _ in mapping):
+            return str(root) + value
         return value
 
     env: dict[str, str] = {}
@@ -112,6 +135,8 @@ def prepare(kube: Any, pod: dict[str, Any], root: Path, container_name: str) -> 
     termination.parent.mkdir(parents=True, exist_ok=True)
     env[ENV_TERMINATION_LOG] = str(termination)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if "PYTHONPATH" in os.environ:  # the image's code is the checkout under test, not the venv's install
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env["TMPDIR"] = remap("/tmp")
     argv = [remap(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
     # The image's entry point is on the image's PATH; here it is the venv's.

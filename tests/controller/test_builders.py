@@ -198,3 +198,55 @@ def test_names_are_deterministic_and_bounded() -> None:
     assert job_name(long) != job_name("a" * 199)
     assert job_name("short") == "short"
     assert len(configmap_name("b" * 253)) <= 253
+
+
+def test_pvc_claims_are_mounted_read_only_for_inputs_and_read_write_for_the_output() -> None:
+    job = _job(
+        model={
+            "uri": "pvc://models/resnet/model.pt2",
+            "format": "TorchExport",
+            "inputs": [{"name": "x", "shape": [-1, 3, 8, 8]}],
+        },
+        data={
+            "calibration": {"uri": "pvc://datasets.team-a/calib.npz"},
+            "evaluation": {"uri": "pvc://models/val.npz"},  # a second use of a claim: one volume
+            "training": {"uri": "s3://data/train.npz"},
+        },
+        output={"uri": "pvc://results/resnet/"},
+    )
+    pod = _pod(job)
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {
+        "pvc-0": {"claimName": "models", "readOnly": True},
+        "pvc-1": {"claimName": "datasets.team-a", "readOnly": True},
+        "pvc-2": {"claimName": "results", "readOnly": False},
+    }
+    container = pod["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["pvc-0"] == {"name": "pvc-0", "mountPath": "/mnt/pvc/models", "readOnly": True}
+    assert mounts["pvc-1"] == {"name": "pvc-1", "mountPath": "/mnt/pvc/datasets.team-a", "readOnly": True}
+    assert mounts["pvc-2"] == {"name": "pvc-2", "mountPath": "/mnt/pvc/results", "readOnly": False}
+    assert {"name": "KOMPRESSION_PVC_ROOT", "value": "/mnt/pvc"} in container["env"]
+
+
+def test_a_claim_read_and_written_is_mounted_once_read_write() -> None:
+    pod = _pod(
+        _job(
+            model={
+                "uri": "pvc://work/in/model.pt2",
+                "format": "TorchExport",
+                "inputs": [{"name": "x", "shape": [-1, 3, 8, 8]}],
+            },
+            output={"uri": "pvc://work/out/"},
+        )
+    )
+    (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim == {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "work", "readOnly": False}}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "pvc-0"]
+    assert mount["readOnly"] is False
+
+
+def test_jobs_without_pvc_uris_mount_no_claims() -> None:
+    pod = _pod(_job())
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert "KOMPRESSION_PVC_ROOT" not in {e["name"] for e in pod["containers"][0]["env"]}

@@ -4,6 +4,8 @@ Session-scoped servers, started lazily on first use:
   kube        -> Kube        (cluster; or the one at $KOMPRESSION_TEST_KUBECONFIG)
   namespace   -> str         (function scope: a fresh namespace, deleted afterwards)
   s3          -> S3Server    (moto_server on loopback)
+  gcs         -> GcsServer   (fake-gcs-server on loopback)
+  azurite     -> AzuriteServer (Azurite's blob service on loopback)
   prometheus  -> Prometheus  (call it: prometheus(scrape_targets=[...]))
   pushgateway -> Pushgateway
   helm        -> Helm        (runs against the kube fixture's cluster)
@@ -23,6 +25,8 @@ from .helm import Helm
 from .prom import Prometheus, Pushgateway
 
 if TYPE_CHECKING:  # the kubernetes and boto3 imports cost a second; only pay when used
+    from .azurite import AzuriteServer
+    from .gcs import GcsServer
     from .kube import Kube
     from .s3 import S3Server
 
@@ -63,6 +67,28 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     from .s3 import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    from .gcs import GcsServer
+
+    server = GcsServer(tmp_path_factory.mktemp("gcs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    from .azurite import AzuriteServer
+
+    server = AzuriteServer(tmp_path_factory.mktemp("azurite"))
     try:
         yield server
     finally:

@@ -27,20 +27,30 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from kompression.api.rules import Rule
+from kompression.api.uris import URI_HINT, URI_PATTERN
 
-URI_SCHEMES = ("s3", "gs", "az", "file", "hf", "pvc")
-URI_PATTERN = r"^(" + "|".join(URI_SCHEMES) + r")://.+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 MAX_STEPS = 16
 
-StorageUri = Annotated[str, StringConstraints(pattern=URI_PATTERN, max_length=2048)]
+StorageUri = Annotated[str, StringConstraints(max_length=2048)]
 StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
 ShortString = Annotated[str, StringConstraints(max_length=253)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
 Timestamp = Annotated[str, StringConstraints(max_length=64)]
+
+
+def uri_rule(*, optional: bool = False) -> Rule:
+    """The check of a model's `uri`: a rule, not a field pattern, so that the API server and
+    `kompression validate` both name the accepted schemes in words instead of quoting a regex."""
+    matches = f"self.uri.matches('{URI_PATTERN}')"
+    return Rule(
+        cel=f"!has(self.uri) || {matches}" if optional else matches,
+        message=URI_HINT,
+        field_path=".uri",
+    )
 
 
 class ApiModel(BaseModel):
@@ -95,8 +105,9 @@ class ModelSource(ApiModel):
 
     uri: StorageUri = Field(
         description=(
-            "Where the model is stored: s3://, gs://, az://, file://, hf:// or pvc:// followed by "
-            "the bucket or volume and the path of the file (or folder, for HuggingFace)."
+            "Where the model is stored: s3://BUCKET/PATH, gs://BUCKET/PATH, az://CONTAINER/PATH, "
+            "pvc://CLAIM/PATH (a PersistentVolumeClaim in the job's namespace, mounted read-only) or "
+            "file://PATH (local runs); the path names the file, or the folder for HuggingFace."
         )
     )
     format: ModelFormat = Field(
@@ -131,6 +142,7 @@ class ModelSource(ApiModel):
     )
 
     __rules__ = (
+        uri_rule(),
         Rule(
             cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
             message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
@@ -188,6 +200,7 @@ class DataSource(ApiModel):
     batchSize: int = Field(32, ge=1, le=65536, description="Batch size used when reading this data set.")
 
     __rules__ = (
+        uri_rule(optional=True),
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
@@ -551,7 +564,7 @@ class SecretRef(ApiModel):
         description=(
             "Name of a Secret in the same namespace. Its keys become the worker's environment "
             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
-            "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING, HF_TOKEN, ...). Other "
+            "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING, ...). Other "
             "namespaces cannot be named, by design."
         )
     )
@@ -561,7 +574,10 @@ class Output(ApiModel):
     """Where results are published."""
 
     uri: StorageUri = Field(
-        description="Prefix under which the artifacts, report.json and report.md are written, e.g. s3://bucket/path/."
+        description=(
+            "Prefix under which the artifacts, report.json and report.md are written, e.g. s3://bucket/path/ "
+            "or pvc://claim/path/ (the claim is mounted read-write)."
+        )
     )
     credentials: SecretRef | None = Field(
         None,
@@ -578,6 +594,8 @@ class Output(ApiModel):
             "operator's worker.storageRetrySeconds (60 by default)."
         ),
     )
+
+    __rules__ = (uri_rule(),)
 
 
 class Resources(ApiModel):

@@ -22,8 +22,6 @@ from kompression.api.v1alpha1 import (
     DNS_SUBDOMAIN_PATTERN,
     IMPORT_REF_PATTERN,
     QUANTITY_PATTERN,
-    URI_PATTERN,
-    URI_SCHEMES,
     ApiModel,
     CompressionJob,
     CompressionJobSpec,
@@ -31,7 +29,6 @@ from kompression.api.v1alpha1 import (
 
 # What each pattern accepts, in words: a regex alone does not tell a user what to write.
 _PATTERN_HINTS = {
-    URI_PATTERN: "expected a storage URI starting with " + ", ".join(f"{s}://" for s in URI_SCHEMES),
     DNS_LABEL_PATTERN: "expected a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
     DNS_SUBDOMAIN_PATTERN: "expected a Kubernetes object name: lowercase letters, digits, '-' and '.'",
     IMPORT_REF_PATTERN: "expected an import reference `module.path:Name`, e.g. torchvision.models:resnet18",

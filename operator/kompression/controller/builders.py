@@ -25,6 +25,7 @@ from kompression.api.constants import (
     TERMINATION_MESSAGE_PATH,
     progress_audience,
 )
+from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT, pvc_claim
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.controller.failure import WORKER_CONTAINER, pod_failure_policy
 from kompression.controller.labels import child_labels, owner_reference
@@ -102,6 +103,8 @@ def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
             "value": str(retry if retry is not None else settings.storage_retry_seconds),
         }
     )
+    if _claim_volumes(job):
+        env.append({"name": ENV_PVC_ROOT, "value": PVC_MOUNT_ROOT})
     # `env` beats `envFrom`, so the default endpoint is only set when no Secret could name one.
     if settings.s3_endpoint and job.spec.output.credentials is None:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})
@@ -133,6 +136,22 @@ _POD_SECURITY = {
 }
 
 
+def _claim_volumes(job: CompressionJob) -> list[tuple[str, str, bool]]:
+    """(volume name, claim, writable) for every PersistentVolumeClaim the job's URIs name, in spec
+    order: the output's claim is writable, the model's and data's are only read."""
+    spec = job.spec
+    inputs = [spec.model.uri]
+    if spec.data is not None:
+        inputs += [d.uri for d in (spec.data.calibration, spec.data.training, spec.data.evaluation) if d and d.uri]
+    out: dict[str, bool] = {}
+    for uri, writable in [*((u, False) for u in inputs), (spec.output.uri, True)]:
+        claim = pvc_claim(uri)
+        if claim is not None:
+            out[claim] = out.get(claim, False) or writable
+    # Claim names may hold dots and run to 253 characters; volume names are DNS labels.
+    return [(f"pvc-{i}", claim, writable) for i, (claim, writable) in enumerate(out.items())]
+
+
 def _command(job: CompressionJob) -> list[str]:
     command = ["kompression", "run", f"{CONFIG_DIR}/{CONFIG_FILE}"]
     # One rank per GPU under torchrun; the worker keeps its own exit codes through the launcher.
@@ -158,6 +177,10 @@ def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    for volume, claim, writable in _claim_volumes(job):
+        container["volumeMounts"].append(
+            {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": not writable}
+        )
     creds = job.spec.output.credentials
     if creds is not None:
         # Referenced by name in the job's own namespace: the values never enter the Job spec.
@@ -167,6 +190,11 @@ def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
 
 def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
     name, namespace, uid = _identity(job)
+    # A pod can only name claims in its own namespace: pvc:// cannot reach another tenant's.
+    pvcs = [
+        {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}}
+        for volume, claim, writable in _claim_volumes(job)
+    ]
     return [
         {
             "name": "job",
@@ -188,6 +216,7 @@ def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
         },
         {"name": "scratch", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+        *pvcs,
     ]
 
 

@@ -1,4 +1,4 @@
-"""One storage layer for every URI a job names: s3://, gs://, az://, file:// and plain paths.
+"""One storage layer for every URI a job names: s3://, gs://, az://, pvc://, file:// and plain paths.
 
 Built on fsspec. Credentials come from the environment (the operator turns the job's Secret into
 environment variables), never from the manifest.
@@ -10,7 +10,12 @@ environment variables), never from the manifest.
   default both ``request_checksum_calculation`` and ``response_checksum_validation`` to
   ``when_required`` and honour botocore's own ``AWS_REQUEST_CHECKSUM_CALCULATION`` /
   ``AWS_RESPONSE_CHECKSUM_VALIDATION`` variables (``when_supported`` turns them on).
-- ``gs://`` needs gcsfs, ``az://`` needs adlfs: optional, a StorageError says what to install.
+- ``gs://``: gcsfs. Credentials from Workload Identity or ``GOOGLE_APPLICATION_CREDENTIALS``;
+  ``STORAGE_EMULATOR_HOST`` points it at an emulator (fake-gcs-server) without credentials.
+- ``az://CONTAINER/PATH``: adlfs. ``AZURE_STORAGE_CONNECTION_STRING``, or
+  ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY`` (adlfs reads them itself).
+- ``pvc://CLAIM/PATH``: a local path under the claim's mount, ``/mnt/pvc/CLAIM/PATH`` in the
+  operator's Job (it mounts the claim there); ``KOMPRESSION_PVC_ROOT`` moves the root for local runs.
 - ``file://relative/path`` is relative to the working directory, ``file:///abs/path`` absolute;
   a URI without a scheme is a local path.
 
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT
 from kompression.worker import s3
 from kompression.worker.errors import StorageError, StorageRefused
 from kompression.worker.storage_retry import (
@@ -57,7 +63,7 @@ class Location:
     """A parsed URI: the fsspec protocol and the path that protocol's filesystem understands."""
 
     uri: str
-    protocol: str  # "s3", "gs", "az" or "file"
+    protocol: str  # "s3", "gs", "az" or "file" (pvc:// is a file under the claim's mount)
     path: str
 
     @property
@@ -77,9 +83,28 @@ def parse_uri(uri: str) -> Location:
         if not rest or rest.startswith("/"):
             raise StorageError(f"{uri}: expected {scheme}://BUCKET/PATH")
         return Location(uri, scheme, rest)
+    if scheme == "pvc":
+        return Location(uri, "file", str(_claim_path(uri, rest)))
     raise StorageError(
-        f"{uri}: the worker reads and writes s3://, gs://, az://, file:// and local paths, not {scheme}://"
+        f"{uri}: the worker reads and writes s3://, gs://, az://, pvc://, file:// and local paths, not {scheme}://"
     )
+
+
+def _claim_path(uri: str, rest: str) -> Path:
+    claim, _, path = rest.partition("/")
+    root = Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT)
+    mount = root / claim
+    if not claim or not mount.is_dir():
+        raise StorageError(
+            f"{uri}: the claim {claim!r} is not mounted at {mount}. In the operator's Job every claim that "
+            f"spec.model, spec.data and spec.output name is mounted there; for a local run set {ENV_PVC_ROOT} "
+            "to a folder that holds one sub-folder per claim"
+        )
+    mount = mount.resolve()
+    target = (mount / path).resolve()
+    if not target.is_relative_to(mount):
+        raise StorageError(f"{uri}: the path leaves the claim's volume ({target} is outside {mount})")
+    return target
 
 
 def join(prefix: str, *parts: str) -> str:
@@ -125,6 +150,15 @@ def s3_options() -> dict[str, Any]:
     return options
 
 
+def _cloud_options(protocol: str) -> dict[str, Any]:
+    """gcsfs and adlfs constructor arguments; both read their credentials from the environment."""
+    options: dict[str, Any] = {"use_listings_cache": False}
+    if protocol == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # An emulator takes no credentials; without this gcsfs would probe for Google's metadata server.
+        options["token"] = "anon"
+    return options
+
+
 def filesystem(protocol: str) -> Any:
     """The fsspec filesystem for a protocol, configured from the environment."""
     import fsspec
@@ -135,7 +169,14 @@ def filesystem(protocol: str) -> Any:
         return fsspec.filesystem("s3", **s3_options())
     package = {"gs": "gcsfs", "az": "adlfs"}[protocol]
     try:
-        return fsspec.filesystem(protocol, skip_instance_cache=True)
+        if protocol == "gs":
+            # gcsfs's default class first asks each bucket's type over gRPC (experimental zonal
+            # buckets) and waits a minute where that endpoint does not answer; the JSON API class
+            # serves every standard bucket without it.
+            from gcsfs.core import GCSFileSystem
+
+            return GCSFileSystem(skip_instance_cache=True, **_cloud_options(protocol))
+        return fsspec.filesystem(protocol, skip_instance_cache=True, **_cloud_options(protocol))
     except ImportError:
         raise StorageError(
             f"{protocol}:// storage needs the optional package {package}, which this worker image lacks; "

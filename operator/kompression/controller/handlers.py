@@ -70,7 +70,13 @@ class Runtime:
             max_connections=s.progress_max_connections,
         )
         self.progress = ProgressServer(
-            self.api, self.store, self.reconciler, s.progress_interval_s, leadership=self.leadership, limits=limits
+            self.api,
+            self.store,
+            self.reconciler,
+            s.progress_interval_s,
+            metrics=self.metrics,
+            leadership=self.leadership,
+            limits=limits,
         )
         runner = web.AppRunner(self.progress.app(), access_log=None)
         await runner.setup()

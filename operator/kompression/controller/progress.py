@@ -30,6 +30,7 @@ from kompression.api.v1alpha1 import ReportCursor
 from kompression.controller.httpguard import Guard, Limits
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.leadership import Leadership
+from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Key
 from kompression.controller.reconcile import Reconciler
 from kompression.controller.reports import SequenceGate, sequence_bound
@@ -103,10 +104,11 @@ class ProgressServer:
         reconciler: Reconciler,
         interval: float,
         *,
+        metrics: Metrics,
         leadership: Leadership | None = None,
         limits: Limits | None = None,
     ) -> None:
-        self.api, self.store, self.leadership = api, store, leadership
+        self.api, self.store, self.metrics, self.leadership = api, store, metrics, leadership
         self.reviewer = Reviewer(api)
         self.guard = Guard(limits or Limits())
         self.gate = SequenceGate()
@@ -163,9 +165,11 @@ class ProgressServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
-            return await self._take(request)
+            response = await self._take(request)
         except Refused as exc:
-            return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+            response = web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+        self.metrics.progress_requests.labels(str(response.status)).inc()
+        return response
 
     async def _take(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])

@@ -62,6 +62,10 @@ def test_the_persisted_cursor_seeds_the_gate_after_a_restart() -> None:
         return SequenceGate().accept("a", ReportCursor(podUID="pod-a", sequence=seq), persisted, lambda _: True)
 
     assert not offer(40) and not offer(50) and offer(51)
+    # A replica that led before remembers less than status shows now: status wins.
+    gate = SequenceGate()
+    assert gate.accept("a", ReportCursor(podUID="pod-a", sequence=10), None, lambda _: True)
+    assert not gate.accept("a", ReportCursor(podUID="pod-a", sequence=20), persisted, lambda _: True)
 
 
 def test_a_sequence_cannot_run_ahead_of_the_pods_age() -> None:

@@ -63,7 +63,11 @@ class SequenceGate:
         persisted: ReportCursor | None,
         pod_live: Callable[[str], bool],
     ) -> bool:
-        last = self._last.get(job_uid) or persisted
+        last = self._last.get(job_uid)
+        if last is None or (
+            persisted is not None and persisted.podUID == last.podUID and persisted.sequence > last.sequence
+        ):
+            last = persisted  # a peer that led in between moved status on
         if last is not None:
             if last.podUID == offered.podUID:
                 if offered.sequence <= last.sequence:

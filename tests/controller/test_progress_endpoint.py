@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,7 +175,7 @@ def test_a_forged_sequence_cannot_lock_out_real_reports_and_survives_a_restart(
 def test_token_reviews_are_cached_and_rate_limited(kube: Any, namespace: str, op: OperatorProcess) -> None:
     audience, pod = running_job(kube, namespace, "flood")
     token = _token(kube, pod, audience, 3600)
-    time.sleep(12)  # the earlier tests' reviews come out of the same address's budget
+    time.sleep(3)  # the two reviews below must not wait on the earlier tests' budget (one a second)
     before = reviews(kube)
     for sequence in range(1, 11):
         assert post(op, namespace, "flood", token, {"phase": "Running", "sequence": sequence})[0] == 202
@@ -196,16 +195,3 @@ def test_token_reviews_are_cached_and_rate_limited(kube: Any, namespace: str, op
     # a burst of 10, then one a second
     assert spent <= 10 + took + 1, f"{spent} TokenReviews for 300 random tokens in {took:.1f} s"
     assert codes.get(429, 0) > 0
-
-
-def test_handler_success_is_not_logged_by_default(kube: Any, namespace: str, tmp_path: Path) -> None:
-    quiet = OperatorProcess(kube, tmp_path, "--namespaces", namespace, verbose=False).start()
-    try:
-        apply_cr(kube, namespace, "quiet", resources={"gpus": 1})
-        running_pod(kube, namespace, "quiet")
-        kube.wait(lambda: status(kube, namespace, "quiet").get("phase") == "Running", "phase Running")
-    finally:
-        quiet.stop()
-    log = quiet.log.read_text()
-    assert "created Job" in log, "the operator's own INFO lines are kept"
-    assert "succeeded" not in log.lower(), [line for line in log.splitlines() if "succeeded" in line.lower()][:5]

@@ -189,8 +189,10 @@ def run(settings: Settings) -> int:
     kopf.configure(verbose=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     logging.getLogger().setLevel(level)
     if level != "DEBUG":
-        # kopf logs "Handler succeeded" at INFO for every watch event; ours only update the store.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # kopf logs "Handler ... succeeded" at INFO for every watch event and every activity (login,
+        # startup, cleanup); ours only update the store, and the reconciler logs what it does.
+        for name in ("kopf.objects", "kopf.activities"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     runtime = Runtime(settings)
     asyncio.run(
         kopf.operator(

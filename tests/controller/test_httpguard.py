@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
+from sockets import closed_within, is_open
 
 from kompression.controller.httpguard import Guard, Limits
 
@@ -43,24 +44,6 @@ def port() -> Iterator[int]:
     yield ready[0]
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
-
-
-def closed_within(sock: socket.socket, seconds: float) -> float | None:
-    """Seconds until the server closed `sock` (EOF or reset), reading whatever it sends; None if it stayed open."""
-    started = time.monotonic()
-    while (left := seconds - (time.monotonic() - started)) > 0:
-        readable, _, _ = select.select([sock], [], [], left)
-        if readable:
-            try:
-                if not sock.recv(65536):
-                    return time.monotonic() - started
-            except ConnectionResetError:
-                return time.monotonic() - started
-    return None
-
-
-def is_open(sock: socket.socket) -> bool:
-    return closed_within(sock, 0.0) is None and closed_within(sock, 0.05) is None
 
 
 def test_a_served_request_closes_its_connection(port: int) -> None:

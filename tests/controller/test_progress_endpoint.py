@@ -21,7 +21,7 @@ import pytest
 from kubehelpers import apply_cr, cr, running_pod, status
 from operator_proc import OperatorProcess, install_crd
 from podrun import _token
-from test_httpguard import closed_within, is_open
+from sockets import closed_within, is_open
 
 from kompression.api.constants import progress_audience
 

@@ -156,7 +156,7 @@ def test_a_forged_sequence_cannot_lock_out_real_reports_and_survives_a_restart(
         )
 
     code, answer = report(2**62, 99)
-    assert code == 400 and "ahead of the pod's age" in answer["error"]
+    assert code == 400 and "ahead of the worker's age" in answer["error"]
     assert report(1000, 10) == (202, {"accepted": True})
     assert shows(10)["lastReport"] == {"podUID": pod["metadata"]["uid"], "sequence": 1000}
     assert report(900, 5) == (200, {"accepted": False, "reason": "stale sequence"})

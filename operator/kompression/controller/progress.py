@@ -31,6 +31,7 @@ from kompression.controller.httpguard import Guard, Limits
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
+from kompression.controller.observe import worker_status
 from kompression.controller.queueing import Key
 from kompression.controller.reconcile import Reconciler
 from kompression.controller.reports import SequenceGate, sequence_bound
@@ -55,8 +56,11 @@ def pod_belongs(pod: Body, job: Body, pod_uid: str) -> bool:
 
 
 def pod_started(pod: Body) -> str:
-    """When the pod started (RFC 3339): the kubelet's startTime, else its creation."""
-    return str((pod.get("status") or {}).get("startTime") or pod["metadata"]["creationTimestamp"])
+    """When the worker in `pod` started (RFC 3339): its container's start, else the pod's, else its
+    creation. The container's is the closest: an image pull can take minutes after the pod starts."""
+    state = worker_status(pod).get("state") or {}
+    started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+    return str(started or (pod.get("status") or {}).get("startTime") or pod["metadata"]["creationTimestamp"])
 
 
 class Refused(Exception):
@@ -152,7 +156,10 @@ class ProgressServer:
             return None
         pod = self.store.pods.get((key[0], job["metadata"]["name"]), {}).get(bound.name)
         if pod is None:
-            pod = await self.api.get(path("", "v1", "pods", namespace=key[0], name=bound.name))
+            try:
+                pod = await self.api.get(path("", "v1", "pods", namespace=key[0], name=bound.name))
+            except (ApiError, OSError, TimeoutError) as exc:
+                raise Refused(503, f"the token's pod cannot be read now ({exc}); retry") from None
         return (job, pod) if pod is not None and pod_belongs(pod, job, bound.uid) else None
 
     def _pod_live(self, namespace: str, job: Body, pod_uid: str) -> bool:
@@ -187,7 +194,7 @@ class ProgressServer:
             raise Refused(400, str(exc)) from None
         limit = sequence_bound(pod_started(pod), datetime.now(UTC))
         if report.sequence > limit:
-            raise Refused(400, f"sequence {report.sequence} is ahead of the pod's age (at most {limit} now)")
+            raise Refused(400, f"sequence {report.sequence} is ahead of the worker's age (at most {limit} now)")
         cr = self.store.crs.get(key)
         if cr is None:
             raise Refused(403, NOT_VALID)

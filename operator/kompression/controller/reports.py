@@ -33,14 +33,14 @@ def differs(status: dict[str, Any], patch: dict[str, Any]) -> bool:
     return any(status.get(k) != v and not (v is None and k not in status) for k, v in patch.items())
 
 
-def sequence_bound(pod_started: str, now: datetime) -> int:
-    """The highest sequence a pod that started at `pod_started` (RFC 3339) can have reached by `now`.
+def sequence_bound(worker_started: str, now: datetime) -> int:
+    """The highest sequence a worker that started at `worker_started` (RFC 3339) can have reached by `now`.
 
     The worker's sequence counts milliseconds since it started (worker/progress.py), so it never
-    runs ahead of the pod's age; SEQUENCE_SKEW_MS allows for the node's clock. A report beyond it
-    is refused: else one POST of a huge sequence would make every later report look stale.
+    runs ahead of its container's age; SEQUENCE_SKEW_MS allows for the node's clock. A report beyond
+    it is refused: else one POST of a huge sequence would make every later report look stale.
     """
-    started = datetime.fromisoformat(pod_started.replace("Z", "+00:00"))
+    started = datetime.fromisoformat(worker_started.replace("Z", "+00:00"))
     return max(0, int((now - started).total_seconds() * 1000)) + SEQUENCE_SKEW_MS
 
 

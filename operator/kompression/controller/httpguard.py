@@ -124,5 +124,11 @@ class Guard:
         server = runner.server
         assert server is not None, "runner.setup() first"
         return await asyncio.get_running_loop().create_server(
-            lambda: _Guarded(self, server()), host, port, reuse_address=True
+            # A backlog as deep as the cap: connections past it are refused by the guard, not left
+            # half-open in the kernel's queue.
+            lambda: _Guarded(self, server()),
+            host,
+            port,
+            reuse_address=True,
+            backlog=self.limits.max_connections,
         )

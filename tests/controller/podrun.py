@@ -112,6 +112,8 @@ def prepare(kube: Any, pod: dict[str, Any], root: Path, container_name: str) -> 
     termination.parent.mkdir(parents=True, exist_ok=True)
     env[ENV_TERMINATION_LOG] = str(termination)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if os.environ.get("PYTHONPATH"):  # the worker runs the code under test, as the operator does
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env["TMPDIR"] = remap("/tmp")
     argv = [remap(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
     # The image's entry point is on the image's PATH; here it is the venv's.

@@ -56,6 +56,7 @@ def test_defaults_render_the_operator() -> None:
             "ClusterRoleBinding",
             "Service",
             "Deployment",
+            "NetworkPolicy",
         ]
     )
     for obj in objs:
@@ -203,14 +204,46 @@ def test_service_monitor_and_pod_monitor_are_exclusive() -> None:
     assert "prometheus" in err
 
 
+def _progress_from(values: dict[str, object]) -> list[dict[str, object]]:
+    policy = one(template(values), "NetworkPolicy")
+    (rule,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "progress"]
+    peers: list[dict[str, object]] = rule["from"]
+    return peers
+
+
 def test_network_policy() -> None:
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-    policy = one(template({"networkPolicy": {"enabled": True, "metricsFrom": [peer]}}), "NetworkPolicy")
+    policy = one(template({"networkPolicy": {"metricsFrom": [peer]}}), "NetworkPolicy")  # on by default
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     ingress = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
-    assert ingress == {"metrics": [peer], "progress": None}
+    assert set(ingress) == {"metrics", "progress"} and ingress["metrics"] == [peer]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443, 6443}
+    assert not find(template({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_network_policy_admits_progress_only_from_the_operators_worker_pods() -> None:
+    builders = pytest.importorskip("kompression.controller.builders")
+    from kompression.api.validation import parse_job
+    from kompression.controller.settings import Settings
+
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    doc = yaml.safe_load(examples[0].read_text())
+    doc["metadata"].update(namespace="team-a", uid="0b1c-uid", generation=1)
+    pod_labels = builders.build_job(parse_job(doc), Settings())["spec"]["template"]["metadata"]["labels"]
+
+    (peer,) = _progress_from({})
+    selected = peer["podSelector"]["matchLabels"]  # type: ignore[index]
+    assert selected and selected.items() <= pod_labels.items(), "the worker pods must match the selector"
+    assert selected["app.kubernetes.io/component"] == "worker"
+    assert peer["namespaceSelector"] == {}  # every namespace is watched
+
+    (peer,) = _progress_from({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    assert peer["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    }
+    custom = {"podSelector": {"matchLabels": {"app": "gateway"}}}
+    assert _progress_from({"networkPolicy": {"progressFrom": [custom]}}) == [custom]
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ def install_crd(kube: Any, *extra: Path) -> None:
 
 
 class OperatorProcess:
-    def __init__(self, kube: Any, log_dir: Path, *extra: str) -> None:
-        self.kube, self.log_dir, self.extra = kube, log_dir, extra
+    def __init__(self, kube: Any, log_dir: Path, *extra: str, verbose: bool = True) -> None:
+        self.kube, self.log_dir, self.extra, self.verbose = kube, log_dir, extra, verbose
         self.metrics_port, self.progress_port, self.health_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -36,14 +36,14 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.starts += 1
-        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        log = self.log.open("wb")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "kompression.cli",
                 "operator",
-                "--verbose",
+                *(["--verbose"] if self.verbose else []),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--progress-port",
@@ -83,6 +83,10 @@ class OperatorProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:

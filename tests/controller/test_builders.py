@@ -73,8 +73,8 @@ def test_per_job_image_overrides_the_default() -> None:
 def test_gpu_limits_product_selector_and_toleration() -> None:
     pod = _pod(_job(resources={"gpus": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "memory": "32Gi", "cpu": "8"}))
     res = pod["containers"][0]["resources"]
-    assert res["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "2"}
-    assert res["requests"] == {"cpu": "8", "memory": "32Gi"}
+    assert res["limits"] == {"memory": "32Gi", "ephemeral-storage": "20Gi", "nvidia.com/gpu": "2"}
+    assert res["requests"] == {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "20Gi"}
     assert pod["nodeSelector"] == {GPU_PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -250,3 +250,13 @@ def test_jobs_without_pvc_uris_mount_no_claims() -> None:
     pod = _pod(_job())
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert "KOMPRESSION_PVC_ROOT" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+def test_scratch_and_ephemeral_storage_are_bounded_by_the_spec() -> None:
+    for spec, size in (({}, "20Gi"), ({"resources": {"ephemeralStorage": "200Gi"}}, "200Gi")):
+        pod = _pod(_job(**spec))
+        (scratch,) = [v for v in pod["volumes"] if v["name"] == "scratch"]
+        assert scratch["emptyDir"] == {"sizeLimit": size}
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"]["ephemeral-storage"] == size
+        assert resources["limits"]["ephemeral-storage"] == size

@@ -15,7 +15,7 @@ from kompression.cli import main
 from kompression.controller.builders import build_job
 from kompression.controller.cli import register, settings_from
 from kompression.controller.leadership import Leadership, is_active
-from kompression.controller.reports import older_than_status, report_status
+from kompression.controller.reports import report_status
 from kompression.controller.settings import Settings
 
 
@@ -106,19 +106,10 @@ def test_leadership_flips_and_notifies() -> None:
     assert Leadership("", "me", 0, ()).active
 
 
-def test_compact_final_report_keeps_steps_and_stale_reports_after_restart() -> None:
+def test_compact_final_report_keeps_steps() -> None:
     final = WorkerReport.model_validate({"phase": "Succeeded", "result": {"compressionRatio": 2.0}, "sequence": 9})
     patch = report_status(final, partial=True)
     assert "steps" not in patch and patch["result"]["compressionRatio"] == 2.0 and patch["currentStep"] is None
-    status = {"progress": {"percentage": 50, "lastUpdateTime": "2026-01-01T00:00:10Z"}}
-    old = WorkerReport.model_validate(
-        {"phase": "Running", "progress": {"percentage": 40, "lastUpdateTime": "2026-01-01T00:00:05Z"}}
-    )
-    new = WorkerReport.model_validate(
-        {"phase": "Running", "progress": {"percentage": 60, "lastUpdateTime": "2026-01-01T00:00:12Z"}}
-    )
-    assert older_than_status(old, status) and not older_than_status(new, status)
-    assert not older_than_status(old, {})
 
 
 def test_render_cli_still_works_with_json_flags(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

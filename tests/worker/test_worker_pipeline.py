@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -188,11 +189,15 @@ def test_progress_reports_are_posted_with_the_token(
     monkeypatch.setenv("KOMPRESSION_PROGRESS_TOKEN_FILE", str(env / "token"))
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
+    started = time.monotonic()
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
+    elapsed_ms = (time.monotonic() - started) * 1000
     assert received and all(auth == "Bearer secret-token" for auth, _ in received)
     reports = [WorkerReport.model_validate(body) for _, body in received]
     sequences = [r.sequence for r in reports]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    # Milliseconds since the worker started: never beyond the pod's age, which the operator checks.
+    assert sequences[-1] <= elapsed_ms + len(sequences)
     assert reports[-1].phase == "Succeeded" and reports[-1].result is not None
 
 

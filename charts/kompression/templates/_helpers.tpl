@@ -71,10 +71,11 @@ app.kubernetes.io/part-of: kompression
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete"]
-# The worker reads its copy of the manifest from a ConfigMap the operator writes.
+# The worker reads its copy of the manifest from a ConfigMap the operator writes. It is created and read back
+# by name (AlreadyExists after a restart), never listed or watched.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get", "list", "watch"]
+  verbs: ["create", "get"]
 # Worker pods' status and termination messages explain failures (OOMKilled, ImagePullBackOff, exit codes).
 - apiGroups: [""]
   resources: ["pods"]

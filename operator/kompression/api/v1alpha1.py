@@ -607,6 +607,13 @@ class Resources(ApiModel):
     )
     memory: Quantity = Field("16Gi", description="Memory request and limit, a Kubernetes quantity.")
     cpu: Quantity = Field("4", description="CPU request, a Kubernetes quantity.")
+    ephemeralStorage: Quantity = Field(
+        "20Gi",
+        description=(
+            "Local disk for the worker: the size limit of its /scratch volume and the pod's ephemeral-storage "
+            "request and limit, a Kubernetes quantity. The kubelet evicts a pod that writes more."
+        ),
+    )
 
     __rules__ = (
         Rule(
@@ -787,6 +794,14 @@ class Progress(ApiModel):
     lastUpdateTime: Timestamp | None = Field(None, description="When the worker last reported (RFC 3339).")
 
 
+class ReportCursor(ApiModel):
+    """The newest live report the operator accepted: later ones must come from the same pod with a higher
+    sequence, or from a newer pod of the job."""
+
+    podUID: ShortString = Field(description="UID of the worker pod that sent it.")
+    sequence: int = Field(ge=0, description="Its sequence number.")
+
+
 class Metrics(ApiModel):
     """Measurements of one model."""
 
@@ -889,6 +904,10 @@ class CompressionJobStatus(ApiModel):
     result: Result | None = Field(None, description="The pipeline's outcome.")
     artifacts: list[Artifact] = Field(default_factory=list, max_length=64, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware the worker used.")
+    lastReport: ReportCursor | None = Field(
+        None,
+        description="The newest live report accepted, kept so that an operator restart never accepts an older one.",
+    )
     conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Latest observations.")
 
 

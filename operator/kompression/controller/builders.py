@@ -113,10 +113,11 @@ def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
 
 def _resources(job: CompressionJob, settings: Settings) -> dict[str, Any]:
     res = job.spec.resources
-    limits: dict[str, str] = {"memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory, "ephemeral-storage": res.ephemeralStorage}
     if res.gpus > 0:
         limits[settings.gpu_resource] = str(res.gpus)
-    return {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits}
+    requests = {"cpu": res.cpu, "memory": res.memory, "ephemeral-storage": res.ephemeralStorage}
+    return {"requests": requests, "limits": limits}
 
 
 _CONTAINER_SECURITY = {
@@ -214,7 +215,8 @@ def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
                 ]
             },
         },
-        {"name": "scratch", "emptyDir": {}},
+        # Bounded, so that a model that unpacks without end is evicted instead of filling the node's disk.
+        {"name": "scratch", "emptyDir": {"sizeLimit": job.spec.resources.ephemeralStorage}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
         *pvcs,
     ]

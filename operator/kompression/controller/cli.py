@@ -83,6 +83,13 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         "this replica's peering priority; empty derives a distinct one from POD_NAME",
     ),
     ("--progress-interval", "progress_interval_s", float, "seconds between progress status writes per job"),
+    (
+        "--progress-read-timeout",
+        "progress_read_timeout_s",
+        float,
+        "seconds a progress request may take to send its head, and again its body",
+    ),
+    ("--progress-max-connections", "progress_max_connections", int, "open connections to the progress port"),
     ("--worker-service-account", "service_account", str, "ServiceAccount of worker pods"),
     ("--worker-node-selector", "worker_node_selector", _json_object, "JSON object of labels every worker pod selects"),
     ("--extra-tolerations", "extra_tolerations", _json_list, "JSON list of tolerations added to every worker pod"),

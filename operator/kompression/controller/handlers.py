@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kompression.api.constants import GROUP, PLURAL, VERSION
+from kompression.controller.httpguard import Limits
 from kompression.controller.kubeapi import Api
 from kompression.controller.labels import MANAGED_SELECTOR
 from kompression.controller.leadership import Leadership, own_identity
@@ -49,6 +50,8 @@ class Runtime:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
+        self._servers: list[asyncio.Server] = []
+        self.progress: ProgressServer | None = None
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
         if self.api is None:
@@ -60,20 +63,37 @@ class Runtime:
         assert self.api is not None and self.reconciler is not None
         self._tasks.append(asyncio.create_task(self.reconciler.run()))
         self._tasks.append(asyncio.create_task(self.leadership.run(self.api)))
-        progress = ProgressServer(
-            self.api, self.store, self.reconciler, self.settings.progress_interval_s, self.leadership
+        s = self.settings
+        limits = Limits(
+            head_timeout_s=s.progress_read_timeout_s,
+            body_timeout_s=s.progress_read_timeout_s,
+            max_connections=s.progress_max_connections,
         )
+        self.progress = ProgressServer(
+            self.api,
+            self.store,
+            self.reconciler,
+            s.progress_interval_s,
+            metrics=self.metrics,
+            leadership=self.leadership,
+            limits=limits,
+        )
+        runner = web.AppRunner(self.progress.app(), access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        self._servers.append(await self.progress.guard.serve(runner, "0.0.0.0", s.progress_port))
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._metrics)
-        for app, port in ((progress.app(), self.settings.progress_port), (metrics_app, self.settings.metrics_port)):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "0.0.0.0", port).start()
-            self._runners.append(runner)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", s.metrics_port).start()
+        self._runners.append(runner)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        for server in self._servers:
+            server.close()
         for runner in self._runners:
             await runner.cleanup()
         if self.api is not None:
@@ -92,6 +112,8 @@ class Runtime:
         if event.get("type") == "DELETED":
             self.store.drop_cr(key)
             self.metrics.forget(key)
+            if self.progress is not None:
+                self.progress.forget(str(body["metadata"].get("uid")))
             self.reconciler.kick_queue()  # a queued job's place is free
         else:
             self.reconciler.enqueue(self.store.put_cr(body))
@@ -167,8 +189,10 @@ def run(settings: Settings) -> int:
     kopf.configure(verbose=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     logging.getLogger().setLevel(level)
     if level != "DEBUG":
-        # kopf logs "Handler succeeded" at INFO for every watch event; ours only update the store.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # kopf logs "Handler ... succeeded" at INFO for every watch event and every activity (login,
+        # startup, cleanup); ours only update the store, and the reconciler logs what it does.
+        for name in ("kopf.objects", "kopf.activities"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     runtime = Runtime(settings)
     asyncio.run(
         kopf.operator(

@@ -73,6 +73,12 @@ class Metrics:
             ["verb", "resource"],
             registry=r,
         )
+        self.progress_requests = Counter(
+            "kompression_progress_requests",
+            "Progress reports POSTed to the operator, by HTTP status of the answer.",
+            ["code"],
+            registry=r,
+        )
         self._phase: dict[Key, str] = {}
         self._with_results: set[Key] = set()
         for phase in PHASES:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import CompressionJob, Result, StepStatus
+from kompression.api.v1alpha1 import CompressionJob, ReportCursor, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.controller import outputs
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
@@ -405,12 +405,13 @@ class Reconciler:
         elif obs.reason in WARNING_REASONS:
             self._event(cr, "Warning", obs.reason, obs.message)
 
-    async def apply_report(self, key: Key, report: WorkerReport) -> None:
-        """Merge a live report into status, unless the job already finished (the final report rules)."""
+    async def apply_report(self, key: Key, report: WorkerReport, cursor: ReportCursor) -> None:
+        """Merge a live report into status, unless the job already finished (the final report rules).
+        `cursor` (the pod and sequence it came with) goes along, so that a restart keeps the order."""
         cr = self.store.crs.get(key)
         if cr is None or (cr.get("status") or {}).get("phase") in TERMINAL_PHASES:
             return
-        patch = report_status(report)
+        patch = report_status(report) | {"lastReport": cursor.to_wire()}
         if report.phase != "Running":
             patch.pop("currentStep")  # the outcome itself is the Job's to tell
         if differs(cr.get("status") or {}, patch):

@@ -39,6 +39,9 @@ class Settings:
     priority: int | None = None
     workers: int = 16  # reconciles in flight at once (they wait on the API server, not the CPU)
     progress_interval_s: float = 5.0  # at most one status write per job per interval from progress POSTs
+    # The progress port's guard: seconds for a request's head, and again for its body; open connections.
+    progress_read_timeout_s: float = 10.0
+    progress_max_connections: int = 512
     service_account: str = ""  # the worker pod's ServiceAccount; empty uses the namespace's default
     extra_tolerations: tuple[dict[str, Any], ...] = field(default=())  # added to every worker pod
     worker_node_selector: dict[str, str] = field(default_factory=dict)  # added to every worker pod

@@ -2,7 +2,8 @@
 
 - stdout: JSON lines (``--progress json``, the default off a TTY) or a progress bar (on a TTY).
 - ``KOMPRESSION_PROGRESS_URL``: every state change POSTs a full WorkerReport (one snapshot, an
-  increasing ``sequence``) with ``Authorization: Bearer <KOMPRESSION_PROGRESS_TOKEN_FILE>``. A
+  increasing ``sequence``: milliseconds since the worker started) with
+  ``Authorization: Bearer <KOMPRESSION_PROGRESS_TOKEN_FILE>``. A
   background thread sends only the newest snapshot, retries a few times, and never blocks the
   pipeline; a lost report is harmless because the next one replaces it.
 - ``KOMPRESSION_PUSHGATEWAY_URL``: per-step gauges pushed with prometheus-client.
@@ -209,7 +210,9 @@ class Reporter:
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.report.progress = self.progress()
-        self.report.sequence += 1
+        # Milliseconds since the worker started (and never the same twice): the operator refuses a
+        # sequence beyond the pod's age, so one forged huge sequence cannot make real reports stale.
+        self.report.sequence = max(self.report.sequence + 1, int((time.monotonic() - self.started) * 1000))
         if self.mode == "json":
             line = {
                 "time": now(),

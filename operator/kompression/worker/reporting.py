@@ -137,8 +137,11 @@ def table(rows: list[Row]) -> str:
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = (0, len(header) - 2, len(header) - 1)  # names left-aligned, figures right-aligned
     out = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        "  ".join(
+            c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
         for line in lines
     ]
     out.insert(1, "  ".join("-" * w for w in widths))

@@ -123,7 +123,7 @@ def test_a_gpu_job_measures_every_row_on_the_gpu_or_says_where_it_ran(tmp_path: 
     save_tiny(tmp_path / "model.pt2")
     body = job(f"file://{tmp_path}/model.pt2", f"file://{tmp_path}/out/", resources={"gpus": 1})
     body["spec"]["steps"] = [
-        {"name": "half", "quantize": {"method": "Float16"}},
+        {"name": "shrink", "prune": {"method": "L1Structured", "sparsity": 0.5}},
         {"name": "int8", "quantize": {"method": "DynamicInt8"}},
     ]
     assert main(["run", str(write_job(tmp_path / "job.yaml", body)), "--progress", "quiet"]) == ExitCode.OK
@@ -131,8 +131,8 @@ def test_a_gpu_job_measures_every_row_on_the_gpu_or_says_where_it_ran(tmp_path: 
     result = report.result
     assert result is not None and result.baseline is not None and result.final is not None
     assert (result.baseline.device, result.baseline.provider) == ("GPU", "PyTorch")
-    half = next(s.metrics for s in report.steps if s.name == "half")
-    assert half is not None and (half.device, half.provider) == ("GPU", "PyTorch")
+    pruned = next(s.metrics for s in report.steps if s.name == "shrink")
+    assert pruned is not None and (pruned.device, pruned.provider) == ("GPU", "PyTorch")
     if CUDA_EP_HERE:
         assert (result.final.device, result.final.provider) == ("GPU", "CUDAExecutionProvider")
         assert result.speedupBaseline is None

@@ -288,7 +288,7 @@ def measure(  # noqa: PLR0917 - few call sites, every argument is distinct
     device: str,
 ) -> Measured:
     """Every figure for one model on `device` (the job's); artifact is its serialized file (its size is
-    the size on disk). Without evaluation data only size, parameters and latency are measured."""
+    the size on disk). Without evaluation data there is no accuracy (and no outputs to compare with)."""
     threads = threads_for(measurement)
     placed = runner(model, threads, device)
     run = placed.run

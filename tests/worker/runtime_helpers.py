@@ -1,4 +1,4 @@
-"""Shared helpers for the worker runtime tests: a tiny trained model, job manifests, fake techniques."""
+"""Shared helpers for the worker runtime tests: a tiny trained model and job manifests."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from torch import nn
 
 from kompression.worker import formats
 from kompression.worker.data import digits
-from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import StepContext, StepResult
+from kompression.worker.model import TorchModel
 
 
 class Tiny(nn.Module):
@@ -55,7 +54,7 @@ def job(model_uri: str, output_uri: str, steps: list[dict[str, Any]] | None = No
         "steps": steps or [{"name": "shrink", "quantize": {"method": "DynamicInt8"}}],
         "output": {"uri": output_uri},
         "resources": {"gpus": 0},
-        "measurement": {"iterations": 3, "warmupIterations": 1},
+        "measurement": {"iterations": 3, "warmupIterations": 1, "threads": 1},
     }
     body.update(spec)
     return {
@@ -69,28 +68,6 @@ def job(model_uri: str, output_uri: str, steps: list[dict[str, Any]] | None = No
 def write_job(path: Path, body: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(body))
     return path
-
-
-def magnitude_prune(model: Model, ctx: StepContext) -> StepResult:
-    """A stand-in technique: zero the smallest weights of every layer (real accuracy effect)."""
-    assert isinstance(model, TorchModel)
-    cfg = ctx.step.prune or ctx.step.quantize
-    sparsity = getattr(cfg, "sparsity", 0.5)
-    with torch.no_grad():
-        for p in model.module.parameters():
-            if p.dim() > 1:
-                k = int(p.numel() * sparsity)
-                if k:
-                    threshold = p.abs().flatten().kthvalue(k).values
-                    p[p.abs() <= threshold] = 0
-    ctx.report_progress(1.0, "pruned")
-    return StepResult(model, {"sparsity": sparsity})
-
-
-def half(model: Model, ctx: StepContext) -> StepResult:
-    """A stand-in technique that really shrinks the file: float16 weights."""
-    assert isinstance(model, TorchModel)
-    return StepResult(TorchModel(model.module.half(), tuple(t.half() for t in model.example_inputs)), {"bits": 16})
 
 
 def files_under(root: Path) -> list[str]:

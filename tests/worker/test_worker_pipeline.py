@@ -1,9 +1,12 @@
-"""End to end through `kompression run`: publication, reports, progress channel, gates, bad input."""
+"""End to end through `kompression run` with the real techniques on tiny models: publication, reports,
+progress channel, gates, the Auto search's float fallback, distillation resumed after a kill, bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,21 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
-from runtime_helpers import files_under, half, job, magnitude_prune, npz, save_tiny, write_job
+import torch
+from runtime_helpers import files_under, job, npz, save_tiny, write_job
+from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
+from torch import nn
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.cli import main
-from kompression.worker import pipeline, publish
+from kompression.worker import formats, publish
+from kompression.worker.data import digits
+from kompression.worker.model import TorchModel
 from kompression.worker.reporting import load_report
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def fake_techniques(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "default_techniques", lambda: {"quantize": half, "prune": magnitude_prune})
 
 
 @pytest.fixture
@@ -46,12 +50,11 @@ def termination(env: Path) -> WorkerReport:
     return WorkerReport.model_validate_json(text)
 
 
-def test_run_publishes_model_reports_and_manifest(
-    env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_publishes_model_reports_and_manifest(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
-    path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/", acceptance={"minCompressionRatio": 1.1}))
-    assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
+    steps = [{"name": "shrink", "prune": {"method": "L1Structured", "sparsity": 0.5}}]
+    body = job("file://model.pt2", "file://out/", steps, acceptance={"minCompressionRatio": 1.1})
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["event"] for e in events][-1] == "Finished" and events[-1]["percent"] == 100
     assert any(e["event"] == "StepFinished" and e["step"] == "shrink" for e in events)
@@ -71,15 +74,39 @@ def test_run_publishes_model_reports_and_manifest(
     report = load_report(fetched["report.json"])
     assert report.result is not None and report.result.compressionRatio is not None
     assert report.result.compressionRatio > 1.1 and report.result.gatesPassed
+    assert report.result.final is not None and report.result.final.parameters is not None
+    assert report.result.final.parameters < 0.6 * 1370  # half the channels of Tiny's conv really went
     assert report.environment is not None and report.environment.torch
-    assert "![size](size.png)" in fetched["report.md"].read_text()
+    markdown = fetched["report.md"].read_text()
+    assert "![size](size.png)" in markdown
+    # Where every row ran: a CPU job measures the original and the pruned model with PyTorch on the CPU.
+    assert "device" in markdown and "provider" in markdown
+    assert "original on CPU with PyTorch, final on CPU with PyTorch" in markdown
     final = termination(env)
     assert final.phase == "Succeeded" and final.result is not None
+    assert final.result.final is not None and (final.result.final.device, final.result.final.provider) == (
+        "CPU",
+        "PyTorch",
+    )
+    finished = [e["metrics"] for e in events if e["event"] == "StepFinished"]  # the steps' status metrics
+    assert [(m["device"], m["provider"]) for m in finished] == [("CPU", "PyTorch")]
     assert any(a.kind == "Manifest" for a in final.artifacts)
     assert not (env / "out" / "checkpoints").exists()
 
 
-def test_rerun_is_idempotent_and_keeps_at_most_two_runs(env: Path, fake_techniques: None) -> None:
+def test_onnx_steps_are_measured_on_the_onnxruntime_provider_of_the_jobs_device(env: Path) -> None:
+    save_tiny(env / "model.pt2")
+    path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))  # DynamicInt8 -> ONNX
+    assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
+    report = load_report(publish.fetch_published("file://out/", env / "fetched")["report.json"])
+    assert report.result is not None and report.result.baseline and report.result.final
+    assert (report.result.baseline.device, report.result.baseline.provider) == ("CPU", "PyTorch")
+    assert (report.result.final.device, report.result.final.provider) == ("CPU", "CPUExecutionProvider")
+    assert report.result.speedupBaseline is None  # one device: the speedup is the plain ratio
+    assert report.result.speedup == round(report.result.baseline.latencyMs / report.result.final.latencyMs, 4)  # type: ignore[operator]
+
+
+def test_rerun_is_idempotent_and_keeps_at_most_two_runs(env: Path) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
     names = []
@@ -92,9 +119,7 @@ def test_rerun_is_idempotent_and_keeps_at_most_two_runs(env: Path, fake_techniqu
     assert len(list((env / "out" / "runs").iterdir())) == 2  # the current run and the previous one
 
 
-def test_crash_before_manifest_leaves_the_previous_result(
-    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_before_manifest_leaves_the_previous_result(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
@@ -109,9 +134,7 @@ def test_crash_before_manifest_leaves_the_previous_result(
     publish.fetch_published("file://out/", env / "fetched")
 
 
-def test_crash_before_first_manifest_publishes_nothing(
-    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_before_first_manifest_publishes_nothing(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/"))
     monkeypatch.setattr(
@@ -121,9 +144,7 @@ def test_crash_before_first_manifest_publishes_nothing(
     assert publish.read_manifest("file://out/") is None
 
 
-def test_gate_failure_keeps_best_model_under_rejected(
-    env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gate_failure_keeps_best_model_under_rejected(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
     path = write_job(env / "job.yaml", job("file://model.pt2", "file://out/", acceptance={"minCompressionRatio": 50}))
     assert main(["run", str(path), "--progress", "json"]) == ExitCode.GATE_FAILED
@@ -137,21 +158,129 @@ def test_gate_failure_keeps_best_model_under_rejected(
     assert final.result is not None and not final.result.gatesPassed
 
 
-def test_auto_strategy_keeps_most_compressed_passing_trial(env: Path, fake_techniques: None) -> None:
-    save_tiny(env / "model.pt2")
-    steps = [{"name": "prune", "prune": {"method": "L1Unstructured", "sparsity": 0.97}}]
+OUTLIER = 1000.0
+
+
+def _mlp_with_an_outlier_input(folder: Path) -> None:
+    """A trained MLP and Digits data whose first pixel (always 0 in Digits) reads OUTLIER.
+
+    The first layer ignores that pixel (its weights there are zero), so in float the model is the
+    trained one; in int8 that layer's input gets one per-tensor range [0, OUTLIER] and every real
+    pixel rounds to zero: the activation-outlier case the Auto search's float fallback is for.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    train = digits("train")
+    assert train.labels is not None and not train.inputs[:, 0, 0, 0].any()
+    x, y = torch.from_numpy(train.inputs), torch.from_numpy(train.labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        for start in range(0, len(x), 64):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    with torch.no_grad():
+        model[1].weight[:, 0] = 0
+    formats.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
+    for split, name in (("train", "calibration"), ("eval", "evaluation")):
+        data = digits(split)
+        inputs = data.inputs.copy()
+        inputs[:, 0, 0, 0] = OUTLIER
+        npz(folder / f"{name}.npz", inputs, data.labels)
+
+
+def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_onnx(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mlp_with_an_outlier_input(env)
     body = job(
         "file://model.pt2",
         "file://out/",
-        steps=steps,
-        acceptance={"maxAccuracyDrop": 0.03, "strategy": "Auto", "maxTrials": 4},
+        steps=[{"name": "int8", "quantize": {"method": "StaticInt8"}}],
+        data={
+            "evaluation": {"uri": "file://evaluation.npz"},
+            "calibration": {"uri": "file://calibration.npz", "samples": 128},
+        },
+        acceptance={"maxAccuracyDrop": 0.02, "strategy": "Auto", "maxTrials": 3},
     )
     assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    trials = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    accuracies = [e["metrics"]["accuracy"] for e in trials if e["event"] == "StepFinished"]
+    assert len(accuracies) == 2  # the spec's all-int8 trial, then one layer in float
+    assert accuracies[0] < 0.3 and accuracies[1] > 0.85  # int8 everywhere collapsed; the fallback did not
+
     fetched = publish.fetch_published("file://out/", env / "fetched")
     report = json.loads(fetched["report.json"].read_text())
-    chosen = report["details"]["models"][1]["notes"]["sparsity"]
-    assert chosen < 0.97  # the spec's own sparsity failed the gate; a lower one was kept
+    assert report["details"]["models"][1]["notes"]["floatLayers"] == "1"  # measured as the most sensitive
     assert report["result"]["gates"][0]["passed"]
+    graph = onnx.load(str(fetched["model.int8.onnx"])).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    layers = {node.name: node for node in graph.node if node.op_type in ("Gemm", "MatMul", "Conv")}
+    assert set(layers) == {"/1/Gemm", "/3/Gemm", "/5/Gemm"}
+    assert not any(node.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger")) for node in graph.node)
+
+    def dequantized(name: str) -> bool:
+        return name in produced_by and produced_by[name].op_type == "DequantizeLinear"
+
+    initializers = {t.name: t for t in graph.initializer}
+    kept = layers["/1/Gemm"]  # float: float weights, and an input no int8 rounding went through
+    assert kept.input[1] in initializers and initializers[kept.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert not dequantized(kept.input[0]) and not dequantized(kept.input[1])
+    for name in ("/3/Gemm", "/5/Gemm"):  # the other layers stay int8 (QDQ on input and weight)
+        assert dequantized(layers[name].input[0]) and dequantized(layers[name].input[1]), name
+
+
+@pytest.mark.slow
+def test_distillation_killed_after_an_epoch_resumes_at_the_next_from_its_checkpoint_in_s3(
+    env: Path, s3: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    epochs = 6
+    bucket = s3.create_bucket()
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    save_tiny(env / "model.pt2")
+    steps = [
+        {"name": "shrink", "prune": {"method": "L1Structured", "sparsity": 0.5}},
+        {"name": "kd", "distill": {"student": {"fromStep": "shrink"}, "epochs": epochs, "batchSize": 32}},
+    ]
+    body = job(
+        "file://model.pt2", f"s3://{bucket}/out/", steps, data={"training": {"builtin": "Digits", "samples": 512}}
+    )
+    path = write_job(env / "job.yaml", body)
+
+    # A real worker process, killed with SIGKILL as soon as a distillation checkpoint is in the bucket.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kompression", "run", str(path), "--progress", "json"],
+        cwd=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    checkpoint = None
+    deadline = time.monotonic() + 180
+    while checkpoint is None and proc.poll() is None and time.monotonic() < deadline:
+        listed = s3.client.list_objects_v2(Bucket=bucket, Prefix="out/checkpoints/").get("Contents", [])
+        checkpoint = next((o["Key"] for o in listed if o["Key"].endswith("/kd/distill.pt")), None)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=30)
+    assert checkpoint is not None and proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    saved = torch.load(
+        io.BytesIO(s3.client.get_object(Bucket=bucket, Key=checkpoint)["Body"].read()), weights_only=True
+    )
+    killed_after = int(saved["epoch"])
+    assert 0 <= killed_after < epochs - 1  # killed mid-training, with epochs still to go
+    assert publish.read_manifest(f"s3://{bucket}/out/") is None
+
+    capsys.readouterr()
+    assert main(["run", str(path), "--progress", "json"]) == ExitCode.OK
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [e["message"] for e in events if e["event"] == "StepProgress" and e["step"] == "kd"]
+    assert progress[0].startswith(f"epoch {killed_after + 2}/{epochs}:")  # 1-based: epoch k+1 runs first
+    assert progress[-1].startswith(f"epoch {epochs}/{epochs}:") and len(progress) == epochs - killed_after - 1
+    report = json.loads(publish.fetch_published(f"s3://{bucket}/out/", env / "fetched")["report.json"].read_text())
+    notes = next(m["notes"] for m in report["details"]["models"] if m["name"] == "kd")
+    assert notes["resumedAtEpoch"] == killed_after + 1 and notes["epochs"] == epochs
+    assert "Contents" not in s3.client.list_objects_v2(Bucket=bucket, Prefix="out/checkpoints/")  # cleared
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -179,7 +308,6 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
 
 def test_progress_reports_are_posted_with_the_token(
     env: Path,
-    fake_techniques: None,
     monkeypatch: pytest.MonkeyPatch,
     receiver: tuple[str, list[tuple[str, dict[str, Any]]]],
 ) -> None:
@@ -214,12 +342,12 @@ def _run_bad(env: Path, body: dict[str, Any], capsys: pytest.CaptureFixture[str]
     return code, err
 
 
-def test_missing_model(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_model(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _run_bad(env, job("file://nowhere.pt2", "file://out/"), capsys)
     assert code == ExitCode.MODEL_ERROR and "file://nowhere.pt2 does not exist" in err
 
 
-def test_corrupt_model(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_model(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
     data = (env / "model.pt2").read_bytes()
     (env / "model.pt2").write_bytes(data[: len(data) // 2])
@@ -227,7 +355,7 @@ def test_corrupt_model(env: Path, fake_techniques: None, capsys: pytest.CaptureF
     assert code == ExitCode.MODEL_ERROR and "model.pt2" in err
 
 
-def test_wrong_format(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_format(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
     body = job("file://model.pt2", "file://out/")
     body["spec"]["model"]["format"] = "ONNX"
@@ -236,7 +364,7 @@ def test_wrong_format(env: Path, fake_techniques: None, capsys: pytest.CaptureFi
     assert code == ExitCode.MODEL_ERROR and "not a readable ONNX model" in err
 
 
-def test_shape_mismatch(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shape_mismatch(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
     body = job("file://model.pt2", "file://out/")
     body["spec"]["model"]["inputs"] = [{"name": "x", "shape": [-1, 3, 8, 8]}]
@@ -244,7 +372,7 @@ def test_shape_mismatch(env: Path, fake_techniques: None, capsys: pytest.Capture
     assert code == ExitCode.MODEL_ERROR and "'x'" in err and "[-1, 3, 8, 8]" in err and "[-1, 1, 8, 8]" in err
 
 
-def test_nan_in_data(env: Path, fake_techniques: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_in_data(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_tiny(env / "model.pt2")
     inputs = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
     inputs[3, 0, 2, 2] = np.nan
@@ -255,9 +383,7 @@ def test_nan_in_data(env: Path, fake_techniques: None, capsys: pytest.CaptureFix
     assert code == ExitCode.DATA_ERROR and "spec.data.evaluation" in err and "NaN" in err
 
 
-def test_unreachable_storage(
-    env: Path, fake_techniques: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unreachable_storage(env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
     with socket.socket() as sock:  # a port that was just free: nothing listens there
@@ -272,7 +398,7 @@ def test_unreachable_storage(
 
 
 def test_bad_credentials(
-    env: Path, fake_techniques: None, s3: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Path, s3: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bucket = s3.create_bucket()
     s3.client.put_object(Bucket=bucket, Key="model.pt2", Body=save_tiny(env / "model.pt2").read_bytes())

@@ -802,6 +802,10 @@ class ReportCursor(ApiModel):
     sequence: int = Field(ge=0, description="Its sequence number.")
 
 
+MeasuredDevice = Literal["CPU", "GPU"]
+MeasuredProvider = Literal["PyTorch", "CPUExecutionProvider", "CUDAExecutionProvider", "TensorRT"]
+
+
 class Metrics(ApiModel):
     """Measurements of one model."""
 
@@ -815,6 +819,16 @@ class Metrics(ApiModel):
     )
     latencyP95Ms: float | None = Field(None, ge=0, description="95th-percentile latency in milliseconds.")
     sparsity: float | None = Field(None, ge=0, le=1, description="Fraction of weights that are zero.")
+    device: MeasuredDevice | None = Field(
+        None,
+        description="Where the model ran when measured: the job's device (GPU when resources.gpus > 0), except an "
+        "ONNX model on a GPU job whose onnxruntime has no CUDAExecutionProvider, which runs on the CPU.",
+    )
+    provider: MeasuredProvider | None = Field(
+        None,
+        description="What ran the model: PyTorch, onnxruntime's CPUExecutionProvider or CUDAExecutionProvider, "
+        "or TensorRT.",
+    )
 
 
 class StepStatus(ApiModel):
@@ -844,7 +858,16 @@ class Result(ApiModel):
     final: Metrics | None = Field(None, description="The final model's measurements.")
     compressionRatio: float | None = Field(None, description="Original size / final size on disk.")
     accuracyDelta: float | None = Field(None, description="Final minus original evaluation metric.")
-    speedup: float | None = Field(None, description="Original / final median latency.")
+    speedup: float | None = Field(
+        None,
+        description="Original / final median latency, both on the final model's device (see speedupBaseline).",
+    )
+    speedupBaseline: Metrics | None = Field(
+        None,
+        description="The original model re-measured on the final model's device, set when that differs from the "
+        "job's device (a GPU job whose final ONNX model ran on the CPU): the speedup is computed against it, so "
+        "it never compares a CPU with a GPU.",
+    )
     gatesPassed: bool | None = Field(None, description="Whether every acceptance gate passed.")
     gates: list[GateResult] = Field(default_factory=list, max_length=16, description="Each gate's verdict.")
 

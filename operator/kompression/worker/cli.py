@@ -165,6 +165,8 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
                 f"accuracy delta {result.accuracyDelta:+.4f}" if result.accuracyDelta is not None else "",
                 f"speedup {result.speedup:.2f}x" if result.speedup is not None else "",
             ]
+            if result.speedup is not None and result.speedupBaseline is not None:
+                figures[-1] += f" (original re-timed on {result.speedupBaseline.device}, where the final model ran)"
             summary = ", ".join(f for f in figures if f)
             where = f"published under {args.output or job.spec.output.uri}"
             print(f"\n{summary}; {where}" if summary else f"\n{where}", file=reporter.stream)

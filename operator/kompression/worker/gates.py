@@ -7,17 +7,27 @@ from operator import ge
 from kompression.api.v1alpha1 import Acceptance, GateResult, Metrics, Result
 
 
-def compute_result(baseline: Metrics, final: Metrics) -> Result:
-    """The pipeline's outcome figures (gates are added by evaluate)."""
+def compute_result(baseline: Metrics, final: Metrics, speed_baseline: Metrics | None = None) -> Result:
+    """The pipeline's outcome figures (gates are added by evaluate).
+
+    The speedup compares like with like: the original and the final model measured on one device.
+    speed_baseline is the original re-measured on the final model's device, for when the final model
+    did not run on the job's device (an ONNX model on the CPU of a GPU job whose onnxruntime has no
+    CUDAExecutionProvider). Without a measurement on one device there is no speedup, and a minSpeedup
+    gate fails saying so.
+    """
+    reference = speed_baseline or baseline
     ratio = baseline.sizeBytes / final.sizeBytes if baseline.sizeBytes and final.sizeBytes else None
     delta = final.accuracy - baseline.accuracy if baseline.accuracy is not None and final.accuracy is not None else None
-    speedup = baseline.latencyMs / final.latencyMs if baseline.latencyMs and final.latencyMs else None
+    comparable = reference.device == final.device
+    speedup = reference.latencyMs / final.latencyMs if comparable and reference.latencyMs and final.latencyMs else None
     return Result(
         baseline=baseline,
         final=final,
         compressionRatio=None if ratio is None else round(ratio, 4),
         accuracyDelta=None if delta is None else round(delta, 6),
         speedup=None if speedup is None else round(speedup, 4),
+        speedupBaseline=speed_baseline,
     )
 
 
@@ -38,13 +48,19 @@ def evaluate(acceptance: Acceptance | None, result: Result) -> list[GateResult]:
     ]
 
 
-def describe_failures(gates: list[GateResult]) -> str:
+def describe_failures(result: Result) -> str:
     """One sentence per failed gate: which, measured value, limit."""
     words = {
         "maxAccuracyDrop": "accuracy dropped by {m:.4f} (limit {l:.4f})",
         "minCompressionRatio": "compression ratio {m:.2f}x is below the minimum {l:.2f}x",
         "minSpeedup": "speedup {m:.2f}x is below the minimum {l:.2f}x",
     }
+    reference = result.speedupBaseline or result.baseline
+    if reference is not None and result.final is not None and reference.device != result.final.device:
+        words["minSpeedup"] = (
+            f"no speedup was measured on one device (the original ran on {reference.device}, the final model on "
+            f"{result.final.device}), and a CPU is never compared with a GPU"
+        )
     return "; ".join(
-        f"gate {g.name} failed: " + words[g.name].format(m=g.measured, l=g.limit) for g in gates if not g.passed
+        f"gate {g.name} failed: " + words[g.name].format(m=g.measured, l=g.limit) for g in result.gates if not g.passed
     )

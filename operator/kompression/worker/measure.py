@@ -2,11 +2,14 @@
 
 Kept apart from the techniques (how to apply) so every step's output is measured the same way,
 whatever produced it. Runs eager PyTorch, ONNX (onnxruntime) and TensorRT engines (when TensorRT
-and a GPU are present).
+and a GPU are present), all on the job's device: PyTorch models on it, ONNX models on the matching
+onnxruntime execution provider. Every timing includes the copies of inputs and outputs between
+host and device, whatever the runtime, so the figures compare like with like.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kompression.api.v1alpha1 import Measurement, Metrics, ModelInput
+from kompression.api.v1alpha1 import MeasuredDevice, MeasuredProvider, Measurement, Metrics, ModelInput
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing
 from kompression.worker.formats import example_inputs, file_size
 from kompression.worker.model import EngineModel, Model, OnnxModel, TorchModel
@@ -44,19 +47,53 @@ def threads_for(measurement: Measurement) -> int:
 # runners
 
 
-def forward_fn(model: Model, threads: int) -> Forward:
-    """A function from a batch of numpy inputs to numpy outputs (the first output of the model)."""
+@dataclass(frozen=True)
+class Runner:
+    """A function from a batch of numpy inputs to numpy outputs (the model's first output), and where it runs."""
+
+    run: Forward
+    device: MeasuredDevice
+    provider: MeasuredProvider
+
+
+def api_device(device: str) -> MeasuredDevice:
+    """The API's name for a torch device string ("cuda", "cuda:1", "cpu")."""
+    return "GPU" if device.startswith("cuda") else "CPU"
+
+
+def torch_device(device: MeasuredDevice) -> str:
+    return "cuda" if device == "GPU" else "cpu"
+
+
+def onnx_providers(device: str, available: Sequence[str]) -> list[str]:
+    """onnxruntime execution providers for a job on `device`, best first.
+
+    A GPU job runs ONNX models on CUDAExecutionProvider when this onnxruntime build has it (the
+    onnxruntime-gpu package); otherwise, and on CPU jobs, on CPUExecutionProvider. CPU stays in
+    the list after CUDA for the few nodes the CUDA provider has no kernel for.
+    """
+    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def runner(model: Model, threads: int, device: str) -> Runner:
+    """Runs `model` on `device` ("cpu" or "cuda"); ONNX models on the matching execution provider."""
     if isinstance(model, TorchModel):
-        return _torch_forward(model, threads)
+        return Runner(_torch_forward(model, threads, device), api_device(device), "PyTorch")
     if isinstance(model, OnnxModel):
-        return _onnx_forward(model, threads)
-    return _engine_forward(model)
+        return _onnx_runner(model, threads, device)
+    return Runner(_engine_forward(model), "GPU", "TensorRT")
 
 
-def _torch_forward(model: TorchModel, threads: int) -> Forward:
+def _torch_forward(model: TorchModel, threads: int, target: str) -> Forward:
     module = model.module
     dtypes = [t.dtype for t in model.example_inputs]
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    device = torch.device(target)
+    current = next((p.device for p in module.parameters()), device)
+    if current.type != device.type:
+        # Measured where the job runs; a copy, so the caller's model (the teacher) stays where it is.
+        module = copy.deepcopy(module).to(device)
 
     def run(batch: Sequence[np.ndarray]) -> np.ndarray:
         torch.set_num_threads(threads)
@@ -83,16 +120,19 @@ ORT_DTYPES = {
 }
 
 
-def _onnx_forward(model: OnnxModel, threads: int) -> Forward:
+def _onnx_runner(model: OnnxModel, threads: int, device: str) -> Runner:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    providers = onnx_providers(device, ort.get_available_providers())
     try:
-        session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model.path), options, providers=providers)
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load {model.path.name}: {exc}") from None
+    # The session's own list: onnxruntime drops CUDA (with a warning) when its libraries fail to load.
+    on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
     inputs = session.get_inputs()
     names = [i.name for i in inputs]
     dtypes = [ORT_DTYPES.get(i.type, np.float32) for i in inputs]
@@ -101,7 +141,9 @@ def _onnx_forward(model: OnnxModel, threads: int) -> Forward:
         feed = {n: np.ascontiguousarray(a, dtype=d) for n, a, d in zip(names, batch, dtypes, strict=True)}
         return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
-    return run
+    if on_gpu:
+        return Runner(run, "GPU", "CUDAExecutionProvider")
+    return Runner(run, "CPU", "CPUExecutionProvider")
 
 
 def _engine_forward(model: EngineModel) -> Forward:
@@ -235,7 +277,7 @@ def sparsity(model: Model) -> float | None:
     return float(sum(int((w == 0).sum()) for w in weights) / total)
 
 
-def measure(  # noqa: PLR0917 - one call site, every argument is distinct
+def measure(  # noqa: PLR0917 - few call sites, every argument is distinct
     model: Model,
     artifact: Path,
     inputs: list[ModelInput],
@@ -243,10 +285,13 @@ def measure(  # noqa: PLR0917 - one call site, every argument is distinct
     evaluation: Dataset | None,
     metric: str,
     reference: np.ndarray | None,
+    device: str,
 ) -> Measured:
-    """Every figure for one model; artifact is its serialized file (its size is the size on disk)."""
+    """Every figure for one model on `device` (the job's); artifact is its serialized file (its size is
+    the size on disk). Without evaluation data there is no accuracy (and no outputs to compare with)."""
     threads = threads_for(measurement)
-    run = forward_fn(model, threads)
+    placed = runner(model, threads, device)
+    run = placed.run
     sample = [t.numpy() for t in example_inputs(inputs)]
     extra = sample[1:]
     accuracy, outputs = None, None
@@ -269,5 +314,7 @@ def measure(  # noqa: PLR0917 - one call site, every argument is distinct
         latencyMs=round(first[0], 4),
         latencyP95Ms=round(first[1], 4),
         sparsity=sparsity(model),
+        device=placed.device,
+        provider=placed.provider,
     )
     return Measured(metrics, timings, outputs)

@@ -19,7 +19,7 @@ import torch
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Result, Step
+from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MeasuredDevice, Metrics, Result, Step
 from kompression.worker import data as data_io
 from kompression.worker import distributed, formats, gates, measure, publish, reporting, storage
 from kompression.worker.errors import DataError, GateFailed, ModelError, WorkerError
@@ -40,6 +40,24 @@ class Loaded:
     baseline: measure.Measured
     workdir: Path
     device: str
+    # The original re-measured on another device than the job's, for a like-for-like speedup.
+    remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
+
+    def baseline_elsewhere(self, device: MeasuredDevice) -> Metrics:
+        """The original's size, parameters and latency on another device than the job's (measured once)."""
+        if device not in self.remeasured:
+            spec = self.job.spec
+            self.remeasured[device] = measure.measure(
+                self.model,
+                self.model_path,
+                spec.model.inputs,
+                spec.measurement,
+                None,
+                "",
+                None,
+                measure.torch_device(device),
+            ).metrics
+        return self.remeasured[device]
 
 
 @dataclass
@@ -94,7 +112,7 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
     device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
     baseline = measure.measure(
-        model, model_path, spec.model.inputs, spec.measurement, datasets.evaluation, metric, None
+        model, model_path, spec.model.inputs, spec.measurement, datasets.evaluation, metric, None, device
     )
     reporter.phase_done("Baseline")
     return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
@@ -218,6 +236,7 @@ def run_steps(
                 loaded.data.evaluation,
                 metric,
                 loaded.baseline.outputs,
+                loaded.device,
             )
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)
@@ -234,7 +253,13 @@ def run_steps(
 
 
 def score_trial(loaded: Loaded, steps: list[Step], records: list[StepRecord]) -> Trial:
-    result = gates.compute_result(loaded.baseline.metrics, records[-1].measured.metrics)
+    final = records[-1].measured.metrics
+    # The final model may have run elsewhere than the job's device (an ONNX model on the CPU of a GPU
+    # job without onnxruntime's CUDA provider): the original is then re-timed there, never CPU vs GPU.
+    speed_baseline = None
+    if final.device is not None and final.device != loaded.baseline.metrics.device:
+        speed_baseline = loaded.baseline_elsewhere(final.device)
+    result = gates.compute_result(loaded.baseline.metrics, final, speed_baseline)
     result.gates = gates.evaluate(loaded.job.spec.acceptance, result)
     result.gatesPassed = all(g.passed for g in result.gates)
     return Trial(steps, records, result)
@@ -309,7 +334,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         reporter.phase_done("Publish")
         if not trial.passed:
             raise GateFailed(
-                f"{gates.describe_failures(trial.result.gates)}. The best model found is kept under {target}/ "
+                f"{gates.describe_failures(trial.result)}. The best model found is kept under {target}/ "
                 "for inspection; nothing was published as the result"
             )
         return reporter.report, rows

@@ -298,7 +298,7 @@ def compact(report: WorkerReport, limit: int = TERMINATION_LIMIT) -> str:
     if len(text().encode()) > limit and slim.message:
         slim.message = slim.message[:1024]
     if len(text().encode()) > limit and slim.result is not None:
-        slim.result = slim.result.model_copy(update={"baseline": None, "final": None})
+        slim.result = slim.result.model_copy(update={"baseline": None, "final": None, "speedupBaseline": None})
     if len(text().encode()) > limit:
         slim.artifacts = [a for a in slim.artifacts if a.kind == "Manifest"]
     return text()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import Environment, Metrics
+from kompression.api.v1alpha1 import Environment, Metrics, Result
 
 PLOTS = (
     ("size.png", "sizeBytes", "Size on disk (KiB)", 1 / 1024),
@@ -117,8 +117,9 @@ def plot(rows: list[Row], folder: Path) -> list[Path]:
 
 
 def table(rows: list[Row]) -> str:
-    """Plain-text table of size, parameters, accuracy and latency per step (also used on the terminal)."""
-    header = ("model", "size KiB", "params", "accuracy", "p50 ms", "p95 ms", "sparsity")
+    """Plain-text table of size, parameters, accuracy, latency and where it was measured, per step (also used on
+    the terminal)."""
+    header = ("model", "size KiB", "params", "accuracy", "p50 ms", "p95 ms", "sparsity", "device", "provider")
     lines = [header]
     for r in rows:
         m = r.metrics
@@ -131,15 +132,37 @@ def table(rows: list[Row]) -> str:
                 "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
                 "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
                 "-" if m.sparsity is None else f"{m.sparsity:.3f}",
+                m.device or "-",
+                m.provider or "-",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = (0, len(header) - 2, len(header) - 1)  # names left-aligned, figures right-aligned
     out = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        "  ".join(
+            c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
         for line in lines
     ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _speedup_lines(result: Result) -> list[str]:
+    """The speedup and where both sides ran; or why there is none."""
+    baseline, final = result.baseline, result.final
+    if baseline is None or final is None:
+        return []
+    reference = result.speedupBaseline or baseline
+    where = f"original on {reference.device} with {reference.provider}, final on {final.device} with {final.provider}"
+    if result.speedupBaseline is not None:
+        where += (
+            f" (the final model did not run on the job's {baseline.device}, so the original was re-measured on "
+            f"{reference.device}: p50 {reference.latencyMs} ms)"
+        )
+    if result.speedup is None:
+        return [f"| speedup | not comparable: {where} |"]
+    return [f"| speedup (p50, first batch size) | {result.speedup:.2f}x, {where} |"]
 
 
 def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job_name: str, path: Path) -> Path:
@@ -151,8 +174,7 @@ def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job
             lines.append(f"| compression ratio | {result.compressionRatio:.2f}x |")
         if result.accuracyDelta is not None:
             lines.append(f"| accuracy delta | {result.accuracyDelta:+.4f} |")
-        if result.speedup is not None:
-            lines.append(f"| speedup (p50, first batch size) | {result.speedup:.2f}x |")
+        lines += _speedup_lines(result)
         for gate in result.gates:
             lines.append(
                 f"| gate {gate.name} | {'passed' if gate.passed else 'FAILED'}: {gate.measured:g} (limit {gate.limit:g}) |"

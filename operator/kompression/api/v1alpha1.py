@@ -240,6 +240,59 @@ class PruneStep(ApiModel):
     )
 
 
+LowRankMethod = Literal["SVD", "Tucker2"]
+
+
+class LowRankStep(ApiModel):
+    """Replace weight tensors with thin factors of low rank: fewer parameters and MACs, dense kernels."""
+
+    method: LowRankMethod = Field(
+        description=(
+            "SVD factorizes Linear layers and 1x1 convolutions into two thin layers (W = U S V^T, "
+            "the bias kept on the second). Tucker2 decomposes the channel modes of kxk convolutions "
+            "into a 1x1 -> kxk (core) -> 1x1 sequence."
+        )
+    )
+    rankRatio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Rank of each factorized layer as a fraction of its full rank (per channel mode for Tucker2).",
+    )
+    energy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "Choose each layer's rank as the smallest that keeps this fraction of the squared singular "
+            "values (of each channel mode's unfolding for Tucker2), e.g. 0.9."
+        ),
+    )
+    includeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Module name patterns (shell-style: `*` and `?`, e.g. `encoder.layer.*.intermediate.dense`) "
+            "of the layers to factorize; empty means every layer the method applies to."
+        ),
+    )
+    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=64, description="Module name patterns of layers to leave whole."
+    )
+    fineTune: FineTune | None = Field(
+        None, description="Train after factorizing to recover accuracy; needs data.training."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="has(self.rankRatio) != has(self.energy)",
+            message="set exactly one of `rankRatio` (a fraction of full rank) or `energy` (a fraction of the "
+            "squared singular values kept) to choose the ranks",
+            check=lambda m: (m.rankRatio is None) != (m.energy is None),
+        ),
+    )
+
+
 class StudentRef(ApiModel):
     """The student model: the output of an earlier step, or a fresh architecture."""
 
@@ -344,11 +397,15 @@ class TensorRTStep(ApiModel):
     timingCache: bool = Field(True, description="Reuse and save the builder's timing cache under the output prefix.")
 
 
+TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "onnx", "tensorrt")
+
+
 class Step(ApiModel):
     """One step of the pipeline: a name and exactly one technique."""
 
     name: StepName = Field(description="Unique name of the step (a DNS label); shown in status.currentStep.")
     prune: PruneStep | None = Field(None, description="Prune weights or channels.")
+    lowRank: LowRankStep | None = Field(None, description="Factorize layers into thin, low-rank factors.")
     distill: DistillStep | None = Field(None, description="Distill the teacher into a student.")
     quantize: QuantizeStep | None = Field(None, description="Quantize to fewer bits.")
     onnx: OnnxStep | None = Field(None, description="Export to ONNX.")
@@ -356,17 +413,17 @@ class Step(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="[has(self.prune), has(self.distill), has(self.quantize), has(self.onnx), has(self.tensorrt)]"
-            ".filter(x, x).size() == 1",
-            message="each step needs exactly one technique: one of prune, distill, quantize, onnx or tensorrt",
-            check=lambda m: sum(x is not None for x in (m.prune, m.distill, m.quantize, m.onnx, m.tensorrt)) == 1,
+            cel="[has(self.prune), has(self.lowRank), has(self.distill), has(self.quantize), has(self.onnx), "
+            "has(self.tensorrt)].filter(x, x).size() == 1",
+            message="each step needs exactly one technique: one of prune, lowRank, distill, quantize, onnx or tensorrt",
+            check=lambda m: sum(getattr(m, kind) is not None for kind in TECHNIQUE_FIELDS) == 1,
         ),
     )
 
     @property
     def kind(self) -> str:
         """Which technique this step runs."""
-        for kind in ("prune", "distill", "quantize", "onnx", "tensorrt"):
+        for kind in TECHNIQUE_FIELDS:
             if getattr(self, kind) is not None:
                 return kind
         raise ValueError(f"step {self.name} has no technique")
@@ -399,8 +456,8 @@ class Acceptance(ApiModel):
         "Fixed",
         description=(
             "Fixed runs the steps as written. Auto searches, within maxTrials and timeoutSeconds, "
-            "lower sparsities and float fallback of sensitive layers, and keeps the most compressed "
-            "model that passes every gate."
+            "lower sparsities, higher lowRank energies or rank ratios, and float fallback of sensitive "
+            "layers, and keeps the most compressed model that passes every gate."
         ),
     )
     maxTrials: int = Field(8, ge=1, le=100, description="With strategy Auto: the most pipelines to try.")
@@ -497,15 +554,16 @@ class Measurement(ApiModel):
 
 
 def _step_kinds(spec: Any) -> list[str]:
-    return [
-        s.kind
-        for s in spec.steps
-        if sum(x is not None for x in (s.prune, s.distill, s.quantize, s.onnx, s.tensorrt)) == 1
-    ]
+    return [s.kind for s in spec.steps if sum(getattr(s, kind) is not None for kind in TECHNIQUE_FIELDS) == 1]
 
 
 def _needs_training(spec: Any) -> bool:
-    return any(s.distill is not None or (s.prune is not None and s.prune.fineTune is not None) for s in spec.steps)
+    return any(
+        s.distill is not None
+        or (s.prune is not None and s.prune.fineTune is not None)
+        or (s.lowRank is not None and s.lowRank.fineTune is not None)
+        for s in spec.steps
+    )
 
 
 def _has_data(spec: Any, field: str) -> bool:
@@ -567,9 +625,9 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune))) || "
-            "(has(self.data) && has(self.data.training))",
-            message="distill and prune.fineTune need data.training; add a training data set",
+            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune)) || "
+            "(has(s.lowRank) && has(s.lowRank.fineTune))) || (has(self.data) && has(self.data.training))",
+            message="distill, prune.fineTune and lowRank.fineTune need data.training; add a training data set",
             check=lambda m: not _needs_training(m) or _has_data(m, "training"),
             field_path=".data",
         ),
@@ -593,7 +651,7 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
-            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
+            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, factorize (lowRank), distill or export",
             check=lambda m: m.model.format != "ONNX" or all(k in ("quantize", "tensorrt") for k in _step_kinds(m)),
             field_path=".steps",
         ),

@@ -299,3 +299,11 @@ def test_factorized_model_exports_to_onnx_within_tolerance(tmp_path: Path) -> No
     exported = TECHNIQUES["onnx"](factored.model, make_ctx({"name": "x", "onnx": {"tolerance": 1e-4}}, tmp_path / "x"))
     assert isinstance(exported.model, OnnxModel)
     assert float(exported.notes["maxAbsDiff"]) <= 1e-4
+
+
+def test_fine_tune_without_training_data_is_refused_before_any_work(tmp_path: Path) -> None:
+    from kompression.worker.steps.base import DataSets
+
+    step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": 0.25, "fineTune": {"epochs": 1}}}
+    with pytest.raises(StepInvalid, match=r"fineTune needs data\.training"):
+        low_rank(trained_cnn(), make_ctx(step, tmp_path, data=DataSets(evaluation=digits()[1])))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from runtime_helpers import files_under, half, job, magnitude_prune, npz, save_tiny, write_job
 
@@ -151,6 +152,31 @@ def test_auto_strategy_keeps_most_compressed_passing_trial(env: Path, fake_techn
     chosen = report["details"]["models"][1]["notes"]["sparsity"]
     assert chosen < 0.97  # the spec's own sparsity failed the gate; a lower one was kept
     assert report["result"]["gates"][0]["passed"]
+
+
+def test_low_rank_fine_tune_static_int8_onnx_from_a_pt2(env: Path) -> None:
+    save_tiny(env / "model.pt2")  # a chain of layers: rebuilt as eager modules named as in the original
+    steps = [
+        {"name": "factorize", "lowRank": {"method": "SVD", "rankRatio": 0.8, "fineTune": {"epochs": 1}}},
+        {"name": "int8", "quantize": {"method": "StaticInt8"}},
+        {"name": "export", "onnx": {}},
+    ]
+    body = job("file://model.pt2", "file://out/", steps=steps, acceptance={"maxAccuracyDrop": 0.05})
+    body["spec"]["data"] = {
+        "evaluation": {"builtin": "Digits"},
+        "calibration": {"builtin": "Digits", "samples": 64},
+        "training": {"builtin": "Digits"},
+    }
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    fetched = publish.fetch_published("file://out/", env / "fetched")
+    report = json.loads(fetched["report.json"].read_text())
+    notes = {m["name"]: m.get("notes", {}) for m in report["details"]["models"]}
+    assert notes["factorize"]["ranks"] == "classifier.1 8/10"
+    assert notes["factorize"]["parameterRatio"] < 1 and report["result"]["gatesPassed"]
+    graph = onnx.load(str(next(p for name, p in fetched.items() if name.endswith(".onnx")))).graph
+    int8_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert len(products) == 2 and all(any(i in int8_weights for i in n.input) for n in products)
 
 
 class _Receiver(BaseHTTPRequestHandler):

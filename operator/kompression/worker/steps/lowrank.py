@@ -73,6 +73,8 @@ def low_rank(model: Model, ctx: StepContext) -> StepResult:
     cfg = ctx.step.config
     assert isinstance(cfg, LowRankStep)
     source = require_torch(model, ctx.step.name, "lowRank")
+    # Refused before any decomposition work, not after it.
+    training = labelled(ctx.data.training, ctx.step.name, "fineTune") if cfg.fineTune is not None else None
     # Never mutate the incoming module: it may be the teacher or an earlier step's output.
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     example = tuple(x.to(ctx.device) for x in source.example_inputs)
@@ -102,10 +104,11 @@ def low_rank(model: Model, ctx: StepContext) -> StepResult:
             replace_module(module, plan.name, factorize(layers[plan.name], cfg.method, plan.ranks))
             ctx.report_progress((index + 1) / len(plans) * (0.5 if cfg.fineTune else 1.0), f"factorized {plan.name}")
     macs_after = _runs_after_factorizing(module, example, ctx.step.name)
-    if cfg.fineTune is not None and plans:
-        data = labelled(ctx.data.training, ctx.step.name, "fineTune")
+    if cfg.fineTune is not None and training is not None and plans:
         progress = ctx.report_progress
-        fine_tune(module, data, cfg.fineTune, ctx.device, progress=lambda f, m: progress(0.5 + f / 2, m), seed=ctx.seed)
+        fine_tune(
+            module, training, cfg.fineTune, ctx.device, progress=lambda f, m: progress(0.5 + f / 2, m), seed=ctx.seed
+        )
     notes: Notes = {
         "method": cfg.method,
         "factorizedLayers": len(plans),

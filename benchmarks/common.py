@@ -191,8 +191,9 @@ def job_context(
     teacher: Any = None,
     device: str = "cpu",
     seed: int = 0,
+    inputs: Sequence[dict[str, Any]] | None = None,
 ) -> Any:
-    """A StepContext for one step, as the worker would build it."""
+    """A StepContext for one step, as the worker would build it (`inputs` as in spec.model.inputs)."""
     from kompression.worker.steps.base import standalone_context
 
-    return standalone_context(step, work, data, input_shape, teacher=teacher, device=device, seed=seed)
+    return standalone_context(step, work, data, input_shape, teacher=teacher, device=device, seed=seed, inputs=inputs)

@@ -17,6 +17,7 @@ from typing import Any
 from kompression.api.v1alpha1 import (
     Acceptance,
     ApiModel,
+    LowRankStep,
     PruneStep,
     QuantizeMethod,
     QuantizeStep,
@@ -33,6 +34,7 @@ def _values(literal: Any) -> tuple[str, ...]:
 
 QUANTIZE = _values(QuantizeMethod)
 PRUNE = _values(PruneStep.model_fields["method"].annotation)
+LOW_RANK = _values(LowRankStep.model_fields["method"].annotation)
 PRECISIONS = _values(TensorRTStep.model_fields["precision"].annotation)
 STRATEGIES = _values(Acceptance.model_fields["strategy"].annotation)
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
@@ -80,6 +82,19 @@ TABLE = (
             ],
             "ignoreLayers": [({"ignoreLayers": ["features.0"]}, PRUNE)],
             "fineTune": [({"fineTune": {"epochs": 1}}, PRUNE)],
+        },
+    ),
+    Selector(
+        LowRankStep,
+        "spec.steps[0].lowRank",
+        {m: {"method": m} for m in LOW_RANK},
+        {
+            # Every method needs exactly one rank choice, so each variant names one.
+            "rankRatio": [({"rankRatio": 0.5}, LOW_RANK)],
+            "energy": [({"energy": 0.9}, LOW_RANK)],
+            "includeLayers": [({"energy": 0.9, "includeLayers": ["features.*"]}, LOW_RANK)],
+            "excludeLayers": [({"energy": 0.9, "excludeLayers": ["head"]}, LOW_RANK)],
+            "fineTune": [({"energy": 0.9, "fineTune": {"epochs": 1}}, LOW_RANK)],
         },
     ),
     Selector(

@@ -283,6 +283,45 @@ def test_distillation_killed_after_an_epoch_resumes_at_the_next_from_its_checkpo
     assert "Contents" not in s3.client.list_objects_v2(Bucket=bucket, Prefix="out/checkpoints/")  # cleared
 
 
+def test_low_rank_fine_tune_static_int8_onnx_from_a_pt2(env: Path) -> None:
+    save_tiny(env / "model.pt2")  # a chain of layers: rebuilt as eager modules named as in the original
+    steps = [
+        {"name": "factorize", "lowRank": {"method": "SVD", "rankRatio": 0.8, "fineTune": {"epochs": 1}}},
+        {"name": "int8", "quantize": {"method": "StaticInt8"}},
+        {"name": "export", "onnx": {}},
+    ]
+    body = job("file://model.pt2", "file://out/", steps=steps, acceptance={"maxAccuracyDrop": 0.05})
+    body["spec"]["data"] = {
+        "evaluation": {"builtin": "Digits"},
+        "calibration": {"builtin": "Digits", "samples": 64},
+        "training": {"builtin": "Digits"},
+    }
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    fetched = publish.fetch_published("file://out/", env / "fetched")
+    report = json.loads(fetched["report.json"].read_text())
+    notes = {m["name"]: m.get("notes", {}) for m in report["details"]["models"]}
+    assert notes["factorize"]["ranks"] == "classifier.1 8/10"
+    assert notes["factorize"]["parameterRatio"] < 1 and report["result"]["gatesPassed"]
+    graph = onnx.load(str(next(p for name, p in fetched.items() if name.endswith(".onnx")))).graph
+    int8_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert len(products) == 2 and all(any(i in int8_weights for i in n.input) for n in products)
+
+
+def test_auto_strategy_keeps_more_of_a_low_rank_step_until_the_gate_passes(env: Path) -> None:
+    save_tiny(env / "model.pt2")
+    # Truncating the tiny model's 10-way classifier costs accuracy at every rank (about 17 points at
+    # rank 4, 14 at rank 9): trials at rankRatio 0.4, 0.55, 0.7, then 0.85 (rank 9) meet the gate.
+    steps = [{"name": "factorize", "lowRank": {"method": "SVD", "rankRatio": 0.4}}]
+    acceptance = {"maxAccuracyDrop": 0.16, "strategy": "Auto", "maxTrials": 4}
+    body = job("file://model.pt2", "file://out/", steps=steps, acceptance=acceptance)
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    fetched = publish.fetch_published("file://out/", env / "fetched")
+    report = json.loads(fetched["report.json"].read_text())
+    assert report["details"]["models"][1]["notes"]["ranks"] == "classifier.1 9/10"
+    assert report["result"]["gates"][0]["passed"]
+
+
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[str, dict[str, Any]]] = []
 

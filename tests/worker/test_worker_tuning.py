@@ -51,3 +51,18 @@ def test_the_measurement_leaves_the_weights_untouched() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sensitive_layers(_loaded(model, np.random.default_rng(1).random((16, 8), dtype=np.float32)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_auto_trials_keep_more_of_a_low_rank_steps_energy_or_rank() -> None:
+    from kompression.api.v1alpha1 import Step
+    from kompression.worker.tuning import candidates
+
+    steps = [
+        Step.model_validate({"name": "a", "lowRank": {"method": "SVD", "energy": 0.8}}),
+        Step.model_validate({"name": "b", "lowRank": {"method": "Tucker2", "rankRatio": 0.2}}),
+    ]
+    trials = list(candidates(steps, []))
+    energies = [t[0].lowRank.energy for t in trials if t[0].lowRank is not None]
+    ratios = [t[1].lowRank.rankRatio for t in trials if t[1].lowRank is not None]
+    assert energies == [0.8, 0.85, 0.9, 0.95]  # the discarded 0.2 scaled by 1, 0.75, 0.5, 0.25
+    assert ratios == [0.2, 0.4, 0.6, 0.8]

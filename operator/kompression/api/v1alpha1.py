@@ -282,6 +282,58 @@ class PruneStep(ApiModel):
     )
 
 
+LowRankMethod = Literal["SVD", "Tucker2"]
+
+
+class LowRankStep(ApiModel):
+    """Replace weight tensors with thin factors of low rank: fewer parameters and MACs, dense kernels."""
+
+    method: LowRankMethod = Field(
+        description=(
+            "SVD factorizes Linear layers and 1x1 convolutions into two thin layers (W = U S V^T, "
+            "the bias kept on the second). Tucker2 decomposes the channel modes of kxk convolutions "
+            "into a 1x1 -> kxk (core) -> 1x1 sequence."
+        )
+    )
+    rankRatio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Rank of each factorized layer as a fraction of its full rank (per channel mode for Tucker2).",
+    )
+    energy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "Choose each layer's rank as the smallest that keeps this fraction of the squared singular "
+            "values (of each channel mode's unfolding for Tucker2), e.g. 0.9."
+        ),
+    )
+    includeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Module name patterns (shell-style: `*` and `?`, e.g. `encoder.layer.*.intermediate.dense`) "
+            "of the layers to factorize; empty means every layer the method applies to."
+        ),
+    )
+    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=64, description="Module name patterns of layers to leave whole."
+    )
+    fineTune: FineTune | None = Field(
+        None, description="Train after factorizing to recover accuracy; needs data.training."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="has(self.rankRatio) != has(self.energy)",
+            message="set exactly one of `rankRatio` (a fraction of full rank) or `energy` (a fraction of the "
+            "squared singular values kept) to choose the ranks",
+        ),
+    )
+
+
 class StudentRef(ApiModel):
     """The student model: the output of an earlier step, or a fresh architecture."""
 
@@ -464,11 +516,15 @@ class TensorRTStep(ApiModel):
     timingCache: bool = Field(True, description="Reuse and save the builder's timing cache under the output prefix.")
 
 
+TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "onnx", "tensorrt")
+
+
 class Step(ApiModel):
     """One step of the pipeline: a name and exactly one technique."""
 
     name: StepName = Field(description="Unique name of the step (a DNS label); shown in status.currentStep.")
     prune: PruneStep | None = Field(None, description="Prune weights or channels.")
+    lowRank: LowRankStep | None = Field(None, description="Factorize layers into thin, low-rank factors.")
     distill: DistillStep | None = Field(None, description="Distill the teacher into a student.")
     quantize: QuantizeStep | None = Field(None, description="Quantize to fewer bits.")
     onnx: OnnxStep | None = Field(None, description="Export to ONNX.")
@@ -476,16 +532,16 @@ class Step(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="[has(self.prune), has(self.distill), has(self.quantize), has(self.onnx), has(self.tensorrt)]"
-            ".filter(x, x).size() == 1",
-            message="each step needs exactly one technique: one of prune, distill, quantize, onnx or tensorrt",
+            cel="[has(self.prune), has(self.lowRank), has(self.distill), has(self.quantize), has(self.onnx), "
+            "has(self.tensorrt)].filter(x, x).size() == 1",
+            message="each step needs exactly one technique: one of prune, lowRank, distill, quantize, onnx or tensorrt",
         ),
     )
 
     @property
     def kind(self) -> str:
         """Which technique this step runs."""
-        for kind in ("prune", "distill", "quantize", "onnx", "tensorrt"):
+        for kind in TECHNIQUE_FIELDS:
             if getattr(self, kind) is not None:
                 return kind
         raise ValueError(f"step {self.name} has no technique")
@@ -521,8 +577,8 @@ class Acceptance(ApiModel):
         "Fixed",
         description=(
             "Fixed runs the steps as written. Auto searches, within maxTrials and timeoutSeconds, "
-            "lower sparsities and float fallback of sensitive layers, and keeps the most compressed "
-            "model that passes every gate."
+            "lower sparsities, higher lowRank energies or rank ratios, and float fallback of sensitive "
+            "layers, and keeps the most compressed model that passes every gate."
         ),
     )
     maxTrials: int | None = Field(
@@ -703,9 +759,9 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune))) || "
-            "(has(self.data) && has(self.data.training))",
-            message="distill and prune.fineTune need data.training; add a training data set",
+            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune)) || "
+            "(has(s.lowRank) && has(s.lowRank.fineTune))) || (has(self.data) && has(self.data.training))",
+            message="distill, prune.fineTune and lowRank.fineTune need data.training; add a training data set",
             field_path=".data",
         ),
         Rule(
@@ -726,7 +782,7 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
-            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
+            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, factorize (lowRank), distill or export",
             field_path=".steps",
         ),
         Rule(

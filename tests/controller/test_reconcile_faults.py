@@ -87,6 +87,18 @@ def test_the_count_survives_a_lost_status_write() -> None:
     assert api.objects[f"{CRS}/resnet"]["status"]["phase"] == "Failed"
 
 
+def test_at_the_limit_a_job_the_store_has_not_seen_yet_is_not_taken_for_deleted() -> None:
+    """A restarted operator may reconcile the CR before its Job's watch event arrives."""
+    api, store, rec = _setup(Settings(max_job_recreations=1))
+    _sync(api, store, rec)
+    _delete_job_by_hand(api, store)
+    _sync(api, store, rec)  # the one recreation allowed
+    store.jobs.clear()  # a fresh store: the Job exists, the watch has not told yet
+    _sync(api, store, rec)
+    assert api.objects[f"{CRS}/resnet"]["status"]["phase"] != "Failed"
+    assert store.jobs[KEY]["metadata"]["annotations"][ANNOTATION_RECREATION] == "1"
+
+
 def test_a_limit_of_zero_never_recreates() -> None:
     api, store, rec = _setup(Settings(max_job_recreations=0))
     _sync(api, store, rec)
@@ -150,3 +162,27 @@ def test_resync_keeps_a_queue_reservation() -> None:
     store = Store()
     store.jobs[KEY] = {"metadata": {"name": "resnet"}, "spec": {}}  # what _admit reserves
     assert store.drop_unlisted_jobs([], "10", None) == []
+
+
+# ------------------------------------------------------------------ the settings behind these
+
+
+def test_watch_timeouts_reach_kopf_from_flags_and_environment(monkeypatch: Any) -> None:
+    import argparse
+
+    import kopf
+
+    from kompression.controller.cli import register, settings_from
+    from kompression.controller.handlers import configure
+
+    monkeypatch.setenv("KOMPRESSION_WATCH_INACTIVITY_TIMEOUT", "4")
+    monkeypatch.setenv("KOMPRESSION_MAX_JOB_RECREATIONS", "1")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    ours = settings_from(parser.parse_args(["operator", "--api-timeout", "5", "--resync-interval", "7"]))
+    assert (ours.max_job_recreations, ours.resync_interval_s) == (1, 7.0)
+    theirs = kopf.OperatorSettings()
+    configure(theirs, ours)
+    assert theirs.watching.inactivity_timeout == 4.0
+    assert (theirs.watching.client_timeout, theirs.watching.server_timeout) == (300.0, 270.0)
+    assert theirs.networking.request_timeout == theirs.watching.connect_timeout == 5.0

@@ -231,6 +231,11 @@ class Reconciler:
         # A Job was made before and is gone unfinished: someone deleted it.
         recreation = int(status.get("jobRecreations") or 0) + 1 if status.get("jobName") else 0
         if recreation > self.settings.max_job_recreations:
+            # The store may just not have seen it yet (a restart lists CRs before Jobs): ask.
+            existing = await self.api.get(path("batch", "v1", "jobs", namespace=key[0], name=job_name(key[1])))
+            if existing is not None and controller_uid(existing) == cr["metadata"]["uid"]:
+                self.store.put_job(existing)
+                return existing
             await self._write(cr, _recreate_limit(key[1], self.settings.max_job_recreations), None, {})
             return None
         if not await self._admit(key, cr, spec):

@@ -52,6 +52,7 @@ class TcpProxy:
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._cut = False
+        self.accepted = 0  # connections forwarded so far
         self._closing = threading.Event()
         self._server = socket.create_server((LOOPBACK, 0))
         self._server.settimeout(0.2)
@@ -119,6 +120,7 @@ class TcpProxy:
             link = _Link(client, upstream)
             with self._lock:
                 self._links.append(link)
+                self.accepted += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(link, src, dst), daemon=True).start()
 

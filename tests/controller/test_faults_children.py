@@ -62,11 +62,11 @@ def test_foreign_finalizer_on_a_cr_being_deleted(kube: Any, namespace: str, oper
     # No hot loop: a CR that cannot go away is not a reason to write or to fail.
     writes, errors = (
         _metric(operator, "kompression_api_writes_total"),
-        _metric(operator, "kompression_reconcile_errors"),
+        _metric(operator, "kompression_reconcile_errors_total"),
     )
     time.sleep(5)
     assert _metric(operator, "kompression_api_writes_total") - writes <= 1
-    assert _metric(operator, "kompression_reconcile_errors") == errors
+    assert _metric(operator, "kompression_reconcile_errors_total") == errors
 
     # Status stays true while it is held: the worker finishes, the CR says so.
     _finish(kube, namespace, pod)
@@ -86,7 +86,7 @@ def test_foreign_finalizer_on_a_cr_being_deleted(kube: Any, namespace: str, oper
     )  # fmt: skip
     kube.wait(lambda: not get_json(kube, "-n", namespace, "compressionjobs")["items"], "the CR gone")
     kube.wait(lambda: not _configmaps(kube, namespace), "its ConfigMap collected", timeout=60)
-    assert _metric(operator, "kompression_reconcile_errors") == errors
+    assert _metric(operator, "kompression_reconcile_errors_total") == errors
     assert operator.proc is not None and operator.proc.poll() is None
 
 

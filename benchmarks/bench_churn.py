@@ -175,7 +175,10 @@ async def bench(cluster: Cluster, workdir: Path, seconds: float, live: int) -> d
         creator = asyncio.create_task(churn.create_forever())
 
         def sample(phase: str) -> None:
-            status = proc_status(op.pid) if op is not None else {}
+            assert op is not None
+            if op.poll() is not None:
+                raise RuntimeError(f"the operator exited with {op.returncode}; see .kompression/bench-churn.log")
+            status = proc_status(op.pid)
             row = {
                 "t": time.monotonic() - t0,
                 "phase": phase,

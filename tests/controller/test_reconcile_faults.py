@@ -184,5 +184,7 @@ def test_watch_timeouts_reach_kopf_from_flags_and_environment(monkeypatch: Any) 
     theirs = kopf.OperatorSettings()
     configure(theirs, ours)
     assert theirs.watching.inactivity_timeout == 4.0
-    assert (theirs.watching.client_timeout, theirs.watching.server_timeout) == (300.0, 270.0)
+    assert (theirs.watching.client_timeout, theirs.watching.server_timeout) == (300.0, 270)
+    # kopf sends it as timeoutSeconds, which the API server parses as an integer ("270.0" is a 400).
+    assert str(theirs.watching.server_timeout) == "270"
     assert theirs.networking.request_timeout == theirs.watching.connect_timeout == 5.0

@@ -80,7 +80,7 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--extra-tolerations", "extra_tolerations", _json_list, "JSON list of tolerations added to every worker pod"),
     ("--worker-runtime-class", "worker_runtime_class", str, "runtimeClassName of worker pods that request GPUs"),
     ("--log-level", "log_level", _log_level, "debug, info, warning or error"),
-    ("--watch-server-timeout", "watch_server_timeout_s", float, "seconds the API server keeps one watch request open"),
+    ("--watch-server-timeout", "watch_server_timeout_s", int, "seconds the API server keeps one watch request open"),
     ("--watch-client-timeout", "watch_client_timeout_s", float, "seconds after which a watch request is dropped"),
     (
         "--watch-inactivity-timeout",

@@ -43,7 +43,7 @@ class Settings:
     # Bounds on every connection to the API server. A watch can stall silently, the connection
     # open and nothing arriving (kopf #585, #957, #996): kopf drops and reopens it after these,
     # resuming at the last resourceVersion it saw.
-    watch_server_timeout_s: float = 270.0  # the API server ends each watch request after this
+    watch_server_timeout_s: int = 270  # the API server ends each watch after this (whole seconds)
     watch_client_timeout_s: float = 300.0  # a watch request is dropped after this, whatever it does
     watch_inactivity_timeout_s: float = 600.0  # a watch silent for this long is dropped
     api_timeout_s: float = 30.0  # every request that is not a watch

@@ -166,12 +166,12 @@ class Reconciler:
         """
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_SELECTOR.items())
         for ns in self.settings.namespaces or (None,):
-            crs, rv = await self.api.collection(path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns))
+            crs, rv = await self.api.identities(path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns))
             for key in self.store.drop_unlisted_crs(crs, rv, ns):
                 log.info("%s/%s was deleted while no watch saw it; forgotten", *key)
                 self.cr_gone(key)
-            jobs, rv = await self.api.collection(path("batch", "v1", "jobs", namespace=ns), selector)
-            pods, pods_rv = await self.api.collection(path("", "v1", "pods", namespace=ns), selector)
+            jobs, rv = await self.api.identities(path("batch", "v1", "jobs", namespace=ns), selector)
+            pods, pods_rv = await self.api.identities(path("", "v1", "pods", namespace=ns), selector)
             owners = self.store.drop_unlisted_jobs(jobs, rv, ns) + self.store.drop_unlisted_pods(pods, pods_rv, ns)
             for key in owners:
                 self.enqueue(key)

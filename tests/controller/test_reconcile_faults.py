@@ -188,3 +188,28 @@ def test_watch_timeouts_reach_kopf_from_flags_and_environment(monkeypatch: Any) 
     # kopf sends it as timeoutSeconds, which the API server parses as an integer ("270.0" is a 400).
     assert str(theirs.watching.server_timeout) == "270"
     assert theirs.networking.request_timeout == theirs.watching.connect_timeout == 5.0
+
+
+def test_a_status_write_that_crosses_the_deletion_does_not_bring_the_cr_back() -> None:
+    """The DELETED event is handled while the status PATCH is on its way; its answer (the object as
+    it was before the deletion) must not put the CompressionJob back into the store or the gauges."""
+    api, store, rec = _setup(Settings())
+    write = api.merge_patch
+
+    async def deleted_meanwhile(url: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await write(url, body)
+        rec.cr_gone(KEY, "cr-resnet")
+        return answer
+
+    api.merge_patch = deleted_meanwhile  # type: ignore[method-assign]
+    asyncio.run(rec.sync(KEY))
+    assert KEY not in store.crs
+    assert 'kompression_jobs{phase="Pending"} 0.0' in _exposition(rec)
+    store.put_cr(copy.deepcopy(api.objects[f"{CRS}/resnet"]))  # a late watch event of the same object
+    assert KEY not in store.crs
+
+
+def _exposition(rec: Reconciler) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(rec.metrics.registry).decode()

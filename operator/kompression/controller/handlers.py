@@ -91,7 +91,7 @@ class Runtime:
         body = event["object"]
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event.get("type") == "DELETED":
-            self.reconciler.cr_gone(key)
+            self.reconciler.cr_gone(key, body["metadata"].get("uid"))
         else:
             self.reconciler.enqueue(self.store.put_cr(body))
 

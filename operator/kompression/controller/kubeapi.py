@@ -20,7 +20,7 @@ import kopf
 # Asks for PartialObjectMetadataList: the API server leaves out spec and status.
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 IDENTITY = ("namespace", "name", "uid", "resourceVersion")
-PAGE = 500
+PAGE = 100  # each page is parsed whole: small pages keep the peak (and the RSS after it) low
 
 
 class ApiError(Exception):

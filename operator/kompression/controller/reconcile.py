@@ -139,9 +139,9 @@ class Reconciler:
             for key in list(self.store.crs):
                 self.enqueue(key)
 
-    def cr_gone(self, key: Key) -> None:
+    def cr_gone(self, key: Key, uid: str | None = None) -> None:
         """A CompressionJob no longer exists: forget it, and let a queued one have its place."""
-        self.store.drop_cr(key)
+        self.store.drop_cr(key, uid)
         self.metrics.forget(key)
         self.kick_queue()
 
@@ -380,6 +380,8 @@ class Reconciler:
                 patch["completionTime"] = status.get("completionTime") or job_status.get("completionTime") or _now()
         patch.update(extra)
         if not differs(status, patch) and same_conditions(status.get("conditions") or [], conditions):
+            if not self.store.holds(key, meta.get("uid")):
+                return  # deleted while this reconcile ran
             self.metrics.set_phase(key, obs.phase)
             if obs.phase in TERMINAL_PHASES and status.get("result") and not self.metrics.has_results(key):
                 # Finished before this process started: its gauges live in this process only.
@@ -405,6 +407,8 @@ class Reconciler:
                 self.enqueue(key)
             return
         self.store.put_cr(updated)
+        if not self.store.holds(key, meta.get("uid")):
+            return  # deleted while this write was on its way: it must not come back
         self.metrics.set_phase(key, obs.phase)
         await self._announce(cr, status, obs, updated)
 

@@ -45,6 +45,10 @@ def _pod_job_key(pod: Body) -> Key | None:
     return None
 
 
+# Deleted CompressionJobs remembered by uid, so that the answer to a status write that crossed the
+# deletion never brings one back (it would haunt the gauges and the queue until the next resync).
+TOMBSTONES = 4096
+
 _POD_META = (
     "name",
     "namespace",
@@ -96,18 +100,32 @@ class Store:
     jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
+    gone: dict[str, None] = field(default_factory=dict)  # uids of deleted CompressionJobs, oldest first
 
     def put_cr(self, body: Body) -> Key:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        if meta.get("uid") in self.gone:
+            return key
         # Our own status writes land here before their watch events do: never step back.
         old = self.crs.get(key)
         if old is None or old["metadata"].get("uid") != meta.get("uid") or not _older(meta, old["metadata"]):
             self.crs[key] = slim_cr(body)
         return key
 
-    def drop_cr(self, key: Key) -> None:
-        self.crs.pop(key, None)
+    def drop_cr(self, key: Key, uid: str | None = None) -> None:
+        """Forget a deleted CompressionJob (`uid`: the deleted one's; None: whatever is stored)."""
+        held = self.crs.get(key, {}).get("metadata", {}).get("uid")
+        if uid is None or held == uid:
+            self.crs.pop(key, None)
+        if uid or held:
+            self.gone[uid or held] = None
+            if len(self.gone) > TOMBSTONES:
+                del self.gone[next(iter(self.gone))]
+
+    def holds(self, key: Key, uid: str | None) -> bool:
+        held: str | None = self.crs.get(key, {}).get("metadata", {}).get("uid")
+        return held == uid
 
     def put_job(self, job: Body, deleted: bool = False) -> Key | None:
         key = _key_of_child(job)

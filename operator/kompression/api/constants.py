@@ -28,6 +28,8 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 ANNOTATION_GENERATION: Final = f"{GROUP}/generation"
+# On a worker Job: how many Jobs of its CompressionJob were deleted unfinished before it was made.
+ANNOTATION_RECREATION: Final = f"{GROUP}/recreation"
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 

@@ -970,6 +970,12 @@ class CompressionJobStatus(ApiModel):
     phase: JobPhase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
     observedGeneration: int | None = Field(None, ge=0, description="The generation the operator last acted on.")
     jobName: ShortString | None = Field(None, description="Name of the batch/v1 Job that runs the worker.")
+    jobRecreations: int | None = Field(
+        None,
+        ge=0,
+        description="How many times the worker Job was deleted before it finished and made again; past the "
+        "operator's limit the job fails with reason RecreateLimitExceeded.",
+    )
     queuePosition: int | None = Field(
         None, ge=0, description="Position in the operator's queue while Queued (1 = next)."
     )

@@ -12,6 +12,7 @@ import yaml
 
 from kompression.api.constants import (
     ANNOTATION_GENERATION,
+    ANNOTATION_RECREATION,
     ENV_ARCHITECTURE_MODULES,
     ENV_JOB_FILE,
     ENV_PROGRESS_TOKEN_FILE,
@@ -258,7 +259,8 @@ def starts_suspended(job: CompressionJob) -> bool:
     return job.spec.runPolicy.suspend or job.spec.runPolicy.queueName is not None
 
 
-def build_job(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> dict[str, Any]:
+    """The worker Job; `recreation` counts the Jobs of this CompressionJob deleted unfinished before."""
     name, namespace, uid = _identity(job)
     policy = job.spec.runPolicy
     labels = child_labels(name, uid)
@@ -290,11 +292,20 @@ def build_job(job: CompressionJob, settings: Settings) -> dict[str, Any]:
             "name": job_name(name),
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": {ANNOTATION_GENERATION: str(job.metadata.generation or 1)},
+            "annotations": {
+                ANNOTATION_GENERATION: str(job.metadata.generation or 1),
+                **({ANNOTATION_RECREATION: str(recreation)} if recreation else {}),
+            },
             "ownerReferences": [owner_reference(name, uid)],
         },
         "spec": spec,
     }
+
+
+def job_recreation(existing: dict[str, Any]) -> int:
+    """The `recreation` a Job was built with (0 for the first Job of its CompressionJob)."""
+    value = (existing.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RECREATION, "0")
+    return int(value) if value.isdigit() else 0
 
 
 def job_spec_drift(job: CompressionJob, existing: dict[str, Any]) -> dict[str, Any]:

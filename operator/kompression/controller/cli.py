@@ -95,6 +95,27 @@ _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--extra-tolerations", "extra_tolerations", _json_list, "JSON list of tolerations added to every worker pod"),
     ("--worker-runtime-class", "worker_runtime_class", str, "runtimeClassName of worker pods that request GPUs"),
     ("--log-level", "log_level", _log_level, "debug, info, warning or error"),
+    ("--watch-server-timeout", "watch_server_timeout_s", int, "seconds the API server keeps one watch request open"),
+    ("--watch-client-timeout", "watch_client_timeout_s", float, "seconds after which a watch request is dropped"),
+    (
+        "--watch-inactivity-timeout",
+        "watch_inactivity_timeout_s",
+        float,
+        "seconds of silence after which a watch is dropped and reopened (a stalled connection)",
+    ),
+    ("--api-timeout", "api_timeout_s", float, "seconds a request other than a watch may take"),
+    (
+        "--resync-interval",
+        "resync_interval_s",
+        float,
+        "seconds between full LISTs that drop objects the watches missed the deletion of",
+    ),
+    (
+        "--max-job-recreations",
+        "max_job_recreations",
+        int,
+        "times a worker Job deleted before it finished is recreated before the job fails",
+    ),
     (
         "--architecture-modules",
         "architecture_modules",

@@ -55,13 +55,14 @@ class Runtime:
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
         if self.api is None:
-            self.api = Api(info)
+            self.api = Api(info, timeout=self.settings.api_timeout_s)
             self.api.on_write = lambda verb, resource: self.metrics.api_writes.labels(verb, resource).inc()
             self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics, self.leadership)
 
     async def start(self) -> None:
         assert self.api is not None and self.reconciler is not None
         self._tasks.append(asyncio.create_task(self.reconciler.run()))
+        self._tasks.append(asyncio.create_task(self.reconciler.resync_forever()))
         self._tasks.append(asyncio.create_task(self.leadership.run(self.api)))
         s = self.settings
         limits = Limits(
@@ -110,11 +111,9 @@ class Runtime:
         body = event["object"]
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event.get("type") == "DELETED":
-            self.store.drop_cr(key)
-            self.metrics.forget(key)
+            self.reconciler.cr_gone(key, body["metadata"].get("uid"))
             if self.progress is not None:
                 self.progress.forget(str(body["metadata"].get("uid")))
-            self.reconciler.kick_queue()  # a queued job's place is free
         else:
             self.reconciler.enqueue(self.store.put_cr(body))
 
@@ -134,12 +133,14 @@ class Runtime:
             self.reconciler.enqueue(key)
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Silent watch stalls are kopf's best-known failure (#585, #957, #996): bound every stream.
-    settings.watching.server_timeout = 270
-    settings.watching.client_timeout = 300
-    settings.watching.connect_timeout = 30
-    settings.watching.inactivity_timeout = 600
+    settings.watching.server_timeout = ours.watch_server_timeout_s
+    settings.watching.client_timeout = ours.watch_client_timeout_s
+    settings.watching.connect_timeout = ours.api_timeout_s
+    settings.watching.inactivity_timeout = ours.watch_inactivity_timeout_s
+    # kopf's own requests (its re-list after a 410 Gone among them) on a stalled pooled connection.
+    settings.networking.request_timeout = ours.api_timeout_s
     # kopf would post its handler logs as Events; ours are posted deliberately, in words.
     settings.posting.enabled = False
 
@@ -158,7 +159,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings)
+        configure(settings, runtime.settings)
         info = _login(settings=settings)  # startup runs before kopf's own login
         if info is None:
             raise kopf.PermanentError("no in-cluster ServiceAccount and no kubeconfig to log in with")

@@ -17,7 +17,7 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob, ReportCursor, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.controller import outputs
-from kompression.controller.builders import build_configmap, build_job, job_spec_drift
+from kompression.controller.builders import build_configmap, build_job, job_recreation, job_spec_drift
 from kompression.controller.conditions import (
     TERMINAL_PHASES,
     Observation,
@@ -27,7 +27,7 @@ from kompression.controller.conditions import (
 )
 from kompression.controller.events import post_event
 from kompression.controller.kubeapi import Api, ApiError, path
-from kompression.controller.labels import controller_uid
+from kompression.controller.labels import MANAGED_SELECTOR, controller_uid
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
 from kompression.controller.naming import configmap_name, job_name
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CR_GROUP, CR_VERSION, CR_PLURAL = "kompression.dev", "v1alpha1", "compressionjobs"
 WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", "InvalidSpec", outputs.REASON}
 MAX_BACKOFF_S = 60.0
+RECREATE_LIMIT = "RecreateLimitExceeded"
 
 
 def _now() -> str:
@@ -139,12 +140,54 @@ class Reconciler:
             for key in list(self.store.crs):
                 self.enqueue(key)
 
+    def cr_gone(self, key: Key, uid: str | None = None) -> None:
+        """A CompressionJob no longer exists: forget it, and let a queued one have its place."""
+        self.store.drop_cr(key, uid)
+        self.metrics.forget(key)
+        self.kick_queue()
+
+    # ---------------------------------------------------------------- resync
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_interval_s)
+            if self.leadership is not None and not self.leadership.active:
+                continue
+            try:
+                await self.resync()
+            except Exception:
+                log.exception("resync failed; the next one is in %.0f s", self.settings.resync_interval_s)
+
+    async def resync(self) -> None:
+        """Drop from the store what a LIST no longer has: deletions no watch event reported.
+
+        kopf resumes a watch after a 410 Gone (etcd compacted past its resourceVersion) with a
+        fresh LIST, which brings what was created or changed in the gap but says nothing of what
+        was deleted. A ghost CompressionJob would keep its queue place; a ghost Job its GPU slot.
+        """
+        selector = ",".join(f"{k}={v}" for k, v in MANAGED_SELECTOR.items())
+        for ns in self.settings.namespaces or (None,):
+            crs, rv = await self.api.identities(path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns))
+            for key in self.store.drop_unlisted_crs(crs, rv, ns):
+                log.info("%s/%s was deleted while no watch saw it; forgotten", *key)
+                self.cr_gone(key)
+            jobs, rv = await self.api.identities(path("batch", "v1", "jobs", namespace=ns), selector)
+            pods, pods_rv = await self.api.identities(path("", "v1", "pods", namespace=ns), selector)
+            owners = self.store.drop_unlisted_jobs(jobs, rv, ns) + self.store.drop_unlisted_pods(pods, pods_rv, ns)
+            for key in owners:
+                self.enqueue(key)
+            if owners:
+                self.kick_queue()
+
     # ---------------------------------------------------------------- one CompressionJob
 
     async def sync(self, key: Key) -> None:
         cr = self.store.crs.get(key)
-        if cr is None or cr["metadata"].get("deletionTimestamp"):
+        if cr is None:
             return
+        # Held by someone else's finalizer: it still reports on its Job, but gets no new children
+        # (as a ReplicaSet being deleted makes no pods); garbage collection takes what it has.
+        deleting = bool(cr["metadata"].get("deletionTimestamp"))
         status = cr.get("status") or {}
         generation = int(cr["metadata"].get("generation") or 1)
         try:
@@ -158,21 +201,10 @@ class Reconciler:
             job = None  # a Job of a deleted namesake, on its way out through garbage collection
         finished = status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == generation
         if job is None:
-            if finished:
-                return  # done; its Job may have gone through ttlSecondsAfterFinished
-            held_by = self._output_held_by(key, cr)
-            if held_by is not None:
-                obs = Observation(
-                    "Pending", outputs.REASON, outputs.message(key[1], spec.spec.output.uri, held_by), True
-                )
-                await self._write(cr, obs, None, {})
-                return
-            if not await self._admit(key, cr, spec):
-                return
-            try:
-                job = await self._create_children(key, cr, spec)
-            except Conflict as exc:
-                await self._write(cr, Observation("Pending", "JobConflict", str(exc), stalled=True), None, {})
+            if finished or deleting:
+                return  # done (its Job may have gone through ttlSecondsAfterFinished), or going
+            job = await self._make_job(key, cr, spec)
+            if job is None:
                 return
         else:
             drift = job_spec_drift(spec, job)
@@ -181,18 +213,46 @@ class Reconciler:
                     path("batch", "v1", "jobs", namespace=key[0], name=job["metadata"]["name"]), drift
                 )
                 self.store.put_job(job)
+        # Counted on the Job itself, so that no crash or conflicting write between its creation
+        # and this status write can lose the count.
+        extra: dict[str, Any] = {"jobRecreations": job_recreation(job)} if job_recreation(job) else {}
         pods = self.store.pods_of(key[0], job["metadata"]["name"])
         policy = spec.spec.runPolicy
         obs = observe(job, pods, user_suspended=policy.suspend, kueue_managed=policy.queueName is not None)
-        extra: dict[str, Any] = {}
         if obs.phase in TERMINAL_PHASES:
             reports = [r for r in map(final_report, pods) if r is not None]
             if reports:
                 # The termination message is compact (no steps, environment): keep what POSTs left.
-                extra = report_status(max(reports, key=lambda r: r.sequence), partial=True)
+                extra.update(report_status(max(reports, key=lambda r: r.sequence), partial=True))
         await self._write(cr, obs, job, extra)
 
-    async def _create_children(self, key: Key, cr: Body, spec: CompressionJob) -> Body:
+    async def _make_job(self, key: Key, cr: Body, spec: CompressionJob) -> Body | None:
+        """Create the children, unless queued, conflicting, or deleted by hand too often."""
+        status = cr.get("status") or {}
+        # A Job was made before and is gone unfinished: someone deleted it.
+        recreation = int(status.get("jobRecreations") or 0) + 1 if status.get("jobName") else 0
+        if recreation > self.settings.max_job_recreations:
+            # The store may just not have seen it yet (a restart lists CRs before Jobs): ask.
+            existing = await self.api.get(path("batch", "v1", "jobs", namespace=key[0], name=job_name(key[1])))
+            if existing is not None and controller_uid(existing) == cr["metadata"]["uid"]:
+                self.store.put_job(existing)
+                return existing
+            await self._write(cr, _recreate_limit(key[1], self.settings.max_job_recreations), None, {})
+            return None
+        held_by = self._output_held_by(key, cr)
+        if held_by is not None:
+            obs = Observation("Pending", outputs.REASON, outputs.message(key[1], spec.spec.output.uri, held_by), True)
+            await self._write(cr, obs, None, {})
+            return None
+        if not await self._admit(key, cr, spec):
+            return None
+        try:
+            return await self._create_children(key, cr, spec, recreation)
+        except Conflict as exc:
+            await self._write(cr, Observation("Pending", "JobConflict", str(exc), stalled=True), None, {})
+            return None
+
+    async def _create_children(self, key: Key, cr: Body, spec: CompressionJob, recreation: int) -> Body:
         ns, name = key
         uid = cr["metadata"]["uid"]
         await self._create_owned(
@@ -201,8 +261,7 @@ class Reconciler:
             uid,
             path("", "v1", "configmaps", namespace=ns, name=configmap_name(name)),
         )
-        manifest = build_job(spec, self.settings)
-        existed_before = bool((cr.get("status") or {}).get("jobName"))
+        manifest = build_job(spec, self.settings, recreation)
         job, created = await self._create_owned(
             path("batch", "v1", "jobs", namespace=ns),
             manifest,
@@ -212,12 +271,14 @@ class Reconciler:
         self.store.put_job(job)
         log.info("%s Job %s/%s", "created" if created else "found our", ns, job_name(name))
         if created:
-            if existed_before:
+            if recreation:
+                limit = self.settings.max_job_recreations
                 self._event(
                     cr,
                     "Warning",
                     "JobRecreated",
-                    f"the worker Job {job_name(name)} was deleted before the job finished; recreated it",
+                    f"the worker Job {job_name(name)} was deleted before the job finished; recreated it "
+                    f"({recreation} of at most {limit} times)",
                 )
             else:
                 self._event(cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
@@ -288,6 +349,7 @@ class Reconciler:
                 key not in self.store.jobs
                 and status.get("phase") not in TERMINAL_PHASES
                 and _ready_reason(status) != outputs.REASON  # not waiting for a GPU, but for its prefix
+                and not cr["metadata"].get("deletionTimestamp")  # never admitted: it is going
                 and self._gpus(cr) > 0
             ):
                 out.append((key, cr))
@@ -355,6 +417,8 @@ class Reconciler:
                 patch["completionTime"] = status.get("completionTime") or job_status.get("completionTime") or _now()
         patch.update(extra)
         if not differs(status, patch) and same_conditions(status.get("conditions") or [], conditions):
+            if not self.store.holds(key, meta.get("uid")):
+                return  # deleted while this reconcile ran
             self.metrics.set_phase(key, obs.phase)
             if obs.phase in TERMINAL_PHASES and status.get("result") and not self.metrics.has_results(key):
                 # Finished before this process started: its gauges live in this process only.
@@ -380,6 +444,8 @@ class Reconciler:
                 self.enqueue(key)
             return
         self.store.put_cr(updated)
+        if not self.store.holds(key, meta.get("uid")):
+            return  # deleted while this write was on its way: it must not come back
         self.metrics.set_phase(key, obs.phase)
         await self._announce(cr, status, obs, updated)
 
@@ -417,6 +483,17 @@ class Reconciler:
         if differs(cr.get("status") or {}, patch):
             updated = await self.api.merge_patch(_cr_path(*key, sub="status"), {"status": patch})
             self.store.put_cr(updated)
+
+
+def _recreate_limit(name: str, limit: int) -> Observation:
+    return Observation(
+        "Failed",
+        RECREATE_LIMIT,
+        f"the worker Job {job_name(name)} was deleted before the job finished once more after being recreated "
+        f"{limit} times; not recreating it again (operator setting --max-job-recreations). Find what deletes it, "
+        "then create the CompressionJob anew",
+        stalled=True,
+    )
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:

@@ -49,6 +49,20 @@ class Settings:
     log_level: str = "info"  # debug, info, warning or error
     # Module prefixes `architecture` may name; handed to every worker (see api/architectures.py).
     architecture_modules: tuple[str, ...] = DEFAULT_ARCHITECTURE_MODULES
+    # Bounds on every connection to the API server. A watch can stall silently, the connection
+    # open and nothing arriving (kopf #585, #957, #996): kopf drops and reopens it after these,
+    # resuming at the last resourceVersion it saw.
+    watch_server_timeout_s: int = 270  # the API server ends each watch after this (whole seconds)
+    watch_client_timeout_s: float = 300.0  # a watch request is dropped after this, whatever it does
+    watch_inactivity_timeout_s: float = 600.0  # a watch silent for this long is dropped
+    api_timeout_s: float = 30.0  # every request that is not a watch
+    # A LIST of CompressionJobs, Jobs and pods this often replaces what the watches left in the
+    # store. kopf re-lists after a watch ends in 410 Gone, but never reports what was deleted in the
+    # gap (client-go's relist does): without this, such ghosts would hold queue slots forever.
+    resync_interval_s: float = 300.0
+    # How many times a worker Job deleted before it finished is recreated; then the job fails
+    # with reason RecreateLimitExceeded instead of looping against whoever deletes it.
+    max_job_recreations: int = 3
     # Test and benchmark only: annotations put on every worker pod template (kwok's exit codes).
     pod_annotations: dict[str, str] = field(default_factory=dict)
 

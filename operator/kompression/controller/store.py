@@ -28,6 +28,14 @@ def _older(meta: Body, than: Body) -> bool:
         return False
 
 
+def _listed_before(meta: Body, rv: str) -> bool:
+    """Last written before a LIST read at `rv`, so the LIST speaks for it (see `_older`)."""
+    try:
+        return int(meta.get("resourceVersion") or 0) <= int(rv)
+    except ValueError:
+        return False
+
+
 def _pod_job_key(pod: Body) -> Key | None:
     # Pods are owned by the Job, not by the CompressionJob: map through the Job's name.
     ns = pod.get("metadata", {}).get("namespace")
@@ -36,6 +44,10 @@ def _pod_job_key(pod: Body) -> Key | None:
             return (ns, ref.get("name"))
     return None
 
+
+# Deleted CompressionJobs remembered by uid, so that the answer to a status write that crossed the
+# deletion never brings one back (it would haunt the gauges and the queue until the next resync).
+TOMBSTONES = 4096
 
 _POD_META = (
     "name",
@@ -88,18 +100,32 @@ class Store:
     jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
+    gone: dict[str, None] = field(default_factory=dict)  # uids of deleted CompressionJobs, oldest first
 
     def put_cr(self, body: Body) -> Key:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        if meta.get("uid") in self.gone:
+            return key
         # Our own status writes land here before their watch events do: never step back.
         old = self.crs.get(key)
         if old is None or old["metadata"].get("uid") != meta.get("uid") or not _older(meta, old["metadata"]):
             self.crs[key] = slim_cr(body)
         return key
 
-    def drop_cr(self, key: Key) -> None:
-        self.crs.pop(key, None)
+    def drop_cr(self, key: Key, uid: str | None = None) -> None:
+        """Forget a deleted CompressionJob (`uid`: the deleted one's; None: whatever is stored)."""
+        held = self.crs.get(key, {}).get("metadata", {}).get("uid")
+        if uid is None or held == uid:
+            self.crs.pop(key, None)
+        if uid or held:
+            self.gone[uid or held] = None
+            if len(self.gone) > TOMBSTONES:
+                del self.gone[next(iter(self.gone))]
+
+    def holds(self, key: Key, uid: str | None) -> bool:
+        held: str | None = self.crs.get(key, {}).get("metadata", {}).get("uid")
+        return held == uid
 
     def put_job(self, job: Body, deleted: bool = False) -> Key | None:
         key = _key_of_child(job)
@@ -109,6 +135,7 @@ class Store:
         if deleted:
             if self.jobs.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
                 self.jobs.pop(key, None)
+                self.job_owner.pop(job_key, None)
         else:
             self.jobs[key] = slim_job(job)
             self.job_owner[job_key] = key
@@ -129,3 +156,48 @@ class Store:
 
     def pods_of(self, namespace: str, job_name: str) -> list[Body]:
         return list(self.pods.get((namespace, job_name), {}).values())
+
+    # ------------------------------------------------------------ resync: deletions the watches missed
+
+    def drop_unlisted_crs(self, listed: list[Body], rv: str, namespace: str | None) -> list[Key]:
+        """Drop the CompressionJobs a LIST read at `rv` (of `namespace`, None: all) no longer has."""
+        present = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed}
+        gone = [
+            key
+            for key, cr in self.crs.items()
+            if namespace in (None, key[0]) and key not in present and _listed_before(cr["metadata"], rv)
+        ]
+        for key in gone:
+            self.drop_cr(key)
+        return gone
+
+    def drop_unlisted_jobs(self, listed: list[Body], rv: str, namespace: str | None) -> list[Key]:
+        """Drop the Jobs a LIST no longer has; the keys of the CompressionJobs that owned them."""
+        present = {o["metadata"].get("uid") for o in listed}
+        gone = []
+        for key, job in list(self.jobs.items()):
+            meta = job["metadata"]
+            # A Job without a uid is a queue reservation, not something the API server has yet.
+            unlisted = meta.get("uid") and meta["uid"] not in present and _listed_before(meta, rv)
+            if namespace in (None, key[0]) and unlisted:
+                del self.jobs[key]
+                self.job_owner.pop((key[0], meta["name"]), None)
+                gone.append(key)
+        return gone
+
+    def drop_unlisted_pods(self, listed: list[Body], rv: str, namespace: str | None) -> list[Key]:
+        """Drop the pods a LIST no longer has; the keys of the CompressionJobs they belonged to."""
+        present = {o["metadata"].get("uid") for o in listed}
+        owners = []
+        for job_key, pods in list(self.pods.items()):
+            if namespace not in (None, job_key[0]):
+                continue
+            for name, pod in list(pods.items()):
+                if pod["metadata"].get("uid") not in present and _listed_before(pod["metadata"], rv):
+                    del pods[name]
+                    owner = self.job_owner.get(job_key)
+                    if owner is not None:
+                        owners.append(owner)
+            if not pods:
+                del self.pods[job_key]
+        return owners

@@ -311,8 +311,13 @@ def _moved(path: str, name: str) -> str:
 
 
 def _dynamic_sizes(graph: fx.Graph) -> None:
-    """sym_size calls become ``x.size(d)``: tracing exporters (ONNX) then keep the batch dynamic
-    instead of baking in the example's size."""
+    """Keep sizes that depend on the input (the batch) dynamic for tracing exporters (ONNX).
+
+    A tracer follows ``x.size(0)`` and Python-level calls (``x.view(n, -1)``, ``torch.arange(n)``),
+    but an aten overload called with a traced size bakes in the example's value. So sym_size
+    becomes ``x.size(d)``, and every aten call that takes such a size becomes its method or
+    torch function."""
+    sizes: set[fx.Node] = set()
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target == aten.sym_size.int:
             with graph.inserting_before(node):
@@ -320,6 +325,40 @@ def _dynamic_sizes(graph: fx.Graph) -> None:
             size.meta.update(node.meta)
             node.replace_all_uses_with(size)
             graph.erase_node(node)
+            sizes.add(size)
+        elif not any(a in sizes for a in _flat_args(node)):
+            continue
+        elif node.op == "call_function" and getattr(node.target, "__module__", "") == "_operator":
+            sizes.add(node)  # arithmetic on sizes is itself a size
+        elif isinstance(node.target, torch._ops.OpOverload):
+            _python_level(graph, node)
+
+
+def _flat_args(node: fx.Node) -> list[Any]:
+    flat: list[Any] = []
+    for value in [*node.args, *node.kwargs.values()]:
+        flat.extend(value if isinstance(value, (list, tuple)) else [value])
+    return flat
+
+
+def slice_dim(x: torch.Tensor, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> torch.Tensor:
+    """aten.slice as Python indexing, which tracers follow."""
+    index = [slice(None)] * (dim % x.dim()) + [slice(start, end, step)]
+    return x[tuple(index)]
+
+
+def _python_level(graph: fx.Graph, node: fx.Node) -> None:
+    name = node.target._opname  # type: ignore[union-attr]
+    if name == "slice":
+        node.target = slice_dim
+    elif hasattr(torch.Tensor, name) and node.args:
+        with graph.inserting_before(node):
+            method = graph.call_method(name, node.args, dict(node.kwargs))
+        method.meta.update(node.meta)
+        node.replace_all_uses_with(method)
+        graph.erase_node(node)
+    elif hasattr(torch, name):
+        node.target = getattr(torch, name)
 
 
 def loose_weights(module: nn.Module) -> list[str]:

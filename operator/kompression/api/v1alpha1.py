@@ -508,6 +508,11 @@ def _needs_training(spec: Any) -> bool:
     return any(s.distill is not None or (s.prune is not None and s.prune.fineTune is not None) for s in spec.steps)
 
 
+def _needs_layers(step: Any) -> bool:
+    """Steps that work on the model's nn layers, which a TorchScript model no longer has."""
+    return step.prune is not None or (step.quantize is not None and step.quantize.method == "Fp8")
+
+
 def _has_data(spec: Any, field: str) -> bool:
     return spec.data is not None and getattr(spec.data, field) is not None
 
@@ -593,8 +598,17 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
-            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, distill or export",
+            "(TorchExport, SafeTensors, HuggingFace) to prune, distill or export",
             check=lambda m: m.model.format != "ONNX" or all(k in ("quantize", "tensorrt") for k in _step_kinds(m)),
+            field_path=".steps",
+        ),
+        Rule(
+            cel="self.model.format != 'TorchScript' || "
+            "!self.steps.exists(s, has(s.prune) || (has(s.quantize) && s.quantize.method == 'Fp8'))",
+            message="a TorchScript model has no nn.Linear or nn.Conv layers left to prune or to convert to Fp8; "
+            "export it with torch.export.export (format TorchExport) or save its weights with safetensors "
+            "(format SafeTensors plus `architecture`)",
+            check=lambda m: m.model.format != "TorchScript" or not any(_needs_layers(s) for s in m.steps),
             field_path=".steps",
         ),
         Rule(

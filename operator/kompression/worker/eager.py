@@ -38,7 +38,7 @@ class _Layer:
     build: Callable[[dict[str, Any], Any], nn.Module]
 
 
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
+def _tuple(value: Any, n: int) -> Any:  # the conv classes type it per dimension count
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     return tuple(values * n if len(values) == 1 else values)
 
@@ -226,13 +226,34 @@ def _candidate(gm: fx.GraphModule, node: fx.Node) -> tuple[_Layer, dict[str, Any
             return None
         fqns[name] = path
         bound[name] = _fetch(gm, path)
-    if any(isinstance(v, fx.Node) for k, v in bound.items() if k not in fqns and k not in recipe.input_args):
-        return None  # a hyperparameter computed at run time
-    if recipe.weight_arg not in fqns:
+    computed = any(isinstance(v, fx.Node) for k, v in bound.items() if k not in fqns and k not in recipe.input_args)
+    # Exported in training mode, batch norm uses batch statistics: not a fixed layer.
+    training = node.target == aten.batch_norm.default and bool(bound.get("training"))
+    if computed or training or recipe.weight_arg not in fqns:
         return None
-    if node.target == aten.batch_norm.default and bound.get("training"):
-        return None  # exported in training mode: batch statistics, not a fixed layer
     return recipe, bound, fqns
+
+
+def _install(
+    gm: fx.GraphModule, recipe: _Layer, bound: dict[str, Any], fqns: dict[str, str], moved: dict[str, str]
+) -> str:
+    """Build the layer holding the call's tensors, put it in the module tree, and return its path;
+    `moved` learns where each tensor went."""
+    layer = recipe.build(bound, bound[recipe.input_args[0]].meta.get("val"))
+    state = {name: _fetch(gm, fqn) for name, fqn in fqns.items()}
+    owner_path = fqns[recipe.weight_arg].rpartition(".")[0]
+    tracked_fqn = f"{owner_path}.num_batches_tracked" if owner_path else "num_batches_tracked"
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if "num_batches_tracked" in dict(layer.named_buffers()) and "num_batches_tracked" in owner._buffers:
+        state["num_batches_tracked"] = _fetch(gm, tracked_fqn)
+        fqns = {**fqns, "num_batches_tracked": tracked_fqn}
+    layer.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
+    path = _layer_path(gm, fqns[recipe.weight_arg], set(layer.state_dict()))
+    for name, fqn in fqns.items():
+        _delete_attr(gm, fqn)
+        moved[fqn] = _moved(path, name)
+    _set_module(gm, path, layer)
+    return path
 
 
 def rebuild(program: Any) -> fx.GraphModule:
@@ -252,27 +273,14 @@ def rebuild(program: Any) -> fx.GraphModule:
         if previous is not None:
             # The same weights called again (a shared layer): reuse the layer if the call is the same.
             path, target, earlier = previous
-            if target != node.target or earlier != settings or any(moved.get(f) != _moved(path, k) for k, f in fqns.items()):
+            if (
+                target != node.target
+                or earlier != settings
+                or any(moved.get(f) != _moved(path, k) for k, f in fqns.items())
+            ):
                 continue
         else:
-            input_val = bound[recipe.input_args[0]].meta.get("val")
-            layer = recipe.build(bound, input_val)
-            state = {name: _fetch(gm, fqn) for name, fqn in fqns.items()}
-            owner_path = weight_fqn.rpartition(".")[0]
-            owner = gm.get_submodule(owner_path) if owner_path else gm
-            extra = {f"{owner_path}.{n}" if owner_path else n: b for n, b in owner.named_buffers(recurse=False)}
-            if "num_batches_tracked" in dict(layer.named_buffers()):
-                tracked = extra.get(f"{owner_path}.num_batches_tracked" if owner_path else "num_batches_tracked")
-                if tracked is not None:
-                    state["num_batches_tracked"] = tracked
-            layer.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
-            path = _layer_path(gm, weight_fqn, set(layer.state_dict()))
-            for name, fqn in fqns.items():
-                _delete_attr(gm, fqn)
-                moved[fqn] = _moved(path, name)
-            if "num_batches_tracked" in state:
-                _delete_attr(gm, f"{owner_path}.num_batches_tracked" if owner_path else "num_batches_tracked")
-            _set_module(gm, path, layer)
+            path = _install(gm, recipe, bound, fqns, moved)
             built[weight_fqn] = (path, node.target, settings)
         with graph.inserting_before(node):
             replacement = graph.call_module(path, tuple(bound[a] for a in recipe.input_args))
@@ -384,7 +392,9 @@ def check_parity(
         actual = _flat(rebuilt(*inputs))
     if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual, strict=False)):
         raise ModelError(f"{uri}: rebuilding the exported program as layers changed its output structure")
-    diff = max((float((e.double() - a.double()).abs().max()) for e, a in zip(expected, actual, strict=True)), default=0.0)
+    diff = max(
+        (float((e.double() - a.double()).abs().max()) for e, a in zip(expected, actual, strict=True)), default=0.0
+    )
     if not diff <= atol:  # also catches NaN
         raise ModelError(
             f"{uri}: the exported program rebuilt as layers differs from the program by up to {diff:.3g} "

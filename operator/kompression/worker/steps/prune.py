@@ -182,7 +182,9 @@ def _check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], step: str)
             return
         except Exception as exc:
             culprit = eager.failing_node(module, example) or f"{type(exc).__name__}: {str(exc)[:200]}"
-    raise StepInvalid(f"step {step}: after removing channels the model no longer runs, at {culprit}; {_STRUCTURED_ADVICE}")
+    raise StepInvalid(
+        f"step {step}: after removing channels the model no longer runs, at {culprit}; {_STRUCTURED_ADVICE}"
+    )
 
 
 def _taylor_data(ctx: StepContext) -> Dataset:

@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # Order of the sections in RESULTS.md: the worker's techniques, the pipeline, then the operator.
-ORDER = ["pruning", "int8", "distill", "quickstart", "resnet18_e2e", "operator", "gpu"]
+ORDER = ["pruning", "int8", "distill", "quickstart", "resnet18_e2e", "architectures", "operator", "gpu"]
 
 HEADER = """# Benchmark results
 

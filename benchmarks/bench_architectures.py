@@ -1,6 +1,6 @@
 """(g) Real architectures through the worker's loader: export to .pt2, load as the worker does,
 prune (L1Structured 0.5), then StaticInt8; each against the same model pruned by Torch-Pruning
-directly. MACs, parameters and batch-1 latency, 2 threads.
+directly. MACs, parameters and batch-1 latency, 1 thread.
 
 Random weights (MACs, parameters and latency do not depend on them). Inputs are reduced so the
 whole run stays within minutes on a shared 2-core machine: the vision models at 96x96, the BERT
@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import THREADS, interleaved_ms, job_context, load_average, ort_session, workdir, write_report
+from common import interleaved_ms, job_context, load_average, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import formats
 from kompression.worker.model import OnnxModel, TorchModel
@@ -32,6 +32,9 @@ IMAGE = 96
 TOKENS = 64
 VOCAB = 1000
 REPEATS = 5
+# One thread for torch and onnxruntime alike: on the shared 2-core machine (load average about 10
+# while this was written) two-thread torch calls were dominated by OpenMP barrier waits.
+THREADS = 1
 CALIBRATION = 16
 
 
@@ -143,6 +146,15 @@ def int8(module: nn.Module, x: torch.Tensor, shape: list[int], work: Path, name:
     result = TECHNIQUES["quantize"](TorchModel(module, (x,)), ctx)
     assert isinstance(result.model, OnnxModel)
     return result.model
+
+
+def ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = THREADS
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tuple[list[list[object]], str]:

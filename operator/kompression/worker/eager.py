@@ -416,31 +416,32 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 # Ops whose size arguments are fixed in the graph: a channel count that reaches one of them
 # cannot change without rewriting the graph (e.g. a reshape into [batch, 768, tokens], or the
-# split of an attention projection into heads).
-SIZED_OPS = {
-    aten.view.default,
-    aten.reshape.default,
-    aten._unsafe_view.default,
-    aten.unflatten.int,
-    aten.expand.default,
-    aten.split.Tensor,
-    aten.split_with_sizes.default,
-    aten.slice.Tensor,
-    aten.narrow.default,
-    aten.chunk.default,
-}
+# split of an attention projection into heads). By name: as aten calls, or as the methods that
+# _dynamic_sizes made of them.
+SIZED_OPS = {"view", "reshape", "_unsafe_view", "unflatten", "expand"}
+SPLITTING_OPS = {"split", "split_with_sizes", "slice", "narrow", "chunk"}
 CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
 
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.target is slice_dim:
+        return "slice"
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target._opname)
+    return ""
+
+
 def _fixed_sizes(node: fx.Node) -> bool:
-    if node.target in (aten.split.Tensor, aten.split_with_sizes.default, aten.slice.Tensor, aten.narrow.default):
+    name = _op_name(node)
+    if name in SPLITTING_OPS:
         return True
-    if node.target == aten.chunk.default:
-        return True
-    sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("size", node.kwargs.get("sizes"))
-    if node.target == aten.unflatten.int:
-        sizes = node.args[2] if len(node.args) > 2 else node.kwargs.get("sizes")
-    values = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
+    if name not in SIZED_OPS:
+        return False
+    position, keyword = (2, "sizes") if name == "unflatten" else (1, "size")
+    sizes = node.args[position] if len(node.args) > position else node.kwargs.get(keyword)
+    values = list(sizes) if isinstance(sizes, (list, tuple)) else list(node.args[position:])
     return any(isinstance(v, int) and v not in (-1, 1) for v in values)
 
 
@@ -461,7 +462,7 @@ def shape_bound_layers(gm: nn.Module) -> dict[str, str]:
             seen.add(user)
             if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), CHANNEL_LAYERS):
                 continue  # a new layer starts new channels
-            if user.op == "call_function" and user.target in SIZED_OPS and _fixed_sizes(user):
+            if _fixed_sizes(user):
                 bound[str(node.target)] = f"{user.target} ({user.name})"
                 break
             frontier.extend(user.users)

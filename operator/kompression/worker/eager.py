@@ -15,6 +15,7 @@ The rebuilt graph must reproduce the program: ``check_parity`` compares both on 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -256,10 +257,57 @@ def _install(
     return path
 
 
+def _undecompose(graph: fx.Graph) -> None:
+    """Core-aten graphs (after ``run_decompositions()``) spell layers as lower ops: a transposed
+    weight into addmm/mm, and the native norms returning tuples. Put back the layer-level calls."""
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        transposed = node.target == aten.t.default or (
+            node.target == aten.permute.default and list(node.args[1]) == [1, 0]
+        )
+        if transposed and _attr_path(node.args[0]) and node.users:
+            users = list(node.users)
+            products = [u for u in users if u.target in (aten.addmm.default, aten.mm.default)]
+            if len(products) != len(users) or any(u.args[-1] is not node or u.kwargs for u in products):
+                continue
+            for user in products:
+                bias = user.args[0] if user.target == aten.addmm.default else None
+                _replace(graph, user, aten.linear.default, (user.args[-2], node.args[0], bias))
+            graph.erase_node(node)
+        elif node.target in _NATIVE_NORMS and all(u.target == operator.getitem for u in node.users):
+            outputs = [u for u in node.users if u.args[1] == 0]
+            if len(outputs) == len(node.users) and outputs:
+                target, args = _NATIVE_NORMS[node.target](node.args)
+                for output in outputs:
+                    _replace(graph, output, target, args)
+                graph.erase_node(node)
+
+
+_NATIVE_NORMS: dict[Any, Callable[[tuple[Any, ...]], tuple[Any, tuple[Any, ...]]]] = {
+    # (input, weight, bias, running_mean, running_var, momentum, eps)
+    aten._native_batch_norm_legit_no_training.default: lambda a: (
+        aten.batch_norm.default,
+        (a[0], a[1], a[2], a[3], a[4], False, a[5], a[6], False),
+    ),
+    # (input, normalized_shape, weight, bias, eps)
+    aten.native_layer_norm.default: lambda a: (aten.layer_norm.default, (a[0], a[1], a[2], a[3], a[4], False)),
+}
+
+
+def _replace(graph: fx.Graph, node: fx.Node, target: Any, args: tuple[Any, ...]) -> None:
+    with graph.inserting_before(node):
+        call = graph.call_function(target, args)
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+
+
 def rebuild(program: Any) -> fx.GraphModule:
     """The program's graph with its weight-carrying aten calls turned into nn layers."""
     gm: fx.GraphModule = program.module()
     graph = gm.graph
+    _undecompose(graph)
     moved: dict[str, str] = {}  # old parameter FQN -> new FQN
     built: dict[str, tuple[str, Any, dict[str, Any]]] = {}  # weight FQN -> (layer path, op, fixed args)
     for node in list(graph.nodes):

@@ -19,6 +19,7 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import Dataset, DataSets, standalone_context
 from kompression.worker.steps.fp8 import Fp8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
+from kompression.worker.steps.onnx_io import nodes_of_modules
 
 SHAPE = [-1, 3, 16, 16]
 
@@ -207,3 +208,15 @@ def test_weights_the_rebuild_cannot_turn_into_layers_are_named() -> None:
     rebuilt = eager.rebuild(program)
     with pytest.raises(StepInvalid, match=r"weights that are not layers: w \(aten.matmul"):
         final_layer(rebuilt, (torch.randn(1, 4),))
+
+
+def test_int8_keeps_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_path: Path) -> None:
+    # excludeLayers (and the Auto search's float fallbacks) find a rebuilt layer's ONNX nodes by
+    # its dotted name, as they do in an eager model.
+    model = _load(zoo_pt2)
+    data = DataSets(calibration=_data())
+    step = {"name": "q", "quantize": {"method": "StaticInt8", "excludeLayers": ["mlp.0", "stem.0"]}}
+    result = TECHNIQUES["quantize"](model, standalone_context(step, tmp_path, data, SHAPE))
+    found = nodes_of_modules(tmp_path / "model.float.onnx", ["mlp.0", "stem.0", "attention.in_proj"])
+    assert all(found.values()), found
+    assert result.notes["floatLayers"] == "mlp.0, stem.0"

@@ -15,6 +15,7 @@ The rebuilt graph must reproduce the program: ``check_parity`` compares both on 
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -545,3 +546,31 @@ def failing_node(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> str | None:
         where = f" in {owner}" if owner else ""
         return f"{node.target} (node {node.name}{where}): {' '.join(str(exc).split())[:200]}"
     return None
+
+
+def scoped_for_tracing(module: nn.Module) -> nn.Module:
+    """A copy of a rebuilt graph whose layers the ONNX exporter names by their full path.
+
+    The tracing exporter names nodes after the chain of module calls (``/layer1/layer1.0/conv1/Conv``
+    in an eager model), but a graph module calls every layer from the top, so only the last name
+    would remain (``/conv1/Conv``, the same in every block). Registering each layer at the top
+    under its path with ``/`` separators gives ``/layer1/0/conv1/Conv``, which reads back as
+    ``layer1.0.conv1`` (onnx_io.module_path_of_node): excludeLayers and Auto's float fallbacks
+    then find their nodes. Other modules are returned as they are."""
+    if not isinstance(module, fx.GraphModule):
+        return module
+    graph = copy.deepcopy(module.graph)
+    layers: dict[str, Any] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            flat = str(node.target).replace(".", "/")
+            layers[flat] = module.get_submodule(str(node.target))
+            node.target = flat
+        elif node.op == "get_attr":
+            layers[str(node.target)] = _fetch_attr(module, str(node.target))
+    return fx.GraphModule(layers, graph, class_name="ScopedProgram")
+
+
+def _fetch_attr(module: nn.Module, fqn: str) -> Any:
+    owner_path, _, attr = fqn.rpartition(".")
+    return getattr(module.get_submodule(owner_path) if owner_path else module, attr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import Dataset, DataSets, standalone_context
 from kompression.worker.steps.fp8 import Fp8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
-from kompression.worker.steps.onnx_io import nodes_of_modules
+from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
 
 SHAPE = [-1, 3, 16, 16]
 
@@ -220,3 +222,17 @@ def test_int8_keeps_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_
     found = nodes_of_modules(tmp_path / "model.float.onnx", ["mlp.0", "stem.0", "attention.in_proj"])
     assert all(found.values()), found
     assert result.notes["floatLayers"] == "mlp.0, stem.0"
+
+
+def test_auto_search_ranks_the_layers_of_a_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
+    from kompression.worker import tuning
+
+    model = _load(zoo_pt2)
+    loaded = cast(tuning.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
+    ranked = tuning.sensitive_layers(loaded)
+    assert len(ranked) == tuning.FALLBACK_LAYERS
+    names = dict(model.module.named_modules())
+    assert all(isinstance(names[n], (nn.Conv2d, nn.Linear)) for n in ranked)
+    exported = tmp_path / "float.onnx"
+    export_onnx(model, exported, ["x"])
+    assert all(nodes_of_modules(exported, ranked).values())

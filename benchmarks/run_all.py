@@ -16,7 +16,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # Order of the sections in RESULTS.md: the worker's techniques, the pipeline, then the operator.
-ORDER = ["pruning", "int8", "distill", "lowrank", "quickstart", "resnet18_e2e", "operator", "churn", "gpu"]
+ORDER = [
+    "pruning",
+    "int8",
+    "distill",
+    "lowrank",
+    "quickstart",
+    "resnet18_e2e",
+    "architectures",
+    "operator",
+    "churn",
+    "gpu",
+]
 
 HEADER = """# Benchmark results
 

@@ -38,7 +38,10 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-URIS = pick(["s3://b/m.pt2", "file:///m", "hf://org/m", "gs://b/x"], ["http://x/m", "s3://", "s3://" + "a" * 2044, 7])
+URIS = pick(
+    ["s3://b/m.pt2", "file:///m", "pvc://claim/m", "gs://b/x", "az://c/x"],
+    ["http://x/m", "s3://", "hf://org/m", "pvc://Bad_Claim/m", "s3://" + "a" * 2044, 7],
+)
 COUNTS = pick([1, 2, 16, 1.0], [-1, 0, 17, 1000, 1001, "1", True, 1.5])
 FRACTIONS = pick([0.01, 0.3, 0.5, 0.99], [0, 0.0, 1, 1.5, -0.1, "0.5", True])
 
@@ -89,12 +92,22 @@ def data_source(draw: st.DrawFn, evaluation: bool = False) -> dict[str, Any]:
 
 @st.composite
 def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["prune", "distill", "quantize", "onnx", "tensorrt"]))
+    kind = draw(st.sampled_from(["prune", "lowRank", "distill", "quantize", "onnx", "tensorrt"]))
     techniques = {
         "prune": drop_none(
             {
                 "method": draw(pick(["L1Structured", "SemiStructured24", "L1Unstructured"], ["l1"])),
                 "sparsity": draw(optional(FRACTIONS)),
+                "fineTune": draw(optional(st.builds(lambda e: {"epochs": e}, COUNTS))),
+            }
+        ),
+        "lowRank": drop_none(
+            {
+                "method": draw(pick(["SVD", "Tucker2"], ["Svd", "CP"])),
+                # exactly one of the two is valid; none or both is refused
+                **draw(
+                    pick([{"energy": 0.9}, {"rankRatio": 0.5}], [{}, {"energy": 0.9, "rankRatio": 0.5}, {"energy": 0}])
+                ),
                 "fineTune": draw(optional(st.builds(lambda e: {"epochs": e}, COUNTS))),
             }
         ),
@@ -109,7 +122,7 @@ def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
         },
         "quantize": drop_none(
             {
-                "method": draw(pick(["DynamicInt8", "StaticInt8", "Fp8", "Float16"], ["Int4"])),
+                "method": draw(pick(["DynamicInt8", "StaticInt8", "FP8", "Float16"], ["Int4", "Fp8"])),
                 "calibrator": draw(optional(pick(["Entropy", "MinMax"], ["KL"]))),
                 "percentile": draw(optional(pick([90.5, 100], [90, 100.1]))),
             }
@@ -117,7 +130,7 @@ def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
         "onnx": drop_none({"opset": draw(optional(pick([13, 18, 23], [12, 24])))}),
         "tensorrt": drop_none(
             {
-                "precision": draw(optional(pick(["Fp16", "Int8", "Fp8"], ["Int4"]))),
+                "precision": draw(optional(pick(["FP16", "INT8", "FP8"], ["Int4", "Fp16"]))),
                 "profiles": draw(
                     optional(
                         pick(

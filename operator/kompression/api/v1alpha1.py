@@ -782,7 +782,15 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="self.model.format != 'ONNX' || self.steps.all(s, has(s.quantize) || has(s.tensorrt))",
             message="an ONNX model can only be quantized or built into a TensorRT engine; use a PyTorch format "
-            "(TorchExport, TorchScript, SafeTensors, HuggingFace) to prune, factorize (lowRank), distill or export",
+            "(TorchExport, SafeTensors, HuggingFace) to prune, factorize (lowRank), distill or export",
+            field_path=".steps",
+        ),
+        Rule(
+            cel="self.model.format != 'TorchScript' || !self.steps.exists(s, has(s.prune) || has(s.lowRank) || "
+            "(has(s.quantize) && s.quantize.method == 'FP8'))",
+            message="a TorchScript model has no nn.Linear or nn.Conv layers left to prune, factorize (lowRank) or "
+            "convert to FP8; export it with torch.export.export (format TorchExport) or save its weights with "
+            "safetensors (format SafeTensors plus `architecture`)",
             field_path=".steps",
         ),
         Rule(

@@ -90,14 +90,35 @@ def _load_torch_export(source: ModelSource, path: Path) -> Model:
         raise
     except Exception as exc:  # whatever torch raises on a file it cannot read is the file's fault
         raise ModelError(f"{source.uri}: cannot load the TorchExport archive: {_short(exc)}") from None
-    graph_module = program.module()
-    module = eager.rebuild(program)
-    if module is not None:
-        probe = example_inputs(source.inputs, batch=2)
-        with torch.no_grad():
-            if not torch.allclose(module(*probe), graph_module(*probe), atol=1e-5):
-                module = None  # a rebuild that changes the outputs is worse than none
-    return TorchModel(module if module is not None else graph_module, example_inputs(source.inputs))
+    try:
+        module = eager.rebuild(program)
+    except Exception as exc:  # FX raises assorted types on graphs it cannot rewrite
+        raise ModelError(
+            f"{source.uri}: cannot rebuild the exported program as layers: {_short(exc)}; "
+            "save the weights as SafeTensors with `architecture` instead"
+        ) from None
+    # Techniques run on the rebuilt layers, so they must compute what the program computes.
+    for probe in _parity_probes(program, source.inputs):
+        eager.check_parity(program, module, probe, source.uri)
+    return TorchModel(module, example_inputs(source.inputs))
+
+
+def _parity_probes(program: Any, inputs: list[ModelInput]) -> list[tuple[torch.Tensor, ...]]:
+    """Inputs to compare program and rebuild on: the archive's own example inputs when it kept
+    them, and seeded random values of the declared shapes (integer inputs stay zero: their valid
+    range, such as a vocabulary, is unknown)."""
+    generator = torch.Generator().manual_seed(0)
+    declared = tuple(
+        torch.randn(x.shape, generator=generator) if x.is_floating_point() else x
+        for x in example_inputs(inputs, batch=2)
+    )
+    probes = [declared]
+    kept = getattr(program, "example_inputs", None)
+    if kept is not None:
+        args, kwargs = kept
+        if not kwargs and len(args) == len(inputs) and all(isinstance(a, torch.Tensor) for a in args):
+            probes.append(tuple(args))
+    return probes
 
 
 def _check_program_inputs(program: Any, source: ModelSource) -> None:

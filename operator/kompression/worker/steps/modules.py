@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kompression.worker import eager
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import Model, TorchModel
 
@@ -47,6 +48,14 @@ def final_layer(module: nn.Module, example_inputs: Sequence[torch.Tensor]) -> st
             h.remove()
         module.train(was_training)
     if not order:
+        loose = eager.loose_weights(module)
+        if loose:
+            raise StepInvalid(
+                f"the model computes with weights that are not layers: {', '.join(loose[:5])}"
+                f"{'...' if len(loose) > 5 else ''}; layer techniques need nn.Linear/nn.Conv layers, which the "
+                "loader rebuilds from aten.linear and aten.conv calls: export with torch.export.export without "
+                "run_decompositions(), or save the weights as SafeTensors with `architecture`"
+            )
         raise StepInvalid("the model has no Linear or Conv layer to compress")
     return order[-1]
 

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from kompression.worker import eager
 from kompression.worker.errors import ModelError
 from kompression.worker.model import OnnxModel, TorchModel
 
@@ -26,7 +27,7 @@ def export_onnx(
     dynamic_batch: bool = True,
 ) -> OnnxModel:
     """Export on CPU in float32 and check the graph, so every later tool sees a valid model."""
-    module = copy.deepcopy(model.module).to("cpu").eval()
+    module = eager.scoped_for_tracing(copy.deepcopy(model.module).to("cpu").eval())
     inputs = tuple(x.detach().to("cpu") for x in model.example_inputs)
     names = list(input_names)[: len(inputs)]
     if len(names) < len(inputs):

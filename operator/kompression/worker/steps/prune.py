@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry type: ignore
 
 from kompression.api.v1alpha1 import PruneStep
-from kompression.worker.errors import StepInvalid
+from kompression.worker import eager
+from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import Dataset, StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
@@ -136,19 +137,54 @@ def _structured(
 ) -> Notes:
     taylor = cfg.method == "TaylorStructured"
     importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
-    pruner = tp.pruner.BasePruner(
-        module,
-        example[0] if len(example) == 1 else example,
-        importance=importance,
-        pruning_ratio=cfg.sparsity,
-        ignored_layers=kept,
-    )
-    if taylor:
-        _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
+    # In a rebuilt torch.export graph some widths are fixed by the graph itself (reshapes into
+    # attention heads, [batch, 768, tokens]): those layers keep their output channels.
+    fixed = eager.shape_bound_layers(module)
+    ignored = kept + [module.get_submodule(name) for name in fixed]
     channels_before = _channels(module)
-    pruner.step()
+    try:
+        pruner = tp.pruner.BasePruner(
+            module,
+            example[0] if len(example) == 1 else example,
+            importance=importance,
+            pruning_ratio=cfg.sparsity,
+            ignored_layers=ignored,
+        )
+        if taylor:
+            _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
+        pruner.step()
+    except (StepInvalid, DataError):
+        raise
+    except Exception as exc:
+        raise StepInvalid(
+            f"step {ctx.step.name}: Torch-Pruning cannot trace the model's channel dependencies "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); {_STRUCTURED_ADVICE}"
+        ) from None
     module.zero_grad(set_to_none=True)
-    return {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
+    _check_runs(module, example, ctx.step.name)
+    notes: Notes = {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
+    if fixed:
+        notes["fixedWidthLayers"] = len(fixed)
+    return notes
+
+
+_STRUCTURED_ADVICE = (
+    "list the layers around it in ignoreLayers, or use L1Unstructured, GlobalMagnitude or SemiStructured24, "
+    "which keep every shape"
+)
+
+
+def _check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], step: str) -> None:
+    """The pruned model must still run: a graph op with sizes fixed for the old widths says where not."""
+    with torch.no_grad():
+        try:
+            module.eval()(*example)
+            return
+        except Exception as exc:
+            culprit = eager.failing_node(module, example) or f"{type(exc).__name__}: {str(exc)[:200]}"
+    raise StepInvalid(
+        f"step {step}: after removing channels the model no longer runs, at {culprit}; {_STRUCTURED_ADVICE}"
+    )
 
 
 def _taylor_data(ctx: StepContext) -> Dataset:

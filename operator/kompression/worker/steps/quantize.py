@@ -69,7 +69,9 @@ class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # on
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self._data), self._batch_size):
             chunk = self._data.inputs[start : start + self._batch_size]
-            yield {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+            # Token ids stay integers; every float input is fed as float32.
+            dtype = chunk.dtype if chunk.dtype.kind in "iu" else np.float32
+            yield {self._input_name: np.ascontiguousarray(chunk, dtype=dtype)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -103,7 +105,7 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
         raise StepInvalid(f"step {ctx.step.name}: StaticInt8 needs data.calibration to fix activation ranges")
-    if not np.isfinite(calibration.inputs).all():
+    if calibration.inputs.dtype.kind == "f" and not np.isfinite(calibration.inputs).all():
         raise DataError(f"step {ctx.step.name}: the calibration data contains NaN or infinite values")
     source = float_onnx(model, ctx)
     spec_data = ctx.job.spec.data

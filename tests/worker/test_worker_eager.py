@@ -144,6 +144,25 @@ def test_every_prune_method_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, t
         assert float((weights == 0).float().mean()) > 0.3
 
 
+@pytest.mark.parametrize(("method", "layer"), [("SVD", "mlp.0"), ("Tucker2", "stem.0")])
+def test_low_rank_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, tmp_path: Path, method: str, layer: str) -> None:
+    model = _load(zoo_pt2)
+    data = DataSets(training=_data())
+    step = {"name": "s", "lowRank": {"method": method, "rankRatio": 0.25, "fineTune": {"epochs": 1, "batchSize": 8}}}
+    result = TECHNIQUES["lowRank"](model, standalone_context(step, tmp_path, data, SHAPE))
+    assert isinstance(result.model, TorchModel)
+    factorized = result.model.module
+    assert int(result.notes["factorizedLayers"]) > 0 and float(result.notes["parameterRatio"]) < 1
+    assert layer in str(result.notes["ranks"])
+    assert not isinstance(factorized.get_submodule(layer), (nn.Linear, nn.Conv2d))  # now a chain of thin factors
+    out = factorized(torch.randn(3, 3, 16, 16))
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    again = _load(formats.save_torch_export(result.model, tmp_path / "again.pt2"))
+    with torch.no_grad():
+        x = torch.randn(2, 3, 16, 16)
+        assert torch.allclose(again.module(x), factorized.eval()(x), atol=1e-5)
+
+
 def test_distill_from_a_pruned_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
     model = _load(zoo_pt2)
     pruned = _run("prune", {"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path / "p")

@@ -26,9 +26,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "sklearn",
         "fsspec",
         "s3fs",
+        "gcsfs",
+        "adlfs",
         "prometheus_client",
         "matplotlib",
         "transformers",
+        "tensorly",
     ),
     "tensorrt": ("tensorrt",),
 }

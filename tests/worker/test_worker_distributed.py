@@ -68,6 +68,7 @@ def test_every_rank_takes_rank_zeros_timed_choice(tmp_path: Path) -> None:
         "from kompression.worker import distributed\n"
         "mine = 'rank' + os.environ['RANK']\n"
         "print('RESULT', os.environ['RANK'], mine, distributed.agree(mine, 'cpu'), flush=True)\n"
+        "distributed.leave_group()\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],

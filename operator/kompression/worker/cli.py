@@ -139,6 +139,7 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
+    from kompression.worker import distributed
     from kompression.worker.errors import WorkerError
     from kompression.worker.pipeline import RunOptions, run
     from kompression.worker.reporting import table
@@ -154,6 +155,8 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
         reporter.finish("Failed", "Unexpected", f"{type(exc).__name__}: {exc}")
         traceback.print_exc(file=err)
         return ExitCode.UNEXPECTED
+    finally:
+        distributed.leave_group()
     report = reporter.finish("Succeeded")
     if reporter.mode == "bar":
         print(table(rows), file=reporter.stream)

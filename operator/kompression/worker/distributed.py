@@ -45,6 +45,14 @@ def join_group(device: str) -> tuple[int, int, str]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def leave_group() -> None:
+    """Shut this rank's process group down before the interpreter exits. Left to the interpreter's
+    teardown, gloo's threads can abort a rank (std::terminate) after its work succeeded, and
+    torchrun then reports the whole run as failed."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def agree(value: T, device: str) -> T:
     """Rank 0's value, on every rank (the value itself when there is one process)."""
     if world_size() <= 1:

@@ -1,5 +1,5 @@
 """Storage under faults: outages, multipart uploads cut short, permanent refusals, and the
-classification behind them. Against the real moto server; outages go through testbed.netcut, a
+classification behind them. Against the real moto server; outages go through testbed.relay, a
 relay that takes the endpoint away while moto keeps what it stores (so leftovers can be counted).
 """
 
@@ -23,7 +23,7 @@ from kompression.api.constants import ExitCode
 from kompression.worker import storage, storage_retry
 from kompression.worker.errors import StorageError, StorageRefused
 from kompression.worker.storage_retry import Fault, classify
-from testbed.netcut import NetCut
+from testbed.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 PART = 5 << 20
@@ -98,8 +98,8 @@ def s3env(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def relay(s3env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetCut]:
-    cut = NetCut(s3env.port)
+def relay(s3env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relay]:
+    cut = Relay(s3env.port)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", cut.endpoint_url)
     monkeypatch.setenv(storage_retry.ENV_TIMEOUT, "5")
     yield cut
@@ -142,7 +142,7 @@ def _wait_for_a_part(s3: Any, bucket: str) -> None:
 
 
 def test_s3_outage_of_10s_mid_multipart_upload_is_ridden_out(
-    relay: NetCut, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KOMPRESSION_STORAGE_PART_BYTES", str(PART))
     bucket = s3env.create_bucket()
@@ -161,7 +161,7 @@ def test_s3_outage_of_10s_mid_multipart_upload_is_ridden_out(
 
 
 def test_outage_longer_than_the_budget_fails_retryably_and_aborts_the_upload(
-    relay: NetCut, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KOMPRESSION_STORAGE_PART_BYTES", str(PART))
     monkeypatch.setenv(storage_retry.ENV_RETRY_SECONDS, "2")
@@ -182,7 +182,7 @@ def test_outage_longer_than_the_budget_fails_retryably_and_aborts_the_upload(
         s3env.client.head_object(Bucket=bucket, Key="runs/r1/model.bin")
 
 
-def test_the_retry_budget_bounds_an_outage(relay: NetCut, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_retry_budget_bounds_an_outage(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(storage_retry.ENV_RETRY_SECONDS, "3")
     relay.cut()
     started = time.monotonic()
@@ -272,7 +272,7 @@ def test_sigterm_mid_multipart_upload_aborts_it(s3env: Any, tmp_path: Path) -> N
 
 
 def test_spec_output_retry_seconds_reaches_the_worker(
-    relay: NetCut, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from runtime_helpers import job, write_job
 

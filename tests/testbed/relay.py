@@ -34,11 +34,11 @@ class _Link:
 
     def close(self, reset: bool = False) -> None:
         for sock in (self.client, self.upstream):
-            if reset:  # RST, as a peer that vanished
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if reset:  # RST, as a peer that vanished; SHUT_RD only wakes our own pump
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
-                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+                else:
                     sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,16 +194,6 @@ def test_the_retry_budget_bounds_an_outage(relay: Relay, monkeypatch: pytest.Mon
     assert info.value.exit_code == ExitCode.STORAGE_ERROR and "retry budget 3 s" in info.value.message
 
 
-def _set_moto_auth(s3: Any, free_actions: str) -> None:
-    req = urllib.request.Request(
-        f"{s3.endpoint_url}/moto-api/reset-auth",
-        method="POST",
-        data=free_actions.encode(),
-        headers={"Content-Type": "text/plain"},
-    )
-    urllib.request.urlopen(req, timeout=5).close()
-
-
 def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
     s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,7 +216,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         assert ExitCode.STORAGE_REFUSED in ExitCode.PERMANENT
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    _set_moto_auth(s3env, "0")
+    s3env.set_auth("0")
     try:
         started = time.monotonic()
         with pytest.raises(StorageRefused, match="access denied") as info:
@@ -235,7 +224,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         assert time.monotonic() - started < 10
         assert info.value.code == "InvalidAccessKeyId"
     finally:
-        _set_moto_auth(s3env, "inf")
+        s3env.set_auth("inf")
 
 
 UPLOADER = """

@@ -28,18 +28,28 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from bench_operator import CR_API, Client, manifest, metrics_text, namespace, proc_status, restart_with, say
+from bench_operator import (
+    CR_API,
+    Client,
+    install_crd,
+    keep_operator_log,
+    manifest,
+    metrics_text,
+    namespace,
+    proc_status,
+    restart_with,
+    say,
+    start_operator,
+    stop_operator,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "operator")]
 
 from testbed.cluster import Cluster  # noqa: E402
 from testbed.nodes import H100, FakeNode  # noqa: E402
-from testbed.procs import free_port  # noqa: E402
 
-CRD = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "churn.md"
 NS = "churn"
 EXTRA_NODES, GPUS_PER_NODE = 64, 16  # 1,024 GPUs: every live job runs at once
@@ -137,32 +147,10 @@ async def bench(cluster: Cluster, workdir: Path, seconds: float, live: int) -> d
         for i in range(EXTRA_NODES):
             node = FakeNode(f"kwok-churn-{i:02d}", H100, GPUS_PER_NODE).manifest()
             await client.call("POST", "/api/v1/nodes", node)
-        for doc in yaml.safe_load_all(CRD.read_text()):
-            await client.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
-            crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{doc['metadata']['name']}"
-            for _ in range(100):
-                conds = (await client.call("GET", crd_path)).get("status", {}).get("conditions") or []
-                if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
-                    break
-                await asyncio.sleep(0.2)
+        await install_crd(client)
         await namespace(client, NS)
         await asyncio.sleep(5)  # the extra nodes Ready (pods would only wait a little longer)
-        ports = {k: free_port() for k in ("metrics", "progress", "health")}
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
-        with (workdir / "operator.log").open("wb") as log:
-            op = subprocess.Popen(
-                [sys.executable, "-m", "kompression.cli", "operator", "--log-level", "warning"]
-                + [f"--{k}-port={v}" for k, v in ports.items()],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        for _ in range(200):
-            try:
-                await metrics_text(ports["metrics"])
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.3)
+        op, ports = await start_operator(cluster, workdir)
         churn = Churn(client, live)
         watches = [
             asyncio.create_task(client.watch(f"/api/v1/namespaces/{NS}/pods", churn.on_pod)),
@@ -216,9 +204,7 @@ async def bench(cluster: Cluster, workdir: Path, seconds: float, live: int) -> d
         for w in watches:
             w.cancel()
     finally:
-        if op is not None and op.poll() is None:
-            op.terminate()
-            op.wait(30)
+        stop_operator(op)
         await client.close()
     return fig
 
@@ -305,10 +291,7 @@ def main() -> int:
         try:
             fig = asyncio.run(bench(cluster, Path(tmp), args.seconds, args.live))
         finally:
-            log = Path(tmp) / "operator.log"
-            if log.exists():
-                (ROOT / ".kompression").mkdir(exist_ok=True)
-                (ROOT / ".kompression" / "bench-churn.log").write_bytes(log.read_bytes())
+            keep_operator_log(Path(tmp), "bench-churn.log")
             cluster.down(quiet=True)
     text = report(fig, args.live, time.monotonic() - started)
     RESULT.write_text(text)

@@ -258,38 +258,10 @@ async def bench(cluster: Cluster, workdir: Path) -> dict[str, Any]:
             if ready_nodes((await client.call("GET", "/api/v1/nodes"))["items"]) >= EXTRA_NODES + 4:
                 break
             await asyncio.sleep(0.5)
-        for doc in yaml.safe_load_all(CRD.read_text()):
-            await client.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
-            crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{doc['metadata']['name']}"
-            for _ in range(100):
-                conds = (await client.call("GET", crd_path)).get("status", {}).get("conditions") or []
-                if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
-                    break
-                await asyncio.sleep(0.2)
+        await install_crd(client)
         say("cluster ready: CRD established, fake nodes Ready")
 
-        ports = {k: free_port() for k in ("metrics", "progress", "health")}
-        log = (workdir / "operator.log").open("wb")
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
-        op = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kompression.cli",
-                "operator",
-                "--log-level",
-                "warning",
-                "--metrics-port",
-                str(ports["metrics"]),
-                "--progress-port",
-                str(ports["progress"]),
-                "--health-port",
-                str(ports["health"]),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        op, ports = await start_operator(cluster, workdir)
         seen = Seen()
         watches = [
             asyncio.create_task(client.watch(p, on))
@@ -299,12 +271,6 @@ async def bench(cluster: Cluster, workdir: Path) -> dict[str, Any]:
                 (f"{CR_API}/compressionjobs", seen.on_cr),
             )
         ]
-        for _ in range(200):
-            try:
-                await metrics_text(ports["metrics"])
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.3)
         await asyncio.sleep(2)
         await namespace(client, "burst")
         await namespace(client, "steady")
@@ -411,9 +377,7 @@ async def bench(cluster: Cluster, workdir: Path) -> dict[str, Any]:
         for w in watches:
             w.cancel()
     finally:
-        if op is not None and op.poll() is None:
-            op.terminate()
-            op.wait(30)
+        stop_operator(op)
         await client.close()
     return fig
 
@@ -455,6 +419,54 @@ operator's own `kompression_api_writes_total`): {fig["writes_events_by_operator"
 count of all its writes: {fig["writes_operator_own_per_job"]:.2f} per job. Reconcile errors: {fig["reconcile_errors"]:.0f}.
 Annotating the {BURST} pods to exit took {fig["annotate_s"]:.1f} s.
 """
+
+
+async def install_crd(client: Client) -> None:
+    """Create the CompressionJob CRD and wait until the API server serves it."""
+    for doc in yaml.safe_load_all(CRD.read_text()):
+        await client.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
+        crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{doc['metadata']['name']}"
+        for _ in range(100):
+            conds = (await client.call("GET", crd_path)).get("status", {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+                break
+            await asyncio.sleep(0.2)
+
+
+async def start_operator(cluster: Cluster, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """The operator as a process against `cluster` (its log in `workdir`/operator.log), once its
+    metrics answer; returns it and its ports."""
+    ports = {k: free_port() for k in ("metrics", "progress", "health")}
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+    with (workdir / "operator.log").open("wb") as log:
+        op = subprocess.Popen(
+            [sys.executable, "-m", "kompression.cli", "operator", "--log-level", "warning"]
+            + [f"--{k}-port={v}" for k, v in ports.items()],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    for _ in range(200):
+        try:
+            await metrics_text(ports["metrics"])
+            break
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.3)
+    return op, ports
+
+
+def stop_operator(op: subprocess.Popen[bytes] | None) -> None:
+    if op is not None and op.poll() is None:
+        op.terminate()
+        op.wait(30)
+
+
+def keep_operator_log(workdir: Path, name: str) -> None:
+    """Copy the operator's log out of the run's temporary directory, to .kompression/`name`."""
+    log = workdir / "operator.log"
+    if log.exists():
+        (ROOT / ".kompression").mkdir(exist_ok=True)
+        (ROOT / ".kompression" / name).write_bytes(log.read_bytes())
 
 
 def restart_with(state_dir: Path, component: str, flags: dict[str, str]) -> None:
@@ -502,10 +514,7 @@ def main() -> int:
             fig = asyncio.run(bench(cluster, Path(tmp)))
             fig["kcm_qps"] = args.kcm_qps or 20
         finally:
-            log = Path(tmp) / "operator.log"
-            if log.exists():
-                (ROOT / ".kompression").mkdir(exist_ok=True)
-                (ROOT / ".kompression" / "bench-operator.log").write_bytes(log.read_bytes())
+            keep_operator_log(Path(tmp), "bench-operator.log")
             cluster.down(quiet=True)
     text = report(fig, time.monotonic() - started)
     RESULT.write_text(text)

@@ -149,15 +149,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     code = podrun.run(prepared, tmp_path / "worker.log", timeout=400)
     assert code == 0, (tmp_path / "worker.log").read_text()[-4000:]
     message = prepared.termination_log.read_text()
-    kube.kubectl(
-        "-n",
-        namespace,
-        "annotate",
-        "pod",
-        pod["metadata"]["name"],
-        f"kompression.dev/kwok-exit-code={code}",
-        f"kompression.dev/kwok-termination-message={message}",
-    )
+    podrun.report(kube, pod, code, message)
     final = wait_phase(kube, namespace, "pvc", "Succeeded", timeout=90)
     assert final["result"]["gatesPassed"] is True
     published = volumes["results"] / "digits"

@@ -96,15 +96,7 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
         timeout=30,
     )
 
-    kube.kubectl(
-        "-n",
-        namespace,
-        "annotate",
-        "pod",
-        pod["metadata"]["name"],
-        f"kompression.dev/kwok-exit-code={code}",
-        f"kompression.dev/kwok-termination-message={message}",
-    )
+    podrun.report(kube, pod, code, message)
     kube.kubectl("-n", namespace, "wait", "--for=condition=Succeeded", "compressionjob/e2e", "--timeout=90s")
     final = wait_phase(kube, namespace, "e2e", "Succeeded")
     assert conditions(final)["Ready"]["status"] == "True"

@@ -1,6 +1,6 @@
 """Watch faults on the real test bed: a stalled connection, and a 410 Gone after etcd compaction.
 
-The operator reaches the API server through a loopback TCP proxy (testbed/faults.py) that can
+The operator reaches the API server through a loopback TCP relay (testbed/relay.py) that can
 stall its connections (open, silent, never closed) or cut them. Time-bounded: the operator's watch
 timeouts are shrunk for these tests, so that minutes of stall become seconds with the same
 semantics. In production a stalled watch is dropped after --watch-inactivity-timeout (600 s) or
@@ -20,8 +20,8 @@ import pytest
 from kubehelpers import apply_cr, conditions, jobs, running_pod, status, wait_phase
 from operator_proc import OperatorProcess, get_json, install_crd
 
-from testbed.faults import TcpProxy, etcd_compact, etcd_url, second_apiserver
-from testbed.procs import LOOPBACK
+from testbed.faults import etcd_compact, etcd_url, second_apiserver
+from testbed.relay import Relay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
@@ -62,16 +62,16 @@ def _log(operator: OperatorProcess) -> str:
     return (operator.log_dir / f"operator-{operator.starts}.log").read_text(errors="replace")
 
 
-def _via(kube: Any, proxy: TcpProxy, path: Path) -> Any:
+def _via(kube: Any, proxy: Relay, path: Path) -> Any:
     """What OperatorProcess reads of `kube` (its environment), pointed at the proxy."""
     return SimpleNamespace(env={**kube.env, "KUBECONFIG": str(proxy.kubeconfig(Path(kube.kubeconfig), path))})
 
 
 @pytest.fixture
-def proxied(kube: Any, tmp_path: Path) -> Iterator[tuple[TcpProxy, OperatorProcess]]:
+def proxied(kube: Any, tmp_path: Path) -> Iterator[tuple[Relay, OperatorProcess]]:
     """An operator whose every connection to the API server goes through a proxy."""
     install_crd(kube)
-    proxy = TcpProxy((LOOPBACK, _apiserver_port(_state_dir(kube))))
+    proxy = Relay(_apiserver_port(_state_dir(kube)))
     op = OperatorProcess(_via(kube, proxy, tmp_path / "proxied.kubeconfig"), tmp_path, *FAST).start()
     try:
         yield proxy, op
@@ -81,7 +81,7 @@ def proxied(kube: Any, tmp_path: Path) -> Iterator[tuple[TcpProxy, OperatorProce
 
 
 def test_stalled_watches_are_dropped_and_nothing_is_missed(
-    kube: Any, namespace: str, proxied: tuple[TcpProxy, OperatorProcess]
+    kube: Any, namespace: str, proxied: tuple[Relay, OperatorProcess]
 ) -> None:
     proxy, op = proxied
     apply_cr(kube, namespace, "before", resources=SMALL)
@@ -125,7 +125,7 @@ def test_410_gone_after_compaction_relists_and_forgets_what_was_deleted(
     install_crd(kube)
     state_dir = _state_dir(kube)
     with second_apiserver(state_dir, "--watch-cache=false") as port:
-        proxy = TcpProxy((LOOPBACK, port))
+        proxy = Relay(port)
         op = OperatorProcess(_via(kube, proxy, tmp_path / "proxied.kubeconfig"), tmp_path, *FAST, "--max-gpu-jobs=1")
         op.start()
         try:
@@ -135,7 +135,7 @@ def test_410_gone_after_compaction_relists_and_forgets_what_was_deleted(
             proxy.close()
 
 
-def _gone_while_cut(kube: Any, ns: str, proxy: TcpProxy, op: OperatorProcess, etcd: str) -> None:
+def _gone_while_cut(kube: Any, ns: str, proxy: Relay, op: OperatorProcess, etcd: str) -> None:
     apply_cr(kube, ns, "first", resources=GPU)
     running_pod(kube, ns, "first")
     apply_cr(kube, ns, "queued", resources=GPU)

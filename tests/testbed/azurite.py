@@ -9,7 +9,6 @@ SharedKey signatures.
 from __future__ import annotations
 
 import os
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import BUILD_HINT, bin_dir
-from .procs import LOOPBACK, Daemon, TestbedError, free_port, wait_for
+from .procs import LOOPBACK, LoopbackServer, TestbedError, serve
 
 # The development account every Azurite accepts (documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -31,14 +30,14 @@ def azurite_blob_binary() -> Path:
     return exe
 
 
-class AzuriteServer:
+class AzuriteServer(LoopbackServer):
     """Connection string and container helpers for one running Azurite blob service."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.endpoint_url = f"http://{LOOPBACK}:{self.port}/{ACCOUNT}"
-        self._daemon = Daemon(
-            "azurite-blob",
+        self._start(
+            "azurite",
             [
                 str(azurite_blob_binary()),
                 "--blobHost",
@@ -50,11 +49,10 @@ class AzuriteServer:
                 "--skipApiVersionCheck",
                 "--silent",
             ],
-            workdir / "azurite.log",
-            workdir / "azurite.pid",
+            workdir,
+            timeout=60,
             cwd=workdir,
         )
-        wait_for("azurite", self._responds, timeout=60, alive=[self._daemon])
 
     def _responds(self) -> bool:
         try:
@@ -87,25 +85,17 @@ class AzuriteServer:
             service.create_container(name)
         return name
 
-    def stop(self) -> None:
-        self._daemon.stop()
-
 
 def main() -> None:
     """`make -f Makefile.testbed azurite`: run a server in the foreground until Ctrl-C."""
     port = int(os.environ.get("AZURITE_PORT", "0")) or None
     workdir = Path(os.environ.get("TESTBED_DIR", ".testbed")) / "azurite"
     server = AzuriteServer(workdir, port)
-    print(
-        f"Azurite blob endpoint {server.endpoint_url}: export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'"
+    serve(
+        server,
+        f"Azurite blob endpoint {server.endpoint_url}: "
+        f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'",
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
 
@@ -31,6 +31,21 @@ if TYPE_CHECKING:  # the kubernetes and boto3 imports cost a second; only pay wh
     from .s3 import S3Server
 
 KUBECONFIG_ENV = "KOMPRESSION_TEST_KUBECONFIG"
+
+
+class _Server(Protocol):
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+def _until_session_end(server: ServerT) -> Iterator[ServerT]:
+    """A session fixture's body for a server that is up once built: yield it, stop it afterwards."""
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -66,51 +81,31 @@ def namespace(kube: Kube) -> Iterator[str]:
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     from .s3 import S3Server
 
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _until_session_end(S3Server(tmp_path_factory.mktemp("s3")))
 
 
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
     from .gcs import GcsServer
 
-    server = GcsServer(tmp_path_factory.mktemp("gcs"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _until_session_end(GcsServer(tmp_path_factory.mktemp("gcs")))
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     from .azurite import AzuriteServer
 
-    server = AzuriteServer(tmp_path_factory.mktemp("azurite"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _until_session_end(AzuriteServer(tmp_path_factory.mktemp("azurite")))
 
 
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    server = Prometheus(tmp_path_factory.mktemp("prometheus"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _until_session_end(Prometheus(tmp_path_factory.mktemp("prometheus")))
 
 
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgateway]:
-    server = Pushgateway(tmp_path_factory.mktemp("pushgateway"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _until_session_end(Pushgateway(tmp_path_factory.mktemp("pushgateway")))
 
 
 @pytest.fixture(scope="session")

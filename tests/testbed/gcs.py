@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 from .cluster import binary
-from .procs import LOOPBACK, Daemon, free_port, wait_for
+from .procs import LOOPBACK, LoopbackServer, serve
 
 
-class GcsServer:
+class GcsServer(LoopbackServer):
     """Endpoint and bucket helpers for one running fake-gcs-server (in-memory backend)."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.endpoint_url = f"http://{LOOPBACK}:{self.port}"
-        self._daemon = Daemon(
+        self._start(
             "fake-gcs-server",
             [
                 str(binary("fake-gcs-server")),
@@ -37,10 +36,8 @@ class GcsServer:
                 f"-public-host={LOOPBACK}:{self.port}",
                 "-log-level=warn",
             ],
-            workdir / "fake-gcs-server.log",
-            workdir / "fake-gcs-server.pid",
+            workdir,
         )
-        wait_for("fake-gcs-server", self._responds, timeout=30, alive=[self._daemon])
 
     def _responds(self) -> bool:
         with urllib.request.urlopen(f"{self.endpoint_url}/storage/v1/b", timeout=2) as r:
@@ -63,23 +60,16 @@ class GcsServer:
         urllib.request.urlopen(req, timeout=5).close()
         return name
 
-    def stop(self) -> None:
-        self._daemon.stop()
-
 
 def main() -> None:
     """`make -f Makefile.testbed gcs`: run a server in the foreground until Ctrl-C."""
     port = int(os.environ.get("GCS_PORT", "0")) or None
     workdir = Path(os.environ.get("TESTBED_DIR", ".testbed")) / "gcs"
     server = GcsServer(workdir, port)
-    print(f"GCS endpoint {server.endpoint_url}: export STORAGE_EMULATOR_HOST={server.endpoint_url}; Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve(
+        server,
+        f"GCS endpoint {server.endpoint_url}: export STORAGE_EMULATOR_HOST={server.endpoint_url}; Ctrl-C stops it",
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -157,3 +158,36 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+class LoopbackServer:
+    """A server process on a loopback port (`port`, or a free one) that answers a readiness probe:
+    the storage emulators' shared start, wait and stop. A subclass builds its command line from
+    `self.port`, calls `_start`, and says in `_responds` when the server is up."""
+
+    def __init__(self, port: int | None) -> None:
+        self.port = port or free_port()
+
+    def _start(self, name: str, argv: Sequence[str], workdir: Path, *, timeout: float = 30, **daemon: Any) -> None:
+        """Run `argv` with its log and pid file in `workdir` (`<name>.log`, `<name>.pid`) and wait
+        until `_responds()`."""
+        self._daemon = Daemon(Path(argv[0]).name, argv, workdir / f"{name}.log", workdir / f"{name}.pid", **daemon)
+        wait_for(name, self._responds, timeout=timeout, alive=[self._daemon])
+
+    def _responds(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._daemon.stop()
+
+
+def serve(server: LoopbackServer, banner: str) -> None:
+    """A `make -f Makefile.testbed <emulator>` target: announce the server, keep it until Ctrl-C."""
+    print(banner, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

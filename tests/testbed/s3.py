@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .procs import LOOPBACK, Daemon, TestbedError, free_port, wait_for
+from .procs import LOOPBACK, LoopbackServer, TestbedError, serve
 
 ACCESS_KEY = "kompression-test"
 SECRET_KEY = "kompression-test-secret"
@@ -31,22 +30,16 @@ def moto_server_binary() -> Path:
     return exe
 
 
-class S3Server:
+class S3Server(LoopbackServer):
     """Endpoint, credentials and a boto3 client for one running moto server."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.endpoint_url = f"http://{LOOPBACK}:{self.port}"
         self.access_key = ACCESS_KEY
         self.secret_key = SECRET_KEY
         self.region = REGION
-        self._daemon = Daemon(
-            "moto_server",
-            [str(moto_server_binary()), "-H", LOOPBACK, "-p", str(self.port)],
-            workdir / "moto_server.log",
-            workdir / "moto_server.pid",
-        )
-        wait_for("moto_server", self._responds, timeout=30, alive=[self._daemon])
+        self._start("moto_server", [str(moto_server_binary()), "-H", LOOPBACK, "-p", str(self.port)], workdir)
         self.client = self.make_client()
 
     def _responds(self) -> bool:
@@ -85,8 +78,16 @@ class S3Server:
         req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         urllib.request.urlopen(req, timeout=5).close()
 
-    def stop(self) -> None:
-        self._daemon.stop()
+    def set_auth(self, free_actions: str) -> None:
+        """moto accepts any key until its authentication counter runs out: "0" enforces
+        authentication, "inf" disables it again (moto's reset-auth API)."""
+        req = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/reset-auth",
+            method="POST",
+            data=free_actions.encode(),
+            headers={"Content-Type": "text/plain"},
+        )  # a form type would hide the body
+        urllib.request.urlopen(req, timeout=5).close()
 
 
 def main() -> None:
@@ -94,18 +95,11 @@ def main() -> None:
     port = int(os.environ.get("S3_PORT", "0")) or None
     workdir = Path(os.environ.get("TESTBED_DIR", ".testbed")) / "s3"
     server = S3Server(workdir, port)
-    print(
+    serve(
+        server,
         f"S3 endpoint {server.endpoint_url} access_key={server.access_key} "
         f"secret_key={server.secret_key} region={server.region}; Ctrl-C stops it",
-        flush=True,
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

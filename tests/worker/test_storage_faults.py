@@ -1,5 +1,5 @@
 """Storage under faults: outages, multipart uploads cut short, permanent refusals, and the
-classification behind them. Against the real moto server; outages go through testbed.netcut, a
+classification behind them. Against the real moto server; outages go through testbed.relay, a
 relay that takes the endpoint away while moto keeps what it stores (so leftovers can be counted).
 """
 
@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from kompression.api.constants import ExitCode
 from kompression.worker import storage, storage_retry
 from kompression.worker.errors import StorageError, StorageRefused
 from kompression.worker.storage_retry import Fault, classify
-from testbed.netcut import NetCut
+from testbed.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 PART = 5 << 20
@@ -98,8 +97,8 @@ def s3env(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def relay(s3env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetCut]:
-    cut = NetCut(s3env.port)
+def relay(s3env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relay]:
+    cut = Relay(s3env.port)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", cut.endpoint_url)
     monkeypatch.setenv(storage_retry.ENV_TIMEOUT, "5")
     yield cut
@@ -142,7 +141,7 @@ def _wait_for_a_part(s3: Any, bucket: str) -> None:
 
 
 def test_s3_outage_of_10s_mid_multipart_upload_is_ridden_out(
-    relay: NetCut, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KOMPRESSION_STORAGE_PART_BYTES", str(PART))
     bucket = s3env.create_bucket()
@@ -161,7 +160,7 @@ def test_s3_outage_of_10s_mid_multipart_upload_is_ridden_out(
 
 
 def test_outage_longer_than_the_budget_fails_retryably_and_aborts_the_upload(
-    relay: NetCut, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, s3env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KOMPRESSION_STORAGE_PART_BYTES", str(PART))
     monkeypatch.setenv(storage_retry.ENV_RETRY_SECONDS, "2")
@@ -182,7 +181,7 @@ def test_outage_longer_than_the_budget_fails_retryably_and_aborts_the_upload(
         s3env.client.head_object(Bucket=bucket, Key="runs/r1/model.bin")
 
 
-def test_the_retry_budget_bounds_an_outage(relay: NetCut, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_retry_budget_bounds_an_outage(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(storage_retry.ENV_RETRY_SECONDS, "3")
     relay.cut()
     started = time.monotonic()
@@ -193,16 +192,6 @@ def test_the_retry_budget_bounds_an_outage(relay: NetCut, monkeypatch: pytest.Mo
     # sleep) and, on a loaded machine, the client's first-call setup.
     assert elapsed < 3 + 8, elapsed
     assert info.value.exit_code == ExitCode.STORAGE_ERROR and "retry budget 3 s" in info.value.message
-
-
-def _set_moto_auth(s3: Any, free_actions: str) -> None:
-    req = urllib.request.Request(
-        f"{s3.endpoint_url}/moto-api/reset-auth",
-        method="POST",
-        data=free_actions.encode(),
-        headers={"Content-Type": "text/plain"},
-    )
-    urllib.request.urlopen(req, timeout=5).close()
 
 
 def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
@@ -227,7 +216,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         assert ExitCode.STORAGE_REFUSED in ExitCode.PERMANENT
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    _set_moto_auth(s3env, "0")
+    s3env.set_auth("0")
     try:
         started = time.monotonic()
         with pytest.raises(StorageRefused, match="access denied") as info:
@@ -235,7 +224,7 @@ def test_permanent_refusals_fail_at_once_with_the_permanent_exit_code(
         assert time.monotonic() - started < 10
         assert info.value.code == "InvalidAccessKeyId"
     finally:
-        _set_moto_auth(s3env, "inf")
+        s3env.set_auth("inf")
 
 
 UPLOADER = """
@@ -272,7 +261,7 @@ def test_sigterm_mid_multipart_upload_aborts_it(s3env: Any, tmp_path: Path) -> N
 
 
 def test_spec_output_retry_seconds_reaches_the_worker(
-    relay: NetCut, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from runtime_helpers import job, write_job
 

@@ -447,25 +447,12 @@ def test_bad_credentials(
     monkeypatch.setenv("AWS_REGION", s3.region)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    _set_moto_auth(s3, "0")
+    s3.set_auth("0")
     try:
         code, err = _run_bad(env, job(f"s3://{bucket}/model.pt2", "file://out/"), capsys)
     finally:
-        _set_moto_auth(s3, "inf")
+        s3.set_auth("inf")
     assert code == ExitCode.STORAGE_REFUSED and f"s3://{bucket}/model.pt2" in err and "access denied" in err
-
-
-def _set_moto_auth(s3: Any, free_actions: str) -> None:
-    """moto accepts any key until its authentication counter runs out: 0 enforces it, inf disables it."""
-    import urllib.request
-
-    req = urllib.request.Request(
-        f"{s3.endpoint_url}/moto-api/reset-auth",
-        method="POST",
-        data=free_actions.encode(),
-        headers={"Content-Type": "text/plain"},
-    )  # a form type would hide the body
-    urllib.request.urlopen(req, timeout=5).close()
 
 
 def test_student_larger_than_teacher(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

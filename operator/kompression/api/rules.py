@@ -4,15 +4,13 @@ Each rule's CEL expression is emitted into the CRD as ``x-kubernetes-validations
 server, and the same expression is evaluated in Python by a maintained CEL implementation (the
 ``common-expression-language`` bindings of the Rust ``cel`` crate) for ``kompression validate``, the
 operator and the worker, on the object as the API server sees it (camelCase, defaults applied,
-unset fields absent). A Python ``check`` is only for a rule that needs one of Kubernetes' CEL
-extension libraries, which a standard CEL implementation lacks. tests/api/test_fuzz_apiserver.py
-compares the two verdicts on generated manifests.
+unset fields absent). So a rule may use only standard CEL, not Kubernetes' extension libraries.
+tests/api/test_fuzz_apiserver.py compares the two verdicts on generated manifests.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +27,6 @@ class Rule:
     field_path: str | None = None
     # Transition rules compare against the stored object (``oldSelf``).
     transition: bool = False
-    # Only for a rule that uses a Kubernetes CEL extension: the same predicate in Python, given the
-    # wire objects (self, or oldSelf and self for a transition rule).
-    check: Callable[..., bool] | None = None
 
     def to_crd(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rule": self.cel, "message": self.message}
@@ -41,8 +36,6 @@ class Rule:
 
     def holds(self, wire: dict[str, Any], old: dict[str, Any] | None = None) -> bool:
         """The rule's verdict on an object in its wire form (and the stored one, for transitions)."""
-        if self.check is not None:
-            return bool(self.check(old, wire) if self.transition else self.check(wire))
         variables = {"self": wire} if old is None else {"self": wire, "oldSelf": old}
         try:
             return _program(self.cel).execute(variables) is True
@@ -54,14 +47,13 @@ def verdicts(rules: tuple[Rule, ...], wire: dict[str, Any]) -> list[bool]:
     """Each rule's verdict on one object. One CEL program evaluates them all at once, because
     handing an object to CEL costs more than evaluating a rule on it; a runtime error in any rule
     falls back to one program per rule, so it fails only its own rule."""
-    plain = tuple(r.cel for r in rules if r.check is None)
-    if not plain:
-        return [r.holds(wire) for r in rules]
+    if not rules:
+        return []
     try:
-        results = iter(_program("[" + ", ".join(f"({c})" for c in plain) + "]").execute({"self": wire}))
+        results = _program("[" + ", ".join(f"({r.cel})" for r in rules) + "]").execute({"self": wire})
     except Exception:  # some rule raised: evaluate each on its own
         return [r.holds(wire) for r in rules]
-    return [r.holds(wire) if r.check is not None else next(results) is True for r in rules]
+    return [result is True for result in results]
 
 
 @functools.cache

@@ -23,6 +23,21 @@ from typing import Any
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
 
 
+def make_example_model(uri: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Train the example model (2 epochs) with the real CLI and store it at uri, as a user would
+    before creating the CompressionJob that names it."""
+    made = subprocess.run(
+        [sys.executable, "-m", "kompression.cli", "example-model", "--output", uri, "--epochs", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=cwd,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+
+
 @dataclass
 class Prepared:
     argv: list[str]

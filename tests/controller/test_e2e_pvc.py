@@ -96,24 +96,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     tmp_path: Path,
 ) -> None:
     models = volumes["models"] / "digits"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kompression.cli",
-            "example-model",
-            "--output",
-            f"file://{models}/model.pt2",
-            "--epochs",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
+    podrun.make_example_model(f"file://{models}/model.pt2", tmp_path)
     evaluation = digits("eval")
     np.savez(models / "val.npz", inputs=evaluation.inputs, labels=evaluation.labels)
     spec: dict[str, Any] = {

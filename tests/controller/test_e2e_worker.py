@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,16 +36,7 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
 ) -> None:
     bucket = s3.create_bucket("e2e")
     model = f"s3://{bucket}/models/digits-cnn.pt2"
-    made = subprocess.run(
-        [sys.executable, "-m", "kompression.cli", "example-model", "--output", model, "--epochs", "2"],
-        env={**s3.env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
+    podrun.make_example_model(model, tmp_path, env={**s3.env})
     creds = {
         "AWS_ACCESS_KEY_ID": s3.access_key,
         "AWS_SECRET_ACCESS_KEY": s3.secret_key,

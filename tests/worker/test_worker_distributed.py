@@ -62,16 +62,19 @@ def test_every_rank_takes_rank_zeros_timed_choice(tmp_path: Path) -> None:
     # Each rank times the memory layouts for itself; had they kept their own answers, DDP would
     # refuse the student (its parameters' strides must match across ranks). agree() hands every
     # rank rank 0's value, here made to differ on purpose.
+    # Each rank writes its own file: two processes printing to one pipe can interleave their lines.
     script = tmp_path / "agree.py"
     script.write_text(
-        "import os\n"
+        "import os, pathlib, sys\n"
         "from kompression.worker import distributed\n"
-        "mine = 'rank' + os.environ['RANK']\n"
-        "print('RESULT', os.environ['RANK'], mine, distributed.agree(mine, 'cpu'), flush=True)\n"
+        "rank = os.environ['RANK']\n"
+        "mine = 'rank' + rank\n"
+        "chosen = distributed.agree(mine, 'cpu')\n"
+        "pathlib.Path(sys.argv[1], 'rank' + rank + '.txt').write_text(f'{rank} {mine} {chosen}')\n"
         "distributed.leave_group()\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(tmp_path)],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -79,5 +82,5 @@ def test_every_rank_takes_rank_zeros_timed_choice(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    results = sorted((tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1))
     assert results == [["0", "rank0", "rank0"], ["1", "rank1", "rank0"]]

@@ -2,6 +2,8 @@
 
 from typing import Final
 
+from kompression.api import failures
+
 GROUP: Final = "kompression.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -35,22 +37,23 @@ GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 
 class ExitCode:
-    """The worker's exit codes. The operator's podFailurePolicy fails a Job at once on the
-    codes that a rerun cannot fix, so they are part of the API."""
+    """The worker's exit codes, from the failure table (api/failures.py). The operator's
+    podFailurePolicy fails a Job at once on the codes that a rerun cannot fix, so they are part of
+    the API."""
 
     OK: Final = 0
-    UNEXPECTED: Final = 1  # a bug or a transient fault: retried by backoffLimit
-    INVALID_SPEC: Final = 2  # the manifest itself is invalid
-    MODEL_ERROR: Final = 3  # missing, corrupt, unsafe or wrong-format model, shape mismatch
-    DATA_ERROR: Final = 4  # unreadable data, NaN or Inf, wrong shapes or labels
-    STORAGE_ERROR: Final = 5  # storage unreachable for longer than the retry budget (retried: transient)
-    GATE_FAILED: Final = 6  # an acceptance gate failed; the best candidate is kept under rejected/
-    RUNTIME_MISSING: Final = 7  # a step needs a runtime this image or node lacks (TensorRT, a GPU)
-    STEP_INVALID: Final = 8  # a step cannot apply to this model (a student larger than its teacher)
-    STORAGE_REFUSED: Final = 9  # storage said no for good: access denied, no such bucket, bad bucket name
+    UNEXPECTED: Final = failures.UNEXPECTED.exit_code  # a bug or a transient fault: retried by backoffLimit
+    INVALID_SPEC: Final = failures.INVALID_SPEC.exit_code
+    MODEL_ERROR: Final = failures.MODEL_ERROR.exit_code
+    DATA_ERROR: Final = failures.DATA_ERROR.exit_code
+    STORAGE_ERROR: Final = failures.STORAGE_ERROR.exit_code
+    GATE_FAILED: Final = failures.GATE_FAILED.exit_code
+    RUNTIME_MISSING: Final = failures.RUNTIME_MISSING.exit_code
+    STEP_INVALID: Final = failures.STEP_INVALID.exit_code
+    STORAGE_REFUSED: Final = failures.STORAGE_REFUSED.exit_code
 
     # Codes a retry cannot change: podFailurePolicy fails the Job on these without retrying.
-    PERMANENT: Final = (2, 3, 4, 6, 7, 8, 9)
+    PERMANENT: Final = failures.PERMANENT_EXIT_CODES
 
 
 # The worker's environment, set by the operator on the pod and by `kompression run` locally.

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from kompression.api.failures import Reason
 from kompression.api.v1alpha1 import ApiModel, Artifact, Environment, Progress, Result, StepStatus
 
 
@@ -21,8 +22,8 @@ class WorkerReport(ApiModel):
     result: Result | None = Field(None, description="The outcome, once known.")
     artifacts: list[Artifact] = Field(default_factory=list, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware.")
-    reason: Annotated[str, StringConstraints(max_length=128)] | None = Field(
-        None, description="With phase Failed: one CamelCase word (GateFailed, ModelError, ...)."
+    reason: Reason | None = Field(
+        None, description="With phase Failed: one CamelCase word, a reason of the failure table (api/failures.py)."
     )
     message: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
         None, description="Human-readable details."

@@ -12,9 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kompression.api import failures
 from kompression.api.report import WorkerReport
 from kompression.controller.conditions import Observation
-from kompression.controller.failure import EXIT_MESSAGES, WORKER_CONTAINER, reason_for_exit_code
+from kompression.controller.failure import WORKER_CONTAINER
 
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 
@@ -68,12 +69,15 @@ def _failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
             continue
         report = final_report(pod)
         if report is not None and report.phase == "Failed" and report.reason:
-            return Observation("Failed", report.reason, report.message or EXIT_MESSAGES.get(report.reason, ""), True)
+            return Observation(
+                "Failed", report.reason, report.message or failures.BY_REASON[report.reason].message, True
+            )
         if term.get("reason") == "OOMKilled":
             return Observation("Failed", "OOMKilled", "the worker ran out of memory; raise spec.resources.memory", True)
-        by_code = reason_for_exit_code(term.get("exitCode"))
+        by_code = failures.by_exit_code(term.get("exitCode"))
         if by_code and job_reason in ("PodFailurePolicy", "BackoffLimitExceeded", "Failed"):
-            return Observation("Failed", by_code, f"{EXIT_MESSAGES[by_code]} (exit code {term.get('exitCode')})", True)
+            message = f"{by_code.message} (exit code {by_code.exit_code})"
+            return Observation("Failed", by_code.reason, message, True)
         break
     messages = {
         "DeadlineExceeded": "the job ran longer than runPolicy.activeDeadlineSeconds",

@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from kompression.api import failures
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob, ReportCursor, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
@@ -40,7 +41,7 @@ from kompression.controller.store import Body, Store
 log = logging.getLogger(__name__)
 
 CR_GROUP, CR_VERSION, CR_PLURAL = "kompression.dev", "v1alpha1", "compressionjobs"
-WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", "InvalidSpec", outputs.REASON}
+WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", failures.INVALID_SPEC.reason, outputs.REASON}
 MAX_BACKOFF_S = 60.0
 RECREATE_LIMIT = "RecreateLimitExceeded"
 
@@ -194,7 +195,7 @@ class Reconciler:
             spec = parse_job({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec")})
         except SpecInvalid as exc:
             # What kopf.PermanentError means: recorded, not retried, until the spec changes.
-            await self._write(cr, Observation("Failed", "InvalidSpec", str(exc), stalled=True), None, {})
+            await self._write(cr, Observation("Failed", failures.INVALID_SPEC.reason, str(exc), stalled=True), None, {})
             return
         job = self.store.jobs.get(key)
         if job is not None and controller_uid(job) != cr["metadata"]["uid"]:

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kompression.api import failures
 from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
+from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
@@ -74,7 +76,7 @@ def _rank_argv(args: argparse.Namespace) -> list[str]:
     return argv + (["--output", args.output] if args.output else [])
 
 
-def _fail_early(reason: str, message: str, code: int) -> int:
+def _fail_early(reason: Reason, message: str, code: int) -> int:
     """A failure before the pipeline exists still gets a termination message."""
     from kompression.worker.progress import write_termination_message
 
@@ -87,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     name = args.job or os.environ.get(ENV_JOB_FILE)
     if not name:
         return _fail_early(
-            "InvalidSpec", f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC
+            failures.INVALID_SPEC.reason, f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC
         )
     try:
         docs = load_documents(Path(name))
@@ -95,11 +97,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ManifestUnreadable(f"{name}: expected exactly one CompressionJob document, found {len(docs)}")
         job = parse_job(docs[0])
     except (ManifestUnreadable, SpecInvalid) as exc:
-        return _fail_early("InvalidSpec", str(exc), ExitCode.INVALID_SPEC)
+        return _fail_early(failures.INVALID_SPEC.reason, str(exc), ExitCode.INVALID_SPEC)
     try:
         require(*job_needs(job))
     except ExtraMissing as exc:
-        return _fail_early("RuntimeMissing", str(exc), exc.exit_code)
+        return _fail_early(failures.RUNTIME_MISSING.reason, str(exc), exc.exit_code)
 
     from kompression.worker import distributed
 
@@ -152,7 +154,7 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
         print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=err)
         return exc.exit_code
     except Exception as exc:
-        reporter.finish("Failed", "Unexpected", f"{type(exc).__name__}: {exc}")
+        reporter.finish("Failed", failures.UNEXPECTED.reason, f"{type(exc).__name__}: {exc}")
         traceback.print_exc(file=err)
         return ExitCode.UNEXPECTED
     finally:

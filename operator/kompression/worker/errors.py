@@ -1,42 +1,48 @@
-"""Errors the worker reports to users. Each maps to a documented exit code (api.constants.ExitCode)
-and a CamelCase reason that the operator shows as a condition reason."""
+"""Errors the worker reports to users. Each is a row of the failure table (api/failures.py): its
+exit code, and the CamelCase reason that the operator shows as a condition reason."""
 
 from __future__ import annotations
 
-from kompression.api.constants import ExitCode
+from typing import ClassVar
+
+from kompression.api import failures
+from kompression.api.failures import Failure, Reason
 
 
 class WorkerError(Exception):
     """A failure that is explained to the user, never shown as a traceback."""
 
-    exit_code: int = ExitCode.UNEXPECTED
-    reason: str = "WorkerError"
+    failure: ClassVar[Failure] = failures.UNEXPECTED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    @property
+    def exit_code(self) -> int:
+        return self.failure.exit_code
+
+    @property
+    def reason(self) -> Reason:
+        return self.failure.reason
+
 
 class SpecError(WorkerError):
-    exit_code = ExitCode.INVALID_SPEC
-    reason = "InvalidSpec"
+    failure = failures.INVALID_SPEC
 
 
 class ModelError(WorkerError):
-    exit_code = ExitCode.MODEL_ERROR
-    reason = "ModelError"
+    failure = failures.MODEL_ERROR
 
 
 class DataError(WorkerError):
-    exit_code = ExitCode.DATA_ERROR
-    reason = "DataError"
+    failure = failures.DATA_ERROR
 
 
 class StorageError(WorkerError):
     """Storage failed in a way a later attempt may not: an outage longer than the retry budget."""
 
-    exit_code = ExitCode.STORAGE_ERROR
-    reason = "StorageError"
+    failure = failures.STORAGE_ERROR
     code: str | None = None  # the storage service's error code (S3's NoSuchBucket, AccessDenied...)
 
 
@@ -44,20 +50,16 @@ class StorageRefused(StorageError):
     """Storage answered, and every retry would get the same answer: access denied, no such
     bucket or object, an invalid bucket name. Permanent: the Job fails without retrying."""
 
-    exit_code = ExitCode.STORAGE_REFUSED
-    reason = "StorageRefused"
+    failure = failures.STORAGE_REFUSED
 
 
 class GateFailed(WorkerError):
-    exit_code = ExitCode.GATE_FAILED
-    reason = "GateFailed"
+    failure = failures.GATE_FAILED
 
 
 class RuntimeMissing(WorkerError):
-    exit_code = ExitCode.RUNTIME_MISSING
-    reason = "RuntimeMissing"
+    failure = failures.RUNTIME_MISSING
 
 
 class StepInvalid(WorkerError):
-    exit_code = ExitCode.STEP_INVALID
-    reason = "StepInvalid"
+    failure = failures.STEP_INVALID

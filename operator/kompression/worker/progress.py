@@ -32,6 +32,7 @@ from kompression.api.constants import (
     ENV_PUSHGATEWAY_URL,
     TERMINATION_MESSAGE_PATH,
 )
+from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import Artifact, CompressionJob, Environment, Metrics, Progress, Result, StepStatus
 
@@ -188,7 +189,7 @@ class Reporter:
     def set_artifacts(self, artifacts: list[Artifact]) -> None:
         self.report.artifacts = artifacts
 
-    def finish(self, phase: str, reason: str | None = None, message: str | None = None) -> WorkerReport:
+    def finish(self, phase: str, reason: Reason | None = None, message: str | None = None) -> WorkerReport:
         """Record the final state, send it everywhere and write the termination message."""
         self.report.phase = phase  # type: ignore[assignment]
         self.report.reason, self.report.message = reason, (message or "")[:4096] or None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kompression.api.constants import (
     API_VERSION,
+    GROUP,
     KIND,
     LABEL_COMPONENT,
     LABEL_JOB_NAME,
@@ -43,22 +46,38 @@ def owner_reference(cr_name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def controller_uid(obj: dict[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class OwnerRef:
+    """An object's controller ownerReference: what the operator reads of it."""
+
+    api_version: str
+    kind: str
+    name: str | None
+    uid: str | None
+
+    @property
+    def is_compressionjob(self) -> bool:
+        return self.kind == KIND and self.api_version.partition("/")[0] == GROUP
+
+
+def controller_ref(obj: Mapping[str, Any], kind: str) -> OwnerRef | None:
+    """The ownerReference of the `kind` that controls `obj` (Kubernetes allows one controller)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == kind:
+            name, uid = ref.get("name"), ref.get("uid")
+            return OwnerRef(
+                str(ref.get("apiVersion") or ""), kind, str(name) if name else None, str(uid) if uid else None
+            )
+    return None
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
     """The uid of the CompressionJob that controls `obj`, if one does."""
-    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
-        if (
-            ref.get("controller")
-            and ref.get("kind") == KIND
-            and ref.get("apiVersion", "").startswith("kompression.dev/")
-        ):
-            uid = ref.get("uid")
-            return str(uid) if uid else None
-    return None
+    ref = controller_ref(obj, KIND)
+    return ref.uid if ref is not None and ref.is_compressionjob else None
 
 
-def owner_name(obj: dict[str, Any]) -> str | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == KIND:
-            name = ref.get("name")
-            return str(name) if name else None
-    return None
+def owner_name(obj: Mapping[str, Any]) -> str | None:
+    """The name of the CompressionJob that controls `obj`."""
+    ref = controller_ref(obj, KIND)
+    return ref.name if ref is not None else None

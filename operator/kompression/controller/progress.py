@@ -29,6 +29,7 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ReportCursor
 from kompression.controller.httpguard import Guard, Limits
 from kompression.controller.kubeapi import Api, ApiError, path
+from kompression.controller.labels import controller_ref
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
 from kompression.controller.observe import worker_status
@@ -48,11 +49,8 @@ def pod_belongs(pod: Body, job: Body, pod_uid: str) -> bool:
     """Whether `pod` (the one the token is bound to, by uid) is controlled by `job`."""
     if pod["metadata"].get("uid") != pod_uid:
         return False
-    job_uid = job["metadata"].get("uid")
-    return any(
-        ref.get("controller") and ref.get("kind") == "Job" and ref.get("uid") == job_uid
-        for ref in pod["metadata"].get("ownerReferences") or ()
-    )
+    ref = controller_ref(pod, "Job")
+    return ref is not None and ref.uid == job["metadata"].get("uid")
 
 
 def pod_started(pod: Body) -> str:

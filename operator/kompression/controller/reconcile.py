@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kompression.api import failures
+from kompression.api.constants import GROUP, PLURAL, VERSION
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob, ReportCursor, Result, StepStatus
 from kompression.api.validation import SpecInvalid, parse_job
@@ -40,7 +41,6 @@ from kompression.controller.store import Body, Store
 
 log = logging.getLogger(__name__)
 
-CR_GROUP, CR_VERSION, CR_PLURAL = "kompression.dev", "v1alpha1", "compressionjobs"
 WARNING_REASONS = {"Unschedulable", "ImagePullBackOff", "JobConflict", failures.INVALID_SPEC.reason, outputs.REASON}
 MAX_BACKOFF_S = 60.0
 RECREATE_LIMIT = "RecreateLimitExceeded"
@@ -58,7 +58,7 @@ def _job_finished(job: Body) -> bool:
 
 
 def _cr_path(ns: str, name: str, sub: str | None = None) -> str:
-    return path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns, name=name, sub=sub)
+    return path(GROUP, VERSION, PLURAL, namespace=ns, name=name, sub=sub)
 
 
 class Conflict(Exception):
@@ -168,7 +168,7 @@ class Reconciler:
         """
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_SELECTOR.items())
         for ns in self.settings.namespaces or (None,):
-            crs, rv = await self.api.identities(path(CR_GROUP, CR_VERSION, CR_PLURAL, namespace=ns))
+            crs, rv = await self.api.identities(path(GROUP, VERSION, PLURAL, namespace=ns))
             for key in self.store.drop_unlisted_crs(crs, rv, ns):
                 log.info("%s/%s was deleted while no watch saw it; forgotten", *key)
                 self.cr_gone(key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kompression.controller.labels import owner_name
+from kompression.controller.labels import controller_ref, owner_name
 from kompression.controller.queueing import Key
 
 Body = dict[str, Any]
@@ -38,11 +38,8 @@ def _listed_before(meta: Body, rv: str) -> bool:
 
 def _pod_job_key(pod: Body) -> Key | None:
     # Pods are owned by the Job, not by the CompressionJob: map through the Job's name.
-    ns = pod.get("metadata", {}).get("namespace")
-    for ref in pod.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == "Job":
-            return (ns, ref.get("name"))
-    return None
+    ref = controller_ref(pod, "Job")
+    return (pod["metadata"].get("namespace"), ref.name) if ref is not None and ref.name else None
 
 
 # Deleted CompressionJobs remembered by uid, so that the answer to a status write that crossed the

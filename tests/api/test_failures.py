@@ -17,6 +17,7 @@ from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.controller.failure import EXIT_REASONS, pod_failure_policy
 from kompression.controller.observe import observe
+from kompression.controller.views import JobView, PodView
 from kompression.worker import errors
 
 PACKAGE = Path(failures.__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def _failed(exit_code: int, job_reason: str, message: str | None = None) -> Any:
         "metadata": {"creationTimestamp": "2025-01-01T00:00:00Z"},
         "status": {"phase": "Failed", "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}]},
     }
-    return observe(job, [pod], user_suspended=False, kueue_managed=False)
+    return observe(JobView.of(job), [PodView.of(pod)], user_suspended=False, kueue_managed=False)
 
 
 @pytest.mark.parametrize("failure", failures.FAILURES, ids=lambda f: f.reason)

@@ -7,6 +7,7 @@ from typing import Any
 from kompression.api.report import WorkerReport
 from kompression.controller.conditions import Observation, desired_conditions, merge_conditions
 from kompression.controller.observe import observe
+from kompression.controller.views import JobView, PodView
 
 
 def _job(*conds: tuple[str, str], suspend: bool = False) -> dict[str, Any]:
@@ -36,7 +37,9 @@ def _pod(
 
 
 def _obs(job: dict | None, pods: list[dict], **kw: bool) -> Observation:
-    return observe(job, pods, user_suspended=kw.get("user", False), kueue_managed=kw.get("kueue", False))
+    views = [PodView.of(p) for p in pods]
+    view = JobView.of(job) if job is not None else None
+    return observe(view, views, user_suspended=kw.get("user", False), kueue_managed=kw.get("kueue", False))
 
 
 def test_running_and_succeeded() -> None:

@@ -63,7 +63,7 @@ def test_reconcile_holds_the_second_job_back_until_the_first_finishes() -> None:
 
     async def sync(name: str) -> None:
         await rec.sync(("team-a", name))
-        await asyncio.gather(*rec._events)  # the Event is posted in the background
+        await asyncio.gather(*rec.status._events)  # the Event is posted in the background
 
     asyncio.run(sync("second"))  # the younger one first: it must still wait for the older
     asyncio.run(sync("first"))

@@ -130,7 +130,7 @@ def test_a_cr_being_deleted_is_never_admitted_from_the_queue() -> None:
     api, store, rec = _setup(Settings(max_gpu_jobs=1), deletionTimestamp="2025-01-01T00:05:00Z")
     _sync(api, store, rec)
     assert not [u for u in api.objects if u.startswith(JOBS)]
-    assert not rec._waiting()
+    assert not rec.admission.waiting()
 
 
 # ------------------------------------------------------------------ resync

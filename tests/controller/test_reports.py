@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ReportCursor
-from kompression.controller.progress import pod_belongs, pod_started
+from kompression.controller.progress import pod_belongs
 from kompression.controller.reports import SEQUENCE_SKEW_MS, SequenceGate, differs, report_status, sequence_bound
+from kompression.controller.views import JobView, PodView
 
 
 def test_report_replaces_report_fields() -> None:
@@ -78,18 +79,18 @@ def test_a_sequence_cannot_run_ahead_of_the_pods_age() -> None:
 def test_pod_must_be_controlled_by_the_job() -> None:
     job = {"metadata": {"uid": "job-1"}}
     pod = {"metadata": {"uid": "pod-1", "ownerReferences": [{"kind": "Job", "uid": "job-1", "controller": True}]}}
-    assert pod_belongs(pod, job, "pod-1")
-    assert not pod_belongs(pod, job, "pod-2")  # a recreated pod of the same name
-    assert not pod_belongs(pod, {"metadata": {"uid": "job-2"}}, "pod-1")
+    assert pod_belongs(PodView.of(pod), JobView.of(job), "pod-1")
+    assert not pod_belongs(PodView.of(pod), JobView.of(job), "pod-2")  # a recreated pod of the same name
+    assert not pod_belongs(PodView.of(pod), JobView.of({"metadata": {"uid": "job-2"}}), "pod-1")
 
 
 def test_the_bound_counts_from_the_worker_containers_start() -> None:
     pod: dict = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}}
-    assert pod_started(pod) == "2026-01-01T00:00:00Z"
+    assert PodView.of(pod).started == "2026-01-01T00:00:00Z"
     pod["status"] = {"startTime": "2026-01-01T00:00:01Z"}
-    assert pod_started(pod) == "2026-01-01T00:00:01Z"
+    assert PodView.of(pod).started == "2026-01-01T00:00:01Z"
     # An image pull took minutes after the pod started; the worker's milliseconds count from here.
     pod["status"]["containerStatuses"] = [
         {"name": "worker", "state": {"running": {"startedAt": "2026-01-01T00:05:00Z"}}}
     ]
-    assert pod_started(pod) == "2026-01-01T00:05:00Z"
+    assert PodView.of(pod).started == "2026-01-01T00:05:00Z"

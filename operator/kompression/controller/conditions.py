@@ -79,3 +79,12 @@ def same_conditions(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
         )
 
     return key(a) == key(b)
+
+
+def ready_reason(status: dict[str, Any]) -> str | None:
+    """The reason of a status's Ready condition."""
+    for c in status.get("conditions") or ():
+        if c.get("type") == COND_READY:
+            reason = c.get("reason")
+            return str(reason) if reason is not None else None
+    return None

@@ -29,15 +29,14 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ReportCursor
 from kompression.controller.httpguard import Guard, Limits
 from kompression.controller.kubeapi import Api, ApiError, path
-from kompression.controller.labels import controller_ref
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
-from kompression.controller.observe import worker_status
 from kompression.controller.queueing import Key
 from kompression.controller.reconcile import Reconciler
 from kompression.controller.reports import SequenceGate, sequence_bound
-from kompression.controller.store import Body, Store
+from kompression.controller.store import Store
 from kompression.controller.tokenreview import BoundPod, RateLimited, Reviewer, claimed_audience
+from kompression.controller.views import JobView, PodView
 
 log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 256 * 1024
@@ -45,20 +44,9 @@ NOT_VALID = "the token is not valid for this job"
 FINISHED_POD_PHASES = ("Succeeded", "Failed")
 
 
-def pod_belongs(pod: Body, job: Body, pod_uid: str) -> bool:
+def pod_belongs(pod: PodView, job: JobView, pod_uid: str) -> bool:
     """Whether `pod` (the one the token is bound to, by uid) is controlled by `job`."""
-    if pod["metadata"].get("uid") != pod_uid:
-        return False
-    ref = controller_ref(pod, "Job")
-    return ref is not None and ref.uid == job["metadata"].get("uid")
-
-
-def pod_started(pod: Body) -> str:
-    """When the worker in `pod` started (RFC 3339): its container's start, else the pod's, else its
-    creation. The container's is the closest: an image pull can take minutes after the pod starts."""
-    state = worker_status(pod).get("state") or {}
-    started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
-    return str(started or (pod.get("status") or {}).get("startTime") or pod["metadata"]["creationTimestamp"])
+    return pod.uid == pod_uid and pod.job_uid == job.uid
 
 
 class Refused(Exception):
@@ -114,7 +102,7 @@ class ProgressServer:
         self.reviewer = Reviewer(api)
         self.guard = Guard(limits or Limits())
         self.gate = SequenceGate()
-        self.throttle = Throttle(interval, reconciler.apply_report)
+        self.throttle = Throttle(interval, reconciler.status.apply_report)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REPORT_BYTES, middlewares=[self.guard.middleware])
@@ -147,25 +135,25 @@ class ProgressServer:
             raise Refused(403, NOT_VALID)  # a token of a deleted namesake
         return bound
 
-    async def _pod(self, key: Key, bound: BoundPod) -> tuple[Body, Body] | None:
+    async def _pod(self, key: Key, bound: BoundPod) -> tuple[JobView, PodView] | None:
         """(Job, pod) when the token's pod is a pod of this job's Job."""
-        job = self.store.jobs.get(key)
-        if job is None:
+        stored = self.store.jobs.get(key)
+        if stored is None:
             return None
-        pod = self.store.pods.get((key[0], job["metadata"]["name"]), {}).get(bound.name)
-        if pod is None:
+        job = JobView.of(stored)
+        body = self.store.pods.get((key[0], job.name), {}).get(bound.name)
+        if body is None:
             try:
-                pod = await self.api.get(path("", "v1", "pods", namespace=key[0], name=bound.name))
+                body = await self.api.get(path("", "v1", "pods", namespace=key[0], name=bound.name))
             except (ApiError, OSError, TimeoutError) as exc:
                 raise Refused(503, f"the token's pod cannot be read now ({exc}); retry") from None
+        pod = PodView.of(body) if body is not None else None
         return (job, pod) if pod is not None and pod_belongs(pod, job, bound.uid) else None
 
-    def _pod_live(self, namespace: str, job: Body, pod_uid: str) -> bool:
-        for pod in self.store.pods_of(namespace, job["metadata"]["name"]):
-            meta = pod["metadata"]
-            if meta.get("uid") == pod_uid:
-                phase = (pod.get("status") or {}).get("phase")
-                return phase not in FINISHED_POD_PHASES and not meta.get("deletionTimestamp")
+    def _pod_live(self, namespace: str, job: JobView, pod_uid: str) -> bool:
+        for pod in map(PodView.of, self.store.pods_of(namespace, job.name)):
+            if pod.uid == pod_uid:
+                return pod.phase not in FINISHED_POD_PHASES and not pod.deleting
         return False
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -190,7 +178,7 @@ class ProgressServer:
             report = WorkerReport.model_validate_json(await request.read())
         except ValidationError as exc:
             raise Refused(400, str(exc)) from None
-        limit = sequence_bound(pod_started(pod), datetime.now(UTC))
+        limit = sequence_bound(pod.started, datetime.now(UTC))
         if report.sequence > limit:
             raise Refused(400, f"sequence {report.sequence} is ahead of the worker's age (at most {limit} now)")
         cr = self.store.crs.get(key)

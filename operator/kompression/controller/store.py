@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kompression.api.v1alpha1 import CompressionJob
+from kompression.api.validation import SpecInvalid, parse_job
 from kompression.controller.labels import controller_ref, owner_name
 from kompression.controller.queueing import Key
 
@@ -19,6 +21,11 @@ def _key_of_child(obj: Body) -> Key | None:
     name = owner_name(obj)
     ns = obj.get("metadata", {}).get("namespace")
     return (ns, name) if name and ns else None
+
+
+def _identity(cr: Body) -> tuple[object, object, object]:
+    """What makes a stored CompressionJob's parse stale: another object, or a new spec."""
+    return (cr["metadata"].get("uid"), cr["metadata"].get("generation"), cr.get("spec"))
 
 
 def _older(meta: Body, than: Body) -> bool:
@@ -68,6 +75,14 @@ def slim_cr(cr: Body) -> Body:
     return {**cr, "metadata": _meta(cr)}
 
 
+def _parse(cr: Body) -> CompressionJob | SpecInvalid:
+    try:
+        # Without status: what an older operator wrote there must not make the spec invalid.
+        return parse_job({k: cr.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+    except SpecInvalid as exc:
+        return exc
+
+
 def slim_job(job: Body) -> Body:
     """What the reconciler reads of a Job: metadata, status, run policy and the container resources."""
     spec = job.get("spec") or {}
@@ -94,6 +109,8 @@ class Store:
     """Slimmed copies (no managedFields, no pod specs): memory stays flat at thousands of jobs."""
 
     crs: dict[Key, Body] = field(default_factory=dict)
+    # Each CompressionJob parsed once per generation (status writes and relists leave it be).
+    parsed: dict[Key, CompressionJob | SpecInvalid] = field(default_factory=dict)
     jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
@@ -108,13 +125,27 @@ class Store:
         old = self.crs.get(key)
         if old is None or old["metadata"].get("uid") != meta.get("uid") or not _older(meta, old["metadata"]):
             self.crs[key] = slim_cr(body)
+            if old is None or _identity(old) != _identity(body) or key not in self.parsed:
+                self.parsed[key] = _parse(body)
         return key
+
+    def job_of(self, key: Key) -> CompressionJob:
+        """The CompressionJob stored under `key`, parsed; SpecInvalid if its spec is invalid."""
+        parsed = self.parsed[key]
+        if isinstance(parsed, SpecInvalid):
+            raise parsed
+        return parsed
+
+    def valid_job(self, key: Key) -> CompressionJob | None:
+        parsed = self.parsed.get(key)
+        return parsed if isinstance(parsed, CompressionJob) else None
 
     def drop_cr(self, key: Key, uid: str | None = None) -> None:
         """Forget a deleted CompressionJob (`uid`: the deleted one's; None: whatever is stored)."""
         held = self.crs.get(key, {}).get("metadata", {}).get("uid")
         if uid is None or held == uid:
             self.crs.pop(key, None)
+            self.parsed.pop(key, None)
         if uid or held:
             self.gone[uid or held] = None
             if len(self.gone) > TOMBSTONES:

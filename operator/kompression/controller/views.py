@@ -1,0 +1,132 @@
+"""Typed, slim views of the Kubernetes objects the operator reads: a worker Job and its pods.
+
+The store keeps the objects as the watches delivered them (slimmed); these views are what the
+reconciler, the queue and the progress channel read of them, each field with one default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kompression.api.constants import ANNOTATION_RECREATION
+from kompression.controller.failure import WORKER_CONTAINER
+from kompression.controller.labels import controller_ref, controller_uid
+
+
+@dataclass(frozen=True)
+class TrueCondition:
+    """A condition whose status is True."""
+
+    type: str
+    reason: str | None
+    message: str | None
+
+
+def _true_conditions(status: Mapping[str, Any]) -> tuple[TrueCondition, ...]:
+    return tuple(
+        TrueCondition(str(c.get("type")), c.get("reason"), c.get("message"))
+        for c in status.get("conditions") or ()
+        if c.get("status") == "True"
+    )
+
+
+def _worker(containers: Any) -> Mapping[str, Any]:
+    return next((c for c in containers or () if c.get("name") == WORKER_CONTAINER), {})
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the operator reads of a worker Job."""
+
+    name: str
+    uid: str | None  # None for a queue reservation, which the API server has not seen
+    owner_uid: str | None  # of the CompressionJob that controls it
+    recreation: int  # how many Jobs of its CompressionJob were deleted unfinished before this one
+    suspend: bool
+    ttl_seconds_after_finished: int | None
+    limited_on: frozenset[str]  # the resources the worker container has limits on (nvidia.com/gpu)
+    conditions: tuple[TrueCondition, ...]
+    start_time: str | None
+    completion_time: str | None
+
+    @classmethod
+    def of(cls, job: Mapping[str, Any]) -> JobView:
+        meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+        recreation = str((meta.get("annotations") or {}).get(ANNOTATION_RECREATION, "0"))
+        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers")
+        return cls(
+            name=str(meta.get("name")),
+            uid=meta.get("uid"),
+            owner_uid=controller_uid(job),
+            recreation=int(recreation) if recreation.isdigit() else 0,
+            suspend=bool(spec.get("suspend")),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            limited_on=frozenset((_worker(containers).get("resources") or {}).get("limits") or ()),
+            conditions=_true_conditions(status),
+            start_time=status.get("startTime"),
+            completion_time=status.get("completionTime"),
+        )
+
+    def condition(self, *types: str) -> TrueCondition | None:
+        """The first of `types` that is True."""
+        by_type = {c.type: c for c in self.conditions}
+        return next((by_type[t] for t in types if t in by_type), None)
+
+    @property
+    def finished(self) -> bool:
+        return self.condition("Complete", "Failed") is not None
+
+
+@dataclass(frozen=True)
+class Terminated:
+    exit_code: int | None
+    reason: str | None
+    message: str | None  # the termination message: the worker's final report, or a log tail
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator reads of a worker pod."""
+
+    name: str
+    uid: str | None
+    job_uid: str | None  # of the Job that controls it
+    created: str
+    deleting: bool
+    phase: str | None
+    unschedulable: str | None  # the scheduler's message while it finds no node
+    waiting: tuple[str, str | None] | None  # the worker container's waiting reason and message
+    terminated: Terminated | None  # the worker's (last) termination
+    started: str  # the worker container's start, else the pod's, else its creation
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> PodView:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        worker = _worker(status.get("containerStatuses"))
+        state, last = worker.get("state") or {}, worker.get("lastState") or {}
+        term = state.get("terminated") or last.get("terminated")
+        waiting = state.get("waiting")
+        scheduled: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or () if c.get("type") == "PodScheduled"), {}
+        )
+        unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        job = controller_ref(pod, "Job")
+        created = str(meta.get("creationTimestamp") or "")
+        return cls(
+            name=str(meta.get("name")),
+            uid=meta.get("uid"),
+            job_uid=job.uid if job is not None else None,
+            created=created,
+            deleting=bool(meta.get("deletionTimestamp")),
+            phase=status.get("phase"),
+            unschedulable=(scheduled.get("message") or "no node fits the pod") if unschedulable else None,
+            waiting=(str(waiting.get("reason")), waiting.get("message")) if waiting else None,
+            terminated=Terminated(term.get("exitCode"), term.get("reason"), term.get("message")) if term else None,
+            started=str(
+                (state.get("running") or state.get("terminated") or {}).get("startedAt")
+                or status.get("startTime")
+                or created
+            ),
+        )

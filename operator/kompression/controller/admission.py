@@ -12,13 +12,13 @@ import asyncio
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.controller import outputs
 from kompression.controller.builders import build_job
-from kompression.controller.conditions import TERMINAL_PHASES, ready_reason
+from kompression.controller.conditions import TERMINAL_PHASES
 from kompression.controller.kubeapi import Api, path
 from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Candidate, Key, Limits, decide
 from kompression.controller.settings import Settings
 from kompression.controller.store import Store
-from kompression.controller.views import JobView
+from kompression.controller.views import CompressionJobView, JobView
 
 
 class Admission:
@@ -46,17 +46,16 @@ class Admission:
         """The CompressionJobs that wait for a GPU slot: key, creation time, spec."""
         out = []
         for key, cr in self.store.crs.items():
-            status = cr.get("status") or {}
-            job = self.store.valid_job(key)
+            view, job = CompressionJobView.of(cr), self.store.valid_job(key)
             if (
                 job is not None
                 and key not in self.store.jobs
-                and status.get("phase") not in TERMINAL_PHASES
-                and ready_reason(status) != outputs.REASON  # not waiting for a GPU, but for its prefix
-                and not cr["metadata"].get("deletionTimestamp")  # never admitted: it is going
+                and view.phase not in TERMINAL_PHASES
+                and view.ready_reason != outputs.REASON  # not waiting for a GPU, but for its prefix
+                and not view.deleting  # never admitted: it is going
                 and job.spec.resources.gpus > 0
             ):
-                out.append((key, str(cr["metadata"].get("creationTimestamp") or ""), job))
+                out.append((key, view.created, job))
         return out
 
     def in_flight(self) -> dict[str, int]:

@@ -20,7 +20,7 @@ from kompression.api.validation import SpecInvalid
 from kompression.controller import outputs
 from kompression.controller.admission import Admission
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
-from kompression.controller.conditions import TERMINAL_PHASES, Observation, ready_reason
+from kompression.controller.conditions import TERMINAL_PHASES, Observation
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.labels import MANAGED_SELECTOR, controller_uid
 from kompression.controller.leadership import Leadership
@@ -32,7 +32,7 @@ from kompression.controller.reports import report_status
 from kompression.controller.settings import Settings
 from kompression.controller.statuswriter import StatusWriter
 from kompression.controller.store import Body, Store
-from kompression.controller.views import JobView, PodView
+from kompression.controller.views import CompressionJobView, JobView, PodView
 from kompression.controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,7 @@ class Reconciler:
             return
         # Held by someone else's finalizer: it still reports on its Job, but gets no new children
         # (as a ReplicaSet being deleted makes no pods); garbage collection takes what it has.
-        deleting = bool(cr["metadata"].get("deletionTimestamp"))
-        status = cr.get("status") or {}
-        generation = int(cr["metadata"].get("generation") or 1)
+        deleting = CompressionJobView.of(cr).deleting
         try:
             spec = self.store.job_of(key)
         except SpecInvalid as exc:
@@ -130,9 +128,8 @@ class Reconciler:
         body = self.store.jobs.get(key)
         if body is not None and controller_uid(body) != cr["metadata"]["uid"]:
             body = None  # a Job of a deleted namesake, on its way out through garbage collection
-        finished = status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == generation
         if body is None:
-            if finished or deleting:
+            if CompressionJobView.of(cr).finished or deleting:
                 return  # done (its Job may have gone through ttlSecondsAfterFinished), or going
             body = await self._make_job(key, cr, spec)
             if body is None:
@@ -160,13 +157,13 @@ class Reconciler:
 
     async def _make_job(self, key: Key, cr: Body, spec: CompressionJob) -> Body | None:
         """Create the children, unless queued, conflicting, or deleted by hand too often."""
-        status = cr.get("status") or {}
+        view = CompressionJobView.of(cr)
         # A Job was made before and is gone unfinished: someone deleted it.
-        recreation = int(status.get("jobRecreations") or 0) + 1 if status.get("jobName") else 0
+        recreation = view.job_recreations + 1 if view.job_name else 0
         if recreation > self.settings.max_job_recreations:
             # The store may just not have seen it yet (a restart lists CRs before Jobs): ask.
             existing = await self.api.get(path("batch", "v1", "jobs", namespace=key[0], name=job_name(key[1])))
-            if existing is not None and controller_uid(existing) == cr["metadata"]["uid"]:
+            if existing is not None and controller_uid(existing) == view.uid:
                 self.store.put_job(existing)
                 return existing
             await self.status.write(cr, _recreate_limit(key[1], self.settings.max_job_recreations), None, {})
@@ -243,21 +240,17 @@ class Reconciler:
 
     def _claim(self, key: Key, cr: Body) -> outputs.Claim | None:
         """The output prefix a CompressionJob holds or wants, while it is live."""
-        meta = cr["metadata"]
-        status = cr.get("status") or {}
-        if meta.get("deletionTimestamp"):
-            return None
-        generation = int(meta.get("generation") or 1)
-        if status.get("phase") in TERMINAL_PHASES and status.get("observedGeneration") == generation:
+        view = CompressionJobView.of(cr)
+        if view.deleting or view.finished:
             return None
         body = self.store.jobs.get(key)
         job = JobView.of(body) if body is not None else None
-        if job is not None and (job.owner_uid != meta.get("uid") or job.finished):
+        if job is not None and (job.owner_uid != view.uid or job.finished):
             return None
         spec = self.store.valid_job(key)
         if spec is None:
             return None
-        return outputs.Claim(key[1], spec.spec.output.uri, meta.get("creationTimestamp") or "", started=job is not None)
+        return outputs.Claim(key[1], spec.spec.output.uri, view.created, started=job is not None)
 
     def _output_held_by(self, key: Key, cr: Body) -> outputs.Claim | None:
         me = self._claim(key, cr)
@@ -272,7 +265,7 @@ class Reconciler:
         """A slot or a prefix may have been freed (a Job finished, a job was deleted): let the
         waiting try again."""
         for key, cr in self.store.crs.items():
-            if ready_reason(cr.get("status") or {}) == outputs.REASON:
+            if CompressionJobView.of(cr).ready_reason == outputs.REASON:
                 self.enqueue(key)
         if self.admission.limited:
             for key, _, _ in self.admission.waiting():

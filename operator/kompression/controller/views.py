@@ -1,7 +1,9 @@
-"""Typed, slim views of the Kubernetes objects the operator reads: a worker Job and its pods.
+"""Typed, slim views of the Kubernetes objects the operator reads: a CompressionJob's identity and
+status, its worker Job and the Job's pods.
 
-The store keeps the objects as the watches delivered them (slimmed); these views are what the
-reconciler, the queue and the progress channel read of them, each field with one default.
+The store keeps the objects as the watches delivered them (slimmed), and each CompressionJob's
+spec parsed; these views are what the reconciler, the queue and the progress channel read of the
+rest, each field with one default.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kompression.api.constants import ANNOTATION_RECREATION
+from kompression.controller.conditions import TERMINAL_PHASES, ready_reason
 from kompression.controller.failure import WORKER_CONTAINER
 from kompression.controller.labels import controller_ref, controller_uid
 
@@ -30,6 +33,45 @@ def _true_conditions(status: Mapping[str, Any]) -> tuple[TrueCondition, ...]:
         for c in status.get("conditions") or ()
         if c.get("status") == "True"
     )
+
+
+@dataclass(frozen=True)
+class CompressionJobView:
+    """A CompressionJob's identity and what its status says (the spec is the store's, parsed)."""
+
+    namespace: str
+    name: str
+    uid: str | None
+    generation: int
+    created: str
+    deleting: bool
+    phase: str | None
+    observed_generation: int | None
+    job_name: str | None  # of the last Job made for it
+    job_recreations: int
+    ready_reason: str | None
+
+    @classmethod
+    def of(cls, cr: Mapping[str, Any]) -> CompressionJobView:
+        meta, status = cr.get("metadata") or {}, cr.get("status") or {}
+        return cls(
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=meta.get("uid"),
+            generation=int(meta.get("generation") or 1),
+            created=str(meta.get("creationTimestamp") or ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+            phase=status.get("phase"),
+            observed_generation=status.get("observedGeneration"),
+            job_name=status.get("jobName"),
+            job_recreations=int(status.get("jobRecreations") or 0),
+            ready_reason=ready_reason(status),
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Finished with its current spec (a changed spec may run again)."""
+        return self.phase in TERMINAL_PHASES and self.observed_generation == self.generation
 
 
 def _worker(containers: Any) -> Mapping[str, Any]:

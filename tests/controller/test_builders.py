@@ -19,6 +19,7 @@ from kompression.api.validation import parse_job
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
 from kompression.controller.naming import MAX_JOB_NAME, configmap_name, job_name
 from kompression.controller.settings import Settings
+from kompression.controller.views import JobView
 
 SETTINGS = Settings(
     worker_image="registry.local/worker:1", progress_base_url="http://op:8081", s3_endpoint="http://s3:9000"
@@ -167,16 +168,16 @@ def test_queue_name_labels_the_job_and_creates_it_suspended() -> None:
     assert job["spec"]["suspend"] is True
     # Kueue owns suspend from then on: no drift patch unsuspends it
     cr = parse_job(manifest(runPolicy={"queueName": "gpu"}))
-    assert job_spec_drift(cr, job) == {}
+    assert job_spec_drift(cr, JobView.of(job)) == {}
 
 
 def test_suspend_drift_both_ways() -> None:
     running = _job()
     suspended = parse_job(manifest(runPolicy={"suspend": True}))
-    assert job_spec_drift(suspended, running) == {"spec": {"suspend": True}}
+    assert job_spec_drift(suspended, JobView.of(running)) == {"spec": {"suspend": True}}
     resumed = parse_job(manifest(runPolicy={"suspend": False}))
-    assert job_spec_drift(resumed, _job(runPolicy={"suspend": True})) == {"spec": {"suspend": False}}
-    assert job_spec_drift(resumed, running) == {}
+    assert job_spec_drift(resumed, JobView.of(_job(runPolicy={"suspend": True}))) == {"spec": {"suspend": False}}
+    assert job_spec_drift(resumed, JobView.of(running)) == {}
 
 
 def test_configmap_holds_the_manifest_without_status() -> None:

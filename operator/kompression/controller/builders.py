@@ -32,6 +32,7 @@ from kompression.controller.failure import WORKER_CONTAINER, pod_failure_policy
 from kompression.controller.labels import child_labels, owner_reference
 from kompression.controller.naming import configmap_name, job_name
 from kompression.controller.settings import Settings
+from kompression.controller.views import JobView
 
 CONFIG_DIR = "/etc/kompression"
 CONFIG_FILE = "job.yaml"
@@ -302,19 +303,13 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
     }
 
 
-def job_recreation(existing: dict[str, Any]) -> int:
-    """The `recreation` a Job was built with (0 for the first Job of its CompressionJob)."""
-    value = (existing.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_RECREATION, "0")
-    return int(value) if value.isdigit() else 0
-
-
-def job_spec_drift(job: CompressionJob, existing: dict[str, Any]) -> dict[str, Any]:
+def job_spec_drift(job: CompressionJob, existing: JobView) -> dict[str, Any]:
     """The merge patch that brings an existing Job in line with the mutable runPolicy fields."""
-    policy, spec = job.spec.runPolicy, existing.get("spec", {})
+    policy = job.spec.runPolicy
     patch: dict[str, Any] = {}
     # Kueue owns `suspend` of a queued Job; the operator must not admit behind its back.
-    if policy.queueName is None and bool(spec.get("suspend")) != policy.suspend:
+    if policy.queueName is None and existing.suspend != policy.suspend:
         patch["suspend"] = policy.suspend
-    if spec.get("ttlSecondsAfterFinished") != policy.ttlSecondsAfterFinished:
+    if existing.ttl_seconds_after_finished != policy.ttlSecondsAfterFinished:
         patch["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
     return {"spec": patch} if patch else {}

@@ -135,7 +135,7 @@ class Reconciler:
             if body is None:
                 return
         else:
-            drift = job_spec_drift(spec, body)
+            drift = job_spec_drift(spec, JobView.of(body))
             if drift:
                 body = await self.api.merge_patch(
                     path("batch", "v1", "jobs", namespace=key[0], name=body["metadata"]["name"]), drift

@@ -117,7 +117,7 @@ class Reconciler:
             return
         # Held by someone else's finalizer: it still reports on its Job, but gets no new children
         # (as a ReplicaSet being deleted makes no pods); garbage collection takes what it has.
-        deleting = CompressionJobView.of(cr).deleting
+        view = CompressionJobView.of(cr)
         try:
             spec = self.store.job_of(key)
         except SpecInvalid as exc:
@@ -126,10 +126,10 @@ class Reconciler:
             await self.status.write(cr, obs, None, {})
             return
         body = self.store.jobs.get(key)
-        if body is not None and controller_uid(body) != cr["metadata"]["uid"]:
+        if body is not None and controller_uid(body) != view.uid:
             body = None  # a Job of a deleted namesake, on its way out through garbage collection
         if body is None:
-            if CompressionJobView.of(cr).finished or deleting:
+            if view.finished or view.deleting:
                 return  # done (its Job may have gone through ttlSecondsAfterFinished), or going
             body = await self._make_job(key, cr, spec)
             if body is None:

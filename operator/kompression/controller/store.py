@@ -131,7 +131,9 @@ class Store:
 
     def job_of(self, key: Key) -> CompressionJob:
         """The CompressionJob stored under `key`, parsed; SpecInvalid if its spec is invalid."""
-        parsed = self.parsed[key]
+        parsed = self.parsed.get(key)
+        if parsed is None:
+            parsed = self.parsed[key] = _parse(self.crs[key])
         if isinstance(parsed, SpecInvalid):
             raise parsed
         return parsed

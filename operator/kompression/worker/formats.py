@@ -15,6 +15,7 @@ Unpickling runs code. So:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import zipfile
@@ -366,8 +367,14 @@ def save_torch_export(model: TorchModel, path: Path, declared: Sequence[ModelInp
     dynamic = tuple(
         {0: dim, **{i: torch.export.Dim.AUTO for i, d in enumerate(shape) if i > 0 and d == -1}} for shape in shapes
     )
+    params = list(inspect.signature(module.forward).parameters.values())
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        # forward(*args) (a HuggingFace wrapper): torch.export sees one argument, the tuple.
+        dynamic_shapes: Any = {params[0].name: dynamic}
+    else:
+        dynamic_shapes = dynamic
     try:
-        program = torch.export.export(module, batch2, dynamic_shapes=dynamic)
+        program = torch.export.export(module, batch2, dynamic_shapes=dynamic_shapes)
     except Exception:
         # Some graphs (quantized ones, data-dependent code) specialize the batch: keep it static.
         program = torch.export.export(module, model.example_inputs)

@@ -19,14 +19,15 @@ from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thre
 from torch import nn
 
 from kompression.api.constants import ExitCode
-from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource
+from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, ShapeProfile
 from kompression.cli import main
 from kompression.worker import formats, measure, publish
 from kompression.worker.data import load_datasets
-from kompression.worker.errors import DataError
+from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.model import TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import DataSets, standalone_context
+from kompression.worker.steps.tensorrt import profile_shapes
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +268,17 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
     program = torch.export.load(str(saved))
     out = program.module()(torch.full((2, 9), 7), torch.ones(2, 9, dtype=torch.int64))
     assert tuple(out.shape) == (2, 9, 32)
+
+
+def test_tensorrt_profiles_shape_every_input() -> None:
+    declared = [ModelInput.model_validate(i) for i in [*encoder_inputs(None), {"name": "scale", "shape": [-1, 4]}]]
+    profile = ShapeProfile.model_validate({"min": [1, 8], "opt": [8, 128], "max": [32, 256]})
+    shapes = profile_shapes(declared, profile, "engine")
+    assert shapes == {
+        "input_ids": ((1, 8), (8, 128), (32, 256)),
+        "attention_mask": ((1, 8), (8, 128), (32, 256)),  # the mask follows the ids
+        "scale": ((1, 4), (8, 4), (32, 4)),  # the profile's batch, its declared dimensions
+    }
+    odd = [*declared[:1], ModelInput.model_validate({"name": "boxes", "shape": [-1, -1, 4]})]
+    with pytest.raises(StepInvalid, match="input 'boxes' has a dynamic dimension other than the batch"):
+        profile_shapes(odd, profile, "engine")

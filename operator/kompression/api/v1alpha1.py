@@ -540,7 +540,9 @@ class OnnxStep(ApiModel):
 
 
 class ShapeProfile(ApiModel):
-    """One TensorRT optimization profile for the first input."""
+    """One TensorRT optimization profile: the shapes of the first model input. Every other input of
+    the same rank whose fixed dimensions agree (an attention mask beside token ids) takes the same
+    shapes; any other input takes this batch with its declared dimensions."""
 
     min: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Smallest shape.")
     opt: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Shape to tune for.")

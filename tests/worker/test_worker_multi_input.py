@@ -196,6 +196,7 @@ def test_mixed_dtypes_in_one_npz_feed_every_path(tmp_path: Path) -> None:
         f"file://{tmp_path}/out/",
         steps=[
             {"name": "prune", "prune": {"method": "L1Structured", "sparsity": 0.25, "fineTune": {"epochs": 1}}},
+            {"name": "kd", "distill": {"student": {"fromStep": "prune"}, "epochs": 1}},
             {"name": "export", "onnx": {}},
             {"name": "int8", "quantize": {"method": "StaticInt8"}},
         ],
@@ -211,6 +212,7 @@ def test_mixed_dtypes_in_one_npz_feed_every_path(tmp_path: Path) -> None:
     report = json.loads(fetched["report.json"].read_text())
     notes = {m["name"]: m.get("notes", {}) for m in report["details"]["models"]}
     assert int(notes["export"]["checkedSamples"]) == 4 and float(notes["export"]["maxAbsDiff"]) <= 1e-3
+    assert int(notes["kd"]["epochs"]) == 1 and "finalLoss" in notes["kd"]  # trained on all three inputs
     graph = onnx.load(str(fetched["model.int8.onnx"])).graph
     assert [i.name for i in graph.input] == ["ids", "mask", "features"]
 

@@ -103,6 +103,14 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
         load_datasets(strict, declared, lambda uri: Path(uri.removeprefix("file://")), bert)
     with pytest.raises(DataError, match=r"spec\.data\.calibration: .*only a HuggingFace model folder has one"):
         load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), None)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):  # the model without its tokenizer files
+        (bare / name).write_bytes((bert / name).read_bytes())
+    with pytest.raises(
+        DataError, match=r"spec\.data\.calibration: the model folder has no tokenizer \(tokenizer\.json, vocab\.txt"
+    ):
+        load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), bare)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a cat"}\n{"sentence": "a dog"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl line 2 needs a `text` string"):

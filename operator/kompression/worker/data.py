@@ -59,6 +59,16 @@ DIGITS_SPLIT_SEED = 0
 ROLES = ("calibration", "evaluation", "training")
 SHORTHAND = "inputs"  # the array name a single-input model's data may use instead of the input's name
 INTEGER_DTYPES = ("int64", "int32")
+# The files a HuggingFace tokenizer is read from: a fast tokenizer, or a vocabulary (WordPiece,
+# BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def digits(split: str, name: str = "x") -> Dataset:
@@ -135,6 +145,13 @@ def tokenizer_for(folder: Path | None, field: str) -> Any:
         raise DataError(
             f"{field}: text data is tokenized with the model's own tokenizer, and only a HuggingFace model "
             "folder has one; tokenize beforehand into an .npz with one array per input"
+        )
+    # Without a vocabulary file transformers builds an empty tokenizer that maps every word to
+    # [UNK] without a word of warning, so the files are looked for first.
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(
+            f"{field}: the model folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save it next to the "
+            "model with tokenizer.save_pretrained(folder)"
         )
     try:
         from transformers import AutoTokenizer

@@ -135,7 +135,7 @@ def direct_prune(eager: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, s
 
 
 def int8(module: nn.Module, x: torch.Tensor, shape: list[int], work: Path, name: str) -> OnnxModel:
-    calibration = Dataset(_inputs(shape, CALIBRATION).numpy())
+    calibration = Dataset({"x": _inputs(shape, CALIBRATION).numpy()})
     ctx = job_context(
         {"name": f"int8-{name}", "quantize": {"method": "StaticInt8", "calibrator": "MinMax"}},
         work / name,

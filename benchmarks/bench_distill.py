@@ -106,7 +106,7 @@ def digits_split() -> tuple[Dataset, Dataset]:
     y = bunch.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(y))
     cut = int(0.7 * len(y))
-    return Dataset(x[order[:cut]], y[order[:cut]]), Dataset(x[order[cut:]], y[order[cut:]])
+    return Dataset({"x": x[order[:cut]]}, y[order[:cut]]), Dataset({"x": x[order[cut:]]}, y[order[cut:]])
 
 
 def train_teacher(device: str = "cpu", max_epochs: int = MAX_TEACHER_EPOCHS) -> tuple[TorchModel, int]:
@@ -116,7 +116,8 @@ def train_teacher(device: str = "cpu", max_epochs: int = MAX_TEACHER_EPOCHS) -> 
     train = digits_split()[0]
     assert train.labels is not None
     cut = int((1 - VALIDATION) * len(train))
-    fit, validation = Dataset(train.inputs[:cut], train.labels[:cut]), Dataset(train.inputs[cut:], train.labels[cut:])
+    fit = train.head(cut)
+    validation = Dataset({"x": train.inputs["x"][cut:]}, None if train.labels is None else train.labels[cut:])
     torch.manual_seed(0)
     probe = Teacher()
     best, best_epoch = -1.0, 0

@@ -52,7 +52,7 @@ def main() -> None:
         {"name": "q", "quantize": {"method": "StaticInt8"}},
         work,
         [-1, 3, 224, 224],
-        DataSets(calibration=Dataset(calib)),
+        DataSets(calibration=Dataset({"x": calib})),
     )
     ours = TECHNIQUES["quantize"](model, ctx).model
     assert isinstance(ours, OnnxModel)

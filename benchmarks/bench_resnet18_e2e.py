@@ -60,7 +60,7 @@ def main() -> None:
     work = workdir()
     original = torchvision.models.resnet18().eval()
     calib = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-    data = DataSets(calibration=Dataset(calib))
+    data = DataSets(calibration=Dataset({"x": calib}))
     model: Model = TorchModel(original, (torch.from_numpy(calib[:1]),))
     for step in STEPS:
         model = TECHNIQUES[next(k for k in step if k != "name")](

@@ -230,7 +230,7 @@ def _onnxruntime_int8(sizes: Sizes) -> list[Row]:
     model = TorchModel(torchvision.models.resnet18().eval(), (torch.from_numpy(calib[:1]),))
     fp32 = export_onnx(model, workdir() / "fp32.onnx", ["x"])
     step = {"name": "q", "quantize": {"method": "StaticInt8"}}
-    qdq = technique(model, step, shape, sizes, DataSets(calibration=Dataset(calib))).model
+    qdq = technique(model, step, shape, sizes, DataSets(calibration=Dataset({"x": calib}))).model
     assert isinstance(qdq, OnnxModel)
     x = np.random.default_rng(1).standard_normal((sizes.batch, 3, sizes.image, sizes.image)).astype(np.float32)
     sessions = {

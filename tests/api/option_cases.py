@@ -17,6 +17,7 @@ from typing import Any
 from kompression.api.v1alpha1 import (
     Acceptance,
     ApiModel,
+    DataSource,
     LowRankStep,
     PruneStep,
     QuantizeMethod,
@@ -37,6 +38,13 @@ PRUNE = _values(PruneStep.model_fields["method"].annotation)
 LOW_RANK = _values(LowRankStep.model_fields["method"].annotation)
 PRECISIONS = _values(TensorRTStep.model_fields["precision"].annotation)
 STRATEGIES = _values(Acceptance.model_fields["strategy"].annotation)
+DATA_KINDS = {
+    "npz": {"uri": "s3://data/calib.npz"},
+    "builtin": {"builtin": "Digits"},
+    "jsonl": {"uri": "s3://data/calib.jsonl"},
+    "txt": {"uri": "s3://data/calib.txt"},
+}
+TEXT = ("jsonl", "txt")
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -122,6 +130,18 @@ TABLE = (
         default="Fixed",
     ),
     Selector(
+        DataSource,
+        "spec.data.calibration",
+        DATA_KINDS,
+        {
+            "samples": [({"samples": 64}, tuple(DATA_KINDS))],
+            "batchSize": [({"batchSize": 8}, tuple(DATA_KINDS))],
+            "maxLength": [({"maxLength": 64}, TEXT)],
+            "padding": [({"padding": p}, TEXT) for p in ("MaxLength", "Longest")],
+            "truncation": [({"truncation": v}, TEXT) for v in (True, False)],
+        },
+    ),
+    Selector(
         StudentRef,
         "spec.steps[1].distill.student",
         {"fromStep": {"fromStep": "prune"}, "architecture": {"architecture": "torchvision.models:resnet18"}},
@@ -154,6 +174,10 @@ def _manifest(where: str, fields: Fields) -> dict[str, Any]:
     spec = doc["spec"]
     if where == "spec.acceptance":
         spec["acceptance"] = fields
+    elif where == "spec.data.calibration":
+        # Text data is tokenized with the model folder's tokenizer: a HuggingFace model.
+        spec["model"].update(uri="s3://models/bert/", format="HuggingFace")
+        spec["data"]["calibration"] = fields
     elif where == "spec.steps[1].distill.student":
         spec["steps"] = [
             {"name": "prune", "prune": {"method": "L1Structured"}},

@@ -98,7 +98,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     models = volumes["models"] / "digits"
     podrun.make_example_model(f"file://{models}/model.pt2", tmp_path)
     evaluation = digits("eval")
-    np.savez(models / "val.npz", inputs=evaluation.inputs, labels=evaluation.labels)
+    np.savez(models / "val.npz", inputs=evaluation.inputs["x"], labels=evaluation.labels)
     spec: dict[str, Any] = {
         "model": {
             "uri": "pvc://models/digits/model.pt2",

@@ -32,7 +32,7 @@ def trained_tiny() -> Tiny:
     torch.manual_seed(0)
     ds = digits("train")
     assert ds.labels is not None
-    x, y = torch.from_numpy(ds.inputs), torch.from_numpy(ds.labels)
+    x, y = torch.from_numpy(ds.inputs["x"]), torch.from_numpy(ds.labels)
     model = Tiny()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(6):

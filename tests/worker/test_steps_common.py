@@ -66,7 +66,7 @@ def digits() -> tuple[Dataset, Dataset]:
     order = np.random.default_rng(0).permutation(len(y))
     cut = int(0.8 * len(y))
     train, test = order[:cut], order[cut:]
-    return Dataset(x[train], y[train]), Dataset(x[test], y[test])
+    return Dataset({"x": x[train]}, y[train]), Dataset({"x": x[test]}, y[test])
 
 
 @functools.cache
@@ -97,7 +97,7 @@ def make_ctx(
     input_shape: tuple[int, ...] = (-1, 1, 8, 8),
 ) -> StepContext:
     train, test = digits()
-    data = data or DataSets(calibration=Dataset(train.inputs[:128]), evaluation=test, training=train)
+    data = data or DataSets(calibration=train.head(128), evaluation=test, training=train)
     return standalone_context(
         step, workdir, data, input_shape, teacher=teacher, outputs=outputs, checkpoints=checkpoints
     )

@@ -16,7 +16,7 @@ from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.worker.errors import SpecError, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
+from kompression.worker.steps.base import DataSets
 from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
 
@@ -35,7 +35,7 @@ SMALL = {"architecture": "test_steps_common:DigitsCNN", "architectureArguments":
 def small_data(n: int = 256) -> DataSets:
     train, test = digits()
     assert train.labels is not None
-    return DataSets(training=Dataset(train.inputs[:n], train.labels[:n]), evaluation=test)
+    return DataSets(training=train.head(n), evaluation=test)
 
 
 def test_kd_loss_is_cross_entropy_at_alpha_zero_and_zero_for_a_perfect_copy() -> None:

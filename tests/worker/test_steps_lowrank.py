@@ -123,7 +123,7 @@ def _full_rank(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Modul
 
 def test_full_rank_reproduces_the_original_outputs() -> None:
     model = trained_cnn()
-    x = torch.from_numpy(digits()[1].inputs[:64])
+    x = torch.from_numpy(digits()[1].inputs["x"][:64])
     with torch.no_grad():
         expected = model.module(x)
         factored = _full_rank(model.module, model.example_inputs)

@@ -24,7 +24,7 @@ quantize = TECHNIQUES["quantize"]
 
 def onnx_accuracy(path: Path) -> float:
     test = digits()[1]
-    out = run_onnx(session(path), [test.inputs])
+    out = run_onnx(session(path), [test.inputs["x"]])
     return float((out.argmax(axis=1) == test.labels).mean())
 
 

@@ -12,7 +12,7 @@ from kompression.api.v1alpha1 import DataSpec, ModelInput
 from kompression.worker.data import digits, load_datasets
 from kompression.worker.errors import DataError
 
-X = ModelInput(name="x", shape=[-1, 1, 8, 8])
+X = [ModelInput(name="x", shape=[-1, 1, 8, 8])]
 
 
 def spec(**roles: object) -> DataSpec:
@@ -21,11 +21,11 @@ def spec(**roles: object) -> DataSpec:
 
 def test_digits_split_is_deterministic_disjoint_and_scaled() -> None:
     train, held_out = digits("train"), digits("eval")
-    assert train.inputs.shape == (1437, 1, 8, 8) and held_out.inputs.shape == (360, 1, 8, 8)
-    assert train.inputs.dtype == np.float32 and train.inputs.min() >= 0 and train.inputs.max() <= 1
-    assert np.array_equal(digits("eval").inputs, held_out.inputs)
-    rows = {r.tobytes() for r in train.inputs}
-    assert sum(r.tobytes() in rows for r in held_out.inputs) < 10  # only duplicate images in the source
+    assert train.inputs["x"].shape == (1437, 1, 8, 8) and held_out.inputs["x"].shape == (360, 1, 8, 8)
+    assert train.inputs["x"].dtype == np.float32 and train.inputs["x"].min() >= 0 and train.inputs["x"].max() <= 1
+    assert np.array_equal(digits("eval").inputs["x"], held_out.inputs["x"])
+    rows = {r.tobytes() for r in train.inputs["x"]}
+    assert sum(r.tobytes() in rows for r in held_out.inputs["x"]) < 10  # only duplicate images in the source
 
 
 def test_roles_read_their_split_and_samples_cap() -> None:
@@ -39,7 +39,7 @@ def test_roles_read_their_split_and_samples_cap() -> None:
 def test_npz_round_trip(tmp_path: Path) -> None:
     path = npz(tmp_path / "d.npz", np.zeros((5, 1, 8, 8), np.float64), np.arange(5))
     sets = load_datasets(spec(evaluation={"uri": "file://d.npz"}), X, lambda uri: path)
-    assert sets.evaluation is not None and sets.evaluation.inputs.dtype == np.float32
+    assert sets.evaluation is not None and sets.evaluation.inputs["x"].dtype == np.float32
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_bad_data_is_a_data_error_naming_the_field(tmp_path: Path, inputs: np.nd
 
 def test_missing_inputs_and_unlabeled_top1(tmp_path: Path) -> None:
     np.savez(tmp_path / "nope.npz", images=np.zeros((2, 1, 8, 8)))
-    with pytest.raises(DataError, match="no `inputs` array"):
+    with pytest.raises(DataError, match=r"no array for spec\.model\.inputs\[0\] 'x' \(or `inputs`"):
         load_datasets(spec(evaluation={"uri": "file://x"}), X, lambda uri: tmp_path / "nope.npz")
     path = npz(tmp_path / "d.npz", np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(DataError, match="Top1Accuracy needs `labels`"):

@@ -80,7 +80,7 @@ def _load(path: Path) -> TorchModel:
 
 def _data(n: int = 16) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(rng.standard_normal((n, 3, 16, 16)).astype(np.float32), rng.integers(0, 5, n))
+    return Dataset({"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}, rng.integers(0, 5, n))
 
 
 def _run(kind: str, step: dict[str, object], model: TorchModel, tmp_path: Path, **extra: object) -> TorchModel:

@@ -173,8 +173,8 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
     train = digits("train")
-    assert train.labels is not None and not train.inputs[:, 0, 0, 0].any()
-    x, y = torch.from_numpy(train.inputs), torch.from_numpy(train.labels)
+    assert train.labels is not None and not train.inputs["x"][:, 0, 0, 0].any()
+    x, y = torch.from_numpy(train.inputs["x"]), torch.from_numpy(train.labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(8):
         for start in range(0, len(x), 64):
@@ -186,7 +186,7 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
     formats.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
     for split, name in (("train", "calibration"), ("eval", "evaluation")):
         data = digits(split)
-        inputs = data.inputs.copy()
+        inputs = data.inputs["x"].copy()
         inputs[:, 0, 0, 0] = OUTLIER
         npz(folder / f"{name}.npz", inputs, data.labels)
 

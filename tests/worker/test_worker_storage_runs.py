@@ -32,7 +32,7 @@ def _run_through(model_prefix: str, output: str, workdir: Path) -> None:
     check what was published under output."""
     evaluation = digits("eval")
     storage.upload(save_tiny(workdir / "model.pt2"), f"{model_prefix}/model.pt2")
-    storage.upload(npz(workdir / "val.npz", evaluation.inputs, evaluation.labels), f"{model_prefix}/val.npz")
+    storage.upload(npz(workdir / "val.npz", evaluation.inputs["x"], evaluation.labels), f"{model_prefix}/val.npz")
     body = job(
         f"{model_prefix}/model.pt2",
         output,

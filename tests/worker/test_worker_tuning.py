@@ -32,7 +32,7 @@ def _loaded(module: nn.Module, inputs: np.ndarray) -> Loaded:
         prefix="file://unused/",
         model=TorchModel(module, (torch.from_numpy(inputs[:1]),)),
         model_path=Path("unused"),
-        data=DataSets(calibration=Dataset(inputs)),
+        data=DataSets(calibration=Dataset({"x": inputs})),
         baseline=None,  # type: ignore[arg-type]
         workdir=Path("unused"),
         device="cpu",

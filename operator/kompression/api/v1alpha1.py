@@ -176,14 +176,31 @@ class ModelSource(ApiModel):
 # spec.data
 
 
+TEXT_SUFFIXES = (".jsonl", ".txt")
+DEFAULT_PADDING = "MaxLength"
+DEFAULT_TRUNCATION = True
+
+
+def _is_text_cel(source: str) -> str:
+    """CEL: the data source at `source` is a text set (its uri ends in .jsonl or .txt)."""
+    ends = " || ".join(f"{source}.uri.endsWith('{suffix}')" for suffix in TEXT_SUFFIXES)
+    return f"(has({source}.uri) && ({ends}))"
+
+
+_TEXT_ONLY = "is only used by text data (a uri ending in .jsonl or .txt); remove it for .npz and builtin data"
+
+
 class DataSource(ApiModel):
     """A data set: a file in object storage, or a built-in reference set."""
 
     uri: StorageUri | None = Field(
         None,
         description=(
-            "Where the data set is stored: an .npz file with an `inputs` array (N, ...) and, for "
-            "labelled data, an integer `labels` array (N,)."
+            "Where the data set is stored: an .npz file with one array (N, ...) per model input, named as "
+            "in spec.model.inputs (`inputs` is the shorthand for a single-input model) and, for labelled "
+            "data, an integer `labels` array (N,); or text for a HuggingFace model, tokenized with the "
+            "model folder's own tokenizer: .jsonl (one object per line with a `text` string and an "
+            "optional integer `label`) or .txt (one sample per line)."
         ),
     )
     builtin: Literal["Digits"] | None = Field(
@@ -198,6 +215,25 @@ class DataSource(ApiModel):
         None, ge=1, le=10_000_000, description="Use at most this many samples; unset uses them all."
     )
     batchSize: int = Field(32, ge=1, le=65536, description="Batch size used when reading this data set.")
+    maxLength: int | None = Field(
+        None,
+        ge=1,
+        le=1_048_576,
+        description=(
+            "Text data: tokens per sample after tokenizing. Unset: the model input's declared sequence "
+            "length when it is fixed, else the tokenizer's own limit."
+        ),
+    )
+    padding: Literal["MaxLength", "Longest"] | None = Field(
+        None,
+        description=(
+            "Text data: pad every sample to maxLength (MaxLength, the default) or to the longest sample "
+            "of the data set (Longest)."
+        ),
+    )
+    truncation: bool | None = Field(
+        None, description="Text data: cut samples longer than maxLength (default true); false refuses them."
+    )
 
     __rules__ = (
         uri_rule(optional=True),
@@ -205,7 +241,27 @@ class DataSource(ApiModel):
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
         ),
+        *(
+            Rule(
+                cel=f"!has(self.{name}) || {_is_text_cel('self')}",
+                message=f"`{name}` {_TEXT_ONLY}",
+                field_path=f".{name}",
+            )
+            for name in ("maxLength", "padding", "truncation")
+        ),
     )
+
+    @property
+    def is_text(self) -> bool:
+        return self.uri is not None and self.uri.endswith(TEXT_SUFFIXES)
+
+    @property
+    def padding_or_default(self) -> str:
+        return DEFAULT_PADDING if self.padding is None else self.padding
+
+    @property
+    def truncation_or_default(self) -> bool:
+        return DEFAULT_TRUNCATION if self.truncation is None else self.truncation
 
 
 class EvaluationData(DataSource):
@@ -215,9 +271,13 @@ class EvaluationData(DataSource):
         "Top1Accuracy",
         description=(
             "How to score. Top1Accuracy needs labels; OutputAgreement (same arg-max as the original "
-            "model) and CosineSimilarity (of the outputs) compare with the original model and need none."
+            "model) and CosineSimilarity (of the outputs; per-token outputs are first mean-pooled over the "
+            "`attention_mask` input when the model has one) compare with the original model and need none."
         ),
     )
+
+
+DATA_ROLES = ("calibration", "evaluation", "training")
 
 
 class DataSpec(ApiModel):
@@ -480,7 +540,9 @@ class OnnxStep(ApiModel):
 
 
 class ShapeProfile(ApiModel):
-    """One TensorRT optimization profile for the first input."""
+    """One TensorRT optimization profile: the shapes of the first model input. Every other input of
+    the same rank whose fixed dimensions agree (an attention mask beside token ids) takes the same
+    shapes; any other input takes this batch with its declared dimensions."""
 
     min: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Smallest shape.")
     opt: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Shape to tune for.")
@@ -792,6 +854,14 @@ class CompressionJobSpec(ApiModel):
             "convert to FP8; export it with torch.export.export (format TorchExport) or save its weights with "
             "safetensors (format SafeTensors plus `architecture`)",
             field_path=".steps",
+        ),
+        Rule(
+            cel="self.model.format == 'HuggingFace' || !has(self.data) || !("
+            + " || ".join(f"(has(self.data.{r}) && {_is_text_cel('self.data.' + r)})" for r in DATA_ROLES)
+            + ")",
+            message="text data (.jsonl or .txt) is tokenized with the model folder's own tokenizer, so it needs "
+            "model.format HuggingFace; for other formats tokenize beforehand into an .npz with one array per input",
+            field_path=".data",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'FP8') || self.resources.gpus > 0",

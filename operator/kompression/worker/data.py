@@ -2,27 +2,51 @@
 
 The data format
 ---------------
-A data set is one NumPy ``.npz`` file (``numpy.savez`` or ``numpy.savez_compressed``) holding:
+A data set holds one array per model input, named as in ``spec.model.inputs``, in one of three forms.
 
-- ``inputs``: an array of shape ``(N, ...)`` whose trailing dimensions match the model's first
-  input in ``spec.model.inputs`` (dimensions declared -1 may be anything). float32, float16 and
-  float64 are read as float32; int32 and int64 as int64 (token ids).
+A NumPy ``.npz`` file (``numpy.savez`` or ``numpy.savez_compressed``) holding:
+
+- one array per declared input, under the input's name, each of shape ``(N, ...)`` whose trailing
+  dimensions match the input's declared shape (dimensions declared -1, such as a sequence
+  length, may be anything). A float input accepts float or integer arrays, read as float32; an
+  int64 or int32 input (token ids, attention masks) accepts integer or boolean arrays, read as
+  int64. Inputs of different dtypes sit side by side in one file. A model with a single input may
+  name its array ``inputs`` instead.
 - ``labels`` (optional): an integer array of shape ``(N,)``, class indices. Top1Accuracy,
   fine-tuning and distillation need them; OutputAgreement and CosineSimilarity do not.
 
-No other keys are read, and the file is opened with ``allow_pickle=False``: object arrays are
-refused. Values must be finite (no NaN or Inf). ``samples`` keeps the first N rows.
+Every declared input needs its array: a missing one is a DataError naming the input (no input is
+ever filled in). Other keys are ignored, and the file is opened with ``allow_pickle=False``: object
+arrays are refused. Values must be finite (no NaN or Inf) and every array must hold the same N.
+
+Text, for a HuggingFace model folder: a ``.jsonl`` file (one JSON object per line with a ``text``
+string and, for labelled data, an integer ``label`` on every line) or a ``.txt`` file (one sample
+per line; blank lines are skipped). The text is tokenized with the model folder's own tokenizer
+(``transformers.AutoTokenizer``, local files only) into the declared inputs (``input_ids``,
+``attention_mask``, ``token_type_ids``, whichever the model declares), padded to ``maxLength``
+(``padding: MaxLength``, the default) or to the longest sample (``Longest``) and truncated to
+``maxLength`` unless ``truncation: false``.
+
+``samples`` keeps the first N samples. For example, a two-input encoder::
+
+    import numpy as np
+    ids = np.random.default_rng(0).integers(0, 1000, size=(64, 16))
+    mask = np.ones((64, 16), dtype=np.int64)
+    np.savez("encoder-eval.npz", input_ids=ids, attention_mask=mask)
 
 Builtin ``Digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, no download), as
-inputs ``(N, 1, 8, 8)`` float32 scaled to [0, 1] and labels 0-9. A fixed stratified split keeps
-20% (360 images) for evaluation; training and calibration read the other 80%.
+a model's single input ``(N, 1, 8, 8)`` float32 scaled to [0, 1] and labels 0-9. A fixed stratified
+split keeps 20% (360 images) for evaluation; training and calibration read the other 80%.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +57,22 @@ from kompression.worker.steps.base import Dataset, DataSets
 DIGITS_EVAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 ROLES = ("calibration", "evaluation", "training")
+SHORTHAND = "inputs"  # the array name a single-input model's data may use instead of the input's name
+INTEGER_DTYPES = ("int64", "int32")
+# The files a HuggingFace tokenizer is read from: a fast tokenizer, or a vocabulary (WordPiece,
+# BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
-def digits(split: str) -> Dataset:
-    """The builtin Digits set; split is "train" (training, calibration) or "eval"."""
+def digits(split: str, name: str = "x") -> Dataset:
+    """The builtin Digits set under input `name`; split is "train" (training, calibration) or "eval"."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -46,77 +82,216 @@ def digits(split: str) -> Dataset:
     x_train, x_eval, y_train, y_eval = train_test_split(
         images, labels, test_size=DIGITS_EVAL_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=labels
     )
-    return Dataset(x_train, y_train) if split == "train" else Dataset(x_eval, y_eval)
+    return Dataset({name: x_train}, y_train) if split == "train" else Dataset({name: x_eval}, y_eval)
 
 
-def read_npz(path: Path, field: str) -> Dataset:
-    """Read the documented .npz format; every problem is a DataError naming the field."""
+def read_npz(path: Path, field: str, declared: Sequence[ModelInput]) -> Dataset:
+    """Read the documented .npz format; every problem is a DataError naming the field and input."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
-            if "inputs" not in keys:
-                raise DataError(f"{field}: {path.name} has no `inputs` array (found {sorted(keys) or 'nothing'})")
-            inputs = np.asarray(npz["inputs"])
+            arrays = {}
+            for i, spec in enumerate(declared):
+                key = spec.name
+                if key not in keys and len(declared) == 1 and SHORTHAND in keys:
+                    key = SHORTHAND
+                if key not in keys:
+                    shorthand = f" (or `{SHORTHAND}`, for a single-input model)" if len(declared) == 1 else ""
+                    raise DataError(
+                        f"{field}: {path.name} has no array for spec.model.inputs[{i}] {spec.name!r}{shorthand}; "
+                        f"found {sorted(keys) or 'nothing'}. Save one array per declared input, named as the input"
+                    )
+                arrays[spec.name] = np.asarray(npz[key])
             labels = np.asarray(npz["labels"]) if "labels" in keys else None
     except DataError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{field}: not a readable .npz file with plain arrays ({exc})") from None
-    if inputs.dtype.kind == "f":
-        inputs = inputs.astype(np.float32)
-    elif inputs.dtype.kind in "iu":
-        inputs = inputs.astype(np.int64)
-    else:
-        raise DataError(f"{field}: `inputs` has dtype {inputs.dtype}; expected float or integer")
-    if labels is not None:
-        if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != len(inputs):
+    return Dataset(arrays, labels)
+
+
+def _texts(path: Path, field: str) -> tuple[list[str], np.ndarray | None]:
+    """The samples of a .jsonl (`text`, optional integer `label`) or .txt (one per line) file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{field}: cannot read {path.name} as UTF-8 text ({exc})") from None
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if path.suffix == ".txt":
+        return [line for _, line in numbered], None
+    texts: list[str] = []
+    labels: list[int] = []
+    for n, line in numbered:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{field}: {path.name} line {n} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f'{field}: {path.name} line {n} needs a `text` string, e.g. {{"text": "..."}}')
+        texts.append(row["text"])
+        label = row.get("label")
+        if label is not None:
+            if not isinstance(label, int) or isinstance(label, bool):
+                raise DataError(f"{field}: {path.name} line {n}: `label` must be an integer class index, got {label!r}")
+            labels.append(label)
+    if labels and len(labels) != len(texts):
+        raise DataError(f"{field}: {path.name}: {len(labels)} of {len(texts)} lines have a `label`; label all or none")
+    return texts, np.asarray(labels, dtype=np.int64) if labels else None
+
+
+def tokenizer_for(folder: Path | None, field: str) -> Any:
+    """The model folder's own tokenizer, from local files only (never the network)."""
+    if folder is None:
+        raise DataError(
+            f"{field}: text data is tokenized with the model's own tokenizer, and only a HuggingFace model "
+            "folder has one; tokenize beforehand into an .npz with one array per input"
+        )
+    # Without a vocabulary file transformers builds an empty tokenizer that maps every word to
+    # [UNK] without a word of warning, so the files are looked for first.
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(
+            f"{field}: the model folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save it next to the "
+            "model with tokenizer.save_pretrained(folder)"
+        )
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError(
+            f"{field}: tokenizing text data needs the transformers package, which this worker lacks"
+        ) from None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for a folder without a tokenizer
+        raise DataError(
+            f"{field}: the model folder has no usable tokenizer (tokenizer.json or a vocabulary plus "
+            f"tokenizer_config.json): {' '.join(str(exc).split())[:300]}"
+        ) from None
+
+
+def read_text(path: Path, field: str, source: DataSource, declared: Sequence[ModelInput], tokenizer: Any) -> Dataset:
+    """Tokenize a text data set into the model's declared inputs."""
+    texts, labels = _texts(path, field)
+    if not texts:
+        raise DataError(f"{field}: {path.name} holds no samples")
+    if source.samples is not None:
+        texts, labels = texts[: source.samples], None if labels is None else labels[: source.samples]
+    fixed = [s.shape[1] for s in declared if len(s.shape) > 1 and s.shape[1] > 0]
+    max_length = source.maxLength or (fixed[0] if fixed else None)
+    padding = "max_length" if source.padding_or_default == "MaxLength" else "longest"
+    truncation = source.truncation_or_default
+    if max_length is None and padding == "max_length":
+        max_length = int(getattr(tokenizer, "model_max_length", 0) or 0) or None
+        if max_length is None or max_length > 1_000_000:  # transformers' "no limit" sentinel
+            raise DataError(f"{field}: the tokenizer states no length limit; set maxLength")
+    if not truncation:
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+        too_long = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
+        if too_long:
             raise DataError(
-                f"{field}: `labels` must be integers of shape ({len(inputs)},); got {labels.dtype} {labels.shape}"
+                f"{field}: {len(too_long)} sample(s) (the first is sample {too_long[0]}) are longer than "
+                f"maxLength {max_length} tokens and truncation is false; raise maxLength or set truncation: true"
             )
-        labels = labels.astype(np.int64)
-    return Dataset(inputs, labels)
+    encoded = tokenizer(texts, padding=padding, truncation=truncation, max_length=max_length, return_tensors="np")
+    arrays = {}
+    for i, spec in enumerate(declared):
+        if spec.name not in encoded:
+            raise DataError(
+                f"{field}: the tokenizer produces {sorted(encoded.keys())}, not spec.model.inputs[{i}] "
+                f"{spec.name!r}; declare the model's inputs by the tokenizer's names"
+            )
+        arrays[spec.name] = np.asarray(encoded[spec.name])
+    return Dataset(arrays, labels)
 
 
-def check(ds: Dataset, declared: ModelInput, field: str) -> Dataset:
-    """Shape, finiteness and emptiness checks against the model's first declared input."""
+def check(ds: Dataset, declared: Sequence[ModelInput], field: str) -> Dataset:
+    """Each array against its declared input: same N, shape (-1 = any), dtype kind, finiteness;
+    float inputs come out float32, integer inputs int64."""
     if len(ds) == 0:
         raise DataError(f"{field}: the data set is empty")
-    trailing = list(ds.inputs.shape[1:])
-    expected = declared.shape[1:]
-    if len(trailing) != len(expected) or any(e not in (-1, a) for a, e in zip(trailing, expected, strict=False)):
-        raise DataError(
-            f"{field}: inputs have shape {list(ds.inputs.shape)} but spec.model.inputs[{declared.name!r}] is "
-            f"{declared.shape}: each sample must have shape {expected} (-1 = any)"
-        )
-    if ds.inputs.dtype.kind == "f" and not np.isfinite(ds.inputs).all():
-        bad = int((~np.isfinite(ds.inputs)).reshape(len(ds), -1).any(axis=1).sum())
-        raise DataError(f"{field}: {bad} sample(s) contain NaN or Inf; clean the data set")
-    return ds
+    n = len(ds)
+    out: dict[str, np.ndarray] = {}
+    for i, spec in enumerate(declared):
+        where = f"spec.model.inputs[{i}] {spec.name!r}"
+        if spec.name not in ds.inputs:
+            raise DataError(f"{field}: no data for {where}; every declared input needs its own array")
+        array = ds.inputs[spec.name]
+        if len(array) != n:
+            raise DataError(
+                f"{field}: {spec.name!r} has {len(array)} samples but the data set has {n}; they must match"
+            )
+        trailing, expected = list(array.shape[1:]), spec.shape[1:]
+        if len(trailing) != len(expected) or any(e not in (-1, a) for a, e in zip(trailing, expected, strict=False)):
+            raise DataError(
+                f"{field}: {spec.name!r} has shape {list(array.shape)} but {where} is {spec.shape}: "
+                f"each sample must have shape {expected} (-1 = any)"
+            )
+        if spec.dtype in INTEGER_DTYPES:
+            if array.dtype.kind not in "iub":
+                raise DataError(f"{field}: {spec.name!r} has dtype {array.dtype}; {where} is {spec.dtype}, so integers")
+            out[spec.name] = array.astype(np.int64)
+        else:
+            if array.dtype.kind not in "fiu":
+                raise DataError(f"{field}: {spec.name!r} has dtype {array.dtype}; expected float or integer")
+            array = array.astype(np.float32)
+            if not np.isfinite(array).all():
+                bad = int((~np.isfinite(array)).reshape(n, -1).any(axis=1).sum())
+                raise DataError(f"{field}: {bad} sample(s) of {spec.name!r} contain NaN or Inf; clean the data set")
+            out[spec.name] = array
+    labels = ds.labels
+    if labels is not None:
+        if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != n:
+            raise DataError(f"{field}: `labels` must be integers of shape ({n},); got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
+    return Dataset(out, labels)
 
 
-def load_source(
-    source: DataSource, field: str, declared: ModelInput, fetch: Callable[[str], Path], split: str
+def load_source(  # noqa: PLR0917 - one call site, every argument is distinct
+    source: DataSource,
+    field: str,
+    declared: Sequence[ModelInput],
+    fetch: Callable[[str], Path],
+    split: str,
+    tokenizer: Callable[[], Any],
 ) -> Dataset:
     if source.builtin == "Digits":
-        ds = digits(split)
+        ds = digits(split, declared[0].name)
     else:
         assert source.uri is not None  # enforced by the API's rules
-        ds = read_npz(fetch(source.uri), field)
+        path = fetch(source.uri)
+        if source.is_text:
+            ds = read_text(path, field, source, declared, tokenizer())
+        else:
+            ds = read_npz(path, field, declared)
     if source.samples is not None:
-        ds = Dataset(ds.inputs[: source.samples], None if ds.labels is None else ds.labels[: source.samples])
+        ds = ds.head(source.samples)
     return check(ds, declared, field)
 
 
-def load_datasets(spec: DataSpec | None, declared: ModelInput, fetch: Callable[[str], Path]) -> DataSets:
-    """Every data set the spec names. fetch(uri) returns a local copy (ObjectNotFound if absent)."""
+def load_datasets(
+    spec: DataSpec | None,
+    declared: Sequence[ModelInput],
+    fetch: Callable[[str], Path],
+    tokenizer_folder: Path | None = None,
+) -> DataSets:
+    """Every data set the spec names. fetch(uri) returns a local copy (ObjectNotFound if absent);
+    tokenizer_folder is the HuggingFace model folder whose tokenizer reads text data (None: no tokenizer)."""
     out = DataSets()
     if spec is None:
         return out
+    loaded: list[Any] = []
+
+    def tokenizer(field: str) -> Any:
+        if not loaded:  # loaded once, for the first text set
+            loaded.append(tokenizer_for(tokenizer_folder, field))
+        return loaded[0]
+
     for role in ROLES:
         source = getattr(spec, role)
         if source is not None:
             split = "eval" if role == "evaluation" else "train"
-            setattr(out, role, load_source(source, f"spec.data.{role}", declared, fetch, split))
+            field = f"spec.data.{role}"
+            ds = load_source(source, field, declared, fetch, split, partial(tokenizer, field))
+            setattr(out, role, ds)
     if spec.evaluation is not None and spec.evaluation.metric == "Top1Accuracy":
         assert out.evaluation is not None
         if out.evaluation.labels is None:
@@ -124,5 +299,15 @@ def load_datasets(spec: DataSpec | None, declared: ModelInput, fetch: Callable[[
                 "spec.data.evaluation: metric Top1Accuracy needs `labels`; use OutputAgreement for unlabeled data"
             )
     if out.training is not None and out.training.labels is None:
-        raise DataError("spec.data.training: fine-tuning and distillation need `labels` in the .npz")
+        raise DataError(
+            "spec.data.training: fine-tuning and distillation need labels (`labels` in an .npz, `label` in .jsonl)"
+        )
     return out
+
+
+def first_sample(data: DataSets) -> list[np.ndarray] | None:
+    """One real sample of every input (batch of 1), from the first data set there is; None without data."""
+    for ds in (data.evaluation, data.calibration, data.training):
+        if ds is not None and len(ds):
+            return ds.rows(slice(0, 1))
+    return None

@@ -46,7 +46,7 @@ def train(seed: int = 0, epochs: int = 12, batch_size: int = 64, lr: float = 1e-
     generator = np.random.default_rng(seed)
     train_set, eval_set = digits("train"), digits("eval")
     assert train_set.labels is not None and eval_set.labels is not None
-    x, y = torch.from_numpy(train_set.inputs), torch.from_numpy(train_set.labels)
+    x, y = torch.from_numpy(train_set.inputs["x"]), torch.from_numpy(train_set.labels)
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -61,7 +61,7 @@ def train(seed: int = 0, epochs: int = 12, batch_size: int = 64, lr: float = 1e-
         schedule.step()
     model.eval()
     with torch.no_grad():
-        predictions = model(torch.from_numpy(eval_set.inputs)).argmax(dim=1).numpy()
+        predictions = model(torch.from_numpy(eval_set.inputs["x"])).argmax(dim=1).numpy()
     return model, float((predictions == eval_set.labels).mean())
 
 

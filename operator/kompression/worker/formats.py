@@ -15,10 +15,11 @@ Unpickling runs code. So:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -355,13 +356,25 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(int(p.numel()) for p in module.parameters())
 
 
-def save_torch_export(model: TorchModel, path: Path) -> Path:
-    """Save as a .pt2 archive (dynamic batch when the model allows it) and check it holds every parameter."""
+def save_torch_export(model: TorchModel, path: Path, declared: Sequence[ModelInput] = ()) -> Path:
+    """Save as a .pt2 archive (dynamic batch when the model allows it, and the other dimensions
+    `declared` -1, such as a sequence length, dynamic too) and check it holds every parameter."""
     module = model.module.eval()
     batch2 = tuple(torch.cat([t, t]) for t in model.example_inputs)
     dim = torch.export.Dim("batch", min=1, max=65536)
+    shapes = [d.shape for d in declared] if len(declared) == len(batch2) else [[] for _ in batch2]
+    # AUTO lets torch.export find how the dimensions relate (ids and mask share one sequence length).
+    dynamic = tuple(
+        {0: dim, **{i: torch.export.Dim.AUTO for i, d in enumerate(shape) if i > 0 and d == -1}} for shape in shapes
+    )
+    params = list(inspect.signature(module.forward).parameters.values())
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        # forward(*args) (a HuggingFace wrapper): torch.export sees one argument, the tuple.
+        dynamic_shapes: Any = {params[0].name: dynamic}
+    else:
+        dynamic_shapes = dynamic
     try:
-        program = torch.export.export(module, batch2, dynamic_shapes=tuple({0: dim} for _ in batch2))
+        program = torch.export.export(module, batch2, dynamic_shapes=dynamic_shapes)
     except Exception:
         # Some graphs (quantized ones, data-dependent code) specialize the batch: keep it static.
         program = torch.export.export(module, model.example_inputs)

@@ -188,21 +188,37 @@ def _engine_forward(model: EngineModel) -> Forward:
 # accuracy
 
 
-def predict(run: Forward, data: Dataset, extra_inputs: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """Outputs for every sample, in batches. extra_inputs: one example row per further model input."""
+def predict(run: Forward, data: Dataset) -> np.ndarray:
+    """Outputs for every sample, in batches, every model input fed from the data."""
     outs = []
     for start in range(0, len(data), EVAL_BATCH):
-        x = data.inputs[start : start + EVAL_BATCH]
-        extra = [np.repeat(e, len(x), axis=0) for e in extra_inputs]
-        outs.append(run([x, *extra]))
+        outs.append(run(data.rows(slice(start, start + EVAL_BATCH))))
     out = np.concatenate(outs)
     if not np.isfinite(out).all():
         raise ModelError("the model produced NaN or Inf on the evaluation data")
     return out
 
 
-def score(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> float:
-    """The evaluation metric; reference is the original model's outputs on the same data."""
+MASK_INPUT = "attention_mask"
+
+
+def mean_pool(outputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-token outputs (N, S, H) averaged over the positions the mask (N, S) keeps."""
+    weights = (mask > 0).astype(np.float64)[:, :, None]
+    pooled: np.ndarray = (outputs * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    return pooled
+
+
+def score(
+    metric: str,
+    outputs: np.ndarray,
+    labels: np.ndarray | None,
+    reference: np.ndarray | None,
+    mask: np.ndarray | None = None,
+) -> float:
+    """The evaluation metric; reference is the original model's outputs on the same data. With an
+    attention mask (N, S) and per-token outputs (N, S, ...), CosineSimilarity compares the
+    mask-weighted mean over tokens, so padded positions count for nothing."""
     flat = outputs.reshape(len(outputs), -1)
     if metric == "Top1Accuracy":
         if labels is None:
@@ -215,6 +231,8 @@ def score(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference
         raise ModelError(f"metric {metric}: output shape {flat.shape} differs from the original's {ref.shape}")
     if metric == "OutputAgreement":
         return float((flat.argmax(axis=1) == ref.argmax(axis=1)).mean())
+    if mask is not None and outputs.ndim == 3 and outputs.shape[:2] == mask.shape:
+        flat, ref = mean_pool(outputs, mask), mean_pool(reference, mask)
     num = (flat * ref).sum(axis=1)
     den = np.linalg.norm(flat, axis=1) * np.linalg.norm(ref, axis=1)
     return float(np.mean(num / np.maximum(den, 1e-12)))
@@ -228,7 +246,7 @@ def latency(
     run: Forward, sample: Sequence[np.ndarray], batch_size: int, warmup: int, iterations: int
 ) -> tuple[float, float]:
     """(p50, p95) in milliseconds for one batch size, after warm-up runs."""
-    batch = [np.repeat(s, batch_size, axis=0) for s in sample]
+    batch = [np.repeat(np.asarray(s), batch_size, axis=0) for s in sample]
     for _ in range(warmup):
         run(batch)
     times = []
@@ -286,22 +304,32 @@ def measure(  # noqa: PLR0917 - few call sites, every argument is distinct
     metric: str,
     reference: np.ndarray | None,
     device: str,
+    sample: Sequence[np.ndarray] | None = None,
 ) -> Measured:
     """Every figure for one model on `device` (the job's); artifact is its serialized file (its size is
-    the size on disk). Without evaluation data there is no accuracy (and no outputs to compare with)."""
+    the size on disk). Without evaluation data there is no accuracy (and no outputs to compare with).
+    Latency is timed on `sample` (one real sample per input, repeated to each batch size), by default
+    the first evaluation sample."""
     threads = threads_for(measurement)
     placed = runner(model, threads, device)
     run = placed.run
-    sample = [t.numpy() for t in example_inputs(inputs)]
-    extra = sample[1:]
     accuracy, outputs = None, None
     if evaluation is not None:
-        if evaluation.inputs.dtype != sample[0].dtype and sample[0].dtype == np.float32:
-            evaluation = Dataset(evaluation.inputs.astype(np.float32), evaluation.labels)
-        outputs = predict(run, evaluation, extra)
+        outputs = predict(run, evaluation)
         # The original model is its own reference: agreement 1.0, cosine 1.0.
-        accuracy = score(metric, outputs, evaluation.labels, outputs if reference is None else reference)
-        sample[0] = evaluation.inputs[:1]
+        accuracy = score(
+            metric,
+            outputs,
+            evaluation.labels,
+            outputs if reference is None else reference,
+            evaluation.inputs.get(MASK_INPUT),
+        )
+    if sample is None:
+        sample = evaluation.rows(slice(0, 1)) if evaluation is not None else None
+    if sample is None:
+        # No data at all: only then is latency timed on a synthesized input of the declared shapes and
+        # dtypes (zeros, dynamic dimensions other than the batch as 1); there is no accuracy to spoil.
+        sample = [t.numpy() for t in example_inputs(inputs)]
     timings = {
         bs: latency(run, sample, bs, measurement.warmupIterations, measurement.iterations)
         for bs in measurement.batchSizes

@@ -8,7 +8,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,15 @@ import torch
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MeasuredDevice, Metrics, Result, Step
+from kompression.api.v1alpha1 import (
+    ArtifactKind,
+    CompressionJob,
+    MeasuredDevice,
+    Metrics,
+    ModelInput,
+    Result,
+    Step,
+)
 from kompression.worker import data as data_io
 from kompression.worker import distributed, formats, gates, measure, publish, reporting, storage
 from kompression.worker.errors import DataError, GateFailed, ModelError, WorkerError
@@ -56,6 +64,7 @@ class Loaded:
                 "",
                 None,
                 measure.torch_device(device),
+                data_io.first_sample(self.data),
             ).metrics
         return self.remeasured[device]
 
@@ -107,15 +116,38 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
     )
     datasets = data_io.load_datasets(
-        spec.data, spec.model.inputs[0], lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data")
+        spec.data,
+        spec.model.inputs,
+        lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data"),
+        model_path if spec.model.format == "HuggingFace" else None,
     )
+    model = _with_real_examples(model, datasets)
     device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
     baseline = measure.measure(
-        model, model_path, spec.model.inputs, spec.measurement, datasets.evaluation, metric, None, device
+        model,
+        model_path,
+        spec.model.inputs,
+        spec.measurement,
+        datasets.evaluation,
+        metric,
+        None,
+        device,
+        data_io.first_sample(datasets),
     )
     reporter.phase_done("Baseline")
     return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
+
+
+def _with_real_examples(model: Model, datasets: DataSets) -> Model:
+    """The model's example inputs become one real sample of the data, so that tracing, layout
+    timing and export see real token ids, masks and sequence lengths; without data they stay the
+    declared shapes."""
+    sample = data_io.first_sample(datasets)
+    if sample is None or not isinstance(model, TorchModel):
+        return model
+    dtypes = [t.dtype for t in model.example_inputs]
+    return TorchModel(model.module, tuple(torch.from_numpy(a).to(d) for a, d in zip(sample, dtypes, strict=True)))
 
 
 def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) -> Path:
@@ -140,7 +172,7 @@ def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -
 # steps
 
 
-def serialize(model: Model, folder: Path) -> tuple[Path, ArtifactKind]:
+def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -> tuple[Path, ArtifactKind]:
     """The model's file on disk: its size is the step's size, and it is what gets published."""
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, OnnxModel):
@@ -148,7 +180,7 @@ def serialize(model: Model, folder: Path) -> tuple[Path, ArtifactKind]:
     if isinstance(model, EngineModel):
         return model.path, "TensorRTEngine"
     try:
-        return formats.save_torch_export(model, folder / "model.pt2"), "TorchExport"
+        return formats.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
     except ModelError:
         raise
     except Exception:
@@ -227,7 +259,7 @@ def run_steps(
             torch.manual_seed(seed)
             np.random.seed(seed)
             result = technique(current, ctx)
-            artifact, kind = serialize(result.model, workdir / "out")
+            artifact, kind = serialize(result.model, workdir / "out", spec.model.inputs)
             measured = measure.measure(
                 result.model,
                 artifact,
@@ -237,6 +269,7 @@ def run_steps(
                 metric,
                 loaded.baseline.outputs,
                 loaded.device,
+                data_io.first_sample(loaded.data),
             )
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)

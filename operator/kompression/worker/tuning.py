@@ -12,7 +12,7 @@ trial passes, the best one (most gates passed, then highest accuracy) is returne
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -42,23 +42,23 @@ def sensitive_layers(loaded: Loaded) -> list[str]:
         return []
     module = loaded.model.module.eval()
     device = next(module.parameters()).device
-    inputs = torch.from_numpy(data.inputs[:SENSITIVITY_SAMPLES]).to(device)
+    inputs = [torch.from_numpy(a).to(device) for a in data.rows(slice(0, SENSITIVITY_SAMPLES))]
     layers: dict[str, torch.nn.Conv2d | torch.nn.Linear] = {
         n: m for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
     }
     with torch.inference_mode():
         ranges = _input_ranges(module, layers, inputs)
-        reference = module(inputs)
+        reference = module(*inputs)
         scale = reference.pow(2).mean().clamp_min(1e-12)
         errors = {}
         for name, layer in layers.items():
             with _int8_layer(layer, ranges[name]):
-                errors[name] = float((module(inputs) - reference).pow(2).mean() / scale)
+                errors[name] = float((module(*inputs) - reference).pow(2).mean() / scale)
     return sorted(errors, key=errors.__getitem__, reverse=True)[:FALLBACK_LAYERS]
 
 
 def _input_ranges(
-    module: torch.nn.Module, layers: Mapping[str, torch.nn.Conv2d | torch.nn.Linear], inputs: torch.Tensor
+    module: torch.nn.Module, layers: Mapping[str, torch.nn.Conv2d | torch.nn.Linear], inputs: Sequence[torch.Tensor]
 ) -> dict[str, tuple[float, float]]:
     ranges: dict[str, tuple[float, float]] = {}
 
@@ -70,7 +70,7 @@ def _input_ranges(
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
     try:
-        module(inputs)
+        module(*inputs)
     finally:
         for handle in handles:
             handle.remove()

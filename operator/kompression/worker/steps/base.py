@@ -15,13 +15,22 @@ from kompression.worker.model import Model, TorchModel
 
 @dataclass
 class Dataset:
-    """In-memory data: inputs (N, ...) float32 or int64, labels (N,) int64 or None."""
+    """In-memory data: one array (N, ...) per model input, keyed by spec.model.inputs[].name in
+    declared order (float32 features, int64 ids and masks side by side), labels (N,) int64 or None."""
 
-    inputs: np.ndarray
+    inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+    def rows(self, index: slice | np.ndarray) -> list[np.ndarray]:
+        """The selected samples of every input, in declared order (contiguous, ready to feed)."""
+        return [np.ascontiguousarray(a[index]) for a in self.inputs.values()]
+
+    def head(self, n: int) -> Dataset:
+        """The first n samples."""
+        return Dataset({k: a[:n] for k, a in self.inputs.items()}, None if self.labels is None else self.labels[:n])
 
 
 @dataclass

@@ -74,8 +74,8 @@ def distill(model: Model, ctx: StepContext) -> StepResult:
         total, count = 0.0, 0
         for x, y in batches(data, cfg.batchSize, device, shuffle=True, seed=ctx.seed + epoch, shard=(rank, world)):
             with torch.no_grad():
-                soft_targets = teacher(x)
-            loss = kd_loss(trained(x), soft_targets, y, cfg.temperature, cfg.alpha)
+                soft_targets = teacher(*x)
+            loss = kd_loss(trained(*x), soft_targets, y, cfg.temperature, cfg.alpha)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()

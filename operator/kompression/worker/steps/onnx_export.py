@@ -26,8 +26,15 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
         raise StepInvalid(
             f"step {ctx.step.name}: a TensorRT engine cannot be exported to ONNX; export before the tensorrt step"
         )
-    names = [i.name for i in ctx.job.spec.model.inputs]
-    exported = export_onnx(model, ctx.workdir / "model.onnx", names, opset=cfg.opset, dynamic_batch=cfg.dynamicBatch)
+    declared = ctx.job.spec.model.inputs
+    exported = export_onnx(
+        model,
+        ctx.workdir / "model.onnx",
+        [i.name for i in declared],
+        opset=cfg.opset,
+        dynamic_batch=cfg.dynamicBatch,
+        declared=declared,
+    )
     inputs = _check_inputs(model, ctx, batch=cfg.dynamicBatch)
     module = copy.deepcopy(model.module).to("cpu").eval()
     with torch.no_grad():
@@ -45,10 +52,11 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
 
 
 def _check_inputs(model: TorchModel, ctx: StepContext, batch: bool) -> list[np.ndarray]:
-    """Real samples when there is data (one batch of a few), else the model's example inputs."""
+    """Real samples of every input when there is data (a few, or one when the batch is static),
+    else the model's example inputs."""
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
-    if data is not None and len(model.example_inputs) == 1 and len(data):
-        return [np.ascontiguousarray(data.inputs[: CHECK_SAMPLES if batch else 1])]
+    if data is not None and len(data):
+        return data.rows(slice(0, CHECK_SAMPLES if batch else 1))
     return [x.detach().cpu().numpy() for x in model.example_inputs]
 
 
@@ -61,8 +69,8 @@ def _check_existing(model: OnnxModel, ctx: StepContext) -> StepResult:
         raise ModelError(f"step {ctx.step.name}: the incoming ONNX model is invalid: {exc}") from exc
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
     if data is not None and len(data):
-        batch = [np.ascontiguousarray(data.inputs[:1])]
-    else:
+        batch = data.rows(slice(0, 1))
+    else:  # no data at all: the graph is run once on zeros of its declared shapes, only to see it run
         batch = [_zeros(meta.shape, meta.type) for meta in sess.get_inputs()]
     out = run_onnx(sess, batch)
     if not np.isfinite(out).all():

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from kompression.api.v1alpha1 import ModelInput
 from kompression.worker import eager
 from kompression.worker.errors import ModelError
 from kompression.worker.model import OnnxModel, TorchModel
@@ -25,14 +26,17 @@ def export_onnx(
     input_names: Sequence[str],
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
+    *,
+    declared: Sequence[ModelInput] = (),
 ) -> OnnxModel:
-    """Export on CPU in float32 and check the graph, so every later tool sees a valid model."""
+    """Export on CPU in float32 and check the graph, so every later tool sees a valid model.
+    Dimensions `declared` -1 other than the batch (a sequence length) stay dynamic too."""
     module = eager.scoped_for_tracing(copy.deepcopy(model.module).to("cpu").eval())
     inputs = tuple(x.detach().to("cpu") for x in model.example_inputs)
     names = list(input_names)[: len(inputs)]
     if len(names) < len(inputs):
         names += [f"input_{i}" for i in range(len(names), len(inputs))]
-    dynamic_axes = {name: {0: "batch"} for name in [*names, "output"]} if dynamic_batch else None
+    dynamic_axes = dynamic_axes_for(names, declared, dynamic_batch) or None
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # The TorchScript-based exporter gives plain Conv/Gemm graphs (scoped node names such as
@@ -53,6 +57,22 @@ def export_onnx(
     except Exception as exc:  # the exporter raises many unrelated types for unsupported ops
         raise ModelError(f"exporting the model to ONNX (opset {opset}) failed: {exc}") from exc
     return OnnxModel(path=path, input_names=names)
+
+
+def dynamic_axes_for(
+    names: Sequence[str], declared: Sequence[ModelInput], dynamic_batch: bool
+) -> dict[str, dict[int, str]]:
+    """The exporter's dynamic_axes: the batch (when asked) and every other dimension declared -1."""
+    axes: dict[str, dict[int, str]] = {}
+    shapes = {d.name: d.shape for d in declared}
+    for name in names:
+        dims = {0: "batch"} if dynamic_batch else {}
+        dims.update({i: f"{name}_dim{i}" for i, d in enumerate(shapes.get(name, [])) if i > 0 and d == -1})
+        if dims:
+            axes[name] = dims
+    if dynamic_batch:
+        axes["output"] = {0: "batch"}
+    return axes
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:

@@ -205,7 +205,7 @@ def _accumulate_gradients(module: nn.Module, data: Dataset, device: str) -> None
     for i, (x, y) in enumerate(batches(data, TAYLOR_BATCH_SIZE, device, shuffle=True)):
         if i == TAYLOR_BATCHES:
             break
-        out = module(x)
+        out = module(*x)
         target = y if data.labels is not None else out.detach().argmax(dim=1)
         loss_fn(out, target).backward()
 

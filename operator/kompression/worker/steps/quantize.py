@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,24 +54,32 @@ def float_onnx(model: Model, ctx: StepContext) -> OnnxModel:
         return model
     torch_model = require_torch(model, ctx.step.name, "quantize")
     names = [i.name for i in ctx.job.spec.model.inputs]
-    return export_onnx(torch_model, ctx.workdir / "model.float.onnx", names)
+    return export_onnx(torch_model, ctx.workdir / "model.float.onnx", names, declared=ctx.job.spec.model.inputs)
 
 
 class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
-    """Feeds a Dataset to onnxruntime's calibrator in batches, under the model's input name."""
+    """Feeds a Dataset to onnxruntime's calibrator in batches, every input under its graph name
+    (the data's inputs in declared order, which is the graph's input order)."""
 
-    def __init__(self, data: Dataset, input_name: str, batch_size: int) -> None:
+    def __init__(self, data: Dataset, input_names: Sequence[str], batch_size: int) -> None:
+        if len(input_names) != len(data.inputs):
+            raise StepInvalid(
+                f"the ONNX graph takes {len(input_names)} input(s) {list(input_names)} but the calibration data "
+                f"holds {len(data.inputs)} ({list(data.inputs)})"
+            )
         self._data = data
-        self._input_name = input_name
+        self._input_names = list(input_names)
         self._batch_size = batch_size
         self._batches = self._iterate()
 
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self._data), self._batch_size):
-            chunk = self._data.inputs[start : start + self._batch_size]
-            # Token ids stay integers; every float input is fed as float32.
-            dtype = chunk.dtype if chunk.dtype.kind in "iu" else np.float32
-            yield {self._input_name: np.ascontiguousarray(chunk, dtype=dtype)}
+            chunk = self._data.rows(slice(start, start + self._batch_size))
+            # Token ids and masks stay integers; every float input is fed as float32.
+            yield {
+                name: a if a.dtype.kind in "iu" else a.astype(np.float32)
+                for name, a in zip(self._input_names, chunk, strict=True)
+            }
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -105,12 +113,12 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
         raise StepInvalid(f"step {ctx.step.name}: StaticInt8 needs data.calibration to fix activation ranges")
-    if calibration.inputs.dtype.kind == "f" and not np.isfinite(calibration.inputs).all():
+    if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in calibration.inputs.values()):
         raise DataError(f"step {ctx.step.name}: the calibration data contains NaN or infinite values")
     source = float_onnx(model, ctx)
     spec_data = ctx.job.spec.data
     batch_size = spec_data.calibration.batchSize if spec_data and spec_data.calibration else 32
-    input_name = source.input_names[0] if source.input_names else ctx.job.spec.model.inputs[0].name
+    input_names = source.input_names or [i.name for i in ctx.job.spec.model.inputs]
     # Without VNNI, u8s8 products can overflow 16-bit accumulators; 7-bit weights avoid that.
     reduce_range = not has_vnni()
     out = ctx.workdir / "model.int8.onnx"
@@ -121,7 +129,7 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     quantize_static(
         str(prepared),
         str(out),
-        ArrayCalibrationReader(calibration, input_name, batch_size),
+        ArrayCalibrationReader(calibration, input_names, batch_size),
         quant_format=QuantFormat.QDQ,
         per_channel=cfg.per_channel_or_default,
         reduce_range=reduce_range,

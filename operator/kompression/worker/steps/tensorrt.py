@@ -6,6 +6,7 @@ When either is missing the step fails with RuntimeMissing: an engine is only rep
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kompression.api.v1alpha1 import TensorRTStep
-from kompression.worker.errors import ModelError, RuntimeMissing, StepInvalid
+from kompression.api.v1alpha1 import ModelInput, ShapeProfile, TensorRTStep
+from kompression.worker.errors import DataError, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.model import EngineModel, Model, OnnxModel
 from kompression.worker.steps.base import Dataset, StepContext, StepResult
 from kompression.worker.steps.modules import require_torch
@@ -58,7 +59,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
         config.set_flag(getattr(trt.BuilderFlag, cfg.precision))
     _add_profiles(builder, config, network, cfg, ctx)
     if cfg.precision == "INT8":
-        config.int8_calibrator = _calibrator(trt, ctx, _calibration_shape(network, cfg))
+        config.int8_calibrator = _calibrator(trt, ctx, _calibration_shapes(network, cfg, ctx))
         # TensorRT 10 deprecates implicit (calibrator) INT8 in favour of explicit Q/DQ graphs; an
         # ONNX model from StaticInt8 already carries Q/DQ nodes and TensorRT uses their scales.
         notes["int8"] = "implicit calibration (IInt8EntropyCalibrator2; deprecated in TensorRT 10)"
@@ -83,19 +84,56 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
 def _export(model: Model, ctx: StepContext) -> OnnxModel:
     torch_model = require_torch(model, ctx.step.name, "tensorrt")
     names = [i.name for i in ctx.job.spec.model.inputs]
-    return export_onnx(torch_model, ctx.workdir / "model.onnx", names)
+    return export_onnx(torch_model, ctx.workdir / "model.onnx", names, declared=ctx.job.spec.model.inputs)
+
+
+Shape = tuple[int, ...]
+
+
+def profile_shapes(
+    declared: Sequence[ModelInput], profile: ShapeProfile, step: str
+) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) for every model input under one profile. The profile gives the first input's
+    shapes; another input of the same rank whose fixed dimensions agree takes the same shapes (an
+    attention mask beside token ids), any other takes the profile's batch with its declared dimensions."""
+    first = declared[0]
+    given = (tuple(profile.min), tuple(profile.opt), tuple(profile.max))
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = {first.name: given}
+    for spec in declared[1:]:
+        same = len(spec.shape) == len(first.shape) and all(
+            d in (-1, p) for d, p in zip(spec.shape, profile.opt, strict=True)
+        )
+        if same:
+            shapes[spec.name] = given
+            continue
+        if any(d == -1 for d in spec.shape[1:]):
+            raise StepInvalid(
+                f"step {step}: input {spec.name!r} has a dynamic dimension other than the batch ({spec.shape}) "
+                f"and a different rank or fixed dimensions than {first.name!r}, which tensorrt.profiles shape; "
+                "declare its other dimensions"
+            )
+        rest = tuple(spec.shape[1:])
+        shapes[spec.name] = ((given[0][0], *rest), (given[1][0], *rest), (given[2][0], *rest))
+    return shapes
 
 
 def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext) -> None:
-    name = ctx.job.spec.model.inputs[0].name
+    declared = ctx.job.spec.model.inputs
     if not cfg.profiles:
-        dynamic = any(d < 0 for d in network.get_input(0).shape)
+        dynamic = [
+            network.get_input(i).name
+            for i in range(network.num_inputs)
+            if any(d < 0 for d in network.get_input(i).shape)
+        ]
         if dynamic:
-            raise StepInvalid(f"step {ctx.step.name}: input {name} has a dynamic dimension; set tensorrt.profiles")
+            raise StepInvalid(
+                f"step {ctx.step.name}: input(s) {', '.join(dynamic)} have a dynamic dimension; set tensorrt.profiles"
+            )
         return
     for index, shape in enumerate(cfg.profiles):
         profile = builder.create_optimization_profile()
-        profile.set_shape(name, shape.min, shape.opt, shape.max)
+        for name, (low, opt, high) in profile_shapes(declared, shape, ctx.step.name).items():
+            profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if cfg.precision == "INT8" and index == 0:
             # IBuilderConfig.set_calibration_profile (deprecated with implicit INT8 in TensorRT 10,
@@ -103,25 +141,32 @@ def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ct
             config.set_calibration_profile(profile)
 
 
-def _calibration_shape(network: Any, cfg: TensorRTStep) -> tuple[int, ...]:
-    """The input shape TensorRT calibrates at: the first profile's opt shape, else the static shape."""
+def _calibration_shapes(network: Any, cfg: TensorRTStep, ctx: StepContext) -> dict[str, Shape]:
+    """The shape of every input TensorRT calibrates at: the first profile's opt shapes, else the static ones."""
     if cfg.profiles:
-        return tuple(cfg.profiles[0].opt)
-    return tuple(int(d) for d in network.get_input(0).shape)
+        shapes = profile_shapes(ctx.job.spec.model.inputs, cfg.profiles[0], ctx.step.name)
+        return {name: opt for name, (_, opt, _) in shapes.items()}
+    return {
+        network.get_input(i).name: tuple(int(d) for d in network.get_input(i).shape) for i in range(network.num_inputs)
+    }
 
 
-def _calibrator(trt: Any, ctx: StepContext, shape: tuple[int, ...]) -> Any:
+def _calibrator(trt: Any, ctx: StepContext, shapes: dict[str, Shape]) -> Any:
     data = ctx.data.calibration
     if data is None or len(data) == 0:
         raise StepInvalid(f"step {ctx.step.name}: tensorrt precision INT8 needs data.calibration")
     # TensorRT reads exactly one opt-shaped batch from each pointer get_batch returns, so the batch
     # is the profile's, not data.calibration.batchSize, and only whole batches are fed.
-    batch, sample = shape[0], shape[1:]
-    if tuple(data.inputs.shape[1:]) != sample:
-        raise StepInvalid(
-            f"step {ctx.step.name}: calibration samples have shape {tuple(data.inputs.shape[1:])}, but TensorRT "
-            f"calibrates at the first profile's opt shape {list(shape)}; make them match"
-        )
+    batch = next(iter(shapes.values()))[0]
+    for name, shape in shapes.items():
+        array = data.inputs.get(name)
+        if array is None:
+            raise DataError(f"step {ctx.step.name}: data.calibration has no array for input {name!r}")
+        if tuple(array.shape[1:]) != shape[1:]:
+            raise StepInvalid(
+                f"step {ctx.step.name}: calibration samples of {name!r} have shape {tuple(array.shape[1:])}, but "
+                f"TensorRT calibrates at the first profile's opt shape {list(shape)}; make them match"
+            )
     if len(data) < batch:
         raise StepInvalid(
             f"step {ctx.step.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
@@ -137,7 +182,7 @@ def _make_calibrator(trt: Any) -> Any:
         def __init__(self, data: Dataset, batch_size: int, cache: Path) -> None:
             super().__init__()
             self._data, self._batch, self._cache, self._next = data, batch_size, cache, 0
-            self._device_batch: torch.Tensor | None = None
+            self._device_batch: list[torch.Tensor] = []
 
         def get_batch_size(self) -> int:
             return self._batch
@@ -145,10 +190,13 @@ def _make_calibrator(trt: Any) -> Any:
         def get_batch(self, names: list[str]) -> list[int] | None:
             if self._next + self._batch > len(self._data):  # a partial last batch would be read past its end
                 return None
-            chunk = np.ascontiguousarray(self._data.inputs[self._next : self._next + self._batch], dtype=np.float32)
+            rows = slice(self._next, self._next + self._batch)
             self._next += self._batch
-            self._device_batch = torch.from_numpy(chunk).cuda()  # kept alive until the next call
-            return [int(self._device_batch.data_ptr())]
+            # Every input TensorRT asks for, by name; kept alive until the next call.
+            self._device_batch = [
+                torch.from_numpy(np.ascontiguousarray(self._data.inputs[name][rows])).cuda() for name in names
+            ]
+            return [int(t.data_ptr()) for t in self._device_batch]
 
         def read_calibration_cache(self) -> bytes | None:
             return self._cache.read_bytes() if self._cache.exists() else None

@@ -12,7 +12,8 @@ from kompression.api.v1alpha1 import FineTune
 from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.steps.base import Dataset
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+# Every model input of a batch (declared order) and its labels.
+Batch = tuple[list[torch.Tensor], torch.Tensor]
 
 
 def labelled(data: Dataset | None, step: str, purpose: str) -> Dataset:
@@ -36,7 +37,7 @@ def batches(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield (
-            torch.from_numpy(np.ascontiguousarray(data.inputs[idx])).to(device),
+            [torch.from_numpy(a).to(device) for a in data.rows(idx)],
             torch.from_numpy(np.ascontiguousarray(labels[idx])).long().to(device),
         )
 
@@ -59,7 +60,7 @@ def fine_tune(
         total, count = 0.0, 0
         for x, y in batches(data, cfg.batchSize, device, shuffle=True, seed=seed + epoch):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(module(x), y)
+            loss = loss_fn(module(*x), y)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)
@@ -78,5 +79,5 @@ def accuracy(module: nn.Module, data: Dataset, device: str = "cpu", batch_size: 
     module.to(device).eval()
     correct = 0
     for x, y in batches(data, batch_size, device, shuffle=False):
-        correct += int((module(x).argmax(dim=1) == y).sum())
+        correct += int((module(*x).argmax(dim=1) == y).sum())
     return correct / len(data)

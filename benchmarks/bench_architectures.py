@@ -24,9 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import interleaved_ms, job_context, load_average, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import formats
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 
 IMAGE = 96
 TOKENS = 64

@@ -24,9 +24,8 @@ from common import (
     workdir,
     write_report,
 )
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.steps.quantize import has_vnni
 

@@ -41,9 +41,8 @@ from torch import nn
 from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import formats
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
 from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.onnx_io import session
 

@@ -12,9 +12,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
-from kompression.worker.model import TorchModel
+from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
 from kompression.worker.steps.modules import parameter_count
 
 BATCHES = (1, 8)

@@ -23,9 +23,8 @@ from common import (
     workdir,
     write_report,
 )
-from kompression.worker.model import Model, OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, Model, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.onnx_io import export_onnx
 
 STEPS = [

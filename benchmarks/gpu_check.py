@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from common import job_context, workdir
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 
 BUDGET_S = 7 * 60  # leaves a minute of the 8 for start-up and writing
 START = time.monotonic()

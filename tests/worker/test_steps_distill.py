@@ -14,9 +14,8 @@ from test_steps_common import DigitsCNN, digits, make_ctx, one_thread, trained_c
 
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.worker.errors import SpecError, StepInvalid
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
 

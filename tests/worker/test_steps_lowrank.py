@@ -302,7 +302,7 @@ def test_factorized_model_exports_to_onnx_within_tolerance(tmp_path: Path) -> No
 
 
 def test_fine_tune_without_training_data_is_refused_before_any_work(tmp_path: Path) -> None:
-    from kompression.worker.steps.base import DataSets
+    from kompression.worker.model import DataSets
 
     step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": 0.25, "fineTune": {"epochs": 1}}}
     with pytest.raises(StepInvalid, match=r"fineTune needs data\.training"):

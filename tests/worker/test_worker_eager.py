@@ -16,9 +16,9 @@ from torch import nn
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import eager, formats
 from kompression.worker.errors import ModelError, StepInvalid
-from kompression.worker.model import TorchModel
+from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.fp8 import FP8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules

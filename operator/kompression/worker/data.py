@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
 from kompression.worker.errors import DataError
-from kompression.worker.steps.base import Dataset, DataSets
+from kompression.worker.model import Dataset, DataSets
+
+# Evaluation batches only trade memory for speed: without spec.data.evaluation.batchSize they stay large.
+EVALUATION_BATCH_SIZE = 256
 
 DIGITS_EVAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -104,7 +108,10 @@ def load_source(
         ds = read_npz(fetch(source.uri), field)
     if source.samples is not None:
         ds = Dataset(ds.inputs[: source.samples], None if ds.labels is None else ds.labels[: source.samples])
-    return check(ds, declared, field)
+    batch_size = source.batchSize
+    if split == "eval" and "batchSize" not in source.model_fields_set:
+        batch_size = EVALUATION_BATCH_SIZE
+    return check(replace(ds, batch_size=batch_size), declared, field)
 
 
 def load_datasets(spec: DataSpec | None, declared: ModelInput, fetch: Callable[[str], Path]) -> DataSets:

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,9 @@ import torch
 from kompression.api.v1alpha1 import MeasuredDevice, MeasuredProvider, Measurement, Metrics, ModelInput
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing
 from kompression.worker.formats import example_inputs, file_size
-from kompression.worker.model import EngineModel, Model, OnnxModel, TorchModel
-from kompression.worker.steps.base import Dataset
+from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel, TorchModel
 
 Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -191,8 +189,8 @@ def _engine_forward(model: EngineModel) -> Forward:
 def predict(run: Forward, data: Dataset, extra_inputs: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Outputs for every sample, in batches. extra_inputs: one example row per further model input."""
     outs = []
-    for start in range(0, len(data), EVAL_BATCH):
-        x = data.inputs[start : start + EVAL_BATCH]
+    for start in range(0, len(data), data.batch_size):
+        x = data.inputs[start : start + data.batch_size]
         extra = [np.repeat(e, len(x), axis=0) for e in extra_inputs]
         outs.append(run([x, *extra]))
     out = np.concatenate(outs)
@@ -297,7 +295,7 @@ def measure(  # noqa: PLR0917 - few call sites, every argument is distinct
     accuracy, outputs = None, None
     if evaluation is not None:
         if evaluation.inputs.dtype != sample[0].dtype and sample[0].dtype == np.float32:
-            evaluation = Dataset(evaluation.inputs.astype(np.float32), evaluation.labels)
+            evaluation = replace(evaluation, inputs=evaluation.inputs.astype(np.float32))
         outputs = predict(run, evaluation, extra)
         # The original model is its own reference: agreement 1.0, cosine 1.0.
         accuracy = score(metric, outputs, evaluation.labels, outputs if reference is None else reference)

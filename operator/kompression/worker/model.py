@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from kompression.api.v1alpha1 import DataSource
+
+# A data set read without a batch size (a test's, a notebook's) is batched as the API's default.
+DEFAULT_BATCH_SIZE: int = DataSource.model_fields["batchSize"].default
 
 
 @dataclass
@@ -34,3 +40,23 @@ class EngineModel:
 
 
 Model = TorchModel | OnnxModel | EngineModel
+
+
+@dataclass
+class Dataset:
+    """In-memory data: inputs (N, ...) float32 or int64, labels (N,) int64 or None, and the batch
+    size it is read in (spec.data.<role>.batchSize)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class DataSets:
+    calibration: Dataset | None = None
+    evaluation: Dataset | None = None
+    training: Dataset | None = None

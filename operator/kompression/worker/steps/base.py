@@ -7,28 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Step
-from kompression.worker.model import Model, TorchModel
-
-
-@dataclass
-class Dataset:
-    """In-memory data: inputs (N, ...) float32 or int64, labels (N,) int64 or None."""
-
-    inputs: np.ndarray
-    labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-
-@dataclass
-class DataSets:
-    calibration: Dataset | None = None
-    evaluation: Dataset | None = None
-    training: Dataset | None = None
+from kompression.worker.model import DataSets, Model, TorchModel
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry 
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import eager
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.model import Dataset, Model, TorchModel
+from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,

@@ -15,8 +15,8 @@ import torch
 
 from kompression.api.v1alpha1 import TensorRTStep
 from kompression.worker.errors import ModelError, RuntimeMissing, StepInvalid
-from kompression.worker.model import EngineModel, Model, OnnxModel
-from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel
+from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx
 

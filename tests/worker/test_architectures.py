@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 
 from kompression.api.v1alpha1 import CompressionJob
-from kompression.worker import pipeline, publish
+from kompression.worker import pipeline, publish, trial
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.steps.base import StepContext, StepResult, Technique
@@ -151,7 +151,7 @@ def _recording(outputs: dict[str, Model], keep: Path) -> dict[str, Technique]:
 
         return run
 
-    return {kind: record(technique) for kind, technique in pipeline.default_techniques().items()}
+    return {kind: record(technique) for kind, technique in trial.default_techniques().items()}
 
 
 def _layers(module: nn.Module) -> int:

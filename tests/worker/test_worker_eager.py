@@ -244,10 +244,10 @@ def test_int8_keeps_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_
 
 
 def test_auto_search_ranks_the_layers_of_a_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
-    from kompression.worker import pipeline, tuning
+    from kompression.worker import trial, tuning
 
     model = _load(zoo_pt2)
-    loaded = cast(pipeline.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
+    loaded = cast(trial.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
     ranked = tuning.sensitive_layers(loaded)
     assert len(ranked) == tuning.FALLBACK_LAYERS
     names = dict(model.module.named_modules())

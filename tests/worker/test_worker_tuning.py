@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kompression.worker.model import Dataset, DataSets, TorchModel
-from kompression.worker.pipeline import Loaded
+from kompression.worker.trial import Loaded
 from kompression.worker.tuning import sensitive_layers
 
 

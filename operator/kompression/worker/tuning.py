@@ -19,9 +19,9 @@ import torch
 
 from kompression.api.v1alpha1 import INT8_METHODS, Step
 from kompression.worker.model import TorchModel
-from kompression.worker.pipeline import Loaded, Trial, run_steps, score_trial
 from kompression.worker.progress import Reporter
 from kompression.worker.steps.base import Technique
+from kompression.worker.trial import Loaded, Trial, run_steps, score_trial
 
 REMOVAL_FACTORS = (1.0, 0.75, 0.5, 0.25)
 FALLBACK_LAYERS = 2  # the most int8-sensitive layers that trials may keep in float

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kompression.worker import distributed
+from kompression.worker.measure import threads_for
 from kompression.worker.steps.base import StepContext
 
 CONTIGUOUS = "contiguous"
@@ -89,9 +90,6 @@ def apply_faster_layout(module: nn.Module, example: Sequence[torch.Tensor], ctx:
     """Time both layouts on the example input, leave the module in the faster one, and say which."""
     if not _conv_weights(module):
         return {}
-    # Imported here: measure imports the steps package, which imports this module.
-    from kompression.worker.measure import threads_for
-
     threads = threads_for(ctx.job.spec.measurement)
     current = current_layout(module)
     timings = time_layouts(module.eval(), example, ctx.device, threads)

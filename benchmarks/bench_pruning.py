@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
+from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.modules import parameter_count
@@ -32,7 +33,7 @@ def candidates(dense: nn.Module, x: torch.Tensor) -> tuple[dict[str, nn.Module],
     ctx = job_context(
         {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}, workdir(), [-1, 3, 224, 224], DataSets()
     )
-    result = TECHNIQUES["prune"](TorchModel(dense, (x,)), ctx)
+    result = TECHNIQUES[PruneStep](TorchModel(dense, (x,)), ctx)
     assert isinstance(result.model, TorchModel)
 
     # The same library called directly with the same importance and ratio: Kompression's overhead

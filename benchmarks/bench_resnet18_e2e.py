@@ -62,9 +62,8 @@ def main() -> None:
     data = DataSets(calibration=Dataset(calib))
     model: Model = TorchModel(original, (torch.from_numpy(calib[:1]),))
     for step in STEPS:
-        model = TECHNIQUES[next(k for k in step if k != "name")](
-            model, job_context(step, work, [-1, 3, 224, 224], data)
-        ).model
+        ctx = job_context(step, work, [-1, 3, 224, 224], data)
+        model = TECHNIQUES[type(ctx.config)](model, ctx).model
     assert isinstance(model, OnnxModel)
 
     x = calib[:1]

@@ -107,9 +107,8 @@ def rows_from(section: str, times: dict[str, float], baseline: str, notes: dict[
 
 
 def technique(model: TorchModel, step: dict[str, Any], shape: list[int], sizes: Sizes, data: DataSets) -> Any:
-    return TECHNIQUES[next(k for k in step if k != "name")](
-        model, job_context(step, workdir(), shape, data, device=sizes.device)
-    )
+    ctx = job_context(step, workdir(), shape, data, device=sizes.device)
+    return TECHNIQUES[type(ctx.config)](model, ctx)
 
 
 def precision(sizes: Sizes) -> list[Row]:

@@ -3,6 +3,7 @@ provider, and the speedup never compares a CPU with a GPU."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from kompression.api.v1alpha1 import Acceptance, Metrics
 from kompression.api.validation import parse_job
 from kompression.cli import main
 from kompression.worker import gates, measure, pipeline, publish, reporting
-from kompression.worker.model import TorchModel
+from kompression.worker.model import Dataset, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.reporting import load_report
 from kompression.worker.steps.onnx_io import export_onnx
@@ -140,3 +141,16 @@ def test_a_gpu_job_measures_every_row_on_the_gpu_or_says_where_it_ran(tmp_path: 
     else:
         assert (result.final.device, result.final.provider) == ("CPU", "CPUExecutionProvider")
         assert result.speedupBaseline is not None and result.speedupBaseline.device == "CPU"
+
+
+def test_evaluation_runs_in_the_data_sets_batch_size() -> None:
+    seen: list[int] = []
+
+    def forward(batch: Sequence[np.ndarray]) -> np.ndarray:
+        seen.append(len(batch[0]))
+        return batch[0].reshape(len(batch[0]), -1)
+
+    data = Dataset(np.arange(20, dtype=np.float32).reshape(10, 2), batch_size=4)
+    outputs = measure.predict(forward, data)
+    assert seen == [4, 4, 2]
+    assert np.array_equal(outputs, data.inputs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from kompression.worker import distributed, formats, gates, publish, reporting, 
 from kompression.worker.errors import GateFailed, WorkerError
 from kompression.worker.model import TorchModel
 from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import Technique
+from kompression.worker.steps.base import Techniques
 from kompression.worker.trial import Checkpoints, Loaded, Trial, default_techniques, load, run_steps, score_trial
 
 # --------------------------------------------------------------------------------------------
@@ -24,7 +23,7 @@ from kompression.worker.trial import Checkpoints, Loaded, Trial, default_techniq
 @dataclass
 class RunOptions:
     output: str | None = None  # overrides spec.output.uri
-    techniques: Mapping[str, Technique] | None = None
+    techniques: Techniques | None = None
     seed: int = 0
     workdir: Path | None = None
 

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,7 @@ from kompression.worker.errors import DataError, ModelError, WorkerError
 from kompression.worker.model import DataSets, EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import StepContext, Technique
+from kompression.worker.steps.base import StepContext, Techniques
 
 
 @dataclass
@@ -84,7 +83,7 @@ class Trial:
         return all(g.passed for g in self.result.gates)
 
 
-def default_techniques() -> Mapping[str, Technique]:
+def default_techniques() -> Techniques:
     return TECHNIQUES
 
 
@@ -189,10 +188,9 @@ class Checkpoints:
 
 
 def run_steps(
-    loaded: Loaded, steps: list[Step], techniques: Mapping[str, Technique], reporter: Reporter, seed: int
+    loaded: Loaded, steps: list[Step], techniques: Techniques, reporter: Reporter, seed: int
 ) -> list[StepRecord]:
-    job = loaded.job.model_copy(update={"spec": loaded.job.spec.model_copy(update={"steps": steps})})
-    spec = job.spec
+    spec = loaded.job.spec
     teacher = loaded.model if isinstance(loaded.model, TorchModel) else None
     # Techniques may modify their input in place (pruning does): the teacher stays pristine.
     current: Model = copy.deepcopy(loaded.model) if teacher is not None else loaded.model
@@ -200,8 +198,9 @@ def run_steps(
     records: list[StepRecord] = []
     checkpoints = Checkpoints(loaded.prefix, steps)
     metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
-    for step in steps:
-        technique = techniques.get(step.kind)
+    for index, step in enumerate(steps):
+        config = step.config
+        technique = techniques.get(type(config))
         if technique is None:
             raise WorkerError(f"step {step.name}: no technique registered for {step.kind!r} in this worker")
         reporter.step_started(step.name)
@@ -209,8 +208,12 @@ def run_steps(
         workdir = loaded.workdir / "steps" / step.name
         workdir.mkdir(parents=True, exist_ok=True)
         ctx = StepContext(
-            job=job,
-            step=step,
+            name=step.name,
+            kind=step.kind,
+            config=config,
+            field=f"spec.steps[{index}].{step.kind}",
+            inputs=spec.model.inputs,
+            measurement=spec.measurement,
             teacher=teacher,
             outputs=dict(outputs),
             data=loaded.data,

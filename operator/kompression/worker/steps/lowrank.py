@@ -69,16 +69,15 @@ class Plan:
         return f"rank {ranks} of {full} saves nothing ({', '.join(lost)})"
 
 
-def low_rank(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, LowRankStep)
-    source = require_torch(model, ctx.step.name, "lowRank")
+def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
+    cfg = ctx.config
+    source = require_torch(model, ctx)
     # Refused before any decomposition work, not after it.
-    training = labelled(ctx.data.training, ctx.step.name, "fineTune") if cfg.fineTune is not None else None
+    training = labelled(ctx.data.training, ctx.name, "fineTune") if cfg.fineTune is not None else None
     # Never mutate the incoming module: it may be the teacher or an earlier step's output.
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     example = tuple(x.to(ctx.device) for x in source.example_inputs)
-    layers = select_layers(module, cfg, ctx.step.name)
+    layers = select_layers(module, cfg, ctx.name)
     calls = _calls(module, layers, example)
     shared = _shared_weights(module)
 
@@ -103,7 +102,7 @@ def low_rank(model: Model, ctx: StepContext) -> StepResult:
         for index, plan in enumerate(plans):
             replace_module(module, plan.name, factorize(layers[plan.name], cfg.method, plan.ranks))
             ctx.report_progress((index + 1) / len(plans) * (0.5 if cfg.fineTune else 1.0), f"factorized {plan.name}")
-    macs_after = _runs_after_factorizing(module, example, ctx.step.name)
+    macs_after = _runs_after_factorizing(module, example, ctx.name)
     if cfg.fineTune is not None and training is not None and plans:
         progress = ctx.report_progress
         fine_tune(

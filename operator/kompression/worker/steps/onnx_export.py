@@ -17,16 +17,15 @@ from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 CHECK_SAMPLES = 4
 
 
-def onnx_export(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, OnnxStep)
+def onnx_export(model: Model, ctx: StepContext[OnnxStep]) -> StepResult:
+    cfg = ctx.config
     if isinstance(model, OnnxModel):
         return _check_existing(model, ctx)
     if not isinstance(model, TorchModel):
         raise StepInvalid(
-            f"step {ctx.step.name}: a TensorRT engine cannot be exported to ONNX; export before the tensorrt step"
+            f"step {ctx.name}: a TensorRT engine cannot be exported to ONNX; export before the tensorrt step"
         )
-    names = [i.name for i in ctx.job.spec.model.inputs]
+    names = [i.name for i in ctx.inputs]
     exported = export_onnx(model, ctx.workdir / "model.onnx", names, opset=cfg.opset, dynamic_batch=cfg.dynamicBatch)
     inputs = _check_inputs(model, ctx, batch=cfg.dynamicBatch)
     module = copy.deepcopy(model.module).to("cpu").eval()
@@ -36,7 +35,7 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
     diff = float(np.abs(actual - expected).max())
     if not diff <= cfg.tolerance:  # also catches NaN
         raise StepInvalid(
-            f"step {ctx.step.name}: onnxruntime and torch outputs differ by up to {diff:.3g}, "
+            f"step {ctx.name}: onnxruntime and torch outputs differ by up to {diff:.3g}, "
             f"more than the tolerance {cfg.tolerance:g}; raise onnx.tolerance or check the model for "
             "ops the exporter changes"
         )
@@ -44,7 +43,7 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
     return StepResult(exported, notes)
 
 
-def _check_inputs(model: TorchModel, ctx: StepContext, batch: bool) -> list[np.ndarray]:
+def _check_inputs(model: TorchModel, ctx: StepContext[OnnxStep], batch: bool) -> list[np.ndarray]:
     """Real samples when there is data (one batch of a few), else the model's example inputs."""
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
     if data is not None and len(model.example_inputs) == 1 and len(data):
@@ -52,13 +51,13 @@ def _check_inputs(model: TorchModel, ctx: StepContext, batch: bool) -> list[np.n
     return [x.detach().cpu().numpy() for x in model.example_inputs]
 
 
-def _check_existing(model: OnnxModel, ctx: StepContext) -> StepResult:
+def _check_existing(model: OnnxModel, ctx: StepContext[OnnxStep]) -> StepResult:
     """An ONNX model passes through, once checked and run on real inputs."""
     try:
         onnx.checker.check_model(str(model.path))
         sess = session(model.path)
     except Exception as exc:  # checker and session raise their own exception types
-        raise ModelError(f"step {ctx.step.name}: the incoming ONNX model is invalid: {exc}") from exc
+        raise ModelError(f"step {ctx.name}: the incoming ONNX model is invalid: {exc}") from exc
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
     if data is not None and len(data):
         batch = [np.ascontiguousarray(data.inputs[:1])]
@@ -66,7 +65,7 @@ def _check_existing(model: OnnxModel, ctx: StepContext) -> StepResult:
         batch = [_zeros(meta.shape, meta.type) for meta in sess.get_inputs()]
     out = run_onnx(sess, batch)
     if not np.isfinite(out).all():
-        raise StepInvalid(f"step {ctx.step.name}: the ONNX model produces NaN or infinite outputs")
+        raise StepInvalid(f"step {ctx.name}: the ONNX model produces NaN or infinite outputs")
     return StepResult(model, {"note": "already ONNX: checked with onnx.checker and run in onnxruntime, passed on"})
 
 

@@ -38,10 +38,9 @@ def load_tensorrt(step: str) -> ModuleType:
     return trt
 
 
-def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, TensorRTStep)
-    trt = load_tensorrt(ctx.step.name)
+def tensorrt_engine(model: Model, ctx: StepContext[TensorRTStep]) -> StepResult:
+    cfg = ctx.config
+    trt = load_tensorrt(ctx.name)
     onnx_model = model if isinstance(model, OnnxModel) else _export(model, ctx)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -49,7 +48,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_model.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelError(f"step {ctx.step.name}: TensorRT's ONNX parser rejected the model: {errors}")
+        raise ModelError(f"step {ctx.name}: TensorRT's ONNX parser rejected the model: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspaceMiB << 20)
@@ -69,7 +68,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ModelError(f"step {ctx.step.name}: TensorRT could not build an engine (see the worker log)")
+        raise ModelError(f"step {ctx.name}: TensorRT could not build an engine (see the worker log)")
     engine_path = ctx.workdir / "model.engine"
     engine_path.write_bytes(bytes(serialized))
     major, minor = torch.cuda.get_device_capability()
@@ -80,18 +79,18 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
     return result
 
 
-def _export(model: Model, ctx: StepContext) -> OnnxModel:
-    torch_model = require_torch(model, ctx.step.name, "tensorrt")
-    names = [i.name for i in ctx.job.spec.model.inputs]
+def _export(model: Model, ctx: StepContext[TensorRTStep]) -> OnnxModel:
+    torch_model = require_torch(model, ctx)
+    names = [i.name for i in ctx.inputs]
     return export_onnx(torch_model, ctx.workdir / "model.onnx", names)
 
 
-def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext) -> None:
-    name = ctx.job.spec.model.inputs[0].name
+def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext[TensorRTStep]) -> None:
+    name = ctx.inputs[0].name
     if not cfg.profiles:
         dynamic = any(d < 0 for d in network.get_input(0).shape)
         if dynamic:
-            raise StepInvalid(f"step {ctx.step.name}: input {name} has a dynamic dimension; set tensorrt.profiles")
+            raise StepInvalid(f"step {ctx.name}: input {name} has a dynamic dimension; set tensorrt.profiles")
         return
     for index, shape in enumerate(cfg.profiles):
         profile = builder.create_optimization_profile()
@@ -110,21 +109,21 @@ def _calibration_shape(network: Any, cfg: TensorRTStep) -> tuple[int, ...]:
     return tuple(int(d) for d in network.get_input(0).shape)
 
 
-def _calibrator(trt: Any, ctx: StepContext, shape: tuple[int, ...]) -> Any:
+def _calibrator(trt: Any, ctx: StepContext[TensorRTStep], shape: tuple[int, ...]) -> Any:
     data = ctx.data.calibration
     if data is None or len(data) == 0:
-        raise StepInvalid(f"step {ctx.step.name}: tensorrt precision INT8 needs data.calibration")
+        raise StepInvalid(f"step {ctx.name}: tensorrt precision INT8 needs data.calibration")
     # TensorRT reads exactly one opt-shaped batch from each pointer get_batch returns, so the batch
     # is the profile's, not data.calibration.batchSize, and only whole batches are fed.
     batch, sample = shape[0], shape[1:]
     if tuple(data.inputs.shape[1:]) != sample:
         raise StepInvalid(
-            f"step {ctx.step.name}: calibration samples have shape {tuple(data.inputs.shape[1:])}, but TensorRT "
+            f"step {ctx.name}: calibration samples have shape {tuple(data.inputs.shape[1:])}, but TensorRT "
             f"calibrates at the first profile's opt shape {list(shape)}; make them match"
         )
     if len(data) < batch:
         raise StepInvalid(
-            f"step {ctx.step.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
+            f"step {ctx.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
             f"but data.calibration has only {len(data)} samples; supply more or lower the opt batch"
         )
     return _make_calibrator(trt)(data, batch, ctx.workdir / "calibration.cache")

@@ -28,9 +28,9 @@ from torch import nn
 from common import THREADS, job_context, load_average, workdir, write_report
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import DistillStep, FineTune
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy, fine_tune
 
 SEEDS = (0, 1, 2, 3, 4)

@@ -41,9 +41,9 @@ from torch import nn
 from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
 from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker import formats
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.onnx_io import session
 
 BATCHES = (1, 8)

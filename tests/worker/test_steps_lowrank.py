@@ -18,10 +18,10 @@ from torch.nn import functional
 
 from kompression.api.v1alpha1 import DistillStep, LowRankStep, OnnxStep, QuantizeStep
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.lowrank import factorize, layer_macs, rank_for, replace_module, svd_factors
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
 low_rank = TECHNIQUES[LowRankStep]

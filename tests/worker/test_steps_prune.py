@@ -12,9 +12,9 @@ from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  
 
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
 prune = TECHNIQUES[PruneStep]

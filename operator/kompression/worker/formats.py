@@ -182,12 +182,12 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(
+        raise SpecError(
             f"{field}: cannot import module {module_name!r} ({exc}); is it installed in the worker image?"
         ) from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
-        raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
+        raise SpecError(f"{field}: module {module_name!r} has no callable {attr!r}")
     # An allowed module may re-export something from elsewhere (a zoo that imports os): the object
     # itself must come from an allowed module too.
     home = getattr(obj, "__module__", None) or ""
@@ -199,13 +199,15 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
 
 
 def build_architecture(ref: str, kwargs: dict[str, Any] | None, field: str) -> torch.nn.Module:
+    """The module an architecture reference (and its arguments) builds, for spec.model and distill's student
+    alike: whatever is wrong with the reference is a SpecError naming `field`."""
     factory = import_ref(ref, field)
     try:
         module = factory(**(kwargs or {}))
     except Exception as exc:
-        raise ModelError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
+        raise SpecError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
+        raise SpecError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
     return module
 
 

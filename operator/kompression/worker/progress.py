@@ -22,7 +22,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -33,6 +32,7 @@ from kompression.api.constants import (
     TERMINATION_MESSAGE_PATH,
 )
 from kompression.api.report import WorkerReport
+from kompression.api.timestamps import now
 from kompression.api.v1alpha1 import Artifact, CompressionJob, Environment, Metrics, Progress, Result, StepStatus
 
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
@@ -40,10 +40,6 @@ TERMINATION_LIMIT = 4096
 POST_ATTEMPTS = 3
 POST_TIMEOUT_S = 5.0
 BAR_WIDTH = 30
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Poster:

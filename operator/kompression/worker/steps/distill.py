@@ -18,10 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from kompression.api.v1alpha1 import DistillStep
 from kompression.worker import distributed
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats import build_architecture
+from kompression.worker.formats import build_architecture, parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import batches, labelled
 
 CHECKPOINT = "distill"

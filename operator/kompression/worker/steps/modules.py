@@ -25,10 +25,6 @@ def require_torch(model: Model, ctx: StepContext[Any]) -> TorchModel:
     return model
 
 
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @torch.no_grad()
 def final_layer(module: nn.Module, example_inputs: Sequence[torch.Tensor]) -> str:
     """Name of the last Linear/Conv layer that runs in forward(): the classifier, never pruned.

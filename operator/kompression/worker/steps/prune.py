@@ -19,6 +19,7 @@ from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry 
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import eager
 from kompression.worker.errors import DataError, StepInvalid
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import Dataset, Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
@@ -26,7 +27,6 @@ from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
     final_layer,
     named_layers,
-    parameter_count,
     require_torch,
 )
 from kompression.worker.steps.training import batches, fine_tune, labelled

@@ -212,7 +212,7 @@ def build_architecture(ref: str, kwargs: dict[str, Any] | None, field: str) -> t
 
 
 def _load_safetensors(source: ModelSource, path: Path) -> Model:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # only for SafeTensors models
 
     assert source.architecture is not None  # enforced by the API's rules
     try:
@@ -284,7 +284,7 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
 
 def vet_onnx_external_data(proto: Any, folder: Path, uri: str) -> list[str]:
     """The external-data files the model references, each checked to stay inside folder."""
-    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import _get_all_tensors  # only for ONNX models
 
     root = folder.resolve()
     names: list[str] = []
@@ -304,7 +304,7 @@ def vet_onnx_external_data(proto: Any, folder: Path, uri: str) -> list[str]:
 
 
 def _load_onnx(source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None) -> OnnxModel:
-    import onnx
+    import onnx  # only for ONNX models
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -378,7 +378,7 @@ def save_torch_export(model: TorchModel, path: Path) -> Path:
 
 def save_safetensors(module: torch.nn.Module, path: Path) -> Path:
     """Save the state dict (contiguous, de-aliased copies) as safetensors and check the element count."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # only when weights are saved
 
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     path.parent.mkdir(parents=True, exist_ok=True)

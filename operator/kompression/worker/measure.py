@@ -119,7 +119,7 @@ ORT_DTYPES = {
 
 
 def _onnx_runner(model: OnnxModel, threads: int, device: str) -> Runner:
-    import onnxruntime as ort
+    import onnxruntime as ort  # only for ONNX models
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -146,7 +146,7 @@ def _onnx_runner(model: OnnxModel, threads: int, device: str) -> Runner:
 
 def _engine_forward(model: EngineModel) -> Forward:
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional: NVIDIA images only
     except ImportError:
         raise RuntimeMissing("measuring a TensorRT engine needs the tensorrt package and an NVIDIA GPU") from None
     if not torch.cuda.is_available():
@@ -245,6 +245,7 @@ def _weight_arrays(model: Model) -> list[np.ndarray]:
         tensors = [t for t in model.module.state_dict().values() if isinstance(t, torch.Tensor) and t.dim() > 1]
         return [(t.int_repr() if t.is_quantized else t).detach().float().cpu().numpy() for t in tensors]
     if isinstance(model, OnnxModel):
+        # only for ONNX models
         import onnx
         from onnx import numpy_helper
 
@@ -259,7 +260,7 @@ def parameters(model: Model) -> int | None:
         # Quantized graphs hold their weights as buffers/constants, not parameters.
         return count or sum(int(w.size) for w in _weight_arrays(model)) or None
     if isinstance(model, OnnxModel):
-        import onnx
+        import onnx  # only for ONNX models
 
         proto = onnx.load(str(model.path))
         skip = ("scale", "zero_point")

@@ -238,7 +238,7 @@ class Reporter:
     def _push_metrics(self) -> None:
         if not self.pushgateway:
             return
-        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway  # only with a Pushgateway
 
         registry = CollectorRegistry()
         labels = ["step"]

@@ -15,6 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry type: ignore
+from torch.sparse import to_sparse_semi_structured
 
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import eager
@@ -108,8 +109,6 @@ _MASKS: dict[str, Callable[[dict[str, nn.Module], float], None]] = {
 def _semi_structured_kernels(targets: dict[str, nn.Module], device: str) -> Notes:
     if not device.startswith("cuda"):
         return {"sparseKernels": "none: on CPU the 2:4 masks stay dense; the speedup needs a GPU's sparse tensor cores"}
-    from torch.sparse import to_sparse_semi_structured
-
     converted, skipped = 0, []
     for name, layer in targets.items():
         if not isinstance(layer, nn.Linear):

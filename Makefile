@@ -30,7 +30,7 @@ demo: setup ## train the quickstart model, then compress it: prune -> distill ->
 	$(BIN)/kompression example-model --output file://.kompression/quickstart/digits-cnn.pt2
 	$(BIN)/kompression run examples/quickstart.yaml
 
-lint: setup ## ruff, mypy (strict on the API and controller), import rules, CRD drift
+lint: setup ## ruff, mypy (strict), import rules (layers too), CRD drift
 	$(BIN)/ruff check operator tests benchmarks
 	$(BIN)/ruff format --check operator tests benchmarks
 	$(BIN)/mypy

@@ -22,11 +22,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import interleaved_ms, job_context, load_average, workdir, write_report
-from kompression.api.v1alpha1 import ModelSource
+from kompression.api.v1alpha1 import ModelSource, PruneStep, QuantizeStep
 from kompression.worker import formats
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 
 IMAGE = 96
 TOKENS = 64
@@ -143,7 +142,7 @@ def int8(module: nn.Module, x: torch.Tensor, shape: list[int], work: Path, name:
         DataSets(calibration=calibration),
     )
     (work / name).mkdir(parents=True, exist_ok=True)
-    result = TECHNIQUES["quantize"](TorchModel(module, (x,)), ctx)
+    result = TECHNIQUES[QuantizeStep](TorchModel(module, (x,)), ctx)
     assert isinstance(result.model, OnnxModel)
     return result.model
 
@@ -179,7 +178,7 @@ def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tupl
     load_s = time.monotonic() - started
     ctx = job_context({"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}, work, shape, DataSets())
     started = time.monotonic()
-    result = TECHNIQUES["prune"](loaded, ctx)
+    result = TECHNIQUES[PruneStep](loaded, ctx)
     prune_s = time.monotonic() - started
     assert isinstance(result.model, TorchModel)
     ours = result.model.module.eval()

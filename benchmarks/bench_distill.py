@@ -27,11 +27,10 @@ from torch import nn
 
 from common import THREADS, job_context, load_average, workdir, write_report
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
-from kompression.api.v1alpha1 import FineTune
-from kompression.worker.model import TorchModel
+from kompression.api.v1alpha1 import DistillStep, FineTune
+from kompression.worker.formats import parameter_count
+from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy, fine_tune
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -163,7 +162,7 @@ def train_student(
     }
     data = DataSets(training=digits_split()[0])
     ctx = job_context(step, workdir(), [-1, 1, 8, 8], data, teacher=teacher, device=device, seed=seed)
-    result = TECHNIQUES["distill"](teacher, ctx)
+    result = TECHNIQUES[DistillStep](teacher, ctx)
     assert isinstance(result.model, TorchModel)
     return result.model.module, accuracy(result.model.module, digits_split()[1], device)
 

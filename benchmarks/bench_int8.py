@@ -24,9 +24,9 @@ from common import (
     workdir,
     write_report,
 )
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.api.v1alpha1 import QuantizeStep
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.steps.quantize import has_vnni
 
@@ -54,7 +54,7 @@ def main() -> None:
         [-1, 3, 224, 224],
         DataSets(calibration=Dataset({"x": calib})),
     )
-    ours = TECHNIQUES["quantize"](model, ctx).model
+    ours = TECHNIQUES[QuantizeStep](model, ctx).model
     assert isinstance(ours, OnnxModel)
     plain = direct_static_int8(fp32.path, work / "plain.int8.onnx", calib, recipe=False)
     same = direct_static_int8(fp32.path, work / "same-recipe.int8.onnx", calib)

@@ -39,12 +39,11 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
-from kompression.api.v1alpha1 import ModelSource
+from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker import formats
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.formats import parameter_count
+from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.onnx_io import session
 
 BATCHES = (1, 8)
@@ -140,7 +139,7 @@ def resnet50(work: Path) -> list[str]:
     for energy in ENERGIES:
         step = {"name": "lr", "lowRank": {"method": "Tucker2", "energy": energy}}
         started = time.monotonic()
-        result = TECHNIQUES["lowRank"](loaded, job_context(step, work, [-1, 3, 224, 224], DataSets()))
+        result = TECHNIQUES[LowRankStep](loaded, job_context(step, work, [-1, 3, 224, 224], DataSets()))
         assert isinstance(result.model, TorchModel)
         ours = result.model.module.eval()
         notes[energy] = {**result.notes, "seconds": time.monotonic() - started}
@@ -238,7 +237,7 @@ def encoder(work: Path) -> list[str]:
         ctx = job_context(
             {"name": name, "quantize": {"method": "DynamicInt8"}}, work / name, [], DataSets(), inputs=inputs
         )
-        out = TECHNIQUES["quantize"](model, ctx).model
+        out = TECHNIQUES[QuantizeStep](model, ctx).model
         assert isinstance(out, OnnxModel)
         return out
 
@@ -251,7 +250,7 @@ def encoder(work: Path) -> list[str]:
     rows: list[tuple[str, TorchModel, dict[str, Any]]] = [("dense", loaded, {})]
     for ratio in RANK_RATIOS:
         step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": ratio, **FFN}}
-        result = TECHNIQUES["lowRank"](loaded, job_context(step, work, [], DataSets(), inputs=inputs))
+        result = TECHNIQUES[LowRankStep](loaded, job_context(step, work, [], DataSets(), inputs=inputs))
         assert isinstance(result.model, TorchModel)
         rows.append((f"Kompression SVD rankRatio {ratio}", result.model, result.notes))
     batches = {

@@ -12,10 +12,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
-from kompression.worker.model import TorchModel
+from kompression.api.v1alpha1 import PruneStep
+from kompression.worker.formats import parameter_count
+from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
-from kompression.worker.steps.modules import parameter_count
 
 BATCHES = (1, 8)
 REPEATS = 25  # more than the default 7: identical models differed by up to 30% over 7 (and 15) on the shared machine
@@ -33,7 +33,7 @@ def candidates(dense: nn.Module, x: torch.Tensor) -> tuple[dict[str, nn.Module],
     ctx = job_context(
         {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}, workdir(), [-1, 3, 224, 224], DataSets()
     )
-    result = TECHNIQUES["prune"](TorchModel(dense, (x,)), ctx)
+    result = TECHNIQUES[PruneStep](TorchModel(dense, (x,)), ctx)
     assert isinstance(result.model, TorchModel)
 
     # The same library called directly with the same importance and ratio: Kompression's overhead

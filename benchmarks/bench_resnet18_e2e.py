@@ -23,9 +23,8 @@ from common import (
     workdir,
     write_report,
 )
-from kompression.worker.model import Model, OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, Model, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.onnx_io import export_onnx
 
 STEPS = [
@@ -63,9 +62,8 @@ def main() -> None:
     data = DataSets(calibration=Dataset({"x": calib}))
     model: Model = TorchModel(original, (torch.from_numpy(calib[:1]),))
     for step in STEPS:
-        model = TECHNIQUES[next(k for k in step if k != "name")](
-            model, job_context(step, work, [-1, 3, 224, 224], data)
-        ).model
+        ctx = job_context(step, work, [-1, 3, 224, 224], data)
+        model = TECHNIQUES[type(ctx.config)](model, ctx).model
     assert isinstance(model, OnnxModel)
 
     x = calib[:1]

@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from common import job_context, workdir
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets
 
 BUDGET_S = 7 * 60  # leaves a minute of the 8 for start-up and writing
 START = time.monotonic()
@@ -108,9 +107,8 @@ def rows_from(section: str, times: dict[str, float], baseline: str, notes: dict[
 
 
 def technique(model: TorchModel, step: dict[str, Any], shape: list[int], sizes: Sizes, data: DataSets) -> Any:
-    return TECHNIQUES[next(k for k in step if k != "name")](
-        model, job_context(step, workdir(), shape, data, device=sizes.device)
-    )
+    ctx = job_context(step, workdir(), shape, data, device=sizes.device)
+    return TECHNIQUES[type(ctx.config)](model, ctx)
 
 
 def precision(sizes: Sizes) -> list[Row]:

@@ -25,6 +25,8 @@ from kompression.api.validation import (
     load_documents,
     parse_job,
 )
+from kompression.controller import cli as controller_cli
+from kompression.worker import cli as worker_cli
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -92,9 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)
-
-    from kompression.controller import cli as controller_cli
-    from kompression.worker import cli as worker_cli
 
     controller_cli.register(sub)
     worker_cli.register(sub)

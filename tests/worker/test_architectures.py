@@ -20,10 +20,10 @@ import yaml
 from torch import nn
 
 from kompression.api.v1alpha1 import CompressionJob
-from kompression.worker import pipeline, publish
+from kompression.worker import pipeline, publish, trial
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import StepContext, StepResult, Technique
+from kompression.worker.steps.base import StepContext, StepResult, Technique, Techniques
 from kompression.worker.steps.onnx_io import run_onnx, session
 
 torchvision = pytest.importorskip("torchvision")
@@ -134,24 +134,24 @@ def _job(name: str, folder: Path) -> CompressionJob:
     return CompressionJob.model_validate(body)
 
 
-def _recording(outputs: dict[str, Model], keep: Path) -> dict[str, Technique]:
+def _recording(outputs: dict[str, Model], keep: Path) -> Techniques:
     """The real techniques, each input and output kept for the checks below (ONNX files copied
     out of the run's scratch folder, which the run removes)."""
 
-    def record(technique: Technique) -> Technique:
-        def run(model: Model, ctx: StepContext) -> StepResult:
-            outputs[f"{ctx.step.name}:input"] = model
+    def record(technique: Technique[Any]) -> Technique[Any]:
+        def run(model: Model, ctx: StepContext[Any]) -> StepResult:
+            outputs[f"{ctx.name}:input"] = model
             result = technique(model, ctx)
             kept = result.model
             if isinstance(kept, OnnxModel):
                 keep.mkdir(exist_ok=True)
-                kept = OnnxModel(Path(shutil.copy(kept.path, keep / f"{ctx.step.name}.onnx")), kept.input_names)
-            outputs[ctx.step.name] = kept
+                kept = OnnxModel(Path(shutil.copy(kept.path, keep / f"{ctx.name}.onnx")), kept.input_names)
+            outputs[ctx.name] = kept
             return result
 
         return run
 
-    return {kind: record(technique) for kind, technique in pipeline.default_techniques().items()}
+    return {config: record(technique) for config, technique in trial.default_techniques().items()}
 
 
 def _layers(module: nn.Module) -> int:

@@ -185,7 +185,7 @@ def test_a_symlinked_checkpoints_folder_is_refused(tmp_path: Path) -> None:
     import torch  # here, not at the top: the other tests of this module run without torch
 
     from kompression.api.v1alpha1 import Step
-    from kompression.worker.pipeline import Checkpoints
+    from kompression.worker.trial import Checkpoints
 
     outside = tmp_path / "precious"
     outside.mkdir()

@@ -15,8 +15,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from kompression.api.v1alpha1 import FineTune
-from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import Dataset, DataSets, StepContext, standalone_context
+from kompression.worker.model import Dataset, DataSets, Model, TorchModel
+from kompression.worker.steps.base import StepContext, standalone_context
 from kompression.worker.steps.modules import final_layer
 from kompression.worker.steps.onnx_io import module_path_of_node
 from kompression.worker.steps.prune import mask_2_4

@@ -13,14 +13,14 @@ import torch.multiprocessing as mp
 from test_steps_common import DigitsCNN, digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
+from kompression.api.v1alpha1 import DistillStep
 from kompression.worker.errors import SpecError, StepInvalid
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
 from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
 
-distill = TECHNIQUES["distill"]
+distill = TECHNIQUES[DistillStep]
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import torchvision
 from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
+from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import formats
 from kompression.worker.model import TorchModel
 from kompression.worker.steps import TECHNIQUES
@@ -98,7 +99,7 @@ def test_a_model_without_2d_convolutions_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_structured_prune_reports_its_layout_and_the_pt2_archive_keeps_it(tmp_path: Path) -> None:
-    result = TECHNIQUES["prune"](trained_cnn(), make_ctx(STRUCTURED, tmp_path))
+    result = TECHNIQUES[PruneStep](trained_cnn(), make_ctx(STRUCTURED, tmp_path))
     pruned = result.model
     assert isinstance(pruned, TorchModel)
     layout = str(result.notes["memoryFormat"])

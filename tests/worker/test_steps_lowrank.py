@@ -16,15 +16,15 @@ from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  
 from torch import nn
 from torch.nn import functional
 
-from kompression.api.v1alpha1 import LowRankStep
+from kompression.api.v1alpha1 import DistillStep, LowRankStep, OnnxStep, QuantizeStep
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.lowrank import factorize, layer_macs, rank_for, replace_module, svd_factors
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
-low_rank = TECHNIQUES["lowRank"]
+low_rank = TECHNIQUES[LowRankStep]
 
 
 def _config(**fields: Any) -> LowRankStep:
@@ -254,13 +254,13 @@ def test_factors_quantize_to_int8_matmuls_and_distill(tmp_path: Path) -> None:
     model = trained_cnn()
     step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": 0.25, "includeLayers": ["head.1"]}}
     factored = low_rank(model, make_ctx(step, tmp_path))
-    dynamic = TECHNIQUES["quantize"](
+    dynamic = TECHNIQUES[QuantizeStep](
         factored.model, make_ctx({"name": "q", "quantize": {"method": "DynamicInt8"}}, tmp_path / "q")
     ).model
     assert isinstance(dynamic, OnnxModel)
     ops = [n.op_type for n in onnx.load(str(dynamic.path)).graph.node]
     assert ops.count("MatMulInteger") == 3  # head.1's two factors and head.3
-    distilled = TECHNIQUES["distill"](
+    distilled = TECHNIQUES[DistillStep](
         factored.model,
         make_ctx(
             {"name": "kd", "distill": {"student": {"fromStep": "lr"}, "epochs": 1}},
@@ -280,7 +280,7 @@ def test_tucker2_factors_become_int8_convolutions(tmp_path: Path) -> None:
     factored = low_rank(
         trained_cnn(), make_ctx({"name": "lr", "lowRank": {"method": "Tucker2", "rankRatio": 0.5}}, tmp_path)
     )
-    static = TECHNIQUES["quantize"](
+    static = TECHNIQUES[QuantizeStep](
         factored.model, make_ctx({"name": "q", "quantize": {"method": "StaticInt8"}}, tmp_path / "q")
     ).model
     assert isinstance(static, OnnxModel)
@@ -296,13 +296,15 @@ def test_factorized_model_exports_to_onnx_within_tolerance(tmp_path: Path) -> No
     factored = low_rank(
         trained_cnn(), make_ctx({"name": "lr", "lowRank": {"method": "Tucker2", "energy": 0.9}}, tmp_path)
     )
-    exported = TECHNIQUES["onnx"](factored.model, make_ctx({"name": "x", "onnx": {"tolerance": 1e-4}}, tmp_path / "x"))
+    exported = TECHNIQUES[OnnxStep](
+        factored.model, make_ctx({"name": "x", "onnx": {"tolerance": 1e-4}}, tmp_path / "x")
+    )
     assert isinstance(exported.model, OnnxModel)
     assert float(exported.notes["maxAbsDiff"]) <= 1e-4
 
 
 def test_fine_tune_without_training_data_is_refused_before_any_work(tmp_path: Path) -> None:
-    from kompression.worker.steps.base import DataSets
+    from kompression.worker.model import DataSets
 
     step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": 0.25, "fineTune": {"epochs": 1}}}
     with pytest.raises(StepInvalid, match=r"fineTune needs data\.training"):

@@ -8,11 +8,12 @@ import onnx
 import pytest
 from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from kompression.api.v1alpha1 import OnnxStep
 from kompression.worker.errors import ModelError, StepInvalid
 from kompression.worker.model import OnnxModel
 from kompression.worker.steps import TECHNIQUES
 
-onnx_step = TECHNIQUES["onnx"]
+onnx_step = TECHNIQUES[OnnxStep]
 
 
 def test_export_matches_torch_and_keeps_a_dynamic_batch(tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ import torch
 import torchvision
 from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.errors import StepInvalid
-from kompression.worker.model import TorchModel
+from kompression.worker.formats import parameter_count
+from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
-prune = TECHNIQUES["prune"]
+prune = TECHNIQUES[PruneStep]
 
 
 def saved_size(module: torch.nn.Module) -> int:

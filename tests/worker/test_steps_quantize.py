@@ -12,6 +12,7 @@ import torch
 from onnx import TensorProto
 from test_steps_common import digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from kompression.api.v1alpha1 import QuantizeStep
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
@@ -19,7 +20,7 @@ from kompression.worker.steps.fp8 import FP8Linear
 from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 from kompression.worker.steps.training import accuracy
 
-quantize = TECHNIQUES["quantize"]
+quantize = TECHNIQUES[QuantizeStep]
 
 
 def onnx_accuracy(path: Path) -> float:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from kompression.api.v1alpha1 import TensorRTStep
 from kompression.worker.errors import RuntimeMissing
 from kompression.worker.model import EngineModel
 from kompression.worker.steps import TECHNIQUES
@@ -23,7 +24,7 @@ STEP = {
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT and a GPU are present: the missing-runtime path cannot happen")
 def test_without_tensorrt_or_a_gpu_the_step_fails_with_runtime_missing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeMissing, match="worker image with the tensorrt extra on an NVIDIA GPU node") as err:
-        TECHNIQUES["tensorrt"](trained_cnn(), make_ctx(STEP, tmp_path))
+        TECHNIQUES[TensorRTStep](trained_cnn(), make_ctx(STEP, tmp_path))
     assert err.value.reason == "RuntimeMissing"
     assert "pip install 'kompression[tensorrt]'" in err.value.message
     assert not list(tmp_path.glob("*.engine"))
@@ -33,7 +34,7 @@ def test_without_tensorrt_or_a_gpu_the_step_fails_with_runtime_missing(tmp_path:
 @pytest.mark.parametrize("precision", ["FP32", "FP16", "INT8"])
 def test_builds_a_real_engine_with_a_timing_cache(precision: str, tmp_path: Path) -> None:
     step = {"name": "engine", "tensorrt": {**STEP["tensorrt"], "precision": precision}}  # type: ignore[dict-item]
-    result = TECHNIQUES["tensorrt"](trained_cnn(), make_ctx(step, tmp_path))
+    result = TECHNIQUES[TensorRTStep](trained_cnn(), make_ctx(step, tmp_path))
     assert isinstance(result.model, EngineModel)
     assert result.model.path.stat().st_size > 0
     assert result.model.compute_capability.count(".") == 1

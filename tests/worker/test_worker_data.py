@@ -9,7 +9,7 @@ import pytest
 from runtime_helpers import npz
 
 from kompression.api.v1alpha1 import DataSpec, ModelInput
-from kompression.worker.data import digits, load_datasets
+from kompression.worker.data import EVALUATION_BATCH_SIZE, digits, load_datasets
 from kompression.worker.errors import DataError
 
 X = [ModelInput(name="x", shape=[-1, 1, 8, 8])]
@@ -34,6 +34,18 @@ def test_roles_read_their_split_and_samples_cap() -> None:
     )
     assert sets.calibration is not None and len(sets.calibration) == 100
     assert sets.evaluation is not None and len(sets.evaluation) == 360
+
+
+def test_each_set_carries_its_batch_size_and_evaluation_stays_large_when_unset() -> None:
+    digits_source = {"builtin": "Digits"}
+    unset = load_datasets(spec(calibration=digits_source, evaluation=digits_source, training=digits_source), X, Path)
+    assert unset.calibration is not None and unset.calibration.batch_size == 32  # the API's default
+    assert unset.training is not None and unset.training.batch_size == 32
+    assert unset.evaluation is not None and unset.evaluation.batch_size == EVALUATION_BATCH_SIZE == 256
+    chosen = {"builtin": "Digits", "batchSize": 7}
+    sets = load_datasets(spec(calibration=chosen, evaluation=chosen), X, Path)
+    assert sets.calibration is not None and sets.calibration.batch_size == 7
+    assert sets.evaluation is not None and sets.evaluation.batch_size == 7
 
 
 def test_npz_round_trip(tmp_path: Path) -> None:

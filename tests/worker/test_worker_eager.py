@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from kompression.api.v1alpha1 import ModelSource
+from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker import eager, formats
 from kompression.worker.errors import ModelError, StepInvalid
-from kompression.worker.model import TorchModel
+from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.fp8 import FP8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
@@ -83,10 +83,10 @@ def _data(n: int = 16) -> Dataset:
     return Dataset({"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}, rng.integers(0, 5, n))
 
 
-def _run(kind: str, step: dict[str, object], model: TorchModel, tmp_path: Path, **extra: object) -> TorchModel:
+def _run(step: dict[str, object], model: TorchModel, tmp_path: Path, **extra: object) -> TorchModel:
     data = DataSets(calibration=_data(), training=_data(), evaluation=_data())
     ctx = standalone_context({"name": "s", **step}, tmp_path, data, SHAPE, **extra)  # type: ignore[arg-type]
-    result = TECHNIQUES[kind](model, ctx)
+    result = TECHNIQUES[type(ctx.config)](model, ctx)
     assert isinstance(result.model, TorchModel)
     return result.model
 
@@ -126,7 +126,7 @@ def test_every_prune_method_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, t
     model = _load(zoo_pt2)
     before = sum(p.numel() for p in model.module.parameters())
     step = {"prune": {"method": method, "sparsity": 0.5, "fineTune": {"epochs": 1, "batchSize": 8}}}
-    pruned = _run("prune", step, model, tmp_path)
+    pruned = _run(step, model, tmp_path)
     out = pruned.module(torch.randn(3, 3, 16, 16))
     assert out.shape == (3, 5) and torch.isfinite(out).all()
     if method.endswith("Structured"):
@@ -149,7 +149,7 @@ def test_low_rank_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, tmp_path: P
     model = _load(zoo_pt2)
     data = DataSets(training=_data())
     step = {"name": "s", "lowRank": {"method": method, "rankRatio": 0.25, "fineTune": {"epochs": 1, "batchSize": 8}}}
-    result = TECHNIQUES["lowRank"](model, standalone_context(step, tmp_path, data, SHAPE))
+    result = TECHNIQUES[LowRankStep](model, standalone_context(step, tmp_path, data, SHAPE))
     assert isinstance(result.model, TorchModel)
     factorized = result.model.module
     assert int(result.notes["factorizedLayers"]) > 0 and float(result.notes["parameterRatio"]) < 1
@@ -165,9 +165,9 @@ def test_low_rank_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, tmp_path: P
 
 def test_distill_from_a_pruned_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
     model = _load(zoo_pt2)
-    pruned = _run("prune", {"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path / "p")
+    pruned = _run({"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path / "p")
     step = {"distill": {"student": {"fromStep": "prune"}, "epochs": 1, "batchSize": 8}}
-    student = _run("distill", step, pruned, tmp_path / "d", teacher=model, outputs={"prune": pruned})
+    student = _run(step, pruned, tmp_path / "d", teacher=model, outputs={"prune": pruned})
     assert sum(p.numel() for p in student.module.parameters()) == sum(p.numel() for p in pruned.module.parameters())
     assert not torch.equal(student.module.get_submodule("head").weight, pruned.module.get_submodule("head").weight)
 
@@ -213,7 +213,7 @@ class Stretch(nn.Module):
 def test_a_graph_pruning_breaks_names_the_op_and_the_way_out(tmp_path: Path) -> None:
     model = _load(_export(Stretch(), tmp_path / "stretch.pt2"))
     with pytest.raises(StepInvalid, match=r"no longer runs, at .*(mul|new_ones).*ignoreLayers.*L1Unstructured"):
-        _run("prune", {"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path)
+        _run({"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path)
 
 
 def test_weights_the_rebuild_cannot_turn_into_layers_are_named() -> None:
@@ -237,17 +237,17 @@ def test_int8_keeps_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_
     model = _load(zoo_pt2)
     data = DataSets(calibration=_data())
     step = {"name": "q", "quantize": {"method": "StaticInt8", "excludeLayers": ["mlp.0", "stem.0"]}}
-    result = TECHNIQUES["quantize"](model, standalone_context(step, tmp_path, data, SHAPE))
+    result = TECHNIQUES[QuantizeStep](model, standalone_context(step, tmp_path, data, SHAPE))
     found = nodes_of_modules(tmp_path / "model.float.onnx", ["mlp.0", "stem.0", "attention.in_proj"])
     assert all(found.values()), found
     assert result.notes["floatLayers"] == "mlp.0, stem.0"
 
 
 def test_auto_search_ranks_the_layers_of_a_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
-    from kompression.worker import pipeline, tuning
+    from kompression.worker import trial, tuning
 
     model = _load(zoo_pt2)
-    loaded = cast(pipeline.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
+    loaded = cast(trial.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
     ranked = tuning.sensitive_layers(loaded)
     assert len(ranked) == tuning.FALLBACK_LAYERS
     names = dict(model.module.named_modules())

@@ -239,6 +239,25 @@ def test_architecture_outside_the_allowed_modules_is_never_called(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("ref", "arguments", "why"),
+    [
+        ("torchvision.models.no_such_module:Net", None, "cannot import module .torchvision.models.no_such_module."),
+        ("torchvision.models:no_such_net", None, "has no callable 'no_such_net'"),
+        ("torchvision.models:resnet18", {"no_such_argument": 1}, "calling torchvision.models:resnet18 with"),
+        ("collections:OrderedDict", None, "returned OrderedDict, not a torch.nn.Module"),
+    ],
+)
+def test_a_bad_architecture_reference_is_a_spec_error_wherever_it_is_named(
+    ref: str, arguments: dict[str, object] | None, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "torchvision.models,collections")
+    for field in ("spec.model.architecture", "spec.steps[1].distill.student.architecture"):
+        with pytest.raises(SpecError, match=why) as info:
+            formats.build_architecture(ref, arguments, field)
+        assert info.value.message.startswith(f"{field}: ") and info.value.exit_code == ExitCode.INVALID_SPEC
+
+
 def test_default_architecture_modules_build_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_ARCHITECTURE_MODULES, raising=False)
     module = formats.build_architecture("torchvision.models:resnet18", {"num_classes": 3}, "spec.model.architecture")

@@ -3,6 +3,7 @@ provider, and the speedup never compares a CPU with a GPU."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,11 @@ from kompression.api.v1alpha1 import Acceptance, Metrics
 from kompression.api.validation import parse_job
 from kompression.cli import main
 from kompression.worker import gates, measure, pipeline, publish, reporting
-from kompression.worker.model import TorchModel
+from kompression.worker.model import Dataset, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.reporting import load_report
 from kompression.worker.steps.onnx_io import export_onnx
+from kompression.worker.trial import default_techniques, load, run_steps, score_trial
 
 CUDA_EP_HERE = "CUDAExecutionProvider" in ort.get_available_providers()
 BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -86,15 +88,15 @@ def test_a_final_model_off_the_jobs_device_is_compared_with_the_original_timed_t
     save_tiny(tmp_path / "model.pt2")
     body = job(f"file://{tmp_path}/model.pt2", f"file://{tmp_path}/out/", acceptance={"minSpeedup": 0.01})
     parsed = parse_job(body)
-    loaded = pipeline.load(parsed, parsed.spec.output.uri, tmp_path, Reporter(parsed, mode="quiet"))
+    loaded = load(parsed, parsed.spec.output.uri, tmp_path, Reporter(parsed, mode="quiet"))
     assert (loaded.baseline.metrics.device, loaded.baseline.metrics.provider) == ("CPU", "PyTorch")
     # The one seam: this machine has no GPU, so the baseline is labelled as a GPU job's would be (the
     # original timed on the GPU). Everything after reads only that label; the rest is real: the
     # DynamicInt8 step's ONNX runs on onnxruntime's CPU provider, as on a GPU job whose onnxruntime
     # has no CUDAExecutionProvider, and the original is re-timed on the CPU for the speedup.
     loaded.baseline.metrics.device = "GPU"
-    records = pipeline.run_steps(loaded, parsed.spec.steps, pipeline.default_techniques(), Reporter(parsed, "quiet"), 0)
-    trial = pipeline.score_trial(loaded, parsed.spec.steps, records)
+    records = run_steps(loaded, parsed.spec.steps, default_techniques(), Reporter(parsed, "quiet"), 0)
+    trial = score_trial(loaded, parsed.spec.steps, records)
 
     result = trial.result
     assert result.final is not None and (result.final.device, result.final.provider) == ("CPU", "CPUExecutionProvider")
@@ -104,7 +106,7 @@ def test_a_final_model_off_the_jobs_device_is_compared_with_the_original_timed_t
     assert result.speedup == round(retimed.latencyMs / result.final.latencyMs, 4)
     assert result.baseline is not None and result.baseline.device == "GPU"  # the original's row is unchanged
     assert [g.name for g in result.gates if g.passed] == ["minSpeedup"]
-    assert pipeline.score_trial(loaded, parsed.spec.steps, records).result.speedupBaseline == retimed  # timed once
+    assert score_trial(loaded, parsed.spec.steps, records).result.speedupBaseline == retimed  # timed once
 
     rows = pipeline.rows_for(loaded, trial)
     markdown = reporting.write_markdown(
@@ -139,3 +141,16 @@ def test_a_gpu_job_measures_every_row_on_the_gpu_or_says_where_it_ran(tmp_path: 
     else:
         assert (result.final.device, result.final.provider) == ("CPU", "CPUExecutionProvider")
         assert result.speedupBaseline is not None and result.speedupBaseline.device == "CPU"
+
+
+def test_evaluation_runs_in_the_data_sets_batch_size() -> None:
+    seen: list[int] = []
+
+    def forward(batch: Sequence[np.ndarray]) -> np.ndarray:
+        seen.append(len(batch[0]))
+        return batch[0].reshape(len(batch[0]), -1)
+
+    data = Dataset(np.arange(20, dtype=np.float32).reshape(10, 2), batch_size=4)
+    outputs = measure.predict(forward, data)
+    assert seen == [4, 4, 2]
+    assert np.array_equal(outputs, data.inputs)

@@ -24,9 +24,9 @@ from kompression.cli import main
 from kompression.worker import formats, measure, publish
 from kompression.worker.data import load_datasets
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.model import TorchModel
+from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import DataSets, standalone_context
+from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.tensorrt import profile_shapes
 
 

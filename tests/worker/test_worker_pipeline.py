@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from types import NoneType
+from typing import Any, get_args
 
 import numpy as np
 import onnx
@@ -26,11 +27,13 @@ from torch import nn
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
+from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, Step
 from kompression.cli import main
 from kompression.worker import formats, publish
 from kompression.worker.data import digits
 from kompression.worker.model import TorchModel
 from kompression.worker.reporting import load_report
+from kompression.worker.steps import TECHNIQUES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -498,3 +501,10 @@ def test_bar_mode_keeps_library_output_off_the_terminal(env: Path) -> None:
     libraries = [line for line in logs[0].read_text().splitlines() if line.strip()]
     assert libraries and not any(line in proc.stdout or line in proc.stderr for line in libraries)
     assert proc.stderr.strip() == f"(output of the libraries, e.g. onnxruntime's calibrator: {logs[0]})"
+
+
+def test_every_step_kind_has_one_technique_keyed_by_its_config_class() -> None:
+    configs = {
+        next(a for a in get_args(Step.model_fields[kind].annotation) if a is not NoneType) for kind in TECHNIQUE_FIELDS
+    }
+    assert set(TECHNIQUES) == configs

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kompression.worker.model import TorchModel
-from kompression.worker.pipeline import Loaded
-from kompression.worker.steps.base import Dataset, DataSets
+from kompression.worker.model import Dataset, DataSets, TorchModel
+from kompression.worker.trial import Loaded
 from kompression.worker.tuning import sensitive_layers
 
 

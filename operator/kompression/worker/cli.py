@@ -14,7 +14,7 @@ import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from kompression.api import failures
 from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
@@ -23,9 +23,9 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
-
-if TYPE_CHECKING:  # the worker modules import torch: only for annotations here
-    from kompression.worker.progress import Reporter
+from kompression.worker.errors import WorkerError
+from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
+from kompression.worker.reporting import table
 
 
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
@@ -78,8 +78,6 @@ def _rank_argv(args: argparse.Namespace) -> list[str]:
 
 def _fail_early(reason: Reason, message: str, code: int) -> int:
     """A failure before the pipeline exists still gets a termination message."""
-    from kompression.worker.progress import write_termination_message
-
     print(f"error: {message}", file=sys.stderr)
     write_termination_message(WorkerReport(phase="Failed", reason=reason, message=message[:4096]))
     return code
@@ -103,12 +101,10 @@ def _run(args: argparse.Namespace) -> int:
     except ExtraMissing as exc:
         return _fail_early(failures.RUNTIME_MISSING.reason, str(exc), exc.exit_code)
 
-    from kompression.worker import distributed
+    from kompression.worker import distributed  # torch: only once the extras check passed
 
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return distributed.launch(args.nproc_per_node, _rank_argv(args))
-    from kompression.worker.progress import Reporter
-
     if job.spec.output.retrySeconds is not None:  # the pod has it in its environment already
         os.environ[ENV_STORAGE_RETRY_SECONDS] = str(job.spec.output.retrySeconds)
     distributed.bind_device()
@@ -122,8 +118,6 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
     """Streams for progress and for Kompression's own messages, kept clear of library output:
     JSON lines keep stdout to themselves; a bar keeps the terminal, and library output goes to a
     log that is named at the end (or removed when nothing was written to it)."""
-    from kompression.worker.progress import libraries_logged, reserved_stdout
-
     if mode == "json":
         with reserved_stdout() as stream:
             yield stream, sys.stderr
@@ -141,10 +135,9 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
+    # torch and the techniques' libraries: only once the extras check passed
     from kompression.worker import distributed
-    from kompression.worker.errors import WorkerError
     from kompression.worker.pipeline import RunOptions, run
-    from kompression.worker.reporting import table
 
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:
@@ -184,8 +177,7 @@ def _example_model(args: argparse.Namespace) -> int:
     except ExtraMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    from kompression.worker.errors import WorkerError
-    from kompression.worker.example_model import build
+    from kompression.worker.example_model import build  # torch: only once the extras check passed
 
     try:
         accuracy, size = build(args.output, seed=args.seed, epochs=args.epochs)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ import numpy as np
 
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
 from kompression.worker.errors import DataError
-from kompression.worker.steps.base import Dataset, DataSets
+from kompression.worker.model import Dataset, DataSets
+
+# Evaluation batches only trade memory for speed: without spec.data.evaluation.batchSize they stay large.
+EVALUATION_BATCH_SIZE = 256
 
 DIGITS_EVAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -73,6 +77,7 @@ TOKENIZER_FILES = (
 
 def digits(split: str, name: str = "x") -> Dataset:
     """The builtin Digits set under input `name`; split is "train" (training, calibration) or "eval"."""
+    # scikit-learn takes a second to import; only the builtin set needs it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -154,6 +159,7 @@ def tokenizer_for(folder: Path | None, field: str) -> Any:
             "model with tokenizer.save_pretrained(folder)"
         )
     try:
+        # transformers is optional (the huggingface extra) and slow to import.
         from transformers import AutoTokenizer
     except ImportError:
         raise DataError(
@@ -242,7 +248,7 @@ def check(ds: Dataset, declared: Sequence[ModelInput], field: str) -> Dataset:
         if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != n:
             raise DataError(f"{field}: `labels` must be integers of shape ({n},); got {labels.dtype} {labels.shape}")
         labels = labels.astype(np.int64)
-    return Dataset(out, labels)
+    return replace(ds, inputs=out, labels=labels)
 
 
 def load_source(  # noqa: PLR0917 - one call site, every argument is distinct
@@ -264,7 +270,10 @@ def load_source(  # noqa: PLR0917 - one call site, every argument is distinct
             ds = read_npz(path, field, declared)
     if source.samples is not None:
         ds = ds.head(source.samples)
-    return check(ds, declared, field)
+    batch_size = source.batchSize
+    if split == "eval" and "batchSize" not in source.model_fields_set:
+        batch_size = EVALUATION_BATCH_SIZE
+    return check(replace(ds, batch_size=batch_size), declared, field)
 
 
 def load_datasets(

@@ -73,6 +73,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     """Run `python -m kompression <argv>` on `nproc` local ranks (torchrun's standalone mode) and
     return the worker's own exit code, not torchrun's generic 1, so that the Job's
     podFailurePolicy still sees a model or data error as permanent."""
+    # torchrun is slow to import: only when ranks are launched
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as torchrun

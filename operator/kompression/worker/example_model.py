@@ -6,6 +6,7 @@ Wide enough that structured pruning plus int8 has weights to remove (about 0.8 M
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,6 @@ def train(seed: int = 0, epochs: int = 12, batch_size: int = 64, lr: float = 1e-
 
 def build(output: str, seed: int = 0, epochs: int = 12, workdir: Path | None = None) -> tuple[float, int]:
     """Train and save as TorchExport at output (any storage URI); returns (accuracy, size in bytes)."""
-    import tempfile
-
     model, accuracy = train(seed=seed, epochs=epochs)
     with tempfile.TemporaryDirectory(prefix="kompression-example-", dir=workdir) as tmp:
         path = formats.save_torch_export(TorchModel(model, (torch.zeros(1, 1, 8, 8),)), Path(tmp) / "digits-cnn.pt2")

@@ -183,12 +183,12 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(
+        raise SpecError(
             f"{field}: cannot import module {module_name!r} ({exc}); is it installed in the worker image?"
         ) from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
-        raise ModelError(f"{field}: module {module_name!r} has no callable {attr!r}")
+        raise SpecError(f"{field}: module {module_name!r} has no callable {attr!r}")
     # An allowed module may re-export something from elsewhere (a zoo that imports os): the object
     # itself must come from an allowed module too.
     home = getattr(obj, "__module__", None) or ""
@@ -200,18 +200,20 @@ def import_ref(ref: str, field: str) -> Callable[..., Any]:
 
 
 def build_architecture(ref: str, kwargs: dict[str, Any] | None, field: str) -> torch.nn.Module:
+    """The module an architecture reference (and its arguments) builds, for spec.model and distill's student
+    alike: whatever is wrong with the reference is a SpecError naming `field`."""
     factory = import_ref(ref, field)
     try:
         module = factory(**(kwargs or {}))
     except Exception as exc:
-        raise ModelError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
+        raise SpecError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
+        raise SpecError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
     return module
 
 
 def _load_safetensors(source: ModelSource, path: Path) -> Model:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # only for SafeTensors models
 
     assert source.architecture is not None  # enforced by the API's rules
     try:
@@ -283,7 +285,7 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
 
 def vet_onnx_external_data(proto: Any, folder: Path, uri: str) -> list[str]:
     """The external-data files the model references, each checked to stay inside folder."""
-    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import _get_all_tensors  # only for ONNX models
 
     root = folder.resolve()
     names: list[str] = []
@@ -303,7 +305,7 @@ def vet_onnx_external_data(proto: Any, folder: Path, uri: str) -> list[str]:
 
 
 def _load_onnx(source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None) -> OnnxModel:
-    import onnx
+    import onnx  # only for ONNX models
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -389,7 +391,7 @@ def save_torch_export(model: TorchModel, path: Path, declared: Sequence[ModelInp
 
 def save_safetensors(module: torch.nn.Module, path: Path) -> Path:
     """Save the state dict (contiguous, de-aliased copies) as safetensors and check the element count."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # only when weights are saved
 
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,11 +23,9 @@ import torch
 from kompression.api.v1alpha1 import MeasuredDevice, MeasuredProvider, Measurement, Metrics, ModelInput
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing
 from kompression.worker.formats import example_inputs, file_size
-from kompression.worker.model import EngineModel, Model, OnnxModel, TorchModel
-from kompression.worker.steps.base import Dataset
+from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel, TorchModel
 
 Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -121,7 +119,7 @@ ORT_DTYPES = {
 
 
 def _onnx_runner(model: OnnxModel, threads: int, device: str) -> Runner:
-    import onnxruntime as ort
+    import onnxruntime as ort  # only for ONNX models
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -148,7 +146,7 @@ def _onnx_runner(model: OnnxModel, threads: int, device: str) -> Runner:
 
 def _engine_forward(model: EngineModel) -> Forward:
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional: NVIDIA images only
     except ImportError:
         raise RuntimeMissing("measuring a TensorRT engine needs the tensorrt package and an NVIDIA GPU") from None
     if not torch.cuda.is_available():
@@ -191,8 +189,8 @@ def _engine_forward(model: EngineModel) -> Forward:
 def predict(run: Forward, data: Dataset) -> np.ndarray:
     """Outputs for every sample, in batches, every model input fed from the data."""
     outs = []
-    for start in range(0, len(data), EVAL_BATCH):
-        outs.append(run(data.rows(slice(start, start + EVAL_BATCH))))
+    for start in range(0, len(data), data.batch_size):
+        outs.append(run(data.rows(slice(start, start + data.batch_size))))
     out = np.concatenate(outs)
     if not np.isfinite(out).all():
         raise ModelError("the model produced NaN or Inf on the evaluation data")
@@ -265,6 +263,7 @@ def _weight_arrays(model: Model) -> list[np.ndarray]:
         tensors = [t for t in model.module.state_dict().values() if isinstance(t, torch.Tensor) and t.dim() > 1]
         return [(t.int_repr() if t.is_quantized else t).detach().float().cpu().numpy() for t in tensors]
     if isinstance(model, OnnxModel):
+        # only for ONNX models
         import onnx
         from onnx import numpy_helper
 
@@ -279,7 +278,7 @@ def parameters(model: Model) -> int | None:
         # Quantized graphs hold their weights as buffers/constants, not parameters.
         return count or sum(int(w.size) for w in _weight_arrays(model)) or None
     if isinstance(model, OnnxModel):
-        import onnx
+        import onnx  # only for ONNX models
 
         proto = onnx.load(str(model.path))
         skip = ("scale", "zero_point")

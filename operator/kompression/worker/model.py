@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from kompression.api.v1alpha1 import DataSource
+
+# A data set read without a batch size (a test's, a notebook's) is batched as the API's default.
+DEFAULT_BATCH_SIZE: int = DataSource.model_fields["batchSize"].default
 
 
 @dataclass
@@ -34,3 +40,36 @@ class EngineModel:
 
 
 Model = TorchModel | OnnxModel | EngineModel
+
+
+@dataclass
+class Dataset:
+    """In-memory data: one array (N, ...) per model input, keyed by spec.model.inputs[].name in
+    declared order (float32 features, int64 ids and masks side by side), labels (N,) int64 or None,
+    and the batch size it is read in (spec.data.<role>.batchSize)."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+    def rows(self, index: slice | np.ndarray) -> list[np.ndarray]:
+        """The selected samples of every input, in declared order (contiguous, ready to feed)."""
+        return [np.ascontiguousarray(a[index]) for a in self.inputs.values()]
+
+    def head(self, n: int) -> Dataset:
+        """The first n samples."""
+        return replace(
+            self,
+            inputs={k: a[:n] for k, a in self.inputs.items()},
+            labels=None if self.labels is None else self.labels[:n],
+        )
+
+
+@dataclass
+class DataSets:
+    calibration: Dataset | None = None
+    evaluation: Dataset | None = None
+    training: Dataset | None = None

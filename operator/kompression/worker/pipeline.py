@@ -1,302 +1,20 @@
-"""The worker's pipeline: load, measure, run the steps in order, measure after each, gate, publish."""
+"""The worker's pipeline: load, run the steps (or search over them), publish the chosen trial."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
-import json
 import tempfile
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import (
-    ArtifactKind,
-    CompressionJob,
-    MeasuredDevice,
-    Metrics,
-    ModelInput,
-    Result,
-    Step,
-)
-from kompression.worker import data as data_io
-from kompression.worker import distributed, formats, gates, measure, publish, reporting, storage
-from kompression.worker.errors import DataError, GateFailed, ModelError, WorkerError
-from kompression.worker.model import EngineModel, Model, OnnxModel, TorchModel
+from kompression.api.v1alpha1 import CompressionJob
+from kompression.worker import distributed, formats, gates, publish, reporting, storage, tuning
+from kompression.worker.errors import GateFailed, WorkerError
+from kompression.worker.model import TorchModel
 from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import DataSets, StepContext, Technique
-
-
-@dataclass
-class Loaded:
-    """What every trial starts from."""
-
-    job: CompressionJob
-    prefix: str
-    model: Model
-    model_path: Path
-    data: DataSets
-    baseline: measure.Measured
-    workdir: Path
-    device: str
-    # The original re-measured on another device than the job's, for a like-for-like speedup.
-    remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
-
-    def baseline_elsewhere(self, device: MeasuredDevice) -> Metrics:
-        """The original's size, parameters and latency on another device than the job's (measured once)."""
-        if device not in self.remeasured:
-            spec = self.job.spec
-            self.remeasured[device] = measure.measure(
-                self.model,
-                self.model_path,
-                spec.model.inputs,
-                spec.measurement,
-                None,
-                "",
-                None,
-                measure.torch_device(device),
-                data_io.first_sample(self.data),
-            ).metrics
-        return self.remeasured[device]
-
-
-@dataclass
-class StepRecord:
-    step: Step
-    model: Model
-    artifact: Path
-    kind: ArtifactKind
-    measured: measure.Measured
-    seconds: float
-    notes: dict[str, Any] = field(default_factory=dict)
-    extra: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
-
-
-@dataclass
-class Trial:
-    steps: list[Step]
-    records: list[StepRecord]
-    result: Result
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.result.gates)
-
-
-def default_techniques() -> Mapping[str, Technique]:
-    from kompression.worker.steps import TECHNIQUES
-
-    techniques: Mapping[str, Technique] = TECHNIQUES
-    return techniques
-
-
-# --------------------------------------------------------------------------------------------
-# loading
-
-
-def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) -> Loaded:
-    spec = job.spec
-    storage.parse_uri(prefix)  # an unusable output URI fails before any work
-    model_path = _fetch(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
-
-    def fetch_sibling(name: str) -> Path:
-        uri = spec.model.uri.rsplit("/", 1)[0] + "/" + name
-        return _fetch_to(uri, model_path.parent / name, ModelError, "ONNX external data")
-
-    model = formats.load_model(
-        spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
-    )
-    datasets = data_io.load_datasets(
-        spec.data,
-        spec.model.inputs,
-        lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data"),
-        model_path if spec.model.format == "HuggingFace" else None,
-    )
-    model = _with_real_examples(model, datasets)
-    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
-    baseline = measure.measure(
-        model,
-        model_path,
-        spec.model.inputs,
-        spec.measurement,
-        datasets.evaluation,
-        metric,
-        None,
-        device,
-        data_io.first_sample(datasets),
-    )
-    reporter.phase_done("Baseline")
-    return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
-
-
-def _with_real_examples(model: Model, datasets: DataSets) -> Model:
-    """The model's example inputs become one real sample of the data, so that tracing, layout
-    timing and export see real token ids, masks and sequence lengths; without data they stay the
-    declared shapes."""
-    sample = data_io.first_sample(datasets)
-    if sample is None or not isinstance(model, TorchModel):
-        return model
-    dtypes = [t.dtype for t in model.example_inputs]
-    return TorchModel(model.module, tuple(torch.from_numpy(a).to(d) for a, d in zip(sample, dtypes, strict=True)))
-
-
-def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) -> Path:
-    loc = storage.parse_uri(uri)
-    if loc.is_local:
-        if not Path(loc.path).exists():
-            raise error(f"{field_name}: {uri} does not exist (resolved to {loc.path})")
-        return Path(loc.path)
-    return _fetch_to(
-        uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(loc.path).name, error, field_name
-    )
-
-
-def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -> Path:
-    try:
-        return storage.download(uri, dest)
-    except storage.ObjectNotFound:
-        raise error(f"{field_name}: {uri} does not exist") from None
-
-
-# --------------------------------------------------------------------------------------------
-# steps
-
-
-def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -> tuple[Path, ArtifactKind]:
-    """The model's file on disk: its size is the step's size, and it is what gets published."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, OnnxModel):
-        return model.path, "ONNXModel"
-    if isinstance(model, EngineModel):
-        return model.path, "TensorRTEngine"
-    try:
-        return formats.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
-    except ModelError:
-        raise
-    except Exception:
-        # Some graphs (e.g. eager quantized modules) cannot be exported: keep the weights instead.
-        return formats.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
-
-
-class Checkpoints:
-    """Durable per-step checkpoints under <prefix>/checkpoints/<trial digest>/<step>/<name>.pt.
-
-    Saved with torch.save and read back with weights_only=True: a checkpoint holds tensors and
-    plain containers only (state dicts, optimizer state, epoch counters)."""
-
-    def __init__(self, prefix: str, steps: list[Step]) -> None:
-        digest = hashlib.sha256(json.dumps([s.to_wire() for s in steps], sort_keys=True).encode()).hexdigest()[:16]
-        self.prefix = prefix
-        self.root = storage.join(prefix, "checkpoints", digest)
-
-    def save(self, step: str, name: str, state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        target = storage.join(self.root, step, f"{name}.pt")
-        storage.confine(self.prefix, target)  # a symlinked checkpoints/ must not lead writes elsewhere
-        storage.write_bytes(buffer.getvalue(), target)
-
-    def load(self, step: str, name: str) -> dict[str, Any] | None:
-        try:
-            body = storage.read_bytes(storage.join(self.root, step, f"{name}.pt"))
-        except storage.ObjectNotFound:
-            return None
-        state = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
-        return state if isinstance(state, dict) else None
-
-    def clear(self) -> None:
-        storage.confine(self.prefix, self.root)
-        storage.remove(self.root)
-        parent = self.root.rsplit("/", 1)[0]
-        if not storage.list_files(parent):
-            storage.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
-
-
-def run_steps(
-    loaded: Loaded, steps: list[Step], techniques: Mapping[str, Technique], reporter: Reporter, seed: int
-) -> list[StepRecord]:
-    job = loaded.job.model_copy(update={"spec": loaded.job.spec.model_copy(update={"steps": steps})})
-    spec = job.spec
-    teacher = loaded.model if isinstance(loaded.model, TorchModel) else None
-    # Techniques may modify their input in place (pruning does): the teacher stays pristine.
-    current: Model = copy.deepcopy(loaded.model) if teacher is not None else loaded.model
-    outputs: dict[str, Model] = {}
-    records: list[StepRecord] = []
-    checkpoints = Checkpoints(loaded.prefix, steps)
-    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
-    for step in steps:
-        technique = techniques.get(step.kind)
-        if technique is None:
-            raise WorkerError(f"step {step.name}: no technique registered for {step.kind!r} in this worker")
-        reporter.step_started(step.name)
-        started = time.monotonic()
-        workdir = loaded.workdir / "steps" / step.name
-        workdir.mkdir(parents=True, exist_ok=True)
-        ctx = StepContext(
-            job=job,
-            step=step,
-            teacher=teacher,
-            outputs=dict(outputs),
-            data=loaded.data,
-            device=loaded.device,
-            workdir=workdir,
-            report_progress=partial(reporter.step_progress, step.name),
-            save_checkpoint=partial(checkpoints.save, step.name),
-            load_checkpoint=partial(checkpoints.load, step.name),
-            seed=seed,
-        )
-        try:
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            result = technique(current, ctx)
-            artifact, kind = serialize(result.model, workdir / "out", spec.model.inputs)
-            measured = measure.measure(
-                result.model,
-                artifact,
-                spec.model.inputs,
-                spec.measurement,
-                loaded.data.evaluation,
-                metric,
-                loaded.baseline.outputs,
-                loaded.device,
-                data_io.first_sample(loaded.data),
-            )
-        except WorkerError as exc:
-            reporter.step_failed(step.name, exc.message)
-            raise
-        seconds = time.monotonic() - started
-        notes = dict(result.notes)
-        reporter.step_finished(step.name, measured.metrics, ", ".join(f"{k}={v}" for k, v in notes.items()) or None)
-        records.append(
-            StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
-        )
-        outputs[step.name] = result.model
-        current = result.model
-    return records
-
-
-def score_trial(loaded: Loaded, steps: list[Step], records: list[StepRecord]) -> Trial:
-    final = records[-1].measured.metrics
-    # The final model may have run elsewhere than the job's device (an ONNX model on the CPU of a GPU
-    # job without onnxruntime's CUDA provider): the original is then re-timed there, never CPU vs GPU.
-    speed_baseline = None
-    if final.device is not None and final.device != loaded.baseline.metrics.device:
-        speed_baseline = loaded.baseline_elsewhere(final.device)
-    result = gates.compute_result(loaded.baseline.metrics, final, speed_baseline)
-    result.gates = gates.evaluate(loaded.job.spec.acceptance, result)
-    result.gatesPassed = all(g.passed for g in result.gates)
-    return Trial(steps, records, result)
-
+from kompression.worker.steps.base import Techniques
+from kompression.worker.trial import Checkpoints, Loaded, Trial, default_techniques, load, run_steps, score_trial
 
 # --------------------------------------------------------------------------------------------
 # the whole run
@@ -305,7 +23,7 @@ def score_trial(loaded: Loaded, steps: list[Step], records: list[StepRecord]) ->
 @dataclass
 class RunOptions:
     output: str | None = None  # overrides spec.output.uri
-    techniques: Mapping[str, Technique] | None = None
+    techniques: Techniques | None = None
     seed: int = 0
     workdir: Path | None = None
 
@@ -319,8 +37,6 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         techniques = options.techniques if options.techniques is not None else default_techniques()
         try:
             if job.spec.acceptance is not None and job.spec.acceptance.strategy == "Auto":
-                from kompression.worker import tuning
-
                 trial = tuning.search(loaded, techniques, reporter, options.seed)
             else:
                 records = run_steps(loaded, job.spec.steps, techniques, reporter, options.seed)
@@ -331,46 +47,48 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             raise
         reporter.set_result(trial.result)
         rows = rows_for(loaded, trial)
-        if not distributed.is_leader():
-            return reporter.report, rows
-        target = prefix if trial.passed else storage.join(prefix, publish.REJECTED)
-        artifacts_folder = Path(tmp) / "publish"
-        artifacts_folder.mkdir()
-        publisher = publish.Publisher(target)
-        final = trial.records[-1]
-        publisher.add(final.artifact, final.step.name, final.kind, f"model{''.join(final.artifact.suffixes)}")
-        if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
-            weights = formats.save_safetensors(final.model.module, artifacts_folder / "model.safetensors")
-            publisher.add(weights, final.step.name, "SafeTensors")
-        for record in trial.records:
-            for name, kind, path in record.extra:
-                publisher.add(path, name, kind, f"{record.step.name}/{path.name}")
-        plots = reporting.plot(rows, artifacts_folder)
-        for p in plots:
-            publisher.add(p, p.stem, "Plot")
-        # The report lists the model artifacts; the report files themselves are in the manifest.
-        reporter.set_artifacts(list(publisher.artifacts))
-        snapshot = reporter.report.model_copy(deep=True)
-        snapshot.phase = "Succeeded" if trial.passed else "Failed"
-        name = job.metadata.name or "compressionjob"
-        publisher.add(
-            reporting.write_json(snapshot, rows, publisher.run_id, artifacts_folder / "report.json"), "report", "Report"
-        )
-        publisher.add(
-            reporting.write_markdown(snapshot, rows, plots, name, artifacts_folder / "report.md"), "report", "Report"
-        )
-        manifest = publisher.commit(
-            {"job": name, "namespace": job.metadata.namespace, "passed": trial.passed, "result": trial.result.to_wire()}
-        )
-        reporter.set_artifacts([*publisher.artifacts, manifest])
-        Checkpoints(prefix, trial.steps).clear()
-        reporter.phase_done("Publish")
-        if not trial.passed:
-            raise GateFailed(
-                f"{gates.describe_failures(trial.result)}. The best model found is kept under {target}/ "
-                "for inspection; nothing was published as the result"
-            )
+        if distributed.is_leader():
+            publish_trial(job, prefix, trial, rows=rows, folder=Path(tmp) / "publish", reporter=reporter)
         return reporter.report, rows
+
+
+def publish_trial(
+    job: CompressionJob, prefix: str, trial: Trial, *, rows: list[reporting.Row], folder: Path, reporter: Reporter
+) -> None:
+    """Publish the trial: under the output prefix when it passed every gate, else under rejected/ and
+    raise GateFailed."""
+    target = prefix if trial.passed else storage.join(prefix, publish.REJECTED)
+    folder.mkdir()
+    publisher = publish.Publisher(target)
+    final = trial.records[-1]
+    publisher.add(final.artifact, final.step.name, final.kind, f"model{''.join(final.artifact.suffixes)}")
+    if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
+        weights = formats.save_safetensors(final.model.module, folder / "model.safetensors")
+        publisher.add(weights, final.step.name, "SafeTensors")
+    for record in trial.records:
+        for name, kind, path in record.extra:
+            publisher.add(path, name, kind, f"{record.step.name}/{path.name}")
+    plots = reporting.plot(rows, folder)
+    for p in plots:
+        publisher.add(p, p.stem, "Plot")
+    # The report lists the model artifacts; the report files themselves are in the manifest.
+    reporter.set_artifacts(list(publisher.artifacts))
+    snapshot = reporter.report.model_copy(deep=True)
+    snapshot.phase = "Succeeded" if trial.passed else "Failed"
+    name = job.metadata.name or "compressionjob"
+    publisher.add(reporting.write_json(snapshot, rows, publisher.run_id, folder / "report.json"), "report", "Report")
+    publisher.add(reporting.write_markdown(snapshot, rows, plots, name, folder / "report.md"), "report", "Report")
+    manifest = publisher.commit(
+        {"job": name, "namespace": job.metadata.namespace, "passed": trial.passed, "result": trial.result.to_wire()}
+    )
+    reporter.set_artifacts([*publisher.artifacts, manifest])
+    Checkpoints(prefix, trial.steps).clear()
+    reporter.phase_done("Publish")
+    if not trial.passed:
+        raise GateFailed(
+            f"{gates.describe_failures(trial.result)}. The best model found is kept under {target}/ "
+            "for inspection; nothing was published as the result"
+        )
 
 
 def rows_for(loaded: Loaded, trial: Trial) -> list[reporting.Row]:

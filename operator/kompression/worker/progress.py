@@ -22,7 +22,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -34,6 +33,7 @@ from kompression.api.constants import (
 )
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
+from kompression.api.timestamps import now
 from kompression.api.v1alpha1 import Artifact, CompressionJob, Environment, Metrics, Progress, Result, StepStatus
 
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
@@ -41,10 +41,6 @@ TERMINATION_LIMIT = 4096
 POST_ATTEMPTS = 3
 POST_TIMEOUT_S = 5.0
 BAR_WIDTH = 30
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Poster:
@@ -243,7 +239,7 @@ class Reporter:
     def _push_metrics(self) -> None:
         if not self.pushgateway:
             return
-        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway  # only with a Pushgateway
 
         registry = CollectorRegistry()
         labels = ["step"]

@@ -93,7 +93,7 @@ _FILE_READING_OPS = re.compile(r"(^|\.)from_file(\.|$)")
 def installed_torch_supported() -> None:
     """RuntimeMissing unless the installed torch's archive loader is the one this check knows."""
     try:
-        from torch.export.pt2_archive import constants
+        from torch.export.pt2_archive import constants  # absent from other torch releases
     except ImportError:
         raise RuntimeMissing(
             f"format TorchExport needs torch 2.9 or newer in the worker image (it has {torch.__version__}); "
@@ -294,6 +294,7 @@ _NODES: tuple[type[ast.AST], ...] = (
 @functools.cache
 def _sympy_classes() -> frozenset[str]:
     """Names of sympy's and torch's sympy classes: constructing them is arithmetic, not code."""
+    # slow to import: only when an archive is vetted
     import sympy
     from torch.utils._sympy import functions, numbers
 

@@ -32,6 +32,7 @@ class Row:
 
 def environment() -> Environment:
     """Versions and hardware; engines are only valid where these match."""
+    # The runtimes are slow to import: only once a job runs, never for the CLI alone.
     import onnx
     import onnxruntime
     import torch
@@ -40,7 +41,7 @@ def environment() -> Environment:
         torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, cpu=_cpu_model()
     )
     try:
-        import tensorrt
+        import tensorrt  # optional: NVIDIA images only
 
         env.tensorrt = tensorrt.__version__
     except ImportError:
@@ -93,10 +94,10 @@ def load_report(path: Path) -> WorkerReport:
 
 def plot(rows: list[Row], folder: Path) -> list[Path]:
     """One bar chart per figure of merit, steps in order."""
-    import matplotlib
+    import matplotlib  # slow to import: only when plots are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     paths = []
     names = [r.name for r in rows]

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from kompression.worker.errors import StorageError
-from kompression.worker.storage_retry import with_retries
+from kompression.worker.storage_retry import ObjectNotFound, budget, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def part_bytes() -> int:
 
 @functools.lru_cache(maxsize=4)
 def _client(options_json: str) -> Any:
+    # botocore: only in images with S3 support, and only once S3 is used
     import botocore.config
     import botocore.session
 
@@ -142,8 +143,6 @@ def _terminate_raises() -> Iterator[None]:
 
 def abort(s3: Any, uri: str, bucket: str, key: str, upload_id: str) -> None:
     """Abort one multipart upload; a failure is logged, never raised over the error that caused it."""
-    from kompression.worker.storage_retry import ObjectNotFound, budget
-
     try:
         with_retries(
             uri,

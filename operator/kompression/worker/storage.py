@@ -161,7 +161,7 @@ def _cloud_options(protocol: str) -> dict[str, Any]:
 
 def filesystem(protocol: str) -> Any:
     """The fsspec filesystem for a protocol, configured from the environment."""
-    import fsspec
+    import fsspec  # fsspec and its backends: only when storage is touched
 
     if protocol == "file":
         return fsspec.filesystem("file", auto_mkdir=True)
@@ -173,7 +173,7 @@ def filesystem(protocol: str) -> Any:
             # gcsfs's default class first asks each bucket's type over gRPC (experimental zonal
             # buckets) and waits a minute where that endpoint does not answer; the JSON API class
             # serves every standard bucket without it.
-            from gcsfs.core import GCSFileSystem
+            from gcsfs.core import GCSFileSystem  # optional: gs:// only
 
             return GCSFileSystem(skip_instance_cache=True, **_cloud_options(protocol))
         return fsspec.filesystem(protocol, skip_instance_cache=True, **_cloud_options(protocol))

@@ -153,7 +153,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _client_error(exc: BaseException) -> Any:
     try:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # botocore: only in images with S3 support
     except ImportError:  # an image without S3 support cannot have raised one
         return None
     return next((e for e in _chain(exc) if isinstance(e, ClientError)), None)
@@ -161,7 +161,7 @@ def _client_error(exc: BaseException) -> Any:
 
 def _botocore_error(exc: BaseException) -> Any:
     try:
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError  # botocore: only in images with S3 support
     except ImportError:
         return None
     return next((e for e in _chain(exc) if isinstance(e, BotoCoreError)), None)
@@ -176,6 +176,7 @@ class _Status:
 
 
 def _botocore_retryable(*, response: dict[str, Any] | None = None, status: int | None = None, exc: Any = None) -> bool:
+    # botocore: only in images with S3 support
     from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
 
     context = RetryContext(
@@ -218,6 +219,7 @@ def classify(exc: BaseException) -> Fault:
         return _classify_response(exc, err.response or {})
     core = _botocore_error(exc)
     if core is not None:
+        # botocore: only in images with S3 support
         from botocore.exceptions import NoCredentialsError, ParamValidationError, PartialCredentialsError
 
         refused = isinstance(core, NoCredentialsError | PartialCredentialsError | ParamValidationError)
@@ -275,7 +277,7 @@ def _denied(exc: BaseException) -> bool:
     core = _botocore_error(exc)
     if core is None:
         return False
-    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError  # botocore: S3 images only
 
     return isinstance(core, NoCredentialsError | PartialCredentialsError)
 

@@ -19,9 +19,9 @@ import torch
 
 from kompression.api.v1alpha1 import INT8_METHODS, Step
 from kompression.worker.model import TorchModel
-from kompression.worker.pipeline import Loaded, Trial, run_steps, score_trial
 from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import Technique
+from kompression.worker.steps.base import Techniques
+from kompression.worker.trial import Loaded, Trial, run_steps, score_trial
 
 REMOVAL_FACTORS = (1.0, 0.75, 0.5, 0.25)
 FALLBACK_LAYERS = 2  # the most int8-sensitive layers that trials may keep in float
@@ -118,14 +118,14 @@ def candidates(steps: list[Step], sensitive: list[str]) -> Iterator[list[Step]]:
 def _vary(step: Step, factor: float, fallback: list[str]) -> Step:
     if step.prune is not None and factor != 1.0 and step.prune.method != "SemiStructured24":
         sparsity = round(step.prune.sparsity * factor, 4)
-        return step.model_copy(update={"prune": step.prune.model_copy(update={"sparsity": sparsity})})
+        return step.model_copy(update={step.kind: step.prune.model_copy(update={"sparsity": sparsity})})
     if step.lowRank is not None and factor != 1.0:
         field = "energy" if step.lowRank.energy is not None else "rankRatio"
         kept = round(1 - (1 - getattr(step.lowRank, field)) * factor, 4)
-        return step.model_copy(update={"lowRank": step.lowRank.model_copy(update={field: kept})})
+        return step.model_copy(update={step.kind: step.lowRank.model_copy(update={field: kept})})
     if step.quantize is not None and step.quantize.method in INT8_METHODS and fallback:
         exclude = sorted(set(step.quantize.excludeLayers) | set(fallback))
-        return step.model_copy(update={"quantize": step.quantize.model_copy(update={"excludeLayers": exclude})})
+        return step.model_copy(update={step.kind: step.quantize.model_copy(update={"excludeLayers": exclude})})
     return step
 
 
@@ -135,7 +135,7 @@ def _rank(trial: Trial) -> tuple[int, float, float]:
     return sum(g.passed for g in result.gates), accuracy, result.compressionRatio or 0.0
 
 
-def search(loaded: Loaded, techniques: Mapping[str, Technique], reporter: Reporter, seed: int) -> Trial:
+def search(loaded: Loaded, techniques: Techniques, reporter: Reporter, seed: int) -> Trial:
     acceptance = loaded.job.spec.acceptance
     assert acceptance is not None
     deadline = time.monotonic() + acceptance.timeoutSeconds if acceptance.timeoutSeconds else None

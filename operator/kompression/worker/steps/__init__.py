@@ -1,8 +1,16 @@
-"""The compression techniques, one module each, keyed by the spec's step kind."""
+"""The compression techniques, one module each, keyed by the config class of the spec's step kind."""
 
 from __future__ import annotations
 
-from kompression.worker.steps.base import Technique
+from kompression.api.v1alpha1 import (
+    DistillStep,
+    LowRankStep,
+    OnnxStep,
+    PruneStep,
+    QuantizeStep,
+    TensorRTStep,
+)
+from kompression.worker.steps.base import Techniques
 from kompression.worker.steps.distill import distill
 from kompression.worker.steps.lowrank import low_rank
 from kompression.worker.steps.onnx_export import onnx_export
@@ -10,13 +18,14 @@ from kompression.worker.steps.prune import prune
 from kompression.worker.steps.quantize import quantize
 from kompression.worker.steps.tensorrt import tensorrt_engine
 
-TECHNIQUES: dict[str, Technique] = {
-    "prune": prune,
-    "lowRank": low_rank,
-    "distill": distill,
-    "quantize": quantize,
-    "onnx": onnx_export,
-    "tensorrt": tensorrt_engine,
+# One line per technique: a Step's config (step.config) selects its technique by its class.
+TECHNIQUES: Techniques = {
+    PruneStep: prune,
+    LowRankStep: low_rank,
+    DistillStep: distill,
+    QuantizeStep: quantize,
+    OnnxStep: onnx_export,
+    TensorRTStep: tensorrt_engine,
 }
 
 __all__ = ["TECHNIQUES"]

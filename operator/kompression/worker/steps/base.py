@@ -5,50 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-import numpy as np
+from kompression.api.v1alpha1 import ApiModel, ArtifactKind, CompressionJob, Measurement, ModelInput
+from kompression.worker.model import DataSets, Model, TorchModel
 
-from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Step
-from kompression.worker.model import Model, TorchModel
-
-
-@dataclass
-class Dataset:
-    """In-memory data: one array (N, ...) per model input, keyed by spec.model.inputs[].name in
-    declared order (float32 features, int64 ids and masks side by side), labels (N,) int64 or None."""
-
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
-
-    def rows(self, index: slice | np.ndarray) -> list[np.ndarray]:
-        """The selected samples of every input, in declared order (contiguous, ready to feed)."""
-        return [np.ascontiguousarray(a[index]) for a in self.inputs.values()]
-
-    def head(self, n: int) -> Dataset:
-        """The first n samples."""
-        return Dataset({k: a[:n] for k, a in self.inputs.items()}, None if self.labels is None else self.labels[:n])
+ConfigT = TypeVar("ConfigT", bound=ApiModel)
 
 
 @dataclass
-class DataSets:
-    calibration: Dataset | None = None
-    evaluation: Dataset | None = None
-    training: Dataset | None = None
+class StepContext(Generic[ConfigT]):
+    """Everything a technique may read: its own typed config and the facts of the job it needs (never the
+    job itself, so that what a technique depends on is written here)."""
 
-
-@dataclass
-class StepContext:
-    """Everything a technique may read besides its own config."""
-
-    job: CompressionJob
-    step: Step
+    name: str  # the step's name
+    kind: str  # the technique's field in the Step (Step.kind), for messages
+    config: ConfigT  # the technique's configuration, typed
+    field: str  # where the config sits in the manifest (spec.steps[2].distill), for messages
+    inputs: Sequence[ModelInput]  # spec.model.inputs, in the model's order
+    measurement: Measurement  # spec.measurement: how timing runs (threads)
     teacher: TorchModel | None  # the original model (None when the original is ONNX)
     outputs: Mapping[str, Model]  # earlier steps' output models, by step name
-    data: DataSets
+    data: DataSets  # each set knows its batch size (spec.data.<role>.batchSize)
     device: str  # "cpu" or "cuda"
     workdir: Path  # scratch folder for this step's files
     report_progress: Callable[[float, str], None]  # fraction of this step done, in [0, 1]
@@ -69,8 +47,14 @@ class StepResult:
     extra_artifacts: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
 
 
-class Technique(Protocol):
-    def __call__(self, model: Model, ctx: StepContext) -> StepResult: ...
+class Technique(Protocol[ConfigT]):
+    """A technique for one config class, e.g. Technique[QuantizeStep]; registered in steps.TECHNIQUES."""
+
+    def __call__(self, model: Model, ctx: StepContext[ConfigT], /) -> StepResult: ...
+
+
+# The registry's type: a step's technique is the one registered for type(step.config).
+Techniques = Mapping[type[ApiModel], Technique[Any]]
 
 
 def standalone_context(
@@ -85,7 +69,7 @@ def standalone_context(
     device: str = "cpu",
     seed: int = 0,
     inputs: Sequence[Mapping[str, Any]] | None = None,
-) -> StepContext:
+) -> StepContext[Any]:
     """A context for running one technique outside the pipeline (a notebook, a test, a benchmark):
     the step, as a manifest mapping, wrapped in a minimal CompressionJob, parsed with the same
     model the API server's schema comes from; checkpoints are kept in `checkpoints` (in memory).
@@ -108,9 +92,15 @@ def standalone_context(
         }
     )
     store = checkpoints if checkpoints is not None else {}
+    spec = job.spec
+    only = spec.steps[0]
     return StepContext(
-        job=job,
-        step=job.spec.steps[0],
+        name=only.name,
+        kind=only.kind,
+        config=only.config,
+        field=f"spec.steps[0].{only.kind}",
+        inputs=spec.model.inputs,
+        measurement=spec.measurement,
         teacher=teacher,
         outputs=outputs or {},
         data=data,

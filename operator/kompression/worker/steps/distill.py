@@ -18,10 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from kompression.api.v1alpha1 import DistillStep
 from kompression.worker import distributed
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats import build_architecture
+from kompression.worker.formats import build_architecture, parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
-from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import batches, labelled
 
 CHECKPOINT = "distill"
@@ -42,28 +41,27 @@ def kd_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * functional.cross_entropy(student, labels)
 
 
-def distill(model: Model, ctx: StepContext) -> StepResult:
+def distill(model: Model, ctx: StepContext[DistillStep]) -> StepResult:
     del model  # the student is named by the config, the teacher is always the original model
-    cfg = ctx.step.config
-    assert isinstance(cfg, DistillStep)
+    cfg = ctx.config
     if ctx.teacher is None:
         raise StepInvalid(
-            f"step {ctx.step.name}: distillation needs the original model in a PyTorch format as the teacher; "
+            f"step {ctx.name}: distillation needs the original model in a PyTorch format as the teacher; "
             "an ONNX original cannot teach"
         )
     student_source = _student(cfg, ctx)
     teacher_params, student_params = parameter_count(ctx.teacher.module), parameter_count(student_source.module)
     if student_params > teacher_params:
         raise StepInvalid(
-            f"step {ctx.step.name}: the student has {student_params:,} parameters, more than the teacher's "
+            f"step {ctx.name}: the student has {student_params:,} parameters, more than the teacher's "
             f"{teacher_params:,}; distillation should make the model smaller"
         )
-    data = labelled(ctx.data.training, ctx.step.name, "distillation")
+    data = labelled(ctx.data.training, ctx.name, "distillation")
     rank, world, device = distributed.join_group(ctx.device)
 
     teacher = copy.deepcopy(ctx.teacher.module).to(device).eval()
     student = copy.deepcopy(student_source.module).to(device)
-    _check_outputs_match(teacher, student, ctx.teacher.example_inputs, device, ctx.step.name)
+    _check_outputs_match(teacher, student, ctx.teacher.example_inputs, device, ctx.name)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learningRate)
     start = _resume(student, optimizer, ctx)
     trained: nn.Module = DistributedDataParallel(student) if world > 1 else student
@@ -106,22 +104,21 @@ def distill(model: Model, ctx: StepContext) -> StepResult:
     return StepResult(TorchModel(student.eval(), student_source.example_inputs), notes)
 
 
-def _student(cfg: DistillStep, ctx: StepContext) -> TorchModel:
+def _student(cfg: DistillStep, ctx: StepContext[DistillStep]) -> TorchModel:
     ref = cfg.student
     if ref.fromStep is not None:
         earlier = ctx.outputs.get(ref.fromStep)
         if earlier is None:
-            raise StepInvalid(f"step {ctx.step.name}: student.fromStep {ref.fromStep} is not an earlier step's output")
+            raise StepInvalid(f"step {ctx.name}: student.fromStep {ref.fromStep} is not an earlier step's output")
         if not isinstance(earlier, TorchModel):
             raise StepInvalid(
-                f"step {ctx.step.name}: the student from step {ref.fromStep} is {type(earlier).__name__}, not a "
+                f"step {ctx.name}: the student from step {ref.fromStep} is {type(earlier).__name__}, not a "
                 "PyTorch model; distil before quantizing to ONNX or building an engine"
             )
         return earlier
     assert ref.architecture is not None and ctx.teacher is not None  # the API's rule: exactly one is set
     torch.manual_seed(ctx.seed)  # the same fresh student on every rank and every rerun
-    index = [s.name for s in ctx.job.spec.steps].index(ctx.step.name)
-    field = f"spec.steps[{index}].distill.student.architecture"
+    field = f"{ctx.field}.student.architecture"
     return TorchModel(
         build_architecture(ref.architecture, ref.architectureArguments, field), ctx.teacher.example_inputs
     )
@@ -139,7 +136,7 @@ def _check_outputs_match(
         )
 
 
-def _resume(student: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext) -> int:
+def _resume(student: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext[DistillStep]) -> int:
     """The epoch to start at: after the last checkpointed one, or 0 when none fits this student."""
     state: dict[str, Any] | None = ctx.load_checkpoint(CHECKPOINT)
     if state is None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from kompression.worker import distributed
+from kompression.worker.measure import threads_for
 from kompression.worker.steps.base import StepContext
 
 CONTIGUOUS = "contiguous"
@@ -85,14 +87,13 @@ def current_layout(module: nn.Module) -> str:
     return CHANNELS_LAST if channels_last and not contiguous else CONTIGUOUS
 
 
-def apply_faster_layout(module: nn.Module, example: Sequence[torch.Tensor], ctx: StepContext) -> dict[str, str | float]:
+def apply_faster_layout(
+    module: nn.Module, example: Sequence[torch.Tensor], ctx: StepContext[Any]
+) -> dict[str, str | float]:
     """Time both layouts on the example input, leave the module in the faster one, and say which."""
     if not _conv_weights(module):
         return {}
-    # Imported here: measure imports the steps package, which imports this module.
-    from kompression.worker.measure import threads_for
-
-    threads = threads_for(ctx.job.spec.measurement)
+    threads = threads_for(ctx.measurement)
     current = current_layout(module)
     timings = time_layouts(module.eval(), example, ctx.device, threads)
     # Under torchrun each rank times for itself and could choose differently; rank 0's choice holds.

@@ -26,10 +26,11 @@ from torch import nn
 
 from kompression.api.v1alpha1 import LowRankStep
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
-from kompression.worker.steps.modules import WEIGHT_LAYERS, parameter_count, require_torch
+from kompression.worker.steps.modules import WEIGHT_LAYERS, require_torch
 from kompression.worker.steps.training import fine_tune, labelled
 
 Notes = dict[str, float | int | str]
@@ -69,16 +70,15 @@ class Plan:
         return f"rank {ranks} of {full} saves nothing ({', '.join(lost)})"
 
 
-def low_rank(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, LowRankStep)
-    source = require_torch(model, ctx.step.name, "lowRank")
+def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
+    cfg = ctx.config
+    source = require_torch(model, ctx)
     # Refused before any decomposition work, not after it.
-    training = labelled(ctx.data.training, ctx.step.name, "fineTune") if cfg.fineTune is not None else None
+    training = labelled(ctx.data.training, ctx.name, "fineTune") if cfg.fineTune is not None else None
     # Never mutate the incoming module: it may be the teacher or an earlier step's output.
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     example = tuple(x.to(ctx.device) for x in source.example_inputs)
-    layers = select_layers(module, cfg, ctx.step.name)
+    layers = select_layers(module, cfg, ctx.name)
     calls = _calls(module, layers, example)
     shared = _shared_weights(module)
 
@@ -103,7 +103,7 @@ def low_rank(model: Model, ctx: StepContext) -> StepResult:
         for index, plan in enumerate(plans):
             replace_module(module, plan.name, factorize(layers[plan.name], cfg.method, plan.ranks))
             ctx.report_progress((index + 1) / len(plans) * (0.5 if cfg.fineTune else 1.0), f"factorized {plan.name}")
-    macs_after = _runs_after_factorizing(module, example, ctx.step.name)
+    macs_after = _runs_after_factorizing(module, example, ctx.name)
     if cfg.fineTune is not None and training is not None and plans:
         progress = ctx.report_progress
         fine_tune(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,21 +11,18 @@ from torch import nn
 from kompression.worker import eager
 from kompression.worker.errors import StepInvalid
 from kompression.worker.model import Model, TorchModel
+from kompression.worker.steps.base import StepContext
 
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def require_torch(model: Model, step: str, technique: str) -> TorchModel:
+def require_torch(model: Model, ctx: StepContext[Any]) -> TorchModel:
     if not isinstance(model, TorchModel):
         raise StepInvalid(
-            f"step {step}: {technique} needs a PyTorch model, but the model reaching it is "
-            f"{type(model).__name__}; put {technique} before the steps that convert to ONNX or TensorRT"
+            f"step {ctx.name}: {ctx.kind} needs a PyTorch model, but the model reaching it is "
+            f"{type(model).__name__}; put {ctx.kind} before the steps that convert to ONNX or TensorRT"
         )
     return model
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 @torch.no_grad()

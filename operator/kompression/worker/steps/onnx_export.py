@@ -17,16 +17,15 @@ from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 CHECK_SAMPLES = 4
 
 
-def onnx_export(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, OnnxStep)
+def onnx_export(model: Model, ctx: StepContext[OnnxStep]) -> StepResult:
+    cfg = ctx.config
     if isinstance(model, OnnxModel):
         return _check_existing(model, ctx)
     if not isinstance(model, TorchModel):
         raise StepInvalid(
-            f"step {ctx.step.name}: a TensorRT engine cannot be exported to ONNX; export before the tensorrt step"
+            f"step {ctx.name}: a TensorRT engine cannot be exported to ONNX; export before the tensorrt step"
         )
-    declared = ctx.job.spec.model.inputs
+    declared = ctx.inputs
     exported = export_onnx(
         model,
         ctx.workdir / "model.onnx",
@@ -43,7 +42,7 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
     diff = float(np.abs(actual - expected).max())
     if not diff <= cfg.tolerance:  # also catches NaN
         raise StepInvalid(
-            f"step {ctx.step.name}: onnxruntime and torch outputs differ by up to {diff:.3g}, "
+            f"step {ctx.name}: onnxruntime and torch outputs differ by up to {diff:.3g}, "
             f"more than the tolerance {cfg.tolerance:g}; raise onnx.tolerance or check the model for "
             "ops the exporter changes"
         )
@@ -51,7 +50,7 @@ def onnx_export(model: Model, ctx: StepContext) -> StepResult:
     return StepResult(exported, notes)
 
 
-def _check_inputs(model: TorchModel, ctx: StepContext, batch: bool) -> list[np.ndarray]:
+def _check_inputs(model: TorchModel, ctx: StepContext[OnnxStep], batch: bool) -> list[np.ndarray]:
     """Real samples of every input when there is data (a few, or one when the batch is static),
     else the model's example inputs."""
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
@@ -60,13 +59,13 @@ def _check_inputs(model: TorchModel, ctx: StepContext, batch: bool) -> list[np.n
     return [x.detach().cpu().numpy() for x in model.example_inputs]
 
 
-def _check_existing(model: OnnxModel, ctx: StepContext) -> StepResult:
+def _check_existing(model: OnnxModel, ctx: StepContext[OnnxStep]) -> StepResult:
     """An ONNX model passes through, once checked and run on real inputs."""
     try:
         onnx.checker.check_model(str(model.path))
         sess = session(model.path)
     except Exception as exc:  # checker and session raise their own exception types
-        raise ModelError(f"step {ctx.step.name}: the incoming ONNX model is invalid: {exc}") from exc
+        raise ModelError(f"step {ctx.name}: the incoming ONNX model is invalid: {exc}") from exc
     data = ctx.data.evaluation or ctx.data.calibration or ctx.data.training
     if data is not None and len(data):
         batch = data.rows(slice(0, 1))
@@ -74,7 +73,7 @@ def _check_existing(model: OnnxModel, ctx: StepContext) -> StepResult:
         batch = [_zeros(meta.shape, meta.type) for meta in sess.get_inputs()]
     out = run_onnx(sess, batch)
     if not np.isfinite(out).all():
-        raise StepInvalid(f"step {ctx.step.name}: the ONNX model produces NaN or infinite outputs")
+        raise StepInvalid(f"step {ctx.name}: the ONNX model produces NaN or infinite outputs")
     return StepResult(model, {"note": "already ONNX: checked with onnx.checker and run in onnxruntime, passed on"})
 
 

@@ -15,18 +15,19 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry type: ignore
+from torch.sparse import to_sparse_semi_structured
 
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import eager
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.formats import parameter_count
+from kompression.worker.model import Dataset, Model, TorchModel
+from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
     final_layer,
     named_layers,
-    parameter_count,
     require_torch,
 )
 from kompression.worker.steps.training import batches, fine_tune, labelled
@@ -36,19 +37,18 @@ TAYLOR_BATCHES = 4
 TAYLOR_BATCH_SIZE = 32
 
 
-def prune(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, PruneStep)
-    source = require_torch(model, ctx.step.name, "prune")
+def prune(model: Model, ctx: StepContext[PruneStep]) -> StepResult:
+    cfg = ctx.config
+    source = require_torch(model, ctx)
     # Never mutate the incoming module: it may be the teacher or an earlier step's output.
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     example = tuple(x.to(ctx.device) for x in source.example_inputs)
-    kept = {final_layer(module, example), *named_layers(module, cfg.ignoreLayers, ctx.step.name)}
+    kept = {final_layer(module, example), *named_layers(module, cfg.ignoreLayers, ctx.name)}
     targets: dict[str, nn.Module] = {
         n: m for n, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS) and n not in kept
     }
     if not targets:
-        raise StepInvalid(f"step {ctx.step.name}: nothing to prune once the classifier and ignoreLayers are left out")
+        raise StepInvalid(f"step {ctx.name}: nothing to prune once the classifier and ignoreLayers are left out")
 
     before = parameter_count(module)
     if cfg.method in ("L1Structured", "TaylorStructured"):
@@ -109,8 +109,6 @@ _MASKS: dict[str, Callable[[dict[str, nn.Module], float], None]] = {
 def _semi_structured_kernels(targets: dict[str, nn.Module], device: str) -> Notes:
     if not device.startswith("cuda"):
         return {"sparseKernels": "none: on CPU the 2:4 masks stay dense; the speedup needs a GPU's sparse tensor cores"}
-    from torch.sparse import to_sparse_semi_structured
-
     converted, skipped = 0, []
     for name, layer in targets.items():
         if not isinstance(layer, nn.Linear):
@@ -133,7 +131,11 @@ def _sparsity(layers: Iterable[nn.Module]) -> float:
 
 
 def _structured(
-    module: nn.Module, example: tuple[torch.Tensor, ...], kept: list[nn.Module], cfg: PruneStep, ctx: StepContext
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    kept: list[nn.Module],
+    cfg: PruneStep,
+    ctx: StepContext[PruneStep],
 ) -> Notes:
     taylor = cfg.method == "TaylorStructured"
     importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
@@ -157,11 +159,11 @@ def _structured(
         raise
     except Exception as exc:
         raise StepInvalid(
-            f"step {ctx.step.name}: Torch-Pruning cannot trace the model's channel dependencies "
+            f"step {ctx.name}: Torch-Pruning cannot trace the model's channel dependencies "
             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); {_STRUCTURED_ADVICE}"
         ) from None
     module.zero_grad(set_to_none=True)
-    _check_runs(module, example, ctx.step.name)
+    _check_runs(module, example, ctx.name)
     notes: Notes = {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
     if fixed:
         notes["fixedWidthLayers"] = len(fixed)
@@ -187,12 +189,12 @@ def _check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], step: str)
     )
 
 
-def _taylor_data(ctx: StepContext) -> Dataset:
+def _taylor_data(ctx: StepContext[PruneStep]) -> Dataset:
     for data in (ctx.data.training, ctx.data.calibration, ctx.data.evaluation):
         if data is not None and len(data):
             return data
     raise StepInvalid(
-        f"step {ctx.step.name}: TaylorStructured ranks channels by gradients and needs data "
+        f"step {ctx.name}: TaylorStructured ranks channels by gradients and needs data "
         "(data.training, data.calibration or data.evaluation)"
     )
 
@@ -218,8 +220,8 @@ def _channels(module: nn.Module) -> int:
     )
 
 
-def _maybe_fine_tune(module: nn.Module, cfg: PruneStep, ctx: StepContext) -> None:
+def _maybe_fine_tune(module: nn.Module, cfg: PruneStep, ctx: StepContext[PruneStep]) -> None:
     if cfg.fineTune is None:
         return
-    data = labelled(ctx.data.training, ctx.step.name, "fineTune")
+    data = labelled(ctx.data.training, ctx.name, "fineTune")
     fine_tune(module, data, cfg.fineTune, ctx.device, progress=ctx.report_progress, seed=ctx.seed)

@@ -26,8 +26,8 @@ from torch import nn
 
 from kompression.api.v1alpha1 import QuantizeStep
 from kompression.worker.errors import DataError, RuntimeMissing, StepInvalid
-from kompression.worker.model import Model, OnnxModel, TorchModel
-from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.model import Dataset, Model, OnnxModel, TorchModel
+from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
@@ -42,19 +42,18 @@ CALIBRATORS = {
 DYNAMIC_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM"]
 
 
-def quantize(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, QuantizeStep)
+def quantize(model: Model, ctx: StepContext[QuantizeStep]) -> StepResult:
+    cfg = ctx.config
     return _METHODS[cfg.method](model, cfg, ctx)
 
 
-def float_onnx(model: Model, ctx: StepContext) -> OnnxModel:
+def float_onnx(model: Model, ctx: StepContext[QuantizeStep]) -> OnnxModel:
     """The model as a float ONNX file: exported from torch, or passed through when already ONNX."""
     if isinstance(model, OnnxModel):
         return model
-    torch_model = require_torch(model, ctx.step.name, "quantize")
-    names = [i.name for i in ctx.job.spec.model.inputs]
-    return export_onnx(torch_model, ctx.workdir / "model.float.onnx", names, declared=ctx.job.spec.model.inputs)
+    torch_model = require_torch(model, ctx)
+    names = [i.name for i in ctx.inputs]
+    return export_onnx(torch_model, ctx.workdir / "model.float.onnx", names, declared=ctx.inputs)
 
 
 class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
@@ -109,16 +108,14 @@ def _excluded_nodes(path: Path, cfg: QuantizeStep, step: str) -> list[str]:
     return sorted({node for nodes in found.values() for node in nodes})
 
 
-def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
-        raise StepInvalid(f"step {ctx.step.name}: StaticInt8 needs data.calibration to fix activation ranges")
+        raise StepInvalid(f"step {ctx.name}: StaticInt8 needs data.calibration to fix activation ranges")
     if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in calibration.inputs.values()):
-        raise DataError(f"step {ctx.step.name}: the calibration data contains NaN or infinite values")
+        raise DataError(f"step {ctx.name}: the calibration data contains NaN or infinite values")
     source = float_onnx(model, ctx)
-    spec_data = ctx.job.spec.data
-    batch_size = spec_data.calibration.batchSize if spec_data and spec_data.calibration else 32
-    input_names = source.input_names or [i.name for i in ctx.job.spec.model.inputs]
+    input_names = source.input_names or [i.name for i in ctx.inputs]
     # Without VNNI, u8s8 products can overflow 16-bit accumulators; 7-bit weights avoid that.
     reduce_range = not has_vnni()
     out = ctx.workdir / "model.int8.onnx"
@@ -129,14 +126,14 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     quantize_static(
         str(prepared),
         str(out),
-        ArrayCalibrationReader(calibration, input_names, batch_size),
+        ArrayCalibrationReader(calibration, input_names, calibration.batch_size),
         quant_format=QuantFormat.QDQ,
         per_channel=cfg.per_channel_or_default,
         reduce_range=reduce_range,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CALIBRATORS[cfg.calibrator_or_default],
-        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
+        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.name),
         extra_options={"CalibPercentile": cfg.percentile_or_default} if cfg.calibrator == "Percentile" else {},
     )
     notes: dict[str, float | int | str] = {
@@ -150,7 +147,7 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
     return StepResult(OnnxModel(out, source.input_names), notes)
 
 
-def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     source = float_onnx(model, ctx)
     out = ctx.workdir / "model.dynamic-int8.onnx"
     quantize_dynamic(
@@ -159,7 +156,7 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResu
         per_channel=cfg.per_channel_or_default,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=DYNAMIC_OP_TYPES,
-        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.step.name),
+        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.name),
     )
     notes: dict[str, float | int | str] = {
         "format": "ONNX dynamic int8 (weights int8, activations quantized at run time)",
@@ -182,10 +179,10 @@ class LowPrecision(nn.Module):
         return out.float()
 
 
-def _half(dtype: torch.dtype) -> Callable[[Model, QuantizeStep, StepContext], StepResult]:
-    def cast(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+def _half(dtype: torch.dtype) -> Callable[[Model, QuantizeStep, StepContext[QuantizeStep]], StepResult]:
+    def cast(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
         del cfg
-        source = require_torch(model, ctx.step.name, "quantize")
+        source = require_torch(model, ctx)
         module = LowPrecision(copy.deepcopy(source.module), dtype).to(ctx.device).eval()
         notes: dict[str, float | int | str] = {"dtype": str(dtype).removeprefix("torch.")}
         if not ctx.device.startswith("cuda"):
@@ -195,26 +192,25 @@ def _half(dtype: torch.dtype) -> Callable[[Model, QuantizeStep, StepContext], St
     return cast
 
 
-def _fp8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
-    source = require_torch(model, ctx.step.name, "quantize")
+def _fp8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
+    source = require_torch(model, ctx)
     if not (ctx.device.startswith("cuda") and torch.cuda.is_available()):
         raise RuntimeMissing(
-            f"step {ctx.step.name}: FP8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
+            f"step {ctx.name}: FP8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
             f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer: Ada L4/L40, Hopper H100/H200, Blackwell); "
             f"this worker runs on {ctx.device}"
         )
     capability = torch.cuda.get_device_capability()
     if capability < FP8_MIN_CAPABILITY:
         raise RuntimeMissing(
-            f"step {ctx.step.name}: FP8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+            f"step {ctx.name}: FP8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
             f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}"
         )
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     converted, skipped = convert_to_fp8(module, exclude=set(cfg.excludeLayers))
     if converted == 0:
         raise StepInvalid(
-            f"step {ctx.step.name}: no Linear layer has in and out features that are multiples of 16, "
-            "which FP8 GEMMs need"
+            f"step {ctx.name}: no Linear layer has in and out features that are multiples of 16, which FP8 GEMMs need"
         )
     notes: dict[str, float | int | str] = {"fp8Layers": converted, "format": "float8_e4m3fn, per-tensor scales"}
     if skipped:
@@ -222,7 +218,7 @@ def _fp8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     return StepResult(TorchModel(module, source.example_inputs), notes)
 
 
-_METHODS: dict[str, Callable[[Model, QuantizeStep, StepContext], StepResult]] = {
+_METHODS: dict[str, Callable[[Model, QuantizeStep, StepContext[QuantizeStep]], StepResult]] = {
     "StaticInt8": _static_int8,
     "DynamicInt8": _dynamic_int8,
     "Float16": _half(torch.float16),

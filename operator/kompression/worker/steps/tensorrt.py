@@ -16,8 +16,8 @@ import torch
 
 from kompression.api.v1alpha1 import ModelInput, ShapeProfile, TensorRTStep
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing, StepInvalid
-from kompression.worker.model import EngineModel, Model, OnnxModel
-from kompression.worker.steps.base import Dataset, StepContext, StepResult
+from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel
+from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx
 
@@ -39,10 +39,9 @@ def load_tensorrt(step: str) -> ModuleType:
     return trt
 
 
-def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
-    cfg = ctx.step.config
-    assert isinstance(cfg, TensorRTStep)
-    trt = load_tensorrt(ctx.step.name)
+def tensorrt_engine(model: Model, ctx: StepContext[TensorRTStep]) -> StepResult:
+    cfg = ctx.config
+    trt = load_tensorrt(ctx.name)
     onnx_model = model if isinstance(model, OnnxModel) else _export(model, ctx)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -50,7 +49,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_model.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelError(f"step {ctx.step.name}: TensorRT's ONNX parser rejected the model: {errors}")
+        raise ModelError(f"step {ctx.name}: TensorRT's ONNX parser rejected the model: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspaceMiB << 20)
@@ -70,7 +69,7 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ModelError(f"step {ctx.step.name}: TensorRT could not build an engine (see the worker log)")
+        raise ModelError(f"step {ctx.name}: TensorRT could not build an engine (see the worker log)")
     engine_path = ctx.workdir / "model.engine"
     engine_path.write_bytes(bytes(serialized))
     major, minor = torch.cuda.get_device_capability()
@@ -81,10 +80,10 @@ def tensorrt_engine(model: Model, ctx: StepContext) -> StepResult:
     return result
 
 
-def _export(model: Model, ctx: StepContext) -> OnnxModel:
-    torch_model = require_torch(model, ctx.step.name, "tensorrt")
-    names = [i.name for i in ctx.job.spec.model.inputs]
-    return export_onnx(torch_model, ctx.workdir / "model.onnx", names, declared=ctx.job.spec.model.inputs)
+def _export(model: Model, ctx: StepContext[TensorRTStep]) -> OnnxModel:
+    torch_model = require_torch(model, ctx)
+    names = [i.name for i in ctx.inputs]
+    return export_onnx(torch_model, ctx.workdir / "model.onnx", names, declared=ctx.inputs)
 
 
 Shape = tuple[int, ...]
@@ -117,8 +116,8 @@ def profile_shapes(
     return shapes
 
 
-def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext) -> None:
-    declared = ctx.job.spec.model.inputs
+def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ctx: StepContext[TensorRTStep]) -> None:
+    declared = ctx.inputs
     if not cfg.profiles:
         dynamic = [
             network.get_input(i).name
@@ -127,12 +126,12 @@ def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ct
         ]
         if dynamic:
             raise StepInvalid(
-                f"step {ctx.step.name}: input(s) {', '.join(dynamic)} have a dynamic dimension; set tensorrt.profiles"
+                f"step {ctx.name}: input(s) {', '.join(dynamic)} have a dynamic dimension; set tensorrt.profiles"
             )
         return
     for index, shape in enumerate(cfg.profiles):
         profile = builder.create_optimization_profile()
-        for name, (low, opt, high) in profile_shapes(declared, shape, ctx.step.name).items():
+        for name, (low, opt, high) in profile_shapes(declared, shape, ctx.name).items():
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if cfg.precision == "INT8" and index == 0:
@@ -141,35 +140,35 @@ def _add_profiles(builder: Any, config: Any, network: Any, cfg: TensorRTStep, ct
             config.set_calibration_profile(profile)
 
 
-def _calibration_shapes(network: Any, cfg: TensorRTStep, ctx: StepContext) -> dict[str, Shape]:
+def _calibration_shapes(network: Any, cfg: TensorRTStep, ctx: StepContext[TensorRTStep]) -> dict[str, Shape]:
     """The shape of every input TensorRT calibrates at: the first profile's opt shapes, else the static ones."""
     if cfg.profiles:
-        shapes = profile_shapes(ctx.job.spec.model.inputs, cfg.profiles[0], ctx.step.name)
+        shapes = profile_shapes(ctx.inputs, cfg.profiles[0], ctx.name)
         return {name: opt for name, (_, opt, _) in shapes.items()}
     return {
         network.get_input(i).name: tuple(int(d) for d in network.get_input(i).shape) for i in range(network.num_inputs)
     }
 
 
-def _calibrator(trt: Any, ctx: StepContext, shapes: dict[str, Shape]) -> Any:
+def _calibrator(trt: Any, ctx: StepContext[TensorRTStep], shapes: dict[str, Shape]) -> Any:
     data = ctx.data.calibration
     if data is None or len(data) == 0:
-        raise StepInvalid(f"step {ctx.step.name}: tensorrt precision INT8 needs data.calibration")
+        raise StepInvalid(f"step {ctx.name}: tensorrt precision INT8 needs data.calibration")
     # TensorRT reads exactly one opt-shaped batch from each pointer get_batch returns, so the batch
     # is the profile's, not data.calibration.batchSize, and only whole batches are fed.
     batch = next(iter(shapes.values()))[0]
     for name, shape in shapes.items():
         array = data.inputs.get(name)
         if array is None:
-            raise DataError(f"step {ctx.step.name}: data.calibration has no array for input {name!r}")
+            raise DataError(f"step {ctx.name}: data.calibration has no array for input {name!r}")
         if tuple(array.shape[1:]) != shape[1:]:
             raise StepInvalid(
-                f"step {ctx.step.name}: calibration samples of {name!r} have shape {tuple(array.shape[1:])}, but "
+                f"step {ctx.name}: calibration samples of {name!r} have shape {tuple(array.shape[1:])}, but "
                 f"TensorRT calibrates at the first profile's opt shape {list(shape)}; make them match"
             )
     if len(data) < batch:
         raise StepInvalid(
-            f"step {ctx.step.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
+            f"step {ctx.name}: TensorRT calibrates in batches of the first profile's opt batch size {batch}, "
             f"but data.calibration has only {len(data)} samples; supply more or lower the opt batch"
         )
     return _make_calibrator(trt)(data, batch, ctx.workdir / "calibration.cache")

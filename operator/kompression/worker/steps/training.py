@@ -10,7 +10,7 @@ from torch import nn
 
 from kompression.api.v1alpha1 import FineTune
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.steps.base import Dataset
+from kompression.worker.model import Dataset
 
 # Every model input of a batch (declared order) and its labels.
 Batch = tuple[list[torch.Tensor], torch.Tensor]

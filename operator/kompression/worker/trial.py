@@ -1,0 +1,292 @@
+"""One trial: load the original and its data, run a list of steps on it, measure after each, score the gates.
+
+The pipeline runs one trial (or the tuning search runs several) and publishes the chosen one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MeasuredDevice, Metrics, ModelInput, Result, Step
+from kompression.worker import data as data_io
+from kompression.worker import formats, gates, measure, storage
+from kompression.worker.errors import DataError, ModelError, WorkerError
+from kompression.worker.model import DataSets, EngineModel, Model, OnnxModel, TorchModel
+from kompression.worker.progress import Reporter
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.base import StepContext, Techniques
+
+
+@dataclass
+class Loaded:
+    """What every trial starts from."""
+
+    job: CompressionJob
+    prefix: str
+    model: Model
+    model_path: Path
+    data: DataSets
+    baseline: measure.Measured
+    workdir: Path
+    device: str
+    # The original re-measured on another device than the job's, for a like-for-like speedup.
+    remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
+
+    def baseline_elsewhere(self, device: MeasuredDevice) -> Metrics:
+        """The original's size, parameters and latency on another device than the job's (measured once)."""
+        if device not in self.remeasured:
+            spec = self.job.spec
+            self.remeasured[device] = measure.measure(
+                self.model,
+                self.model_path,
+                spec.model.inputs,
+                spec.measurement,
+                None,
+                "",
+                None,
+                measure.torch_device(device),
+                data_io.first_sample(self.data),
+            ).metrics
+        return self.remeasured[device]
+
+
+@dataclass
+class StepRecord:
+    step: Step
+    model: Model
+    artifact: Path
+    kind: ArtifactKind
+    measured: measure.Measured
+    seconds: float
+    notes: dict[str, Any] = field(default_factory=dict)
+    extra: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
+
+
+@dataclass
+class Trial:
+    steps: list[Step]
+    records: list[StepRecord]
+    result: Result
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.result.gates)
+
+
+def default_techniques() -> Techniques:
+    return TECHNIQUES
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) -> Loaded:
+    spec = job.spec
+    storage.parse_uri(prefix)  # an unusable output URI fails before any work
+    model_path = _fetch(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
+
+    def fetch_sibling(name: str) -> Path:
+        uri = spec.model.uri.rsplit("/", 1)[0] + "/" + name
+        return _fetch_to(uri, model_path.parent / name, ModelError, "ONNX external data")
+
+    model = formats.load_model(
+        spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
+    )
+    datasets = data_io.load_datasets(
+        spec.data,
+        spec.model.inputs,
+        lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data"),
+        model_path if spec.model.format == "HuggingFace" else None,
+    )
+    model = _with_real_examples(model, datasets)
+    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
+    baseline = measure.measure(
+        model,
+        model_path,
+        spec.model.inputs,
+        spec.measurement,
+        datasets.evaluation,
+        metric,
+        None,
+        device,
+        data_io.first_sample(datasets),
+    )
+    reporter.phase_done("Baseline")
+    return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
+
+
+def _with_real_examples(model: Model, datasets: DataSets) -> Model:
+    """The model's example inputs become one real sample of the data, so that tracing, layout
+    timing and export see real token ids, masks and sequence lengths; without data they stay the
+    declared shapes."""
+    sample = data_io.first_sample(datasets)
+    if sample is None or not isinstance(model, TorchModel):
+        return model
+    dtypes = [t.dtype for t in model.example_inputs]
+    return TorchModel(model.module, tuple(torch.from_numpy(a).to(d) for a, d in zip(sample, dtypes, strict=True)))
+
+
+def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) -> Path:
+    loc = storage.parse_uri(uri)
+    if loc.is_local:
+        if not Path(loc.path).exists():
+            raise error(f"{field_name}: {uri} does not exist (resolved to {loc.path})")
+        return Path(loc.path)
+    return _fetch_to(
+        uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(loc.path).name, error, field_name
+    )
+
+
+def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -> Path:
+    try:
+        return storage.download(uri, dest)
+    except storage.ObjectNotFound:
+        raise error(f"{field_name}: {uri} does not exist") from None
+
+
+# --------------------------------------------------------------------------------------------
+# steps
+
+
+def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -> tuple[Path, ArtifactKind]:
+    """The model's file on disk: its size is the step's size, and it is what gets published."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, OnnxModel):
+        return model.path, "ONNXModel"
+    if isinstance(model, EngineModel):
+        return model.path, "TensorRTEngine"
+    try:
+        return formats.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
+    except ModelError:
+        raise
+    except Exception:
+        # Some graphs (e.g. eager quantized modules) cannot be exported: keep the weights instead.
+        return formats.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
+
+
+class Checkpoints:
+    """Durable per-step checkpoints under <prefix>/checkpoints/<trial digest>/<step>/<name>.pt.
+
+    Saved with torch.save and read back with weights_only=True: a checkpoint holds tensors and
+    plain containers only (state dicts, optimizer state, epoch counters)."""
+
+    def __init__(self, prefix: str, steps: list[Step]) -> None:
+        digest = hashlib.sha256(json.dumps([s.to_wire() for s in steps], sort_keys=True).encode()).hexdigest()[:16]
+        self.prefix = prefix
+        self.root = storage.join(prefix, "checkpoints", digest)
+
+    def save(self, step: str, name: str, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        target = storage.join(self.root, step, f"{name}.pt")
+        storage.confine(self.prefix, target)  # a symlinked checkpoints/ must not lead writes elsewhere
+        storage.write_bytes(buffer.getvalue(), target)
+
+    def load(self, step: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = storage.read_bytes(storage.join(self.root, step, f"{name}.pt"))
+        except storage.ObjectNotFound:
+            return None
+        state = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+        return state if isinstance(state, dict) else None
+
+    def clear(self) -> None:
+        storage.confine(self.prefix, self.root)
+        storage.remove(self.root)
+        parent = self.root.rsplit("/", 1)[0]
+        if not storage.list_files(parent):
+            storage.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
+
+
+def run_steps(
+    loaded: Loaded, steps: list[Step], techniques: Techniques, reporter: Reporter, seed: int
+) -> list[StepRecord]:
+    spec = loaded.job.spec
+    teacher = loaded.model if isinstance(loaded.model, TorchModel) else None
+    # Techniques may modify their input in place (pruning does): the teacher stays pristine.
+    current: Model = copy.deepcopy(loaded.model) if teacher is not None else loaded.model
+    outputs: dict[str, Model] = {}
+    records: list[StepRecord] = []
+    checkpoints = Checkpoints(loaded.prefix, steps)
+    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
+    for index, step in enumerate(steps):
+        config = step.config
+        technique = techniques.get(type(config))
+        if technique is None:
+            raise WorkerError(f"step {step.name}: no technique registered for {step.kind!r} in this worker")
+        reporter.step_started(step.name)
+        started = time.monotonic()
+        workdir = loaded.workdir / "steps" / step.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        ctx = StepContext(
+            name=step.name,
+            kind=step.kind,
+            config=config,
+            field=f"spec.steps[{index}].{step.kind}",
+            inputs=spec.model.inputs,
+            measurement=spec.measurement,
+            teacher=teacher,
+            outputs=dict(outputs),
+            data=loaded.data,
+            device=loaded.device,
+            workdir=workdir,
+            report_progress=partial(reporter.step_progress, step.name),
+            save_checkpoint=partial(checkpoints.save, step.name),
+            load_checkpoint=partial(checkpoints.load, step.name),
+            seed=seed,
+        )
+        try:
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            result = technique(current, ctx)
+            artifact, kind = serialize(result.model, workdir / "out", spec.model.inputs)
+            measured = measure.measure(
+                result.model,
+                artifact,
+                spec.model.inputs,
+                spec.measurement,
+                loaded.data.evaluation,
+                metric,
+                loaded.baseline.outputs,
+                loaded.device,
+                data_io.first_sample(loaded.data),
+            )
+        except WorkerError as exc:
+            reporter.step_failed(step.name, exc.message)
+            raise
+        seconds = time.monotonic() - started
+        notes = dict(result.notes)
+        reporter.step_finished(step.name, measured.metrics, ", ".join(f"{k}={v}" for k, v in notes.items()) or None)
+        records.append(
+            StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
+        )
+        outputs[step.name] = result.model
+        current = result.model
+    return records
+
+
+def score_trial(loaded: Loaded, steps: list[Step], records: list[StepRecord]) -> Trial:
+    final = records[-1].measured.metrics
+    # The final model may have run elsewhere than the job's device (an ONNX model on the CPU of a GPU
+    # job without onnxruntime's CUDA provider): the original is then re-timed there, never CPU vs GPU.
+    speed_baseline = None
+    if final.device is not None and final.device != loaded.baseline.metrics.device:
+        speed_baseline = loaded.baseline_elsewhere(final.device)
+    result = gates.compute_result(loaded.baseline.metrics, final, speed_baseline)
+    result.gates = gates.evaluate(loaded.job.spec.acceptance, result)
+    result.gatesPassed = all(g.passed for g in result.gates)
+    return Trial(steps, records, result)

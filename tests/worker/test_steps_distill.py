@@ -128,14 +128,14 @@ def test_two_cpu_processes_train_one_student_with_ddp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork, not spawn: the children inherit the imported torch, sklearn and worker modules instead of
-    # importing them again (most of this test's time); the DDP mechanics under test are the same.
+    # spawn, not fork: once this pytest process has run a backward pass (any earlier training test),
+    # autograd's threads make a forked child's backward fail, so the children start fresh.
     mp.start_processes(  # type: ignore[attr-defined,no-untyped-call]
         _ddp_worker,
         args=(port, str(tmp_path)),
         nprocs=2,
         join=True,
-        start_method="fork",
+        start_method="spawn",
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]

@@ -157,6 +157,32 @@ def _quantize_keeping_float(
     return {**notes, "floatLayers": listed, "floatLayersChosenBy": "measured int8 error (in brackets)"}
 
 
+def _feed_float(path: Path, float_nodes: list[str]) -> None:
+    """Rewire each float node of a QDQ graph to read its inputs before their Quantize/Dequantize
+    pair. quantize_static leaves an excluded node's weight float, but the activation it shares with
+    its int8 neighbours still passes through their Q/DQ, so the outliers' rounding would remain."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    wanted = set(float_nodes)
+    for node in proto.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    while orphans := [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                      and not any(out in used for out in n.output)]:  # fmt: skip
+        for orphan in orphans:
+            proto.graph.node.remove(orphan)
+        used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    onnx.save(proto, str(path))
+
+
 def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
@@ -189,6 +215,8 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResul
             nodes_to_exclude=float_nodes,
             extra_options={"CalibPercentile": cfg.percentile_or_default} if cfg.calibrator == "Percentile" else {},
         )
+        if float_nodes:
+            _feed_float(path, float_nodes)
 
     names = source.input_names or [i.name for i in ctx.job.spec.model.inputs]
     notes: Notes = {
@@ -213,7 +241,9 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext) -> StepResu
             per_channel=cfg.per_channel_or_default,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=DYNAMIC_OP_TYPES,
-            nodes_to_exclude=float_nodes,
+            # quantize_dynamic first rewrites each Gemm as MatMul + Add under the name NODE_MatMul,
+            # and only then matches exclusions: a Gemm's own name alone would leave it int8.
+            nodes_to_exclude=[*float_nodes, *(f"{node}_MatMul" for node in float_nodes)],
         )
 
     names = source.input_names or [i.name for i in ctx.job.spec.model.inputs]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -128,11 +129,11 @@ def _quantize_keeping_float(
     if cfg.excludeLayers:
         run(_excluded_nodes(graph, cfg, ctx.step.name), out)
         return {"floatLayers": ", ".join(cfg.excludeLayers), "floatLayersChosenBy": "excludeLayers"}
-    data = ctx.data.calibration or ctx.data.evaluation
-    if data is None or len(data) == 0:
+    data = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.evaluation
+    batches = sample_batches(_inputs_by_name(data, input_names)) if data is not None else []
+    if not batches:
         run([], out)
         return {"floatLayers": "none: no calibration or evaluation data to measure layer errors on"}
-    batches = sample_batches(_inputs_by_name(data, input_names))
     ctx.report_progress(0.1, "measuring each layer's int8 error")
     errors = layer_errors(graph, batches, skip=set(), per_channel=cfg.per_channel_or_default, reduce_range=reduce_range)
     chosen = outliers(errors)
@@ -161,8 +162,6 @@ def _feed_float(path: Path, float_nodes: list[str]) -> None:
     """Rewire each float node of a QDQ graph to read its inputs before their Quantize/Dequantize
     pair. quantize_static leaves an excluded node's weight float, but the activation it shares with
     its int8 neighbours still passes through their Q/DQ, so the outliers' rounding would remain."""
-    import onnx
-
     proto = onnx.load(str(path))
     producer = {out: node for node in proto.graph.node for out in node.output}
     wanted = set(float_nodes)

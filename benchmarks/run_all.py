@@ -19,6 +19,7 @@ RESULTS = HERE / "results"
 ORDER = [
     "pruning",
     "int8",
+    "encoder_int8",
     "distill",
     "lowrank",
     "quickstart",

@@ -168,6 +168,71 @@ def test_huggingface_folder_loads_with_its_logits(tmp_path: Path) -> None:
         assert torch.allclose(loaded.module(ids), original(ids).logits, atol=1e-6)
 
 
+def _tiny_hf(folder: Path, kind: str) -> torch.nn.Module:
+    """A bare BERT encoder, or a ViT with an image-classification head, saved as a HuggingFace folder."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "vit":
+        vit = transformers.ViTConfig(
+            image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=32, num_labels=3,
+        )  # fmt: skip
+        model = transformers.ViTForImageClassification(vit)
+    else:
+        bert = transformers.BertConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        model = transformers.BertModel(bert)
+    model.eval().save_pretrained(str(folder))
+    return model
+
+
+HF_INPUTS = {
+    "bert": [
+        {"name": "input_ids", "shape": [-1, 8], "dtype": "int64"},
+        {"name": "attention_mask", "shape": [-1, 8], "dtype": "int64"},
+    ],
+    "vit": [{"name": "pixel_values", "shape": [-1, 3, 8, 8]}],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "output", "expected"),
+    [
+        ("bert", None, "last_hidden_state"),  # a bare encoder's default
+        ("bert", "pooler_output", "pooler_output"),
+        ("vit", None, "logits"),  # a task head's default
+        ("vit", "logits", "logits"),
+    ],
+)
+def test_huggingface_output_is_chosen_by_spec_or_architecture(
+    tmp_path: Path, kind: str, output: str | None, expected: str
+) -> None:
+    original = _tiny_hf(tmp_path / kind, kind)
+    src = ModelSource.model_validate(
+        {"uri": f"file://{kind}", "format": "HuggingFace", "inputs": HF_INPUTS[kind]}
+        | ({"output": output} if output else {})
+    )
+    loaded = formats.load_model(src, tmp_path / kind)
+    assert isinstance(loaded, TorchModel)
+    if kind == "bert":
+        inputs: tuple[torch.Tensor, ...] = (torch.randint(0, 64, (2, 8)), torch.ones(2, 8, dtype=torch.int64))
+    else:
+        inputs = (torch.randn(2, 3, 8, 8),)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(*inputs), getattr(original(*inputs), expected))
+
+
+def test_huggingface_output_the_model_lacks_names_the_ones_it_has(tmp_path: Path) -> None:
+    _tiny_hf(tmp_path / "bert", "bert")
+    src = ModelSource.model_validate(
+        {"uri": "file://bert", "format": "HuggingFace", "inputs": HF_INPUTS["bert"], "output": "logits"}
+    )
+    with pytest.raises(ModelError, match=r"output 'logits' is not an output of this BertModel; it returns "
+                       r"last_hidden_state, pooler_output"):  # fmt: skip
+        formats.load_model(src, tmp_path / "bert")
+
+
 def test_huggingface_pickled_weights_are_refused(tmp_path: Path) -> None:
     model = _tiny_bert(tmp_path / "bert")
     # A checkpoint in the legacy pickle format only, as older hub folders have.

@@ -194,31 +194,10 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
         npz(folder / f"{name}.npz", inputs, data.labels)
 
 
-def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_onnx(
-    env: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _mlp_with_an_outlier_input(env)
-    body = job(
-        "file://model.pt2",
-        "file://out/",
-        steps=[{"name": "int8", "quantize": {"method": "StaticInt8"}}],
-        data={
-            "evaluation": {"uri": "file://evaluation.npz"},
-            "calibration": {"uri": "file://calibration.npz", "samples": 128},
-        },
-        acceptance={"maxAccuracyDrop": 0.02, "strategy": "Auto", "maxTrials": 3},
-    )
-    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
-    trials = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    accuracies = [e["metrics"]["accuracy"] for e in trials if e["event"] == "StepFinished"]
-    assert len(accuracies) == 2  # the spec's all-int8 trial, then one layer in float
-    assert accuracies[0] < 0.3 and accuracies[1] > 0.85  # int8 everywhere collapsed; the fallback did not
-
-    fetched = publish.fetch_published("file://out/", env / "fetched")
-    report = json.loads(fetched["report.json"].read_text())
-    assert report["details"]["models"][1]["notes"]["floatLayers"] == "1"  # measured as the most sensitive
-    assert report["result"]["gates"][0]["passed"]
-    graph = onnx.load(str(fetched["model.int8.onnx"])).graph
+def _assert_float_and_int8_layers(published: Path, float_layers: set[str]) -> None:
+    """The published QDQ graph computes float_layers in float (float weights, and an input no int8
+    rounding went through) and every other layer in int8 (QDQ on input and weight)."""
+    graph = onnx.load(str(published)).graph
     produced_by = {out: node for node in graph.node for out in node.output}
     layers = {node.name: node for node in graph.node if node.op_type in ("Gemm", "MatMul", "Conv")}
     assert set(layers) == {"/1/Gemm", "/3/Gemm", "/5/Gemm"}
@@ -228,11 +207,60 @@ def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_
         return name in produced_by and produced_by[name].op_type == "DequantizeLinear"
 
     initializers = {t.name: t for t in graph.initializer}
-    kept = layers["/1/Gemm"]  # float: float weights, and an input no int8 rounding went through
-    assert kept.input[1] in initializers and initializers[kept.input[1]].data_type == onnx.TensorProto.FLOAT
-    assert not dequantized(kept.input[0]) and not dequantized(kept.input[1])
-    for name in ("/3/Gemm", "/5/Gemm"):  # the other layers stay int8 (QDQ on input and weight)
-        assert dequantized(layers[name].input[0]) and dequantized(layers[name].input[1]), name
+    for name, layer in layers.items():
+        if name in float_layers:
+            assert layer.input[1] in initializers and initializers[layer.input[1]].data_type == onnx.TensorProto.FLOAT
+            assert not dequantized(layer.input[0]) and not dequantized(layer.input[1]), name
+        else:
+            assert dequantized(layer.input[0]) and dequantized(layer.input[1]), name
+
+
+def _outlier_job(quantize: dict[str, Any], acceptance: dict[str, Any]) -> dict[str, Any]:
+    return job(
+        "file://model.pt2",
+        "file://out/",
+        steps=[{"name": "int8", "quantize": quantize}],
+        data={
+            "evaluation": {"uri": "file://evaluation.npz"},
+            "calibration": {"uri": "file://calibration.npz", "samples": 128},
+        },
+        acceptance={"maxAccuracyDrop": 0.02, **acceptance},
+    )
+
+
+def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_onnx(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mlp_with_an_outlier_input(env)
+    # excludeLayers replaces the step's own measured choice, so the spec's trial is int8 up to the head.
+    body = _outlier_job({"method": "StaticInt8", "excludeLayers": ["5"]}, {"strategy": "Auto", "maxTrials": 3})
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    trials = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    accuracies = [e["metrics"]["accuracy"] for e in trials if e["event"] == "StepFinished"]
+    assert len(accuracies) == 2  # the spec's trial, then the most sensitive layer in float too
+    assert accuracies[0] < 0.3 and accuracies[1] > 0.85  # int8 at the outlier input collapsed; the fallback did not
+
+    fetched = publish.fetch_published("file://out/", env / "fetched")
+    report = json.loads(fetched["report.json"].read_text())
+    assert report["details"]["models"][1]["notes"]["floatLayers"] == "1, 5"  # 1 measured as the most sensitive
+    assert report["result"]["gates"][0]["passed"]
+    _assert_float_and_int8_layers(fetched["model.int8.onnx"], {"/1/Gemm", "/5/Gemm"})
+
+
+def test_int8_by_default_keeps_the_outlier_layer_float_in_the_published_onnx(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mlp_with_an_outlier_input(env)
+    body = _outlier_job({"method": "StaticInt8"}, {})
+    assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert next(e["metrics"]["accuracy"] for e in events if e["event"] == "StepFinished") > 0.85
+
+    fetched = publish.fetch_published("file://out/", env / "fetched")
+    notes = json.loads(fetched["report.json"].read_text())["details"]["models"][1]["notes"]
+    assert notes["floatLayers"].startswith("1 (")  # its measured int8 error in brackets
+    assert notes["outputErrorWithFloatLayers"] < notes["outputErrorAllInt8"]
+    _assert_float_and_int8_layers(fetched["model.int8.onnx"], {"/1/Gemm"})
 
 
 @pytest.mark.slow

@@ -131,6 +131,16 @@ class ModelSource(ApiModel):
     inputs: list[ModelInput] = Field(
         min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
     )
+    output: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)] | None = Field(
+        None,
+        description=(
+            "For HuggingFace only: which field of the model's output object the pipeline compresses and "
+            "measures, for example `logits`, `last_hidden_state` or `pooler_output`. Unset means `logits` "
+            "for a model with a task head (sequence or image classification) and `last_hidden_state` for a "
+            "bare encoder (BERT-class, ViT). A name the model does not return is refused with the list of "
+            "names it does."
+        ),
+    )
     trustTorchScriptCode: bool = Field(
         False,
         description=(
@@ -163,6 +173,12 @@ class ModelSource(ApiModel):
             cel="!has(self.architecture) || self.format == 'SafeTensors'",
             message="`architecture` is only used with format SafeTensors; remove it for other formats",
             field_path=".architecture",
+        ),
+        Rule(
+            cel="!has(self.output) || self.format == 'HuggingFace'",
+            message="`output` is only used with format HuggingFace, whose models return several named outputs; "
+            "other formats return one tensor, so remove it",
+            field_path=".output",
         ),
         Rule(
             cel="!has(self.architectureArguments) || has(self.architecture)",
@@ -480,7 +496,9 @@ class QuantizeStep(ApiModel):
         max_length=256,
         description=(
             "StaticInt8, DynamicInt8 and FP8 only: names of layers to keep in floating point (sensitive "
-            "layers). Float16 and BFloat16 convert the whole model."
+            "layers). Unset, StaticInt8 and DynamicInt8 keep float the few layers whose int8 error, measured "
+            "on the job's calibration (else evaluation) data, stands out; setting it replaces that choice. "
+            "Float16 and BFloat16 convert the whole model."
         ),
     )
 

@@ -240,19 +240,45 @@ def _key_diff(expected: dict[str, Any], got: dict[str, Any]) -> tuple[list[str],
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-class _LogitsOnly(torch.nn.Module):
-    """HuggingFace models return output objects; the pipeline needs one tensor."""
+# The output a HuggingFace model hands the pipeline when spec.model.output is unset: a task head's
+# scores, else a bare encoder's token states (BERT-class, ViT).
+DEFAULT_OUTPUTS = ("logits", "last_hidden_state")
 
-    def __init__(self, inner: torch.nn.Module) -> None:
+
+class HuggingFaceOutput(torch.nn.Module):
+    """HuggingFace models return output objects; the pipeline compresses and measures one tensor of it."""
+
+    def __init__(self, inner: torch.nn.Module, output: str) -> None:
         super().__init__()
         self.inner = inner
+        self.output = output
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        out = self.inner(*args)
-        for key in ("logits", "last_hidden_state"):
-            if hasattr(out, key):
-                return getattr(out, key)  # type: ignore[no-any-return]
-        return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
+        return getattr(self.inner(*args), self.output)  # type: ignore[no-any-return]
+
+
+def _huggingface_output(module: torch.nn.Module, source: ModelSource) -> str:
+    """The output to use: spec.model.output if the model returns it, else the architecture's default."""
+    try:
+        with torch.no_grad():
+            out = module(*example_inputs(source.inputs, batch=2))
+    except Exception:  # check_inputs reports inputs the model rejects, naming each declared input
+        return source.output or DEFAULT_OUTPUTS[0]
+    names = [k for k, v in out.items() if isinstance(v, torch.Tensor)] if hasattr(out, "items") else []
+    if source.output is not None:
+        if source.output not in names:
+            raise ModelError(
+                f"{source.uri}: spec.model.output {source.output!r} is not an output of this "
+                f"{type(module).__name__}; it returns {', '.join(names) or 'no named tensors'}"
+            )
+        return source.output
+    chosen = next((name for name in DEFAULT_OUTPUTS if name in names), None)
+    if chosen is None:
+        raise ModelError(
+            f"{source.uri}: this {type(module).__name__} returns neither {' nor '.join(DEFAULT_OUTPUTS)}; "
+            f"set spec.model.output to one of {', '.join(names) or 'its outputs'}"
+        )
+    return chosen
 
 
 def _load_huggingface(source: ModelSource, path: Path) -> Model:
@@ -276,7 +302,10 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
         raise ModelError(
             f"{source.uri}: cannot load the HuggingFace model (safetensors weights only): {_short(exc)}"
         ) from None
-    return TorchModel(_LogitsOnly(module).eval(), example_inputs(source.inputs))
+    module.eval()
+    return TorchModel(
+        HuggingFaceOutput(module, _huggingface_output(module, source)).eval(), example_inputs(source.inputs)
+    )
 
 
 # --------------------------------------------------------------------------------------------

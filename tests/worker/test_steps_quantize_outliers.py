@@ -1,0 +1,108 @@
+"""Int8 by default keeps the layer that outlier activations would ruin in float, found by measurement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from onnxruntime.quantization import quantize_dynamic
+from test_steps_common import one_thread  # noqa: F401  (autouse fixture)
+from torch import nn
+
+from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.onnx_io import export_onnx
+from kompression.worker.steps.sensitivity import output_error, sample_batches
+
+quantize = TECHNIQUES["quantize"]
+OUTLIER = 3  # the channel that carries outliers into fc2
+
+
+class Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.fc1, self.fc2, self.fc3 = (
+            nn.Linear(16, 48),
+            nn.Linear(48, 40),
+            nn.Linear(40, 24),
+            nn.Linear(24, 8),
+        )
+        self.register_buffer("gain", torch.ones(40))  # an elementwise scale, as a LayerNorm's weight is
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc0(x))
+        x = torch.relu(self.fc1(x)) * self.gain
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+def planted_outliers() -> TorchModel:
+    """Channel OUTLIER of fc2's input scaled up 200x by the gain, and fc2's matching weight column
+    down 200x: the function is unchanged, but int8 now has about one level left for fc2's other 39
+    input channels, as with the outlier dimensions a pretrained transformer's LayerNorm produces."""
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    with torch.no_grad():
+        model.fc1.bias[OUTLIER] = model.fc1.bias[OUTLIER].abs() + 1  # the channel stays live through the ReLU
+        model.gain[OUTLIER] = 200
+        model.fc2.weight[:, OUTLIER] /= 200
+    return TorchModel(model, (torch.zeros(1, 16),))
+
+
+def context(step: dict[str, object], work: Path, data: np.ndarray) -> object:
+    return standalone_context(step, work, DataSets(calibration=Dataset(data)), [-1, 16])
+
+
+def float_weights(path: Path) -> list[tuple[int, ...]]:
+    """The float32 weight matrices, as (smaller, larger) side (Gemm holds them transposed, MatMul not)."""
+    graph = onnx.load(str(path)).graph
+    return [tuple(sorted(t.dims)) for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2]
+
+
+@pytest.mark.parametrize("method", ["DynamicInt8", "StaticInt8"])
+def test_the_outlier_layer_stays_float_and_beats_naive_per_tensor_int8(tmp_path: Path, method: str) -> None:
+    model = planted_outliers()
+    rng = np.random.default_rng(0)
+    calibration, held_out = rng.normal(size=(64, 16)).astype(np.float32), rng.normal(size=(64, 16)).astype(np.float32)
+    result = quantize(model, context({"name": "q", "quantize": {"method": method}}, tmp_path, calibration))  # type: ignore[arg-type]
+    assert isinstance(result.model, OnnxModel)
+    assert result.notes["floatLayers"].startswith("fc2 (")  # type: ignore[union-attr]
+    assert result.notes["outputErrorWithFloatLayers"] < result.notes["outputErrorAllInt8"]  # type: ignore[operator]
+    # The model the step hands on (and the pipeline publishes) computes fc2 in float: its weight is
+    # a float32 initializer, and every other weight is int8.
+    assert float_weights(result.model.path) == [(24, 40)]
+    # Better than onnxruntime's defaults (per-tensor weights, every op type) on data it never saw.
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", ["x"]).path
+    naive = tmp_path / "naive.onnx"
+    quantize_dynamic(str(fp32), str(naive))
+    batches = sample_batches({"x": held_out}, samples=64)
+    ours, theirs = output_error(fp32, result.model.path, batches), output_error(fp32, naive, batches)
+    assert ours < 0.5 * theirs, (ours, theirs)
+
+
+def test_excluded_layers_replace_the_measured_choice(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    step = {"name": "q", "quantize": {"method": "DynamicInt8", "excludeLayers": ["fc0"]}}
+    result = quantize(planted_outliers(), context(step, tmp_path, data))  # type: ignore[arg-type]
+    assert isinstance(result.model, OnnxModel)
+    assert result.notes["floatLayers"] == "fc0"
+    assert result.notes["floatLayersChosenBy"] == "excludeLayers"
+    assert float_weights(result.model.path) == [(16, 48)]
+
+
+def test_dynamic_int8_weights_are_per_channel_unless_told(tmp_path: Path) -> None:
+    model = TorchModel(Mlp().eval(), (torch.zeros(1, 16),))
+
+    def scale_sizes(step: dict[str, object], work: Path) -> set[int]:
+        result = quantize(model, standalone_context(step, work, DataSets(), [-1, 16]))
+        assert isinstance(result.model, OnnxModel)
+        inits = onnx.load(str(result.model.path)).graph.initializer
+        return {numpy_helper.to_array(t).size for t in inits if t.name.endswith("_scale")}
+
+    assert scale_sizes({"name": "q", "quantize": {"method": "DynamicInt8"}}, tmp_path / "a") == {48, 40, 24, 8}
+    per_tensor = {"name": "q", "quantize": {"method": "DynamicInt8", "perChannel": False}}
+    assert scale_sizes(per_tensor, tmp_path / "b") == {1}

@@ -1124,6 +1124,7 @@ ArtifactKind = Literal[
     "TorchExport",
     "TorchScript",
     "SafeTensors",
+    "HuggingFaceFile",
     "ONNXModel",
     "TensorRTEngine",
     "TimingCache",

@@ -47,8 +47,8 @@ def paragraphs(root: Path = LICENSES) -> list[str]:
 def build(folder: Path, *, seed: int = 0, steps: int = 300, threads: int = 1) -> ExampleLLM:
     """Train the tokenizer and the model, and write them and the text splits under `folder`."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     torch.set_num_threads(threads)
     random.seed(seed)

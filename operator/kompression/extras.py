@@ -35,7 +35,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
     "tensorrt": ("tensorrt",),
     # llmQuantize: llm-compressor pins its own torch and transformers, so this extra goes into an
-    # environment of its own (images/worker-llm, `make .venv-llm`), never next to the worker extra.
+    # environment of its own (images/worker-llm, `make setup-llm`), never next to the worker extra.
     "llm": (
         "llmcompressor",
         "compressed_tensors",
@@ -53,7 +53,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 # Where an extra cannot simply join the others in one environment, what to do instead.
 INSTALL_HINTS = {
-    "llm": "install it in an environment of its own, since it needs torch <= 2.14 (`make .venv-llm` makes one "
+    "llm": "install it in an environment of its own, since it needs torch <= 2.14 (`make setup-llm` makes one "
     "and runs `.venv-llm/bin/kompression run`), or run the job in the worker-llm image (images/worker-llm)",
 }
 # The usage-error code: a rerun cannot fix it, and it is what an unreadable manifest exits with.

@@ -169,7 +169,7 @@ def main() -> None:
         *("| " + " | ".join(x) + " |" for x in rows),
         "",
         f"Model: tests/llm/fixtures/tiny-llama, a 3-layer Llama (hidden 256, GQA 4/2 heads, vocab 384, tied "
-        f"embeddings, 1.87M parameters) trained for 800 steps on Debian's license texts by "
+        f"embeddings, 1.87M parameters) trained for 300 steps on Debian's license texts by "
         f"`python -m kompression.worker.llm.example_model`, stored in bf16. Calibration: {CALIBRATION_SAMPLES} "
         f"training paragraphs; evaluation: the first {EVAL_SAMPLES} held-out paragraphs (every tenth), at most "
         f"{MAX_LENGTH} tokens each; perplexity of each folder as saved, loaded back by transformers on the CPU. "

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
-pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
-
 from llm_jobs import Texts
 
 from kompression.worker.llm.example_model import paragraphs

@@ -18,6 +18,8 @@ from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run
 
 from kompression.api.constants import ExitCode
 
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
+
 
 @dataclass(frozen=True)
 class Run:

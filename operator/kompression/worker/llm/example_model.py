@@ -119,9 +119,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     built = build(args.folder, seed=args.seed, steps=args.steps, threads=args.threads)
     print(f"{built.folder}: held-out perplexity {built.perplexity:.3f}")

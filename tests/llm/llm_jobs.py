@@ -19,7 +19,13 @@ class Texts:
 
 
 def job_yaml(
-    texts: Texts, output: Path, llm_quantize: str, *, acceptance: str = "", evaluation: Path | None = None
+    texts: Texts,
+    output: Path,
+    llm_quantize: str,
+    *,
+    acceptance: str = "",
+    evaluation: Path | None = None,
+    eval_samples: int = 40,
 ) -> str:
     """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping."""
     return f"""\
@@ -33,7 +39,7 @@ spec:
     inputs: [{{name: input_ids, shape: [-1, -1], dtype: int64}}]
   data:
     calibration: {{uri: 'file://{texts.calibration}', samples: 32, maxLength: 128}}
-    evaluation: {{uri: 'file://{evaluation or texts.evaluation}', samples: 40, maxLength: 128}}
+    evaluation: {{uri: 'file://{evaluation or texts.evaluation}', samples: {eval_samples}, maxLength: 128}}
   steps:
   - name: quantize
     llmQuantize: {llm_quantize}

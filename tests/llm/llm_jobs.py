@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +50,25 @@ spec:
 """
 
 
-def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
-    """`kompression run` as the worker-llm pod runs it, one torch thread (CI has two cores)."""
+def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:
+    """`kompression run` as the worker-llm pod runs it, one torch thread each, the jobs side by side
+    (CI has two cores, and most of a tiny model's run is single-threaded Python)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=600,
-    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(
+            pool.map(
+                lambda job: subprocess.run(
+                    [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=False,
+                    timeout=600,
+                ),
+                jobs,
+            )
+        )
+
+
+def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
+    return kompression_runs(job)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run
+from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run, kompression_runs
 
 from kompression.api.constants import ExitCode
 
@@ -44,28 +44,44 @@ class Run:
         return result["final"]["perplexity"] / result["baseline"]["perplexity"] - 1
 
 
-def _run(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Run:
+def _job(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     job = folder / "job.yaml"
     job.write_text(job_yaml(texts, folder / "out", step, **kwargs))
-    return Run(kompression_run(job), folder / "out")
+    return job
+
+
+def _run(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Run:
+    return Run(kompression_run(_job(folder, texts, step, **kwargs)), folder / "out")
 
 
 @pytest.fixture(scope="module")
-def gptq(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    # Evaluation text as .jsonl here and as .txt for RTN: both readers must give the same baseline.
-    return _run(
-        tmp_path_factory.mktemp("gptq"),
-        texts,
-        "{scheme: W4A16, algorithm: GPTQ}",
-        acceptance="acceptance: {maxPerplexityIncrease: 0.05, minCompressionRatio: 3}",
-        evaluation=texts.evaluation_jsonl,
+def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run]:
+    """W4A16 with GPTQ and with round-to-nearest, side by side. GPTQ reads its evaluation text as
+    .jsonl, RTN as .txt: both readers must give the same baseline."""
+    folders = tmp_path_factory.mktemp("gptq"), tmp_path_factory.mktemp("rtn")
+    jobs = (
+        _job(
+            folders[0],
+            texts,
+            "{scheme: W4A16, algorithm: GPTQ}",
+            acceptance="acceptance: {maxPerplexityIncrease: 0.05, minCompressionRatio: 3}",
+            evaluation=texts.evaluation_jsonl,
+        ),
+        _job(folders[1], texts, "{scheme: W4A16, algorithm: RTN}"),
     )
+    gptq, rtn = kompression_runs(*jobs)
+    return Run(gptq, folders[0] / "out"), Run(rtn, folders[1] / "out")
 
 
 @pytest.fixture(scope="module")
-def rtn(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _run(tmp_path_factory.mktemp("rtn"), texts, "{scheme: W4A16, algorithm: RTN}")
+def gptq(runs: tuple[Run, Run]) -> Run:
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def rtn(runs: tuple[Run, Run]) -> Run:
+    return runs[1]
 
 
 def test_gptq_and_rtn_publish_every_file_with_its_digest(gptq: Run, rtn: Run) -> None:
@@ -152,26 +168,25 @@ def test_the_perplexity_gate_keeps_a_failing_model_under_rejected(texts: Texts, 
     assert rejected["result"]["gates"][0]["measured"] > 0
 
 
-@pytest.mark.parametrize(
-    ("step", "expected"),
-    [
-        ("{scheme: W8A8, smoothingStrength: 0.5}", ("SmoothQuant+GPTQ", "int8 channel", "int8 dynamic token", "int")),
-        ("{scheme: FP8Dynamic}", ("RTN", "float8 channel", "float8 dynamic token", "float")),
-    ],
-)
-def test_w8a8_and_fp8_dynamic_publish_checkpoints_transformers_loads_on_a_cpu(
-    step: str, expected: tuple[str, str, str, str], texts: Texts, tmp_path: Path
-) -> None:
-    algorithm, weights, activations, form = expected
-    run = _run(tmp_path, texts, step, acceptance="acceptance: {maxPerplexityIncrease: 0.05}", eval_samples=12)
-    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
-    notes = next(m for m in run.report["details"]["models"] if m["name"] == "quantize")["notes"]
-    assert (notes["algorithm"], notes["weights"], notes["activations"]) == (algorithm, weights, activations)
-    config = json.loads((run.folder / "model" / "config.json").read_text())["quantization_config"]
-    assert config["format"] == f"{form}-quantized"
-    # The perplexity is the published folder's, loaded back by transformers on the CPU, and it passed the gate.
-    assert run.report["result"]["gates"][0]["passed"]
-    assert abs(run.increase) < 0.05
+def test_w8a8_and_fp8_dynamic_publish_checkpoints_transformers_loads_on_a_cpu(texts: Texts, tmp_path: Path) -> None:
+    cases = {
+        "{scheme: W8A8, smoothingStrength: 0.5}": ("SmoothQuant+GPTQ", "int8 channel", "int8 dynamic token", "int"),
+        "{scheme: FP8Dynamic}": ("RTN", "float8 channel", "float8 dynamic token", "float"),
+    }
+    gate = "acceptance: {maxPerplexityIncrease: 0.05}"
+    folders = [tmp_path / str(i) for i in range(len(cases))]
+    jobs = [_job(f, texts, step, acceptance=gate, eval_samples=12) for f, step in zip(folders, cases, strict=True)]
+    for proc, folder, expected in zip(kompression_runs(*jobs), folders, cases.values(), strict=True):
+        run = Run(proc, folder / "out")
+        algorithm, weights, activations, form = expected
+        assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+        notes = next(m for m in run.report["details"]["models"] if m["name"] == "quantize")["notes"]
+        assert (notes["algorithm"], notes["weights"], notes["activations"]) == (algorithm, weights, activations)
+        config = json.loads((run.folder / "model" / "config.json").read_text())["quantization_config"]
+        assert config["format"] == f"{form}-quantized"
+        # The perplexity is the published folder's, loaded back by transformers on the CPU; it passed the gate.
+        assert run.report["result"]["gates"][0]["passed"]
+        assert abs(run.increase) < 0.05
 
 
 # NVFP4 and MXFP4 take the same check (device_for); one scheme keeps CI short.

@@ -963,6 +963,18 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.data) || ("
+            + " && ".join(
+                f"(!has(self.data.{d}) || (has(self.data.{d}.uri) && (self.data.{d}.uri.endsWith('.txt') || "
+                f"self.data.{d}.uri.endsWith('.jsonl'))))"
+                for d in ("calibration", "evaluation")
+            )
+            + ")",
+            message="an llmQuantize job reads text: data.calibration and data.evaluation need a `uri` ending in .txt "
+            "(one sample per line) or .jsonl (a `text` field per line), not a builtin data set",
+            field_path=".data",
+        ),
+        Rule(
             cel="!has(self.acceptance) || !has(self.acceptance.maxPerplexityIncrease) || "
             "(self.steps.exists(s, has(s.llmQuantize)) && has(self.data) && has(self.data.evaluation))",
             message="`maxPerplexityIncrease` gates llmQuantize steps and needs data.evaluation (a .txt or .jsonl "

@@ -8,10 +8,12 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 EXTRAS := operator,worker,dev
+# llmQuantize's environment: llm-compressor pins torch <= 2.14, the worker extra 2.15, so never one venv.
+VENV_LLM := .venv-llm
 
 include Makefile.testbed
 
-.PHONY: help setup demo test test-fast lint format crd bench clean
+.PHONY: help setup setup-llm demo test test-fast test-llm lint format crd bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +27,13 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 	@touch $@
 
 setup: $(VENV)/.installed ## create .venv with the operator, worker and dev extras
+
+$(VENV_LLM)/.installed: pyproject.toml | $(UV)
+	@test -x $(VENV_LLM)/bin/python || $(UV) venv --quiet --python 3.11 $(VENV_LLM)
+	VIRTUAL_ENV=$(VENV_LLM) $(UV) pip install --quiet -e ".[llm]" "pytest>=8" "pytest-timeout>=2.3"
+	@touch $@
+
+setup-llm: $(VENV_LLM)/.installed ## create .venv-llm with the llm extra (llm-compressor) for llmQuantize jobs
 
 demo: setup ## train the quickstart model, then compress it: prune -> distill -> int8 -> ONNX
 	$(BIN)/kompression example-model --output file://.kompression/quickstart/digits-cnn.pt2
@@ -47,13 +56,16 @@ crd: setup ## regenerate everything derived from the typed API: crds/, the chart
 	$(BIN)/python -m kompression.api.reference > docs/crd-reference.md
 	hack/chart-render-deploy.sh
 
-test: setup testbed-deps lint ## every test, against the real test bed (starts it as needed)
+test: setup testbed-deps lint test-llm ## every test, against the real test bed (starts it as needed)
 	$(BIN)/pytest
+
+test-llm: setup-llm ## the LLM path's tests, in .venv-llm (skipped in .venv, which cannot hold llm-compressor)
+	OMP_NUM_THREADS=1 $(VENV_LLM)/bin/pytest tests/llm --confcutdir=tests/llm
 
 test-fast: setup ## the tests that need no cluster
 	$(BIN)/pytest -m "not cluster"
 
-bench: setup testbed-deps ## the benchmarks; figures go to benchmarks/RESULTS.md
+bench: setup setup-llm testbed-deps ## the benchmarks; figures go to benchmarks/RESULTS.md
 	$(PY) benchmarks/run_all.py
 
 clean: cluster-down ## remove build and run state (keeps the cached test bed binaries)

@@ -25,6 +25,7 @@ ORDER = [
     "quickstart",
     "resnet18_e2e",
     "architectures",
+    "llm",
     "operator",
     "churn",
     "gpu",
@@ -37,12 +38,17 @@ side by side in one run, as the median of at least 5 repetitions. Regenerate wit
 """
 
 
+# Benchmarks that run in an environment of their own (llm-compressor pins an older torch: `make setup-llm`).
+INTERPRETERS = {"llm": HERE.parent / ".venv-llm" / "bin" / "python"}
+
+
 def run(names: list[str]) -> int:
     failed = 0
     for name in names:
         script = HERE / f"bench_{name}.py"
         print(f"== {script.name}", flush=True)
-        if subprocess.run([sys.executable, str(script)], cwd=HERE.parent, check=False).returncode != 0:
+        python = str(INTERPRETERS.get(name, sys.executable))
+        if subprocess.run([python, str(script)], cwd=HERE.parent, check=False).returncode != 0:
             print(f"!! {script.name} failed", file=sys.stderr)
             failed += 1
     return failed

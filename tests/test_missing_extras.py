@@ -159,3 +159,20 @@ def test_the_extras_table_matches_pyproject() -> None:
         # A module that is not installed here (tensorrt) is named like its distribution.
         provided = {_canonical(d) for m in modules for d in distributions.get(m, [m])}
         assert provided == wanted, extra
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llmcompressor") is not None, reason="llm-compressor is installed here")
+def test_in_the_worker_environment_an_llm_job_names_the_llm_extra_and_its_own_environment(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text((ROOT / "examples" / "llm-w4a16.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompression", "run", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == EXIT_EXTRA_MISSING
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(
+        "error: an llmQuantize step needs the llm extra, which is not installed (no module llmcompressor, "
+        "compressed_tensors"
+    )
+    assert "pip install 'kompression[llm]'; install it in an environment of its own" in proc.stderr
+    assert "`make setup-llm`" in proc.stderr and "images/worker-llm" in proc.stderr

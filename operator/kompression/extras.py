@@ -34,6 +34,27 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "tensorly",
     ),
     "tensorrt": ("tensorrt",),
+    # llmQuantize: llm-compressor pins its own torch and transformers, so this extra goes into an
+    # environment of its own (images/worker-llm, `make setup-llm`), never next to the worker extra.
+    "llm": (
+        "llmcompressor",
+        "compressed_tensors",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "datasets",
+        "safetensors",
+        "fsspec",
+        "s3fs",
+        "gcsfs",
+        "adlfs",
+        "prometheus_client",
+    ),
+}
+# Where an extra cannot simply join the others in one environment, what to do instead.
+INSTALL_HINTS = {
+    "llm": "install it in an environment of its own, since it needs torch <= 2.14 (`make setup-llm` makes one "
+    "and runs `.venv-llm/bin/kompression run`), or run the job in the worker-llm image (images/worker-llm)",
 }
 # The usage-error code: a rerun cannot fix it, and it is what an unreadable manifest exits with.
 EXIT_EXTRA_MISSING = 2
@@ -51,7 +72,9 @@ class Need:
         return [m for m in self.modules if importlib.util.find_spec(m) is None]
 
     def install(self) -> str:
-        return f"pip install 'kompression[{self.extra}]'"
+        command = f"pip install 'kompression[{self.extra}]'"
+        hint = INSTALL_HINTS.get(self.extra)
+        return f"{command}; {hint}" if hint else command
 
 
 def need(what: str, extra: str) -> Need:

@@ -18,6 +18,7 @@ from kompression.api.v1alpha1 import (
     Acceptance,
     ApiModel,
     DataSource,
+    LLMQuantizeStep,
     LowRankStep,
     PruneStep,
     QuantizeMethod,
@@ -45,6 +46,9 @@ DATA_KINDS = {
     "txt": {"uri": "s3://data/calib.txt"},
 }
 TEXT = ("jsonl", "txt")
+LLM_SCHEMES = _values(LLMQuantizeStep.model_fields["scheme"].annotation)
+LLM_INT = ("W4A16", "W8A16", "W8A8")
+LLM_WEIGHT_ONLY = ("W4A16", "W8A16")
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -106,6 +110,18 @@ TABLE = (
         },
     ),
     Selector(
+        LLMQuantizeStep,
+        "spec.steps[0].llmQuantize",
+        {m: {"scheme": m} for m in LLM_SCHEMES},
+        {
+            "algorithm": [({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")],
+            "groupSize": [({"groupSize": 64}, LLM_WEIGHT_ONLY)],
+            "symmetric": [({"symmetric": v}, LLM_WEIGHT_ONLY) for v in (True, False)],
+            "smoothingStrength": [({"smoothingStrength": 0.5}, ("W8A8",))],
+            "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
+        },
+    ),
+    Selector(
         TensorRTStep,
         "spec.steps[0].tensorrt",
         {p: {"precision": p} for p in PRECISIONS},
@@ -124,6 +140,9 @@ TABLE = (
             "maxAccuracyDrop": [({"maxAccuracyDrop": 0.01}, STRATEGIES)],
             "minCompressionRatio": [({"minCompressionRatio": 2.0}, STRATEGIES)],
             "minSpeedup": [({"minSpeedup": 1.5}, STRATEGIES)],
+            # The LLM gate: this table's job has a DynamicInt8 step, so it is refused whatever the strategy
+            # (tests/api/test_validation.py accepts it on an llmQuantize job).
+            "maxPerplexityIncrease": [({"maxPerplexityIncrease": 0.05}, ())],
             "maxTrials": [({"maxTrials": 4}, ("Auto",))],
             "timeoutSeconds": [({"timeoutSeconds": 600}, ("Auto",))],
         },
@@ -183,6 +202,14 @@ def _manifest(where: str, fields: Fields) -> dict[str, Any]:
             {"name": "prune", "prune": {"method": "L1Structured"}},
             {"name": "d", "distill": {"student": fields}},
         ]
+    elif where == "spec.steps[0].llmQuantize":
+        spec["model"] = {
+            "uri": "s3://models/llama/",
+            "format": "HuggingFace",
+            "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+        }
+        spec["data"] = {"calibration": {"uri": "s3://data/calib.txt"}, "evaluation": {"uri": "s3://data/eval.txt"}}
+        spec["steps"] = [{"name": "s", "llmQuantize": fields}]
     else:
         kind = where.rsplit(".", 1)[-1]
         spec["steps"] = [{"name": "s", kind: fields}]

@@ -28,6 +28,13 @@ def test_the_readme_job_is_valid() -> None:
         parse_job(job)
 
 
+def test_the_whole_jobs_of_the_steps_page_are_valid() -> None:
+    jobs = [b for b in _yaml_blocks(STEPS_PAGE) if isinstance(b, dict) and b.get("kind") == "CompressionJob"]
+    assert jobs  # the llmQuantize section's: that step runs alone, so it is not among the snippets below
+    for job in jobs:
+        parse_job(job)
+
+
 def test_the_step_snippets_of_the_steps_page_make_one_valid_job() -> None:
     blocks = _yaml_blocks(STEPS_PAGE)
     steps = [step for b in blocks if isinstance(b, list) for step in b]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = {"operator": REPO / "images" / "operator" / "Dockerfile", "worker": REPO / "images" / "worker" / "Dockerfile"}
+IMAGES = {name: REPO / "images" / name / "Dockerfile" for name in ("operator", "worker", "worker-llm")}
 OCI_LABELS = ("title", "description", "version", "source", "licenses")
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cmake)\b")
 
@@ -100,6 +100,9 @@ def test_operator_image_has_no_torch_and_the_worker_has_its_extras() -> None:
     worker = IMAGES["worker"].read_text()
     assert "[worker,tensorrt]" in worker
     assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:", worker, re.M)
+    # llm-compressor pins an older torch than the worker extra: its own image, never both extras.
+    llm = IMAGES["worker-llm"].read_text()
+    assert "[llm]" in llm and "[worker" not in llm
 
 
 def test_dockerignore_keeps_local_state_out() -> None:

@@ -237,7 +237,7 @@ class DataSource(ApiModel):
         le=1_048_576,
         description=(
             "Text data: tokens per sample after tokenizing. Unset: the model input's declared sequence "
-            "length when it is fixed, else the tokenizer's own limit."
+            "length when it is fixed, else the tokenizer's own limit (capped at 2048 for llmQuantize steps)."
         ),
     )
     padding: Literal["MaxLength", "Longest"] | None = Field(
@@ -547,6 +547,126 @@ class QuantizeStep(ApiModel):
         return DEFAULT_PER_CHANNEL if self.perChannel is None else self.perChannel
 
 
+LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "NVFP4", "MXFP4"]
+LLMAlgorithm = Literal["GPTQ", "RTN"]
+LLM_WEIGHT_ONLY_SCHEMES = ("W4A16", "W8A16")
+LLM_ALGORITHM_SCHEMES = ("W4A16", "W8A16", "W8A8")
+LLM_GPU_ONLY_SCHEMES = ("NVFP4", "MXFP4")
+DEFAULT_LLM_ALGORITHM: LLMAlgorithm = "GPTQ"
+DEFAULT_GROUP_SIZE = 128
+DEFAULT_SYMMETRIC = True
+DEFAULT_SMOOTHING_STRENGTH = 0.8
+
+
+class LLMQuantizeStep(ApiModel):
+    """Quantize a HuggingFace causal language model with llm-compressor's oneshot, saved as a
+    compressed-tensors checkpoint that vLLM, SGLang and transformers load. Runs in the worker-llm image."""
+
+    scheme: LLMScheme = Field(
+        description=(
+            "What is quantized and to what. W4A16 and W8A16 store int4 or int8 weights in groups and "
+            "keep 16-bit activations; W8A8 quantizes weights (per channel) and activations (per token, "
+            "dynamic) to int8 after SmoothQuant moves activation outliers into the weights; FP8Dynamic "
+            "stores FP8 weights per channel with dynamic per-token FP8 activations (no calibration); "
+            "NVFP4 and MXFP4 are 4-bit floating-point formats that need an NVIDIA GPU at run time."
+        )
+    )
+    algorithm: LLMAlgorithm | None = Field(
+        None,
+        description=(
+            "W4A16, W8A16 and W8A8 only: GPTQ corrects each layer's rounding error with second-order "
+            "information from calibration data; RTN rounds to nearest and needs no data. Unset means "
+            f"{DEFAULT_LLM_ALGORITHM}."
+        ),
+    )
+    groupSize: int | None = Field(
+        None,
+        ge=8,
+        le=4096,
+        description=(
+            "W4A16 and W8A16 only: weights sharing one scale along the input dimension; it must divide "
+            f"every quantized layer's input size. Unset means {DEFAULT_GROUP_SIZE}."
+        ),
+    )
+    symmetric: bool | None = Field(
+        None,
+        description=(
+            "W4A16 and W8A16 only: symmetric scales (true) or scales plus zero points (false); unset means "
+            f"{str(DEFAULT_SYMMETRIC).lower()}."
+        ),
+    )
+    smoothingStrength: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "W8A8 only: SmoothQuant's migration strength, how much of the activations' range moves into "
+            f"the weights; unset means {DEFAULT_SMOOTHING_STRENGTH}."
+        ),
+    )
+    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Modules to keep in their original precision, by name or as `re:REGEX` (llm-compressor's "
+            "ignore syntax), e.g. `re:.*mlp.down_proj`. lm_head is always kept."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.algorithm) || self.scheme in " + str(list(LLM_ALGORITHM_SCHEMES)),
+            message="`algorithm` is only used by schemes W4A16, W8A16 and W8A8; FP8Dynamic, NVFP4 and MXFP4 "
+            "round to nearest, so remove it",
+            field_path=".algorithm",
+        ),
+        Rule(
+            cel="!has(self.groupSize) || self.scheme in " + str(list(LLM_WEIGHT_ONLY_SCHEMES)),
+            message="`groupSize` is only used by schemes W4A16 and W8A16; W8A8 and FP8Dynamic scale per "
+            "channel, and NVFP4 and MXFP4 have fixed groups of 16 and 32, so remove it",
+            field_path=".groupSize",
+        ),
+        Rule(
+            cel="!has(self.symmetric) || self.scheme in " + str(list(LLM_WEIGHT_ONLY_SCHEMES)),
+            message="`symmetric` is only used by schemes W4A16 and W8A16; the other schemes are symmetric, "
+            "so remove it",
+            field_path=".symmetric",
+        ),
+        Rule(
+            cel="!has(self.smoothingStrength) || self.scheme == 'W8A8'",
+            message="`smoothingStrength` is only used by scheme W8A8 (SmoothQuant); remove it",
+            field_path=".smoothingStrength",
+        ),
+    )
+
+    @property
+    def algorithm_or_default(self) -> LLMAlgorithm:
+        """The weight rounding of the integer schemes."""
+        return self.algorithm or DEFAULT_LLM_ALGORITHM
+
+    @property
+    def group_size_or_default(self) -> int:
+        """Weights per scale of the weight-only schemes."""
+        return DEFAULT_GROUP_SIZE if self.groupSize is None else self.groupSize
+
+    @property
+    def symmetric_or_default(self) -> bool:
+        """Whether the weight-only schemes store zero points."""
+        return DEFAULT_SYMMETRIC if self.symmetric is None else self.symmetric
+
+    @property
+    def smoothing_strength_or_default(self) -> float:
+        """SmoothQuant's migration strength for W8A8."""
+        return DEFAULT_SMOOTHING_STRENGTH if self.smoothingStrength is None else self.smoothingStrength
+
+    @property
+    def needs_calibration(self) -> bool:
+        """GPTQ, SmoothQuant and NVFP4's activation scales learn from calibration text."""
+        if self.scheme in LLM_WEIGHT_ONLY_SCHEMES:
+            return self.algorithm_or_default == "GPTQ"
+        return self.scheme in ("W8A8", "NVFP4")
+
+
 class OnnxStep(ApiModel):
     """Export to ONNX and check onnxruntime's outputs against torch."""
 
@@ -596,7 +716,7 @@ class TensorRTStep(ApiModel):
     timingCache: bool = Field(True, description="Reuse and save the builder's timing cache under the output prefix.")
 
 
-TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "onnx", "tensorrt")
+TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "llmQuantize", "onnx", "tensorrt")
 
 
 class Step(ApiModel):
@@ -607,14 +727,18 @@ class Step(ApiModel):
     lowRank: LowRankStep | None = Field(None, description="Factorize layers into thin, low-rank factors.")
     distill: DistillStep | None = Field(None, description="Distill the teacher into a student.")
     quantize: QuantizeStep | None = Field(None, description="Quantize to fewer bits.")
+    llmQuantize: LLMQuantizeStep | None = Field(
+        None, description="Quantize a causal language model with llm-compressor (the worker-llm image)."
+    )
     onnx: OnnxStep | None = Field(None, description="Export to ONNX.")
     tensorrt: TensorRTStep | None = Field(None, description="Build a TensorRT engine.")
 
     __rules__ = (
         Rule(
-            cel="[has(self.prune), has(self.lowRank), has(self.distill), has(self.quantize), has(self.onnx), "
-            "has(self.tensorrt)].filter(x, x).size() == 1",
-            message="each step needs exactly one technique: one of prune, lowRank, distill, quantize, onnx or tensorrt",
+            cel="[has(self.prune), has(self.lowRank), has(self.distill), has(self.quantize), has(self.llmQuantize), "
+            "has(self.onnx), has(self.tensorrt)].filter(x, x).size() == 1",
+            message="each step needs exactly one technique: one of prune, lowRank, distill, quantize, llmQuantize, "
+            "onnx or tensorrt",
         ),
     )
 
@@ -652,6 +776,15 @@ class Acceptance(ApiModel):
     )
     minSpeedup: float | None = Field(
         None, gt=0, le=10_000, description="Smallest allowed ratio of original to final latency (p50, batch 1)."
+    )
+    maxPerplexityIncrease: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description=(
+            "llmQuantize only: largest allowed perplexity on data.evaluation's text, relative to the "
+            "original's (0.05 = at most 5% higher)."
+        ),
     )
     strategy: Literal["Fixed", "Auto"] = Field(
         "Fixed",
@@ -887,6 +1020,65 @@ class CompressionJobSpec(ApiModel):
             field_path=".resources",
         ),
         Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || size(self.steps) == 1",
+            message="an llmQuantize step runs alone in its job (the worker-llm image has no other technique); "
+            "put other steps in a job of their own",
+            field_path=".steps",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || self.model.format == 'HuggingFace'",
+            message="an llmQuantize step needs a causal language model in format HuggingFace (a transformers "
+            "folder with safetensors weights)",
+            field_path=".model.format",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize) && ("
+            "(s.llmQuantize.scheme in ['W4A16', 'W8A16'] && "
+            "(!has(s.llmQuantize.algorithm) || s.llmQuantize.algorithm == 'GPTQ')) || "
+            "s.llmQuantize.scheme in ['W8A8', 'NVFP4'])) || (has(self.data) && has(self.data.calibration))",
+            message="llmQuantize with algorithm GPTQ (the default of W4A16 and W8A16), scheme W8A8 or scheme NVFP4 "
+            "needs data.calibration (a .txt or .jsonl text file); add one, or use algorithm RTN",
+            field_path=".data",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.data) || ("
+            + " && ".join(
+                f"(!has(self.data.{d}) || (has(self.data.{d}.uri) && (self.data.{d}.uri.endsWith('.txt') || "
+                f"self.data.{d}.uri.endsWith('.jsonl'))))"
+                for d in ("calibration", "evaluation")
+            )
+            + ")",
+            message="an llmQuantize job reads text: data.calibration and data.evaluation need a `uri` ending in .txt "
+            "(one sample per line) or .jsonl (a `text` field per line), not a builtin data set",
+            field_path=".data",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.data) || ("
+            + " && ".join(
+                f"(!has(self.data.{d}) || (!has(self.data.{d}.padding) && !has(self.data.{d}.truncation)))"
+                for d in ("calibration", "evaluation")
+            )
+            + ")",
+            message="an llmQuantize job scores each sample unpadded and cuts it at maxLength, so `padding` and "
+            "`truncation` do not apply to its data; remove them",
+            field_path=".data",
+        ),
+        Rule(
+            cel="!has(self.acceptance) || !has(self.acceptance.maxPerplexityIncrease) || "
+            "(self.steps.exists(s, has(s.llmQuantize)) && has(self.data) && has(self.data.evaluation))",
+            message="`maxPerplexityIncrease` gates llmQuantize steps and needs data.evaluation (a .txt or .jsonl "
+            "text file) to measure perplexity; other steps use maxAccuracyDrop",
+            field_path=".acceptance.maxPerplexityIncrease",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.acceptance) || "
+            "(!has(self.acceptance.maxAccuracyDrop) && !has(self.acceptance.minSpeedup) && "
+            "self.acceptance.strategy == 'Fixed')",
+            message="an llmQuantize job is gated by maxPerplexityIncrease and minCompressionRatio; maxAccuracyDrop, "
+            "minSpeedup and strategy Auto are not available for it",
+            field_path=".acceptance",
+        ),
+        Rule(
             cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
             message="a tensorrt step builds on an NVIDIA GPU: resources.gpus must be at least 1",
             field_path=".resources",
@@ -966,6 +1158,9 @@ class Metrics(ApiModel):
         None, ge=0, description="Number of parameters (non-zero ones for sparse models are in sparsity)."
     )
     accuracy: float | None = Field(None, description="The evaluation metric (data.evaluation.metric).")
+    perplexity: float | None = Field(
+        None, ge=0, description="llmQuantize jobs: perplexity on data.evaluation's text (lower is better)."
+    )
     latencyMs: float | None = Field(
         None, ge=0, description="Median latency in milliseconds at the first measured batch size."
     )
@@ -997,7 +1192,9 @@ class StepStatus(ApiModel):
 class GateResult(ApiModel):
     """The verdict of one acceptance gate."""
 
-    name: ShortString = Field(description="The gate: maxAccuracyDrop, minCompressionRatio or minSpeedup.")
+    name: ShortString = Field(
+        description="The gate: maxAccuracyDrop, maxPerplexityIncrease, minCompressionRatio or minSpeedup."
+    )
     passed: bool = Field(description="Whether the gate passed.")
     measured: float = Field(description="The measured value.")
     limit: float = Field(description="The limit from spec.acceptance.")
@@ -1028,6 +1225,7 @@ ArtifactKind = Literal[
     "TorchExport",
     "TorchScript",
     "SafeTensors",
+    "HuggingFaceFile",
     "ONNXModel",
     "TensorRTEngine",
     "TimingCache",

@@ -60,8 +60,15 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
 WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
 
+def is_llm_job(job: CompressionJob) -> bool:
+    """An llmQuantize job runs on the LLM path (worker/llm) in the worker-llm environment."""
+    return any(s.llmQuantize is not None for s in job.spec.steps)
+
+
 def job_needs(job: CompressionJob) -> list[Need]:
     """What `kompression run` must be able to import for this job, by extra."""
+    if is_llm_job(job):
+        return [Need("an llmQuantize step", "llm", EXTRAS["llm"])]
     needs = [Need("`kompression run`", "worker", WORKER_CORE)]
     if job.spec.model.format == "HuggingFace":
         needs.append(Need("model format HuggingFace", "worker", ("transformers",)))
@@ -103,6 +110,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from kompression.worker import distributed  # torch: only once the extras check passed
 
+    if args.nproc_per_node > 1 and is_llm_job(job):
+        return _fail_early(
+            "InvalidSpec",
+            "--nproc-per-node launches ranks for distillation; an llmQuantize job runs in one process, which "
+            "calibrates one decoder layer at a time on the GPU it sees",
+            ExitCode.INVALID_SPEC,
+        )
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return distributed.launch(args.nproc_per_node, _rank_argv(args))
     if job.spec.output.retrySeconds is not None:  # the pod has it in its environment already
@@ -137,11 +151,18 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
     # torch and the techniques' libraries: only once the extras check passed
     from kompression.worker import distributed
-    from kompression.worker.pipeline import RunOptions, run
 
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:
-        _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
+        if is_llm_job(job):
+            # llm-compressor exists only in the worker-llm environment (.venv-llm).
+            from kompression.worker.llm import runner
+
+            _, rows = runner.run(job, runner.RunOptions(output=args.output, workdir=workdir), reporter)
+        else:
+            from kompression.worker.pipeline import RunOptions, run
+
+            _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
     except WorkerError as exc:
         reporter.finish("Failed", exc.reason, exc.message)
         print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=err)

@@ -37,7 +37,8 @@ def evaluate(acceptance: Acceptance | None, result: Result) -> list[GateResult]:
         return []
     drop = -result.accuracyDelta if result.accuracyDelta is not None else float("inf")
     checks = (  # name, limit, measured, whether measured is within the limit
-        ("maxAccuracyDrop", acceptance.maxAccuracyDrop, round(drop, 6), lambda m, lim: m <= lim + 1e-9),
+        ("maxAccuracyDrop", acceptance.maxAccuracyDrop, round(drop, 6), _within),
+        ("maxPerplexityIncrease", acceptance.maxPerplexityIncrease, _perplexity_increase(result), _within),
         ("minCompressionRatio", acceptance.minCompressionRatio, result.compressionRatio or 0.0, ge),
         ("minSpeedup", acceptance.minSpeedup, result.speedup or 0.0, ge),
     )
@@ -48,10 +49,22 @@ def evaluate(acceptance: Acceptance | None, result: Result) -> list[GateResult]:
     ]
 
 
+def _within(measured: float, limit: float) -> bool:
+    return measured <= limit + 1e-9
+
+
+def _perplexity_increase(result: Result) -> float:
+    """Relative: final / original perplexity - 1; unmeasured counts as infinitely worse."""
+    before = result.baseline.perplexity if result.baseline else None
+    after = result.final.perplexity if result.final else None
+    return round(after / before - 1, 6) if before and after is not None else float("inf")
+
+
 def describe_failures(result: Result) -> str:
     """One sentence per failed gate: which, measured value, limit."""
     words = {
         "maxAccuracyDrop": "accuracy dropped by {m:.4f} (limit {l:.4f})",
+        "maxPerplexityIncrease": "perplexity rose by {m:.2%} (limit {l:.2%})",
         "minCompressionRatio": "compression ratio {m:.2f}x is below the minimum {l:.2f}x",
         "minSpeedup": "speedup {m:.2f}x is below the minimum {l:.2f}x",
     }

@@ -38,7 +38,7 @@ def environment() -> Environment:
     import torch
 
     env = Environment(
-        torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, cpu=_cpu_model()
+        torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, cpu=cpu_model()
     )
     try:
         import tensorrt  # optional: NVIDIA images only
@@ -54,7 +54,7 @@ def environment() -> Environment:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -120,16 +120,20 @@ def plot(rows: list[Row], folder: Path) -> list[Path]:
 def table(rows: list[Row]) -> str:
     """Plain-text table of size, parameters, accuracy, latency and where it was measured, per step (also used on
     the terminal)."""
-    header = ("model", "size KiB", "params", "accuracy", "p50 ms", "p95 ms", "sparsity", "device", "provider")
-    lines = [header]
+    # Perplexity is an LLM job's score: its column only appears where one was measured.
+    scored = any(r.metrics.perplexity is not None for r in rows)
+    header: tuple[str, ...] = ("model", "size KiB", "params", "perplexity" if scored else "accuracy", "p50 ms")
+    header += ("p95 ms", "sparsity", "device", "provider")
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         m = r.metrics
+        score = m.perplexity if scored else m.accuracy
         lines.append(
             (
                 r.name,
                 "-" if m.sizeBytes is None else f"{m.sizeBytes / 1024:.1f}",
                 "-" if m.parameters is None else f"{m.parameters:,}",
-                "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+                "-" if score is None else f"{score:.4f}",
                 "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
                 "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
                 "-" if m.sparsity is None else f"{m.sparsity:.3f}",
@@ -152,8 +156,8 @@ def table(rows: list[Row]) -> str:
 def _speedup_lines(result: Result) -> list[str]:
     """The speedup and where both sides ran; or why there is none."""
     baseline, final = result.baseline, result.final
-    if baseline is None or final is None:
-        return []
+    if baseline is None or final is None or (baseline.latencyMs is None and final.latencyMs is None):
+        return []  # nothing was timed (an llmQuantize job): no speedup to explain
     reference = result.speedupBaseline or baseline
     where = f"original on {reference.device} with {reference.provider}, final on {final.device} with {final.provider}"
     if result.speedupBaseline is not None:

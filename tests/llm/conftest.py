@@ -1,0 +1,27 @@
+"""The LLM path's tests run in the worker-llm environment (.venv-llm: llm-compressor with its own
+torch): `make test-llm`, which `make test` runs, calls `.venv-llm/bin/pytest tests/llm
+--confcutdir=tests/llm`. In the main environment they are skipped, since llm-compressor cannot be
+installed there (it pins torch <= 2.14); tests/test_missing_extras.py covers what `kompression run`
+says in that environment instead."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llm_jobs import Texts
+
+from kompression.worker.llm.example_model import paragraphs
+
+
+@pytest.fixture(scope="session")
+def texts(tmp_path_factory: pytest.TempPathFactory) -> Texts:
+    """The fixture model's split of Debian's license texts (example_model.build makes the same one)."""
+    folder = tmp_path_factory.mktemp("text")
+    everything = paragraphs()
+    held_out = everything[::10]
+    train = [t for i, t in enumerate(everything) if i % 10]
+    (folder / "train.txt").write_text("\n".join(train) + "\n")
+    (folder / "eval.txt").write_text("\n".join(held_out) + "\n")
+    (folder / "eval.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in held_out))
+    return Texts(folder / "train.txt", folder / "eval.txt", folder / "eval.jsonl")

@@ -1,0 +1,74 @@
+"""The LLM tests' jobs: the fixture model, its text splits, and `kompression run` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny-llama"
+
+
+@dataclass(frozen=True)
+class Texts:
+    calibration: Path  # .txt, the paragraphs the fixture model trained on
+    evaluation: Path  # .txt, the held-out paragraphs
+    evaluation_jsonl: Path  # the same, as .jsonl
+
+
+def job_yaml(
+    texts: Texts,
+    output: Path,
+    llm_quantize: str,
+    *,
+    acceptance: str = "",
+    evaluation: Path | None = None,
+    eval_samples: int = 40,
+) -> str:
+    """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping."""
+    return f"""\
+apiVersion: kompression.dev/v1alpha1
+kind: CompressionJob
+metadata: {{name: tiny-llama}}
+spec:
+  model:
+    uri: file://{FIXTURE}
+    format: HuggingFace
+    inputs: [{{name: input_ids, shape: [-1, -1], dtype: int64}}]
+  data:
+    calibration: {{uri: 'file://{texts.calibration}', samples: 32, maxLength: 128}}
+    evaluation: {{uri: 'file://{evaluation or texts.evaluation}', samples: {eval_samples}, maxLength: 128}}
+  steps:
+  - name: quantize
+    llmQuantize: {llm_quantize}
+  {acceptance}
+  output: {{uri: 'file://{output}/'}}
+  resources: {{gpus: 0}}
+"""
+
+
+def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:
+    """`kompression run` as the worker-llm pod runs it, one torch thread each, the jobs side by side
+    (CI has two cores, and most of a tiny model's run is single-threaded Python)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(
+            pool.map(
+                lambda job: subprocess.run(
+                    [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=False,
+                    timeout=600,
+                ),
+                jobs,
+            )
+        )
+
+
+def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
+    return kompression_runs(job)[0]

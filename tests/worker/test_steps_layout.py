@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
+from factories import make_ctx, trained_cnn
 from kompression.worker import formats
 from kompression.worker.model import TorchModel
 from kompression.worker.steps import TECHNIQUES

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import make_ctx, trained_cnn
 from kompression.worker.errors import RuntimeMissing
 from kompression.worker.model import EngineModel
 from kompression.worker.steps import TECHNIQUES

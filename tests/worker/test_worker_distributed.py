@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_helpers import job, save_tiny, write_job
 
+from factories import job, save_tiny, write_job
 from kompression.api.constants import ExitCode
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,15 @@ def test_every_rank_takes_rank_zeros_timed_choice(tmp_path: Path) -> None:
         "distributed.leave_group()\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(script),
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -9,9 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from runtime_helpers import job, save_tiny, trained_tiny, write_job
-from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
 
+from factories import job, save_tiny, trained_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import Acceptance, Metrics
 from kompression.api.validation import parse_job

@@ -20,10 +20,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from runtime_helpers import files_under, job, npz, save_tiny, write_job
-from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
 from torch import nn
 
+from factories import files_under, job, npz, save_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.cli import main

@@ -15,19 +15,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from luahealth import health
 
 from factories import applied
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from testbedlib import operator_as_chart_sa, operator_available
+from testbed.argocd import health
+from testbed.chart import operator_as_chart_sa, operator_available
 
 pytestmark = [
     pytest.mark.cluster,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,21 @@ def trained_tiny() -> Tiny:
 
 def save_tiny(path: Path) -> Path:
     return formats.save_torch_export(TorchModel(trained_tiny(), (torch.zeros(1, 1, 8, 8),)), path)
+
+
+def example_model(uri: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Train the example model (2 epochs) with the real CLI and store it at uri, as a user would
+    before creating the CompressionJob that names it."""
+    made = subprocess.run(
+        [sys.executable, "-m", "kompression.cli", "example-model", "--output", uri, "--epochs", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=cwd,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
 
 
 def layer(module: nn.Module, name: str) -> Any:

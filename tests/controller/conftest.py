@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from operator_proc import OperatorProcess, install_crd
+from operator_process import OperatorProcess, install_crd
 
 
 @pytest.fixture(scope="module")

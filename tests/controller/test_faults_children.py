@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, conditions, cr, events, jobs, pods, running_pod, status, wait_phase
-from operator_proc import OperatorProcess, get_json, install_crd
+from kubectl import apply_cr, conditions, cr, events, jobs, pods, running_pod, status, wait_phase
+from operator_process import OperatorProcess, get_json, install_crd
 
 from kompression.api.constants import ANNOTATION_RECREATION
 from kompression.api.validation import parse_job

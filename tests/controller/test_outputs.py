@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from fakeapi import FakeApi
-from kubehelpers import apply_cr, conditions, events, jobs, pods, status, wait_phase
-from operator_proc import OperatorProcess
+from kubectl import apply_cr, conditions, events, jobs, pods, status, wait_phase
+from operator_process import OperatorProcess
 
 from factories import manifest
 from kompression.controller.metrics import Metrics

@@ -1,10 +1,10 @@
-"""Small kubectl-based helpers shared by the controller's cluster tests."""
+"""What the controller's cluster tests read and write with kubectl: CompressionJobs, their Jobs, pods, Events."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from operator_proc import get_json
+from operator_process import get_json
 
 from factories import applied
 

@@ -1,5 +1,6 @@
-"""What the tests build, in one place: CompressionJob manifests, the two small Digits CNNs, data
-files and a standalone StepContext. Plain functions; the fixtures live in each folder's conftest.py.
+"""What the tests build, in one place: CompressionJob manifests, the two small Digits CNNs (and the
+quickstart's example model, trained by the CLI), data files and a standalone StepContext. Plain
+functions; the fixtures live in each folder's conftest.py.
 
 The Digits data itself is not made here: `kompression.worker.data.digits(split)` is the one split
 that the worker's builtin data, the tests and the benchmarks all read.

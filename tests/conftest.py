@@ -32,7 +32,8 @@ from testbed.fixtures import (  # noqa: E402,F401
 def one_thread() -> Iterator[None]:
     """One torch thread for the test: these tiny models train no faster on two, and on a shared
     2-core machine two threads wait at OpenMP barriers whenever another process holds a core (a 2 s
-    training took 27 s that way). Every worker test uses it (tests/worker/conftest.py)."""
+    training took 27 s that way). The step, pipeline and measurement tests use it for every test
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
     import torch  # on first use: the API and chart tests never load torch
 
     before = torch.get_num_threads()

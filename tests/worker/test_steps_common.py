@@ -12,6 +12,8 @@ from kompression.worker.steps.onnx_io import module_path_of_node
 from kompression.worker.steps.prune import mask_2_4
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_digits_cnn_trains() -> None:
     assert accuracy(trained_cnn().module, digits("eval")) > 0.93

@@ -21,6 +21,9 @@ from kompression.worker.steps.base import Dataset, DataSets
 from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 distill = TECHNIQUES["distill"]
 
 

@@ -25,6 +25,9 @@ from kompression.worker.steps.layout import (
     time_layouts,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 STRUCTURED = {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}
 
 

@@ -25,6 +25,9 @@ from kompression.worker.steps.lowrank import factorize, layer_macs, rank_for, re
 from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 low_rank = TECHNIQUES["lowRank"]
 
 

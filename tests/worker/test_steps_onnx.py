@@ -12,6 +12,9 @@ from kompression.worker.errors import ModelError, StepInvalid
 from kompression.worker.model import OnnxModel
 from kompression.worker.steps import TECHNIQUES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 onnx_step = TECHNIQUES["onnx"]
 
 

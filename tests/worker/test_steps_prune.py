@@ -18,6 +18,9 @@ from kompression.worker.steps.base import DataSets
 from kompression.worker.steps.modules import parameter_count
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 prune = TECHNIQUES["prune"]
 
 

@@ -20,6 +20,9 @@ from kompression.worker.steps.fp8 import FP8Linear
 from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 quantize = TECHNIQUES["quantize"]
 
 

@@ -13,6 +13,9 @@ from kompression.worker.errors import RuntimeMissing
 from kompression.worker.model import EngineModel
 from kompression.worker.steps import TECHNIQUES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 STEP = {
     "name": "engine",

@@ -21,6 +21,9 @@ from kompression.worker.progress import Reporter
 from kompression.worker.reporting import load_report
 from kompression.worker.steps.onnx_io import export_onnx
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 CUDA_EP_HERE = "CUDAExecutionProvider" in ort.get_available_providers()
 BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

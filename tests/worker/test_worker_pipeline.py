@@ -31,7 +31,7 @@ from kompression.worker.data import digits
 from kompression.worker.model import TorchModel
 from kompression.worker.reporting import load_report
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture

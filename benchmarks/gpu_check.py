@@ -266,11 +266,12 @@ def fp8(sizes: Sizes) -> list[Row]:
 
 def distill(sizes: Sizes) -> list[Row]:
     import bench_distill
+    from kompression.worker.data import digits
     from kompression.worker.steps.training import accuracy
 
     started = time.perf_counter()
     teacher, teacher_epochs = bench_distill.train_teacher(sizes.device, max_epochs=sizes.teacher_max_epochs)
-    teacher_acc = accuracy(teacher.module, bench_distill.digits_split()[1], sizes.device)
+    teacher_acc = accuracy(teacher.module, digits("eval"), sizes.device)
     rows: list[Row] = [
         {
             "section": "distill digits",

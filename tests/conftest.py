@@ -1,8 +1,10 @@
-"""Shared pytest setup: makes tests/ importable and registers the test bed fixtures."""
+"""Shared pytest setup: makes tests/ importable (factories, testbed), registers the test bed fixtures
+and the fixtures more than one folder uses."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,21 @@ from testbed.fixtures import (  # noqa: E402,F401
     pushgateway,
     s3,
 )
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: these tiny models train no faster on two, and on a shared
+    2-core machine two threads wait at OpenMP barriers whenever another process holds a core (a 2 s
+    training took 27 s that way). The step, pipeline and measurement tests use it for every test
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch  # on first use: the API and chart tests never load torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 _TEST_BED_FIXTURES = frozenset({"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm"})
 

@@ -18,14 +18,6 @@ from kompression.api.validation import SpecInvalid, parse_job
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
-
-
-@pytest.fixture(scope="module")
-def crd(kube: Any) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/compressionjobs.kompression.dev")
-
 
 def _create(kube: Any, namespace: str, path: Path) -> Any:
     # `kubectl create` validates strictly: unknown fields are errors, not silently pruned.

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiException
-from test_apiserver import crd  # noqa: F401 - the CRD install fixture
 
 from kompression.api.validation import SpecInvalid, parse_job
 
@@ -222,7 +221,7 @@ def server_verdict(kube: Any, namespace: str, doc: dict[str, Any]) -> tuple[bool
     return True, ""
 
 
-def test_cli_and_api_server_agree_on_generated_jobs(kube: Any, crd: None, namespace: str) -> None:  # noqa: F811
+def test_cli_and_api_server_agree_on_generated_jobs(kube: Any, crd: None, namespace: str) -> None:
     seen = {True: 0, False: 0}
 
     @settings(

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import CHART
-from testbedlib import install, release_name
 
 from kompression.api import constants as c
+from testbed.chart import CHART, install, release_name
 from testbed.procs import TestbedError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from chartlib import CHART, CRD_FILE, KUBE_VERSION, REPO, helm
+
+from testbed.chart import CHART, CRD_FILE, KUBE_VERSION, REPO, helm
 
 DEPLOY = REPO / "deploy"
 FIX = "run hack/chart-render-deploy.sh"

@@ -4,16 +4,14 @@ judges the real statuses it wrote. Skipped until `kompression operator` exists."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from testbedlib import operator_as_chart_sa, operator_available
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gitops"))
-from luahealth import health
+from testbed.argocd import health
+from testbed.chart import operator_as_chart_sa, operator_available
 
 pytestmark = [
     pytest.mark.cluster,

@@ -8,7 +8,8 @@ import tomllib
 
 import pytest
 import yaml
-from chartlib import CHART, CRD_FILE, REPO, env_of, find, helm, one, template, template_error
+
+from testbed.chart import CHART, CRD_FILE, REPO, env_of, find, helm, one, template, template_error
 
 FULL = "kompression"
 NAMESPACED_KINDS = {

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import CHART
-from testbedlib import can_i_list, install, installed, release_name
 
 from kompression.api import constants as c
+from testbed.chart import CHART, can_i_list, install, installed, release_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from cjfactory import manifest
 
+from factories import manifest
 from kompression.api.constants import (
     ENV_JOB_FILE,
     ENV_PROGRESS_TOKEN_FILE,

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, conditions, cr, events, pods, wait_phase
-from operator_proc import OperatorProcess, get_json
+from kubectl import apply_cr, conditions, cr, events, pods, wait_phase
+from operator_process import OperatorProcess, get_json
 
 pytestmark = pytest.mark.timeout(300)
 H100 = "NVIDIA-H100-80GB-HBM3"

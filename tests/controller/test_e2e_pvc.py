@@ -1,6 +1,6 @@
 """pvc:// end to end on the test bed: the operator mounts the claims a job names in its Job (the
 same volumes `kompression render` prints), the real scheduler places the pod once the claims are
-bound, and the worker, run as the kubelet would run it (podrun), reads the model and data from the
+bound, and the worker, run as the kubelet would run it (kubelet.py), reads the model and data from the
 `models` claim and publishes to the `results` claim."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubelet
 import numpy as np
-import podrun
 import pytest
 import yaml
-from kubehelpers import apply_cr, running_pod, status, wait_phase
-from operator_proc import OperatorProcess
+from kubectl import apply_cr, running_pod, status, wait_phase
+from operator_process import OperatorProcess
 
+from factories import example_model
 from kompression.worker.data import digits
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -96,7 +97,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     tmp_path: Path,
 ) -> None:
     models = volumes["models"] / "digits"
-    podrun.make_example_model(f"file://{models}/model.pt2", tmp_path)
+    example_model(f"file://{models}/model.pt2", tmp_path)
     evaluation = digits("eval")
     np.savez(models / "val.npz", inputs=evaluation.inputs["x"], labels=evaluation.labels)
     spec: dict[str, Any] = {
@@ -128,11 +129,11 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     _, rendered = yaml.safe_load_all(render.stdout)
     assert _claim_volumes(rendered["spec"]["template"]["spec"]) == (claims, mounts)
 
-    prepared = podrun.prepare(kube, pod, tmp_path / "root", "worker")
-    code = podrun.run(prepared, tmp_path / "worker.log", timeout=400)
+    prepared = kubelet.prepare(kube, pod, tmp_path / "root", "worker")
+    code = kubelet.run(prepared, tmp_path / "worker.log", timeout=400)
     assert code == 0, (tmp_path / "worker.log").read_text()[-4000:]
     message = prepared.termination_log.read_text()
-    podrun.report(kube, pod, code, message)
+    kubelet.report(kube, pod, code, message)
     final = wait_phase(kube, namespace, "pvc", "Succeeded", timeout=90)
     assert final["result"]["gatesPassed"] is True
     published = volumes["results"] / "digits"

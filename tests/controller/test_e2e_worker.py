@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import podrun
+import kubelet
 import pytest
-from kubehelpers import apply_cr, conditions, events, running_pod, status, wait_phase
-from operator_proc import OperatorProcess
+from kubectl import apply_cr, conditions, events, running_pod, status, wait_phase
+from operator_process import OperatorProcess
+
+from factories import example_model
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -36,7 +38,7 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
 ) -> None:
     bucket = s3.create_bucket("e2e")
     model = f"s3://{bucket}/models/digits-cnn.pt2"
-    podrun.make_example_model(model, tmp_path, env={**s3.env})
+    example_model(model, tmp_path, env={**s3.env})
     creds = {
         "AWS_ACCESS_KEY_ID": s3.access_key,
         "AWS_SECRET_ACCESS_KEY": s3.secret_key,
@@ -72,8 +74,8 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert s3.secret_key not in json.dumps(pod)
 
-    prepared = podrun.prepare(kube, pod, tmp_path / "root", "worker")
-    code = podrun.run(prepared, tmp_path / "worker.log", timeout=400)
+    prepared = kubelet.prepare(kube, pod, tmp_path / "root", "worker")
+    code = kubelet.run(prepared, tmp_path / "worker.log", timeout=400)
     log = (tmp_path / "worker.log").read_text()
     assert code == 0, log[-4000:]
     message = prepared.termination_log.read_text()
@@ -85,7 +87,7 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
         timeout=30,
     )
 
-    podrun.report(kube, pod, code, message)
+    kubelet.report(kube, pod, code, message)
     kube.kubectl("-n", namespace, "wait", "--for=condition=Succeeded", "compressionjob/e2e", "--timeout=90s")
     final = wait_phase(kube, namespace, "e2e", "Succeeded")
     assert conditions(final)["Ready"]["status"] == "True"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, conditions, events, jobs, pods, running_pod, status, wait_phase
-from operator_proc import OperatorProcess, get_json
+from kubectl import apply_cr, conditions, events, jobs, pods, running_pod, status, wait_phase
+from operator_process import OperatorProcess, get_json
 
 from testbed.nodes import FakeNode
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, conditions, cr, events, jobs, pods, running_pod, status, wait_phase
-from operator_proc import OperatorProcess, get_json, install_crd
+from kubectl import apply_cr, conditions, cr, events, jobs, pods, running_pod, status, wait_phase
+from operator_process import OperatorProcess, get_json
 
 from kompression.api.constants import ANNOTATION_RECREATION
 from kompression.api.validation import parse_job
@@ -21,14 +20,7 @@ from kompression.controller.builders import build_configmap
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 MANAGED = "app.kubernetes.io/managed-by=kompression-operator"
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(kube)
-    proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator-children"), "--max-job-recreations=1").start()
-    yield proc
-    proc.stop()
+OPERATOR_ARGS = ("--max-job-recreations=1",)
 
 
 def _metric(operator: OperatorProcess, prefix: str) -> float:

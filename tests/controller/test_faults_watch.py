@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, conditions, jobs, running_pod, status, wait_phase
-from operator_proc import OperatorProcess, get_json, install_crd
+from kubectl import apply_cr, conditions, jobs, running_pod, status, wait_phase
+from operator_process import OperatorProcess, get_json, install_crd
 
 from testbed.faults import etcd_compact, etcd_url, second_apiserver
 from testbed.relay import Relay

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, jobs, wait_phase
-from operator_proc import OperatorProcess, install_crd
+from kubectl import apply_cr, jobs, wait_phase
+from operator_process import OperatorProcess, install_crd
 
 PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kompression" / "crds"
 

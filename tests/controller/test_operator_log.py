@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, running_pod, wait_phase
-from operator_proc import OperatorProcess, install_crd
+from kubectl import apply_cr, running_pod, wait_phase
+from operator_process import OperatorProcess, install_crd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 

@@ -7,11 +7,11 @@ import copy
 from typing import Any
 
 import pytest
-from cjfactory import manifest
 from fakeapi import FakeApi
-from kubehelpers import apply_cr, conditions, events, jobs, pods, status, wait_phase
-from operator_proc import OperatorProcess
+from kubectl import apply_cr, conditions, events, jobs, pods, status, wait_phase
+from operator_process import OperatorProcess
 
+from factories import manifest
 from kompression.controller.metrics import Metrics
 from kompression.controller.outputs import Claim, holder, overlaps, prefix_key
 from kompression.controller.reconcile import Reconciler

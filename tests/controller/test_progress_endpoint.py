@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubehelpers import apply_cr, cr, running_pod, status
-from operator_proc import OperatorProcess, install_crd
-from podrun import _token
+from kubectl import apply_cr, cr, running_pod, status
+from kubelet import pod_token
+from operator_process import OperatorProcess, install_crd
 from sockets import closed_within, is_open
 
 from kompression.api.constants import progress_audience
@@ -125,7 +125,7 @@ def test_tokens_must_be_bound_to_a_pod_of_this_job(kube: Any, namespace: str, op
     other_audience, other_pod = running_job(kube, namespace, "other")
     report = {"phase": "Running", "progress": {"percentage": 7}, "sequence": 1}
     # Another job's token, even bound to that job's pod, does not count here.
-    assert post(op, namespace, "bound", _token(kube, other_pod, other_audience, 3600), report)[0] == 403
+    assert post(op, namespace, "bound", pod_token(kube, other_pod, other_audience, 3600), report)[0] == 403
     # A token for this audience that no pod is bound to proves nothing about the job.
     unbound = kube.request(
         "POST",
@@ -134,8 +134,8 @@ def test_tokens_must_be_bound_to_a_pod_of_this_job(kube: Any, namespace: str, op
     )["status"]["token"]
     assert post(op, namespace, "bound", unbound, report)[0] == 403
     # The right audience, bound to a pod of another job.
-    assert post(op, namespace, "bound", _token(kube, other_pod, audience, 3600), report)[0] == 403
-    code, answer = post(op, namespace, "bound", _token(kube, pod, audience, 3600), report)
+    assert post(op, namespace, "bound", pod_token(kube, other_pod, audience, 3600), report)[0] == 403
+    code, answer = post(op, namespace, "bound", pod_token(kube, pod, audience, 3600), report)
     assert (code, answer) == (202, {"accepted": True})
 
 
@@ -143,7 +143,7 @@ def test_a_forged_sequence_cannot_lock_out_real_reports_and_survives_a_restart(
     kube: Any, namespace: str, op: OperatorProcess
 ) -> None:
     audience, pod = running_job(kube, namespace, "seq")
-    token = _token(kube, pod, audience, 3600)
+    token = pod_token(kube, pod, audience, 3600)
 
     def report(sequence: int, percentage: int) -> tuple[int, Any]:
         body = {"phase": "Running", "progress": {"percentage": percentage}, "sequence": sequence}
@@ -174,7 +174,7 @@ def test_a_forged_sequence_cannot_lock_out_real_reports_and_survives_a_restart(
 
 def test_token_reviews_are_cached_and_rate_limited(kube: Any, namespace: str, op: OperatorProcess) -> None:
     audience, pod = running_job(kube, namespace, "flood")
-    token = _token(kube, pod, audience, 3600)
+    token = pod_token(kube, pod, audience, 3600)
     time.sleep(3)  # the two reviews below must not wait on the earlier tests' budget (one a second)
     before = reviews(kube)
     for sequence in range(1, 11):

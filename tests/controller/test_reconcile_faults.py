@@ -9,9 +9,9 @@ import asyncio
 import copy
 from typing import Any
 
-from cjfactory import manifest
 from fakeapi import FakeApi
 
+from factories import manifest
 from kompression.api.constants import ANNOTATION_RECREATION
 from kompression.controller.metrics import Metrics
 from kompression.controller.reconcile import Reconciler

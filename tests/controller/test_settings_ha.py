@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from cjfactory import manifest
 
+from factories import manifest
 from kompression.api.report import WorkerReport
 from kompression.api.validation import parse_job
 from kompression.cli import main

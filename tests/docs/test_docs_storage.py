@@ -4,7 +4,6 @@ run in tests/worker/test_worker_storage*.py against the emulators."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -12,26 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from factories import manifest
 from kompression.api.uris import URI_SCHEMES
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = (REPO / "docs" / "storage.md").read_text()
-BASE: dict[str, Any] = {
-    "apiVersion": "kompression.dev/v1alpha1",
-    "kind": "CompressionJob",
-    "metadata": {"name": "storage-doc", "namespace": "ml-team-a"},
-    "spec": {
-        "model": {
-            "uri": "s3://models/m.pt2",
-            "format": "TorchExport",
-            "inputs": [{"name": "x", "shape": [-1, 3, 8, 8]}],
-        },
-        "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
-        "output": {"uri": "s3://out/m/"},
-    },
-}
+MODEL: dict[str, Any] = manifest()["spec"]["model"]
 
 
 def _spec_blocks() -> list[dict[str, Any]]:
@@ -39,9 +26,7 @@ def _spec_blocks() -> list[dict[str, Any]]:
 
 
 def _manifest(spec: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
-    doc["spec"].update(copy.deepcopy(spec))
-    return doc
+    return manifest("storage-doc", "ml-team-a", **spec)
 
 
 def test_the_table_lists_exactly_the_schemes_validation_accepts() -> None:
@@ -50,7 +35,7 @@ def test_the_table_lists_exactly_the_schemes_validation_accepts() -> None:
     for scheme, examples in rows:
         for uri in re.findall(r"`([^`]+)`", examples):
             assert uri.startswith(f"{scheme}://")
-            doc = _manifest({"model": {**BASE["spec"]["model"], "uri": uri}})
+            doc = _manifest({"model": {**MODEL, "uri": uri}})
             assert parse_job(doc).spec.model.uri == uri
 
 
@@ -67,7 +52,7 @@ def test_there_is_an_example_per_remote_scheme() -> None:
 def test_hf_is_documented_as_not_served_and_refused() -> None:
     assert "`hf://` is not served yet" in PAGE
     with pytest.raises(SpecInvalid, match="hf:// is not served yet"):
-        parse_job(_manifest({"model": {**BASE["spec"]["model"], "uri": "hf://org/model@main"}}))
+        parse_job(_manifest({"model": {**MODEL, "uri": "hf://org/model@main"}}))
 
 
 def test_the_pvc_example_mounts_what_the_page_says(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

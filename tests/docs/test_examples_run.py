@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 from kompression.api.constants import ExitCode
 from kompression.cli import main
@@ -16,15 +14,6 @@ from kompression.worker import publish
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # On a shared 2-core machine two threads mostly wait at OpenMP barriers (see tests/worker).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_lowrank_example_factorizes_fine_tunes_quantizes_and_exports(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from luahealth import health
 
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import rule_errors
+from testbed.argocd import health
 
 HERE = Path(__file__).resolve().parent
 CASES = yaml.safe_load((HERE / "health_test.yaml").read_text())["tests"]

@@ -15,17 +15,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from luahealth import health
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from testbedlib import operator_as_chart_sa, operator_available
+from factories import applied
+from testbed.argocd import health
+from testbed.chart import operator_as_chart_sa, operator_available
 
 pytestmark = [
     pytest.mark.cluster,
@@ -38,28 +37,11 @@ RECORD = os.environ.get("KOMPRESSION_RECORD_HEALTH") == "1"
 H100 = "NVIDIA-H100-80GB-HBM3"
 PLACEHOLDER_TIME = "2026-01-01T00:00:00Z"
 
-BASE: dict[str, Any] = {
-    "apiVersion": "kompression.dev/v1alpha1",
-    "kind": "CompressionJob",
-    "spec": {
-        "model": {
-            "uri": "s3://models/resnet18/model.pt2",
-            "format": "TorchExport",
-            "inputs": [{"name": "x", "shape": [-1, 3, 224, 224]}],
-        },
-        "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
-        "output": {"uri": "s3://out/resnet18/"},
-        "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
-    },
-}
+CPU_ONLY: dict[str, Any] = {"gpus": 0, "cpu": "1", "memory": "1Gi"}
 
 
 def _manifest(name: str, **spec: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
-    doc["metadata"] = {"name": name}
-    doc["spec"]["output"] = {"uri": f"s3://out/{name}/"}  # one live job per output prefix
-    doc["spec"].update(spec)
-    return doc
+    return applied(name, **{"resources": CPU_ONLY, **spec})
 
 
 class Bed:

@@ -10,15 +10,19 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_steps_common import DigitsCNN, digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import DigitsCNN, make_ctx, trained_cnn
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import DistillStep
+from kompression.worker.data import digits
 from kompression.worker.errors import SpecError, StepInvalid
 from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.distill import kd_loss
 from kompression.worker.steps.training import accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 distill = TECHNIQUES[DistillStep]
 
@@ -26,14 +30,14 @@ distill = TECHNIQUES[DistillStep]
 @pytest.fixture(autouse=True)
 def _students_from_this_suite(monkeypatch: pytest.MonkeyPatch) -> None:
     # The students are test classes: the operator's allow-list (an env var) must name their module.
-    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "test_steps_common")
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "factories")
 
 
-SMALL = {"architecture": "test_steps_common:DigitsCNN", "architectureArguments": {"width": 6, "hidden": 32}}
+SMALL = {"architecture": "factories:DigitsCNN", "architectureArguments": {"width": 6, "hidden": 32}}
 
 
 def small_data(n: int = 256) -> DataSets:
-    train, test = digits()
+    train, test = digits("train"), digits("eval")
     assert train.labels is not None
     return DataSets(training=train.head(n), evaluation=test)
 
@@ -52,12 +56,12 @@ def test_a_fresh_student_learns_from_the_teacher(tmp_path: Path) -> None:
     result = distill(teacher, make_ctx(step, tmp_path, teacher=teacher, data=small_data(512)))
     assert isinstance(result.model, TorchModel)
     assert int(result.notes["studentParameters"]) * 4 <= int(result.notes["teacherParameters"])
-    assert accuracy(result.model.module, digits()[1]) > 0.8
+    assert accuracy(result.model.module, digits("eval")) > 0.8
 
 
 def test_a_student_larger_than_the_teacher_is_refused_with_both_counts(tmp_path: Path) -> None:
     teacher = trained_cnn()
-    big = {"architecture": "test_steps_common:DigitsCNN", "architectureArguments": {"width": 32}}
+    big = {"architecture": "factories:DigitsCNN", "architectureArguments": {"width": 32}}
     with pytest.raises(StepInvalid, match=r"has [\d,]+ parameters, more than the teacher's 38,314"):
         distill(teacher, make_ctx({"name": "d", "distill": {"student": big}}, tmp_path, teacher=teacher))
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
+from factories import make_ctx, trained_cnn
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker import formats
 from kompression.worker.model import TorchModel
@@ -25,6 +25,9 @@ from kompression.worker.steps.layout import (
     rounds_for,
     time_layouts,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 STRUCTURED = {"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}
 

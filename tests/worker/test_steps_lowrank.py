@@ -12,17 +12,21 @@ import pytest
 import tensorly
 import torch
 from tensorly.decomposition import partial_tucker
-from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 from torch.nn import functional
 
+from factories import layer, make_ctx, trained_cnn
 from kompression.api.v1alpha1 import DistillStep, LowRankStep, OnnxStep, QuantizeStep
+from kompression.worker.data import digits
 from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import parameter_count
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.lowrank import factorize, layer_macs, rank_for, replace_module, svd_factors
 from kompression.worker.steps.training import accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 low_rank = TECHNIQUES[LowRankStep]
 
@@ -123,7 +127,7 @@ def _full_rank(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Modul
 
 def test_full_rank_reproduces_the_original_outputs() -> None:
     model = trained_cnn()
-    x = torch.from_numpy(digits()[1].inputs["x"][:64])
+    x = torch.from_numpy(digits("eval").inputs["x"][:64])
     with torch.no_grad():
         expected = model.module(x)
         factored = _full_rank(model.module, model.example_inputs)
@@ -165,7 +169,7 @@ def test_tucker2_notes_count_parameters_and_macs(tmp_path: Path) -> None:
     assert result.notes["parametersAfter"] == parameter_count(out.module) < parameter_count(model.module)
     macs = layer_macs(out.module, out.example_inputs) / layer_macs(model.module, model.example_inputs)
     assert result.notes["macRatio"] == pytest.approx(macs, abs=1e-4) and macs < 1
-    assert accuracy(out.module, digits()[1]) > 0.9
+    assert accuracy(out.module, digits("eval")) > 0.9
 
 
 def test_include_and_exclude_patterns_and_typos(tmp_path: Path) -> None:
@@ -273,7 +277,7 @@ def test_factors_quantize_to_int8_matmuls_and_distill(tmp_path: Path) -> None:
     assert isinstance(student, TorchModel)
     assert isinstance(layer(student.module, "head.1"), nn.Sequential)
     assert distilled.notes["studentParameters"] == parameter_count(student.module) < parameter_count(model.module)
-    assert accuracy(student.module, digits()[1]) > 0.9
+    assert accuracy(student.module, digits("eval")) > 0.9
 
 
 def test_tucker2_factors_become_int8_convolutions(tmp_path: Path) -> None:
@@ -308,4 +312,4 @@ def test_fine_tune_without_training_data_is_refused_before_any_work(tmp_path: Pa
 
     step = {"name": "lr", "lowRank": {"method": "SVD", "rankRatio": 0.25, "fineTune": {"epochs": 1}}}
     with pytest.raises(StepInvalid, match=r"fineTune needs data\.training"):
-        low_rank(trained_cnn(), make_ctx(step, tmp_path, data=DataSets(evaluation=digits()[1])))
+        low_rank(trained_cnn(), make_ctx(step, tmp_path, data=DataSets(evaluation=digits("eval"))))

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import make_ctx, trained_cnn
 from kompression.api.v1alpha1 import OnnxStep
 from kompression.worker.errors import ModelError, StepInvalid
 from kompression.worker.model import OnnxModel
 from kompression.worker.steps import TECHNIQUES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 onnx_step = TECHNIQUES[OnnxStep]
 

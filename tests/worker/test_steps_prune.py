@@ -8,14 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from test_steps_common import digits, layer, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import layer, make_ctx, trained_cnn
 from kompression.api.v1alpha1 import PruneStep
+from kompression.worker.data import digits
 from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import parameter_count
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.training import accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 prune = TECHNIQUES[PruneStep]
 
@@ -62,7 +66,7 @@ def test_semi_structured_2_4_pattern_holds_exactly_and_fine_tune_keeps_it(tmp_pa
     # The 1-channel 3x3 stem has 9 weights per filter: no 2:4 layout, so it is left dense.
     assert int((layer(pruned.module, "features.0").weight == 0).sum()) == 0
     assert "GPU" in str(result.notes["sparseKernels"])
-    assert accuracy(pruned.module, digits()[1]) > 0.9
+    assert accuracy(pruned.module, digits("eval")) > 0.9
 
 
 @pytest.mark.parametrize("method", ["L1Structured", "TaylorStructured"])
@@ -78,7 +82,7 @@ def test_structured_removes_channels_and_shrinks_the_saved_model(method: str, tm
     assert layer(pruned.module, "head.3").out_features == 10
     assert pruned.module(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
     assert int(result.notes["removedChannels"]) > 0
-    assert accuracy(pruned.module, digits()[1]) > 0.9
+    assert accuracy(pruned.module, digits("eval")) > 0.9
 
 
 def test_taylor_without_any_data_is_refused(tmp_path: Path) -> None:

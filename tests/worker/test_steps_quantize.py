@@ -10,9 +10,10 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
-from test_steps_common import digits, make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import make_ctx, trained_cnn
 from kompression.api.v1alpha1 import QuantizeStep
+from kompression.worker.data import digits
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
@@ -20,12 +21,15 @@ from kompression.worker.steps.fp8 import FP8Linear
 from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 from kompression.worker.steps.training import accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 quantize = TECHNIQUES[QuantizeStep]
 
 
 def onnx_accuracy(path: Path) -> float:
-    test = digits()[1]
-    out = run_onnx(session(path), [test.inputs["x"]])
+    test = digits("eval")
+    out = run_onnx(session(path), [test.inputs])
     return float((out.argmax(axis=1) == test.labels).mean())
 
 
@@ -126,7 +130,7 @@ def test_half_precision_halves_the_size_and_takes_float32_inputs(
 
     assert size(half.module) < 0.55 * size(model.module)
     assert half.module(torch.zeros(3, 1, 8, 8)).dtype == torch.float32
-    assert accuracy(half.module, digits()[1]) >= accuracy(model.module, digits()[1]) - 0.02
+    assert accuracy(half.module, digits("eval")) >= accuracy(model.module, digits("eval")) - 0.02
 
 
 def test_fp8_without_an_fp8_gpu_is_runtime_missing(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_steps_common import make_ctx, one_thread, trained_cnn  # noqa: F401  (one_thread: autouse fixture)
 
+from factories import make_ctx, trained_cnn
 from kompression.api.v1alpha1 import TensorRTStep
 from kompression.worker.errors import RuntimeMissing
 from kompression.worker.model import EngineModel
 from kompression.worker.steps import TECHNIQUES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 STEP = {

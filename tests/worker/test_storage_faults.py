@@ -263,8 +263,7 @@ def test_sigterm_mid_multipart_upload_aborts_it(s3env: Any, tmp_path: Path) -> N
 def test_spec_output_retry_seconds_reaches_the_worker(
     relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runtime_helpers import job, write_job
-
+    from factories import job, write_job
     from kompression.cli import main
 
     monkeypatch.chdir(tmp_path)

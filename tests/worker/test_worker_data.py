@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import npz
 
+from factories import npz
 from kompression.api.v1alpha1 import DataSpec, ModelInput
 from kompression.worker.data import EVALUATION_BATCH_SIZE, digits, load_datasets
 from kompression.worker.errors import DataError

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_helpers import job, save_tiny, write_job
 
+from factories import job, save_tiny, write_job
 from kompression.api.constants import ExitCode
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from runtime_helpers import Tiny, save_tiny
 
+from factories import Tiny, save_tiny
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES, ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import formats

@@ -10,9 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from runtime_helpers import job, save_tiny, trained_tiny, write_job
-from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
 
+from factories import job, save_tiny, trained_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import Acceptance, Metrics
 from kompression.api.validation import parse_job
@@ -23,6 +22,9 @@ from kompression.worker.progress import Reporter
 from kompression.worker.reporting import load_report
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.trial import default_techniques, load, run_steps, score_trial
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 CUDA_EP_HERE = "CUDAExecutionProvider" in ort.get_available_providers()
 BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]

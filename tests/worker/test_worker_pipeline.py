@@ -21,10 +21,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from runtime_helpers import files_under, job, npz, save_tiny, write_job
-from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
 from torch import nn
 
+from factories import files_under, job, npz, save_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, Step
@@ -35,7 +34,7 @@ from kompression.worker.model import TorchModel
 from kompression.worker.reporting import load_report
 from kompression.worker.steps import TECHNIQUES
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import job
 
+from factories import job
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import Artifact, Metrics
 from kompression.api.validation import parse_job

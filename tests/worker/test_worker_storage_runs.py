@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runtime_helpers import job, npz, save_tiny, write_job
 
+from factories import job, npz, save_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.cli import main
 from kompression.worker import publish, storage

@@ -1,18 +1,16 @@
-"""Small kubectl-based helpers shared by the controller's cluster tests."""
+"""What the controller's cluster tests read and write with kubectl: CompressionJobs, their Jobs, pods, Events."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cjfactory import manifest
-from operator_proc import get_json
+from operator_process import get_json
+
+from factories import applied
 
 
 def apply_cr(kube: Any, ns: str, name: str, **spec: Any) -> None:
-    doc = manifest(name=name, namespace=ns, **spec)
-    for k in ("uid", "generation"):
-        doc["metadata"].pop(k)
-    kube.apply(doc)
+    kube.apply(applied(name, ns, **spec))
 
 
 def cr(kube: Any, ns: str, name: str) -> dict[str, Any]:

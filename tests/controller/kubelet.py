@@ -23,21 +23,6 @@ from typing import Any
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
 
 
-def make_example_model(uri: str, cwd: Path, env: dict[str, str] | None = None) -> None:
-    """Train the example model (2 epochs) with the real CLI and store it at uri, as a user would
-    before creating the CompressionJob that names it."""
-    made = subprocess.run(
-        [sys.executable, "-m", "kompression.cli", "example-model", "--output", uri, "--epochs", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=cwd,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-
-
 @dataclass
 class Prepared:
     argv: list[str]
@@ -49,7 +34,7 @@ def _b64(value: str) -> str:
     return base64.b64decode(value).decode()
 
 
-def _token(kube: Any, pod: dict[str, Any], audience: str, expiration: int) -> str:
+def pod_token(kube: Any, pod: dict[str, Any], audience: str, expiration: int) -> str:
     meta = pod["metadata"]
     sa = pod["spec"].get("serviceAccountName") or "default"
     body = {
@@ -82,7 +67,7 @@ def _volume_files(kube: Any, ns: str, volume: dict[str, Any], pod: dict[str, Any
         for source in volume["projected"]["sources"]:
             if "serviceAccountToken" in source:
                 t = source["serviceAccountToken"]
-                files[t["path"]] = _token(kube, pod, t["audience"], int(t.get("expirationSeconds") or 3600))
+                files[t["path"]] = pod_token(kube, pod, t["audience"], int(t.get("expirationSeconds") or 3600))
             else:
                 raise NotImplementedError(f"projected source {sorted(source)}")
         return files

@@ -1,0 +1,17 @@
+"""Fixtures for the API's tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from api_cases import ROOT
+
+CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd(kube: Any) -> None:
+    """The generated CRD, installed on the test bed and Established."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/compressionjobs.kompression.dev")

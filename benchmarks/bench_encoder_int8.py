@@ -35,11 +35,11 @@ from torch import nn
 
 from bench_lowrank import SENTENCES, cpu_flags
 from common import RESULTS, THREADS, interleaved_ms, load_average, machine, ort_session, workdir
-from kompression.api.v1alpha1 import ModelSource
+from kompression.api.v1alpha1 import ModelSource, QuantizeStep
 from kompression.worker import formats
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.onnx_io import export_onnx
 
 BATCH = 8
@@ -138,7 +138,7 @@ def step_directly(loaded: TorchModel, data: dict[str, np.ndarray], work: Path) -
         [],
         inputs=INPUTS,
     )
-    result = TECHNIQUES["quantize"](loaded, ctx)
+    result = TECHNIQUES[QuantizeStep](loaded, ctx)
     assert isinstance(result.model, OnnxModel)
     return result.model.path, result.notes
 

@@ -13,13 +13,14 @@ from onnxruntime.quantization import quantize_dynamic
 from test_steps_common import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
-from kompression.worker.model import OnnxModel, TorchModel
+from kompression.api.v1alpha1 import QuantizeStep
+from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import Dataset, DataSets, standalone_context
+from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.steps.sensitivity import output_error, sample_batches
 
-quantize = TECHNIQUES["quantize"]
+quantize = TECHNIQUES[QuantizeStep]
 OUTLIER = 3  # the channel that carries outliers into fc2
 
 

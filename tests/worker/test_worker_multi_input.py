@@ -19,7 +19,7 @@ from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thre
 from torch import nn
 
 from kompression.api.constants import ExitCode
-from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, ShapeProfile
+from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, OnnxStep, ShapeProfile
 from kompression.cli import main
 from kompression.worker import formats, measure, publish
 from kompression.worker.data import load_datasets
@@ -263,7 +263,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
     ctx = standalone_context(
         {"name": "export", "onnx": {}}, tmp_path, DataSets(evaluation=sets.evaluation), [], inputs=encoder_inputs(None)
     )
-    exported = TECHNIQUES["onnx"](model, ctx).model
+    exported = TECHNIQUES[OnnxStep](model, ctx).model
     sess = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])  # type: ignore[union-attr]
     for length in (5, 11):  # neither the traced length nor each other
         feed: dict[str, Any] = {

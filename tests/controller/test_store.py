@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from cjfactory import manifest
 
+from factories import manifest
 from kompression.api.validation import SpecInvalid
 from kompression.controller.store import Store
 from kompression.controller.views import CompressionJobView, JobView

@@ -18,6 +18,7 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.layout import (
     CHANNELS_LAST,
     CONTIGUOUS,
+    FORMATS,
     ROUNDS,
     apply_faster_layout,
     choose_layout,
@@ -81,6 +82,18 @@ def test_timing_both_layouts_leaves_the_model_as_it_came() -> None:
     timings = time_layouts(module, (torch.randn(1, 3, 32, 32),), "cpu", threads=1)
     assert set(timings) == {CONTIGUOUS, CHANNELS_LAST} and all(t > 0 for t in timings.values())
     assert current_layout(module) == CHANNELS_LAST and in_layout(module, CHANNELS_LAST)
+
+
+@pytest.mark.parametrize("layout", [CONTIGUOUS, CHANNELS_LAST])
+def test_a_model_still_trains_after_its_layouts_were_timed(layout: str) -> None:
+    # A fine-tune follows the timing; parameters re-created under inference_mode could not be trained.
+    module = torchvision.models.resnet18(num_classes=10).eval()
+    module.to(memory_format=FORMATS[layout])
+    time_layouts(module, (torch.randn(1, 3, 32, 32),), "cpu", threads=1)
+    assert not any(p.is_inference() for p in module.parameters())
+    module.train()
+    module(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
 def test_the_chosen_layout_is_applied_everywhere_and_changes_no_output(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization import quantize_dynamic
-from test_steps_common import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from kompression.api.v1alpha1 import QuantizeStep
@@ -19,6 +18,8 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.steps.sensitivity import output_error, sample_batches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 quantize = TECHNIQUES[QuantizeStep]
 OUTLIER = 3  # the channel that carries outliers into fc2

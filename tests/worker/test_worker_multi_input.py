@@ -14,10 +14,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
-from runtime_helpers import job, write_job
-from test_steps_common import one_thread  # noqa: F401  (autouse: one torch thread)
 from torch import nn
 
+from factories import job, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, OnnxStep, ShapeProfile
 from kompression.cli import main
@@ -28,6 +27,8 @@ from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.tensorrt import profile_shapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,9 @@ def time_layouts(module: nn.Module, example: Sequence[torch.Tensor], device: str
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the layout changes below re-create the parameters, and made in
+        # inference mode they would become inference tensors that a later fine-tune cannot train.
+        with torch.no_grad():
             start = time.perf_counter()
             module(*example)  # untimed warm-up, and the call time that sizes the rounds
             sync()

@@ -56,7 +56,7 @@ def planted_outliers() -> TorchModel:
 
 
 def context(step: dict[str, object], work: Path, data: np.ndarray) -> object:
-    return standalone_context(step, work, DataSets(calibration=Dataset(data)), [-1, 16])
+    return standalone_context(step, work, DataSets(calibration=Dataset({"x": data})), [-1, 16])
 
 
 def float_weights(path: Path) -> list[tuple[int, ...]]:

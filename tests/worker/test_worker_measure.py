@@ -152,7 +152,7 @@ def test_evaluation_runs_in_the_data_sets_batch_size() -> None:
         seen.append(len(batch[0]))
         return batch[0].reshape(len(batch[0]), -1)
 
-    data = Dataset(np.arange(20, dtype=np.float32).reshape(10, 2), batch_size=4)
+    data = Dataset({"x": np.arange(20, dtype=np.float32).reshape(10, 2)}, batch_size=4)
     outputs = measure.predict(forward, data)
     assert seen == [4, 4, 2]
-    assert np.array_equal(outputs, data.inputs)
+    assert np.array_equal(outputs, data.inputs["x"])

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from kompression.api.architectures import module_list_argument
+from kompression.api.validation import FieldError, ManifestUnreadable, SpecInvalid, load_documents, parse_job
+from kompression.controller.builders import build_configmap, build_job
 from kompression.controller.settings import Settings
 from kompression.extras import ExtraMissing, need, require
 
@@ -168,8 +170,6 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def render(docs: list[Any], settings: Settings) -> str:
-    from kompression.api.validation import FieldError, SpecInvalid, parse_job
-    from kompression.controller.builders import build_configmap, build_job
 
     out: list[dict[str, Any]] = []
     for doc in docs:
@@ -186,7 +186,6 @@ def render(docs: list[Any], settings: Settings) -> str:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents
 
     try:
         docs = load_documents(Path(args.file))

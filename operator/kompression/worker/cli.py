@@ -160,6 +160,7 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
 
             _, rows = runner.run(job, runner.RunOptions(output=args.output, workdir=workdir), reporter)
         else:
+            # torch, onnxruntime and Torch-Pruning, which an LLM job's environment lacks.
             from kompression.worker.pipeline import RunOptions, run
 
             _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)

@@ -8,6 +8,7 @@ Ubuntu). Every tenth paragraph is held out as evaluation text; the rest is also 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -15,6 +16,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from kompression.worker.llm.perplexity import perplexity
 
 LICENSES = Path("/usr/share/common-licenses")
 VOCAB_SIZE = 384
@@ -46,9 +53,6 @@ def paragraphs(root: Path = LICENSES) -> list[str]:
 
 def build(folder: Path, *, seed: int = 0, steps: int = 300, threads: int = 1) -> ExampleLLM:
     """Train the tokenizer and the model, and write them and the text splits under `folder`."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     torch.set_num_threads(threads)
     random.seed(seed)
@@ -108,14 +112,12 @@ def build(folder: Path, *, seed: int = 0, steps: int = 300, threads: int = 1) ->
 
 
 def _perplexity(model: object, tokenizer: object, texts: list[str]) -> float:
-    from kompression.worker.llm.perplexity import perplexity
 
     return math.exp(perplexity(model, [tokenizer(t)["input_ids"] for t in texts]).mean_nll)  # type: ignore[operator]
 
 
 def main() -> None:
     """`python -m kompression.worker.llm.example_model FOLDER`: how tests/llm/fixtures/tiny-llama was made."""
-    import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder", type=Path)

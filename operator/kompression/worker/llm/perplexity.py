@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 
 @dataclass(frozen=True)
 class Perplexity:
@@ -20,7 +22,6 @@ class Perplexity:
 
 def perplexity(model: Any, sequences: Sequence[Sequence[int]], device: str = "cpu") -> Perplexity:
     """Each sequence scored on its own (no padding, so no mask can leak), token-weighted over all."""
-    import torch
 
     total, count = 0.0, 0
     with torch.inference_mode():

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressed_tensors.quantization import preset_name_to_scheme
+from llmcompressor.modifiers.gptq import GPTQModifier
+from llmcompressor.modifiers.quantization import QuantizationModifier
+from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
 from kompression.api.v1alpha1 import LLM_WEIGHT_ONLY_SCHEMES, LLMQuantizeStep
 
 # compressed-tensors' preset names for each scheme.
@@ -25,7 +30,6 @@ def ignore_list(cfg: LLMQuantizeStep) -> list[str]:
 
 def scheme(cfg: LLMQuantizeStep) -> Any:
     """The QuantizationScheme for Linear layers: the preset, with the weight-only options applied."""
-    from compressed_tensors.quantization import preset_name_to_scheme
 
     result = preset_name_to_scheme(PRESETS[cfg.scheme], ["Linear"])
     if cfg.scheme in LLM_WEIGHT_ONLY_SCHEMES:
@@ -36,9 +40,6 @@ def scheme(cfg: LLMQuantizeStep) -> Any:
 
 def modifiers(cfg: LLMQuantizeStep) -> list[Any]:
     """The oneshot recipe: [SmoothQuant for W8A8], then GPTQ or round-to-nearest."""
-    from llmcompressor.modifiers.gptq import GPTQModifier
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
 
     groups = {"group_0": scheme(cfg)}
     ignore = ignore_list(cfg)

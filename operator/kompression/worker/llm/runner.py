@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from datasets import Dataset
+from llmcompressor import oneshot
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from kompression.api.constants import ENV_WORKDIR
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import (
@@ -51,7 +56,6 @@ def backend_versions() -> dict[str, str]:
 
 
 def environment() -> Environment:
-    import torch
 
     env = Environment(torch=torch.__version__, cpu=reporting.cpu_model())
     if torch.cuda.is_available():
@@ -64,7 +68,6 @@ def environment() -> Environment:
 
 def device_for(cfg: LLMQuantizeStep, gpus: int) -> str:
     """The device to calibrate and score on; GPU-only schemes fail here, before any work."""
-    import torch
 
     has_gpu = gpus > 0 and torch.cuda.is_available()
     if cfg.scheme in LLM_GPU_ONLY_SCHEMES and not has_gpu:
@@ -101,7 +104,6 @@ def weights_bytes(folder: Path) -> int:
 
 
 def _load(folder: Path, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -115,7 +117,6 @@ def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tupl
     """Perplexity (None without evaluation text) and parameter count of the folder's model, loaded
     by transformers as a server loads it: float32 on a CPU, the folder's dtype on a GPU. (A loaded
     compressed-tensors model keeps packed weights as buffers, so only the original's count is meant.)"""
-    import torch
 
     model = _load(folder, torch.float32 if device == "cpu" else "auto").to(device).eval()
     parameters = sum(p.numel() for p in model.parameters())
@@ -133,7 +134,6 @@ def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tupl
 
 
 def _peak_memory(device: str) -> int:
-    import torch
 
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
@@ -142,14 +142,10 @@ def _peak_memory(device: str) -> int:
 
 def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> None:
     """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors."""
-    from llmcompressor import oneshot
-    from transformers import AutoTokenizer
 
     model = _load(model_dir, "auto")
     dataset = None
     if calibration is not None:
-        from datasets import Dataset
-
         dataset = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(x) for x in calibration]})
     try:
         oneshot(
@@ -194,7 +190,6 @@ def _texts(job: CompressionJob, cfg: LLMQuantizeStep, tokenizer: Any, work: Path
 
 def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
-    from transformers import AutoTokenizer
 
     spec = job.spec
     step = spec.steps[0]

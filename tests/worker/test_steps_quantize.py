@@ -29,7 +29,7 @@ quantize = TECHNIQUES[QuantizeStep]
 
 def onnx_accuracy(path: Path) -> float:
     test = digits("eval")
-    out = run_onnx(session(path), [test.inputs])
+    out = run_onnx(session(path), [test.inputs["x"]])
     return float((out.argmax(axis=1) == test.labels).mean())
 
 

@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.nproc_per_node > 1 and is_llm_job(job):
         return _fail_early(
-            "InvalidSpec",
+            failures.INVALID_SPEC.reason,
             "--nproc-per-node launches ranks for distillation; an llmQuantize job runs in one process, which "
             "calibrates one decoder layer at a time on the GPU it sees",
             ExitCode.INVALID_SPEC,

@@ -35,17 +35,23 @@ def environment() -> Environment:
     # The runtimes are slow to import: only once a job runs, never for the CLI alone.
     import onnx
     import onnxruntime
-    import torch
 
-    env = Environment(
-        torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, cpu=cpu_model()
-    )
+    env = torch_environment()
+    env.onnx, env.onnxruntime = onnx.__version__, onnxruntime.__version__
     try:
         import tensorrt  # optional: NVIDIA images only
 
         env.tensorrt = tensorrt.__version__
     except ImportError:
         pass
+    return env
+
+
+def torch_environment() -> Environment:
+    """torch, the CPU and the GPU: what every worker environment has (the LLM one has no onnxruntime)."""
+    import torch  # slow to import: only once a job runs
+
+    env = Environment(torch=torch.__version__, cpu=cpu_model())
     if torch.cuda.is_available():
         env.cuda = torch.version.cuda
         env.gpu = torch.cuda.get_device_name(0)

@@ -112,7 +112,6 @@ def build(folder: Path, *, seed: int = 0, steps: int = 300, threads: int = 1) ->
 
 
 def _perplexity(model: object, tokenizer: object, texts: list[str]) -> float:
-
     return math.exp(perplexity(model, [tokenizer(t)["input_ids"] for t in texts]).mean_nll)  # type: ignore[operator]
 
 

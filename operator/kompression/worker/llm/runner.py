@@ -30,7 +30,6 @@ from kompression.api.v1alpha1 import (
     ArtifactKind,
     CompressionJob,
     DataSource,
-    Environment,
     LLMQuantizeStep,
     Metrics,
 )
@@ -53,17 +52,6 @@ class RunOptions:
 
 def backend_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in BACKENDS}
-
-
-def environment() -> Environment:
-
-    env = Environment(torch=torch.__version__, cpu=reporting.cpu_model())
-    if torch.cuda.is_available():
-        env.cuda = torch.version.cuda
-        env.gpu = torch.cuda.get_device_name(0)
-        major, minor = torch.cuda.get_device_capability(0)
-        env.computeCapability = f"{major}.{minor}"
-    return env
 
 
 def device_for(cfg: LLMQuantizeStep, gpus: int) -> str:
@@ -104,7 +92,6 @@ def weights_bytes(folder: Path) -> int:
 
 
 def _load(folder: Path, dtype: Any) -> Any:
-
     try:
         return AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
@@ -134,7 +121,6 @@ def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tupl
 
 
 def _peak_memory(device: str) -> int:
-
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -198,7 +184,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     prefix = options.output or spec.output.uri
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
     device = device_for(cfg, spec.resources.gpus)
-    reporter.set_environment(environment())
+    reporter.set_environment(reporting.torch_environment())
     workroot = options.workdir or (Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None)
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from datetime import UTC, datetime
 from typing import Any
 
 from kompression.api.constants import API_VERSION, KIND
+from kompression.api.timestamps import now
 from kompression.controller.kubeapi import Api, ApiError, path
 
 log = logging.getLogger(__name__)
 COMPONENT = "kompression-operator"
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_event(cr: dict[str, Any], type_: str, reason: str, message: str, stamp: str) -> dict[str, Any]:

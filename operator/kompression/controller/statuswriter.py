@@ -14,6 +14,7 @@ from typing import Any
 from kompression.api import failures
 from kompression.api.constants import GROUP, PLURAL, VERSION
 from kompression.api.report import WorkerReport
+from kompression.api.timestamps import now
 from kompression.api.v1alpha1 import ReportCursor, Result, StepStatus
 from kompression.controller import outputs
 from kompression.controller.conditions import (
@@ -24,7 +25,7 @@ from kompression.controller.conditions import (
     ready_reason,
     same_conditions,
 )
-from kompression.controller.events import now, post_event
+from kompression.controller.events import post_event
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Key

@@ -8,7 +8,7 @@ from typing import Any
 from api_cases import ROOT
 
 from kompression.api.crd import build_crd, render_crd
-from kompression.api.v1alpha1 import ApiModel
+from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, ApiModel, Step
 
 CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 
@@ -104,3 +104,8 @@ def test_enum_values_keep_acronyms_in_capitals() -> None:
     for value in values:
         assert not _PRECISION.fullmatch(value) or value.isupper(), f"{value}: write precisions in capitals"
         assert not re.search(r"Onnx|Tensorrt|Cuda|Gpu", value), f"{value}: write acronyms in capitals"
+
+
+def test_the_step_kinds_are_the_step_fields_in_one_list() -> None:
+    # TECHNIQUE_FIELDS names each kind once; the Step fields, its CEL rule and the worker's registry follow it.
+    assert list(TECHNIQUE_FIELDS) == [name for name in Step.model_fields if name != "name"]

@@ -735,10 +735,10 @@ class Step(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="[has(self.prune), has(self.lowRank), has(self.distill), has(self.quantize), has(self.llmQuantize), "
-            "has(self.onnx), has(self.tensorrt)].filter(x, x).size() == 1",
-            message="each step needs exactly one technique: one of prune, lowRank, distill, quantize, llmQuantize, "
-            "onnx or tensorrt",
+            cel="[" + ", ".join(f"has(self.{kind})" for kind in TECHNIQUE_FIELDS) + "].filter(x, x).size() == 1",
+            message="each step needs exactly one technique: one of "
+            + ", ".join(TECHNIQUE_FIELDS[:-1])
+            + f" or {TECHNIQUE_FIELDS[-1]}",
         ),
     )
 

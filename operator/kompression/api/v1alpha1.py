@@ -1043,9 +1043,7 @@ class CompressionJobSpec(ApiModel):
         Rule(
             cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.data) || ("
             + " && ".join(
-                f"(!has(self.data.{d}) || (has(self.data.{d}.uri) && (self.data.{d}.uri.endsWith('.txt') || "
-                f"self.data.{d}.uri.endsWith('.jsonl'))))"
-                for d in ("calibration", "evaluation")
+                f"(!has(self.data.{d}) || {_is_text_cel(f'self.data.{d}')})" for d in ("calibration", "evaluation")
             )
             + ")",
             message="an llmQuantize job reads text: data.calibration and data.evaluation need a `uri` ending in .txt "

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from factories import files_under, job, npz, save_tiny, write_job
+from factories import files_under, job, npz, save_tiny, train_on_digits, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, Step
@@ -174,15 +174,8 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
     """
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
-    train = digits("train")
-    assert train.labels is not None and not train.inputs["x"][:, 0, 0, 0].any()
-    x, y = torch.from_numpy(train.inputs["x"]), torch.from_numpy(train.labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(8):
-        for start in range(0, len(x), 64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+    assert not digits("train").inputs["x"][:, 0, 0, 0].any()
+    train_on_digits(model, epochs=8)
     with torch.no_grad():
         model[1].weight[:, 0] = 0
     formats.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")

@@ -219,4 +219,4 @@ def test_jsonl_without_a_text_field_is_a_data_error(texts: Texts, tmp_path: Path
     bad.write_text('{"text": "fine"}\n{"prompt": "no text field"}\n')
     run = _run(tmp_path, texts, "{scheme: W4A16, algorithm: RTN}", evaluation=bad)
     assert run.proc.returncode == ExitCode.DATA_ERROR
-    assert "spec.data.evaluation: line 2 of eval.jsonl has no string field `text`" in run.proc.stderr
+    assert "spec.data.evaluation: eval.jsonl line 2 needs exactly one of a `text` string" in run.proc.stderr

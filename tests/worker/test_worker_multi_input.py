@@ -114,7 +114,7 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
         load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), bare)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a cat"}\n{"sentence": "a dog"}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl line 2 needs a `text` string"):
+    with pytest.raises(DataError, match=r"bad\.jsonl line 2 needs exactly one of a `text` string"):
         load_datasets(
             DataSpec.model_validate({"calibration": {"uri": f"file://{bad}"}}),
             declared,

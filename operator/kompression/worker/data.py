@@ -20,8 +20,9 @@ ever filled in). Other keys are ignored, and the file is opened with ``allow_pic
 arrays are refused. Values must be finite (no NaN or Inf) and every array must hold the same N.
 
 Text, for a HuggingFace model folder: a ``.jsonl`` file (one JSON object per line with a ``text``
-string and, for labelled data, an integer ``label`` on every line) or a ``.txt`` file (one sample
-per line; blank lines are skipped). The text is tokenized with the model folder's own tokenizer
+string, or a ``messages`` conversation that the model's chat template renders, and, for labelled
+data, an integer ``label`` on every line) or a ``.txt`` file (one sample per line; blank lines are
+skipped). The text is tokenized with the model folder's own tokenizer
 (``transformers.AutoTokenizer``, local files only) into the declared inputs (``input_ids``,
 ``attention_mask``, ``token_type_ids``, whichever the model declares), padded to ``maxLength``
 (``padding: MaxLength``, the default) or to the longest sample (``Longest``) and truncated to
@@ -41,7 +42,6 @@ split keeps 20% (360 images) for evaluation; training and calibration read the o
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -54,6 +54,7 @@ import numpy as np
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
 from kompression.worker.errors import DataError
 from kompression.worker.model import Dataset, DataSets
+from kompression.worker.texts import read_texts
 
 # Evaluation batches only trade memory for speed: without spec.data.evaluation.batchSize they stay large.
 EVALUATION_BATCH_SIZE = 256
@@ -115,35 +116,6 @@ def read_npz(path: Path, field: str, declared: Sequence[ModelInput]) -> Dataset:
     return Dataset(arrays, labels)
 
 
-def _texts(path: Path, field: str) -> tuple[list[str], np.ndarray | None]:
-    """The samples of a .jsonl (`text`, optional integer `label`) or .txt (one per line) file."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{field}: cannot read {path.name} as UTF-8 text ({exc})") from None
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    if path.suffix == ".txt":
-        return [line for _, line in numbered], None
-    texts: list[str] = []
-    labels: list[int] = []
-    for n, line in numbered:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{field}: {path.name} line {n} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError(f'{field}: {path.name} line {n} needs a `text` string, e.g. {{"text": "..."}}')
-        texts.append(row["text"])
-        label = row.get("label")
-        if label is not None:
-            if not isinstance(label, int) or isinstance(label, bool):
-                raise DataError(f"{field}: {path.name} line {n}: `label` must be an integer class index, got {label!r}")
-            labels.append(label)
-    if labels and len(labels) != len(texts):
-        raise DataError(f"{field}: {path.name}: {len(labels)} of {len(texts)} lines have a `label`; label all or none")
-    return texts, np.asarray(labels, dtype=np.int64) if labels else None
-
-
 def tokenizer_for(folder: Path | None, field: str) -> Any:
     """The model folder's own tokenizer, from local files only (never the network)."""
     if folder is None:
@@ -176,9 +148,8 @@ def tokenizer_for(folder: Path | None, field: str) -> Any:
 
 def read_text(path: Path, field: str, source: DataSource, declared: Sequence[ModelInput], tokenizer: Any) -> Dataset:
     """Tokenize a text data set into the model's declared inputs."""
-    texts, labels = _texts(path, field)
-    if not texts:
-        raise DataError(f"{field}: {path.name} holds no samples")
+    samples = read_texts(path, field, tokenizer)
+    texts, labels = samples.texts, samples.labels
     if source.samples is not None:
         texts, labels = texts[: source.samples], None if labels is None else labels[: source.samples]
     fixed = [s.shape[1] for s in declared if len(s.shape) > 1 and s.shape[1] > 0]

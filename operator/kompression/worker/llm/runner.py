@@ -38,6 +38,7 @@ from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, St
 from kompression.worker.llm import recipe, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
+from kompression.worker.texts import read_texts
 
 # Files a HuggingFace folder may hold: weights in safetensors only, configs and tokenizers as data.
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -115,7 +116,7 @@ def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tupl
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tuple[list[list[int]], str]:
     assert source.uri is not None  # the API refuses builtin data for llmQuantize text
     with storage.local_copy(source.uri, workdir) as path:
-        samples = text.read_samples(path, where, source.samples)
+        samples = read_texts(path, where, tokenizer).texts[: source.samples]
         digest = storage.sha256_file(path)
     return text.tokenize(tokenizer, samples, source, where), digest
 

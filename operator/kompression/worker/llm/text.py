@@ -1,9 +1,7 @@
-"""Calibration and evaluation text: .txt (one sample per line) or .jsonl (a `text` field per line)."""
+"""Calibration and evaluation text for an LLM, read by kompression.worker.texts, as token ids."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from kompression.api.v1alpha1 import DataSource
@@ -12,40 +10,6 @@ from kompression.worker.errors import DataError
 # Without spec.data.*.maxLength, samples stop here even when the model allows longer ones: a
 # calibration pass holds one layer's activations for every token of a batch.
 DEFAULT_MAX_LENGTH = 2048
-
-
-def read_samples(path: Path, where: str, limit: int | None) -> list[str]:
-    """The non-empty samples of a text file, at most `limit` of them, in file order."""
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".jsonl"):
-        raise DataError(
-            f"{where}: {path.name} is not text data; llmQuantize reads .txt (one sample per line) or "
-            ".jsonl (a `text` field per line)"
-        )
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{where}: cannot read {path.name} as UTF-8 text ({exc})") from None
-    samples: list[str] = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            samples.append(_jsonl_text(line, number, path, where) if suffix == ".jsonl" else line)
-        if limit is not None and len(samples) == limit:
-            break
-    if not samples:
-        raise DataError(f"{where}: {path.name} holds no text sample")
-    return samples
-
-
-def _jsonl_text(line: str, number: int, path: Path, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        raise DataError(f"{where}: line {number} of {path.name} is not JSON") from None
-    text = record.get("text") if isinstance(record, dict) else None
-    if not isinstance(text, str):
-        raise DataError(f"{where}: line {number} of {path.name} has no string field `text`")
-    return text
 
 
 def tokenize(tokenizer: Any, samples: list[str], source: DataSource, where: str) -> list[list[int]]:

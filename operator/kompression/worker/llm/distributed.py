@@ -84,7 +84,9 @@ def share(model_dir: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | 
     return part(calibration)
 
 
-def follow(quantize: Callable[[Path, Path, LLMQuantizeStep, list[list[int]] | None], int], workroot: Path | None) -> None:
+def follow(
+    quantize: Callable[[Path, Path, LLMQuantizeStep, list[list[int]] | None], int], workroot: Path | None
+) -> None:
     """Ranks other than 0: wait for rank 0's plan, calibrate this rank's share with the same
     `quantize` rank 0 runs (its collectives must line up), and return without publishing."""
     box: list[Plan | None] = [None]
@@ -166,7 +168,7 @@ def _resident_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_notes(peak: int, weights: int, device: str) -> dict[str, Any]:
+def memory_notes(peak: int, weights: int | None, device: str) -> dict[str, Any]:
     """report.json's record of what calibration took against the model's size."""
     return {
         "peakMemoryBytes": peak,

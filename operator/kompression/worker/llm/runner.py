@@ -112,10 +112,8 @@ def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tupl
 
     # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
     # a model larger than one GPU is scored too.
-    if device == "cpu":
-        model = _load(folder, torch.float32).eval()
-    else:
-        model = _load(folder, "auto", device_map="auto").eval()
+    cpu = device == "cpu"
+    model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto").eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
     del model

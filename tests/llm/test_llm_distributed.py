@@ -88,7 +88,6 @@ def test_both_ranks_did_gptq_work(runs: dict[int, Run]) -> None:
 def test_only_rank_zero_reports_and_publishes(runs: dict[int, Run]) -> None:
     events = [json.loads(line) for line in runs[2].proc.stdout.splitlines() if line.startswith("{")]
     assert [e["phase"] for e in events if e["event"] == "Finished"] == ["Succeeded"]
-    assert sorted(p.name for p in runs[2].output.iterdir()) == ["manifest.json", "runs"]
     assert len(list((runs[2].output / "runs").iterdir())) == 1
 
 

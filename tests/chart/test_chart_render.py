@@ -274,3 +274,14 @@ def test_alerts_and_dashboard_use_metrics_the_operator_exports() -> None:
     used = set(re.findall(r"\bkompression_[a-z_]+", text))
     assert used, "no metric found in the rule or dashboard"
     assert used <= exported, f"not exported by the operator: {sorted(used - exported)}"
+
+
+def test_the_llm_worker_image_reaches_the_operator() -> None:
+    from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE
+
+    default = env_of(one(template({}), "Deployment"))["KOMPRESSION_WORKER_LLM_IMAGE"]
+    assert default.rsplit(":", 1)[0] == DEFAULT_WORKER_LLM_IMAGE.rsplit(":", 1)[0]  # the tag is the appVersion
+    pinned = {"worker": {"llmImage": {"repository": "r.example/worker-llm", "digest": "sha256:" + "b" * 64}}}
+    env = env_of(one(template(pinned), "Deployment"))
+    assert env["KOMPRESSION_WORKER_LLM_IMAGE"] == "r.example/worker-llm@sha256:" + "b" * 64
+    assert "does not match pattern" in template_error({"worker": {"llmImage": {"repository": "x", "digest": "sha1"}}})

@@ -717,6 +717,8 @@ class TensorRTStep(ApiModel):
 
 
 TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "llmQuantize", "onnx", "tensorrt")
+# The techniques of the LLM path: a job with one runs in the worker-llm image.
+LLM_TECHNIQUE_FIELDS = tuple(kind for kind in TECHNIQUE_FIELDS if kind.startswith("llm"))
 
 
 class Step(ApiModel):
@@ -1082,6 +1084,11 @@ class CompressionJobSpec(ApiModel):
             field_path=".resources",
         ),
     )
+
+    @property
+    def runs_llm(self) -> bool:
+        """Whether a step is an LLM technique: the job then runs in the worker-llm image."""
+        return any(step.kind in LLM_TECHNIQUE_FIELDS for step in self.steps)
 
 
 # The spec is immutable except for these runPolicy fields (GitOps tools may toggle them).

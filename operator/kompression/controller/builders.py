@@ -39,6 +39,7 @@ CONFIG_FILE = "job.yaml"
 TOKEN_DIR = "/var/run/secrets/kompression/progress"
 TOKEN_FILE = "token"
 SCRATCH_DIR = "/scratch"
+SHM_DIR = "/dev/shm"
 TOKEN_EXPIRATION_S = 3600  # kubelet refreshes the file at 80% of this; the worker rereads it per POST
 WORKER_UID = 65532  # the distroless "nonroot" user
 
@@ -162,10 +163,17 @@ def _command(job: CompressionJob) -> list[str]:
     return [*command, "--nproc-per-node", str(gpus)] if gpus > 1 else command
 
 
+def worker_image(job: CompressionJob, settings: Settings) -> str:
+    """The job's own image, else the LLM worker for a job with an LLM step, else the worker."""
+    if job.spec.worker.image:
+        return job.spec.worker.image
+    return settings.worker_llm_image if job.spec.runs_llm else settings.worker_image
+
+
 def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
-        "image": job.spec.worker.image or settings.worker_image,
+        "image": worker_image(job, settings),
         "command": _command(job),
         "env": _env(job, settings),
         "resources": _resources(job, settings),
@@ -180,6 +188,8 @@ def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    if job.spec.resources.gpus > 1:
+        container["volumeMounts"].append({"name": "shm", "mountPath": SHM_DIR})
     for volume, claim, writable in _claim_volumes(job):
         container["volumeMounts"].append(
             {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": not writable}
@@ -220,8 +230,19 @@ def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
         # Bounded, so that a model that unpacks without end is evicted instead of filling the node's disk.
         {"name": "scratch", "emptyDir": {"sizeLimit": job.spec.resources.ephemeralStorage}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+        *_shm(job),
         *pvcs,
     ]
+
+
+def _shm(job: CompressionJob) -> list[dict[str, Any]]:
+    """Shared memory for torchrun's ranks, in place of the container runtime's 64 MiB /dev/shm:
+    NCCL passes tensors between the GPUs of a pod through it, and an LLM job's ranks share the
+    offloaded model there (compressed-tensors sizes the CPU share of the model by it). It is
+    memory, so it counts against the pod's memory limit and may grow to it."""
+    if job.spec.resources.gpus <= 1:
+        return []
+    return [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.memory}}]
 
 
 def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:

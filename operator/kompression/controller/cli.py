@@ -56,6 +56,7 @@ def _log_level(text: str) -> str:
 # (flag, Settings field, type, help)
 _FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--worker-image", "worker_image", str, "default worker image"),
+    ("--worker-llm-image", "worker_llm_image", str, "default worker image of jobs with an LLM step"),
     ("--gpu-resource", "gpu_resource", str, "extended resource name of a GPU"),
     ("--s3-endpoint", "s3_endpoint", str, "default AWS_ENDPOINT_URL for jobs without a credentials Secret"),
     ("--progress-base-url", "progress_base_url", str, "URL at which worker pods reach the progress server"),

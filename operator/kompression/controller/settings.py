@@ -11,6 +11,7 @@ from typing import Any
 from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/kompression/worker:0.1.0"
+DEFAULT_WORKER_LLM_IMAGE = "ghcr.io/kompression/worker-llm:0.1.0"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -19,6 +20,8 @@ class Settings:
     """What an operator replica is configured with. The builders read only this, never globals."""
 
     worker_image: str = DEFAULT_WORKER_IMAGE
+    # The image of jobs with an LLM step (llm-compressor pins its own torch: images/worker-llm).
+    worker_llm_image: str = DEFAULT_WORKER_LLM_IMAGE
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     # Handed to the worker as AWS_ENDPOINT_URL when the job's credentials Secret does not set one.
     s3_endpoint: str = ""

@@ -45,7 +45,8 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
         type=int,
         default=1,
         metavar="N",
-        help="run on N local ranks with torchrun (one per GPU); distillation then trains with DDP",
+        help="run on N local ranks with torchrun (one per GPU): distillation trains with DDP, an LLM job "
+        "calibrates with llm-compressor's distributed oneshot",
     )
     p.set_defaults(func=_run)
 
@@ -61,8 +62,8 @@ WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
 
 def is_llm_job(job: CompressionJob) -> bool:
-    """An llmQuantize job runs on the LLM path (worker/llm) in the worker-llm environment."""
-    return any(s.llmQuantize is not None for s in job.spec.steps)
+    """A job with an LLM step runs on the LLM path (worker/llm) in the worker-llm environment."""
+    return job.spec.runs_llm
 
 
 def job_needs(job: CompressionJob) -> list[Need]:
@@ -110,13 +111,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from kompression.worker import distributed  # torch: only once the extras check passed
 
-    if args.nproc_per_node > 1 and is_llm_job(job):
-        return _fail_early(
-            failures.INVALID_SPEC.reason,
-            "--nproc-per-node launches ranks for distillation; an llmQuantize job runs in one process, which "
-            "calibrates one decoder layer at a time on the GPU it sees",
-            ExitCode.INVALID_SPEC,
-        )
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return distributed.launch(args.nproc_per_node, _rank_argv(args))
     if job.spec.output.retrySeconds is not None:  # the pod has it in its environment already

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from kompression.api.v1alpha1 import (
 )
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
+from kompression.worker.llm import distributed as ranks
 from kompression.worker.llm import recipe, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
@@ -92,10 +92,15 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-def _load(folder: Path, dtype: Any) -> Any:
+def _load(folder: Path, dtype: Any, device_map: str | None = None) -> Any:
     try:
         return AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            folder,
+            dtype=dtype,
+            device_map=device_map,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
         )
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(f"spec.model.uri: transformers cannot load a causal LM from the folder: {exc}") from None
@@ -106,7 +111,10 @@ def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tupl
     by transformers as a server loads it: float32 on a CPU, the folder's dtype on a GPU. (A loaded
     compressed-tensors model keeps packed weights as buffers, so only the original's count is meant.)"""
 
-    model = _load(folder, torch.float32 if device == "cpu" else "auto").to(device).eval()
+    # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
+    # a model larger than one GPU is scored too.
+    cpu = device == "cpu"
+    model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto").eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
     del model
@@ -121,19 +129,25 @@ def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tupl
     return text.tokenize(tokenizer, samples, source, where), digest
 
 
-def _peak_memory(device: str) -> int:
-    if device == "cuda":
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> int:
+    """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors; returns the
+    peak memory of calibration. Under torchrun every rank runs it on its share of the samples."""
 
-
-def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> None:
-    """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors."""
-
-    model = _load(model_dir, "auto")
     dataset = None
     if calibration is not None:
         dataset = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(x) for x in calibration]})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with ranks.peak_memory(device) as peak:
+        model = ranks.load(model_dir, out.parent / "offload")
+        _oneshot(model, cfg, dataset, calibration)
+    model.save_pretrained(out, save_compressed=True)
+    ranks.disband()
+    if ranks.leads():
+        AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    return peak[0]
+
+
+def _oneshot(model: Any, cfg: LLMQuantizeStep, dataset: Dataset | None, calibration: list[list[int]] | None) -> None:
     try:
         oneshot(
             model=model,
@@ -145,8 +159,6 @@ def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list
         )
     except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
         raise StepInvalid(f"llmQuantize {cfg.scheme} cannot apply to this model: {exc}") from None
-    model.save_pretrained(out, save_compressed=True)
-    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
 
 
 @dataclass
@@ -185,8 +197,12 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     prefix = options.output or spec.output.uri
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
     device = device_for(cfg, spec.resources.gpus)
-    reporter.set_environment(reporting.torch_environment())
     workroot = options.workdir or (Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None)
+    ranks.join(device)
+    if not ranks.leads():  # under torchrun: only calibrate (rank 0 scores and publishes)
+        ranks.follow(quantize, workroot)
+        return reporter.report, []
+    reporter.set_environment(reporting.torch_environment())
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
         out = work / "out"
@@ -205,7 +221,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             reporter.phase_done("Baseline")
             reporter.step_started(step.name)
             started = time.monotonic()
-            quantize(model_dir, out, cfg, texts.calibration)
+            peak = quantize(model_dir, out, cfg, ranks.share(model_dir, cfg, texts.calibration))
         seconds = round(time.monotonic() - started, 3)
         after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
         final = baseline.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
@@ -213,7 +229,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             **recipe.describe(cfg),
             "calibration": texts.calibration_notes,
             "backends": backend_versions(),
-            "peakMemoryBytes": _peak_memory(device),
+            **ranks.memory_notes(peak, baseline.sizeBytes, device),
         }
         reporter.step_finished(step.name, final, f"{cfg.scheme} {notes['algorithm']}")
         result = gates.compute_result(baseline, final)

@@ -1,0 +1,65 @@
+"""The Job of a job with an LLM step, built without a cluster: the worker-llm image, and for
+resources.gpus > 1 one torchrun rank per GPU with shared memory between them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factories import manifest
+from kompression.api.v1alpha1 import LLM_TECHNIQUE_FIELDS, TECHNIQUE_FIELDS
+from kompression.api.validation import parse_job
+from kompression.controller.builders import build_job
+from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE, Settings
+
+SETTINGS = Settings(worker_image="registry.local/worker:1", worker_llm_image="registry.local/worker-llm:1")
+
+LLM = {
+    "model": {
+        "uri": "s3://models/llama/",
+        "format": "HuggingFace",
+        "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+    },
+    "data": {"calibration": {"uri": "s3://data/calibration.jsonl", "samples": 256, "maxLength": 2048}},
+    "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "GPTQ"}}],
+}
+
+
+def _pod(gpus: int, settings: Settings = SETTINGS, **spec: Any) -> dict[str, Any]:
+    job = parse_job(manifest(**{**LLM, **spec, "resources": {"gpus": gpus, "memory": "64Gi"}}))
+    return dict(build_job(job, settings)["spec"]["template"]["spec"])
+
+
+def test_every_llm_technique_counts_as_an_llm_step() -> None:
+    assert "llmQuantize" in LLM_TECHNIQUE_FIELDS
+    assert set(LLM_TECHNIQUE_FIELDS) == {k for k in TECHNIQUE_FIELDS if k.startswith("llm")}
+    assert parse_job(manifest(**LLM)).spec.runs_llm
+    assert not parse_job(manifest()).spec.runs_llm
+
+
+def test_an_llm_job_runs_in_the_llm_image_and_others_in_the_worker() -> None:
+    assert _pod(1)["containers"][0]["image"] == "registry.local/worker-llm:1"
+    other = build_job(parse_job(manifest()), SETTINGS)["spec"]["template"]["spec"]
+    assert other["containers"][0]["image"] == "registry.local/worker:1"
+    assert _pod(1, Settings())["containers"][0]["image"] == DEFAULT_WORKER_LLM_IMAGE
+
+
+def test_the_jobs_own_image_wins_over_the_llm_default() -> None:
+    assert _pod(1, worker={"image": "mine:2"})["containers"][0]["image"] == "mine:2"
+
+
+def test_two_gpus_run_two_ranks_that_share_memory() -> None:
+    pod = _pod(2)
+    (container,) = pod["containers"]
+    assert container["command"] == ["kompression", "run", "/etc/kompression/job.yaml", "--nproc-per-node", "2"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    # The ranks share the offloaded model and NCCL's buffers through /dev/shm, bounded by the pod's memory.
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_one_gpu_runs_one_process_without_extra_shared_memory() -> None:
+    pod = _pod(1)
+    (container,) = pod["containers"]
+    assert container["command"] == ["kompression", "run", "/etc/kompression/job.yaml"]
+    assert "shm" not in {v["name"] for v in pod["volumes"]}

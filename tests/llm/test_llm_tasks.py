@@ -1,0 +1,257 @@
+"""data.tasks: multiple-choice accuracy through lm-eval-harness on local task files, for the original
+and the quantized tiny Llama, gated by maxAccuracyDrop, with no network access at all.
+
+The task asks which of four orders of the same five words continues a passage of the license texts
+the fixture model was trained on; only the true order reads as those texts do, so a model that
+learnt them answers well above chance (1 in 4) while the choices give no length or word-frequency
+hint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from llm_jobs import FIXTURE, Texts
+
+from kompression.api.constants import ExitCode
+from kompression.api.validation import parse_job
+
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
+pytest.importorskip("lm_eval", reason="data.tasks needs lm-eval, part of the llm extra")
+
+from kompression.worker.errors import DataError
+from kompression.worker.llm import tasks
+from kompression.worker.llm.example_model import paragraphs
+
+STEPS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "steps.md"
+CHANCE = 0.25
+QUESTIONS = 32
+
+# Run in the `kompression run` process before anything else: every name lookup and every socket
+# connection other than a local (AF_UNIX) one is written to $NETWORK_LOG. The library code that
+# would reach the hub swallows its errors (datasets' download counter does), so a refused connection
+# alone would prove nothing; the log shows each attempt.
+GUARD = """\
+import os, runpy, socket, sys
+def _audit(event, args, log=os.environ["NETWORK_LOG"]):
+    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
+        with open(log, "a") as f:
+            f.write(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}\\n")
+sys.addaudithook(_audit)
+sys.argv[0] = "kompression"
+runpy.run_module("kompression", run_name="__main__")
+"""
+
+
+def word_order_task(texts: list[str], count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Eight words of a passage, then the next five in their order or in three shuffled orders."""
+    rng = random.Random(seed)
+    passages = [t.split() for t in texts if len(t.split()) >= 13]
+    questions = []
+    for words in rng.sample(passages, count):
+        span = words[8:13]
+        answer = " ".join(span)
+        choices = [answer]
+        while len(choices) < 4:
+            shuffled = " ".join(rng.sample(span, len(span)))
+            if shuffled not in choices:
+                choices.append(shuffled)
+        rng.shuffle(choices)
+        questions.append({"question": " ".join(words[:8]), "choices": choices, "answer": choices.index(answer)})
+    return questions
+
+
+def _docs_job() -> str:
+    """The steps page's data.tasks job, as written."""
+    blocks = re.findall(r"```yaml\n(.*?)```", STEPS_PAGE.read_text(), re.S)
+    return next(b for b in blocks if "tasks:" in b and "kind: CompressionJob" in b)
+
+
+@dataclass(frozen=True)
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    output: Path
+    network: Path
+
+    def report(self, under: str = "") -> dict[str, Any]:
+        root = self.output / under
+        run_id = json.loads((root / "manifest.json").read_text())["runId"]
+        return json.loads((root / "runs" / run_id / "report.json").read_text())
+
+
+def _guarded_runs(*jobs: tuple[Path, dict[str, str]]) -> list[Run]:
+    """`kompression run` as the worker-llm pod runs it, under GUARD, two side by side."""
+
+    def one(job: Path, env: dict[str, str]) -> Run:
+        network = job.parent / "network.log"
+        network.write_text("")
+        proc = subprocess.run(
+            [sys.executable, "-c", GUARD, "run", str(job), "--progress", "json"],
+            capture_output=True,
+            text=True,
+            env={**env, "NETWORK_LOG": str(network), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+            check=False,
+            timeout=600,
+        )
+        return Run(proc, job.parent / "out", network)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda j: one(*j), jobs))
+
+
+@pytest.fixture(scope="module")
+def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run]:
+    """The docs' job as written (but for where its files are), and the same job with int4 weights in
+    groups of 256 (one scale per row: coarser) and a gate no accuracy loss can pass."""
+    everything = paragraphs()
+    train = [t for i, t in enumerate(everything) if i % 10]
+    folders = tmp_path_factory.mktemp("docs"), tmp_path_factory.mktemp("coarse")
+    jobs = []
+    for folder in folders:
+        (folder / "word-order.jsonl").write_text(
+            "".join(json.dumps(q) + "\n" for q in word_order_task(train, QUESTIONS))
+        )
+        (folder / "eval.txt").write_text(texts.evaluation.read_text())
+        manifest = (
+            _docs_job()
+            .replace("s3://models/llama/", f"file://{FIXTURE}")
+            .replace("s3://data/", f"file://{folder}/")
+            .replace("s3://models/llama-w4a16/", f"file://{folder}/out/")
+        )
+        jobs.append(folder / "job.yaml")
+        jobs[-1].write_text(manifest)
+    coarse = jobs[1].read_text()
+    coarse = coarse.replace("{scheme: W4A16, algorithm: RTN}", "{scheme: W4A16, algorithm: RTN, groupSize: 256}")
+    jobs[1].write_text(coarse.replace("maxAccuracyDrop: 0.1", "maxAccuracyDrop: 0"))
+    # The docs' job runs with the offline switches unset: the worker sets them itself. The coarse
+    # one has them as the worker-llm image does.
+    online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    offline = {**online, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    docs, rejected = _guarded_runs((jobs[0], online), (jobs[1], offline))
+    return docs, rejected
+
+
+def test_the_docs_job_is_valid_and_its_task_lines_have_the_documented_shape(tmp_path: Path) -> None:
+    job = parse_job(yaml.safe_load(_docs_job()))
+    assert job.spec.data is not None and job.spec.data.tasks
+    lines = re.search(r"```jsonl\n(.*?)```", STEPS_PAGE.read_text(), re.S)
+    assert lines
+    (tmp_path / "doc.jsonl").write_text(lines.group(1))
+    questions = tasks.read_questions(tmp_path / "doc.jsonl", "docs", None)
+    assert len(questions) == 2
+    # The documented answers are the licenses' own words, in order.
+    gpl = " ".join((Path("/usr/share/common-licenses/GPL-3")).read_text().split())
+    for q in questions:
+        assert f"{q['question']} {q['choices'][q['answer']]}" in gpl
+
+
+def test_the_original_scores_above_chance_and_the_quantized_model_is_scored(runs: tuple[Run, Run]) -> None:
+    docs = runs[0]
+    assert docs.proc.returncode == 0, docs.proc.stderr[-3000:]
+    report = docs.report()
+    result = report["result"]
+    models = {m["name"]: m for m in report["details"]["models"]}
+    before, after = models["original"]["notes"]["taskScores"], models["w4a16"]["notes"]["taskScores"]
+    assert set(before) == set(after) == {"word-order", "word-order-2-shot"}
+    for name, figures in before.items():
+        assert figures["acc"] > CHANCE + 0.25, (name, figures)  # with 32 questions, chance rarely gets 0.5
+        assert 0 <= figures["acc_norm"] <= 1
+        assert 0 <= after[name]["acc"] <= 1
+    # Metrics.accuracy is the mean acc over the tasks, for the original and for the published model.
+    assert result["baseline"]["accuracy"] == pytest.approx(sum(f["acc"] for f in before.values()) / 2, abs=1e-6)
+    assert result["final"]["accuracy"] == pytest.approx(sum(f["acc"] for f in after.values()) / 2, abs=1e-6)
+    assert result["accuracyDelta"] == pytest.approx(result["final"]["accuracy"] - result["baseline"]["accuracy"])
+    gate = next(g for g in result["gates"] if g["name"] == "maxAccuracyDrop")
+    assert gate["passed"] and gate["limit"] == 0.1
+    assert gate["measured"] == pytest.approx(-result["accuracyDelta"], abs=1e-6)
+    described = {t["name"]: t for t in models["w4a16"]["notes"]["tasks"]}
+    assert described["word-order"]["questions"] == QUESTIONS
+    assert (described["word-order"]["fewShot"], described["word-order-2-shot"]["fewShot"]) == (0, 2)
+    assert len(described["word-order"]["sha256"]) == 64
+
+
+def test_the_accuracy_gate_keeps_a_model_that_lost_accuracy_under_rejected(runs: tuple[Run, Run]) -> None:
+    run = runs[1]
+    assert run.proc.returncode == ExitCode.GATE_FAILED, run.proc.stderr[-3000:]
+    assert "gate maxAccuracyDrop failed: accuracy dropped by" in run.proc.stderr
+    assert not (run.output / "manifest.json").exists()
+    result = run.report("rejected")["result"]
+    gate = next(g for g in result["gates"] if g["name"] == "maxAccuracyDrop")
+    # Not vacuous: the coarse model really answers fewer questions than the original.
+    assert gate["measured"] > 0
+    assert gate["measured"] == pytest.approx(result["baseline"]["accuracy"] - result["final"]["accuracy"], abs=1e-6)
+    assert not gate["passed"]
+
+
+def test_no_run_touched_the_network(runs: tuple[Run, Run], tmp_path: Path) -> None:
+    for run in runs:
+        assert run.proc.returncode in (0, ExitCode.GATE_FAILED), run.proc.stderr[-3000:]
+        assert run.network.read_text() == "", run.network.read_text()
+    # The guard does see a lookup when one is made.
+    log = tmp_path / "network.log"
+    probe = "import socket\ntry:\n    socket.getaddrinfo('hub.invalid', 443)\nexcept OSError:\n    pass\n"
+    subprocess.run(
+        [sys.executable, "-c", GUARD.split("sys.argv[0]", maxsplit=1)[0] + probe],
+        env={**os.environ, "NETWORK_LOG": str(log)},
+        check=True,
+        timeout=60,
+    )
+    assert "hub.invalid" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("not json", "not JSON"),
+        ('["a list"]', "a JSON list, not an object"),
+        ('{"choices": ["a", "b"], "answer": 0}', "`question` is missing or not a string"),
+        ('{"question": "q", "choices": ["only one"], "answer": 0}', "`choices` must be a list of two or more"),
+        ('{"question": "q", "choices": ["a", ""], "answer": 0}', "`choices` must be a list of two or more"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": 2}', "`answer` must be an integer from 0 to 1"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": true}', "`answer` must be an integer from 0 to 1"),
+    ],
+)
+def test_a_malformed_task_line_is_a_data_error_naming_file_line_and_shape(
+    line: str, problem: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n\n' + line + "\n")
+    with pytest.raises(DataError) as info:
+        tasks.read_questions(path, "spec.data.tasks[0] (bad)", None)
+    message = info.value.message
+    assert message.startswith(f"spec.data.tasks[0] (bad): bad.jsonl:3: {problem}")
+    assert message.endswith(f"expected {tasks.SHAPE}")
+
+
+def test_a_malformed_task_file_fails_the_job_before_any_scoring(texts: Texts, tmp_path: Path) -> None:
+    (tmp_path / "word-order.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n{"q": 1}\n')
+    (tmp_path / "eval.txt").write_text(texts.evaluation.read_text())
+    manifest = (
+        _docs_job()
+        .replace("s3://models/llama/", f"file://{FIXTURE}")
+        .replace("s3://data/", f"file://{tmp_path}/")
+        .replace("s3://models/llama-w4a16/", f"file://{tmp_path}/out/")
+    )
+    (tmp_path / "job.yaml").write_text(manifest)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kompression", "run", str(tmp_path / "job.yaml"), "--progress", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+        check=False,
+        timeout=600,
+    )
+    assert proc.returncode == ExitCode.DATA_ERROR, proc.stderr[-3000:]
+    assert "spec.data.tasks[0] (word-order): word-order.jsonl:2: `question` is missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

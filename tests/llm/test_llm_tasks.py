@@ -29,6 +29,13 @@ from kompression.api.validation import parse_job
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 pytest.importorskip("lm_eval", reason="data.tasks needs lm-eval, part of the llm extra")
 
+import torch
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kompression.api.v1alpha1 import TaskData
 from kompression.worker.errors import DataError
 from kompression.worker.llm import tasks
 from kompression.worker.llm.example_model import paragraphs
@@ -114,14 +121,6 @@ def thinnest_margins(questions: list[dict[str, Any]], count: int, work: Path) ->
     """The `count` questions the original model answers right by the smallest log-likelihood margin
     over the next choice, as lm-eval scores them. The original gets all of them right, and any
     perturbation of its weights flips some: a task that quantization cannot leave unharmed."""
-    import torch
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kompression.api.v1alpha1 import TaskData
-
     (work / "pool.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     suite = tasks.prepare([TaskData(name="pool", uri=f"file://{work}/pool.jsonl")], work)
     model = AutoModelForCausalLM.from_pretrained(FIXTURE, dtype=torch.float32, local_files_only=True).eval()
@@ -272,25 +271,14 @@ def test_a_malformed_task_line_is_a_data_error_naming_file_line_and_shape(
     assert message.endswith(f"expected {tasks.SHAPE}")
 
 
-def test_a_malformed_task_file_fails_the_job_before_any_scoring(texts: Texts, tmp_path: Path) -> None:
-    (tmp_path / "word-order.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n{"q": 1}\n')
-    (tmp_path / "eval.txt").write_text(texts.evaluation.read_text())
-    manifest = (
-        _docs_job()
-        .replace("s3://models/llama/", f"file://{FIXTURE}")
-        .replace("s3://data/", f"file://{tmp_path}/")
-        .replace("s3://models/llama-w4a16/", f"file://{tmp_path}/out/")
-    )
-    (tmp_path / "job.yaml").write_text(manifest)
-    proc = subprocess.run(
-        [sys.executable, "-m", "kompression", "run", str(tmp_path / "job.yaml"), "--progress", "json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-        check=False,
-        timeout=600,
-    )
-    assert proc.returncode == ExitCode.DATA_ERROR, proc.stderr[-3000:]
-    assert "spec.data.tasks[0] (word-order): word-order.jsonl:2: `question` is missing" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "out").exists()
+def test_prepare_fails_on_the_first_bad_task_before_any_model_work(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n')
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n{"q": 1}\n')
+    specs = [TaskData(name="good", uri=f"file://{good}"), TaskData(name="bad", uri=f"file://{bad}")]
+    with pytest.raises(DataError, match=r"^spec.data.tasks\[1\] \(bad\): bad.jsonl:2: `question` is missing"):
+        tasks.prepare(specs, tmp_path)
+    # Few-shot examples are other questions of the file: one question cannot hold a 1-shot example.
+    (tmp_path / "again").mkdir()
+    with pytest.raises(DataError, match=r"fewShot 1 needs at least 2 questions .* good.jsonl gives 1"):
+        tasks.prepare([TaskData(name="good", uri=f"file://{good}", fewShot=1)], tmp_path / "again")

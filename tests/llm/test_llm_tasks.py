@@ -91,10 +91,12 @@ class Run:
     output: Path
     network: Path
 
-    def report(self, under: str = "") -> dict[str, Any]:
+    def folder(self, under: str = "") -> Path:
         root = self.output / under
-        run_id = json.loads((root / "manifest.json").read_text())["runId"]
-        return json.loads((root / "runs" / run_id / "report.json").read_text())
+        return root / "runs" / json.loads((root / "manifest.json").read_text())["runId"]
+
+    def report(self, under: str = "") -> dict[str, Any]:
+        return json.loads((self.folder(under) / "report.json").read_text())
 
 
 def _guarded_runs(*jobs: tuple[Path, dict[str, str]]) -> list[Run]:
@@ -211,6 +213,10 @@ def test_the_original_scores_above_chance_and_the_quantized_model_is_scored(runs
     gate = next(g for g in result["gates"] if g["name"] == "maxAccuracyDrop")
     assert gate["passed"] and gate["limit"] == 0.1
     assert gate["measured"] == pytest.approx(-result["accuracyDelta"], abs=1e-6)
+    # report.md's table shows both scores of each model.
+    table = (docs.folder() / "report.md").read_text().split("## Per step")[1]
+    assert re.search(r"^model .* perplexity +accuracy +p50 ms", table, re.M), table
+    assert re.search(rf"^original .* {result['baseline']['accuracy']:.4f} ", table, re.M), table
     described = {t["name"]: t for t in models["w4a16"]["notes"]["tasks"]}
     assert described["word-order"]["questions"] == QUESTIONS
     assert (described["word-order"]["fewShot"], described["word-order-2-shot"]["fewShot"]) == (0, 2)

@@ -43,6 +43,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "transformers",
         "tokenizers",
         "datasets",
+        "lm_eval",
         "safetensors",
         "fsspec",
         "s3fs",

@@ -147,6 +147,19 @@ def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
 
 
 @st.composite
+def task(draw: st.DrawFn) -> dict[str, Any]:
+    """One entry of data.tasks (refused on these jobs, none of which has an llmQuantize step)."""
+    return drop_none(
+        {
+            "name": draw(pick(["word-order", "t"], ["Word", "", "a" * 64, 3])),
+            "uri": draw(pick(["s3://d/t.jsonl", "pvc://claim/t.jsonl"], ["s3://d/t.txt", "hf://o/t.jsonl", 7])),
+            "samples": draw(optional(COUNTS)),
+            "fewShot": draw(optional(pick([0, 5, 64], [-1, 65, "2", 1.5]))),
+        }
+    )
+
+
+@st.composite
 def compression_job(draw: st.DrawFn) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     for _ in range(draw(pick([1, 2, 3], [0, 17]))):
@@ -156,6 +169,7 @@ def compression_job(draw: st.DrawFn) -> dict[str, Any]:
             "calibration": draw(data_source()) if draw(pick([True], [False])) else None,
             "evaluation": draw(data_source(evaluation=True)) if draw(pick([True], [False])) else None,
             "training": draw(data_source()) if draw(pick([True], [False])) else None,
+            "tasks": draw(st.lists(task(), max_size=2)) if draw(pick([False], [True])) else None,
         }
     )
     spec = drop_none(

@@ -294,6 +294,42 @@ class EvaluationData(DataSource):
 
 
 DATA_ROLES = ("calibration", "evaluation", "training")
+MAX_TASKS = 16
+
+
+class TaskData(ApiModel):
+    """A multiple-choice task scored by lm-eval-harness on a local file: nothing is downloaded."""
+
+    name: StepName = Field(description="The task's name in the report (a DNS label, unique among data.tasks).")
+    uri: StorageUri = Field(
+        description=(
+            "Where the task's .jsonl file is stored (the schemes of spec.model.uri). Each line is one question: "
+            '{"question": "...", "choices": ["...", "..."], "answer": 0}, where `answer` indexes the correct '
+            "choice. The model scores each choice's log-likelihood as the continuation of the question; the "
+            "most likely one is its answer."
+        )
+    )
+    samples: int | None = Field(
+        None, ge=1, le=10_000_000, description="Score at most this many questions, the file's first; unset scores all."
+    )
+    fewShot: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Solved questions from the same file put before each question (never the question itself); "
+            "0 asks each question alone."
+        ),
+    )
+
+    __rules__ = (
+        uri_rule(),
+        Rule(
+            cel="self.uri.endsWith('.jsonl')",
+            message='a task is a .jsonl file, one {"question": str, "choices": [str, ...], "answer": int} per line',
+            field_path=".uri",
+        ),
+    )
 
 
 class DataSpec(ApiModel):
@@ -306,6 +342,23 @@ class DataSpec(ApiModel):
         None, description="Held-out data that measures accuracy for the acceptance gates."
     )
     training: DataSource | None = Field(None, description="Labelled data for fine-tuning and distillation.")
+    tasks: list[TaskData] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TASKS,
+        description=(
+            "llmQuantize only: multiple-choice tasks scored with lm-eval-harness on the original and the "
+            "quantized model; their mean `acc` is the job's accuracy, which acceptance.maxAccuracyDrop gates."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.tasks) || self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))",
+            message="task names must be unique",
+            field_path=".tasks",
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -990,8 +1043,9 @@ class CompressionJobSpec(ApiModel):
         ),
         Rule(
             cel="!has(self.acceptance) || !has(self.acceptance.maxAccuracyDrop) || "
-            "(has(self.data) && has(self.data.evaluation))",
-            message="acceptance.maxAccuracyDrop needs data.evaluation to measure accuracy; add an evaluation data set",
+            "(has(self.data) && (has(self.data.evaluation) || has(self.data.tasks)))",
+            message="acceptance.maxAccuracyDrop needs data.evaluation to measure accuracy (data.tasks for an "
+            "llmQuantize job); add an evaluation data set",
             field_path=".data",
         ),
         Rule(
@@ -1072,11 +1126,17 @@ class CompressionJobSpec(ApiModel):
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.llmQuantize)) || !has(self.acceptance) || "
-            "(!has(self.acceptance.maxAccuracyDrop) && !has(self.acceptance.minSpeedup) && "
-            "self.acceptance.strategy == 'Fixed')",
-            message="an llmQuantize job is gated by maxPerplexityIncrease and minCompressionRatio; maxAccuracyDrop, "
-            "minSpeedup and strategy Auto are not available for it",
+            "((!has(self.acceptance.maxAccuracyDrop) || (has(self.data) && has(self.data.tasks))) && "
+            "!has(self.acceptance.minSpeedup) && self.acceptance.strategy == 'Fixed')",
+            message="an llmQuantize job is gated by maxPerplexityIncrease, minCompressionRatio and, with data.tasks "
+            "(its mean lm-eval accuracy), maxAccuracyDrop; minSpeedup and strategy Auto are not available for it",
             field_path=".acceptance",
+        ),
+        Rule(
+            cel="!has(self.data) || !has(self.data.tasks) || self.steps.exists(s, has(s.llmQuantize))",
+            message="data.tasks (lm-eval-harness multiple-choice tasks) score causal language models: it is only "
+            "used by llmQuantize jobs; use data.evaluation for other steps",
+            field_path=".data.tasks",
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
@@ -1162,7 +1222,11 @@ class Metrics(ApiModel):
     parameters: int | None = Field(
         None, ge=0, description="Number of parameters (non-zero ones for sparse models are in sparsity)."
     )
-    accuracy: float | None = Field(None, description="The evaluation metric (data.evaluation.metric).")
+    accuracy: float | None = Field(
+        None,
+        description="The evaluation metric (data.evaluation.metric); for llmQuantize jobs, the mean lm-eval `acc` "
+        "over data.tasks.",
+    )
     perplexity: float | None = Field(
         None, ge=0, description="llmQuantize jobs: perplexity on data.evaluation's text (lower is better)."
     )

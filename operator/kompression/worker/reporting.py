@@ -126,20 +126,23 @@ def plot(rows: list[Row], folder: Path) -> list[Path]:
 def table(rows: list[Row]) -> str:
     """Plain-text table of size, parameters, accuracy, latency and where it was measured, per step (also used on
     the terminal)."""
-    # Perplexity is an LLM job's score: its column only appears where one was measured.
+    # Perplexity is an LLM job's score: its column only appears where one was measured, and the
+    # accuracy column then only where an LLM job also scored tasks (data.tasks).
     scored = any(r.metrics.perplexity is not None for r in rows)
-    header: tuple[str, ...] = ("model", "size KiB", "params", "perplexity" if scored else "accuracy", "p50 ms")
+    both = scored and any(r.metrics.accuracy is not None for r in rows)
+    scores = ("perplexity", "accuracy") if both else ("perplexity",) if scored else ("accuracy",)
+    header: tuple[str, ...] = ("model", "size KiB", "params", *scores, "p50 ms")
     header += ("p95 ms", "sparsity", "device", "provider")
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         m = r.metrics
-        score = m.perplexity if scored else m.accuracy
+        figures = [getattr(m, name) for name in scores]
         lines.append(
             (
                 r.name,
                 "-" if m.sizeBytes is None else f"{m.sizeBytes / 1024:.1f}",
                 "-" if m.parameters is None else f"{m.parameters:,}",
-                "-" if score is None else f"{score:.4f}",
+                *("-" if f is None else f"{f:.4f}" for f in figures),
                 "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
                 "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
                 "-" if m.sparsity is None else f"{m.sparsity:.3f}",

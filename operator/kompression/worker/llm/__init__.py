@@ -4,3 +4,11 @@ llm-compressor pins an older torch and a narrow transformers range than the main
 modules run in their own environment (images/worker-llm, `make setup-llm`). Only they import
 llmcompressor and compressed_tensors; `kompression run` picks this path for an llmQuantize job.
 """
+
+import os
+
+# The LLM path reads only local copies of the job's files. datasets and huggingface_hub read these at
+# import, before any module here is imported; offline, datasets' `json` builder (lm-eval's task data)
+# skips the download-count request it otherwise sends to the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"

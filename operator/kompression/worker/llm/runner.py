@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import (
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
-from kompression.worker.llm import recipe, text
+from kompression.worker.llm import recipe, tasks, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 from kompression.worker.texts import read_texts
@@ -106,10 +106,13 @@ def _load(folder: Path, dtype: Any, device_map: str | None = None) -> Any:
         raise ModelError(f"spec.model.uri: transformers cannot load a causal LM from the folder: {exc}") from None
 
 
-def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tuple[float | None, int]:
-    """Perplexity (None without evaluation text) and parameter count of the folder's model, loaded
-    by transformers as a server loads it: float32 on a CPU, the folder's dtype on a GPU. (A loaded
-    compressed-tensors model keeps packed weights as buffers, so only the original's count is meant.)"""
+def _score(
+    folder: Path, sequences: list[list[int]] | None, device: str, suite: tasks.Suite | None = None
+) -> tuple[float | None, int, tasks.Scores | None]:
+    """Perplexity (None without evaluation text), parameter count and task accuracies (None without
+    data.tasks) of the folder's model, loaded by transformers as a server loads it: float32 on a CPU,
+    the folder's dtype on a GPU. (A loaded compressed-tensors model keeps packed weights as buffers,
+    so only the original's count is meant.)"""
 
     # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
     # a model larger than one GPU is scored too.
@@ -117,8 +120,12 @@ def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tupl
     model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto").eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
+    scores = None
+    if suite is not None:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        scores = tasks.score(model, tokenizer, suite)
     del model
-    return value, parameters
+    return value, parameters, scores
 
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tuple[list[list[int]], str]:
@@ -210,10 +217,12 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             vet_folder(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
             texts = _texts(job, cfg, tokenizer, work)
-            before, parameters = _score(model_dir, texts.evaluation, device)
+            suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
+            before, parameters, tasks_before = _score(model_dir, texts.evaluation, device, suite)
             baseline = Metrics(
                 sizeBytes=weights_bytes(model_dir),
                 parameters=parameters,
+                accuracy=tasks_before.mean if tasks_before else None,
                 perplexity=before,
                 device="GPU" if device == "cuda" else "CPU",
                 provider="PyTorch",
@@ -223,11 +232,18 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             started = time.monotonic()
             peak = quantize(model_dir, out, cfg, ranks.share(model_dir, cfg, texts.calibration))
         seconds = round(time.monotonic() - started, 3)
-        after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
-        final = baseline.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
+        after, _, tasks_after = _score(out, texts.evaluation, device, suite)  # the parameter count stays
+        final = baseline.model_copy(
+            update={
+                "sizeBytes": weights_bytes(out),
+                "perplexity": after,
+                "accuracy": tasks_after.mean if tasks_after else None,
+            }
+        )
         notes: dict[str, Any] = {
             **recipe.describe(cfg),
             "calibration": texts.calibration_notes,
+            **({"tasks": suite.describe(), "taskScores": tasks_after.per_task} if suite and tasks_after else {}),
             "backends": backend_versions(),
             **ranks.memory_notes(peak, baseline.sizeBytes, device),
         }
@@ -236,7 +252,11 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         result.gates = gates.evaluate(spec.acceptance, result)
         result.gatesPassed = all(g.passed for g in result.gates)
         reporter.set_result(result)
-        rows = [reporting.Row("original", baseline, {}), reporting.Row(step.name, final, {}, seconds, notes)]
+        original = {"taskScores": tasks_before.per_task} if tasks_before else None
+        rows = [
+            reporting.Row("original", baseline, {}, None, original),
+            reporting.Row(step.name, final, {}, seconds, notes),
+        ]
         target = prefix if result.gatesPassed else storage.join(prefix, publish.REJECTED)
         _publish(job, target, out=out, work=work, rows=rows, reporter=reporter)
         if not result.gatesPassed:

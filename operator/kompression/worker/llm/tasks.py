@@ -1,0 +1,171 @@
+"""Task accuracy: data.tasks' multiple-choice questions scored by lm-eval-harness on local files.
+
+Each task file is read and checked here (a bad line is a DataError naming it), rewritten as the
+questions to score, and described to lm-eval by a task YAML in the work folder: the `json` builder
+of datasets reads the local copy (packaged with datasets, nothing is downloaded) and a TaskManager
+that indexes only that folder loads it. lm-eval's HFLM wraps the model object already loaded, with
+its own tokenizer, so no hub name is ever resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+from kompression.api.v1alpha1 import TaskData
+from kompression.worker import storage
+from kompression.worker.errors import DataError
+
+SHAPE = '{"question": str, "choices": [str, ...] (two or more), "answer": int (index of the correct choice)}'
+BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task as lm-eval reads it: the checked questions in the work folder."""
+
+    name: str
+    uri: str
+    sha256: str
+    questions: int
+    few_shot: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The job's tasks and the folder of their YAML files (TaskManager's include_path)."""
+
+    tasks: list[Task]
+    folder: Path
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "uri": t.uri, "sha256": t.sha256, "questions": t.questions, "fewShot": t.few_shot}
+            for t in self.tasks
+        ]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """lm-eval's figures: per task `acc` (and `acc_norm`, length-normalized), and their mean."""
+
+    per_task: dict[str, dict[str, float]]
+
+    @property
+    def mean(self) -> float:
+        return round(statistics.fmean(t["acc"] for t in self.per_task.values()), 6)
+
+
+def prepare(specs: list[TaskData], work: Path) -> Suite:
+    """Fetch, check and describe every task; a malformed file fails here, before any model work."""
+    folder = work / "lm-eval-tasks"
+    folder.mkdir()
+    tasks = []
+    for index, spec in enumerate(specs):
+        where = f"spec.data.tasks[{index}] ({spec.name})"
+        with storage.local_copy(spec.uri, work) as path:
+            questions = read_questions(path, where, spec.samples)
+            digest = storage.sha256_file(path)
+        if spec.fewShot >= len(questions):
+            raise DataError(
+                f"{where}: fewShot {spec.fewShot} needs at least {spec.fewShot + 1} questions (the examples are "
+                f"other questions of the same file), and {path.name} gives {len(questions)}"
+            )
+        data = folder / f"{spec.name}.jsonl"
+        data.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+        (folder / f"{spec.name}.yaml").write_text(yaml.safe_dump(_task_config(spec, data, work)))
+        tasks.append(Task(spec.name, spec.uri, digest, len(questions), spec.fewShot))
+    return Suite(tasks, folder)
+
+
+def _task_config(spec: TaskData, data: Path, work: Path) -> dict[str, Any]:
+    """lm-eval's multiple-choice task over one local file: the context is the question, each choice
+    a continuation scored by log-likelihood, and few-shot examples come from the same questions."""
+    return {
+        "task": spec.name,
+        "dataset_path": "json",
+        # the datasets cache in the work folder: the pod's home may not be writable, and runs stay apart
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(work / "datasets-cache")},
+        "test_split": "test",
+        "fewshot_split": "test",
+        "num_fewshot": spec.fewShot,
+        "output_type": "multiple_choice",
+        "doc_to_text": "question",
+        "doc_to_choice": "choices",
+        "doc_to_target": "answer",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+    }
+
+
+def read_questions(path: Path, where: str, limit: int | None) -> list[dict[str, Any]]:
+    """The file's questions in order (blank lines skipped), at most `limit`, each checked against SHAPE."""
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{where}: {path.name} is not a .jsonl file; each line must be {SHAPE}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: cannot read {path.name} as UTF-8 text ({exc})") from None
+    questions: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if limit is not None and len(questions) == limit:
+            break
+        if line.strip():
+            questions.append(_question(line, f"{where}: {path.name}:{number}"))
+    if not questions:
+        raise DataError(f"{where}: {path.name} holds no question; each line must be {SHAPE}")
+    return questions
+
+
+def _question(line: str, at: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise DataError(f"{at}: not JSON; expected {SHAPE}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{at}: a JSON {type(record).__name__}, not an object; expected {SHAPE}")
+    question, choices, answer = record.get("question"), record.get("choices"), record.get("answer")
+    problem = None
+    if not isinstance(question, str):
+        problem = "`question` is missing or not a string"
+    elif not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        problem = "`choices` must be a list of two or more non-empty strings"
+    elif not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+        problem = f"`answer` must be an integer from 0 to {len(choices) - 1} (an index into `choices`)"
+    if problem:
+        raise DataError(f"{at}: {problem}; expected {SHAPE}")
+    return {"question": question, "choices": choices, "answer": answer}
+
+
+def score(model: Any, tokenizer: Any, suite: Suite) -> Scores:
+    """Every task's accuracy for the loaded model, through lm-eval's simple_evaluate."""
+    manager = TaskManager(include_path=str(suite.folder), include_defaults=False)
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH_SIZE)
+    out = simple_evaluate(
+        model=wrapped,
+        tasks=[t.name for t in suite.tasks],
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=0,  # no standard errors: only the means are reported
+    )
+    assert out is not None  # None only on ranks other than 0 of a distributed lm-eval run
+    results = out["results"]
+    per_task = {}
+    for task in suite.tasks:
+        figures = results[task.name]
+        per_task[task.name] = {
+            metric: round(float(figures[f"{metric},none"]), 6)
+            for metric in ("acc", "acc_norm")
+            if f"{metric},none" in figures
+        }
+    return Scores(per_task)

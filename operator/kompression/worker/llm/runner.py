@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import (
 )
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
-from kompression.worker.llm import recipe, text
+from kompression.worker.llm import modelopt_backend, recipe, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 
@@ -204,12 +204,18 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             reporter.phase_done("Baseline")
             reporter.step_started(step.name)
             started = time.monotonic()
-            quantize(model_dir, out, cfg, texts.calibration)
+            if cfg.backend_or_default == "ModelOpt":  # scored in memory: no CPU runtime loads its checkpoint
+                after = modelopt_backend.quantize(
+                    model_dir, out, cfg, calibration=texts.calibration, evaluation=texts.evaluation, device=device
+                )
+            else:
+                quantize(model_dir, out, cfg, texts.calibration)
         seconds = round(time.monotonic() - started, 3)
-        after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
+        if cfg.backend_or_default != "ModelOpt":
+            after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
         final = baseline.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
         notes: dict[str, Any] = {
-            **recipe.describe(cfg),
+            **(modelopt_backend.describe(cfg) if cfg.backend_or_default == "ModelOpt" else recipe.describe(cfg)),
             "calibration": texts.calibration_notes,
             "backends": backend_versions(),
             "peakMemoryBytes": _peak_memory(device),

@@ -84,21 +84,27 @@ def test_modelopt_publishes_unified_checkpoints_with_every_file_digested(runs: t
         assert (model / "tokenizer.json").is_file()
         assert not [p for p in model.rglob("*") if p.suffix in (".pth", ".pt", ".bin")]  # no pickled state
         manifest = json.loads((run.output / "manifest.json").read_text())
-        listed = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
-        for path in model.rglob("*"):
-            key = path.relative_to(run.output).as_posix()
-            assert listed[key] == hashlib.sha256(path.read_bytes()).hexdigest(), key
+        published = {a["uri"].removeprefix("file://"): a["sha256"] for a in manifest["artifacts"]}
+        on_disk = {str(p) for p in run.folder.rglob("*") if p.is_file()}
+        assert set(published) == on_disk
+        for path, digest in published.items():
+            assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, path
+
+
+def _notes(run: Run) -> dict[str, Any]:
+    notes: dict[str, Any] = next(m for m in run.report["details"]["models"] if m["name"] == "quantize")["notes"]
+    return notes
 
 
 def test_the_report_records_backend_modelopt_its_version_and_the_method(runs: tuple[Run, Run]) -> None:
-    awq, fp8 = runs
-    text = json.dumps(awq.report)
-    assert f'"modelopt": "{importlib.metadata.version("nvidia-modelopt")}"' in text
-    assert '"backend": "modelopt"' in text
-    assert '"modeloptConfig": "INT4_AWQ_CFG"' in text
-    assert '"algorithm": "AWQ"' in text
-    assert '"groupSize": 128' in text
-    assert '"modeloptConfig": "FP8_PER_CHANNEL_PER_TOKEN_CFG"' in json.dumps(fp8.report)
+    awq, fp8 = (_notes(run) for run in runs)
+    assert awq["backend"] == "modelopt"
+    assert awq["modelopt"] == importlib.metadata.version("nvidia-modelopt")
+    assert (awq["scheme"], awq["algorithm"], awq["modeloptConfig"]) == ("W4A16", "AWQ", "INT4_AWQ_CFG")
+    assert awq["groupSize"] == 128
+    assert awq["calibration"]["samples"] == 32
+    assert (fp8["scheme"], fp8["modeloptConfig"]) == ("FP8Dynamic", "FP8_PER_CHANNEL_PER_TOKEN_CFG")
+    assert fp8["calibration"] is None  # dynamic activations: no data
 
 
 def test_awq_passes_its_perplexity_gate_and_shrinks_the_weights(runs: tuple[Run, Run]) -> None:

@@ -66,7 +66,7 @@ def _modelopt() -> tuple[Any, Any]:
 
 def config(cfg: LLMQuantizeStep, mtq: Any) -> dict[str, Any]:
     """ModelOpt's preset for the scheme, with the group size and the excluded modules applied."""
-    result = copy.deepcopy(getattr(mtq, PRESETS[cfg.scheme][0]))
+    result: dict[str, Any] = copy.deepcopy(getattr(mtq, PRESETS[cfg.scheme][0]))
     entries = result["quant_cfg"]
     if cfg.scheme == "W4A16":
         for entry in entries:
@@ -121,7 +121,7 @@ def quantize(
     simulated-quantization perplexity on the evaluation text (None without one)."""
 
     mtq, export_hf_checkpoint = _modelopt()
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=torch.float32 if device == "cpu" else "auto",
         local_files_only=True,

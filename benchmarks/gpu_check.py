@@ -10,7 +10,7 @@ Sections, each timed interleaved (candidates alternate within every repetition),
   int8       torch._int_mm vs fp16 matmul; onnxruntime CUDA EP QDQ ResNet-18 vs fp32 when available
   fp8        the same FFN in bf16: dense vs Kompression FP8 (torch._scaled_mm)
   distill    bench_distill's teacher and student on cuda through Kompression's distill step
-  llm        a Llama quantized by `kompression run` (llmQuantize W4A16 RTN, FP8Dynamic): generate
+  llm        a Llama quantized by `kompression run` (W4A16 RTN, FP8Dynamic, FP8Dynamic ModelOpt): generate
              tokens/s of the original and each published folder in vLLM (when importable) and transformers
 A failing section is recorded with its error and the others still run; a time budget skips what
 would overrun.

@@ -1,6 +1,6 @@
 """gpu_check's llm section: a Llama quantized through `kompression run` (the worker-llm path), then
-generate tokens/s of the original and of each published folder, in vLLM when it is importable and
-in transformers on the GPU.
+generate tokens/s of the original and of each published folder (compressed-tensors, and ModelOpt's
+unified checkpoint), in vLLM when it is importable and in transformers on the GPU.
 
 On a GPU the model is a random-weight Llama of about 1B parameters (speed does not depend on the
 weights; the fixture's tokenizer, so its vocabulary is small); on a dry run it is the tiny-llama
@@ -41,7 +41,14 @@ class LlmSizes:
     quantize_timeout_s: int
 
 
-GPU = LlmSizes(True, ("{scheme: W4A16, algorithm: RTN}", "{scheme: FP8Dynamic}"), 32, 128, 256, 300)
+GPU = LlmSizes(
+    True,
+    ("{scheme: W4A16, algorithm: RTN}", "{scheme: FP8Dynamic}", "{scheme: FP8Dynamic, backend: ModelOpt}"),
+    32,
+    128,
+    256,
+    300,
+)
 DRY = LlmSizes(False, ("{scheme: W4A16, algorithm: RTN}",), 2, 16, 4, 300)
 
 
@@ -179,6 +186,9 @@ def transformers_tokens_per_s(
     """Generated tokens per second of transformers' generate, greedy, the prompts as one batch."""
     from transformers import AutoModelForCausalLM
 
+    if (folder / "hf_quant_config.json").is_file():
+        # transformers would load it without its scales (fp8 values cast as they are): a wrong model.
+        return None, "not run: transformers has no loader for ModelOpt checkpoints"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     ids = torch.tensor(prompts, device=device)

@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from kompression.api.v1alpha1 import LLMQuantizeStep
-from kompression.worker.errors import StepInvalid
+from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.llm import modelopt_backend
 
 
@@ -156,3 +157,16 @@ def test_modelopt_nvfp4_fails_on_a_cpu_naming_the_cause(texts: Texts, tmp_path: 
     assert run.returncode == ExitCode.RUNTIME_MISSING
     assert "scheme NVFP4 is a GPU-only format" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_without_model_optimizer_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "modelopt.torch.quantization", None)  # an import of it raises ImportError
+    with pytest.raises(RuntimeMissing, match=r"needs NVIDIA Model Optimizer \(nvidia-modelopt\)"):
+        modelopt_backend.quantize(
+            FIXTURE,
+            Path("unused"),
+            LLMQuantizeStep(scheme="FP8Dynamic", backend="ModelOpt"),
+            calibration=None,
+            evaluation=None,
+            device="cpu",
+        )

@@ -672,7 +672,8 @@ class LLMQuantizeStep(ApiModel):
             field_path=".symmetric",
         ),
         Rule(
-            cel="!has(self.backend) || self.backend != 'ModelOpt' || self.excludeLayers.all(x, !x.startsWith('re:'))",
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
+            "self.excludeLayers.all(x, !x.startsWith('re:'))",
             message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
             "not by `re:` regular expressions",
             field_path=".excludeLayers",

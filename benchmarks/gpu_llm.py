@@ -71,7 +71,9 @@ def random_llama(folder: Path) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initializing 1B weights on a CPU is slow
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(FIXTURE).save_pretrained(folder)
     return folder
 
@@ -171,7 +173,7 @@ def vllm_tokens_per_s(folder: Path, prompts: list[list[int]], sizes: LlmSizes) -
         started = time.perf_counter()
         outputs = llm.generate(requests, params, use_tqdm=False)
         seconds = time.perf_counter() - started
-        quantization = getattr(llm.llm_engine.model_config, "quantization", None)
+        quantization = getattr(getattr(llm.llm_engine, "model_config", None), "quantization", None)
     finally:
         del llm
         gc.collect()

@@ -10,6 +10,8 @@ Sections, each timed interleaved (candidates alternate within every repetition),
   int8       torch._int_mm vs fp16 matmul; onnxruntime CUDA EP QDQ ResNet-18 vs fp32 when available
   fp8        the same FFN in bf16: dense vs Kompression FP8 (torch._scaled_mm)
   distill    bench_distill's teacher and student on cuda through Kompression's distill step
+  llm        a Llama quantized by `kompression run` (W4A16 RTN, FP8Dynamic, FP8Dynamic ModelOpt): generate
+             tokens/s of the original and each published folder in vLLM (when importable) and transformers
 A failing section is recorded with its error and the others still run; a time budget skips what
 would overrun.
 """
@@ -286,6 +288,12 @@ def distill(sizes: Sizes) -> list[Row]:
     return rows
 
 
+def llm(sizes: Sizes) -> list[Row]:
+    import gpu_llm
+
+    return gpu_llm.llm(sizes.device)
+
+
 SECTIONS: dict[str, Callable[[Sizes], list[Row]]] = {
     "precision": precision,
     "structured": structured,
@@ -293,6 +301,7 @@ SECTIONS: dict[str, Callable[[Sizes], list[Row]]] = {
     "int8": int8,
     "fp8": fp8,
     "distill": distill,
+    "llm": llm,
 }
 
 
@@ -317,7 +326,7 @@ def environment(sizes: Sizes, dry_run: bool) -> dict[str, Any]:
 
 def markdown(env: dict[str, Any], rows: list[Row]) -> str:
     lines = [
-        "# GPU check: precision, 2:4 sparsity, int8, fp8, distillation on cuda",
+        "# GPU check: precision, 2:4 sparsity, int8, fp8, distillation, LLM tokens/s on cuda",
         "",
         f"Machine: {env.get('gpu', 'CPU (dry run)')}, torch {env['torch']}, cuda {env.get('cuda', '-')}, "
         f"python {env['python']}; TF32 convolutions {env['cudnn_allow_tf32']}, TF32 matmul {env['matmul_allow_tf32']}",

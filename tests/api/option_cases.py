@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kompression.api.v1alpha1 import (
+    MODELOPT_SCHEMES,
     Acceptance,
     ApiModel,
     DataSource,
@@ -49,6 +50,7 @@ TEXT = ("jsonl", "txt")
 LLM_SCHEMES = _values(LLMQuantizeStep.model_fields["scheme"].annotation)
 LLM_INT = ("W4A16", "W8A16", "W8A8")
 LLM_WEIGHT_ONLY = ("W4A16", "W8A16")
+LLM_MODELOPT = tuple(s for s in LLM_SCHEMES if s in MODELOPT_SCHEMES)
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -119,6 +121,7 @@ TABLE = (
             "symmetric": [({"symmetric": v}, LLM_WEIGHT_ONLY) for v in (True, False)],
             "smoothingStrength": [({"smoothingStrength": 0.5}, ("W8A8",))],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
+            "backend": [({"backend": "LLMCompressor"}, LLM_SCHEMES), ({"backend": "ModelOpt"}, LLM_MODELOPT)],
         },
     ),
     Selector(

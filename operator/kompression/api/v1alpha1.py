@@ -609,6 +609,12 @@ DEFAULT_LLM_ALGORITHM: LLMAlgorithm = "GPTQ"
 DEFAULT_GROUP_SIZE = 128
 DEFAULT_SYMMETRIC = True
 DEFAULT_SMOOTHING_STRENGTH = 0.8
+LLMBackend = Literal["LLMCompressor", "ModelOpt"]
+DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
+# The schemes NVIDIA Model Optimizer quantizes and exports as a unified HF checkpoint (TensorRT-LLM
+# reads them from hf_quant_config.json): W4A16 as INT4 AWQ, FP8 as FP8 per tensor, FP8Dynamic as FP8
+# per channel with dynamic per-token activations, NVFP4. ("FP8" joins LLMScheme with static FP8.)
+MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
 
 
 class LLMQuantizeStep(ApiModel):
@@ -665,6 +671,15 @@ class LLMQuantizeStep(ApiModel):
             "ignore syntax), e.g. `re:.*mlp.down_proj`. lm_head is always kept."
         ),
     )
+    backend: LLMBackend | None = Field(
+        None,
+        description=(
+            "Which library quantizes and in what format the folder is published. LLMCompressor writes "
+            "compressed-tensors (vLLM, SGLang, transformers); ModelOpt (NVIDIA Model Optimizer) writes its "
+            "unified HF checkpoint with hf_quant_config.json (TensorRT-LLM, vLLM) and serves schemes "
+            f"{', '.join(MODELOPT_SCHEMES)}. Unset means {DEFAULT_LLM_BACKEND}."
+        ),
+    )
 
     __rules__ = (
         Rule(
@@ -690,6 +705,32 @@ class LLMQuantizeStep(ApiModel):
             message="`smoothingStrength` is only used by scheme W8A8 (SmoothQuant); remove it",
             field_path=".smoothingStrength",
         ),
+        # backend ModelOpt
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || self.scheme in " + str(list(MODELOPT_SCHEMES)),
+            message="`backend` ModelOpt serves schemes W4A16 (INT4 AWQ), FP8, FP8Dynamic and NVFP4; use backend "
+            "LLMCompressor for the others",
+            field_path=".backend",
+        ),
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.algorithm)",
+            message="backend ModelOpt picks its own algorithm (AWQ for W4A16, round-to-nearest with calibrated "
+            "scales for the FP schemes); remove `algorithm`",
+            field_path=".algorithm",
+        ),
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.symmetric) || self.symmetric",
+            message="backend ModelOpt's INT4 AWQ checkpoint is symmetric (no zero points); remove `symmetric` "
+            "or use backend LLMCompressor",
+            field_path=".symmetric",
+        ),
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
+            "self.excludeLayers.all(x, !x.startsWith('re:'))",
+            message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
+            "not by `re:` regular expressions",
+            field_path=".excludeLayers",
+        ),
     )
 
     @property
@@ -711,6 +752,11 @@ class LLMQuantizeStep(ApiModel):
     def smoothing_strength_or_default(self) -> float:
         """SmoothQuant's migration strength for W8A8."""
         return DEFAULT_SMOOTHING_STRENGTH if self.smoothingStrength is None else self.smoothingStrength
+
+    @property
+    def backend_or_default(self) -> LLMBackend:
+        """The library that quantizes and exports."""
+        return self.backend or DEFAULT_LLM_BACKEND
 
     @property
     def needs_calibration(self) -> bool:
@@ -1116,6 +1162,15 @@ class CompressionJobSpec(ApiModel):
             message="an llmQuantize job scores each sample unpadded and cuts it at maxLength, so `padding` and "
             "`truncation` do not apply to its data; remove them",
             field_path=".data",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmQuantize) && has(s.llmQuantize.backend) && "
+            "s.llmQuantize.backend == 'ModelOpt') || (self.resources.gpus <= 1 && (!has(self.data) || "
+            "!has(self.data.tasks)))",
+            message="backend ModelOpt calibrates in one process and publishes a checkpoint that only TensorRT-LLM "
+            "and vLLM load, so it takes resources.gpus of at most 1 and no data.tasks (lm-eval scores the published "
+            "folder); use backend LLMCompressor for several GPUs or for task accuracy",
+            field_path=".steps",
         ),
         Rule(
             cel="!has(self.acceptance) || !has(self.acceptance.maxPerplexityIncrease) || "

@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import (
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
-from kompression.worker.llm import recipe, tasks, text
+from kompression.worker.llm import modelopt_backend, recipe, tasks, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 from kompression.worker.texts import read_texts
@@ -230,9 +230,18 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             reporter.phase_done("Baseline")
             reporter.step_started(step.name)
             started = time.monotonic()
-            peak = quantize(model_dir, out, cfg, ranks.share(model_dir, cfg, texts.calibration))
+            if cfg.backend_or_default == "ModelOpt":  # scored in memory: no CPU runtime loads its checkpoint
+                with ranks.peak_memory(device) as box:
+                    after = modelopt_backend.quantize(
+                        model_dir, out, cfg, calibration=texts.calibration, evaluation=texts.evaluation, device=device
+                    )
+                peak = box[0]
+            else:
+                peak = quantize(model_dir, out, cfg, ranks.share(model_dir, cfg, texts.calibration))
         seconds = round(time.monotonic() - started, 3)
-        after, _, tasks_after = _score(out, texts.evaluation, device, suite)  # the parameter count stays
+        tasks_after = None
+        if cfg.backend_or_default != "ModelOpt":
+            after, _, tasks_after = _score(out, texts.evaluation, device, suite)  # the parameter count stays
         final = baseline.model_copy(
             update={
                 "sizeBytes": weights_bytes(out),
@@ -241,7 +250,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             }
         )
         notes: dict[str, Any] = {
-            **recipe.describe(cfg),
+            **(modelopt_backend.describe(cfg) if cfg.backend_or_default == "ModelOpt" else recipe.describe(cfg)),
             "calibration": texts.calibration_notes,
             **({"tasks": suite.describe(), "taskScores": tasks_after.per_task} if suite and tasks_after else {}),
             "backends": backend_versions(),

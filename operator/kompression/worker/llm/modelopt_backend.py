@@ -1,0 +1,188 @@
+"""llmQuantize with backend ModelOpt: NVIDIA Model Optimizer quantizes the model
+(`mtq.quantize` with one of its preset configs and a calibration loop) and writes its unified HF
+checkpoint (`export_hf_checkpoint`): safetensors with each Linear's packed weight and scales,
+hf_quant_config.json and config.json's quantization_config, which TensorRT-LLM's and vLLM's
+ModelOpt loaders read.
+
+No runtime on a CPU loads that checkpoint (transformers has no ModelOpt quantizer: it would drop
+the scales and value-cast the packed weights), so the perplexity gate scores ModelOpt's own
+simulated quantization in memory, the model the checkpoint is exported from, and the exported
+folder is checked tensor by tensor against what those loaders read.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kompression.api.v1alpha1 import LLMQuantizeStep
+from kompression.worker.errors import RuntimeMissing, StepInvalid
+from kompression.worker.llm.perplexity import perplexity
+
+# Our scheme -> (ModelOpt's preset config, the quant_algo its export writes, the algorithm's name).
+PRESETS = {
+    "W4A16": ("INT4_AWQ_CFG", "W4A16_AWQ", "AWQ"),
+    "FP8": ("FP8_DEFAULT_CFG", "FP8", "RTN"),
+    "FP8Dynamic": ("FP8_PER_CHANNEL_PER_TOKEN_CFG", "FP8_PER_CHANNEL_PER_TOKEN", "RTN"),
+    "NVFP4": ("NVFP4_DEFAULT_CFG", "NVFP4", "RTN"),
+}
+# What each quantized Linear holds in the checkpoint (tensor suffix -> safetensors dtype, None for
+# any float), as the loaders read it: 4-bit weights come packed two to a byte. (AWQ's pre_quant_scale
+# is folded into the norm before q/k/v and gate/up, so only some Linears keep one.)
+TENSORS: dict[str, dict[str, str | None]] = {
+    "W4A16": {"weight": "U8", "weight_scale": None},
+    "FP8": {"weight": "F8_E4M3", "weight_scale": None, "input_scale": None},
+    "FP8Dynamic": {"weight": "F8_E4M3", "weight_scale": None},
+    "NVFP4": {"weight": "U8", "weight_scale": "F8_E4M3", "weight_scale_2": None, "input_scale": None},
+}
+PACKED = ("W4A16", "NVFP4")
+ALWAYS_IGNORED = ("lm_head",)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def version() -> str:
+    return importlib.metadata.version("nvidia-modelopt")
+
+
+def _modelopt() -> tuple[Any, Any]:
+    try:
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.export import export_hf_checkpoint
+    except ImportError as exc:
+        raise RuntimeMissing(
+            f"llmQuantize backend ModelOpt needs NVIDIA Model Optimizer (nvidia-modelopt), which this worker "
+            f"cannot import ({exc}); use the worker-llm image, or backend LLMCompressor"
+        ) from None
+    return mtq, export_hf_checkpoint
+
+
+def config(cfg: LLMQuantizeStep, mtq: Any) -> dict[str, Any]:
+    """ModelOpt's preset for the scheme, with the group size and the excluded modules applied."""
+    result: dict[str, Any] = copy.deepcopy(getattr(mtq, PRESETS[cfg.scheme][0]))
+    entries = result["quant_cfg"]
+    if cfg.scheme == "W4A16":
+        for entry in entries:
+            if entry.get("quantizer_name") == "*weight_quantizer":
+                entry["cfg"]["block_sizes"][-1] = cfg.group_size_or_default
+    entries.extend({"quantizer_name": f"{name}.*", "enable": False} for name in cfg.excludeLayers)
+    return result
+
+
+def describe(cfg: LLMQuantizeStep) -> dict[str, Any]:
+    """What report.json records about the method."""
+    preset, quant_algo, algorithm = PRESETS[cfg.scheme]
+    return {
+        "scheme": cfg.scheme,
+        "algorithm": algorithm,
+        "backend": "modelopt",
+        "modelopt": version(),
+        "modeloptConfig": preset,
+        "format": f"ModelOpt unified HF checkpoint, quant_algo {quant_algo}",
+        "groupSize": cfg.group_size_or_default if cfg.scheme == "W4A16" else None,
+        "ignored": [*ALWAYS_IGNORED, *cfg.excludeLayers],
+        "perplexityOf": "ModelOpt's simulated quantization in memory (no CPU runtime loads the checkpoint)",
+    }
+
+
+def _export_dtype(model_dir: Path) -> torch.dtype:
+    """The original's dtype, which the layers ModelOpt leaves unquantized keep."""
+    config_json = json.loads((model_dir / "config.json").read_text())
+    return DTYPES.get(str(config_json.get("dtype") or config_json.get("torch_dtype")), torch.bfloat16)
+
+
+def linear_shapes(model: torch.nn.Module, cfg: LLMQuantizeStep) -> dict[str, tuple[int, int]]:
+    """(out, in) of every Linear the scheme quantizes."""
+    excluded = (*ALWAYS_IGNORED, *cfg.excludeLayers)
+    return {
+        name: (module.out_features, module.in_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(name == x or name.endswith("." + x) for x in excluded)
+    }
+
+
+def quantize(
+    model_dir: Path,
+    out: Path,
+    cfg: LLMQuantizeStep,
+    *,
+    calibration: list[list[int]] | None,
+    evaluation: list[list[int]] | None,
+    device: str,
+) -> float | None:
+    """Quantize with ModelOpt, export the unified HF checkpoint to `out`, check it; returns the
+    simulated-quantization perplexity on the evaluation text (None without one)."""
+
+    mtq, export_hf_checkpoint = _modelopt()
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=torch.float32 if device == "cpu" else "auto",
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+    )
+    model = model.to(device).eval()
+    shapes = linear_shapes(model, cfg)
+
+    def forward_loop(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for ids in calibration or []:
+                m(torch.tensor([ids], device=device))
+
+    try:
+        model = mtq.quantize(model, config(cfg, mtq), forward_loop if calibration else None)
+    except (ValueError, AssertionError) as exc:  # e.g. a group size that does not divide a layer's input size
+        raise StepInvalid(f"llmQuantize {cfg.scheme} with backend ModelOpt cannot apply to this model: {exc}") from None
+    value = None if evaluation is None else round(perplexity(model, evaluation, device).value, 4)
+    with torch.inference_mode():
+        export_hf_checkpoint(model, dtype=_export_dtype(model_dir), export_dir=out)
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    check_checkpoint(out, cfg, shapes)
+    return value
+
+
+def check_checkpoint(folder: Path, cfg: LLMQuantizeStep, shapes: dict[str, tuple[int, int]]) -> None:
+    """The folder is the unified HF checkpoint TensorRT-LLM and vLLM read for this scheme: the
+    quant_algo in hf_quant_config.json and config.json, and every quantized Linear's tensors with the
+    dtypes and packed sizes their ModelOpt loaders allocate. A mismatch is a StepInvalid: nothing
+    that a server cannot load is published."""
+
+    quant_algo = PRESETS[cfg.scheme][1]
+    problems: list[str] = []
+    hf_quant = json.loads((folder / "hf_quant_config.json").read_text())
+    if hf_quant.get("producer", {}).get("name") != "modelopt":
+        problems.append("hf_quant_config.json names no modelopt producer")
+    if hf_quant.get("quantization", {}).get("quant_algo") != quant_algo:
+        problems.append(f"hf_quant_config.json's quant_algo is not {quant_algo}")
+    embedded = json.loads((folder / "config.json").read_text()).get("quantization_config", {})
+    if embedded.get("quant_method") != "modelopt" or embedded.get("quant_algo") != quant_algo:
+        problems.append(f"config.json's quantization_config is not modelopt {quant_algo}")
+    tensors: dict[str, tuple[str, list[int]]] = {}  # name -> (safetensors dtype, shape)
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+                piece = f.get_slice(key)
+                tensors[key] = (piece.get_dtype(), piece.get_shape())
+    for name, (rows, columns) in sorted(shapes.items()):
+        for suffix, dtype in TENSORS[cfg.scheme].items():
+            tensor = tensors.get(f"{name}.{suffix}")
+            if tensor is None:
+                problems.append(f"{name}.{suffix} is missing")
+            elif dtype is not None and tensor[0] != dtype:
+                problems.append(f"{name}.{suffix} is {tensor[0]}, not {dtype}")
+        weight = tensors.get(f"{name}.weight")
+        packed = rows * columns // (2 if cfg.scheme in PACKED else 1)
+        if weight is not None and math.prod(weight[1]) != packed:
+            problems.append(f"{name}.weight holds {math.prod(weight[1])} values, not {packed}")
+    if problems:
+        raise StepInvalid(
+            f"backend ModelOpt exported a checkpoint TensorRT-LLM could not load as {quant_algo}: "
+            + "; ".join(problems[:5])
+        )

@@ -54,6 +54,7 @@ def version() -> str:
 
 def _modelopt() -> tuple[Any, Any]:
     try:
+        # Model Optimizer is optional (backend ModelOpt only) and slow to import.
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
     except ImportError as exc:

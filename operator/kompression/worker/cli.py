@@ -61,14 +61,14 @@ WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
 
 def is_llm_job(job: CompressionJob) -> bool:
-    """An llmQuantize job runs on the LLM path (worker/llm) in the worker-llm environment."""
-    return any(s.llmQuantize is not None for s in job.spec.steps)
+    """An llmQuantize or llmSparsify job runs on the LLM path (worker/llm) in the worker-llm environment."""
+    return any(s.kind in ("llmQuantize", "llmSparsify") for s in job.spec.steps)
 
 
 def job_needs(job: CompressionJob) -> list[Need]:
     """What `kompression run` must be able to import for this job, by extra."""
     if is_llm_job(job):
-        return [Need("an llmQuantize step", "llm", EXTRAS["llm"])]
+        return [Need(f"an {job.spec.steps[-1].kind} step", "llm", EXTRAS["llm"])]
     needs = [Need("`kompression run`", "worker", WORKER_CORE)]
     if job.spec.model.format == "HuggingFace":
         needs.append(Need("model format HuggingFace", "worker", ("transformers",)))

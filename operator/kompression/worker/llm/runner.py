@@ -1,6 +1,7 @@
-"""`kompression run` for an llmQuantize job: load the causal LM folder, score it, run llm-compressor's
-oneshot, save compressed-tensors, load the result back through transformers as servers would,
-score it, gate, publish.
+"""`kompression run` for an LLM job ([llmQuantize], [llmSparsify] or [llmSparsify, llmQuantize]): load
+the causal LM folder and score it; for each step run llm-compressor's oneshot on the previous step's
+folder, save compressed-tensors, load the result back through transformers as servers would and
+score it; gate the last one, publish it.
 
 Runs in the worker-llm environment (llm-compressor, its torch and transformers); it shares the
 storage, publishing, gates and report code of the main worker, none of which imports onnx.
@@ -14,6 +15,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,11 @@ from kompression.api.v1alpha1 import (
     DataSource,
     LLMQuantizeStep,
     Metrics,
+    Step,
 )
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
-from kompression.worker.llm import recipe, text
+from kompression.worker.llm import recipe, sparsity, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 
@@ -54,11 +57,11 @@ def backend_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in BACKENDS}
 
 
-def device_for(cfg: LLMQuantizeStep, gpus: int) -> str:
+def device_for(cfg: LLMQuantizeStep | None, gpus: int) -> str:
     """The device to calibrate and score on; GPU-only schemes fail here, before any work."""
 
     has_gpu = gpus > 0 and torch.cuda.is_available()
-    if cfg.scheme in LLM_GPU_ONLY_SCHEMES and not has_gpu:
+    if cfg is not None and cfg.scheme in LLM_GPU_ONLY_SCHEMES and not has_gpu:
         why = "resources.gpus is 0" if gpus == 0 else "this worker sees no CUDA device"
         raise RuntimeMissing(
             f"scheme {cfg.scheme} is a GPU-only format (its kernels and its checkpoints' consumers run on NVIDIA "
@@ -126,8 +129,10 @@ def _peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> None:
-    """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors."""
+def _oneshot(
+    model_dir: Path, out: Path, build: Callable[[Any], list[Any]], calibration: list[list[int]] | None, what: str
+) -> None:
+    """llm-compressor's oneshot with the recipe build(model) makes, saved as compressed-tensors."""
 
     model = _load(model_dir, "auto")
     dataset = None
@@ -136,16 +141,34 @@ def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list
     try:
         oneshot(
             model=model,
-            recipe=recipe.modifiers(cfg),
+            recipe=build(model),
             dataset=dataset,
             num_calibration_samples=len(calibration) if calibration else 0,
             max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
             shuffle_calibration_samples=False,
         )
     except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
-        raise StepInvalid(f"llmQuantize {cfg.scheme} cannot apply to this model: {exc}") from None
+        raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None
     model.save_pretrained(out, save_compressed=True)
     AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+
+
+def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> None:
+    """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors."""
+    _oneshot(model_dir, out, lambda _: recipe.modifiers(cfg), calibration, f"llmQuantize {cfg.scheme}")
+
+
+def _apply(step: Step, model_dir: Path, out: Path, calibration: list[list[int]] | None) -> tuple[dict[str, Any], str]:
+    """Run one step from model_dir into out: what report.json says about its method, and a summary."""
+    if step.llmSparsify is not None:
+        cfg = step.llmSparsify
+        what = f"llmSparsify {cfg.method} {cfg.pattern}"
+        _oneshot(model_dir, out, lambda model: sparsity.modifiers(cfg, model), calibration, what)
+        return sparsity.describe(cfg), f"{cfg.pattern} {cfg.method}"
+    assert step.llmQuantize is not None  # the API allows only these two on this path
+    quantize(model_dir, out, step.llmQuantize, calibration)
+    notes = recipe.describe(step.llmQuantize)
+    return notes, f"{step.llmQuantize.scheme} {notes['algorithm']}"
 
 
 @dataclass
@@ -157,10 +180,15 @@ class Texts:
     calibration_notes: dict[str, Any] | None
 
 
-def _texts(job: CompressionJob, cfg: LLMQuantizeStep, tokenizer: Any, work: Path) -> Texts:
+def _needs_calibration(step: Step) -> bool:
+    """SparseGPT and Wanda choose their zeros from calibration text; llmQuantize says for itself."""
+    return step.llmSparsify is not None or (step.llmQuantize is not None and step.llmQuantize.needs_calibration)
+
+
+def _texts(job: CompressionJob, tokenizer: Any, work: Path) -> Texts:
     data = job.spec.data
     calibration = notes = evaluation = None
-    if cfg.needs_calibration:
+    if any(_needs_calibration(s) for s in job.spec.steps):
         assert data is not None and data.calibration is not None  # the API requires it
         calibration, digest = _text(data.calibration, work, tokenizer, "spec.data.calibration")
         notes = {
@@ -178,21 +206,18 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
 
     spec = job.spec
-    step = spec.steps[0]
-    cfg = step.llmQuantize
-    assert cfg is not None  # the CLI sends only llmQuantize jobs here, and the API keeps them single-step
     prefix = options.output or spec.output.uri
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
-    device = device_for(cfg, spec.resources.gpus)
+    devices = {device_for(s.llmQuantize, spec.resources.gpus) for s in spec.steps}
+    device = "cuda" if "cuda" in devices else "cpu"
     reporter.set_environment(reporting.torch_environment())
     workroot = options.workdir or (Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None)
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
-        out = work / "out"
         with storage.local_copy(spec.model.uri, work) as model_dir:
             vet_folder(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-            texts = _texts(job, cfg, tokenizer, work)
+            texts = _texts(job, tokenizer, work)
             before, parameters = _score(model_dir, texts.evaluation, device)
             baseline = Metrics(
                 sizeBytes=weights_bytes(model_dir),
@@ -202,29 +227,38 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
                 provider="PyTorch",
             )
             reporter.phase_done("Baseline")
-            reporter.step_started(step.name)
-            started = time.monotonic()
-            quantize(model_dir, out, cfg, texts.calibration)
-        seconds = round(time.monotonic() - started, 3)
-        after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
-        final = baseline.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
-        notes: dict[str, Any] = {
-            **recipe.describe(cfg),
-            "calibration": texts.calibration_notes,
-            "backends": backend_versions(),
-            "peakMemoryBytes": _peak_memory(device),
-        }
-        reporter.step_finished(step.name, final, f"{cfg.scheme} {notes['algorithm']}")
+            rows = [reporting.Row("original", baseline, {})]
+            current, final = model_dir, baseline
+            pruned = None  # the llmSparsify step whose pattern later steps must keep
+            for index, step in enumerate(spec.steps):
+                reporter.step_started(step.name)
+                out = work / f"step-{index}"
+                started = time.monotonic()
+                notes, summary = _apply(step, current, out, texts.calibration)
+                seconds = round(time.monotonic() - started, 3)
+                # Neither step removes a weight (pruned ones are zeros, quantized ones packed): the count stays.
+                after, _ = _score(out, texts.evaluation, device)
+                final = final.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
+                pruned = step.llmSparsify or pruned
+                notes = {
+                    **notes,
+                    **({"measuredSparsity": sparsity.measure(out, pruned)} if pruned is not None else {}),
+                    "calibration": texts.calibration_notes if _needs_calibration(step) else None,
+                    "backends": backend_versions(),
+                    "peakMemoryBytes": _peak_memory(device),
+                }
+                reporter.step_finished(step.name, final, summary)
+                rows.append(reporting.Row(step.name, final, {}, seconds, notes))
+                current = out
         result = gates.compute_result(baseline, final)
         result.gates = gates.evaluate(spec.acceptance, result)
         result.gatesPassed = all(g.passed for g in result.gates)
         reporter.set_result(result)
-        rows = [reporting.Row("original", baseline, {}), reporting.Row(step.name, final, {}, seconds, notes)]
         target = prefix if result.gatesPassed else storage.join(prefix, publish.REJECTED)
-        _publish(job, target, out=out, work=work, rows=rows, reporter=reporter)
+        _publish(job, target, out=current, work=work, rows=rows, reporter=reporter)
         if not result.gatesPassed:
             raise GateFailed(
-                f"{gates.describe_failures(result)}. The quantized model is kept under {target}/ for inspection; "
+                f"{gates.describe_failures(result)}. The compressed model is kept under {target}/ for inspection; "
                 "nothing was published as the result"
             )
         return reporter.report, rows
@@ -234,7 +268,7 @@ def _publish(
     job: CompressionJob, target: str, *, out: Path, work: Path, rows: list[reporting.Row], reporter: Reporter
 ) -> None:
     """The folder under runs/<id>/model/, report.json and report.md, then the manifest (the commit)."""
-    step = job.spec.steps[0].name
+    step = job.spec.steps[-1].name
     result = reporter.report.result
     assert result is not None
     publisher = publish.Publisher(target)

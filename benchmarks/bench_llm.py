@@ -6,7 +6,8 @@ Runs in the worker-llm environment (`make setup-llm`; run_all.py starts it with 
   each through `kompression run`;
 - Kompression against llm-compressor called directly with the same recipe (GPTQModifier, scheme
   W4A16, ignore lm_head) on the same tokenized calibration text: perplexity within 1%, same size;
-- W4A16's published weights against the bf16 original's (the target is at most 0.3x).
+- W4A16's published weights against the bf16 original's (the target is at most 0.3x);
+- 2:4 sparsity with SparseGPT, alone and followed by W4A16 round-to-nearest (GPTQ would fill in the zeros).
 
 Every perplexity is of the folder as saved, loaded back by transformers (compressed-tensors) on the CPU.
 """
@@ -31,6 +32,8 @@ THREADS = 2
 CALIBRATION_SAMPLES = 64
 EVAL_SAMPLES = 120
 MAX_LENGTH = 128
+SPARSE24 = "- {name: sparse24, llmSparsify: {method: SparseGPT, pattern: '2:4'}}"
+RTN_AFTER = "\n  - {name: w4a16, llmQuantize: {scheme: W4A16, algorithm: RTN}}"
 NOTE = (
     " The absolute errors are small (a model this small and briefly trained has few outlier weights); "
     "the ordering, GPTQ below round-to-nearest, is what tests/llm asserts. No GPU was lent to this run, so "
@@ -55,7 +58,10 @@ def texts(folder: Path) -> tuple[Path, Path]:
     return folder / "train.txt", folder / "eval.txt"
 
 
-def kompression(work: Path, name: str, step: str, calibration: Path, evaluation: Path) -> dict:
+def kompression(
+    work: Path, name: str, step: str, calibration: Path, evaluation: Path, *, steps: str | None = None
+) -> dict:
+    """`kompression run` of one llmQuantize step (its flow mapping), or of the `steps` list's YAML."""
     from llm_jobs import FIXTURE
 
     out = work / name
@@ -70,8 +76,7 @@ spec:
     calibration: {{uri: 'file://{calibration}', samples: {CALIBRATION_SAMPLES}, maxLength: {MAX_LENGTH}}}
     evaluation: {{uri: 'file://{evaluation}', samples: {EVAL_SAMPLES}, maxLength: {MAX_LENGTH}}}
   steps:
-  - name: quantize
-    llmQuantize: {step}
+  {steps or f"- {{name: quantize, llmQuantize: {step}}}"}
   output: {{uri: 'file://{out}/'}}
   resources: {{gpus: 0}}
 """
@@ -89,7 +94,8 @@ spec:
         raise SystemExit(f"{name}: kompression run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     report = json.loads((out / "runs" / manifest["runId"] / "report.json").read_text())
-    return {"result": report["result"], "seconds": time.monotonic() - started}
+    models = report["details"]["models"]
+    return {"result": report["result"], "seconds": time.monotonic() - started, "notes": models[-1]["notes"]}
 
 
 def direct(work: Path, calibration: Path, evaluation: Path) -> tuple[float, int, float]:
@@ -136,6 +142,8 @@ def main() -> None:
     calibration, evaluation = texts(work)
     gptq = kompression(work, "w4a16-gptq", "{scheme: W4A16, algorithm: GPTQ}", calibration, evaluation)
     rtn = kompression(work, "w4a16-rtn", "{scheme: W4A16, algorithm: RTN}", calibration, evaluation)
+    sparse = kompression(work, "sparse24", "", calibration, evaluation, steps=SPARSE24)
+    sparse_rtn = kompression(work, "sparse24-rtn", "", calibration, evaluation, steps=SPARSE24 + RTN_AFTER)
     direct_ppl, direct_size, direct_s = direct(work, calibration, evaluation)
     base = gptq["result"]["baseline"]
     bf16 = base["sizeBytes"]
@@ -156,7 +164,15 @@ def main() -> None:
         row("Kompression W4A16 GPTQ (`kompression run`)", g["perplexity"], g["sizeBytes"], gptq["seconds"]),
         row("Kompression W4A16 RTN (`kompression run`)", r["perplexity"], r["sizeBytes"], rtn["seconds"]),
         row("llm-compressor oneshot directly, GPTQ W4A16", direct_ppl, direct_size, direct_s),
+        *(
+            row(label, x["result"]["final"]["perplexity"], x["result"]["final"]["sizeBytes"], x["seconds"])
+            for label, x in (
+                ("Kompression 2:4 SparseGPT (`kompression run`)", sparse),
+                ("Kompression 2:4 SparseGPT, then W4A16 RTN", sparse_rtn),
+            )
+        ),
     ]
+    measured = sparse_rtn["notes"]["measuredSparsity"]
     header = ["model", "perplexity", "vs original", "weights KiB", "vs bf16", "seconds"]
     versions = ", ".join(
         f"{n} {importlib.metadata.version(n)}" for n in ("llmcompressor", "compressed-tensors", "transformers", "torch")
@@ -182,7 +198,11 @@ def main() -> None:
         f"{g['sizeBytes']} vs {direct_size} bytes. W4A16 weights are {g['sizeBytes'] / bf16:.3f}x the bf16 "
         "original's (target at most 0.3x); the embedding table (shared with lm_head) stays bf16, which is why a "
         "model this small sits near the 4/16 + scales floor. Seconds include loading, both perplexity passes and "
-        "publishing for Kompression, and quantizing plus saving only for the direct call." + NOTE,
+        "publishing for Kompression, and quantizing plus saving only for the direct call. 2:4: the pruned folder "
+        "is stored dense (compressed-tensors 0.19 writes no sparse format), so its size is the original's; after "
+        f"W4A16 RTN, loaded back and dequantized, {measured['layersConforming']} of {measured['layers']} decoder "
+        f"Linear layers are 2:4 ({measured['conformingGroupFraction']:.2%} of groups of 4 with at least 2 zeros, "
+        f"{measured['zeroFraction']:.2%} zeros)." + NOTE,
         "",
     ]
     RESULTS.mkdir(exist_ok=True)

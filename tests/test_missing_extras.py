@@ -162,9 +162,12 @@ def test_the_extras_table_matches_pyproject() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llmcompressor") is not None, reason="llm-compressor is installed here")
-def test_in_the_worker_environment_an_llm_job_names_the_llm_extra_and_its_own_environment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("example", ["llm-w4a16.yaml", "llm-sparse24.yaml"])
+def test_in_the_worker_environment_an_llm_job_names_the_llm_extra_and_its_own_environment(
+    example: str, tmp_path: Path
+) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text((ROOT / "examples" / "llm-w4a16.yaml").read_text())
+    path.write_text((ROOT / "examples" / example).read_text())
     proc = subprocess.run(
         [sys.executable, "-m", "kompression", "run", str(path)], capture_output=True, text=True, check=False
     )

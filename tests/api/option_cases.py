@@ -20,6 +20,7 @@ from kompression.api.v1alpha1 import (
     ApiModel,
     DataSource,
     LLMQuantizeStep,
+    LLMSparsifyStep,
     LowRankStep,
     PruneStep,
     QuantizeMethod,
@@ -51,6 +52,7 @@ LLM_SCHEMES = _values(LLMQuantizeStep.model_fields["scheme"].annotation)
 LLM_INT = ("W4A16", "W8A16", "W8A8")
 LLM_WEIGHT_ONLY = ("W4A16", "W8A16")
 LLM_MODELOPT = tuple(s for s in LLM_SCHEMES if s in MODELOPT_SCHEMES)
+LLM_SPARSIFY = _values(LLMSparsifyStep.model_fields["method"].annotation)
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -122,6 +124,15 @@ TABLE = (
             "smoothingStrength": [({"smoothingStrength": 0.5}, ("W8A8",))],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
             "backend": [({"backend": "LLMCompressor"}, LLM_SCHEMES), ({"backend": "ModelOpt"}, LLM_MODELOPT)],
+        },
+    ),
+    Selector(
+        LLMSparsifyStep,
+        "spec.steps[0].llmSparsify",
+        {m: {"method": m} for m in LLM_SPARSIFY},
+        {
+            "pattern": [({"pattern": "2:4"}, LLM_SPARSIFY)],
+            "excludeLayers": [({"excludeLayers": ["re:.*down_proj", "model.layers.0.mlp.up_proj"]}, LLM_SPARSIFY)],
         },
     ),
     Selector(
@@ -205,14 +216,14 @@ def _manifest(where: str, fields: Fields) -> dict[str, Any]:
             {"name": "prune", "prune": {"method": "L1Structured"}},
             {"name": "d", "distill": {"student": fields}},
         ]
-    elif where == "spec.steps[0].llmQuantize":
+    elif where in ("spec.steps[0].llmQuantize", "spec.steps[0].llmSparsify"):
         spec["model"] = {
             "uri": "s3://models/llama/",
             "format": "HuggingFace",
             "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
         }
         spec["data"] = {"calibration": {"uri": "s3://data/calib.txt"}, "evaluation": {"uri": "s3://data/eval.txt"}}
-        spec["steps"] = [{"name": "s", "llmQuantize": fields}]
+        spec["steps"] = [{"name": "s", where.rsplit(".", 1)[-1]: fields}]
     else:
         kind = where.rsplit(".", 1)[-1]
         spec["steps"] = [{"name": "s", kind: fields}]

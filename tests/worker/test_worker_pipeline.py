@@ -527,6 +527,6 @@ def test_every_step_kind_has_one_technique_keyed_by_its_config_class() -> None:
     configs = {
         next(a for a in get_args(Step.model_fields[kind].annotation) if a is not NoneType)
         for kind in TECHNIQUE_FIELDS
-        if kind != "llmQuantize"  # the LLM path (worker/llm) runs in its own environment, not as a technique
+        if kind not in ("llmQuantize", "llmSparsify")  # the LLM path (worker/llm) runs in its own environment
     }
     assert set(TECHNIQUES) == configs

@@ -69,7 +69,7 @@ def is_llm_job(job: CompressionJob) -> bool:
 def job_needs(job: CompressionJob) -> list[Need]:
     """What `kompression run` must be able to import for this job, by extra."""
     if is_llm_job(job):
-        return [Need("an llmQuantize step", "llm", EXTRAS["llm"])]
+        return [Need(f"an {job.spec.steps[-1].kind} step", "llm", EXTRAS["llm"])]
     needs = [Need("`kompression run`", "worker", WORKER_CORE)]
     if job.spec.model.format == "HuggingFace":
         needs.append(Need("model format HuggingFace", "worker", ("transformers",)))

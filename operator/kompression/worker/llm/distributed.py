@@ -31,7 +31,7 @@ import torch.distributed as dist
 from llmcompressor.utils.dev import load_context
 from transformers import AutoModelForCausalLM
 
-from kompression.api.v1alpha1 import LLMQuantizeStep
+from kompression.api.v1alpha1 import Step
 from kompression.worker import distributed
 from kompression.worker.errors import DataError, ModelError
 
@@ -42,8 +42,9 @@ RANK_WAIT = datetime.timedelta(hours=12)
 
 
 def world() -> int:
-    """How many ranks share the model (1 without torchrun)."""
-    return distributed.world_size()
+    """How many ranks share the model now: 1 without torchrun, and 1 again once the ranks have
+    parted after the first step's save (rank 0 runs any later step alone)."""
+    return distributed.world_size() if dist.is_initialized() else 1
 
 
 def leads() -> bool:
@@ -54,7 +55,7 @@ def leads() -> bool:
 def join(device: str) -> None:
     """Join the torchrun group: NCCL on this rank's GPU, gloo on a CPU. compressed-tensors'
     `init_dist` does the same on an accelerator only, and with torch's default timeout."""
-    if world() <= 1 or dist.is_initialized():
+    if distributed.world_size() <= 1 or dist.is_initialized():
         return
     if device == "cuda":
         local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -70,32 +71,30 @@ class Plan:
     disk), the step, and every calibration sample (each rank takes its own share)."""
 
     model_dir: str
-    step: LLMQuantizeStep
+    step: Step
     calibration: list[list[int]] | None
 
 
-def share(model_dir: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> list[list[int]] | None:
+def share(model_dir: Path, step: Step, calibration: list[list[int]] | None) -> list[list[int]] | None:
     """Rank 0: hand the plan to the other ranks, and return rank 0's own share of the samples.
     One process: the samples unchanged."""
     if world() <= 1:
         return calibration
-    box: list[Plan | None] = [Plan(str(model_dir), cfg, calibration)]
+    box: list[Plan | None] = [Plan(str(model_dir), step, calibration)]
     dist.broadcast_object_list(box, src=0)
     return part(calibration)
 
 
-def follow(
-    quantize: Callable[[Path, Path, LLMQuantizeStep, list[list[int]] | None], int], workroot: Path | None
-) -> None:
-    """Ranks other than 0: wait for rank 0's plan, calibrate this rank's share with the same
-    `quantize` rank 0 runs (its collectives must line up), and return without publishing."""
+def follow(apply: Callable[[Step, Path, Path, list[list[int]] | None], Any], workroot: Path | None) -> None:
+    """Ranks other than 0: wait for rank 0's plan, calibrate this rank's share of the first step
+    with the same `apply` rank 0 runs (its collectives must line up), and return without publishing."""
     box: list[Plan | None] = [None]
     dist.broadcast_object_list(box, src=0)
     plan = box[0]
     assert plan is not None
     with tempfile.TemporaryDirectory(prefix="kompression-llm-rank-", dir=workroot) as tmp:
         # save_pretrained is collective, but only rank 0 writes: this folder stays empty.
-        quantize(Path(plan.model_dir), Path(tmp) / "out", plan.step, part(plan.calibration))
+        apply(plan.step, Path(plan.model_dir), Path(tmp) / "out", part(plan.calibration))
 
 
 def disband() -> None:
@@ -168,12 +167,12 @@ def _resident_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_notes(peak: int, weights: int | None, device: str) -> dict[str, Any]:
+def memory_notes(peak: int, weights: int | None, device: str, ranks: int) -> dict[str, Any]:
     """report.json's record of what calibration took against the model's size."""
     return {
         "peakMemoryBytes": peak,
         "peakMemoryDevice": "GPU" if device == "cuda" else "CPU",
         "weightsBytes": weights,
         "peakMemoryToWeights": round(peak / weights, 4) if weights else None,
-        "ranks": world(),
+        "ranks": ranks,
     }

@@ -1,6 +1,7 @@
-"""`kompression run` for an llmQuantize job: load the causal LM folder, score it, run llm-compressor's
-oneshot, save compressed-tensors, load the result back through transformers as servers would,
-score it, gate, publish.
+"""`kompression run` for an LLM job ([llmQuantize], [llmSparsify] or [llmSparsify, llmQuantize]): load
+the causal LM folder and score it; for each step run llm-compressor's oneshot on the previous step's
+folder, save compressed-tensors, load the result back through transformers as servers would and
+score it; gate the last one, publish it.
 
 Runs in the worker-llm environment (llm-compressor, its torch and transformers); it shares the
 storage, publishing, gates and report code of the main worker, none of which imports onnx.
@@ -13,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,12 @@ from kompression.api.v1alpha1 import (
     DataSource,
     LLMQuantizeStep,
     Metrics,
+    Step,
 )
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
-from kompression.worker.llm import modelopt_backend, recipe, tasks, text
+from kompression.worker.llm import modelopt_backend, recipe, sparsity, tasks, text
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 from kompression.worker.texts import read_texts
@@ -55,11 +58,11 @@ def backend_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in BACKENDS}
 
 
-def device_for(cfg: LLMQuantizeStep, gpus: int) -> str:
+def device_for(cfg: LLMQuantizeStep | None, gpus: int) -> str:
     """The device to calibrate and score on; GPU-only schemes fail here, before any work."""
 
     has_gpu = gpus > 0 and torch.cuda.is_available()
-    if cfg.scheme in LLM_GPU_ONLY_SCHEMES and not has_gpu:
+    if cfg is not None and cfg.scheme in LLM_GPU_ONLY_SCHEMES and not has_gpu:
         why = "resources.gpus is 0" if gpus == 0 else "this worker sees no CUDA device"
         raise RuntimeMissing(
             f"scheme {cfg.scheme} is a GPU-only format (its kernels and its checkpoints' consumers run on NVIDIA "
@@ -136,17 +139,30 @@ def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tupl
     return text.tokenize(tokenizer, samples, source, where), digest
 
 
-def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list[list[int]] | None) -> int:
-    """llm-compressor's oneshot with the recipe for cfg, saved as compressed-tensors; returns the
-    peak memory of calibration. Under torchrun every rank runs it on its share of the samples."""
+def _oneshot(
+    model_dir: Path, out: Path, build: Callable[[Any], list[Any]], calibration: list[list[int]] | None, what: str
+) -> int:
+    """llm-compressor's oneshot with the recipe build(model) makes, saved as compressed-tensors;
+    returns the peak memory of calibration. Under torchrun every rank runs it on its share of the
+    samples, and the ranks part after the collective save."""
 
     dataset = None
     if calibration is not None:
         dataset = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(x) for x in calibration]})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with ranks.peak_memory(device) as peak:
-        model = ranks.load(model_dir, out.parent / "offload")
-        _oneshot(model, cfg, dataset, calibration)
+        model = ranks.load(model_dir, out.parent / f"{out.name}-offload")
+        try:
+            oneshot(
+                model=model,
+                recipe=build(model),
+                dataset=dataset,
+                num_calibration_samples=len(calibration) if calibration else 0,
+                max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
+                shuffle_calibration_samples=False,
+            )
+        except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
+            raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None
     model.save_pretrained(out, save_compressed=True)
     ranks.disband()
     if ranks.leads():
@@ -154,18 +170,21 @@ def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list
     return peak[0]
 
 
-def _oneshot(model: Any, cfg: LLMQuantizeStep, dataset: Dataset | None, calibration: list[list[int]] | None) -> None:
-    try:
-        oneshot(
-            model=model,
-            recipe=recipe.modifiers(cfg),
-            dataset=dataset,
-            num_calibration_samples=len(calibration) if calibration else 0,
-            max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
-            shuffle_calibration_samples=False,
-        )
-    except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
-        raise StepInvalid(f"llmQuantize {cfg.scheme} cannot apply to this model: {exc}") from None
+def apply(
+    step: Step, model_dir: Path, out: Path, calibration: list[list[int]] | None
+) -> tuple[dict[str, Any], str, int]:
+    """Run one llm-compressor step from model_dir into out: what report.json says about its method,
+    a summary, and calibration's peak memory. Every rank of a torchrun group runs it."""
+    if step.llmSparsify is not None:
+        sparse = step.llmSparsify
+        what = f"llmSparsify {sparse.method} {sparse.pattern}"
+        peak = _oneshot(model_dir, out, lambda model: sparsity.modifiers(sparse, model), calibration, what)
+        return sparsity.describe(sparse), f"{sparse.pattern} {sparse.method}", peak
+    cfg = step.llmQuantize
+    assert cfg is not None  # the API allows only these two on this path
+    peak = _oneshot(model_dir, out, lambda _: recipe.modifiers(cfg), calibration, f"llmQuantize {cfg.scheme}")
+    notes = recipe.describe(cfg)
+    return notes, f"{cfg.scheme} {notes['algorithm']}", peak
 
 
 @dataclass
@@ -177,10 +196,15 @@ class Texts:
     calibration_notes: dict[str, Any] | None
 
 
-def _texts(job: CompressionJob, cfg: LLMQuantizeStep, tokenizer: Any, work: Path) -> Texts:
+def _needs_calibration(step: Step) -> bool:
+    """SparseGPT and Wanda choose their zeros from calibration text; llmQuantize says for itself."""
+    return step.llmSparsify is not None or (step.llmQuantize is not None and step.llmQuantize.needs_calibration)
+
+
+def _texts(job: CompressionJob, tokenizer: Any, work: Path) -> Texts:
     data = job.spec.data
     calibration = notes = evaluation = None
-    if cfg.needs_calibration:
+    if any(_needs_calibration(s) for s in job.spec.steps):
         assert data is not None and data.calibration is not None  # the API requires it
         calibration, digest = _text(data.calibration, work, tokenizer, "spec.data.calibration")
         notes = {
@@ -194,29 +218,61 @@ def _texts(job: CompressionJob, cfg: LLMQuantizeStep, tokenizer: Any, work: Path
     return Texts(calibration, evaluation, notes)
 
 
+@dataclass
+class StepRun:
+    """One step run into its folder and scored."""
+
+    out: Path
+    notes: dict[str, Any]
+    summary: str
+    seconds: float
+    peak: int  # calibration's peak memory
+    ranks: int  # the processes that shared its calibration
+    perplexity: float | None
+    scores: tasks.Scores | None
+
+
+def _run_step(step: Step, current: Path, out: Path, texts: Texts, *, suite: tasks.Suite | None, device: str) -> StepRun:
+    """Run a step on the previous step's folder into out, and score the result."""
+    started = time.monotonic()
+    sharing = ranks.world()  # the ranks part after the first step's save
+    cfg = step.llmQuantize
+    if cfg is not None and cfg.backend_or_default == "ModelOpt":
+        # Scored in memory: no runtime here loads its checkpoint (the API keeps it alone in its job).
+        with ranks.peak_memory(device) as box:
+            after = modelopt_backend.quantize(
+                current, out, cfg, calibration=texts.calibration, evaluation=texts.evaluation, device=device
+            )
+        notes = modelopt_backend.describe(cfg)
+        seconds = round(time.monotonic() - started, 3)
+        return StepRun(out, notes, f"{cfg.scheme} {notes['algorithm']}", seconds, box[0], sharing, after, None)
+    notes, summary, peak = apply(step, current, out, ranks.share(current, step, texts.calibration))
+    seconds = round(time.monotonic() - started, 3)
+    # Neither step removes a weight (pruned ones are zeros, quantized ones packed): the count stays.
+    after, _, scores = _score(out, texts.evaluation, device, suite)
+    return StepRun(out, notes, summary, seconds, peak, sharing, after, scores)
+
+
 def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
 
     spec = job.spec
-    step = spec.steps[0]
-    cfg = step.llmQuantize
-    assert cfg is not None  # the CLI sends only llmQuantize jobs here, and the API keeps them single-step
     prefix = options.output or spec.output.uri
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
-    device = device_for(cfg, spec.resources.gpus)
+    devices = {device_for(s.llmQuantize, spec.resources.gpus) for s in spec.steps}
+    device = "cuda" if "cuda" in devices else "cpu"
     workroot = options.workdir or (Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None)
     ranks.join(device)
-    if not ranks.leads():  # under torchrun: only calibrate (rank 0 scores and publishes)
-        ranks.follow(quantize, workroot)
+    if not ranks.leads():  # under torchrun: only calibrate the first step (rank 0 does the rest)
+        ranks.follow(apply, workroot)
         return reporter.report, []
     reporter.set_environment(reporting.torch_environment())
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
-        out = work / "out"
         with storage.local_copy(spec.model.uri, work) as model_dir:
             vet_folder(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-            texts = _texts(job, cfg, tokenizer, work)
+            texts = _texts(job, tokenizer, work)
             suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
             before, parameters, tasks_before = _score(model_dir, texts.evaluation, device, suite)
             baseline = Metrics(
@@ -228,49 +284,42 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
                 provider="PyTorch",
             )
             reporter.phase_done("Baseline")
-            reporter.step_started(step.name)
-            started = time.monotonic()
-            if cfg.backend_or_default == "ModelOpt":  # scored in memory: no CPU runtime loads its checkpoint
-                with ranks.peak_memory(device) as box:
-                    after = modelopt_backend.quantize(
-                        model_dir, out, cfg, calibration=texts.calibration, evaluation=texts.evaluation, device=device
-                    )
-                peak = box[0]
-            else:
-                peak = quantize(model_dir, out, cfg, ranks.share(model_dir, cfg, texts.calibration))
-        seconds = round(time.monotonic() - started, 3)
-        tasks_after = None
-        if cfg.backend_or_default != "ModelOpt":
-            after, _, tasks_after = _score(out, texts.evaluation, device, suite)  # the parameter count stays
-        final = baseline.model_copy(
-            update={
-                "sizeBytes": weights_bytes(out),
-                "perplexity": after,
-                "accuracy": tasks_after.mean if tasks_after else None,
-            }
-        )
-        notes: dict[str, Any] = {
-            **(modelopt_backend.describe(cfg) if cfg.backend_or_default == "ModelOpt" else recipe.describe(cfg)),
-            "calibration": texts.calibration_notes,
-            **({"tasks": suite.describe(), "taskScores": tasks_after.per_task} if suite and tasks_after else {}),
-            "backends": backend_versions(),
-            **ranks.memory_notes(peak, baseline.sizeBytes, device),
-        }
-        reporter.step_finished(step.name, final, f"{cfg.scheme} {notes['algorithm']}")
+            original = {"taskScores": tasks_before.per_task} if tasks_before else None
+            rows = [reporting.Row("original", baseline, {}, None, original)]
+            current, final = model_dir, baseline
+            pruned = None  # the llmSparsify step whose pattern later steps must keep
+            for index, step in enumerate(spec.steps):
+                reporter.step_started(step.name)
+                done = _run_step(step, current, work / f"step-{index}", texts, suite=suite, device=device)
+                out, notes, scores = done.out, done.notes, done.scores
+                final = final.model_copy(
+                    update={
+                        "sizeBytes": weights_bytes(out),
+                        "perplexity": done.perplexity,
+                        "accuracy": scores.mean if scores else None,
+                    }
+                )
+                pruned = step.llmSparsify or pruned
+                notes = {
+                    **notes,
+                    **({"measuredSparsity": sparsity.measure(out, pruned)} if pruned is not None else {}),
+                    "calibration": texts.calibration_notes if _needs_calibration(step) else None,
+                    **({"tasks": suite.describe(), "taskScores": scores.per_task} if suite and scores else {}),
+                    "backends": backend_versions(),
+                    **ranks.memory_notes(done.peak, baseline.sizeBytes, device, done.ranks),
+                }
+                reporter.step_finished(step.name, final, done.summary)
+                rows.append(reporting.Row(step.name, final, {}, done.seconds, notes))
+                current = out
         result = gates.compute_result(baseline, final)
         result.gates = gates.evaluate(spec.acceptance, result)
         result.gatesPassed = all(g.passed for g in result.gates)
         reporter.set_result(result)
-        original = {"taskScores": tasks_before.per_task} if tasks_before else None
-        rows = [
-            reporting.Row("original", baseline, {}, None, original),
-            reporting.Row(step.name, final, {}, seconds, notes),
-        ]
         target = prefix if result.gatesPassed else storage.join(prefix, publish.REJECTED)
-        _publish(job, target, out=out, work=work, rows=rows, reporter=reporter)
+        _publish(job, target, out=current, work=work, rows=rows, reporter=reporter)
         if not result.gatesPassed:
             raise GateFailed(
-                f"{gates.describe_failures(result)}. The quantized model is kept under {target}/ for inspection; "
+                f"{gates.describe_failures(result)}. The compressed model is kept under {target}/ for inspection; "
                 "nothing was published as the result"
             )
         return reporter.report, rows
@@ -280,7 +329,7 @@ def _publish(
     job: CompressionJob, target: str, *, out: Path, work: Path, rows: list[reporting.Row], reporter: Reporter
 ) -> None:
     """The folder under runs/<id>/model/, report.json and report.md, then the manifest (the commit)."""
-    step = job.spec.steps[0].name
+    step = job.spec.steps[-1].name
     result = reporter.report.result
     assert result is not None
     publisher = publish.Publisher(target)

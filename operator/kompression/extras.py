@@ -44,6 +44,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "tokenizers",
         "datasets",
         "lm_eval",
+        "modelopt",
         "safetensors",
         "fsspec",
         "s3fs",

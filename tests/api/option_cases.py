@@ -49,6 +49,7 @@ TEXT = ("jsonl", "txt")
 LLM_SCHEMES = _values(LLMQuantizeStep.model_fields["scheme"].annotation)
 LLM_INT = ("W4A16", "W8A16", "W8A8")
 LLM_WEIGHT_ONLY = ("W4A16", "W8A16")
+LLM_KV_CACHE = ("W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8")
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -114,10 +115,14 @@ TABLE = (
         "spec.steps[0].llmQuantize",
         {m: {"scheme": m} for m in LLM_SCHEMES},
         {
-            "algorithm": [({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")],
+            "algorithm": [
+                *(({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")),
+                ({"algorithm": "AWQ"}, LLM_WEIGHT_ONLY),
+            ],
             "groupSize": [({"groupSize": 64}, LLM_WEIGHT_ONLY)],
             "symmetric": [({"symmetric": v}, LLM_WEIGHT_ONLY) for v in (True, False)],
             "smoothingStrength": [({"smoothingStrength": 0.5}, ("W8A8",))],
+            "kvCache": [({"kvCache": "FP8"}, LLM_KV_CACHE)],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
         },
     ),

@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import (
 )
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
-from kompression.worker.llm import recipe, text
+from kompression.worker.llm import recipe, text, throughput
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 
@@ -100,16 +100,18 @@ def _load(folder: Path, dtype: Any) -> Any:
         raise ModelError(f"spec.model.uri: transformers cannot load a causal LM from the folder: {exc}") from None
 
 
-def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tuple[float | None, int]:
-    """Perplexity (None without evaluation text) and parameter count of the folder's model, loaded
-    by transformers as a server loads it: float32 on a CPU, the folder's dtype on a GPU. (A loaded
-    compressed-tensors model keeps packed weights as buffers, so only the original's count is meant.)"""
+def _score(folder: Path, sequences: list[list[int]] | None, device: str) -> tuple[float | None, int, float]:
+    """Perplexity (None without evaluation text), parameter count and decode tokens/s of the folder's
+    model, loaded by transformers as a server loads it: float32 on a CPU, the folder's dtype on a GPU.
+    (A loaded compressed-tensors model keeps packed weights as buffers, so only the original's count
+    is meant.)"""
 
     model = _load(folder, torch.float32 if device == "cpu" else "auto").to(device).eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
+    speed = round(throughput.tokens_per_second(model, throughput.prompt(model, sequences), device), 2)
     del model
-    return value, parameters
+    return value, parameters, speed
 
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tuple[list[list[int]], str]:
@@ -134,14 +136,15 @@ def quantize(model_dir: Path, out: Path, cfg: LLMQuantizeStep, calibration: list
     if calibration is not None:
         dataset = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(x) for x in calibration]})
     try:
-        oneshot(
-            model=model,
-            recipe=recipe.modifiers(cfg),
-            dataset=dataset,
-            num_calibration_samples=len(calibration) if calibration else 0,
-            max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
-            shuffle_calibration_samples=False,
-        )
+        with recipe.host_only_safe():
+            oneshot(
+                model=model,
+                recipe=recipe.modifiers(cfg),
+                dataset=dataset,
+                num_calibration_samples=len(calibration) if calibration else 0,
+                max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
+                shuffle_calibration_samples=False,
+            )
     except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
         raise StepInvalid(f"llmQuantize {cfg.scheme} cannot apply to this model: {exc}") from None
     model.save_pretrained(out, save_compressed=True)
@@ -193,11 +196,12 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             vet_folder(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
             texts = _texts(job, cfg, tokenizer, work)
-            before, parameters = _score(model_dir, texts.evaluation, device)
+            before, parameters, speed = _score(model_dir, texts.evaluation, device)
             baseline = Metrics(
                 sizeBytes=weights_bytes(model_dir),
                 parameters=parameters,
                 perplexity=before,
+                tokensPerSecond=speed,
                 device="GPU" if device == "cuda" else "CPU",
                 provider="PyTorch",
             )
@@ -206,8 +210,10 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             started = time.monotonic()
             quantize(model_dir, out, cfg, texts.calibration)
         seconds = round(time.monotonic() - started, 3)
-        after, _ = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
-        final = baseline.model_copy(update={"sizeBytes": weights_bytes(out), "perplexity": after})
+        after, _, speed = _score(out, texts.evaluation, device)  # quantization keeps every weight: the count stays
+        final = baseline.model_copy(
+            update={"sizeBytes": weights_bytes(out), "perplexity": after, "tokensPerSecond": speed}
+        )
         notes: dict[str, Any] = {
             **recipe.describe(cfg),
             "calibration": texts.calibration_notes,

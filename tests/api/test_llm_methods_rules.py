@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.client import ApiException
 
 from kompression.api.v1alpha1 import LLMQuantizeStep
@@ -34,9 +35,7 @@ CALIBRATION: dict[str, bool] = {
 
 
 def _step(flow: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(flow)  # type: ignore[no-any-return]
+    return yaml.safe_load(flow)
 
 
 def _manifest(step: dict[str, Any], *, calibration: bool) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ def main() -> None:
         for i, (name, step) in enumerate(METHODS.items())
     }
     base = next(iter(runs.values()))["result"]["baseline"]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
     def row(name: str, m: dict[str, Any], seconds: float | None) -> str:
         cells = [
@@ -68,10 +70,11 @@ def main() -> None:
         f"{EVAL_SAMPLES} held-out paragraphs for perplexity, at most {MAX_LENGTH} tokens each. Each row is one "
         "`kompression run`; its figures are the report's, measured on the published folder loaded back by "
         "transformers. Decode tok/s is the report's `tokensPerSecond`: greedy generation of 16 tokens at batch 1 "
-        "after a warm-up run, median of three, tokens after the first over the time after it. On a CPU "
-        "transformers unpacks int4 and simulates FP8 in every forward pass, so the quantized folders decode "
-        "slower than the original here; their speed comes from a server's kernels on a GPU "
-        "(benchmarks/gpu_check.py). Perplexities are deterministic; tok/s moves with the machine's load. The "
+        "after a warm-up run, median of three, tokens after the first over the time after it, on the CPU as "
+        "transformers runs the folder (it unpacks int4 and simulates FP8 in every forward pass; a server's GPU "
+        "kernels are timed by benchmarks/gpu_check.py). This machine is shared, so tok/s moves several-fold "
+        f"with other jobs' load (load average at the end: {load}) and ranks nothing here; perplexities are "
+        "deterministic. The "
         "int4 rows share one grid (group 128), so RTN against AWQ with zero points is the like-for-like pair.",
         "",
     ]

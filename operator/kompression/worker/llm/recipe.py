@@ -11,8 +11,8 @@ import torch
 from compressed_tensors.quantization import QuantizationArgs, preset_name_to_scheme
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
-from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 from llmcompressor.modifiers.transform.awq import AWQModifier
+from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 from llmcompressor.pipelines.cache import IntermediatesCache
 
 from kompression.api.v1alpha1 import LLM_WEIGHT_ONLY_SCHEMES, LLMQuantizeStep

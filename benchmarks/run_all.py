@@ -26,6 +26,7 @@ ORDER = [
     "resnet18_e2e",
     "architectures",
     "llm",
+    "llm_methods",
     "operator",
     "churn",
     "gpu",
@@ -39,7 +40,7 @@ side by side in one run, as the median of at least 5 repetitions. Regenerate wit
 
 
 # Benchmarks that run in an environment of their own (llm-compressor pins an older torch: `make setup-llm`).
-INTERPRETERS = {"llm": HERE.parent / ".venv-llm" / "bin" / "python"}
+INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods")}
 
 
 def run(names: list[str]) -> int:

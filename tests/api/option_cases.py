@@ -53,6 +53,7 @@ LLM_INT = ("W4A16", "W8A16", "W8A8")
 LLM_WEIGHT_ONLY = ("W4A16", "W8A16")
 LLM_MODELOPT = tuple(s for s in LLM_SCHEMES if s in MODELOPT_SCHEMES)
 LLM_SPARSIFY = _values(LLMSparsifyStep.model_fields["method"].annotation)
+LLM_KV_CACHE = ("W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8")
 PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
 
 
@@ -118,10 +119,14 @@ TABLE = (
         "spec.steps[0].llmQuantize",
         {m: {"scheme": m} for m in LLM_SCHEMES},
         {
-            "algorithm": [({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")],
+            "algorithm": [
+                *(({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")),
+                ({"algorithm": "AWQ"}, LLM_WEIGHT_ONLY),
+            ],
             "groupSize": [({"groupSize": 64}, LLM_WEIGHT_ONLY)],
             "symmetric": [({"symmetric": v}, LLM_WEIGHT_ONLY) for v in (True, False)],
             "smoothingStrength": [({"smoothingStrength": 0.5}, ("W8A8",))],
+            "kvCache": [({"kvCache": "FP8"}, LLM_KV_CACHE)],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
             "backend": [({"backend": "LLMCompressor"}, LLM_SCHEMES), ({"backend": "ModelOpt"}, LLM_MODELOPT)],
         },

@@ -600,14 +600,24 @@ class QuantizeStep(ApiModel):
         return DEFAULT_PER_CHANNEL if self.perChannel is None else self.perChannel
 
 
-LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "NVFP4", "MXFP4"]
-LLMAlgorithm = Literal["GPTQ", "RTN"]
+LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
+LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN"]
+LLMKVCache = Literal["FP8"]
 LLM_WEIGHT_ONLY_SCHEMES = ("W4A16", "W8A16")
 LLM_ALGORITHM_SCHEMES = ("W4A16", "W8A16", "W8A8")
+# AWQ scales weight channels by activation saliency before rounding weights alone: weight-only schemes.
+LLM_AWQ_SCHEMES = LLM_WEIGHT_ONLY_SCHEMES
+# Schemes whose activation scales are learned from calibration text (static, or NVFP4's global scale).
+LLM_CALIBRATED_SCHEMES = ("W8A8", "FP8", "NVFP4")
+# vLLM serves a calibrated FP8 KV cache (k_scale/v_scale per layer) beside int and FP8 linear layers; the
+# 4-bit float formats are left out, since no consumer here can check their pairing.
+LLM_KV_CACHE_SCHEMES = ("W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8")
 LLM_GPU_ONLY_SCHEMES = ("NVFP4", "MXFP4")
 DEFAULT_LLM_ALGORITHM: LLMAlgorithm = "GPTQ"
 DEFAULT_GROUP_SIZE = 128
 DEFAULT_SYMMETRIC = True
+# AWQ's scale search is made for scales with zero points (llm-compressor's AWQ examples use W4A16_ASYM).
+DEFAULT_AWQ_SYMMETRIC = False
 DEFAULT_SMOOTHING_STRENGTH = 0.8
 LLMBackend = Literal["LLMCompressor", "ModelOpt"]
 DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
@@ -626,16 +636,18 @@ class LLMQuantizeStep(ApiModel):
             "What is quantized and to what. W4A16 and W8A16 store int4 or int8 weights in groups and "
             "keep 16-bit activations; W8A8 quantizes weights (per channel) and activations (per token, "
             "dynamic) to int8 after SmoothQuant moves activation outliers into the weights; FP8Dynamic "
-            "stores FP8 weights per channel with dynamic per-token FP8 activations (no calibration); "
-            "NVFP4 and MXFP4 are 4-bit floating-point formats that need an NVIDIA GPU at run time."
+            "stores FP8 weights per channel with dynamic per-token FP8 activations (no calibration); FP8 "
+            "stores FP8 weights per tensor with static per-tensor FP8 activation scales learned from "
+            "data.calibration; NVFP4 and MXFP4 are 4-bit floating-point formats that need an NVIDIA GPU at run time."
         )
     )
     algorithm: LLMAlgorithm | None = Field(
         None,
         description=(
             "W4A16, W8A16 and W8A8 only: GPTQ corrects each layer's rounding error with second-order "
-            "information from calibration data; RTN rounds to nearest and needs no data. Unset means "
-            f"{DEFAULT_LLM_ALGORITHM}."
+            "information from calibration data; AWQ (W4A16 and W8A16) scales the weight channels that "
+            "calibration activations show to matter most before rounding to nearest; RTN rounds to nearest "
+            f"and needs no data. Unset means {DEFAULT_LLM_ALGORITHM}."
         ),
     )
     groupSize: int | None = Field(
@@ -651,7 +663,8 @@ class LLMQuantizeStep(ApiModel):
         None,
         description=(
             "W4A16 and W8A16 only: symmetric scales (true) or scales plus zero points (false); unset means "
-            f"{str(DEFAULT_SYMMETRIC).lower()}."
+            f"{str(DEFAULT_AWQ_SYMMETRIC).lower()} with algorithm AWQ (whose scale search expects zero "
+            f"points) and {str(DEFAULT_SYMMETRIC).lower()} otherwise."
         ),
     )
     smoothingStrength: float | None = Field(
@@ -661,6 +674,14 @@ class LLMQuantizeStep(ApiModel):
         description=(
             "W8A8 only: SmoothQuant's migration strength, how much of the activations' range moves into "
             f"the weights; unset means {DEFAULT_SMOOTHING_STRENGTH}."
+        ),
+    )
+    kvCache: LLMKVCache | None = Field(
+        None,
+        description=(
+            "Store the attention key/value cache in FP8 with static per-tensor scales learned from "
+            "data.calibration (vLLM reads them as each layer's k_scale and v_scale); schemes W4A16, W8A16, "
+            "W8A8, FP8Dynamic and FP8 only. Unset keeps the cache in the model's dtype."
         ),
     )
     excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
@@ -684,14 +705,26 @@ class LLMQuantizeStep(ApiModel):
     __rules__ = (
         Rule(
             cel="!has(self.algorithm) || self.scheme in " + str(list(LLM_ALGORITHM_SCHEMES)),
-            message="`algorithm` is only used by schemes W4A16, W8A16 and W8A8; FP8Dynamic, NVFP4 and MXFP4 "
+            message="`algorithm` is only used by schemes W4A16, W8A16 and W8A8; FP8Dynamic, FP8, NVFP4 and MXFP4 "
             "round to nearest, so remove it",
             field_path=".algorithm",
         ),
         Rule(
+            cel="!has(self.algorithm) || self.algorithm != 'AWQ' || self.scheme in " + str(list(LLM_AWQ_SCHEMES)),
+            message="`algorithm` AWQ is only used by the weight-only schemes W4A16 and W8A16 (it protects salient "
+            "weight channels before rounding them); use GPTQ or RTN with W8A8",
+            field_path=".algorithm",
+        ),
+        Rule(
+            cel="!has(self.kvCache) || self.scheme in " + str(list(LLM_KV_CACHE_SCHEMES)),
+            message="`kvCache` is only used with schemes W4A16, W8A16, W8A8, FP8Dynamic and FP8, whose "
+            "checkpoints vLLM serves with a calibrated FP8 KV cache; remove it for NVFP4 and MXFP4",
+            field_path=".kvCache",
+        ),
+        Rule(
             cel="!has(self.groupSize) || self.scheme in " + str(list(LLM_WEIGHT_ONLY_SCHEMES)),
             message="`groupSize` is only used by schemes W4A16 and W8A16; W8A8 and FP8Dynamic scale per "
-            "channel, and NVFP4 and MXFP4 have fixed groups of 16 and 32, so remove it",
+            "channel, FP8 per tensor, and NVFP4 and MXFP4 have fixed groups of 16 and 32, so remove it",
             field_path=".groupSize",
         ),
         Rule(
@@ -711,6 +744,12 @@ class LLMQuantizeStep(ApiModel):
             message="`backend` ModelOpt serves schemes W4A16 (INT4 AWQ), FP8, FP8Dynamic and NVFP4; use backend "
             "LLMCompressor for the others",
             field_path=".backend",
+        ),
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.kvCache)",
+            message="`kvCache` is written by backend LLMCompressor (compressed-tensors' kv_cache_scheme); with backend "
+            "ModelOpt remove it",
+            field_path=".kvCache",
         ),
         Rule(
             cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.algorithm)",
@@ -745,8 +784,10 @@ class LLMQuantizeStep(ApiModel):
 
     @property
     def symmetric_or_default(self) -> bool:
-        """Whether the weight-only schemes store zero points."""
-        return DEFAULT_SYMMETRIC if self.symmetric is None else self.symmetric
+        """Whether the weight-only schemes' scales are symmetric (no zero points)."""
+        if self.symmetric is not None:
+            return self.symmetric
+        return DEFAULT_AWQ_SYMMETRIC if self.algorithm_or_default == "AWQ" else DEFAULT_SYMMETRIC
 
     @property
     def smoothing_strength_or_default(self) -> float:
@@ -760,10 +801,11 @@ class LLMQuantizeStep(ApiModel):
 
     @property
     def needs_calibration(self) -> bool:
-        """GPTQ, SmoothQuant and NVFP4's activation scales learn from calibration text."""
-        if self.scheme in LLM_WEIGHT_ONLY_SCHEMES:
-            return self.algorithm_or_default == "GPTQ"
-        return self.scheme in ("W8A8", "NVFP4")
+        """GPTQ, AWQ, SmoothQuant, static activation scales and the KV cache's scales learn from
+        calibration text (the job rule on data.calibration says the same in CEL)."""
+        if self.kvCache is not None or self.scheme in LLM_CALIBRATED_SCHEMES:
+            return True
+        return self.scheme in LLM_WEIGHT_ONLY_SCHEMES and self.algorithm_or_default != "RTN"
 
 
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]
@@ -1175,12 +1217,13 @@ class CompressionJobSpec(ApiModel):
         ),
         Rule(
             cel="!self.steps.exists(s, has(s.llmSparsify) || (has(s.llmQuantize) && ("
-            "(s.llmQuantize.scheme in ['W4A16', 'W8A16'] && "
-            "(!has(s.llmQuantize.algorithm) || s.llmQuantize.algorithm == 'GPTQ')) || "
-            "s.llmQuantize.scheme in ['W8A8', 'NVFP4']))) || (has(self.data) && has(self.data.calibration))",
-            message="llmSparsify, and llmQuantize with algorithm GPTQ (the default of W4A16 and W8A16), scheme W8A8 "
-            "or scheme NVFP4, need data.calibration (a .txt or .jsonl text file); add one, or quantize with "
-            "algorithm RTN",
+            f"(s.llmQuantize.scheme in {list(LLM_WEIGHT_ONLY_SCHEMES)} && "
+            "(!has(s.llmQuantize.algorithm) || s.llmQuantize.algorithm != 'RTN')) || "
+            f"s.llmQuantize.scheme in {list(LLM_CALIBRATED_SCHEMES)} || has(s.llmQuantize.kvCache)))) || "
+            "(has(self.data) && has(self.data.calibration))",
+            message="llmSparsify, and llmQuantize with algorithm GPTQ (the default of W4A16 and W8A16) or AWQ, "
+            "scheme W8A8, FP8 or NVFP4, or a kvCache: each needs data.calibration (a .txt or .jsonl text file); add one, "
+            "or quantize with algorithm RTN, scheme FP8Dynamic and no kvCache",
             field_path=".data",
         ),
         Rule(
@@ -1342,6 +1385,12 @@ class Metrics(ApiModel):
         None, ge=0, description="Median latency in milliseconds at the first measured batch size."
     )
     latencyP95Ms: float | None = Field(None, ge=0, description="95th-percentile latency in milliseconds.")
+    tokensPerSecond: float | None = Field(
+        None,
+        ge=0,
+        description="LLM jobs: greedy decoding speed in generated tokens per second, batch 1, after a warm-up "
+        "(the median of a few runs), measured on `device` as transformers runs the model.",
+    )
     sparsity: float | None = Field(None, ge=0, le=1, description="Fraction of weights that are zero.")
     device: MeasuredDevice | None = Field(
         None,

@@ -132,7 +132,10 @@ def table(rows: list[Row]) -> str:
     both = scored and any(r.metrics.accuracy is not None for r in rows)
     scores = ("perplexity", "accuracy") if both else ("perplexity",) if scored else ("accuracy",)
     header: tuple[str, ...] = ("model", "size KiB", "params", *scores, "p50 ms")
-    header += ("p95 ms", "sparsity", "device", "provider")
+    header += ("p95 ms", "sparsity")
+    # Decode tokens/s is an LLM job's speed: its column only appears where one was measured.
+    decoded = any(r.metrics.tokensPerSecond is not None for r in rows)
+    header += (("tok/s",) if decoded else ()) + ("device", "provider")
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         m = r.metrics
@@ -146,6 +149,7 @@ def table(rows: list[Row]) -> str:
                 "-" if m.latencyMs is None else f"{m.latencyMs:.3f}",
                 "-" if m.latencyP95Ms is None else f"{m.latencyP95Ms:.3f}",
                 "-" if m.sparsity is None else f"{m.sparsity:.3f}",
+                *((("-" if m.tokensPerSecond is None else f"{m.tokensPerSecond:.1f}"),) if decoded else ()),
                 m.device or "-",
                 m.provider or "-",
             )

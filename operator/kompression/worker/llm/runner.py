@@ -38,7 +38,7 @@ from kompression.api.v1alpha1 import (
 from kompression.worker import gates, publish, reporting, storage
 from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
-from kompression.worker.llm import modelopt_backend, recipe, sparsity, tasks, text
+from kompression.worker.llm import modelopt_backend, recipe, sparsity, tasks, text, throughput
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 from kompression.worker.texts import read_texts
@@ -111,11 +111,11 @@ def _load(folder: Path, dtype: Any, device_map: str | None = None) -> Any:
 
 def _score(
     folder: Path, sequences: list[list[int]] | None, device: str, suite: tasks.Suite | None = None
-) -> tuple[float | None, int, tasks.Scores | None]:
-    """Perplexity (None without evaluation text), parameter count and task accuracies (None without
-    data.tasks) of the folder's model, loaded by transformers as a server loads it: float32 on a CPU,
-    the folder's dtype on a GPU. (A loaded compressed-tensors model keeps packed weights as buffers,
-    so only the original's count is meant.)"""
+) -> tuple[float | None, int, tasks.Scores | None, float]:
+    """Perplexity (None without evaluation text), parameter count, task accuracies (None without
+    data.tasks) and decode tokens/s of the folder's model, loaded by transformers as a server loads
+    it: float32 on a CPU, the folder's dtype on a GPU. (A loaded compressed-tensors model keeps
+    packed weights as buffers, so only the original's count is meant.)"""
 
     # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
     # a model larger than one GPU is scored too.
@@ -127,8 +127,9 @@ def _score(
     if suite is not None:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         scores = tasks.score(model, tokenizer, suite)
+    speed = round(throughput.tokens_per_second(model, throughput.prompt(model, sequences), device), 2)
     del model
-    return value, parameters, scores
+    return value, parameters, scores, speed
 
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tuple[list[list[int]], str]:
@@ -153,14 +154,15 @@ def _oneshot(
     with ranks.peak_memory(device) as peak:
         model = ranks.load(model_dir, out.parent / f"{out.name}-offload")
         try:
-            oneshot(
-                model=model,
-                recipe=build(model),
-                dataset=dataset,
-                num_calibration_samples=len(calibration) if calibration else 0,
-                max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
-                shuffle_calibration_samples=False,
-            )
+            with recipe.host_only_safe():
+                oneshot(
+                    model=model,
+                    recipe=build(model),
+                    dataset=dataset,
+                    num_calibration_samples=len(calibration) if calibration else 0,
+                    max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
+                    shuffle_calibration_samples=False,
+                )
         except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
             raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None
     model.save_pretrained(out, save_compressed=True)
@@ -230,6 +232,7 @@ class StepRun:
     ranks: int  # the processes that shared its calibration
     perplexity: float | None
     scores: tasks.Scores | None
+    speed: float | None  # decode tokens/s of the published folder (None where it cannot be loaded here)
 
 
 def _run_step(step: Step, current: Path, out: Path, texts: Texts, *, suite: tasks.Suite | None, device: str) -> StepRun:
@@ -245,12 +248,12 @@ def _run_step(step: Step, current: Path, out: Path, texts: Texts, *, suite: task
             )
         notes = modelopt_backend.describe(cfg)
         seconds = round(time.monotonic() - started, 3)
-        return StepRun(out, notes, f"{cfg.scheme} {notes['algorithm']}", seconds, box[0], sharing, after, None)
+        return StepRun(out, notes, f"{cfg.scheme} {notes['algorithm']}", seconds, box[0], sharing, after, None, None)
     notes, summary, peak = apply(step, current, out, ranks.share(current, step, texts.calibration))
     seconds = round(time.monotonic() - started, 3)
     # Neither step removes a weight (pruned ones are zeros, quantized ones packed): the count stays.
-    after, _, scores = _score(out, texts.evaluation, device, suite)
-    return StepRun(out, notes, summary, seconds, peak, sharing, after, scores)
+    after, _, scores, speed = _score(out, texts.evaluation, device, suite)
+    return StepRun(out, notes, summary, seconds, peak, sharing, after, scores, speed)
 
 
 def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
@@ -274,12 +277,13 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
             texts = _texts(job, tokenizer, work)
             suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
-            before, parameters, tasks_before = _score(model_dir, texts.evaluation, device, suite)
+            before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite)
             baseline = Metrics(
                 sizeBytes=weights_bytes(model_dir),
                 parameters=parameters,
                 accuracy=tasks_before.mean if tasks_before else None,
                 perplexity=before,
+                tokensPerSecond=speed,
                 device="GPU" if device == "cuda" else "CPU",
                 provider="PyTorch",
             )
@@ -297,6 +301,7 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
                         "sizeBytes": weights_bytes(out),
                         "perplexity": done.perplexity,
                         "accuracy": scores.mean if scores else None,
+                        "tokensPerSecond": done.speed,
                     }
                 )
                 pruned = step.llmSparsify or pruned

@@ -179,7 +179,7 @@ def main() -> None:
     )
     gap = g["perplexity"] / direct_ppl - 1
     lines = [
-        "# (i) LLM quantization on a CPU: W4A16 GPTQ and RTN through Kompression vs llm-compressor directly",
+        "# (i) LLM quantization on a CPU: W4A16 GPTQ and RTN through Kompression vs llm-compressor directly (the LLM issue's benchmark (g))",
         "",
         f"Machine: {cpu()}; {versions}; python {platform.python_version()}, {THREADS} threads, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Command: `.venv-llm/bin/python "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-llama"
 
@@ -72,3 +74,37 @@ def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:
 
 def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
     return kompression_runs(job)[0]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `kompression run` and what it published under output."""
+
+    proc: subprocess.CompletedProcess[str]
+    output: Path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.output / "manifest.json").read_text())
+
+    @property
+    def folder(self) -> Path:
+        return self.output / "runs" / self.manifest["runId"]
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return json.loads((self.folder / "report.json").read_text())
+
+    @property
+    def increase(self) -> float:
+        """The final perplexity relative to the original's, minus one."""
+        result = self.report["result"]
+        return result["final"]["perplexity"] / result["baseline"]["perplexity"] - 1
+
+    def notes(self, step: str = "quantize") -> dict[str, Any]:
+        """What report.json says about a step's method."""
+        return next(m for m in self.report["details"]["models"] if m["name"] == step)["notes"]
+
+    @property
+    def quantization_config(self) -> dict[str, Any]:
+        return json.loads((self.folder / "model" / "config.json").read_text())["quantization_config"]

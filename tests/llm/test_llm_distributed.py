@@ -10,33 +10,12 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from llm_jobs import Texts, job_yaml
+from llm_jobs import Run, Texts, job_yaml
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
-
-
-@dataclass(frozen=True)
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        manifest = json.loads((self.output / "manifest.json").read_text())
-        return self.output / "runs" / manifest["runId"]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text())
-
-    @property
-    def notes(self) -> dict[str, Any]:
-        return next(m for m in self.report["details"]["models"] if m["name"] == "quantize")["notes"]
 
 
 def _run(job: Path, nproc: int) -> subprocess.CompletedProcess[str]:
@@ -74,8 +53,8 @@ def test_two_ranks_publish_a_checkpoint_as_good_as_one_process(runs: dict[int, R
     # Each rank saw half the samples; their Hessians are summed, so the result matches up to rounding.
     assert two["final"]["perplexity"] == pytest.approx(one["final"]["perplexity"], rel=0.01)
     assert two["final"]["sizeBytes"] == one["final"]["sizeBytes"]
-    assert (runs[1].notes["ranks"], runs[2].notes["ranks"]) == (1, 2)
-    assert runs[2].notes["calibration"]["samples"] == 32  # every sample, over both ranks
+    assert (runs[1].notes()["ranks"], runs[2].notes()["ranks"]) == (1, 2)
+    assert runs[2].notes()["calibration"]["samples"] == 32  # every sample, over both ranks
 
 
 def test_both_ranks_did_gptq_work(runs: dict[int, Run]) -> None:
@@ -106,7 +85,7 @@ def test_the_published_folder_of_two_ranks_loads_and_generates(runs: dict[int, R
 
 def test_calibration_peak_memory_is_recorded_against_the_weights(runs: dict[int, Run]) -> None:
     for run in runs.values():
-        notes = run.notes
+        notes = run.notes()
         assert notes["weightsBytes"] == run.report["result"]["baseline"]["sizeBytes"]
         assert notes["peakMemoryDevice"] == "CPU"
         assert notes["peakMemoryBytes"] > notes["weightsBytes"]  # on a CPU: the process's resident peak

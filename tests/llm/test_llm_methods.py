@@ -6,40 +6,15 @@ on the same int4 grid."""
 from __future__ import annotations
 
 import json
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_runs
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
 EVAL_SAMPLES = 40
-
-
-@dataclass(frozen=True)
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        manifest = json.loads((self.output / "manifest.json").read_text())
-        return self.output / "runs" / manifest["runId"]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text())
-
-    @property
-    def notes(self) -> dict[str, Any]:
-        return next(m for m in self.report["details"]["models"] if m["name"] == "quantize")["notes"]
-
-    @property
-    def quantization_config(self) -> dict[str, Any]:
-        return json.loads((self.folder / "model" / "config.json").read_text())["quantization_config"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +65,7 @@ def _generates(folder: Path) -> Any:
 
 def test_awq_publishes_an_asymmetric_int4_checkpoint_and_records_its_method(runs: dict[str, Run]) -> None:
     run = _ok(runs["awq"])
-    notes = run.notes
+    notes = run.notes()
     assert (notes["scheme"], notes["algorithm"], notes["weights"]) == ("W4A16", "AWQ", "int4 group")
     assert (notes["groupSize"], notes["symmetric"], notes["activations"], notes["kvCache"]) == (128, False, None, None)
     assert notes["calibration"]["samples"] == 32
@@ -139,7 +114,7 @@ def _safetensors_keys(path: Path) -> set[str]:
 
 def test_static_fp8_with_an_fp8_kv_cache_records_calibrated_scales_and_generates(runs: dict[str, Run]) -> None:
     run = _ok(runs["fp8"])
-    notes = run.notes
+    notes = run.notes()
     assert (notes["scheme"], notes["algorithm"], notes["weights"]) == ("FP8", "RTN", "float8 tensor")
     assert (notes["activations"], notes["kvCache"]) == ("float8 static tensor", "float8 static tensor")
     assert notes["calibration"]["samples"] == 32

@@ -11,14 +11,12 @@ import hashlib
 import importlib.metadata
 import json
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs
 
 from kompression.api.constants import ExitCode
 
@@ -30,21 +28,6 @@ from safetensors import safe_open
 from kompression.api.v1alpha1 import LLMQuantizeStep
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.llm import modelopt_backend
-
-
-@dataclass(frozen=True)
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        manifest = json.loads((self.output / "manifest.json").read_text())
-        return self.output / "runs" / manifest["runId"]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text())
 
 
 def _job(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Path:

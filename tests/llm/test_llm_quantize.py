@@ -8,40 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs
 
 from kompression.api.constants import ExitCode
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
-
-
-@dataclass(frozen=True)
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    output: Path
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.output / "manifest.json").read_text())
-
-    @property
-    def folder(self) -> Path:
-        return self.output / "runs" / self.manifest["runId"]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text())
-
-    @property
-    def increase(self) -> float:
-        result = self.report["result"]
-        return result["final"]["perplexity"] / result["baseline"]["perplexity"] - 1
 
 
 def _job(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Path:
@@ -96,7 +71,7 @@ def test_gptq_and_rtn_publish_every_file_with_its_digest(gptq: Run, rtn: Run) ->
             assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == artifact["sha256"], path
         names = {Path(p).relative_to(run.folder).as_posix() for p in on_disk}
         assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json"} <= names
-        notes = next(m for m in run.report["details"]["models"] if m["name"] == "quantize")["notes"]
+        notes = run.notes()
         assert notes["scheme"] == "W4A16"
         assert notes["algorithm"] == algorithm
         assert notes["groupSize"] == 128
@@ -180,7 +155,7 @@ def test_w8a8_and_fp8_dynamic_publish_checkpoints_transformers_loads_on_a_cpu(te
         run = Run(proc, folder / "out")
         algorithm, weights, activations, form = expected
         assert run.proc.returncode == 0, run.proc.stderr[-3000:]
-        notes = next(m for m in run.report["details"]["models"] if m["name"] == "quantize")["notes"]
+        notes = run.notes()
         assert (notes["algorithm"], notes["weights"], notes["activations"]) == (algorithm, weights, activations)
         config = json.loads((run.folder / "model" / "config.json").read_text())["quantization_config"]
         assert config["format"] == f"{form}-quantized"

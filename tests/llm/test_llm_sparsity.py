@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, kompression_runs
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
@@ -42,24 +40,6 @@ def _job(folder: Path, texts: Texts, steps: list[dict[str, Any]] | None = None) 
     job = folder / "job.yaml"
     job.write_text(yaml.safe_dump(doc))
     return job
-
-
-@dataclass(frozen=True)
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        manifest = json.loads((self.output / "manifest.json").read_text())
-        return self.output / "runs" / manifest["runId"]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return json.loads((self.folder / "report.json").read_text())
-
-    def notes(self, step: str) -> dict[str, Any]:
-        return next(m for m in self.report["details"]["models"] if m["name"] == step)["notes"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -14,4 +14,4 @@ CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 def crd(kube: Any) -> None:
     """The generated CRD, installed on the test bed and Established."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/compressionjobs.kompression.dev")
+    kube.wait_established("compressionjobs.kompression.dev")

@@ -20,7 +20,7 @@ def install_crd(kube: Any, *extra: Path) -> None:
     """Apply the generated CRD (and any other CRD files) and wait until it serves."""
     files = [arg for path in (CRD, *extra) for arg in ("-f", str(path))]
     kube.kubectl("apply", "--server-side", "--force-conflicts", *files)
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}", "--timeout=30s")
+    kube.wait_established(CRD.stem, timeout=30)
 
 
 class OperatorProcess:

@@ -62,6 +62,18 @@ class Kube:
             raise TestbedError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Poll until the CRD's Established condition is True. (`kubectl wait` fails at once, with
+        ".status.conditions accessor error", when it reads the CRD before the API server has written
+        any condition.)"""
+
+        def established() -> bool:
+            jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+            proc = self.kubectl("get", f"crd/{crd}", "-o", jsonpath, check=False)
+            return proc.returncode == 0 and proc.stdout.strip() == "True"
+
+        self.wait(established, f"CRD {crd} to be Established", timeout=timeout)
+
     def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:

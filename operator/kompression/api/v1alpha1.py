@@ -53,6 +53,11 @@ def uri_rule(*, optional: bool = False) -> Rule:
     )
 
 
+# A module name or name pattern (a Kubernetes-style 253-character bound), as the layer lists of
+# lowRank, llmQuantize and llmSparsify take them.
+ModulePattern = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
 class ApiModel(BaseModel):
     """Base of every API object: camelCase on the wire, unknown fields rejected."""
 
@@ -439,7 +444,7 @@ class LowRankStep(ApiModel):
             "values (of each channel mode's unfolding for Tucker2), e.g. 0.9."
         ),
     )
-    includeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+    includeLayers: list[ModulePattern] = Field(
         default_factory=list,
         max_length=64,
         description=(
@@ -447,7 +452,7 @@ class LowRankStep(ApiModel):
             "of the layers to factorize; empty means every layer the method applies to."
         ),
     )
-    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+    excludeLayers: list[ModulePattern] = Field(
         default_factory=list, max_length=64, description="Module name patterns of layers to leave whole."
     )
     fineTune: FineTune | None = Field(
@@ -684,7 +689,7 @@ class LLMQuantizeStep(ApiModel):
             "W8A8, FP8Dynamic and FP8 only. Unset keeps the cache in the model's dtype."
         ),
     )
-    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+    excludeLayers: list[ModulePattern] = Field(
         default_factory=list,
         max_length=256,
         description=(
@@ -831,7 +836,7 @@ class LLMSparsifyStep(ApiModel):
             "cores (Ampere and newer) run."
         ),
     )
-    excludeLayers: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+    excludeLayers: list[ModulePattern] = Field(
         default_factory=list,
         max_length=256,
         description=(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
@@ -315,3 +317,40 @@ def test_a_folder_reached_through_a_linked_parent_is_read(bert_original: Path, t
     (tmp_path / "models").symlink_to(tmp_path / "real")
     with storage.local_copy(f"file://{tmp_path}/models/model", tmp_path / "work") as path:
         assert (path / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the same check on gs:// and az://
+
+
+def test_a_gcs_key_that_leaves_the_prefix_is_refused(gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in gcs.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = gcs.create_bucket()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for key in ("model/config.json", _escaping_key("model", outside)):
+        # The JSON API takes the object name as a query parameter: the ".." segments are stored as is.
+        url = f"{gcs.endpoint_url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quote(key, safe='')}"
+        urllib.request.urlopen(urllib.request.Request(url, data=b"planted", method="POST"), timeout=10).close()
+    with pytest.raises(storage.UnsafeSource, match=r"escaped' below this folder is refused"):
+        storage.download(f"gs://{bucket}/model", tmp_path / "dl")
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "dl").exists()
+
+
+def test_an_azure_blob_name_that_is_not_a_plain_path_is_refused(
+    azurite: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blob Storage resolves ".." in a blob's URL before it stores the blob, so a name that climbs out
+    cannot be planted there (Azurite answers ResourceNotFound); an empty segment can."""
+    for key, value in azurite.env.items():
+        monkeypatch.setenv(key, value)
+    container = azurite.create_container()
+    with azurite.client() as service:
+        client = service.get_container_client(container)
+        for name in ("model/config.json", "model/sub//escaped"):
+            client.upload_blob(name, b"planted")
+    with pytest.raises(storage.UnsafeSource, match=r"object key 'sub//escaped' below this folder is refused"):
+        storage.download(f"az://{container}/model", tmp_path / "dl")
+    assert not (tmp_path / "dl").exists()

@@ -55,6 +55,7 @@ def _client_error(code: str, status: int, message: str = "") -> ClientError:
         (FileNotFoundError("x"), Fault.MISSING),
         (PermissionError("x"), Fault.REFUSED),
         (ConnectionResetError("x"), Fault.TRANSIENT),
+        (ValueError("x"), Fault.REFUSED),  # fsspec's refusal of keys that leave the destination is one
     ],
     ids=lambda v: type(v).__name__ if not isinstance(v, Fault) else v.value,
 )

@@ -3,6 +3,7 @@ and Azure emulators on loopback, digests."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ def test_backends_missing_from_an_image_say_what_to_install(
 ) -> None:
     # The worker extra installs both; an image built without it is the fault simulated here.
     monkeypatch.setitem(sys.modules, package, None)
+    # An earlier gs:// or az:// test may have imported the back end already: forget that too.
+    monkeypatch.setitem(sys.modules, f"{package}.core", None)
+    # (fsspec's package attribute `registry` is a read-only view; the module holds the dict.)
+    monkeypatch.delitem(importlib.import_module("fsspec.registry")._registry, protocol, raising=False)
     with pytest.raises(StorageError, match=f"pip install {package}"):
         storage.filesystem(protocol)
 

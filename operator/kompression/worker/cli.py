@@ -144,10 +144,13 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
     # torch and the techniques' libraries: only once the extras check passed
-    from kompression.worker import distributed
+    from kompression.worker import distributed, publish
 
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:
+        # A manifest at the output prefix that publication could not build on fails now, before
+        # the model is even fetched, not after all the compute (both pipelines publish through it).
+        publish.check_prefix(args.output or job.spec.output.uri)
         if is_llm_job(job):
             # llm-compressor exists only in the worker-llm environment (.venv-llm).
             from kompression.worker.llm import runner

@@ -25,6 +25,10 @@ the run it replaced (``previousRunId``), and cleanup deletes only
 A run another publisher is still uploading is named by no manifest yet and is young, so it is
 never deleted under it; that holds even on a store that ignores conditional writes. On file://
 prefixes every path is confined to the prefix: a symbolic link leading out is refused.
+
+Whatever sits at ``manifest.json`` is validated on every read (``api.manifest.Manifest``): one that
+is not a manifest fails with DataError, naming the key and what is wrong. ``check_prefix`` does
+that read when a run starts, so such a prefix fails before any compute and before any upload.
 """
 
 from __future__ import annotations
@@ -38,9 +42,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from kompression.api.manifest import MANIFEST_VERSION, Manifest
 from kompression.api.v1alpha1 import Artifact, ArtifactKind
 from kompression.worker import storage
-from kompression.worker.errors import StorageError, StorageRefused
+from kompression.worker.errors import DataError, StorageError, StorageRefused
 from kompression.worker.storage_retry import UNSUPPORTED_CODES
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 RUNS = "runs"
 REJECTED = "rejected"
-MANIFEST_VERSION = 1
 RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
 # A run no manifest names is deleted only after this long: until then it may be another
 # publisher's upload in progress (uploads start when the run has its result, so they are short).
@@ -162,10 +168,19 @@ def _read_versioned(uri: str) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _parse(uri: str, data: bytes) -> dict[str, Any]:
+    """The manifest's fields, once they have the types of Manifest; DataError naming what is wrong."""
     try:
-        manifest: dict[str, Any] = json.loads(data)
-    except ValueError as exc:
-        raise StorageError(f"{uri}: not a valid manifest ({exc})") from None
+        Manifest.model_validate_json(data, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'the document'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise DataError(
+            f"{uri}: not a Kompression manifest ({problems}). The publisher builds on the manifest at the "
+            "output prefix and would fail after all the compute; remove this object (or the folder it is in), "
+            "or choose another spec.output.uri"
+        ) from None
+    manifest: dict[str, Any] = json.loads(data)
     return manifest
 
 
@@ -175,15 +190,33 @@ def read_manifest(prefix: str) -> dict[str, Any] | None:
     return manifest
 
 
+def check_prefix(prefix: str) -> None:
+    """Read and validate the manifests a run would build on (the prefix's and rejected/'s), so that
+    one the publisher could not use fails now, before any compute (DataError)."""
+    for target in (prefix, storage.join(prefix, REJECTED)):
+        read_manifest(target)
+
+
 def fetch_published(prefix: str, dest: Path) -> dict[str, Path]:
-    """Download the committed run's artifacts, verifying each sha256; file name -> local path."""
+    """Download the committed run's artifacts, verifying each one's sha256 and size; path relative
+    to the run's folder (``report.json``, ``model/config.json``) -> local path under dest.
+
+    Every artifact must be one file inside the run's folder: a URI elsewhere, or one that names a
+    folder (whose files no digest covers), is refused."""
     manifest = read_manifest(prefix)
     if manifest is None:
         raise storage.ObjectNotFound(f"{prefix}: nothing published (no {MANIFEST})")
+    run = storage.parse_uri(storage.join(prefix, RUNS, manifest["runId"]))
     out = {}
     for entry in manifest["artifacts"]:
         artifact = Artifact.model_validate(entry)
-        local = dest / artifact.uri.rsplit("/", 1)[1]
+        where = storage.parse_uri(artifact.uri)
+        if where.protocol != run.protocol or not where.path.startswith(run.path.rstrip("/") + "/"):
+            raise StorageError(f"{artifact.uri}: the manifest names a file outside its run's folder {run.uri}/")
+        relative = where.path[len(run.path.rstrip("/")) + 1 :]
+        local = dest.joinpath(*storage.check_key(artifact.uri, relative))
         storage.download(artifact.uri, local, artifact.sha256)
-        out[local.name] = local
+        if local.stat().st_size != artifact.sizeBytes:
+            raise StorageError(f"{artifact.uri}: {local.stat().st_size} bytes, the manifest says {artifact.sizeBytes}")
+        out[relative] = local
     return out

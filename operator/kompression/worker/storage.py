@@ -24,6 +24,19 @@ classified and retried by ``storage_retry``: transient ones within a bounded, ji
 permanent ones (missing, denied, invalid) answered at once. S3 uploads and conditional writes go
 through botocore directly (``s3``), so that a multipart upload is aborted on every failure path.
 
+What a source holds is vetted before anything reads it (``fetch``, ``local_copy``, ``download``):
+
+- a folder in an object store is listed first, and every key must map to a path inside the
+  destination (no ``..``, ``.`` or empty segments, nothing that resolves above it) before a byte is
+  written; the copy then names every destination itself instead of letting fsspec derive them;
+- a ``file://`` or ``pvc://`` source is read in place, so it must be a regular file, or a folder of
+  regular files and folders only: a symbolic link (wherever it points), a fifo, a socket or a
+  device anywhere in it is refused, and so is a link as the URI's last component. A downloaded
+  folder is vetted the same way.
+
+Both refusals raise ``UnsafeSource``: permanent, never retried; the worker reports it as a
+ModelError or DataError for the field that named the URI.
+
 A ``file://`` output prefix is confined: ``confine`` refuses a path whose symbolic links lead out
 of the prefix, so that a symlinked ``runs/`` cannot make the publisher write or delete elsewhere.
 """
@@ -34,6 +47,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,11 +65,27 @@ from kompression.worker.storage_retry import (
     with_retries,
 )
 
-__all__ = ["ObjectNotFound", "StorageError", "StorageRefused", "WriteConflict", "with_retries"]
+__all__ = ["ObjectNotFound", "StorageError", "StorageRefused", "UnsafeSource", "WriteConflict", "with_retries"]
 
 CHECKSUM_SETTINGS = ("when_required", "when_supported")
 CHUNK = 1 << 20
 LOCK_FILE = ".publish.lock"
+# The longest file name Linux file systems take (bytes); a longer key could never be written.
+NAME_MAX = 255
+ACCEPTED_ENTRIES = (
+    "a model or data source may hold only regular files and folders: copy the file the link points to "
+    "into its place (cp -L), and leave fifos, sockets and devices out"
+)
+ACCEPTED_KEYS = (
+    "keys below the folder's prefix must be plain relative paths: no '..', '.' or empty segments, no NUL, "
+    f"at most {NAME_MAX} bytes per name"
+)
+
+
+class UnsafeSource(StorageRefused):
+    """A source holds what the worker will not read or copy: an object key that would land outside
+    the destination, a symbolic link, a fifo or a device. Permanent (a retry sees the same listing);
+    callers turn it into ModelError or DataError for the field that named the URI."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +133,21 @@ def _claim_path(uri: str, rest: str) -> Path:
     mount = mount.resolve()
     target = (mount / path).resolve()
     if not target.is_relative_to(mount):
-        raise StorageError(f"{uri}: the path leaves the claim's volume ({target} is outside {mount})")
+        raise UnsafeSource(
+            f"{uri}: the path leaves the claim's volume ({target} is outside {mount}); a pvc:// path must stay "
+            "inside its claim, without '..' or links that lead out of it"
+        )
     return target
+
+
+def _literal_path(uri: str) -> Path:
+    """The local path a URI names, with its last component as written (not resolved), so that a
+    link there is seen as a link."""
+    scheme, _, rest = uri.rpartition("://")
+    if scheme == "pvc":
+        claim, _, path = rest.partition("/")
+        return Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT) / claim / path
+    return Path.cwd() / (rest if scheme == "file" else uri)
 
 
 def join(prefix: str, *parts: str) -> str:
@@ -196,22 +239,65 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_key(uri: str, key: str) -> tuple[str, ...]:
+    """The segments of an object key relative to a folder's prefix; UnsafeSource for a key that
+    could name a path outside the destination, or none at all."""
+    segments = tuple(key.split("/"))
+    for segment in segments:
+        if segment in ("", ".", "..") or "\0" in segment or len(segment.encode()) > NAME_MAX:
+            raise UnsafeSource(f"{uri}: the object key {key!r} below this folder is refused; {ACCEPTED_KEYS}")
+    return segments
+
+
+def _folder_plan(uri: str, fs: Any, base: str, dest: Path) -> list[tuple[str, Path]]:
+    """Every object below base paired with its local path under dest, all checked before any write."""
+    root = dest.resolve()
+    plan = []
+    for found in fs.find(base):
+        name = str(found)
+        if not name.startswith(base + "/"):
+            raise UnsafeSource(f"{uri}: the listing returned {name!r}, which is not below {base!r}; {ACCEPTED_KEYS}")
+        key = name[len(base) + 1 :]
+        if key.endswith("/"):  # a folder marker (an empty object some tools create): nothing to copy
+            check_key(uri, key[:-1])
+            continue
+        local = dest.joinpath(*check_key(uri, key))
+        if not local.resolve().is_relative_to(root):
+            raise UnsafeSource(f"{uri}: the object key {key!r} would be written to {local.resolve()}, outside {root}")
+        plan.append((name, local))
+    return plan
+
+
 def download(uri: str, dest: Path, sha256: str | None = None) -> Path:
-    """Copy a file (or a folder, recursively) to dest; verify its sha256 when one is given."""
+    """Copy a file (or a folder, recursively) to dest; verify its sha256 when one is given.
+
+    A folder's keys are all checked before anything is written (``check_key``); a local source is
+    vetted for links and special files first (``vet_local``), and a downloaded folder after."""
     loc = parse_uri(uri)
+    if loc.is_local:
+        vet_local(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fs = filesystem(loc.protocol)
+    base = loc.path.rstrip("/")
 
     def fetch() -> None:
-        if fs.isdir(loc.path):
-            fs.get(loc.path.rstrip("/") + "/", str(dest), recursive=True)
-        elif fs.exists(loc.path):
-            fs.get(loc.path, str(dest))
+        if fs.isdir(base):
+            plan = _folder_plan(uri, fs, base, dest)
+            dest.mkdir(exist_ok=True)
+            if plan:
+                # Lists on both sides: fsspec copies to exactly these paths and derives none itself.
+                fs.get([remote for remote, _ in plan], [str(local) for _, local in plan])
+        elif fs.exists(base):
+            fs.get(base, str(dest))
         else:
-            raise FileNotFoundError(loc.path)
+            raise FileNotFoundError(base)
 
     with_retries(uri, "download", fetch)
-    if sha256 is not None and dest.is_file():
+    if dest.is_dir():
+        _vet_tree(uri, dest)
+        if sha256 is not None:
+            raise StorageError(f"{uri}: a sha256 names one file, and this URI is a folder")
+    elif sha256 is not None:
         actual = sha256_file(dest)
         if actual != sha256:
             raise StorageError(f"{uri}: sha256 mismatch after download: expected {sha256}, got {actual}")
@@ -296,20 +382,63 @@ def remove(uri: str) -> None:
         with_retries(uri, "delete", rm)
 
 
-@contextlib.contextmanager
-def local_copy(uri: str, workdir: Path, sha256: str | None = None) -> Iterator[Path]:
-    """A local path for uri: the file itself when local, else a downloaded copy under workdir."""
+def _refuse_entry(uri: str, where: Path, mode: int) -> None:
+    if stat.S_ISLNK(mode):
+        raise UnsafeSource(f"{uri}: {where} is a symbolic link (to {os.readlink(where)}); {ACCEPTED_ENTRIES}")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+        raise UnsafeSource(f"{uri}: {where} is {kind}; {ACCEPTED_ENTRIES}")
+
+
+def _vet_tree(uri: str, root: Path) -> None:
+    """Refuse a folder that holds, at any depth, anything but regular files and folders."""
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                _refuse_entry(uri, Path(entry.path), mode)
+                if stat.S_ISDIR(mode):
+                    folders.append(Path(entry.path))
+
+
+def vet_local(uri: str) -> Path:
+    """The path of a local (file:// or pvc://) source that is safe to read in place: a regular file,
+    or a folder of regular files and folders, with no link as its last component. UnsafeSource
+    otherwise, ObjectNotFound when it is not there."""
+    loc = parse_uri(uri)
+    literal = _literal_path(uri)
+
+    def vet() -> Path:
+        mode = os.lstat(literal).st_mode
+        _refuse_entry(uri, literal, mode)
+        if stat.S_ISDIR(mode):
+            _vet_tree(uri, Path(loc.path))
+        return Path(loc.path)
+
+    return with_retries(uri, "check", vet)
+
+
+def fetch(uri: str, folder: Path, sha256: str | None = None) -> Path:
+    """A vetted local path for uri: a local source in place, any other downloaded under folder.
+    The one way the worker reads a model, a data set or a task file."""
     loc = parse_uri(uri)
     if loc.is_local:
-        path = Path(loc.path)
-        if not path.exists():
-            raise ObjectNotFound(f"{uri}: not found (no such file {path})")
-        if sha256 is not None and path.is_file() and sha256_file(path) != sha256:
+        path = vet_local(uri)
+        if sha256 is not None and (not path.is_file() or sha256_file(path) != sha256):
             raise StorageError(f"{uri}: sha256 mismatch: expected {sha256}")
-        yield path
-        return
-    dest = workdir / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(loc.path).name
-    yield download(uri, dest, sha256)
+        return path
+    name = loc.path.rstrip("/").rsplit("/", 1)[-1]
+    # The URI's last name, unless it could step out of the per-URI folder (check_key covers the rest).
+    safe = name if name not in ("", ".", "..") else "source"
+    return download(uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:16] / safe, sha256)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, workdir: Path, sha256: str | None = None) -> Iterator[Path]:
+    """A local path for uri: the file itself when local, else a downloaded copy under workdir;
+    vetted either way (see fetch)."""
+    yield fetch(uri, workdir / "downloads", sha256)
 
 
 # --------------------------------------------------------------------------------------------

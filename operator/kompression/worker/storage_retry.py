@@ -17,7 +17,9 @@ the whole run again. Everything else is answered at once, because a retry gets t
   or 403, no credentials at all, an invalid bucket name, any other 4xx, 501 NotImplemented)
   -> StorageRefused, exit 9, which the Job's podFailurePolicy fails at once;
 - ``Conflict`` (412 PreconditionFailed, 409 ConditionalRequestConflict, FileExistsError)
-  -> WriteConflict, for the conditional writes of the publisher to handle.
+  -> WriteConflict, for the conditional writes of the publisher to handle;
+- a ``ValueError`` (an argument no retry changes, such as fsspec's refusal of object keys that
+  would be copied outside the destination) -> StorageRefused.
 
 The budget (``KOMPRESSION_STORAGE_RETRY_SECONDS``, set from spec.output.retrySeconds or the
 chart's ``worker.storageRetrySeconds``) bounds the time one operation spends waiting between
@@ -231,6 +233,9 @@ def classify(exc: BaseException) -> Fault:
         NotADirectoryError: Fault.REFUSED,
         IsADirectoryError: Fault.REFUSED,
         FileExistsError: Fault.CONFLICT,
+        # A bad argument, which every retry repeats: fsspec (>= 2026.9) refuses a copy whose names
+        # from the listing would land outside the destination with one.
+        ValueError: Fault.REFUSED,
     }
     return next((fault for cls, fault in local.items() if isinstance(exc, cls)), Fault.TRANSIENT)
 

@@ -141,14 +141,13 @@ def _with_real_examples(model: Model, datasets: DataSets) -> Model:
 
 
 def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) -> Path:
-    loc = storage.parse_uri(uri)
-    if loc.is_local:
-        if not Path(loc.path).exists():
-            raise error(f"{field_name}: {uri} does not exist (resolved to {loc.path})")
-        return Path(loc.path)
-    return _fetch_to(
-        uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(loc.path).name, error, field_name
-    )
+    """The vetted local copy of a model or data URI (storage.fetch), its refusals in the field's terms."""
+    try:
+        return storage.fetch(uri, folder)
+    except storage.ObjectNotFound:
+        raise error(f"{field_name}: {uri} does not exist") from None
+    except storage.UnsafeSource as exc:
+        raise error(f"{field_name}: {exc.message}") from None
 
 
 def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -> Path:
@@ -156,6 +155,8 @@ def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -
         return storage.download(uri, dest)
     except storage.ObjectNotFound:
         raise error(f"{field_name}: {uri} does not exist") from None
+    except storage.UnsafeSource as exc:
+        raise error(f"{field_name}: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------------------------

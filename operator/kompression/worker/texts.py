@@ -211,7 +211,7 @@ def _read(fd: int, size: int, deadline: float, chat: _Chat) -> bytes:
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise DataError(
                 f"{chat.where}: the model's chat template ran longer than {RENDER_SECONDS:g} s on this "
-                "conversation (real templates take milliseconds); the template is looping without bound"
+                "conversation (real templates take milliseconds)"
             )
         chunk = os.read(fd, min(size, 1 << 20))
         if not chunk:

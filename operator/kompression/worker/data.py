@@ -18,6 +18,7 @@ A NumPy ``.npz`` file (``numpy.savez`` or ``numpy.savez_compressed``) holding:
 Every declared input needs its array: a missing one is a DataError naming the input (no input is
 ever filled in). Other keys are ignored, and the file is opened with ``allow_pickle=False``: object
 arrays are refused. Values must be finite (no NaN or Inf) and every array must hold the same N.
+An archive that declares more unpacked bytes than the worker's memory is refused before unpacking.
 
 Text, for a HuggingFace model folder: a ``.jsonl`` file (one JSON object per line with a ``text``
 string, or a ``messages`` conversation that the model's chat template renders, and, for labelled

@@ -19,15 +19,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import job, write_job
-from kompression.api.constants import ExitCode
-from kompression.api.v1alpha1 import DataSource, ModelInput
+from factories import DigitsCNN, job, make_ctx, write_job
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES, ExitCode
+from kompression.api.v1alpha1 import DataSource, DistillStep, FineTune, ModelInput
 from kompression.worker.data import load_source, memory_bytes
 from kompression.worker.errors import DataError
+from kompression.worker.model import Dataset, DataSets, TorchModel
+from kompression.worker.steps import TECHNIQUES
+from kompression.worker.steps.training import fine_tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -318,3 +322,23 @@ def test_kompression_run_on_a_zip_bomb_exits_4_without_a_traceback(bert: Path, t
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "spec.data.evaluation: bomb.npz unpacks to" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("technique", ["fine-tune", "distill"])
+def test_a_label_past_the_models_classes_is_a_data_error_not_an_index_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, technique: str
+) -> None:
+    # The Digits CNN has ten outputs; the last sample's label is 10.
+    train = Dataset({"x": np.zeros((8, 1, 8, 8), np.float32)}, np.array([0, 1, 2, 3, 4, 5, 6, 10]))
+    message = r"spec\.data\.training: label 10 is not a class of the model, whose output has 10 \(labels 0 to 9\)"
+    if technique == "fine-tune":
+        with pytest.raises(DataError, match=message):
+            fine_tune(DigitsCNN(), train, FineTune(epochs=1, batchSize=8), "cpu", progress=lambda f, m: None)
+        return
+    monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "factories")  # the student is a test class
+    student = {"architecture": "factories:DigitsCNN", "architectureArguments": {"width": 6, "hidden": 32}}
+    step = {"name": "kd", "distill": {"student": student, "epochs": 1, "batchSize": 8}}
+    teacher = TorchModel(DigitsCNN().eval(), (torch.zeros(1, 1, 8, 8),))
+    ctx = make_ctx(step, tmp_path, teacher=teacher, data=DataSets(training=train))
+    with pytest.raises(DataError, match=message):
+        TECHNIQUES[DistillStep](teacher, ctx)

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from kompression.worker.errors import DataError
+from kompression.api.v1alpha1 import DataSource, ModelInput
+from kompression.worker.data import read_text
+from kompression.worker.errors import DataError, ModelError
+from kompression.worker.llm import text as llm_text
 from kompression.worker.texts import RENDER_SECONDS, read_texts
 
 TINY_LLAMA = Path(__file__).parents[1] / "llm" / "fixtures" / "tiny-llama"
@@ -292,3 +295,24 @@ def test_every_line_gets_its_own_time_and_the_renderer_is_reaped_on_success(tmp_
 def _children() -> list[str]:
     """This process's child processes, as the kernel lists them."""
     return Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+
+
+@pytest.mark.parametrize("value", ["abc", -1, 0, None, [512], True], ids=repr)
+def test_a_tokenizer_limit_that_is_no_number_is_a_model_error_on_both_paths(tmp_path: Path, value: object) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_LLAMA / name, tmp_path / name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": value}))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    path = tmp_path / "calib.txt"
+    path.write_text("the licence is free\n")
+    source = DataSource.model_validate({"uri": "file://calib.txt", "padding": "Longest"})
+    declared = [ModelInput(name="input_ids", shape=[-1, -1], dtype="int64")]
+    if value is None:  # transformers reads null as unset: no limit, which the fixed maxLength paths never need
+        assert llm_text.tokenize(tokenizer, ["the licence is free"], source, "spec.data.calibration")
+        return
+    message = r"^spec\.model\.uri: tokenizer_config\.json's model_max_length must be a positive number of tokens"
+    with pytest.raises(ModelError, match=message):
+        read_text(path, "spec.data.calibration", source, declared, tokenizer)
+    with pytest.raises(ModelError, match=message):
+        llm_text.tokenize(tokenizer, ["the licence is free"], source, "spec.data.calibration")

@@ -56,7 +56,7 @@ import numpy as np
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
 from kompression.worker.errors import DataError
 from kompression.worker.model import Dataset, DataSets
-from kompression.worker.texts import MAX_LABEL, read_texts
+from kompression.worker.texts import MAX_LABEL, model_max_length, read_texts
 
 # Evaluation batches only trade memory for speed: without spec.data.evaluation.batchSize they stay large.
 EVALUATION_BATCH_SIZE = 256
@@ -204,10 +204,11 @@ def read_text(path: Path, field: str, source: DataSource, declared: Sequence[Mod
     max_length = source.maxLength or (fixed[0] if fixed else None)
     padding = "max_length" if source.padding_or_default == "MaxLength" else "longest"
     truncation = source.truncation_or_default
+    limit = model_max_length(tokenizer)
     if max_length is None and padding == "max_length":
-        max_length = int(getattr(tokenizer, "model_max_length", 0) or 0) or None
-        if max_length is None or max_length > 1_000_000:  # transformers' "no limit" sentinel
+        if limit is None:
             raise DataError(f"{field}: the tokenizer states no length limit; set maxLength")
+        max_length = limit
     if not truncation:
         lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
         too_long = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kompression.worker.errors import DataError
+from kompression.worker.errors import DataError, ModelError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -39,6 +39,8 @@ RENDER_MEMORY = 1 << 30
 # them) and what the template adds: role markers and at most a default system prompt, kilobytes
 # in real templates. Twice the line plus a mebibyte is far above that.
 RENDER_EXTRA_CHARS = 1 << 20
+# Above this, a tokenizer's model_max_length is transformers' "no limit" sentinel (int(1e30)).
+NO_LIMIT = 1_000_000
 # Class indices: any real classifier has fewer classes, and labels stay exact in every integer dtype.
 MAX_LABEL = 2**31 - 1
 
@@ -61,6 +63,21 @@ class _Chat:
     where: str
     messages: list[dict[str, Any]]
     limit: int
+
+
+def model_max_length(tokenizer: Any) -> int | None:
+    """The tokenizer's length limit in tokens (None: it states none). tokenizer_config.json sets it,
+    and transformers keeps whatever it holds: a value that is no positive number would fail every
+    tokenizer call that truncates with a TypeError, so it is refused here, naming the file."""
+    value = getattr(tokenizer, "model_max_length", None)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 1:
+        raise ModelError(
+            f"spec.model.uri: tokenizer_config.json's model_max_length must be a positive number of tokens, got "
+            f"{str(value)[:40]!r}"
+        )
+    return None if value > NO_LIMIT else int(value)
 
 
 def render_limit(line: str) -> int:

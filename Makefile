@@ -30,7 +30,7 @@ setup: $(VENV)/.installed ## create .venv with the operator, worker and dev extr
 
 $(VENV_LLM)/.installed: pyproject.toml | $(UV)
 	@test -x $(VENV_LLM)/bin/python || $(UV) venv --quiet --python 3.11 $(VENV_LLM)
-	VIRTUAL_ENV=$(VENV_LLM) $(UV) pip install --quiet -e ".[llm]" "pytest>=8" "pytest-timeout>=2.3"
+	VIRTUAL_ENV=$(VENV_LLM) $(UV) pip install --quiet -e ".[llm]" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 	@touch $@
 
 setup-llm: $(VENV_LLM)/.installed ## create .venv-llm with the llm extra (llm-compressor) for llmQuantize jobs

@@ -18,6 +18,7 @@ A NumPy ``.npz`` file (``numpy.savez`` or ``numpy.savez_compressed``) holding:
 Every declared input needs its array: a missing one is a DataError naming the input (no input is
 ever filled in). Other keys are ignored, and the file is opened with ``allow_pickle=False``: object
 arrays are refused. Values must be finite (no NaN or Inf) and every array must hold the same N.
+An archive that declares more unpacked bytes than the worker's memory is refused before unpacking.
 
 Text, for a HuggingFace model folder: a ``.jsonl`` file (one JSON object per line with a ``text``
 string, or a ``messages`` conversation that the model's chat template renders, and, for labelled
@@ -42,6 +43,7 @@ split keeps 20% (360 images) for evaluation; training and calibration read the o
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -54,7 +56,7 @@ import numpy as np
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
 from kompression.worker.errors import DataError
 from kompression.worker.model import Dataset, DataSets
-from kompression.worker.texts import read_texts
+from kompression.worker.texts import MAX_LABEL, model_max_length, read_texts
 
 # Evaluation batches only trade memory for speed: without spec.data.evaluation.batchSize they stay large.
 EVALUATION_BATCH_SIZE = 256
@@ -64,6 +66,8 @@ DIGITS_SPLIT_SEED = 0
 ROLES = ("calibration", "evaluation", "training")
 SHORTHAND = "inputs"  # the array name a single-input model's data may use instead of the input's name
 INTEGER_DTYPES = ("int64", "int32")
+# Where a container's memory limit is read (cgroup v2, then v1); v2's "max" means no limit.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # The files a HuggingFace tokenizer is read from: a fast tokenizer, or a vocabulary (WordPiece,
 # BPE, SentencePiece).
 TOKENIZER_FILES = (
@@ -91,8 +95,22 @@ def digits(split: str, name: str = "x") -> Dataset:
     return Dataset({name: x_train}, y_train) if split == "train" else Dataset({name: x_eval}, y_eval)
 
 
+def memory_bytes() -> int:
+    """The memory this worker may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in CGROUP_MEMORY_LIMITS:
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            total = min(total, int(value))
+    return total
+
+
 def read_npz(path: Path, field: str, declared: Sequence[ModelInput]) -> Dataset:
     """Read the documented .npz format; every problem is a DataError naming the field and input."""
+    _check_archive(path, field)
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
@@ -107,13 +125,43 @@ def read_npz(path: Path, field: str, declared: Sequence[ModelInput]) -> Dataset:
                         f"{field}: {path.name} has no array for spec.model.inputs[{i}] {spec.name!r}{shorthand}; "
                         f"found {sorted(keys) or 'nothing'}. Save one array per declared input, named as the input"
                     )
-                arrays[spec.name] = np.asarray(npz[key])
-            labels = np.asarray(npz["labels"]) if "labels" in keys else None
+                arrays[spec.name] = _sampled(np.asarray(npz[key]), key, path, field)
+            labels = _sampled(np.asarray(npz["labels"]), "labels", path, field) if "labels" in keys else None
     except DataError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{field}: not a readable .npz file with plain arrays ({exc})") from None
+    except Exception as exc:  # numpy and zipfile raise a dozen types for a damaged or hostile file
+        raise DataError(
+            f"{field}: {path.name} is not a readable .npz file of plain arrays ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})"
+        ) from None
     return Dataset(arrays, labels)
+
+
+def _check_archive(path: Path, field: str) -> None:
+    """An .npz is a zip of .npy files; its arrays are sized by the archive's directory before one is
+    unpacked, so a small file that unpacks to more than the worker's memory (a zip bomb, or a size
+    that lies) is refused instead of killing the worker."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise DataError(
+            f"{field}: {path.name} is not an .npz file (a zip of .npy arrays, as numpy.savez writes): {exc}"
+        ) from None
+    memory = memory_bytes()
+    if unpacked > memory:
+        raise DataError(
+            f"{field}: {path.name} unpacks to {unpacked} bytes, more than this worker's memory ({memory} bytes); "
+            "keep fewer samples in the file or give the job more memory"
+        )
+
+
+def _sampled(array: np.ndarray, key: str, path: Path, field: str) -> np.ndarray:
+    if array.ndim == 0:
+        raise DataError(
+            f"{field}: {path.name}: array {key!r} is a single value; it must be (N, ...), one row per sample"
+        )
+    return array
 
 
 def tokenizer_for(folder: Path | None, field: str) -> Any:
@@ -156,10 +204,11 @@ def read_text(path: Path, field: str, source: DataSource, declared: Sequence[Mod
     max_length = source.maxLength or (fixed[0] if fixed else None)
     padding = "max_length" if source.padding_or_default == "MaxLength" else "longest"
     truncation = source.truncation_or_default
+    limit = model_max_length(tokenizer)
     if max_length is None and padding == "max_length":
-        max_length = int(getattr(tokenizer, "model_max_length", 0) or 0) or None
-        if max_length is None or max_length > 1_000_000:  # transformers' "no limit" sentinel
+        if limit is None:
             raise DataError(f"{field}: the tokenizer states no length limit; set maxLength")
+        max_length = limit
     if not truncation:
         lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
         too_long = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
@@ -214,12 +263,16 @@ def check(ds: Dataset, declared: Sequence[ModelInput], field: str) -> Dataset:
                 bad = int((~np.isfinite(array)).reshape(n, -1).any(axis=1).sum())
                 raise DataError(f"{field}: {bad} sample(s) of {spec.name!r} contain NaN or Inf; clean the data set")
             out[spec.name] = array
-    labels = ds.labels
-    if labels is not None:
-        if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != n:
-            raise DataError(f"{field}: `labels` must be integers of shape ({n},); got {labels.dtype} {labels.shape}")
-        labels = labels.astype(np.int64)
-    return replace(ds, inputs=out, labels=labels)
+    return replace(ds, inputs=out, labels=None if ds.labels is None else _labels(ds.labels, n, field))
+
+
+def _labels(labels: np.ndarray, n: int, field: str) -> np.ndarray:
+    if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != n:
+        raise DataError(f"{field}: `labels` must be integers of shape ({n},); got {labels.dtype} {labels.shape}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > MAX_LABEL:
+        raise DataError(f"{field}: `labels` are class indices from 0 to {MAX_LABEL}; these run from {low} to {high}")
+    return labels.astype(np.int64)
 
 
 def load_source(  # noqa: PLR0917 - one call site, every argument is distinct

@@ -26,6 +26,16 @@ from kompression.worker.errors import DataError
 
 SHAPE = '{"question": str, "choices": [str, ...] (two or more), "answer": int (index of the correct choice)}'
 BATCH_SIZE = 8
+# What a task may hold. lm-eval scores one forward pass per choice of every question, so these
+# bound a task's work and memory to what a job can spend. Real benchmarks sit far below them:
+# MMLU has 14,042 test questions, MMLU-Pro 10 choices, and reading-comprehension passages run to
+# a few thousand characters.
+MAX_QUESTIONS = 100_000
+MAX_CHOICES = 32
+MAX_QUESTION_CHARS = 65_536
+MAX_CHOICE_CHARS = 8_192
+# A line holds a question and its choices, JSON-escaped (\uXXXX spells one character in six).
+MAX_LINE_CHARS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -109,19 +119,35 @@ def _task_config(spec: TaskData, data: Path, work: Path) -> dict[str, Any]:
 
 
 def read_questions(path: Path, where: str, limit: int | None) -> list[dict[str, Any]]:
-    """The file's questions in order (blank lines skipped), at most `limit`, each checked against SHAPE."""
+    """The file's questions in order (blank lines skipped), at most `limit`, each checked against
+    SHAPE and the size limits. The file is read a line at a time, so a huge one is refused at the
+    first line or question past a limit, without reading the rest."""
     if path.suffix.lower() != ".jsonl":
         raise DataError(f"{where}: {path.name} is not a .jsonl file; each line must be {SHAPE}")
+    questions: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open(encoding="utf-8") as lines:
+            number = 0
+            while limit is None or len(questions) < limit:
+                line = lines.readline(MAX_LINE_CHARS + 1)
+                if not line:
+                    break
+                number += 1
+                at = f"{where}: {path.name}:{number}"
+                if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+                    raise DataError(
+                        f"{at}: the line is longer than {MAX_LINE_CHARS} characters, the most a task line may be"
+                    )
+                if not line.strip():
+                    continue
+                if len(questions) == MAX_QUESTIONS:
+                    raise DataError(
+                        f"{at}: the file holds more than {MAX_QUESTIONS} questions, the most a task scores; set "
+                        f"`samples` to {MAX_QUESTIONS} or fewer, or split the file into several tasks"
+                    )
+                questions.append(_question(line, at))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{where}: cannot read {path.name} as UTF-8 text ({exc})") from None
-    questions: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        if limit is not None and len(questions) == limit:
-            break
-        if line.strip():
-            questions.append(_question(line, f"{where}: {path.name}:{number}"))
     if not questions:
         raise DataError(f"{where}: {path.name} holds no question; each line must be {SHAPE}")
     return questions
@@ -130,7 +156,9 @@ def read_questions(path: Path, where: str, limit: int | None) -> list[dict[str, 
 def _question(line: str, at: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
-    except ValueError:
+    except RecursionError:
+        raise DataError(f"{at}: its JSON is nested too deeply to read; expected {SHAPE}") from None
+    except ValueError:  # malformed JSON, or an integer of more digits than Python converts
         raise DataError(f"{at}: not JSON; expected {SHAPE}") from None
     if not isinstance(record, dict):
         raise DataError(f"{at}: a JSON {type(record).__name__}, not an object; expected {SHAPE}")
@@ -142,9 +170,27 @@ def _question(line: str, at: str) -> dict[str, Any]:
         problem = "`choices` must be a list of two or more non-empty strings"
     elif not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
         problem = f"`answer` must be an integer from 0 to {len(choices) - 1} (an index into `choices`)"
+    elif len(choices) > MAX_CHOICES:
+        problem = f"{len(choices)} choices, more than the {MAX_CHOICES} a question may have"
+    elif len(question) > MAX_QUESTION_CHARS:
+        problem = f"`question` is {len(question)} characters long, more than the {MAX_QUESTION_CHARS} allowed"
+    elif any(len(c) > MAX_CHOICE_CHARS for c in choices):
+        longest = max(len(c) for c in choices)
+        problem = f"a choice is {longest} characters long, more than the {MAX_CHOICE_CHARS} allowed"
+    elif not all(_is_text(s) for s in (question, *choices)):
+        problem = "a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape) is not text"
     if problem:
         raise DataError(f"{at}: {problem}; expected {SHAPE}")
     return {"question": question, "choices": choices, "answer": answer}
+
+
+def _is_text(value: str) -> bool:
+    """Whether a tokenizer can read it: JSON escapes can spell lone surrogates, which are no characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def score(model: Any, tokenizer: Any, suite: Suite) -> Scores:

@@ -6,6 +6,7 @@ from typing import Any
 
 from kompression.api.v1alpha1 import DataSource
 from kompression.worker.errors import DataError
+from kompression.worker.texts import model_max_length
 
 # Without spec.data.*.maxLength, samples stop here even when the model allows longer ones: a
 # calibration pass holds one layer's activations for every token of a batch.
@@ -14,8 +15,7 @@ DEFAULT_MAX_LENGTH = 2048
 
 def tokenize(tokenizer: Any, samples: list[str], source: DataSource, where: str) -> list[list[int]]:
     """Token ids per sample, truncated to maxLength; the model's tokenizer adds its own BOS."""
-    model_max = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_LENGTH
-    limit = source.maxLength or min(int(model_max), DEFAULT_MAX_LENGTH)
+    limit = source.maxLength or min(model_max_length(tokenizer) or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
     ids = [list(tokenizer(s, truncation=True, max_length=limit)["input_ids"]) for s in samples]
     if not any(len(x) >= 2 for x in ids):
         raise DataError(f"{where}: every sample tokenizes to fewer than two tokens; nothing to learn or score")

@@ -21,7 +21,7 @@ from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import build_architecture, parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.base import StepContext, StepResult
-from kompression.worker.steps.training import batches, labelled
+from kompression.worker.steps.training import batches, check_labels, labelled
 
 CHECKPOINT = "distill"
 
@@ -73,7 +73,9 @@ def distill(model: Model, ctx: StepContext[DistillStep]) -> StepResult:
         for x, y in batches(data, cfg.batchSize, device, shuffle=True, seed=ctx.seed + epoch, shard=(rank, world)):
             with torch.no_grad():
                 soft_targets = teacher(*x)
-            loss = kd_loss(trained(*x), soft_targets, y, cfg.temperature, cfg.alpha)
+            logits = trained(*x)
+            check_labels(logits, y)
+            loss = kd_loss(logits, soft_targets, y, cfg.temperature, cfg.alpha)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()

@@ -25,6 +25,16 @@ def labelled(data: Dataset | None, step: str, purpose: str) -> Dataset:
     return data
 
 
+def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Cross-entropy indexes the model's outputs (N, classes) by label: a label past them would end
+    the step in an IndexError (a device-side assert on a GPU) that says nothing of the data."""
+    if logits.ndim >= 2 and len(labels) and (top := int(labels.max())) >= logits.shape[1]:
+        raise DataError(
+            f"spec.data.training: label {top} is not a class of the model, whose output has {logits.shape[1]} "
+            f"(labels 0 to {logits.shape[1] - 1})"
+        )
+
+
 def batches(
     data: Dataset, batch_size: int, device: str, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (0, 1)
 ) -> Iterator[Batch]:
@@ -60,7 +70,9 @@ def fine_tune(
         total, count = 0.0, 0
         for x, y in batches(data, cfg.batchSize, device, shuffle=True, seed=seed + epoch):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(module(*x), y)
+            logits = module(*x)
+            check_labels(logits, y)
+            loss = loss_fn(logits, y)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)

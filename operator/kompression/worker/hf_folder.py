@@ -178,7 +178,15 @@ def _architecture(config: dict[str, Any], where: str) -> type | None:
             found = getattr(transformers, name, None)
         except Exception:  # a lazy module whose backend is missing raises its own errors
             found = None
-    if not (isinstance(found, type) and issubclass(found, transformers.PreTrainedModel)):
+    # A model of transformers' own zoo (transformers.models.*), with a config class of its own: never
+    # a loader (AutoModel), a config (AutoConfig), a base class or a utility.
+    model = (
+        isinstance(found, type)
+        and issubclass(found, transformers.PreTrainedModel)
+        and found.__module__.startswith("transformers.models.")
+        and isinstance(getattr(found, "config_class", None), type)
+    )
+    if not model:
         raise ModelError(
             f"{where}: config.json's architectures names {name[:100]!r}, which is not a model class of transformers "
             f"{transformers.__version__} (such as LlamaForCausalLM or BertModel)"

@@ -278,7 +278,9 @@ def test_weights_that_are_not_there_are_refused_not_initialised_at_random(bert: 
     partial = dict(state)
     partial.pop("encoder.layer.1.output.dense.weight")
     save_file(partial, str(bert / "model.safetensors"))
-    with pytest.raises(ModelError, match=r"missing \[encoder\.layer\.1\.output\.dense\.weight\] \(1\), unexpected none"):
+    with pytest.raises(
+        ModelError, match=r"missing \[encoder\.layer\.1\.output\.dense\.weight\] \(1\), unexpected none"
+    ):
         formats.load_model(source(bert), bert)
 
 
@@ -291,7 +293,11 @@ def test_tied_weights_are_not_missing(tmp_path: Path) -> None:
     assert config.tie_word_embeddings  # the decoder shares the word embeddings: saved once
     model.save_pretrained(str(tmp_path / "mlm"))
     src = ModelSource.model_validate(
-        {"uri": "file://mlm", "format": "HuggingFace", "inputs": [{"name": "input_ids", "shape": [-1, 8], "dtype": "int64"}]}
+        {
+            "uri": "file://mlm",
+            "format": "HuggingFace",
+            "inputs": [{"name": "input_ids", "shape": [-1, 8], "dtype": "int64"}],
+        }
     )
     loaded = formats.load_model(src, tmp_path / "mlm")
     ids = torch.randint(0, 32, (2, 8))
@@ -302,7 +308,7 @@ def test_tied_weights_are_not_missing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00[]"],
+    [b"", b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}', b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00[]"],
 )
 def test_an_unreadable_safetensors_header_is_refused_naming_the_file(bert: Path, content: bytes) -> None:
     (bert / "model.safetensors").write_bytes(content)
@@ -321,7 +327,10 @@ def _evil_tokenizer(folder: Path, marker: Path) -> None:
         "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
     )
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    config |= {"auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}, "tokenizer_class": "EvilTokenizer"}
+    config |= {
+        "auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]},
+        "tokenizer_class": "EvilTokenizer",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 

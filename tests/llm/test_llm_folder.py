@@ -5,6 +5,7 @@ socket connection, and with the folder's code never run, though stdin answers ye
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,13 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 from llm_jobs import FIXTURE, Texts, job_yaml
 
 from kompression.api.constants import ExitCode
+from kompression.api.validation import parse_job
+from kompression.worker.errors import ModelError
+from kompression.worker.progress import Reporter
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
-from safetensors.torch import load_file, save_file  # noqa: E402  (after the skip: .venv-llm only)
+from safetensors.torch import load_file, save_file
 
 # Run in the `kompression run` process before anything else: every name lookup and every socket
 # connection other than a local (AF_UNIX) one is written to $NETWORK_LOG; with $NO_KERNELS the
@@ -72,7 +77,10 @@ def _evil_tokenizer(folder: Path) -> None:
         "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
     )
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    config |= {"auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}, "tokenizer_class": "EvilTokenizer"}
+    config |= {
+        "auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]},
+        "tokenizer_class": "EvilTokenizer",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
@@ -98,28 +106,46 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def test_hostile_folders_are_model_errors_naming_the_file(texts: Texts, tmp_path: Path) -> None:
-    runs = {}
-    for name, (make, _) in CASES.items():
-        root = tmp_path / name
-        model = root / "model"
-        shutil.copytree(FIXTURE, model)
-        make(model)
-        job = root / "job.yaml"
-        job.write_text(
-            job_yaml(texts, root / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model))
-        )
-        runs[name] = root
+def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
+    """The job's folder: a copy of the fixture model made hostile, and job.yaml beside it."""
+    root = tmp_path / name
+    model = root / "model"
+    shutil.copytree(FIXTURE, model)
+    CASES[name][0](model)
+    job = root / "job.yaml"
+    job.write_text(job_yaml(texts, root / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model)))
+    return root
 
-    def run(name: str) -> subprocess.CompletedProcess[str]:
-        root = runs[name]
+
+@pytest.mark.parametrize("name", ["config-list", "autoconfig", "kernel-missing", "shard-outside", "no-weights"])
+def test_hostile_folders_are_model_errors_naming_the_file(
+    texts: Texts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from kompression.worker.llm import runner  # llm-compressor: after the skip above
+
+    if name == "kernel-missing":
+        monkeypatch.setitem(sys.modules, "kernels", None)  # as in an image built without the package
+    root = _hostile(name, texts, tmp_path)
+    job = parse_job(yaml.safe_load((root / "job.yaml").read_text()))
+    with pytest.raises(ModelError) as refused:
+        runner.run(job, runner.RunOptions(workdir=tmp_path), Reporter(job, stream=io.StringIO()))
+    assert CASES[name][1] in refused.value.message
+    assert refused.value.message.startswith("spec.model.uri: ")
+    assert not (root / "out").exists()
+
+
+def test_kompression_run_refuses_a_hub_kernel_and_a_tokenizer_s_code_offline_with_stdin_open(
+    texts: Texts, tmp_path: Path
+) -> None:
+    roots = {name: _hostile(name, texts, tmp_path) for name in ("hub-kernel", "tokenizer-code")}
+
+    def run(root: Path) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             "OMP_NUM_THREADS": "1",
             "CUDA_VISIBLE_DEVICES": "",
             "NETWORK_LOG": str(root / "network.log"),
             "HF_MODULES_CACHE": str(root / "modules"),  # where transformers would copy a folder's code
-            **({"NO_KERNELS": "1"} if name == "kernel-missing" else {}),
         }
         for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             env.pop(variable, None)  # `kompression run` sets them itself
@@ -134,11 +160,11 @@ def test_hostile_folders_are_model_errors_naming_the_file(texts: Texts, tmp_path
         )
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # CI has two cores
-        results = dict(zip(runs, pool.map(run, runs), strict=True))
+        results = dict(zip(roots, pool.map(run, roots.values()), strict=True))
     for name, proc in results.items():
-        root, message = runs[name], CASES[name][1]
+        root = roots[name]
         assert proc.returncode == ExitCode.MODEL_ERROR, (name, proc.stderr[-3000:])
-        assert message in proc.stderr, (name, proc.stderr[-3000:])
+        assert CASES[name][1] in proc.stderr, (name, proc.stderr[-3000:])
         assert "Traceback" not in proc.stderr, (name, proc.stderr[-3000:])
         assert not (root / "network.log").exists(), (name, (root / "network.log").read_text())
         assert not (root / MARKER).exists(), name

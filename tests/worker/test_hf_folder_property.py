@@ -33,7 +33,9 @@ FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safete
 # not a parsing one, and would only make this test slow.
 SCALARS = st.none() | st.booleans() | st.integers(-4, 64) | st.floats(allow_nan=True) | st.text(max_size=12)
 JSON = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
 )
 SETTINGS = settings(
     max_examples=100,
@@ -58,7 +60,9 @@ def contents(draw: st.DrawFn, name: str, pristine: Path) -> bytes:
     if name == "model.safetensors":
         real, tensors = _header(pristine)
         header = json.dumps(draw(JSON) if kind == "json" else _mutated(draw, real)).encode()
-        return struct.pack("<Q", len(header)) + header + (tensors if kind == "mutated" else draw(st.binary(max_size=64)))
+        return (
+            struct.pack("<Q", len(header)) + header + (tensors if kind == "mutated" else draw(st.binary(max_size=64)))
+        )
     if kind == "json" or name == "model.safetensors.index.json":
         real: Any = {"metadata": {}, "weight_map": {"embeddings.word_embeddings.weight": "model.safetensors"}}
         value = draw(JSON) if kind == "json" else _mutated(draw, real)

@@ -20,6 +20,7 @@ from factories import job, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import data, formats, hf_folder
+from kompression.worker.cli import OFFLINE_ENVIRONMENT
 from kompression.worker.errors import ModelError
 from kompression.worker.model import TorchModel
 
@@ -83,7 +84,7 @@ def kompression_run(folder: Path, tmp_path: Path, *, guard: bool = False) -> sub
         "NETWORK_LOG": str(tmp_path / "network.log"),
         "HF_MODULES_CACHE": str(tmp_path / "modules"),  # where transformers would copy a folder's code
     }
-    for name in hf_folder_offline_variables():
+    for name in OFFLINE_ENVIRONMENT:
         env.pop(name, None)  # `kompression run` sets them itself
     program = ["-c", GUARD] if guard else ["-m", "kompression"]
     return subprocess.run(
@@ -95,12 +96,6 @@ def kompression_run(folder: Path, tmp_path: Path, *, guard: bool = False) -> sub
         check=False,
         timeout=300,
     )
-
-
-def hf_folder_offline_variables() -> list[str]:
-    from kompression.worker.cli import OFFLINE_ENVIRONMENT  # the worker CLI's own list, not a copy
-
-    return list(OFFLINE_ENVIRONMENT)
 
 
 # --- config.json ------------------------------------------------------------------------------
@@ -387,7 +382,7 @@ def test_run_sets_the_hub_offline_before_anything_imports_it(bert: Path, tmp_pat
     body = job(f"file://{bert}", f"file://{tmp_path}/out/")
     body["spec"]["model"] = {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
     manifest = write_job(tmp_path / "job.yaml", body)
-    env = {k: v for k, v in os.environ.items() if k not in hf_folder_offline_variables()} | {"OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENVIRONMENT} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", script, str(manifest)], capture_output=True, text=True, env=env, check=False, timeout=300
     )

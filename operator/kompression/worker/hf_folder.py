@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -61,6 +61,8 @@ BUILTIN_ATTENTION = frozenset(
     {"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4"}
     | {f"paged|{name}" for name in ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4")}
 )
+# The keyword arguments of every tokenizer load (and, with load_options, of every model load).
+OFFLINE = {"local_files_only": True, "trust_remote_code": False}
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,127}$")
 
 
@@ -68,7 +70,6 @@ CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,127}$")
 class Folder:
     """A vetted folder: its config.json, and the class its `architectures` names (None: unnamed)."""
 
-    path: Path
     config: dict[str, Any]
     architecture: type | None
 
@@ -92,7 +93,7 @@ def vet(folder: Path, where: str) -> Folder:
     architecture = _architecture(config, where)
     for shard in sorted(_weights(folder, where)):
         _read_header(folder / shard, where)
-    return Folder(folder, config, architecture)
+    return Folder(config, architecture)
 
 
 def vet_tokenizer(folder: Path, where: str) -> None:
@@ -191,7 +192,7 @@ def _architecture(config: dict[str, Any], where: str) -> type | None:
             f"{where}: config.json's architectures names {name[:100]!r}, which is not a model class of transformers "
             f"{transformers.__version__} (such as LlamaForCausalLM or BertModel)"
         )
-    return found
+    return cast(type, found)
 
 
 def _weights(folder: Path, where: str) -> set[str]:
@@ -262,15 +263,10 @@ def load_options(folder: Folder, auto: type) -> dict[str, Any]:
     """The keyword arguments of every from_pretrained of a model: offline, no repository code,
     safetensors only, the worker's attention."""
     return {
-        "local_files_only": True,
-        "trust_remote_code": False,
+        **OFFLINE,
         "use_safetensors": True,
         "attn_implementation": attention(folder, auto),
     }
-
-
-# The keyword arguments of every tokenizer and config load.
-OFFLINE = {"local_files_only": True, "trust_remote_code": False}
 
 
 @contextlib.contextmanager

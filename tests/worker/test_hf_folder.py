@@ -24,7 +24,7 @@ from kompression.worker.cli import OFFLINE_ENVIRONMENT
 from kompression.worker.errors import ModelError
 from kompression.worker.model import TorchModel
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Run in the `kompression run` process before anything else: every name lookup and every socket
@@ -392,3 +392,16 @@ def test_run_sets_the_hub_offline_before_anything_imports_it(bert: Path, tmp_pat
         f"{int(ExitCode.MODEL_ERROR)}"
     ), proc.stderr[-3000:]
     assert "config.json's architectures names 'AutoConfig', which is not a model class" in proc.stderr
+
+
+def test_a_folder_without_architectures_loads_as_its_model_type_s_auto_class(bert: Path) -> None:
+    config = json.loads((bert / "config.json").read_text())
+    del config["architectures"]
+    (bert / "config.json").write_text(json.dumps(config))
+    loaded = formats.load_model(source(bert), bert)
+    assert isinstance(loaded, TorchModel)
+    assert type(loaded.module.inner).__name__ == "BertModel"  # type: ignore[union-attr]
+    folder = hf_folder.vet(bert, "bert")
+    assert folder.architecture is None
+    assert hf_folder.attention(folder, transformers.AutoModel) == "sdpa"  # BertModel's, through the mapping
+    assert hf_folder.attention(folder, transformers.AutoModelForImageClassification) == "eager"  # none for bert

@@ -57,6 +57,10 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
     p.set_defaults(func=_example_model)
 
 
+# Nothing a job loads comes from a model hub. huggingface_hub, transformers and datasets read these
+# when first imported, so `run` sets them before anything imports those (the images set them too).
+OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
 # transformers comes with the worker extra, but only format HuggingFace imports it.
 WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
@@ -92,6 +96,7 @@ def _fail_early(reason: Reason, message: str, code: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    os.environ.update(OFFLINE_ENVIRONMENT)
     name = args.job or os.environ.get(ENV_JOB_FILE)
     if not name:
         return _fail_early(

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from kompression.api.v1alpha1 import DataSource, DataSpec, ModelInput
+from kompression.worker import hf_folder
 from kompression.worker.errors import DataError
 from kompression.worker.model import Dataset, DataSets
 from kompression.worker.texts import MAX_LABEL, model_max_length, read_texts
@@ -178,6 +179,8 @@ def tokenizer_for(folder: Path | None, field: str) -> Any:
             f"{field}: the model folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save it next to the "
             "model with tokenizer.save_pretrained(folder)"
         )
+    # The tokenizer's settings may name code of the folder's own (auto_map): refused before transformers reads them.
+    hf_folder.vet_tokenizer(folder, field)
     try:
         # transformers is optional (the huggingface extra) and slow to import.
         from transformers import AutoTokenizer
@@ -186,7 +189,7 @@ def tokenizer_for(folder: Path | None, field: str) -> Any:
             f"{field}: tokenizing text data needs the transformers package, which this worker lacks"
         ) from None
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), **hf_folder.OFFLINE)
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a folder without a tokenizer
         raise DataError(
             f"{field}: the model folder has no usable tokenizer (tokenizer.json or a vocabulary plus "

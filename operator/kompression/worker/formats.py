@@ -9,14 +9,15 @@ Unpickling runs code. So:
   job sets ``spec.model.trustTorchScriptCode``.
 - ONNX external-data locations must stay inside the model's folder (no absolute paths, no ``..``,
   no symlinks pointing out).
-- HuggingFace folders load with ``use_safetensors=True`` and ``trust_remote_code=False``.
+- HuggingFace folders are vetted by hf_folder (settings, weights, shard index) and load offline with
+  ``use_safetensors=True``, ``trust_remote_code=False`` and the worker's attention implementation,
+  every weight the model expects present in the files.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ import torch
 
 from kompression.api import architectures
 from kompression.api.v1alpha1 import ModelInput, ModelSource
-from kompression.worker import eager
+from kompression.worker import eager, hf_folder
 from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.pt2_archive import PICKLE_ADVICE, vet_pt2_archive
@@ -290,18 +291,13 @@ def _load_huggingface(source: ModelSource, path: Path) -> Model:
             "pip install 'kompression[worker]' (or use an image with it), or export the model with torch.export "
             "(format TorchExport)"
         ) from None
-    config_file = path / "config.json"
-    if not path.is_dir() or not config_file.is_file():
-        raise ModelError(f"{source.uri}: a HuggingFace model is a folder with config.json; none found")
-    try:
-        config = json.loads(config_file.read_text())
-        arch = (config.get("architectures") or ["AutoModel"])[0]
-        cls = getattr(transformers, arch, None) or transformers.AutoModel
-        module = cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelError(
-            f"{source.uri}: cannot load the HuggingFace model (safetensors weights only): {_short(exc)}"
-        ) from None
+    folder = hf_folder.vet(path, source.uri)
+    cls: Any = folder.architecture or transformers.AutoModel
+    with hf_folder.loading(source.uri, "the HuggingFace model (safetensors weights only)"):
+        module, info = cls.from_pretrained(
+            str(path), output_loading_info=True, **hf_folder.load_options(folder, transformers.AutoModel)
+        )
+    hf_folder.check_complete(info, module, source.uri)
     module.eval()
     return TorchModel(
         HuggingFaceOutput(module, _huggingface_output(module, source)).eval(), example_inputs(source.inputs)

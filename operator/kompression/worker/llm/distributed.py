@@ -32,8 +32,8 @@ from llmcompressor.utils.dev import load_context
 from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import Step
-from kompression.worker import distributed
-from kompression.worker.errors import DataError, ModelError
+from kompression.worker import distributed, hf_folder
+from kompression.worker.errors import DataError
 
 # Ranks other than 0 wait in a collective while rank 0 downloads the model and scores the
 # original, which for a large model takes far longer than torch's default 10 minutes; the Job's
@@ -121,19 +121,15 @@ def load(model_dir: Path, offload_dir: Path) -> Any:
     """The model for calibration, offloaded as llm-compressor intends: held in CPU memory (and on
     disk beyond it), never on the GPU as a whole; the sequential pipeline onloads one layer at a
     time. Under torchrun rank 0 reads the weights and the other ranks map them."""
-    try:
-        with load_context(AutoModelForCausalLM):
-            return AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                dtype="auto",
-                device_map="auto_offload",
-                offload_folder=str(offload_dir),
-                local_files_only=True,
-                trust_remote_code=False,
-                use_safetensors=True,
-            )
-    except (ValueError, OSError, KeyError) as exc:
-        raise ModelError(f"spec.model.uri: transformers cannot load a causal LM from the folder: {exc}") from None
+    vetted = hf_folder.vet(model_dir, "spec.model.uri")
+    with hf_folder.loading("spec.model.uri", "a causal LM"), load_context(AutoModelForCausalLM):
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype="auto",
+            device_map="auto_offload",
+            offload_folder=str(offload_dir),
+            **hf_folder.load_options(vetted, AutoModelForCausalLM),
+        )
 
 
 @contextlib.contextmanager

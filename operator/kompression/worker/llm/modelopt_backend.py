@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import LLMQuantizeStep
+from kompression.worker import hf_folder
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.llm.perplexity import perplexity
 
@@ -122,13 +123,13 @@ def quantize(
     simulated-quantization perplexity on the evaluation text (None without one)."""
 
     mtq, export_hf_checkpoint = _modelopt()
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        dtype=torch.float32 if device == "cpu" else "auto",
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-    )
+    vetted = hf_folder.vet(model_dir, "spec.model.uri")
+    with hf_folder.loading("spec.model.uri", "a causal LM"):
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=torch.float32 if device == "cpu" else "auto",
+            **hf_folder.load_options(vetted, AutoModelForCausalLM),
+        )
     model = model.to(device).eval()
     shapes = linear_shapes(model, cfg)
 
@@ -144,7 +145,7 @@ def quantize(
     value = None if evaluation is None else round(perplexity(model, evaluation, device).value, 4)
     with torch.inference_mode():
         export_hf_checkpoint(model, dtype=_export_dtype(model_dir), export_dir=out)
-    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    hf_folder.tokenizer(model_dir, "spec.model.uri").save_pretrained(out)
     check_checkpoint(out, cfg, shapes)
     return value
 

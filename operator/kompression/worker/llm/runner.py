@@ -10,7 +10,6 @@ storage, publishing, gates and report code of the main worker, none of which imp
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from llmcompressor import oneshot
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from kompression.api.constants import ENV_WORKDIR
 from kompression.api.report import WorkerReport
@@ -35,16 +34,15 @@ from kompression.api.v1alpha1 import (
     Metrics,
     Step,
 )
-from kompression.worker import gates, publish, reporting, storage
-from kompression.worker.errors import GateFailed, ModelError, RuntimeMissing, StepInvalid
+from kompression.worker import gates, hf_folder, publish, reporting, storage
+from kompression.worker.errors import GateFailed, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
 from kompression.worker.llm import modelopt_backend, recipe, sparsity, tasks, text, throughput
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.progress import Reporter
 from kompression.worker.texts import read_texts
 
-# Files a HuggingFace folder may hold: weights in safetensors only, configs and tokenizers as data.
-PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+MODEL_URI = "spec.model.uri"
 BACKENDS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 
 
@@ -71,46 +69,35 @@ def device_for(cfg: LLMQuantizeStep | None, gpus: int) -> str:
     return "cuda" if has_gpu else "cpu"
 
 
-def vet_folder(folder: Path) -> None:
-    """A HuggingFace folder with safetensors weights and no remote code, or a ModelError."""
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ModelError(f"spec.model.uri: {folder.name} is not a HuggingFace model folder (no config.json)")
-    pickled = sorted(p.name for p in folder.rglob("*") if p.suffix in PICKLED_WEIGHTS)
-    if pickled:
-        raise ModelError(
-            f"spec.model.uri: the folder holds pickled weights ({', '.join(pickled[:3])}), which run code when "
-            "loaded; convert them to safetensors (save_pretrained(safe_serialization=True))"
-        )
-    if not any(folder.glob("*.safetensors")):
-        raise ModelError("spec.model.uri: the folder has no .safetensors weights")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("auto_map"):
-        raise ModelError(
-            "spec.model.uri: config.json names remote code (auto_map); the worker never runs a model's own "
-            "Python code, so use an architecture transformers ships"
-        )
-
-
 def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-def _load(folder: Path, dtype: Any, device_map: str | None = None) -> Any:
-    try:
-        return AutoModelForCausalLM.from_pretrained(
+def _load(folder: Path, dtype: Any, device_map: str | None = None, *, original: bool = False) -> Any:
+    """The folder's causal LM; the job's own model (`original`) must hold every weight it expects,
+    where a step's output is a checkpoint compressed-tensors reshapes as it loads."""
+    vetted = hf_folder.vet(folder, MODEL_URI)
+    with hf_folder.loading(MODEL_URI, "a causal LM"):
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=dtype,
             device_map=device_map,
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=True,
+            output_loading_info=True,
+            **hf_folder.load_options(vetted, AutoModelForCausalLM),
         )
-    except (ValueError, OSError, KeyError) as exc:
-        raise ModelError(f"spec.model.uri: transformers cannot load a causal LM from the folder: {exc}") from None
+    model, info = loaded
+    if original:
+        hf_folder.check_complete(info, model, MODEL_URI)
+    return model
 
 
 def _score(
-    folder: Path, sequences: list[list[int]] | None, device: str, suite: tasks.Suite | None = None
+    folder: Path,
+    sequences: list[list[int]] | None,
+    device: str,
+    suite: tasks.Suite | None = None,
+    *,
+    original: bool = False,
 ) -> tuple[float | None, int, tasks.Scores | None, float]:
     """Perplexity (None without evaluation text), parameter count, task accuracies (None without
     data.tasks) and decode tokens/s of the folder's model, loaded by transformers as a server loads
@@ -120,12 +107,13 @@ def _score(
     # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
     # a model larger than one GPU is scored too.
     cpu = device == "cpu"
-    model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto").eval()
+    model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto", original=original)
+    model.eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
     scores = None
     if suite is not None:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        tokenizer = hf_folder.tokenizer(folder, MODEL_URI)
         scores = tasks.score(model, tokenizer, suite)
     speed = round(throughput.tokens_per_second(model, throughput.prompt(model, sequences), device), 2)
     del model
@@ -168,7 +156,7 @@ def _oneshot(
     model.save_pretrained(out, save_compressed=True)
     ranks.disband()
     if ranks.leads():
-        AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+        hf_folder.tokenizer(model_dir, MODEL_URI).save_pretrained(out)
     return peak[0]
 
 
@@ -273,11 +261,11 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
         with storage.local_copy(spec.model.uri, work) as model_dir:
-            vet_folder(model_dir)
-            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+            hf_folder.vet(model_dir, MODEL_URI)
+            tokenizer = hf_folder.tokenizer(model_dir, MODEL_URI)
             texts = _texts(job, tokenizer, work)
             suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
-            before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite)
+            before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite, original=True)
             baseline = Metrics(
                 sizeBytes=weights_bytes(model_dir),
                 parameters=parameters,

@@ -9,7 +9,6 @@ format a following llmQuantize step picks. The measure therefore reads the publi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from kompression.api.v1alpha1 import LLMSparsifyStep
+from kompression.worker import hf_folder
 
 # N:M patterns as the fraction of each group of M weights that is zero.
 SPARSITY = {"2:4": 0.5}
@@ -65,14 +65,12 @@ def measure(folder: Path, cfg: LLMSparsifyStep) -> dict[str, Any]:
     along the input dimension with at least N zeros, and how many layers conform entirely."""
 
     n, m = (int(x) for x in cfg.pattern.split(":"))
-    config = json.loads((folder / "config.json").read_text())
-    quantization = config.get("quantization_config")
+    vetted = hf_folder.vet(folder, f"the {cfg.pattern} checkpoint")
+    quantization = vetted.config.get("quantization_config")
     model = AutoModelForCausalLM.from_pretrained(
         folder,
         dtype=torch.float32,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
+        **hf_folder.load_options(vetted, AutoModelForCausalLM),
         **({"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantization else {}),
     )
     weights = zeros = groups = conforming = layers = whole = 0

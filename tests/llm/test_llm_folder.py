@@ -1,0 +1,171 @@
+"""The LLM path vets the model folder with the main worker's one vetting (worker/hf_folder.py): each
+hostile folder, a copy of the fixture model with the file an attacker controls changed, ends in
+ModelError (exit 3, never retried) with a message naming the file, with no name lookup and no
+socket connection, and with the folder's code never run, though stdin answers yes to every prompt."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from llm_jobs import FIXTURE, Texts, job_yaml
+
+from kompression.api.constants import ExitCode
+from kompression.api.validation import parse_job
+from kompression.worker.errors import ModelError
+from kompression.worker.progress import Reporter
+
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
+
+from safetensors.torch import load_file, save_file
+
+# Run in the `kompression run` process before anything else: every name lookup and every socket
+# connection other than a local (AF_UNIX) one is written to $NETWORK_LOG; with $NO_KERNELS the
+# `kernels` package cannot be imported, as in an image built without it.
+GUARD = """\
+import os, runpy, socket, sys
+def _audit(event, args, log=os.environ["NETWORK_LOG"]):
+    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
+        with open(log, "a") as f:
+            f.write(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}\\n")
+sys.addaudithook(_audit)
+if os.environ.get("NO_KERNELS"):
+    sys.modules["kernels"] = None
+sys.argv[0] = "kompression"
+runpy.run_module("kompression", run_name="__main__")
+"""
+MARKER = "marker"
+
+
+def _config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _list_config(folder: Path) -> None:
+    (folder / "config.json").write_text(json.dumps([json.loads((folder / "config.json").read_text())]))
+
+
+def _shard_outside(folder: Path) -> None:
+    """The weights moved out of the folder, and an index that names them by their absolute path
+    (transformers 5.17 loads such a shard)."""
+    outside = folder.parent / "elsewhere.safetensors"
+    shutil.move(folder / "model.safetensors", outside)
+    weight_map = dict.fromkeys(load_file(str(outside)), str(outside))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _no_weights(folder: Path) -> None:
+    import torch  # .venv-llm's torch, only for this folder's one tensor
+
+    save_file({"junk": torch.zeros(2)}, str(folder / "model.safetensors"))
+
+
+def _evil_tokenizer(folder: Path) -> None:
+    (folder / "evil_tokenizer.py").write_text(
+        f"from pathlib import Path\nPath({str(folder.parent / MARKER)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config |= {
+        "auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]},
+        "tokenizer_class": "EvilTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    # Each of these ended in exit 1 (retried by the Job) before.
+    "config-list": (_list_config, "config.json must be a JSON object, not a list"),
+    "autoconfig": (
+        lambda f: _config(f, architectures=["AutoConfig"]),
+        "config.json's architectures names 'AutoConfig', which is not a model class",
+    ),
+    "kernel-missing": (
+        lambda f: _config(f, attn_implementation="kernels-community/flash-attn2"),
+        "config.json sets attn_implementation to 'kernels-community/flash-attn2'",
+    ),
+    # This environment has the `kernels` package, which would fetch the kernel from the hub.
+    "hub-kernel": (
+        lambda f: _config(f, _attn_implementation="kernels-community/flash-attn2"),
+        "config.json sets _attn_implementation to 'kernels-community/flash-attn2'",
+    ),
+    "shard-outside": (_shard_outside, "model.safetensors.index.json names shard '/"),
+    "no-weights": (_no_weights, "the safetensors weights do not fit LlamaForCausalLM: missing [lm_head.weight"),
+    "tokenizer-code": (_evil_tokenizer, "tokenizer_config.json names remote code (auto_map)"),
+}
+
+
+def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
+    """The job's folder: a copy of the fixture model made hostile, and job.yaml beside it."""
+    root = tmp_path / name
+    model = root / "model"
+    shutil.copytree(FIXTURE, model)
+    CASES[name][0](model)
+    job = root / "job.yaml"
+    job.write_text(job_yaml(texts, root / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model)))
+    return root
+
+
+@pytest.mark.parametrize("name", ["config-list", "autoconfig", "kernel-missing", "shard-outside", "no-weights"])
+def test_hostile_folders_are_model_errors_naming_the_file(
+    texts: Texts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from kompression.worker.llm import runner  # llm-compressor: after the skip above
+
+    if name == "kernel-missing":
+        monkeypatch.setitem(sys.modules, "kernels", None)  # as in an image built without the package
+    root = _hostile(name, texts, tmp_path)
+    job = parse_job(yaml.safe_load((root / "job.yaml").read_text()))
+    with pytest.raises(ModelError) as refused:
+        runner.run(job, runner.RunOptions(workdir=tmp_path), Reporter(job, stream=io.StringIO()))
+    assert CASES[name][1] in refused.value.message
+    assert refused.value.message.startswith("spec.model.uri: ")
+    assert not (root / "out").exists()
+
+
+def test_kompression_run_refuses_a_hub_kernel_and_a_tokenizer_s_code_offline_with_stdin_open(
+    texts: Texts, tmp_path: Path
+) -> None:
+    roots = {name: _hostile(name, texts, tmp_path) for name in ("hub-kernel", "tokenizer-code")}
+
+    def run(root: Path) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+            "NETWORK_LOG": str(root / "network.log"),
+            "HF_MODULES_CACHE": str(root / "modules"),  # where transformers would copy a folder's code
+        }
+        for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.pop(variable, None)  # `kompression run` sets them itself
+        return subprocess.run(
+            [sys.executable, "-c", GUARD, "run", str(root / "job.yaml"), "--progress", "json"],
+            input="y\n" * 10,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=600,
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # CI has two cores
+        results = dict(zip(roots, pool.map(run, roots.values()), strict=True))
+    for name, proc in results.items():
+        root = roots[name]
+        assert proc.returncode == ExitCode.MODEL_ERROR, (name, proc.stderr[-3000:])
+        assert CASES[name][1] in proc.stderr, (name, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, (name, proc.stderr[-3000:])
+        assert not (root / "network.log").exists(), (name, (root / "network.log").read_text())
+        assert not (root / MARKER).exists(), name
+        assert not (root / "out").exists(), name

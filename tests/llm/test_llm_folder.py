@@ -103,6 +103,11 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "shard-outside": (_shard_outside, "model.safetensors.index.json names shard '/"),
     "no-weights": (_no_weights, "the safetensors weights do not fit LlamaForCausalLM: missing [lm_head.weight"),
     "tokenizer-code": (_evil_tokenizer, "tokenizer_config.json names remote code (auto_map)"),
+    # The tokenizer round trip would publish what the link points to: the job's environment.
+    "linked-template": (
+        lambda f: (f / "chat_template.jinja").symlink_to("/proc/self/environ"),
+        "chat_template.jinja is a symbolic link (to /proc/self/environ)",
+    ),
 }
 
 
@@ -117,7 +122,9 @@ def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["config-list", "autoconfig", "kernel-missing", "shard-outside", "no-weights"])
+@pytest.mark.parametrize(
+    "name", ["config-list", "autoconfig", "kernel-missing", "shard-outside", "no-weights", "linked-template"]
+)
 def test_hostile_folders_are_model_errors_naming_the_file(
     texts: Texts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:

@@ -21,7 +21,7 @@ from kompression.api.constants import ExitCode
 from kompression.cli import main
 from kompression.worker import storage, storage_retry
 from kompression.worker.data import digits
-from kompression.worker.errors import StorageRefused
+from kompression.worker.errors import DataError, ModelError, StorageRefused
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -155,14 +155,15 @@ def test_kompression_run_refuses_a_data_folder_whose_key_leaves_it(
     assert storage.list_files(f"s3://{bucket}/out/") == []
 
 
-def test_local_copy_applies_the_same_check(s3env: Any, tmp_path: Path) -> None:
-    """storage.local_copy, through which the LLM runner and its task files fetch, is the same path."""
+def test_the_llm_paths_fetch_applies_the_same_check(s3env: Any, tmp_path: Path) -> None:
+    """storage.source, through which the LLM runner and its task files fetch, is the same path, and
+    reports the refusal as the field's own error (exit 4 for a task file, never a storage fault)."""
     bucket = s3env.create_bucket()
     outside = tmp_path / "outside"
     outside.mkdir()
     s3env.client.put_object(Bucket=bucket, Key=_escaping_key("tasks", outside), Body=b"planted")
-    with pytest.raises(storage.UnsafeSource), storage.local_copy(f"s3://{bucket}/tasks", tmp_path / "work"):
-        pass
+    with pytest.raises(DataError, match=r"spec\.data\.tasks\[0\]: .*object key .* is refused"):
+        storage.source(f"s3://{bucket}/tasks", tmp_path / "work", DataError, "spec.data.tasks[0]")
     assert list(outside.iterdir()) == []
 
 
@@ -298,15 +299,14 @@ def test_data_that_is_or_holds_a_link_or_fifo_is_a_data_error(
     assert not (workdir / "out").exists()
 
 
-def test_local_copy_refuses_links_for_the_llm_path(bert_original: Path, tmp_path: Path) -> None:
+def test_the_llm_paths_fetch_refuses_links_as_a_model_error(bert_original: Path, tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(bert_original, folder)
     (folder / "chat_template.jinja").symlink_to("/proc/self/environ")
-    with (
-        pytest.raises(storage.UnsafeSource, match=r"chat_template\.jinja is a symbolic link \(to /proc/self/environ\)"),
-        storage.local_copy(f"file://{folder}", tmp_path / "work"),
+    with pytest.raises(
+        ModelError, match=r"spec\.model\.uri: .*chat_template\.jinja is a symbolic link \(to /proc/self/environ\)"
     ):
-        pass
+        storage.source(f"file://{folder}", tmp_path / "work", ModelError, "spec.model.uri")
 
 
 def test_a_folder_reached_through_a_linked_parent_is_read(bert_original: Path, tmp_path: Path) -> None:
@@ -315,8 +315,8 @@ def test_a_folder_reached_through_a_linked_parent_is_read(bert_original: Path, t
     (tmp_path / "real").mkdir()
     shutil.copytree(bert_original, tmp_path / "real" / "model")
     (tmp_path / "models").symlink_to(tmp_path / "real")
-    with storage.local_copy(f"file://{tmp_path}/models/model", tmp_path / "work") as path:
-        assert (path / "config.json").is_file()
+    path = storage.source(f"file://{tmp_path}/models/model", tmp_path / "work", ModelError, "spec.model.uri")
+    assert (path / "config.json").is_file()
 
 
 # --------------------------------------------------------------------------------------------

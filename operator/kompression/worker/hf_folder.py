@@ -14,7 +14,7 @@ worker-llm image) call `vet` before anything from transformers opens a file in i
 - the loaded model must find every weight it expects in those files, and no other: transformers
   initialises a missing weight at random and only logs it.
 
-Links and entries outside the folder are storage's to refuse (storage.local_copy), before this runs.
+Links and entries outside the folder are storage's to refuse (storage.source), before this runs.
 """
 
 from __future__ import annotations

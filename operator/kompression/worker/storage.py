@@ -24,7 +24,7 @@ classified and retried by ``storage_retry``: transient ones within a bounded, ji
 permanent ones (missing, denied, invalid) answered at once. S3 uploads and conditional writes go
 through botocore directly (``s3``), so that a multipart upload is aborted on every failure path.
 
-What a source holds is vetted before anything reads it (``fetch``, ``local_copy``, ``download``):
+What a source holds is vetted before anything reads it (``source``, ``fetch``, ``download``):
 
 - a folder in an object store is listed first, and every key must map to a path inside the
   destination (no ``..``, ``.`` or empty segments, nothing that resolves above it) before a byte is
@@ -56,7 +56,7 @@ from typing import Any
 
 from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT
 from kompression.worker import s3
-from kompression.worker.errors import StorageError, StorageRefused
+from kompression.worker.errors import StorageError, StorageRefused, WorkerError
 from kompression.worker.storage_retry import (
     BOTOCORE_ATTEMPTS,
     ObjectNotFound,
@@ -419,26 +419,28 @@ def vet_local(uri: str) -> Path:
     return with_retries(uri, "check", vet)
 
 
-def fetch(uri: str, folder: Path, sha256: str | None = None) -> Path:
+def fetch(uri: str, folder: Path) -> Path:
     """A vetted local path for uri: a local source in place, any other downloaded under folder.
-    The one way the worker reads a model, a data set or a task file."""
+    The one way the worker reads a model, a data set or a task file (through ``source``)."""
     loc = parse_uri(uri)
     if loc.is_local:
-        path = vet_local(uri)
-        if sha256 is not None and (not path.is_file() or sha256_file(path) != sha256):
-            raise StorageError(f"{uri}: sha256 mismatch: expected {sha256}")
-        return path
+        return vet_local(uri)
     name = loc.path.rstrip("/").rsplit("/", 1)[-1]
     # The URI's last name, unless it could step out of the per-URI folder (check_key covers the rest).
     safe = name if name not in ("", ".", "..") else "source"
-    return download(uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:16] / safe, sha256)
+    return download(uri, folder / hashlib.sha256(uri.encode()).hexdigest()[:16] / safe)
 
 
-@contextlib.contextmanager
-def local_copy(uri: str, workdir: Path, sha256: str | None = None) -> Iterator[Path]:
-    """A local path for uri: the file itself when local, else a downloaded copy under workdir;
-    vetted either way (see fetch)."""
-    yield fetch(uri, workdir / "downloads", sha256)
+def source(uri: str, folder: Path, error: type[WorkerError], field: str, dest: Path | None = None) -> Path:
+    """fetch (or, with dest, download to exactly dest) a model, data or task URI, a missing or
+    refused source reported as the field's own error (ModelError, DataError): it is the author's to
+    fix, not a storage fault to retry."""
+    try:
+        return fetch(uri, folder) if dest is None else download(uri, dest)
+    except ObjectNotFound:
+        raise error(f"{field}: {uri} does not exist") from None
+    except UnsafeSource as exc:
+        raise error(f"{field}: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------------------------

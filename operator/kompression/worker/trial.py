@@ -96,11 +96,11 @@ def default_techniques() -> Techniques:
 def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) -> Loaded:
     spec = job.spec
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
-    model_path = _fetch(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
+    model_path = storage.source(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
 
     def fetch_sibling(name: str) -> Path:
         uri = spec.model.uri.rsplit("/", 1)[0] + "/" + name
-        return _fetch_to(uri, model_path.parent / name, ModelError, "ONNX external data")
+        return storage.source(uri, model_path.parent, ModelError, "ONNX external data", dest=model_path.parent / name)
 
     model = formats.load_model(
         spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
@@ -108,7 +108,7 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
     datasets = data_io.load_datasets(
         spec.data,
         spec.model.inputs,
-        lambda uri: _fetch(uri, workdir / "data", DataError, "spec.data"),
+        lambda uri: storage.source(uri, workdir / "data", DataError, "spec.data"),
         model_path if spec.model.format == "HuggingFace" else None,
     )
     model = _with_real_examples(model, datasets)
@@ -138,25 +138,6 @@ def _with_real_examples(model: Model, datasets: DataSets) -> Model:
         return model
     dtypes = [t.dtype for t in model.example_inputs]
     return TorchModel(model.module, tuple(torch.from_numpy(a).to(d) for a, d in zip(sample, dtypes, strict=True)))
-
-
-def _fetch(uri: str, folder: Path, error: type[WorkerError], field_name: str) -> Path:
-    """The vetted local copy of a model or data URI (storage.fetch), its refusals in the field's terms."""
-    try:
-        return storage.fetch(uri, folder)
-    except storage.ObjectNotFound:
-        raise error(f"{field_name}: {uri} does not exist") from None
-    except storage.UnsafeSource as exc:
-        raise error(f"{field_name}: {exc.message}") from None
-
-
-def _fetch_to(uri: str, dest: Path, error: type[WorkerError], field_name: str) -> Path:
-    try:
-        return storage.download(uri, dest)
-    except storage.ObjectNotFound:
-        raise error(f"{field_name}: {uri} does not exist") from None
-    except storage.UnsafeSource as exc:
-        raise error(f"{field_name}: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import (
     Step,
 )
 from kompression.worker import gates, hf_folder, publish, reporting, storage
-from kompression.worker.errors import GateFailed, RuntimeMissing, StepInvalid
+from kompression.worker.errors import DataError, GateFailed, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.llm import distributed as ranks
 from kompression.worker.llm import modelopt_backend, recipe, sparsity, tasks, text, throughput
 from kompression.worker.llm.perplexity import perplexity
@@ -122,9 +122,9 @@ def _score(
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> tuple[list[list[int]], str]:
     assert source.uri is not None  # the API refuses builtin data for llmQuantize text
-    with storage.local_copy(source.uri, workdir) as path:
-        samples = read_texts(path, where, tokenizer).texts[: source.samples]
-        digest = storage.sha256_file(path)
+    path = storage.source(source.uri, workdir / "downloads", DataError, where)
+    samples = read_texts(path, where, tokenizer).texts[: source.samples]
+    digest = storage.sha256_file(path)
     return text.tokenize(tokenizer, samples, source, where), digest
 
 
@@ -260,50 +260,50 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     reporter.set_environment(reporting.torch_environment())
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
-        with storage.local_copy(spec.model.uri, work) as model_dir:
-            hf_folder.vet(model_dir, MODEL_URI)
-            tokenizer = hf_folder.tokenizer(model_dir, MODEL_URI)
-            texts = _texts(job, tokenizer, work)
-            suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
-            before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite, original=True)
-            baseline = Metrics(
-                sizeBytes=weights_bytes(model_dir),
-                parameters=parameters,
-                accuracy=tasks_before.mean if tasks_before else None,
-                perplexity=before,
-                tokensPerSecond=speed,
-                device="GPU" if device == "cuda" else "CPU",
-                provider="PyTorch",
-            )
-            reporter.phase_done("Baseline")
-            original = {"taskScores": tasks_before.per_task} if tasks_before else None
-            rows = [reporting.Row("original", baseline, {}, None, original)]
-            current, final = model_dir, baseline
-            pruned = None  # the llmSparsify step whose pattern later steps must keep
-            for index, step in enumerate(spec.steps):
-                reporter.step_started(step.name)
-                done = _run_step(step, current, work / f"step-{index}", texts, suite=suite, device=device)
-                out, notes, scores = done.out, done.notes, done.scores
-                final = final.model_copy(
-                    update={
-                        "sizeBytes": weights_bytes(out),
-                        "perplexity": done.perplexity,
-                        "accuracy": scores.mean if scores else None,
-                        "tokensPerSecond": done.speed,
-                    }
-                )
-                pruned = step.llmSparsify or pruned
-                notes = {
-                    **notes,
-                    **({"measuredSparsity": sparsity.measure(out, pruned)} if pruned is not None else {}),
-                    "calibration": texts.calibration_notes if _needs_calibration(step) else None,
-                    **({"tasks": suite.describe(), "taskScores": scores.per_task} if suite and scores else {}),
-                    "backends": backend_versions(),
-                    **ranks.memory_notes(done.peak, baseline.sizeBytes, device, done.ranks),
+        model_dir = storage.source(spec.model.uri, work / "downloads", ModelError, MODEL_URI)
+        hf_folder.vet(model_dir, MODEL_URI)
+        tokenizer = hf_folder.tokenizer(model_dir, MODEL_URI)
+        texts = _texts(job, tokenizer, work)
+        suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
+        before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite, original=True)
+        baseline = Metrics(
+            sizeBytes=weights_bytes(model_dir),
+            parameters=parameters,
+            accuracy=tasks_before.mean if tasks_before else None,
+            perplexity=before,
+            tokensPerSecond=speed,
+            device="GPU" if device == "cuda" else "CPU",
+            provider="PyTorch",
+        )
+        reporter.phase_done("Baseline")
+        original = {"taskScores": tasks_before.per_task} if tasks_before else None
+        rows = [reporting.Row("original", baseline, {}, None, original)]
+        current, final = model_dir, baseline
+        pruned = None  # the llmSparsify step whose pattern later steps must keep
+        for index, step in enumerate(spec.steps):
+            reporter.step_started(step.name)
+            done = _run_step(step, current, work / f"step-{index}", texts, suite=suite, device=device)
+            out, notes, scores = done.out, done.notes, done.scores
+            final = final.model_copy(
+                update={
+                    "sizeBytes": weights_bytes(out),
+                    "perplexity": done.perplexity,
+                    "accuracy": scores.mean if scores else None,
+                    "tokensPerSecond": done.speed,
                 }
-                reporter.step_finished(step.name, final, done.summary)
-                rows.append(reporting.Row(step.name, final, {}, done.seconds, notes))
-                current = out
+            )
+            pruned = step.llmSparsify or pruned
+            notes = {
+                **notes,
+                **({"measuredSparsity": sparsity.measure(out, pruned)} if pruned is not None else {}),
+                "calibration": texts.calibration_notes if _needs_calibration(step) else None,
+                **({"tasks": suite.describe(), "taskScores": scores.per_task} if suite and scores else {}),
+                "backends": backend_versions(),
+                **ranks.memory_notes(done.peak, baseline.sizeBytes, device, done.ranks),
+            }
+            reporter.step_finished(step.name, final, done.summary)
+            rows.append(reporting.Row(step.name, final, {}, done.seconds, notes))
+            current = out
         result = gates.compute_result(baseline, final)
         result.gates = gates.evaluate(spec.acceptance, result)
         result.gatesPassed = all(g.passed for g in result.gates)

@@ -81,9 +81,9 @@ def prepare(specs: list[TaskData], work: Path) -> Suite:
     tasks = []
     for index, spec in enumerate(specs):
         where = f"spec.data.tasks[{index}] ({spec.name})"
-        with storage.local_copy(spec.uri, work) as path:
-            questions = read_questions(path, where, spec.samples)
-            digest = storage.sha256_file(path)
+        path = storage.source(spec.uri, work / "downloads", DataError, where)
+        questions = read_questions(path, where, spec.samples)
+        digest = storage.sha256_file(path)
         if spec.fewShot >= len(questions):
             raise DataError(
                 f"{where}: fewShot {spec.fewShot} needs at least {spec.fewShot + 1} questions (the examples are "

@@ -126,12 +126,20 @@ class ModelSource(ApiModel):
         None,
         description=(
             "For SafeTensors only: the class or factory to build before loading the weights, as "
-            "`module.path:Name`, for example `torchvision.models:resnet18`."
+            "`module.path:Name`, for example `torchvision.models:resnet18`. It must be a model builder "
+            "under a module the cluster allows (Helm value worker.architectureModules): in transformers a "
+            "model class (FooModel, FooForTask, the Auto*Model* classes), in torchvision.models and timm a "
+            "model factory or class, never a loader, registry, config or tokenizer."
         ),
     )
     architectureArguments: dict[str, Any] | None = Field(
         None,
-        description="Keyword arguments passed to `architecture` when it is called, for example {num_classes: 10}.",
+        description=(
+            "Keyword arguments passed to `architecture` when it is called, for example {num_classes: 10}. "
+            "Arguments that fetch weights or code (pretrained, weights, weights_backbone, checkpoint_path, "
+            "pretrained_cfg, trust_remote_code, ...) are refused unless null or false: the weights come "
+            "from `uri`."
+        ),
     )
     inputs: list[ModelInput] = Field(
         min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
@@ -474,10 +482,17 @@ class StudentRef(ApiModel):
     fromStep: StepName | None = Field(None, description="Name of an earlier step whose output model is the student.")
     architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = Field(
         None,
-        description="A class or factory (module.path:Name) that builds a fresh student, e.g. `torchvision.models:resnet18`.",
+        description=(
+            "A class or factory (module.path:Name) that builds a fresh student, e.g. "
+            "`torchvision.models:resnet18`; the rules of spec.model.architecture apply."
+        ),
     )
     architectureArguments: dict[str, Any] | None = Field(
-        None, description="Keyword arguments for `architecture`; only with `architecture`."
+        None,
+        description=(
+            "Keyword arguments for `architecture`; only with `architecture`. As for spec.model, arguments "
+            "that fetch weights or code (pretrained, weights, checkpoint_path, ...) must be null or false."
+        ),
     )
 
     __rules__ = (

@@ -1092,12 +1092,25 @@ class Resources(ApiModel):
     )
 
 
+# A day: the longest single-GPU job of the examples takes hours; a worker stuck longer is hung.
+DEFAULT_ACTIVE_DEADLINE_SECONDS = 86_400
+
+
 class RunPolicy(ApiModel):
     """How the worker Job runs, retries and is cleaned up."""
 
     backoffLimit: int = Field(2, ge=0, le=20, description="Retries after a failure that a retry may fix.")
-    activeDeadlineSeconds: int | None = Field(
-        None, ge=1, le=2_592_000, description="Fail the job after this many seconds of running."
+    activeDeadlineSeconds: int = Field(
+        DEFAULT_ACTIVE_DEADLINE_SECONDS,
+        ge=1,
+        le=2_592_000,
+        description=(
+            "Fail the job (reason DeadlineExceeded, never retried) after this many seconds of running, "
+            "counted from the worker Job's start. The default, 86400 (one day), bounds a worker that hangs "
+            "on its input (a model, data or chat template that never finishes) instead of holding a GPU "
+            "for ever; raise it for longer jobs, e.g. a large llmQuantize or an Auto search with a long "
+            "acceptance.timeoutSeconds."
+        ),
     )
     ttlSecondsAfterFinished: int | None = Field(
         None, ge=0, le=31_536_000, description="Delete the finished worker Job after this many seconds."

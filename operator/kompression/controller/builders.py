@@ -293,6 +293,7 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
         "completions": 1,
         "parallelism": 1,
         "backoffLimit": policy.backoffLimit,
+        "activeDeadlineSeconds": policy.activeDeadlineSeconds,
         "suspend": starts_suspended(job),
         "podFailurePolicy": pod_failure_policy(),
         "template": {
@@ -303,8 +304,6 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
             "spec": _pod_spec(job, settings),
         },
     }
-    if policy.activeDeadlineSeconds is not None:
-        spec["activeDeadlineSeconds"] = policy.activeDeadlineSeconds
     if policy.ttlSecondsAfterFinished is not None:
         spec["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
     return {

@@ -38,8 +38,20 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 URIS = pick(
-    ["s3://b/m.pt2", "file:///m", "pvc://claim/m", "gs://b/x", "az://c/x"],
-    ["http://x/m", "s3://", "hf://org/m", "pvc://Bad_Claim/m", "s3://" + "a" * 2044, 7],
+    ["s3://b/m.pt2", "file:///m", "pvc://claim/m", "gs://b/x", "az://c/x", "pvc://claim/.m/a..b", "file://.k/m"],
+    [
+        "http://x/m",
+        "s3://",
+        "hf://org/m",
+        "pvc://Bad_Claim/m",
+        "s3://" + "a" * 2044,
+        7,
+        "pvc://claim/x/../m",
+        "pvc://claim/./m",
+        "s3://b//m",
+        "gs://b/m/..",
+        "file://../m",
+    ],
 )
 COUNTS = pick([1, 2, 16, 1.0], [-1, 0, 17, 1000, 1001, "1", True, 1.5])
 FRACTIONS = pick([0.01, 0.3, 0.5, 0.99], [0, 0.0, 1, 1.5, -0.1, "0.5", True])

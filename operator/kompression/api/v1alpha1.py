@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from kompression.api.rules import Rule
-from kompression.api.uris import URI_HINT, URI_PATTERN
+from kompression.api.uris import URI_DOT_SEGMENT_HINT, URI_DOT_SEGMENT_PATTERN, URI_HINT, URI_PATTERN
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -42,14 +42,18 @@ Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length
 Timestamp = Annotated[str, StringConstraints(max_length=64)]
 
 
-def uri_rule(*, optional: bool = False) -> Rule:
-    """The check of a model's `uri`: a rule, not a field pattern, so that the API server and
-    `kompression validate` both name the accepted schemes in words instead of quoting a regex."""
-    matches = f"self.uri.matches('{URI_PATTERN}')"
-    return Rule(
-        cel=f"!has(self.uri) || {matches}" if optional else matches,
-        message=URI_HINT,
-        field_path=".uri",
+def uri_rules(*, optional: bool = False) -> tuple[Rule, Rule]:
+    """The checks of a `uri`: rules, not a field pattern, so that the API server and `kompression
+    validate` both name the accepted schemes in words instead of quoting a regex. The second refuses
+    `.`, `..` and empty path segments."""
+    guard = "!has(self.uri) || " if optional else ""
+    return (
+        Rule(cel=f"{guard}self.uri.matches('{URI_PATTERN}')", message=URI_HINT, field_path=".uri"),
+        Rule(
+            cel=f"{guard}!self.uri.matches('{URI_DOT_SEGMENT_PATTERN}')",
+            message=URI_DOT_SEGMENT_HINT,
+            field_path=".uri",
+        ),
     )
 
 
@@ -165,7 +169,7 @@ class ModelSource(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(),
+        *uri_rules(),
         Rule(
             cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
             message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
@@ -265,7 +269,7 @@ class DataSource(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(optional=True),
+        *uri_rules(optional=True),
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
@@ -336,7 +340,7 @@ class TaskData(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(),
+        *uri_rules(),
         Rule(
             cel="self.uri.endsWith('.jsonl')",
             message='a task is a .jsonl file, one {"question": str, "choices": [str, ...], "answer": int} per line',
@@ -1063,7 +1067,7 @@ class Output(ApiModel):
         ),
     )
 
-    __rules__ = (uri_rule(),)
+    __rules__ = uri_rules()
 
 
 class Resources(ApiModel):

@@ -132,3 +132,14 @@ def test_dots_inside_a_segment_are_fine(uri: str) -> None:
     doc = _quickstart()
     doc["spec"]["output"]["uri"] = uri
     assert parse_job(doc).spec.output.uri == uri
+
+
+def test_the_largest_dimension_and_sequence_length_pass() -> None:
+    """The bounds (tests/api/invalid/*-too-*.yaml one above them) admit what a real job uses."""
+    doc = _quickstart()
+    doc["spec"]["model"]["inputs"] = [{"name": "x", "shape": [-1, 1048576]}]
+    assert parse_job(doc).spec.model.inputs[0].shape == [-1, 1048576]
+    llm = yaml.safe_load((EXAMPLES[0].parent / "llm-w4a16.yaml").read_text())
+    llm["spec"]["data"]["calibration"]["maxLength"] = 131072
+    calibration = parse_job(llm).spec.data.calibration  # type: ignore[union-attr]
+    assert calibration is not None and calibration.maxLength == 131072

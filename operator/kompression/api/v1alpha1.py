@@ -34,6 +34,9 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 MAX_STEPS = 16
+# Bounds no real job reaches, so that a manifest cannot make the worker allocate without limit.
+MAX_DIMENSION = 1_048_576  # one tensor dimension (inputs, TensorRT profiles)
+MAX_SEQUENCE_LENGTH = 131_072  # tokens per text sample
 
 StorageUri = Annotated[str, StringConstraints(max_length=2048)]
 StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
@@ -88,10 +91,13 @@ class ModelInput(ApiModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
         description="Name of the input, used for the ONNX and TensorRT input bindings."
     )
-    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+    shape: list[Annotated[int, Field(ge=-1, le=MAX_DIMENSION)]] = Field(
         min_length=1,
         max_length=8,
-        description="Shape of the input; -1 marks a dynamic dimension such as the batch size.",
+        description=(
+            f"Shape of the input; -1 marks a dynamic dimension such as the batch size. A dimension is at "
+            f"most {MAX_DIMENSION} (2^20, above a minute of 16 kHz audio samples)."
+        ),
     )
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32"] = Field(
         "float32", description="Element type of the input tensor."
@@ -251,10 +257,12 @@ class DataSource(ApiModel):
     maxLength: int | None = Field(
         None,
         ge=1,
-        le=1_048_576,
+        le=MAX_SEQUENCE_LENGTH,
         description=(
             "Text data: tokens per sample after tokenizing. Unset: the model input's declared sequence "
-            "length when it is fixed, else the tokenizer's own limit (capped at 2048 for llmQuantize steps)."
+            "length when it is fixed, else the tokenizer's own limit (capped at 2048 for llmQuantize steps). "
+            f"At most {MAX_SEQUENCE_LENGTH} (128Ki), the longest context of today's open models; every "
+            "sample may be padded to it, so a larger value would only exhaust the worker's memory."
         ),
     )
     padding: Literal["MaxLength", "Longest"] | None = Field(
@@ -880,9 +888,15 @@ class ShapeProfile(ApiModel):
     the same rank whose fixed dimensions agree (an attention mask beside token ids) takes the same
     shapes; any other input takes this batch with its declared dimensions."""
 
-    min: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Smallest shape.")
-    opt: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Shape to tune for.")
-    max: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Largest shape.")
+    min: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1, max_length=8, description="Smallest shape."
+    )
+    opt: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1, max_length=8, description="Shape to tune for."
+    )
+    max: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1, max_length=8, description=f"Largest shape; each dimension at most {MAX_DIMENSION}."
+    )
 
     __rules__ = (
         Rule(

@@ -50,7 +50,7 @@ _TRANSFORMERS_NOT_MODELS = re.compile(
 # classes (ResNet); these names are their registries, weight enums, loaders and hub helpers.
 _LOADER_NAME = re.compile(
     r"(^|_)(get|list|load|download|push|resume|register|set|is)(_|$)|hub|checkpoint|pretrained|url"
-    r"|Weights(Enum)?$|^Weights$",
+    r"|Weights(Enum)?$",
     re.IGNORECASE,
 )
 

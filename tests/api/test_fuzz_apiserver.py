@@ -60,7 +60,7 @@ FRACTIONS = pick([0.01, 0.3, 0.5, 0.99], [0, 0.0, 1, 1.5, -0.1, "0.5", True])
 @st.composite
 def model(draw: st.DrawFn) -> dict[str, Any]:
     fmt = draw(pick(["TorchExport", "TorchScript", "ONNX", "HuggingFace", "SafeTensors"], ["Pickle", "torchexport"]))
-    shape = draw(st.lists(pick([-1, 1, 3, 224, 1048576], [0, -2, 1.5, "3", 1048577]), min_size=1, max_size=3))
+    shape = draw(st.lists(pick([-1, 1, 3, 224, 16384], [0, -2, 1.5, "3", 1048577, 1048576]), min_size=1, max_size=3))
     dtype = draw(optional(pick(["float32", "int64"], ["fp8", 32])))
     inputs = draw(
         pick([[drop_none({"name": "x", "shape": shape, "dtype": dtype})]], [[], [{"name": "", "shape": [1]}]])
@@ -153,6 +153,7 @@ def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
                                 [{"min": [8], "opt": [4], "max": [2]}],
                                 [{"min": [1, 3], "opt": [4], "max": [8]}],
                                 [{"min": [1], "opt": [4], "max": [1048577]}],
+                                [{"min": [1, 1], "opt": [4, 4], "max": [1048576, 1024]}],
                             ],
                         )
                     )

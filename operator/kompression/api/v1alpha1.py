@@ -37,6 +37,7 @@ MAX_STEPS = 16
 # Bounds no real job reaches, so that a manifest cannot make the worker allocate without limit.
 MAX_DIMENSION = 1_048_576  # one tensor dimension (inputs, TensorRT profiles)
 MAX_SEQUENCE_LENGTH = 131_072  # tokens per text sample
+MAX_INPUT_ELEMENTS = 2**28  # one example input: 1 GiB of float32, above a 512^3 volume or a 64-frame 512x512 video
 
 StorageUri = Annotated[str, StringConstraints(max_length=2048)]
 StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
@@ -85,6 +86,13 @@ class ApiModel(BaseModel):
 # spec.model
 
 
+def _shape_elements_cel(shape: str) -> str:
+    """CEL: the number of elements of a shape (at most 8 dimensions), each -1 counted as 1, in
+    double arithmetic, which cannot overflow as int64 would."""
+    dims = (f"double(({shape}.size() <= {i} || {shape}[{i}] < 1) ? 1 : {shape}[{i}])" for i in range(8))
+    return " * ".join(dims)
+
+
 class ModelInput(ApiModel):
     """One input tensor of the model."""
 
@@ -96,7 +104,8 @@ class ModelInput(ApiModel):
         max_length=8,
         description=(
             f"Shape of the input; -1 marks a dynamic dimension such as the batch size. A dimension is at "
-            f"most {MAX_DIMENSION} (2^20, above a minute of 16 kHz audio samples)."
+            f"most {MAX_DIMENSION} (2^20, above a minute of 16 kHz audio samples), and the shape at most "
+            f"{MAX_INPUT_ELEMENTS} (2^28) elements with each -1 counted as 1."
         ),
     )
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32"] = Field(
@@ -107,6 +116,14 @@ class ModelInput(ApiModel):
         Rule(
             cel="self.shape.all(d, d != 0)",
             message="shape dimensions must be positive, or -1 for a dynamic dimension; 0 is not allowed",
+            field_path=".shape",
+        ),
+        Rule(
+            cel=f"{_shape_elements_cel('self.shape')} <= {float(MAX_INPUT_ELEMENTS)}",
+            message=(
+                f"the shape holds more than {MAX_INPUT_ELEMENTS} (2^28) elements with each -1 counted as 1; "
+                "the worker builds example inputs of this shape"
+            ),
             field_path=".shape",
         ),
     )
@@ -895,7 +912,9 @@ class ShapeProfile(ApiModel):
         min_length=1, max_length=8, description="Shape to tune for."
     )
     max: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
-        min_length=1, max_length=8, description=f"Largest shape; each dimension at most {MAX_DIMENSION}."
+        min_length=1,
+        max_length=8,
+        description=f"Largest shape; each dimension at most {MAX_DIMENSION}, all of them at most {MAX_INPUT_ELEMENTS} elements.",
     )
 
     __rules__ = (
@@ -907,6 +926,11 @@ class ShapeProfile(ApiModel):
             cel="[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || "
             "i >= size(self.max) || (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))",
             message="each dimension must satisfy min <= opt <= max",
+        ),
+        Rule(
+            cel=f"{_shape_elements_cel('self.max')} <= {float(MAX_INPUT_ELEMENTS)}",
+            message=f"the largest shape holds more than {MAX_INPUT_ELEMENTS} (2^28) elements",
+            field_path=".max",
         ),
     )
 

@@ -86,6 +86,8 @@ def test_server_applies_the_documented_defaults(kube: Any, crd: None, namespace:
     spec = json.loads(kube.kubectl("get", "kjob", "quickstart", "-n", namespace, "-o", "json").stdout)["spec"]
     local = parse_job(yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())).spec
     assert spec["runPolicy"]["backoffLimit"] == local.runPolicy.backoffLimit == 2
+    # Every job has a deadline, so that a worker hung on its input does not hold a GPU for ever.
+    assert spec["runPolicy"]["activeDeadlineSeconds"] == local.runPolicy.activeDeadlineSeconds == 86_400
     assert spec["measurement"]["batchSizes"] == local.measurement.batchSizes
     # An option only some methods use has no server default (the rule refusing it needs has());
     # its default applies where it is read.
@@ -106,6 +108,8 @@ def test_kubectl_explain_teaches_the_fields(kube: Any, crd: None) -> None:
     # An option without a schema default says what unset means, and which methods use it.
     out = " ".join(kube.kubectl("explain", "kjob.spec.steps.quantize.calibrator").stdout.split())
     assert "StaticInt8 only" in out and "unset means MinMax" in out
+    out = " ".join(kube.kubectl("explain", "kjob.spec.runPolicy.activeDeadlineSeconds").stdout.split())
+    assert "The default, 86400 (one day), bounds a worker that hangs" in out
 
 
 def test_printer_columns_show_phase_step_ratio_and_accuracy(kube: Any, crd: None, namespace: str) -> None:

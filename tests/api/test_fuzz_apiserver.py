@@ -38,8 +38,20 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 URIS = pick(
-    ["s3://b/m.pt2", "file:///m", "pvc://claim/m", "gs://b/x", "az://c/x"],
-    ["http://x/m", "s3://", "hf://org/m", "pvc://Bad_Claim/m", "s3://" + "a" * 2044, 7],
+    ["s3://b/m.pt2", "file:///m", "pvc://claim/m", "gs://b/x", "az://c/x", "pvc://claim/.m/a..b", "file://.k/m"],
+    [
+        "http://x/m",
+        "s3://",
+        "hf://org/m",
+        "pvc://Bad_Claim/m",
+        "s3://" + "a" * 2044,
+        7,
+        "pvc://claim/x/../m",
+        "pvc://claim/./m",
+        "s3://b//m",
+        "gs://b/m/..",
+        "file://../m",
+    ],
 )
 COUNTS = pick([1, 2, 16, 1.0], [-1, 0, 17, 1000, 1001, "1", True, 1.5])
 FRACTIONS = pick([0.01, 0.3, 0.5, 0.99], [0, 0.0, 1, 1.5, -0.1, "0.5", True])
@@ -48,7 +60,7 @@ FRACTIONS = pick([0.01, 0.3, 0.5, 0.99], [0, 0.0, 1, 1.5, -0.1, "0.5", True])
 @st.composite
 def model(draw: st.DrawFn) -> dict[str, Any]:
     fmt = draw(pick(["TorchExport", "TorchScript", "ONNX", "HuggingFace", "SafeTensors"], ["Pickle", "torchexport"]))
-    shape = draw(st.lists(pick([-1, 1, 3, 224], [0, -2, 1.5, "3"]), min_size=1, max_size=3))
+    shape = draw(st.lists(pick([-1, 1, 3, 224, 16384], [0, -2, 1.5, "3", 1048577, 1048576]), min_size=1, max_size=3))
     dtype = draw(optional(pick(["float32", "int64"], ["fp8", 32])))
     inputs = draw(
         pick([[drop_none({"name": "x", "shape": shape, "dtype": dtype})]], [[], [{"name": "", "shape": [1]}]])
@@ -133,8 +145,16 @@ def step(draw: st.DrawFn, names: list[str]) -> dict[str, Any]:
                 "profiles": draw(
                     optional(
                         pick(
-                            [[{"min": [1, 3], "opt": [4, 3], "max": [8, 3]}]],
-                            [[{"min": [8], "opt": [4], "max": [2]}], [{"min": [1, 3], "opt": [4], "max": [8]}]],
+                            [
+                                [{"min": [1, 3], "opt": [4, 3], "max": [8, 3]}],
+                                [{"min": [1], "opt": [4], "max": [1048576]}],
+                            ],
+                            [
+                                [{"min": [8], "opt": [4], "max": [2]}],
+                                [{"min": [1, 3], "opt": [4], "max": [8]}],
+                                [{"min": [1], "opt": [4], "max": [1048577]}],
+                                [{"min": [1, 1], "opt": [4, 4], "max": [1048576, 1024]}],
+                            ],
                         )
                     )
                 ),

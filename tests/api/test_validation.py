@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,3 +98,48 @@ def test_every_scheme_the_worker_reads_is_accepted(uri: str) -> None:
     doc = _quickstart()
     doc["spec"]["model"]["uri"] = uri
     assert parse_job(doc).spec.model.uri == uri
+
+
+@pytest.mark.parametrize(
+    "uri", ["pvc://claim/x/../out/", "pvc://claim/./out/", "pvc://claim//out/", "s3://b/out/..", "file://../x/"]
+)
+@pytest.mark.parametrize(
+    ("field", "put"),
+    [
+        ("spec.model.uri", lambda doc, uri: doc["spec"]["model"].update(uri=uri)),
+        ("spec.output.uri", lambda doc, uri: doc["spec"]["output"].update(uri=uri)),
+        (
+            "spec.data.evaluation.uri",
+            lambda doc, uri: doc["spec"]["data"].update(evaluation={"uri": uri.rstrip("/") + "/v.npz"}),
+        ),
+    ],
+)
+def test_dot_and_empty_path_segments_are_refused(uri: str, field: str, put: Any) -> None:
+    """One folder spelled two ways would let two jobs publish to it, and `..` could leave a claim."""
+    doc = _quickstart()
+    put(doc, uri)
+    with pytest.raises(SpecInvalid) as info:
+        parse_job(doc)
+    (error,) = info.value.errors
+    assert error.path == field
+    assert "may not hold `.` or `..` path segments or an empty one" in error.message
+
+
+@pytest.mark.parametrize(
+    "uri", ["pvc://claim/.hidden/out/", "s3://b/a..b/", "file://.kompression/out/", "file:///abs/"]
+)
+def test_dots_inside_a_segment_are_fine(uri: str) -> None:
+    doc = _quickstart()
+    doc["spec"]["output"]["uri"] = uri
+    assert parse_job(doc).spec.output.uri == uri
+
+
+def test_the_largest_dimension_and_sequence_length_pass() -> None:
+    """The bounds (tests/api/invalid/*-too-*.yaml one above them) admit what a real job uses."""
+    doc = _quickstart()
+    doc["spec"]["model"]["inputs"] = [{"name": "x", "shape": [-1, 1048576]}]
+    assert parse_job(doc).spec.model.inputs[0].shape == [-1, 1048576]
+    llm = yaml.safe_load((EXAMPLES[0].parent / "llm-w4a16.yaml").read_text())
+    llm["spec"]["data"]["calibration"]["maxLength"] = 131072
+    calibration = parse_job(llm).spec.data.calibration  # type: ignore[union-attr]
+    assert calibration is not None and calibration.maxLength == 131072

@@ -135,6 +135,30 @@ def test_architecture_allow_list_reaches_the_operator() -> None:
     assert "does not match pattern" in template_error({"worker": {"architectureModules": ["os; rm -rf"]}})
 
 
+def test_admission_policy_is_off_by_default_and_pins_worker_images_when_on() -> None:
+    assert not find(template(), "ValidatingAdmissionPolicy")
+    assert not find(template(), "ValidatingAdmissionPolicyBinding")
+    values = {"admissionPolicy": {"enabled": True, "allowedImagePrefixes": ["registry.example.com/ml/"]}}
+    objs = template(values)
+    policy, binding = one(objs, "ValidatingAdmissionPolicy"), one(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
+        ["kompression.dev"],
+        ["compressionjobs"],
+        ["CREATE"],
+    )
+    (images,) = policy["spec"]["validations"]
+    assert '["registry.example.com/ml/"].exists(p, variables.image.startsWith(p))' in images["expression"]
+    assert "admissionPolicy.allowedImagePrefixes" in images["messageExpression"]
+    strict = template({"admissionPolicy": {**values["admissionPolicy"], "forbidTrustTorchScriptCode": True}})
+    _, torchscript = one(strict, "ValidatingAdmissionPolicy")["spec"]["validations"]
+    assert "trustTorchScriptCode" in torchscript["expression"]
+    # "registry.example.com/ml" would also admit registry.example.com/ml-other/...
+    bare = {"admissionPolicy": {"enabled": True, "allowedImagePrefixes": ["registry.example.com/ml"]}}
+    assert "does not match pattern" in template_error(bare)
+
+
 def test_watch_namespaces_use_roles_not_cluster_wide_grants() -> None:
     objs = template({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
     assert {r["metadata"]["namespace"] for r in find(objs, "Role")} == {"team-a", "team-b"}

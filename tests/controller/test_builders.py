@@ -15,6 +15,7 @@ from kompression.api.constants import (
     ExitCode,
     progress_audience,
 )
+from kompression.api.v1alpha1 import DEFAULT_ACTIVE_DEADLINE_SECONDS
 from kompression.api.validation import parse_job
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
 from kompression.controller.naming import MAX_JOB_NAME, configmap_name, job_name
@@ -138,6 +139,11 @@ def test_credentials_are_referenced_never_copied() -> None:
     # with a Secret, the endpoint is the Secret's to set (env would override envFrom)
     assert "AWS_ENDPOINT_URL" not in {e["name"] for e in container["env"]}
     assert "s3-creds" not in yaml.safe_dump(container["env"])
+
+
+def test_every_job_has_a_deadline_the_author_may_change() -> None:
+    assert _job()["spec"]["activeDeadlineSeconds"] == DEFAULT_ACTIVE_DEADLINE_SECONDS == 86_400
+    assert _job(runPolicy={"activeDeadlineSeconds": 172_800})["spec"]["activeDeadlineSeconds"] == 172_800
 
 
 def test_run_policy_carries_over_and_pod_failure_policy_fails_on_permanent_codes() -> None:

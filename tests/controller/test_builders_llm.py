@@ -63,3 +63,23 @@ def test_one_gpu_runs_one_process_without_extra_shared_memory() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["kompression", "run", "/etc/kompression/job.yaml"]
     assert "shm" not in {v["name"] for v in pod["volumes"]}
+
+
+def _claim_mounts(pod: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """claim -> (mountPath, readOnly) of the worker container."""
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    return {
+        claims[m["name"]]: (m["mountPath"], m.get("readOnly", False))
+        for m in pod["containers"][0]["volumeMounts"]
+        if m["name"] in claims
+    }
+
+
+def test_a_task_file_on_a_claim_of_its_own_is_mounted_read_only() -> None:
+    data = {**LLM["data"], "tasks": [{"name": "arc", "uri": "pvc://tasks/arc.jsonl"}]}
+    pod = _pod(1, data=data, output={"uri": "pvc://results/llama/"})
+    assert _claim_mounts(pod) == {"tasks": ("/mnt/pvc/tasks", True), "results": ("/mnt/pvc/results", False)}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KOMPRESSION_PVC_ROOT"] == "/mnt/pvc"

@@ -16,7 +16,7 @@ import kubelet
 import numpy as np
 import pytest
 import yaml
-from kubectl import apply_cr, running_pod, status, wait_phase
+from kubectl import apply_cr, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
 from factories import example_model
@@ -144,3 +144,29 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     # The read-only claim only holds what was put there.
     assert sorted(p.name for p in volumes["models"].rglob("*") if p.is_file()) == ["model.pt2", "val.npz"]
     assert status(kube, namespace, "pvc")["phase"] == "Succeeded"
+
+
+def test_a_task_file_on_a_claim_of_its_own_is_mounted_in_the_job(
+    kube: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    """The Job the real API server stores mounts the claim that only data.tasks names (read-only)."""
+    spec: dict[str, Any] = {
+        "model": {
+            "uri": "s3://models/llama/",
+            "format": "HuggingFace",
+            "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+        },
+        "data": {
+            "calibration": {"uri": "s3://data/calibration.jsonl", "samples": 8, "maxLength": 64},
+            "tasks": [{"name": "arc", "uri": "pvc://tasks/arc/test.jsonl"}],
+        },
+        "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "RTN"}}],
+        "acceptance": {"maxAccuracyDrop": 0.05},
+        "output": {"uri": "s3://out/llama/"},
+        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+    }
+    apply_cr(kube, namespace, "tasks-claim", **spec)
+    job = kube.wait(lambda: next(iter(jobs(kube, namespace)), None), f"the Job of {namespace}/tasks-claim", timeout=60)
+    claims, mounts = _claim_volumes(job["spec"]["template"]["spec"])
+    assert {c: v["readOnly"] for c, v in claims.items()} == {"tasks": True}
+    assert mounts == {"tasks": ("/mnt/pvc/tasks", True)}

@@ -31,6 +31,11 @@ JOBS = "/apis/batch/v1/namespaces/team-a/jobs"
         ("s3://out/m/", "s3://out/m2/", False),  # a common string prefix is not a common folder
         ("s3://out/m/", "gs://out/m/", False),
         ("pvc://claim/a", "pvc://claim/b", False),
+        # stored before validation refused `.` and `..`: still the folder they name
+        ("pvc://claim/out/", "pvc://claim/x/../out/", True),
+        ("pvc://claim/out/", "pvc://claim/./out", True),
+        ("pvc://claim/out/", "PVC://claim/a/b/../../out/m/", True),
+        ("pvc://claim/out/", "pvc://other/../claim/out/", False),  # `..` never leaves the claim
     ],
 )
 def test_prefixes_overlap_by_folder(a: str, b: str, overlap: bool) -> None:
@@ -39,6 +44,7 @@ def test_prefixes_overlap_by_folder(a: str, b: str, overlap: bool) -> None:
 
 def test_prefix_key_is_canonical() -> None:
     assert prefix_key("S3://b//x/y") == "s3://b/x/y/"
+    assert prefix_key("pvc://claim/x/./../out") == prefix_key("pvc://claim/out/") == "pvc://claim/out/"
 
 
 def test_the_started_job_holds_then_the_oldest() -> None:

@@ -56,6 +56,27 @@ def test_creates_configmap_and_job_once_even_after_losing_its_memory() -> None:
     assert fresh_store.jobs[("team-a", "resnet")]["metadata"]["uid"] == "uid-resnet"
 
 
+def test_an_architecture_the_worker_would_refuse_fails_before_any_job() -> None:
+    """A loader that imports a folder's Python never gets a pod: InvalidSpec, no Job, no ConfigMap."""
+    model = {
+        "uri": "s3://models/w.safetensors",
+        "format": "SafeTensors",
+        "inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}],
+        "architecture": "transformers.dynamic_module_utils:get_class_from_dynamic_module",
+        "architectureArguments": {"class_reference": "payload.Net", "repo_id": "/mnt/pvc/models/planted"},
+    }
+    api, _, rec = _setup(_cr(model=model), settings=Settings(architecture_modules=("transformers",)))
+    asyncio.run(rec.sync(("team-a", "resnet")))
+    assert not [u for u in api.objects if "/jobs/" in u or "/configmaps/" in u]
+    status = _status(api)
+    assert status["phase"] == "Failed"
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["reason"] == "InvalidSpec"
+    assert (
+        "spec.model.architecture: transformers.dynamic_module_utils is not one of the transformers" in ready["message"]
+    )
+
+
 def test_foreign_job_is_not_adopted() -> None:
     api, _, rec = _setup(_cr())
     api.put(f"{JOBS}/resnet", {"metadata": {"name": "resnet", "uid": "someone-else"}})

@@ -18,6 +18,16 @@ URI_HINT: Final = (
     "(a PersistentVolumeClaim in the job's namespace) or file://PATH (local runs); hf:// is not served yet, "
     "copy the model folder to one of these"
 )
+# No `.` or `..` segment and no empty one (`//`) after the scheme: `pvc://claim/x/../out/`,
+# `pvc://claim/./out/` and `pvc://claim//out/` are one folder spelled four ways, which would let two
+# jobs publish to one folder past the operator's one-job-per-prefix check, and a `..` could walk out
+# of a claim. An unanchored regular expression (CEL's matches() and Python's re.search alike);
+# `[.]` spares the escaping of a dot through Python, CEL and YAML.
+URI_DOT_SEGMENT_PATTERN: Final = r"^[a-z0-9]+://(.*/)?[.][.]?(/|$)|^[a-z0-9]+://.+//"
+URI_DOT_SEGMENT_HINT: Final = (
+    "a storage URI may not hold `.` or `..` path segments or an empty one (`//`): write the folder's "
+    "plain path, e.g. pvc://CLAIM/out/ instead of pvc://CLAIM/x/../out/"
+)
 
 # The operator mounts claim C at PVC_MOUNT_ROOT/C; a local `kompression run` maps pvc://C/... to
 # $KOMPRESSION_PVC_ROOT/C/... instead.

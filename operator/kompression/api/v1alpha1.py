@@ -27,13 +27,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from kompression.api.rules import Rule
-from kompression.api.uris import URI_HINT, URI_PATTERN
+from kompression.api.uris import URI_DOT_SEGMENT_HINT, URI_DOT_SEGMENT_PATTERN, URI_HINT, URI_PATTERN
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 IMPORT_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 MAX_STEPS = 16
+# Bounds no real job reaches, so that a manifest cannot make the worker allocate without limit.
+MAX_DIMENSION = 1_048_576  # one tensor dimension (inputs, TensorRT profiles)
+MAX_SEQUENCE_LENGTH = 131_072  # tokens per text sample
+MAX_INPUT_ELEMENTS = 2**28  # one example input: 1 GiB of float32, above a 512^3 volume or a 64-frame 512x512 video
 
 StorageUri = Annotated[str, StringConstraints(max_length=2048)]
 StepName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
@@ -42,14 +46,18 @@ Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length
 Timestamp = Annotated[str, StringConstraints(max_length=64)]
 
 
-def uri_rule(*, optional: bool = False) -> Rule:
-    """The check of a model's `uri`: a rule, not a field pattern, so that the API server and
-    `kompression validate` both name the accepted schemes in words instead of quoting a regex."""
-    matches = f"self.uri.matches('{URI_PATTERN}')"
-    return Rule(
-        cel=f"!has(self.uri) || {matches}" if optional else matches,
-        message=URI_HINT,
-        field_path=".uri",
+def uri_rules(*, optional: bool = False) -> tuple[Rule, Rule]:
+    """The checks of a `uri`: rules, not a field pattern, so that the API server and `kompression
+    validate` both name the accepted schemes in words instead of quoting a regex. The second refuses
+    `.`, `..` and empty path segments."""
+    guard = "!has(self.uri) || " if optional else ""
+    return (
+        Rule(cel=f"{guard}self.uri.matches('{URI_PATTERN}')", message=URI_HINT, field_path=".uri"),
+        Rule(
+            cel=f"{guard}!self.uri.matches('{URI_DOT_SEGMENT_PATTERN}')",
+            message=URI_DOT_SEGMENT_HINT,
+            field_path=".uri",
+        ),
     )
 
 
@@ -78,16 +86,27 @@ class ApiModel(BaseModel):
 # spec.model
 
 
+def _shape_elements_cel(shape: str) -> str:
+    """CEL: the number of elements of a shape (at most 8 dimensions), each -1 counted as 1, in
+    double arithmetic, which cannot overflow as int64 would."""
+    dims = (f"double(({shape}.size() <= {i} || {shape}[{i}] < 1) ? 1 : {shape}[{i}])" for i in range(8))
+    return " * ".join(dims)
+
+
 class ModelInput(ApiModel):
     """One input tensor of the model."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
         description="Name of the input, used for the ONNX and TensorRT input bindings."
     )
-    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+    shape: list[Annotated[int, Field(ge=-1, le=MAX_DIMENSION)]] = Field(
         min_length=1,
         max_length=8,
-        description="Shape of the input; -1 marks a dynamic dimension such as the batch size.",
+        description=(
+            f"Shape of the input; -1 marks a dynamic dimension such as the batch size. A dimension is at "
+            f"most {MAX_DIMENSION} (2^20, above a minute of 16 kHz audio samples), and the shape at most "
+            f"{MAX_INPUT_ELEMENTS} (2^28) elements with each -1 counted as 1."
+        ),
     )
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32"] = Field(
         "float32", description="Element type of the input tensor."
@@ -97,6 +116,14 @@ class ModelInput(ApiModel):
         Rule(
             cel="self.shape.all(d, d != 0)",
             message="shape dimensions must be positive, or -1 for a dynamic dimension; 0 is not allowed",
+            field_path=".shape",
+        ),
+        Rule(
+            cel=f"{_shape_elements_cel('self.shape')} <= {float(MAX_INPUT_ELEMENTS)}",
+            message=(
+                f"the shape holds more than {MAX_INPUT_ELEMENTS} (2^28) elements with each -1 counted as 1; "
+                "the worker builds example inputs of this shape"
+            ),
             field_path=".shape",
         ),
     )
@@ -126,12 +153,20 @@ class ModelSource(ApiModel):
         None,
         description=(
             "For SafeTensors only: the class or factory to build before loading the weights, as "
-            "`module.path:Name`, for example `torchvision.models:resnet18`."
+            "`module.path:Name`, for example `torchvision.models:resnet18`. It must be a model builder "
+            "under a module the cluster allows (Helm value worker.architectureModules): in transformers a "
+            "model class (FooModel, FooForTask, the Auto*Model* classes), in torchvision.models and timm a "
+            "model factory or class, never a loader, registry, config or tokenizer."
         ),
     )
     architectureArguments: dict[str, Any] | None = Field(
         None,
-        description="Keyword arguments passed to `architecture` when it is called, for example {num_classes: 10}.",
+        description=(
+            "Keyword arguments passed to `architecture` when it is called, for example {num_classes: 10}. "
+            "Arguments that fetch weights or code (pretrained, weights, weights_backbone, checkpoint_path, "
+            "pretrained_cfg, trust_remote_code, ...) are refused unless null or false: the weights come "
+            "from `uri`."
+        ),
     )
     inputs: list[ModelInput] = Field(
         min_length=1, max_length=8, description="The model's inputs, in the order its forward() takes them."
@@ -157,7 +192,7 @@ class ModelSource(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(),
+        *uri_rules(),
         Rule(
             cel="self.format != 'TorchScript' || (has(self.trustTorchScriptCode) && self.trustTorchScriptCode)",
             message="format TorchScript runs the archive's code in the worker: set trustTorchScriptCode: true "
@@ -239,10 +274,12 @@ class DataSource(ApiModel):
     maxLength: int | None = Field(
         None,
         ge=1,
-        le=1_048_576,
+        le=MAX_SEQUENCE_LENGTH,
         description=(
             "Text data: tokens per sample after tokenizing. Unset: the model input's declared sequence "
-            "length when it is fixed, else the tokenizer's own limit (capped at 2048 for llmQuantize steps)."
+            "length when it is fixed, else the tokenizer's own limit (capped at 2048 for llmQuantize steps). "
+            f"At most {MAX_SEQUENCE_LENGTH} (128Ki), the longest context of today's open models; every "
+            "sample may be padded to it, so a larger value would only exhaust the worker's memory."
         ),
     )
     padding: Literal["MaxLength", "Longest"] | None = Field(
@@ -257,7 +294,7 @@ class DataSource(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(optional=True),
+        *uri_rules(optional=True),
         Rule(
             cel="has(self.uri) != has(self.builtin)",
             message="set exactly one of `uri` or `builtin`",
@@ -328,7 +365,7 @@ class TaskData(ApiModel):
     )
 
     __rules__ = (
-        uri_rule(),
+        *uri_rules(),
         Rule(
             cel="self.uri.endsWith('.jsonl')",
             message='a task is a .jsonl file, one {"question": str, "choices": [str, ...], "answer": int} per line',
@@ -474,10 +511,17 @@ class StudentRef(ApiModel):
     fromStep: StepName | None = Field(None, description="Name of an earlier step whose output model is the student.")
     architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = Field(
         None,
-        description="A class or factory (module.path:Name) that builds a fresh student, e.g. `torchvision.models:resnet18`.",
+        description=(
+            "A class or factory (module.path:Name) that builds a fresh student, e.g. "
+            "`torchvision.models:resnet18`; the rules of spec.model.architecture apply."
+        ),
     )
     architectureArguments: dict[str, Any] | None = Field(
-        None, description="Keyword arguments for `architecture`; only with `architecture`."
+        None,
+        description=(
+            "Keyword arguments for `architecture`; only with `architecture`. As for spec.model, arguments "
+            "that fetch weights or code (pretrained, weights, checkpoint_path, ...) must be null or false."
+        ),
     )
 
     __rules__ = (
@@ -861,9 +905,17 @@ class ShapeProfile(ApiModel):
     the same rank whose fixed dimensions agree (an attention mask beside token ids) takes the same
     shapes; any other input takes this batch with its declared dimensions."""
 
-    min: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Smallest shape.")
-    opt: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Shape to tune for.")
-    max: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=8, description="Largest shape.")
+    min: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1, max_length=8, description="Smallest shape."
+    )
+    opt: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1, max_length=8, description="Shape to tune for."
+    )
+    max: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        min_length=1,
+        max_length=8,
+        description=f"Largest shape; each dimension at most {MAX_DIMENSION}, all of them at most {MAX_INPUT_ELEMENTS} elements.",
+    )
 
     __rules__ = (
         Rule(
@@ -874,6 +926,11 @@ class ShapeProfile(ApiModel):
             cel="[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || "
             "i >= size(self.max) || (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))",
             message="each dimension must satisfy min <= opt <= max",
+        ),
+        Rule(
+            cel=f"{_shape_elements_cel('self.max')} <= {float(MAX_INPUT_ELEMENTS)}",
+            message=f"the largest shape holds more than {MAX_INPUT_ELEMENTS} (2^28) elements",
+            field_path=".max",
         ),
     )
 
@@ -1048,7 +1105,7 @@ class Output(ApiModel):
         ),
     )
 
-    __rules__ = (uri_rule(),)
+    __rules__ = uri_rules()
 
 
 class Resources(ApiModel):
@@ -1077,12 +1134,25 @@ class Resources(ApiModel):
     )
 
 
+# A day: the longest single-GPU job of the examples takes hours; a worker stuck longer is hung.
+DEFAULT_ACTIVE_DEADLINE_SECONDS = 86_400
+
+
 class RunPolicy(ApiModel):
     """How the worker Job runs, retries and is cleaned up."""
 
     backoffLimit: int = Field(2, ge=0, le=20, description="Retries after a failure that a retry may fix.")
-    activeDeadlineSeconds: int | None = Field(
-        None, ge=1, le=2_592_000, description="Fail the job after this many seconds of running."
+    activeDeadlineSeconds: int = Field(
+        DEFAULT_ACTIVE_DEADLINE_SECONDS,
+        ge=1,
+        le=2_592_000,
+        description=(
+            "Fail the job (reason DeadlineExceeded, never retried) after this many seconds of running, "
+            "counted from the worker Job's start. The default, 86400 (one day), bounds a worker that hangs "
+            "on its input (a model, data or chat template that never finishes) instead of holding a GPU "
+            "for ever; raise it for longer jobs, e.g. a large llmQuantize or an Auto search with a long "
+            "acceptance.timeoutSeconds."
+        ),
     )
     ttlSecondsAfterFinished: int | None = Field(
         None, ge=0, le=31_536_000, description="Delete the finished worker Job after this many seconds."

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kompression.api.architectures import reference_allowed, refusal
+from kompression.api.architectures import argument_refusal, reference_allowed, refusal
 from kompression.api.constants import API_VERSION, KIND
 from kompression.api.rules import verdicts
 from kompression.api.v1alpha1 import (
@@ -272,16 +272,22 @@ def _map_errors(path: str, value: Any, label_values: bool) -> list[FieldError]:
 
 
 def architecture_errors(spec: CompressionJobSpec, allowed: tuple[str, ...]) -> list[FieldError]:
-    """The cluster's policy on `architecture` references (not a CRD rule: the list is the operator's)."""
-    refs = [("spec.model.architecture", spec.model.architecture)]
+    """The cluster's policy on `architecture` references and their arguments (not a CRD rule: the list
+    is the operator's). The worker applies it before it downloads anything, `kompression validate` too."""
+    refs = [("spec.model", spec.model.architecture, spec.model.architectureArguments)]
     refs += [
-        (f"spec.steps[{i}].distill.student.architecture", s.distill.student.architecture)
+        (f"spec.steps[{i}].distill.student", s.distill.student.architecture, s.distill.student.architectureArguments)
         for i, s in enumerate(spec.steps)
         if s.distill is not None
     ]
-    return [
-        FieldError(path, refusal(ref, allowed)) for path, ref in refs if ref and not reference_allowed(ref, allowed)
-    ]
+    errors = []
+    for path, ref, arguments in refs:
+        if ref and not reference_allowed(ref, allowed):
+            errors.append(FieldError(f"{path}.architecture", refusal(ref, allowed)))
+        reason = argument_refusal(arguments)
+        if reason:
+            errors.append(FieldError(f"{path}.architectureArguments", reason))
+    return errors
 
 
 def check_update(old: CompressionJobSpec, new: CompressionJobSpec) -> list[FieldError]:

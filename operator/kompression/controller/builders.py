@@ -142,11 +142,12 @@ _POD_SECURITY = {
 
 def _claim_volumes(job: CompressionJob) -> list[tuple[str, str, bool]]:
     """(volume name, claim, writable) for every PersistentVolumeClaim the job's URIs name, in spec
-    order: the output's claim is writable, the model's and data's are only read."""
+    order: the output's claim is writable, the model's, data's and task files' are only read."""
     spec = job.spec
     inputs = [spec.model.uri]
     if spec.data is not None:
         inputs += [d.uri for d in (spec.data.calibration, spec.data.training, spec.data.evaluation) if d and d.uri]
+        inputs += [t.uri for t in spec.data.tasks or ()]
     out: dict[str, bool] = {}
     for uri, writable in [*((u, False) for u in inputs), (spec.output.uri, True)]:
         claim = pvc_claim(uri)
@@ -293,6 +294,7 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
         "completions": 1,
         "parallelism": 1,
         "backoffLimit": policy.backoffLimit,
+        "activeDeadlineSeconds": policy.activeDeadlineSeconds,
         "suspend": starts_suspended(job),
         "podFailurePolicy": pod_failure_policy(),
         "template": {
@@ -303,8 +305,6 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
             "spec": _pod_spec(job, settings),
         },
     }
-    if policy.activeDeadlineSeconds is not None:
-        spec["activeDeadlineSeconds"] = policy.activeDeadlineSeconds
     if policy.ttlSecondsAfterFinished is not None:
         spec["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
     return {

@@ -20,12 +20,23 @@ REASON = "OutputPrefixInUse"
 
 
 def prefix_key(uri: str) -> str:
-    """A comparable form of an output prefix: lower-case scheme, no empty segments, one final slash."""
+    """A comparable form of an output prefix: lower-case scheme, no empty or `.` segments, each `..`
+    resolved against the segment before it (never above the bucket or claim), one final slash.
+
+    Validation refuses `.`, `..` and empty segments; a job stored before that rule still compares
+    as the folder it names. A symbolic link inside a claim is invisible here: the worker refuses to
+    publish through one."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri
-    segments = [s for s in rest.split("/") if s]
-    return f"{scheme.lower()}://{'/'.join(segments)}/"
+    root, *path = [s for s in rest.split("/") if s not in ("", ".")] or [""]
+    segments: list[str] = []
+    for segment in path:
+        if segment != "..":
+            segments.append(segment)
+        elif segments:
+            segments.pop()
+    return f"{scheme.lower()}://{'/'.join([root, *segments])}/"
 
 
 def overlaps(a: str, b: str) -> bool:

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kompression.api import failures
+from kompression.api.architectures import allowed_modules
 from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
-from kompression.api.validation import ManifestUnreadable, SpecInvalid, load_documents, parse_job
+from kompression.api.validation import ManifestUnreadable, SpecInvalid, architecture_errors, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
 from kompression.worker.errors import WorkerError
 from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
@@ -107,6 +108,10 @@ def _run(args: argparse.Namespace) -> int:
         if len(docs) != 1:
             raise ManifestUnreadable(f"{name}: expected exactly one CompressionJob document, found {len(docs)}")
         job = parse_job(docs[0])
+        # What `kompression validate` refuses, refused before anything is downloaded or imported.
+        errors = architecture_errors(job.spec, allowed_modules(os.environ))
+        if errors:
+            raise SpecInvalid(errors, job.metadata.name)
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early(failures.INVALID_SPEC.reason, str(exc), ExitCode.INVALID_SPEC)
     try:

@@ -354,3 +354,20 @@ def test_an_azure_blob_name_that_is_not_a_plain_path_is_refused(
     with pytest.raises(storage.UnsafeSource, match=r"object key 'sub//escaped' below this folder is refused"):
         storage.download(f"az://{container}/model", tmp_path / "dl")
     assert not (tmp_path / "dl").exists()
+
+
+def test_a_pvc_output_prefix_through_a_link_is_refused_before_any_work(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator compares output prefixes by their spelling; a link inside the claim
+    (alias -> real) would give one folder two spellings, so the worker refuses it, exit 9."""
+    root = workdir / "mnt-pvc"
+    (root / "outputs" / "real").mkdir(parents=True)
+    (root / "outputs" / "alias").symlink_to("real")
+    monkeypatch.setenv("KOMPRESSION_PVC_ROOT", str(root))
+    model = save_tiny(workdir / "model.pt2")
+    body = job(f"file://{model}", "pvc://outputs/alias/out/")
+    assert main(["run", str(write_job(workdir / "job.yaml", body)), "--progress", "json"]) == ExitCode.STORAGE_REFUSED
+    assert f"{root / 'outputs' / 'alias'} is a symbolic link (to real)" in capsys.readouterr().err
+    assert list((root / "outputs" / "real").iterdir()) == []
+    storage.refuse_aliased_claim_path("pvc://outputs/real/out/")  # the folder's own spelling is fine

@@ -191,8 +191,10 @@ def read_manifest(prefix: str) -> dict[str, Any] | None:
 
 
 def check_prefix(prefix: str) -> None:
-    """Read and validate the manifests a run would build on (the prefix's and rejected/'s), so that
-    one the publisher could not use fails now, before any compute (DataError)."""
+    """Refuse a pvc:// prefix reached through a link (StorageRefused), and read and validate the
+    manifests a run would build on (the prefix's and rejected/'s), so that one the publisher could
+    not use fails now, before any compute (DataError)."""
+    storage.refuse_aliased_claim_path(prefix)
     for target in (prefix, storage.join(prefix, REJECTED)):
         read_manifest(target)
 

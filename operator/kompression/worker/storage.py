@@ -150,6 +150,28 @@ def _literal_path(uri: str) -> Path:
     return Path.cwd() / (rest if scheme == "file" else uri)
 
 
+def refuse_aliased_claim_path(uri: str) -> None:
+    """Refuse a pvc:// URI whose path inside the claim passes through a symbolic link.
+
+    The operator keeps one live job per output prefix by comparing the prefixes' spelling; it cannot
+    see inside a claim, so a link there (alias -> real) would let pvc://c/alias/out and
+    pvc://c/real/out publish to one folder side by side. The claim's mount point itself is the
+    administrator's and may be anything."""
+    scheme, _, rest = uri.partition("://")
+    if scheme != "pvc":
+        return
+    claim, _, path = rest.partition("/")
+    here = Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT) / claim
+    for part in (p for p in path.split("/") if p):
+        here /= part
+        if here.is_symlink():
+            raise StorageRefused(
+                f"{uri}: {here} is a symbolic link (to {os.readlink(here)}); a pvc:// output prefix must name "
+                "its folder without links, so that no other spelling of it can reach the same folder. Name the "
+                "folder the link points to instead"
+            )
+
+
 def join(prefix: str, *parts: str) -> str:
     """Append path parts to a URI prefix with exactly one slash between them."""
     out = prefix.rstrip("/")

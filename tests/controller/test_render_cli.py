@@ -30,3 +30,20 @@ def test_render_rejects_invalid_manifest(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text(yaml.safe_dump(doc))
     assert main(["render", str(bad)]) == 1
     assert "gpuProduct" in capsys.readouterr().err
+
+
+def test_render_refuses_an_architecture_the_operator_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """render prints what the operator would create: for a loader named as the architecture, nothing."""
+    doc = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    doc["spec"]["model"] |= {
+        "format": "SafeTensors",
+        "architecture": "transformers.dynamic_module_utils:get_class_from_dynamic_module",
+    }
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["render", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "spec.model.architecture" in captured.err and "dynamic_module_utils" in captured.err
+    assert captured.out == ""

@@ -18,7 +18,14 @@ from typing import Any
 import yaml
 
 from kompression.api.architectures import module_list_argument
-from kompression.api.validation import FieldError, ManifestUnreadable, SpecInvalid, load_documents, parse_job
+from kompression.api.validation import (
+    FieldError,
+    ManifestUnreadable,
+    SpecInvalid,
+    architecture_errors,
+    load_documents,
+    parse_job,
+)
 from kompression.controller.builders import build_configmap, build_job
 from kompression.controller.settings import Settings
 from kompression.extras import ExtraMissing, need, require
@@ -182,6 +189,9 @@ def render(docs: list[Any], settings: Settings) -> str:
         if not job.metadata.name:
             reason = "render needs metadata.name: the API server picks the name from generateName only at create"
             raise SpecInvalid([FieldError("metadata.name", reason)], None)
+        refused = architecture_errors(job.spec, settings.architecture_modules)
+        if refused:  # the operator fails such a job before it makes any Job (reconcile.sync)
+            raise SpecInvalid(refused, job.metadata.name)
         out += [build_configmap(job), build_job(job, settings)]
     return yaml.safe_dump_all(out, sort_keys=False)
 

@@ -7,11 +7,20 @@ says in that environment instead."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
-from llm_jobs import Texts
 
-from kompression.worker.llm.example_model import paragraphs
+# tests/ itself, for the helpers both environments' tests share (hostile.py); tests/conftest.py,
+# which puts it there for the main suite, is outside --confcutdir.
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
+if _TESTS_DIR not in sys.path:
+    sys.path.append(_TESTS_DIR)
+
+from llm_jobs import Texts  # noqa: E402
+
+from kompression.worker.llm.example_model import paragraphs  # noqa: E402
 
 
 @pytest.fixture(scope="session")

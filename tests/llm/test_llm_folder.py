@@ -19,6 +19,7 @@ import pytest
 import yaml
 from llm_jobs import FIXTURE, Texts, job_yaml
 
+from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
 from kompression.api.validation import parse_job
 from kompression.worker.errors import ModelError
@@ -28,21 +29,6 @@ pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `ma
 
 from safetensors.torch import load_file, save_file
 
-# Run in the `kompression run` process before anything else: every name lookup and every socket
-# connection other than a local (AF_UNIX) one is written to $NETWORK_LOG; with $NO_KERNELS the
-# `kernels` package cannot be imported, as in an image built without it.
-GUARD = """\
-import os, runpy, socket, sys
-def _audit(event, args, log=os.environ["NETWORK_LOG"]):
-    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
-        with open(log, "a") as f:
-            f.write(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}\\n")
-sys.addaudithook(_audit)
-if os.environ.get("NO_KERNELS"):
-    sys.modules["kernels"] = None
-sys.argv[0] = "kompression"
-runpy.run_module("kompression", run_name="__main__")
-"""
 MARKER = "marker"
 
 
@@ -71,17 +57,7 @@ def _no_weights(folder: Path) -> None:
 
 
 def _evil_tokenizer(folder: Path) -> None:
-    (folder / "evil_tokenizer.py").write_text(
-        f"from pathlib import Path\nPath({str(folder.parent / MARKER)!r}).write_text('ran')\n"
-        "from transformers import PreTrainedTokenizerFast\n"
-        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
-    )
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config |= {
-        "auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]},
-        "tokenizer_class": "EvilTokenizer",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    plant_tokenizer_code(folder, folder.parent / MARKER)
 
 
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from llm_jobs import FIXTURE, Texts
 
+from hostile import AUDIT, GUARD
 from kompression.api.constants import ExitCode
 from kompression.api.validation import parse_job
 
@@ -44,21 +45,6 @@ STEPS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "steps.md"
 CHANCE = 0.25
 QUESTIONS = 32
 THIN = 12
-
-# Run in the `kompression run` process before anything else: every name lookup and every socket
-# connection other than a local (AF_UNIX) one is written to $NETWORK_LOG. The library code that
-# would reach the hub swallows its errors (datasets' download counter does), so a refused connection
-# alone would prove nothing; the log shows each attempt.
-GUARD = """\
-import os, runpy, socket, sys
-def _audit(event, args, log=os.environ["NETWORK_LOG"]):
-    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
-        with open(log, "a") as f:
-            f.write(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}\\n")
-sys.addaudithook(_audit)
-sys.argv[0] = "kompression"
-runpy.run_module("kompression", run_name="__main__")
-"""
 
 
 def word_order_task(texts: list[str], count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -245,7 +231,7 @@ def test_no_run_touched_the_network(runs: tuple[Run, Run], tmp_path: Path) -> No
     log = tmp_path / "network.log"
     probe = "import socket\ntry:\n    socket.getaddrinfo('hub.invalid', 443)\nexcept OSError:\n    pass\n"
     subprocess.run(
-        [sys.executable, "-c", GUARD.split("sys.argv[0]", maxsplit=1)[0] + probe],
+        [sys.executable, "-c", AUDIT + probe],
         env={**os.environ, "NETWORK_LOG": str(log)},
         check=True,
         timeout=60,

@@ -17,6 +17,7 @@ import torch
 from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
 
 from factories import job, write_job
+from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import data, formats, hf_folder
@@ -26,20 +27,6 @@ from kompression.worker.model import TorchModel
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# Run in the `kompression run` process before anything else: every name lookup and every socket
-# connection other than a local (AF_UNIX) one is written to $NETWORK_LOG (a refused connection
-# alone would prove nothing: the hub client swallows some of its errors).
-GUARD = """\
-import os, runpy, socket, sys
-def _audit(event, args, log=os.environ["NETWORK_LOG"]):
-    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX):
-        with open(log, "a") as f:
-            f.write(f"{event} {args[1] if event == 'socket.connect' else args[0]!r}\\n")
-sys.addaudithook(_audit)
-sys.argv[0] = "kompression"
-runpy.run_module("kompression", run_name="__main__")
-"""
 
 
 @pytest.fixture(scope="module")
@@ -314,24 +301,9 @@ def test_an_unreadable_safetensors_header_is_refused_naming_the_file(bert: Path,
 # --- the tokenizer's code ---------------------------------------------------------------------
 
 
-def _evil_tokenizer(folder: Path, marker: Path) -> None:
-    """A tokenizer_config.json whose auto_map names a module of the folder that writes `marker` on import."""
-    (folder / "evil_tokenizer.py").write_text(
-        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-        "from transformers import PreTrainedTokenizerFast\n"
-        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
-    )
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config |= {
-        "auto_map": {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]},
-        "tokenizer_class": "EvilTokenizer",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-
-
 def test_a_tokenizer_with_code_never_runs_even_with_a_yes_on_stdin(bert: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    _evil_tokenizer(bert, marker)
+    plant_tokenizer_code(bert, marker)
     proc = kompression_run(bert, tmp_path)
     assert proc.returncode == ExitCode.MODEL_ERROR, proc.stderr[-3000:]
     assert "tokenizer_config.json names remote code (auto_map)" in proc.stderr
@@ -345,7 +317,7 @@ def test_the_offline_options_alone_keep_a_tokenizer_s_code_from_running(bert: Pa
     """Without the vetting, `trust_remote_code=False` still holds where transformers would ask on
     stdin (a folder whose model type has no tokenizer of its own); the same load without it runs the code."""
     marker = tmp_path / "marker"
-    _evil_tokenizer(bert, marker)
+    plant_tokenizer_code(bert, marker)
     (bert / "config.json").unlink()
     script = (
         "import sys; from transformers import AutoTokenizer; from kompression.worker import hf_folder\n"

@@ -24,16 +24,6 @@ pytestmark = pytest.mark.timeout(180)
 OPERATOR_DIR = str(Path(publish.__file__).resolve().parents[2])
 
 
-@pytest.fixture(params=["file", "s3"])
-def prefix(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/out"
-    s3 = request.getfixturevalue("s3")
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3://{s3.create_bucket()}/team/model"
-
-
 def _file(tmp: Path, name: str) -> Path:
     path = tmp / f"{uuid.uuid4().hex}-{name}"
     path.write_bytes(os.urandom(3000))

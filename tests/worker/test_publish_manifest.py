@@ -50,16 +50,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(params=["file", "s3"])
-def prefix(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/out"
-    s3 = request.getfixturevalue("s3")
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3://{s3.create_bucket()}/team/model"
-
-
 def _run(prefix: str, workdir: Path) -> int:
     # The model does not exist: a run that got as far as fetching it would fail with ModelError (3).
     body = job("file://missing-model.pt2", prefix + "/")

@@ -1,0 +1,19 @@
+"""Fixtures more than one worker test module uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(params=["file", "s3"])
+def prefix(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An output prefix on a local folder, then on the test bed's S3 server (its credentials in the
+    environment, as the operator's Secret puts them in the worker pod's)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/out"
+    s3 = request.getfixturevalue("s3")
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{s3.create_bucket()}/team/model"

@@ -69,7 +69,7 @@ images: ## build the operator, CPU worker and LLM worker images with buildah, no
 	hack/build-images.sh
 
 test-images: setup images ## the built images' tests: UID 65532, read-only root, contents, the quickstart in the CPU worker
-	$(BIN)/pytest tests/images
+	KOMPRESSION_TEST_IMAGES=1 $(BIN)/pytest tests/images
 
 bench: setup setup-llm testbed-deps ## the benchmarks; figures go to benchmarks/RESULTS.md
 	$(PY) benchmarks/run_all.py

@@ -30,7 +30,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml
 
 
 @pytest.fixture(scope="module")
-def operator(kube: Any, real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(real_node: RealNode, kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator, handing its workers the CPU image, the real node and its own address as a pod sees it."""
     install_crd(kube)
     proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator-real-node"))
@@ -86,7 +86,7 @@ def _worker_pod(kube: Any, namespace: str, name: str) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("operator")
 def test_the_quickstart_runs_in_the_cpu_worker_image_on_the_real_node(
-    kube: Any, namespace: str, real_node: RealNode, s3: Any, tmp_path: Path
+    real_node: RealNode, kube: Any, namespace: str, s3: Any, tmp_path: Path
 ) -> None:
     bucket = s3.create_bucket("real-node")
     model = f"s3://{bucket}/models/digits-cnn.pt2"
@@ -134,7 +134,7 @@ def test_the_quickstart_runs_in_the_cpu_worker_image_on_the_real_node(
 
 @pytest.mark.usefixtures("operator")
 def test_bad_data_fails_the_job_with_its_reason_through_the_real_pod_failure_policy(
-    kube: Any, namespace: str, real_node: RealNode, s3: Any, tmp_path: Path
+    real_node: RealNode, kube: Any, namespace: str, s3: Any, tmp_path: Path
 ) -> None:
     bucket = s3.create_bucket("real-node-bad")
     model = f"s3://{bucket}/models/digits-cnn.pt2"

@@ -65,7 +65,7 @@ def _logs(kube: Any, namespace: str, name: str) -> str:
     return str(kube.kubectl("-n", namespace, "logs", name).stdout)
 
 
-def test_the_node_is_ready_labelled_and_advertises_no_gpu(kube: Any, real_node: RealNode) -> None:
+def test_the_node_is_ready_labelled_and_advertises_no_gpu(real_node: RealNode, kube: Any) -> None:
     node = json.loads(kube.kubectl("get", "node", real_node.name, "-o", "json").stdout)
     conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert conditions["Ready"] == "True"
@@ -76,7 +76,7 @@ def test_the_node_is_ready_labelled_and_advertises_no_gpu(kube: Any, real_node: 
 
 
 def test_a_pod_runs_as_65532_on_a_read_only_root_and_the_kubelet_writes_its_termination_message(
-    kube: Any, namespace: str, real_node: RealNode
+    real_node: RealNode, kube: Any, namespace: str
 ) -> None:
     script = (
         "import os, sys\n"
@@ -100,7 +100,7 @@ def test_a_pod_runs_as_65532_on_a_read_only_root_and_the_kubelet_writes_its_term
 
 
 def test_pods_reach_the_hosts_loopback_servers_and_nothing_leaves_the_machine(
-    kube: Any, namespace: str, real_node: RealNode, s3: Any
+    real_node: RealNode, kube: Any, namespace: str, s3: Any
 ) -> None:
     s3_url = real_node.url(s3.endpoint_url)
     host, port = s3_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)

@@ -97,10 +97,12 @@ def _node_sh(testbed_dir: Path, *args: str, timeout: float) -> subprocess.Comple
 
 
 @pytest.fixture(scope="session")
-def real_node(kube: Any) -> Iterator[RealNode]:
+def real_node(request: pytest.FixtureRequest) -> Iterator[RealNode]:
     reason = missing_prerequisites()
     if reason:
         pytest.skip(reason)
+    # Only now: a skipped node must not start a cluster first.
+    kube: Any = request.getfixturevalue("kube")
     testbed_dir = Path(kube.kubeconfig).parent
     up = _node_sh(testbed_dir, "up", timeout=300)
     if up.returncode != 0:

@@ -116,13 +116,18 @@ build_one() { # name
     return
   fi
   log "building $tag from $dockerfile (log: $CACHE/$name.log)"
-  local start=$SECONDS
-  if ! buildah --cgroup-manager cgroupfs build --layers "${RUN_ARGS[@]}" "${base_arg[@]}" \
+  local start=$SECONDS previous
+  previous=$(image_id "$tag" || true)
+  # No --layers: the cache is the inputs' hash (and pip's cache mount), and a multi-gigabyte build
+  # stage kept per build fills a CI machine's disk.
+  if ! buildah --cgroup-manager cgroupfs build "${RUN_ARGS[@]}" "${base_arg[@]}" \
       --build-arg "VERSION=$VERSION" --label "dev.kompression.inputs=$hash" \
       -f "$ROOT/$dockerfile" -t "$tag" "$ROOT" >"$CACHE/$name.log" 2>&1; then
     tail -30 "$CACHE/$name.log" >&2
     die "building $tag failed (full log: $CACHE/$name.log)"
   fi
+  # The image this build replaced is untagged now: nothing else refers to it.
+  if [ -n "$previous" ] && [ "$previous" != "$(image_id "$tag")" ]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
   log "built $tag in $((SECONDS - start)) s: $(buildah images --format '{{.Size}}' "$tag" 2>/dev/null || true)"
   echo "$tag"
 }

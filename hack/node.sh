@@ -35,6 +35,8 @@ OWNER="$CACHE/node/owner"  # the NODE_DIR of the node that holds the bridge, rul
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
+# Not `ctr images ls | grep -q`: grep stops at the first match, ctr dies of SIGPIPE, pipefail fails.
+has_image() { grep -qx -- "$1" <<<"$(ctr_ images ls -q)"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 prerequisites() {
@@ -169,7 +171,7 @@ containers_clear() {
 }
 
 pause_image() {
-  ctr_ images ls -q | grep -qx "$PAUSE_IMAGE" && return 0
+  has_image "$PAUSE_IMAGE" && return 0
   log "building $PAUSE_IMAGE from images/pause/pause.c (no registry is reachable)"
   local work="$NODE_DIR/pause" c
   mkdir -p "$work"
@@ -186,7 +188,7 @@ import_image() { # tag
   id=$(buildah inspect --type image --format '{{.FromImageID}}' "$tag" 2>/dev/null) ||
     die "no image $tag in buildah's store: build it first (make images)"
   stamp="$STORE/imported/$(echo "$tag" | tr '/:' '__')"
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] && ctr_ images ls -q | grep -qx "$tag"; then return 0; fi
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] && has_image "$tag"; then return 0; fi
   log "importing $tag into the node's containerd"
   local tar="$NODE_DIR/import.tar"
   rm -f "$tar"
@@ -220,6 +222,11 @@ current-context: node
 EOF
 }
 
+dns_up() {
+  setsid python3 "$ROOT/hack/node-dns.py" "$GATEWAY" "$KUBERNETES_SERVICE_IP" >>"$NODE_DIR/logs/dns.log" 2>&1 </dev/null &
+  echo $! >"$NODE_DIR/dns.pid"
+}
+
 kubelet_up() {
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -248,8 +255,11 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
 maxPods: 16
-# No resolver for pods: the host's is off the machine. Pods address the host by IP ($GATEWAY).
+# The pods' resolver is hack/node-dns.py on the bridge (the `kubernetes` Service's names only);
+# the host's is off the machine and never theirs. Pods address the host by IP ($GATEWAY).
 resolvConf: ""
+clusterDNS: [$GATEWAY]
+clusterDomain: cluster.local
 serializeImagePulls: false
 EOF
   setsid "$BIN/kubelet" --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
@@ -291,6 +301,7 @@ stop_pidfile() { # pidfile
 down() {
   [ "$(id -u)" -eq 0 ] || { [ -d "$NODE_DIR" ] && log "not root: cannot stop the node in $NODE_DIR"; return 0; }
   stop_pidfile "$NODE_DIR/kubelet.pid"
+  stop_pidfile "$NODE_DIR/dns.pid"
   if alive "$NODE_DIR/containerd.pid"; then containers_clear; fi
   stop_pidfile "$NODE_DIR/containerd.pid"
   # runc's shims outlive containerd by design; these are the ones started for this node's socket.
@@ -331,12 +342,13 @@ up() {
   containers_clear
   pause_image
   node_kubeconfig
+  dns_up
   kubelet_up
   echo "$NODE_NAME"
 }
 
 status() {
-  for c in containerd kubelet; do
+  for c in containerd dns kubelet; do
     if alive "$NODE_DIR/$c.pid"; then echo "$c: pid $(cat "$NODE_DIR/$c.pid")"; else echo "$c: not running"; fi
   done
   [ -f "$TESTBED_DIR/kubeconfig" ] && "$BIN/kubectl" --kubeconfig "$TESTBED_DIR/kubeconfig" get node "$NODE_NAME" 2>&1 || true

@@ -45,6 +45,7 @@ class RealNode:
     gateway: str
     testbed_dir: Path
     worker_image: str
+    images: tuple[str, ...]
 
     @property
     def selector(self) -> dict[str, str]:
@@ -54,6 +55,10 @@ class RealNode:
     def url(self, loopback_url: str) -> str:
         """A host loopback URL (http://127.0.0.1:PORT/...) as a pod on this node reaches it."""
         return loopback_url.replace("127.0.0.1", self.gateway).replace("localhost", self.gateway)
+
+    def has_image(self, tag: str) -> bool:
+        """Whether `tag` was imported into the node's containerd (images are imported when built)."""
+        return tag in self.images
 
     def dropped_off_machine(self) -> int:
         """Packets the safety net has dropped from the pod bridge towards another interface."""
@@ -114,7 +119,7 @@ def real_node(request: pytest.FixtureRequest) -> Iterator[RealNode]:
         images = [WORKER_CPU_IMAGE] + ([OPERATOR_IMAGE] if _image_built(OPERATOR_IMAGE) else [])
         imported = _node_sh(testbed_dir, "import", *images, timeout=1800)
         assert imported.returncode == 0, imported.stderr[-3000:]
-        yield RealNode(NODE_NAME, GATEWAY, testbed_dir, WORKER_CPU_IMAGE)
+        yield RealNode(NODE_NAME, GATEWAY, testbed_dir, WORKER_CPU_IMAGE, tuple(images))
     finally:
         down = _node_sh(testbed_dir, "down", timeout=180)
         assert down.returncode == 0, down.stderr[-3000:]

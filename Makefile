@@ -13,7 +13,7 @@ VENV_LLM := .venv-llm
 
 include Makefile.testbed
 
-.PHONY: help setup setup-llm demo test test-fast test-llm lint format crd bench clean
+.PHONY: help setup setup-llm demo test test-fast test-llm lint format crd bench clean images test-images
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ test-llm: setup-llm ## the LLM path's tests, in .venv-llm (skipped in .venv, whi
 
 test-fast: setup ## the tests that need no cluster
 	$(BIN)/pytest -m "not cluster"
+
+images: ## build the operator, CPU worker and LLM worker images with buildah, no Docker daemon (cached by their inputs)
+	hack/build-images.sh
+
+test-images: setup images ## the built images' tests: UID 65532, read-only root, contents, the quickstart in the CPU worker
+	KOMPRESSION_TEST_IMAGES=1 $(BIN)/pytest tests/images
 
 bench: setup setup-llm testbed-deps ## the benchmarks; figures go to benchmarks/RESULTS.md
 	$(PY) benchmarks/run_all.py

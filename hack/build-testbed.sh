@@ -9,6 +9,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 # 3.36+ needs Node 22; 3.35 runs on the Node 18/20 that Debian and Ubuntu ship.
 AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"
 
@@ -56,6 +57,31 @@ build_k8s() {
   )
 }
 
+build_node() {
+  # The real node's kubelet, from the same k8s.io/kubernetes release as the control plane. A work
+  # directory of its own (build_k8s may be running in the other), sharing Go's build cache, so the
+  # packages the apiserver already compiled are not compiled again (about 4 minutes then).
+  stamp_ok kubelet "$K8S_VERSION" && return 0
+  log "building kubelet from k8s.io/kubernetes@$K8S_VERSION"
+  local work="$CACHE/src/k8s-node-$K8S_VERSION" staging="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$work"
+  (
+    cd "$work"
+    [ -f go.mod ] || go mod init kompression.dev/testbed-node >/dev/null 2>&1
+    go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >"$work/k8s-mod.json"
+    local gomod
+    gomod=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["GoMod"])' "$work/k8s-mod.json")
+    for m in $(grep -oE '^\s*k8s.io/[a-z0-9-]+ => ./staging' "$gomod" | awk '{print $1}' | sort -u); do
+      go mod edit -replace "$m=$m@$staging"
+    done
+    go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' >tools.go
+    go mod tidy -e >/dev/null 2>&1 || true
+    go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" -o "$BIN/kubelet" k8s.io/kubernetes/cmd/kubelet
+  )
+  stamp kubelet "$K8S_VERSION"
+}
+
 build_go_module() { # name module package version
   # Builds inside a throwaway wrapper module: `go install pkg@version` refuses modules whose
   # go.mod carries replace directives (etcd's does).
@@ -78,6 +104,8 @@ build_go_module() { # name module package version
 build_etcd() { build_go_module etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; }
 build_kwok() { build_go_module kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; }
 build_helm() { build_go_module helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; }
+# Lints .github/workflows (tests/ci/test_workflows.py).
+build_actionlint() { build_go_module actionlint github.com/rhysd/actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION"; }
 build_fake_gcs() {
   build_go_module fake-gcs-server github.com/fsouza/fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION"
 }
@@ -95,6 +123,7 @@ build_azurite() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite k8s)
+# `node` (the real node's kubelet) is built only when asked: `make node` and its tests need root.
+[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite actionlint k8s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "binaries ready in $BIN"

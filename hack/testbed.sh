@@ -61,7 +61,8 @@ pushgateway_fg() {
 case "${1:-}" in
   deps) deps ;;
   up) "$ROOT/hack/build-testbed.sh"; py -m testbed.cluster up --dir "$TESTBED_DIR" ;;
-  down) py -m testbed.cluster down --dir "$TESTBED_DIR" ;;
+  # The real node (hack/node.sh) first: its kubelet must not outlive the API server it reports to.
+  down) "$ROOT/hack/node.sh" down; py -m testbed.cluster down --dir "$TESTBED_DIR" ;;
   status) py -m testbed.cluster status --dir "$TESTBED_DIR" ;;
   s3) exec env PYTHONPATH="$ROOT/tests" S3_PORT="${S3_PORT:-9000}" "$PYTHON" -m testbed.s3 ;;
   gcs) "$ROOT/hack/build-testbed.sh" fake_gcs

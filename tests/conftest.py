@@ -26,6 +26,7 @@ from testbed.fixtures import (  # noqa: E402,F401
     pushgateway,
     s3,
 )
+from testbed.node import real_node  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -42,7 +43,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-_TEST_BED_FIXTURES = frozenset({"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm"})
+_TEST_BED_FIXTURES = frozenset(
+    {"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm", "real_node"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

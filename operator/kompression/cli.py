@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from kompression import __version__
@@ -66,8 +68,32 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+# What an image's `kompression version` reports besides the package: the libraries whose versions
+# decide what a job can do (the .pt2 loader, the ONNX opsets, the LLM recipes). Read from the
+# installed distributions' metadata, so the command imports none of them and works in every image.
+VERSION_LIBRARIES = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "tensorrt",
+    "transformers",
+    "llmcompressor",
+    "compressed-tensors",
+    "nvidia-modelopt",
+    "kopf",
+    "aiohttp",
+)
+
+
 def _version(_: argparse.Namespace) -> int:
     print(f"kompression {__version__}")
+    print(f"python {platform.python_version()}")
+    for name in VERSION_LIBRARIES:
+        try:
+            print(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            print(f"{name} -")
     return 0
 
 
@@ -92,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=_crd)
 
-    p = sub.add_parser("version", help="print the version")
+    p = sub.add_parser("version", help="print the version, Python's and the installed libraries' ('-': not installed)")
     p.set_defaults(func=_version)
 
     controller_cli.register(sub)

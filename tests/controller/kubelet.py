@@ -7,6 +7,11 @@ directories; PersistentVolumeClaims as their bound hostPath volume (a symlink; r
 enforced here, the tests run as root); the termination message path as a file. Mount paths are
 mapped under a temp root, and every occurrence of a mount path (or of a folder holding mount
 points) in the command, args and env values is rewritten to match.
+
+Only for what the real node cannot serve: the real node (hack/node.sh, `make test-node`,
+tests/controller/test_real_node_e2e.py) runs CPU jobs in the worker image on a real kubelet, but it
+has no GPU, so jobs that ask for GPUs (kwok's H100 and A100 nodes, multi-GPU torchrun pods) run
+here; and `make test` does not start the real node (it needs root and the built images).
 """
 
 from __future__ import annotations

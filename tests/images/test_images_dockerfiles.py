@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = {name: REPO / "images" / name / "Dockerfile" for name in ("operator", "worker", "worker-llm")}
+IMAGES = {name: REPO / "images" / name / "Dockerfile" for name in ("operator", "worker", "worker-cpu", "worker-llm")}
 OCI_LABELS = ("title", "description", "version", "source", "licenses")
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cmake)\b")
 
@@ -31,6 +31,23 @@ def instructions(path: Path) -> list[tuple[str, str]]:
             keyword, _, rest = line.partition(" ")
             out.append((keyword.upper(), rest.strip()))
     return out
+
+
+def base_images(path: Path) -> list[str]:
+    """Every FROM's image, with ${ARG} replaced by the default of the ARG declared before the first FROM."""
+    steps = instructions(path)
+    defaults = {}
+    for keyword, args in steps:
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name] = value
+    stages = {args.split()[-1] for k, args in steps if k == "FROM" and " AS " in args.upper()}
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], args.split()[0]) for k, args in steps if k == "FROM"
+    ]
+    return [base for base in bases if base not in stages]
 
 
 def final_stage(path: Path) -> list[tuple[str, str]]:
@@ -57,9 +74,9 @@ def test_hadolint(name: str) -> None:
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_multi_stage_with_pinned_bases(name: str) -> None:
-    bases = [args.split()[0] for k, args in instructions(IMAGES[name]) if k == "FROM"]
-    assert len(bases) >= 2, "images are multi-stage: build tools stay out of the final stage"
-    for base in bases:
+    stages = [args for k, args in instructions(IMAGES[name]) if k == "FROM"]
+    assert len(stages) >= 2, "images are multi-stage: build tools stay out of the final stage"
+    for base in base_images(IMAGES[name]):
         assert "@sha256:" in base or re.search(r":[0-9][\w.-]*$", base), f"{base}: pin a version tag or a digest"
 
 
@@ -100,6 +117,11 @@ def test_operator_image_has_no_torch_and_the_worker_has_its_extras() -> None:
     worker = IMAGES["worker"].read_text()
     assert "[worker,tensorrt]" in worker
     assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:", worker, re.M)
+    # The CPU variant: the Python base users pull by default, the worker extra without TensorRT.
+    cpu = " ".join(args for _, args in instructions(IMAGES["worker-cpu"]))
+    assert "[worker]" in cpu and "tensorrt" not in cpu.lower()
+    assert base_images(IMAGES["worker-cpu"]) == base_images(IMAGES["operator"])
+    assert all(base.startswith("python:3.12") for base in base_images(IMAGES["worker-cpu"]))
     # llm-compressor pins an older torch than the worker extra: its own image, never both extras.
     llm = IMAGES["worker-llm"].read_text()
     assert "[llm]" in llm and "[worker" not in llm

@@ -243,6 +243,9 @@ class Cluster:
                 # There is no real network: publishing 127.0.0.1 as the `kubernetes` Service
                 # endpoint is rejected by validation and would only spam the log.
                 "--endpoint-reconciler-type=none",
+                # The real node (hack/node.sh) is reached at its InternalIP, the pod bridge's
+                # address: its name resolves nowhere. kwok's nodes have no address at all.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=1",
             ],

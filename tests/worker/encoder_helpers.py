@@ -4,9 +4,12 @@ needs no download."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+
+from factories import job, write_job
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [
@@ -108,3 +111,17 @@ def encoder_inputs(length: int | None = 16) -> list[dict[str, object]]:
         {"name": "input_ids", "shape": shape, "dtype": "int64"},
         {"name": "attention_mask", "shape": shape, "dtype": "int64"},
     ]
+
+
+def cosine_job(folder: Path, root: Path) -> Path:
+    """root/job.yaml: the encoder folder as a HuggingFace model, scored by cosine similarity on
+    SENTENCES (root/texts.jsonl), published under root/out/."""
+    texts = root / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
+    body = job(
+        f"file://{folder}",
+        f"file://{root}/out/",
+        data={"evaluation": {"uri": f"file://{texts}", "metric": "CosineSimilarity", "maxLength": 16}},
+    )
+    body["spec"]["model"] = {"uri": f"file://{folder}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
+    return write_job(root / "job.yaml", body)

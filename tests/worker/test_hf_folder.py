@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
+from encoder_helpers import SENTENCES, cosine_job, encoder_inputs, save_tiny_bert
 
 from factories import job, write_job
 from hostile import GUARD, plant_tokenizer_code
@@ -56,15 +56,7 @@ def edit_config(folder: Path, **changes: Any) -> None:
 def kompression_run(folder: Path, tmp_path: Path, *, guard: bool = False) -> subprocess.CompletedProcess[str]:
     """`kompression run` of a job on the folder with text data, as the worker pod runs it, with stdin
     open and answering yes to any prompt (transformers asks before running a folder's code)."""
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
-    body = job(
-        f"file://{folder}",
-        f"file://{tmp_path}/out/",
-        data={"evaluation": {"uri": f"file://{texts}", "metric": "CosineSimilarity", "maxLength": 16}},
-    )
-    body["spec"]["model"] = {"uri": f"file://{folder}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
-    manifest = write_job(tmp_path / "job.yaml", body)
+    manifest = cosine_job(folder, tmp_path)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

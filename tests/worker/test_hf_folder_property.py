@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
+from encoder_helpers import cosine_job, encoder_inputs, save_tiny_bert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import job, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import data, formats
@@ -123,16 +122,8 @@ def test_random_folder_files_through_kompression_run_exit_0_3_or_4(
     content = data.draw(contents(name, pristine))
     root = tmp_path_factory.mktemp("run")
     folder = _folder(pristine, root, name, content)
-    texts = root / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
-    body = job(
-        f"file://{folder}",
-        f"file://{root}/out/",
-        data={"evaluation": {"uri": f"file://{texts}", "metric": "CosineSimilarity", "maxLength": 16}},
-    )
-    body["spec"]["model"] = {"uri": f"file://{folder}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
     proc = subprocess.run(
-        [sys.executable, "-m", "kompression", "run", str(write_job(root / "job.yaml", body)), "--progress", "json"],
+        [sys.executable, "-m", "kompression", "run", str(cosine_job(folder, root)), "--progress", "json"],
         input="y\n" * 10,
         capture_output=True,
         text=True,

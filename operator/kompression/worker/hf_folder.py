@@ -68,8 +68,10 @@ CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,127}$")
 
 @dataclass(frozen=True)
 class Folder:
-    """A vetted folder: its config.json, and the class its `architectures` names (None: unnamed)."""
+    """A vetted folder: where it is, its config.json, and the class its `architectures` names (None:
+    unnamed). Loading from a Folder rather than a path keeps a folder to one vetting."""
 
+    path: Path
     config: dict[str, Any]
     architecture: type | None
 
@@ -93,7 +95,7 @@ def vet(folder: Path, where: str) -> Folder:
     architecture = _architecture(config, where)
     for shard in sorted(_weights(folder, where)):
         _read_header(folder / shard, where)
-    return Folder(config, architecture)
+    return Folder(folder, config, architecture)
 
 
 def vet_tokenizer(folder: Path, where: str) -> None:

@@ -73,13 +73,12 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
-def _load(folder: Path, dtype: Any, device_map: str | None = None, *, original: bool = False) -> Any:
-    """The folder's causal LM; the job's own model (`original`) must hold every weight it expects,
-    where a step's output is a checkpoint compressed-tensors reshapes as it loads."""
-    vetted = hf_folder.vet(folder, MODEL_URI)
+def _load(vetted: hf_folder.Folder, dtype: Any, device_map: str | None = None, *, original: bool = False) -> Any:
+    """The vetted folder's causal LM; the job's own model (`original`) must hold every weight it
+    expects, where a step's output is a checkpoint compressed-tensors reshapes as it loads."""
     with hf_folder.loading(MODEL_URI, "a causal LM"):
         loaded: Any = AutoModelForCausalLM.from_pretrained(
-            folder,
+            vetted.path,
             dtype=dtype,
             device_map=device_map,
             output_loading_info=True,
@@ -92,7 +91,7 @@ def _load(folder: Path, dtype: Any, device_map: str | None = None, *, original: 
 
 
 def _score(
-    folder: Path,
+    vetted: hf_folder.Folder,
     sequences: list[list[int]] | None,
     device: str,
     suite: tasks.Suite | None = None,
@@ -107,13 +106,13 @@ def _score(
     # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
     # a model larger than one GPU is scored too.
     cpu = device == "cpu"
-    model = _load(folder, torch.float32 if cpu else "auto", device_map=None if cpu else "auto", original=original)
+    model = _load(vetted, torch.float32 if cpu else "auto", device_map=None if cpu else "auto", original=original)
     model.eval()
     parameters = sum(p.numel() for p in model.parameters())
     value = None if sequences is None else round(perplexity(model, sequences, device).value, 4)
     scores = None
     if suite is not None:
-        tokenizer = hf_folder.tokenizer(folder, MODEL_URI)
+        tokenizer = hf_folder.tokenizer(vetted.path, MODEL_URI)
         scores = tasks.score(model, tokenizer, suite)
     speed = round(throughput.tokens_per_second(model, throughput.prompt(model, sequences), device), 2)
     del model
@@ -240,7 +239,7 @@ def _run_step(step: Step, current: Path, out: Path, texts: Texts, *, suite: task
     notes, summary, peak = apply(step, current, out, ranks.share(current, step, texts.calibration))
     seconds = round(time.monotonic() - started, 3)
     # Neither step removes a weight (pruned ones are zeros, quantized ones packed): the count stays.
-    after, _, scores, speed = _score(out, texts.evaluation, device, suite)
+    after, _, scores, speed = _score(hf_folder.vet(out, MODEL_URI), texts.evaluation, device, suite)
     return StepRun(out, notes, summary, seconds, peak, sharing, after, scores, speed)
 
 
@@ -261,11 +260,11 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
     with tempfile.TemporaryDirectory(prefix="kompression-llm-", dir=workroot) as tmp:
         work = Path(tmp)
         model_dir = storage.source(spec.model.uri, work / "downloads", ModelError, MODEL_URI)
-        hf_folder.vet(model_dir, MODEL_URI)
+        vetted = hf_folder.vet(model_dir, MODEL_URI)
         tokenizer = hf_folder.tokenizer(model_dir, MODEL_URI)
         texts = _texts(job, tokenizer, work)
         suite = tasks.prepare(spec.data.tasks, work) if spec.data and spec.data.tasks else None
-        before, parameters, tasks_before, speed = _score(model_dir, texts.evaluation, device, suite, original=True)
+        before, parameters, tasks_before, speed = _score(vetted, texts.evaluation, device, suite, original=True)
         baseline = Metrics(
             sizeBytes=weights_bytes(model_dir),
             parameters=parameters,

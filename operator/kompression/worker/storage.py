@@ -120,10 +120,14 @@ def parse_uri(uri: str) -> Location:
     )
 
 
+def _claim_mount(claim: str) -> Path:
+    """Where a claim is mounted: under /mnt/pvc in the operator's Job, under $KOMPRESSION_PVC_ROOT locally."""
+    return Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT) / claim
+
+
 def _claim_path(uri: str, rest: str) -> Path:
     claim, _, path = rest.partition("/")
-    root = Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT)
-    mount = root / claim
+    mount = _claim_mount(claim)
     if not claim or not mount.is_dir():
         raise StorageError(
             f"{uri}: the claim {claim!r} is not mounted at {mount}. In the operator's Job every claim that "
@@ -146,7 +150,7 @@ def _literal_path(uri: str) -> Path:
     scheme, _, rest = uri.rpartition("://")
     if scheme == "pvc":
         claim, _, path = rest.partition("/")
-        return Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT) / claim / path
+        return _claim_mount(claim) / path
     return Path.cwd() / (rest if scheme == "file" else uri)
 
 
@@ -161,7 +165,7 @@ def refuse_aliased_claim_path(uri: str) -> None:
     if scheme != "pvc":
         return
     claim, _, path = rest.partition("/")
-    here = Path(os.environ.get(ENV_PVC_ROOT) or PVC_MOUNT_ROOT) / claim
+    here = _claim_mount(claim)
     for part in (p for p in path.split("/") if p):
         here /= part
         if here.is_symlink():

@@ -9,6 +9,13 @@ from kompression.api import failures
 from kompression.api.failures import Failure, Reason
 
 
+def brief(exc: BaseException) -> str:
+    """A library's exception as one line of at most 400 characters, to quote inside a WorkerError's
+    message (its type name when it says nothing)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 class WorkerError(Exception):
     """A failure that is explained to the user, never shown as a traceback."""
 

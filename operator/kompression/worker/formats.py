@@ -29,7 +29,7 @@ import torch
 from kompression.api import architectures
 from kompression.api.v1alpha1 import ModelInput, ModelSource
 from kompression.worker import eager, hf_folder
-from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
+from kompression.worker.errors import ModelError, RuntimeMissing, SpecError, brief
 from kompression.worker.model import Model, OnnxModel, TorchModel
 from kompression.worker.pt2_archive import PICKLE_ADVICE, vet_pt2_archive
 
@@ -91,12 +91,12 @@ def _load_torch_export(source: ModelSource, path: Path) -> Model:
     except ModelError:
         raise
     except Exception as exc:  # whatever torch raises on a file it cannot read is the file's fault
-        raise ModelError(f"{source.uri}: cannot load the TorchExport archive: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: cannot load the TorchExport archive: {brief(exc)}") from None
     try:
         module = eager.rebuild(program)
     except Exception as exc:  # FX raises assorted types on graphs it cannot rewrite
         raise ModelError(
-            f"{source.uri}: cannot rebuild the exported program as layers: {_short(exc)}; "
+            f"{source.uri}: cannot rebuild the exported program as layers: {brief(exc)}; "
             "save the weights as SafeTensors with `architecture` instead"
         ) from None
     # Techniques run on the rebuilt layers, so they must compute what the program computes.
@@ -168,7 +168,7 @@ def _load_torchscript(source: ModelSource, path: Path) -> Model:
     try:
         module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
-        raise ModelError(f"{source.uri}: cannot load the TorchScript archive: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: cannot load the TorchScript archive: {brief(exc)}") from None
     return TorchModel(module.eval(), example_inputs(source.inputs))
 
 
@@ -207,7 +207,7 @@ def build_architecture(ref: str, kwargs: dict[str, Any] | None, field: str) -> t
     try:
         module = factory(**(kwargs or {}))
     except Exception as exc:
-        raise SpecError(f"{field}: calling {ref} with {kwargs or {}} failed: {_short(exc)}") from None
+        raise SpecError(f"{field}: calling {ref} with {kwargs or {}} failed: {brief(exc)}") from None
     if not isinstance(module, torch.nn.Module):
         raise SpecError(f"{field}: {ref} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -221,7 +221,7 @@ def _load_safetensors(source: ModelSource, path: Path) -> Model:
         state = load_file(str(path))
     except Exception as exc:
         _reject_pickle_checkpoint(source, path)
-        raise ModelError(f"{source.uri}: not a readable safetensors file: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: not a readable safetensors file: {brief(exc)}") from None
     module = build_architecture(source.architecture, source.architectureArguments, "spec.model.architecture")
     missing, unexpected = _key_diff(module.state_dict(), state)
     if missing or unexpected:
@@ -233,7 +233,7 @@ def _load_safetensors(source: ModelSource, path: Path) -> Model:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{source.uri}: the weights do not fit {source.architecture}: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: the weights do not fit {source.architecture}: {brief(exc)}") from None
     return TorchModel(module.eval(), example_inputs(source.inputs))
 
 
@@ -335,7 +335,7 @@ def _load_onnx(source: ModelSource, path: Path, fetch_sibling: Callable[[str], P
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ModelError(f"{source.uri}: not a readable ONNX model: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: not a readable ONNX model: {brief(exc)}") from None
     for name in vet_onnx_external_data(proto, path.parent, source.uri):
         if fetch_sibling is not None:
             fetch_sibling(name)
@@ -347,7 +347,7 @@ def _load_onnx(source: ModelSource, path: Path, fetch_sibling: Callable[[str], P
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ModelError(f"{source.uri}: the ONNX model is invalid: {_short(exc)}") from None
+        raise ModelError(f"{source.uri}: the ONNX model is invalid: {brief(exc)}") from None
     graph_inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(graph_inputs) != len(source.inputs):
         raise ModelError(
@@ -375,7 +375,7 @@ def check_inputs(model: Model, inputs: list[ModelInput], uri: str) -> None:
         shapes = ", ".join(f"{i.name} {i.shape}" for i in inputs)
         raise ModelError(
             f"{uri}: the model rejects inputs of the declared shapes ({shapes}; -1 tried as 2 for the batch, "
-            f"1 elsewhere): {_short(exc)}. Fix spec.model.inputs to match the model"
+            f"1 elsewhere): {brief(exc)}. Fix spec.model.inputs to match the model"
         ) from None
 
 
@@ -425,11 +425,6 @@ def save_safetensors(module: torch.nn.Module, path: Path) -> Path:
     if sum(t.numel() for t in back.values()) != sum(t.numel() for t in state.values()):
         raise ModelError(f"saving {path.name}: the file does not hold every tensor of the state dict")
     return path
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def file_size(path: Path) -> int:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import torch
 
-from kompression.worker.errors import ModelError
+from kompression.worker.errors import ModelError, brief
 
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -241,7 +241,7 @@ def _read_header(path: Path, where: str) -> None:
         with safe_open(str(path), framework="pt") as handle:
             handle.keys()
     except Exception as exc:  # SafetensorError, OSError: whatever safetensors says about the bytes
-        raise ModelError(f"{where}: {path.name} is not a readable safetensors file: {_short(exc)}") from None
+        raise ModelError(f"{where}: {path.name} is not a readable safetensors file: {brief(exc)}") from None
 
 
 def attention(folder: Folder, auto: type) -> str:
@@ -280,7 +280,7 @@ def loading(where: str, what: str = "the HuggingFace model") -> Iterator[None]:
     except (MemoryError, torch.OutOfMemoryError, ModelError):  # memory is the node's, not the author's
         raise
     except Exception as exc:
-        raise ModelError(f"{where}: transformers cannot load {what} from the folder: {_short(exc)}") from None
+        raise ModelError(f"{where}: transformers cannot load {what} from the folder: {brief(exc)}") from None
 
 
 def check_complete(info: Mapping[str, Any], model: Any, where: str) -> None:
@@ -339,8 +339,3 @@ def _kind(value: Any) -> str:
 
 def _few(keys: list[str]) -> str:
     return f"[{', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}] ({len(keys)})" if keys else "none"
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:397] + "..."

@@ -22,7 +22,7 @@ from kompression.api.crd import render_crd
 from kompression.api.validation import (
     ManifestUnreadable,
     SpecInvalid,
-    architecture_errors,
+    check_architectures,
     describe,
     load_documents,
     parse_job,
@@ -48,9 +48,7 @@ def _validate(args: argparse.Namespace) -> int:
         for doc in docs:
             try:
                 job = parse_job(doc)
-                errors = architecture_errors(job.spec, args.architecture_modules)
-                if errors:
-                    raise SpecInvalid(errors, job.metadata.name)
+                check_architectures(job, args.architecture_modules)
             except SpecInvalid as exc:
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = EXIT_INVALID

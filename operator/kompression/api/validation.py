@@ -271,9 +271,16 @@ def _map_errors(path: str, value: Any, label_values: bool) -> list[FieldError]:
     return errors
 
 
-def architecture_errors(spec: CompressionJobSpec, allowed: tuple[str, ...]) -> list[FieldError]:
+def check_architectures(job: CompressionJob, allowed: tuple[str, ...]) -> None:
     """The cluster's policy on `architecture` references and their arguments (not a CRD rule: the list
-    is the operator's). The worker applies it before it downloads anything, `kompression validate` too."""
+    is the operator's); SpecInvalid naming every refused field. `kompression validate`, `run` (before it
+    downloads anything), `render` and the operator (before it makes a Job) all apply it."""
+    errors = _architecture_errors(job.spec, allowed)
+    if errors:
+        raise SpecInvalid(errors, job.metadata.name)
+
+
+def _architecture_errors(spec: CompressionJobSpec, allowed: tuple[str, ...]) -> list[FieldError]:
     refs = [("spec.model", spec.model.architecture, spec.model.architectureArguments)]
     refs += [
         (f"spec.steps[{i}].distill.student", s.distill.student.architecture, s.distill.student.architectureArguments)

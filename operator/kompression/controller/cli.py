@@ -22,7 +22,7 @@ from kompression.api.validation import (
     FieldError,
     ManifestUnreadable,
     SpecInvalid,
-    architecture_errors,
+    check_architectures,
     load_documents,
     parse_job,
 )
@@ -189,9 +189,7 @@ def render(docs: list[Any], settings: Settings) -> str:
         if not job.metadata.name:
             reason = "render needs metadata.name: the API server picks the name from generateName only at create"
             raise SpecInvalid([FieldError("metadata.name", reason)], None)
-        refused = architecture_errors(job.spec, settings.architecture_modules)
-        if refused:  # the operator fails such a job before it makes any Job (reconcile.sync)
-            raise SpecInvalid(refused, job.metadata.name)
+        check_architectures(job, settings.architecture_modules)  # as the operator would (reconcile.sync)
         out += [build_configmap(job), build_job(job, settings)]
     return yaml.safe_dump_all(out, sort_keys=False)
 

@@ -16,7 +16,7 @@ from typing import Any
 from kompression.api import failures
 from kompression.api.constants import GROUP, PLURAL, VERSION
 from kompression.api.v1alpha1 import CompressionJob
-from kompression.api.validation import SpecInvalid, architecture_errors
+from kompression.api.validation import SpecInvalid, check_architectures
 from kompression.controller import outputs
 from kompression.controller.admission import Admission
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
@@ -133,11 +133,10 @@ class Reconciler:
                 return  # done (its Job may have gone through ttlSecondsAfterFinished), or going
             # The worker would refuse it at start (exit 2): refused here, before a pod takes a GPU.
             # Only before its Job exists: a running job keeps running if the list changes later.
-            refused = architecture_errors(spec.spec, self.settings.architecture_modules)
-            if refused:
-                obs = Observation(
-                    "Failed", failures.INVALID_SPEC.reason, str(SpecInvalid(refused, view.name)), stalled=True
-                )
+            try:
+                check_architectures(spec, self.settings.architecture_modules)
+            except SpecInvalid as exc:
+                obs = Observation("Failed", failures.INVALID_SPEC.reason, str(exc), stalled=True)
                 await self.status.write(cr, obs, None, {})
                 return
             body = await self._make_job(key, cr, spec)

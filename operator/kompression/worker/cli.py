@@ -22,7 +22,7 @@ from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, E
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
-from kompression.api.validation import ManifestUnreadable, SpecInvalid, architecture_errors, load_documents, parse_job
+from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
 from kompression.worker.errors import WorkerError
 from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
@@ -109,9 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ManifestUnreadable(f"{name}: expected exactly one CompressionJob document, found {len(docs)}")
         job = parse_job(docs[0])
         # What `kompression validate` refuses, refused before anything is downloaded or imported.
-        errors = architecture_errors(job.spec, allowed_modules(os.environ))
-        if errors:
-            raise SpecInvalid(errors, job.metadata.name)
+        check_architectures(job, allowed_modules(os.environ))
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early(failures.INVALID_SPEC.reason, str(exc), ExitCode.INVALID_SPEC)
     try:

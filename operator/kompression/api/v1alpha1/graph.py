@@ -1,0 +1,154 @@
+"""The graph techniques that change a PyTorch model's layers: prune, lowRank and distill."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+
+from kompression.api.rules import Rule
+from kompression.api.v1alpha1.base import IMPORT_REF_PATTERN, ApiModel, ModulePattern, StepName
+
+
+class FineTune(ApiModel):
+    """Training after pruning that recovers accuracy."""
+
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training data.")
+    learningRate: float = Field(1e-3, gt=0, le=10, description="Learning rate of the Adam optimizer.")
+    batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
+
+
+PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "TaylorStructured", "SemiStructured24"]
+STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
+
+
+class PruneStep(ApiModel):
+    """Remove weights. Structured methods delete whole channels, so the model gets faster on any hardware."""
+
+    method: PruneMethod = Field(
+        description=(
+            "L1Unstructured (per layer) and GlobalMagnitude (across layers) zero single weights, made "
+            "permanent. L1Structured and TaylorStructured physically remove channels and filters, "
+            "ranked by L1 norm or by a first-order Taylor estimate of their importance. "
+            "SemiStructured24 keeps 2 of every 4 weights, the pattern sparse tensor cores accelerate."
+        )
+    )
+    sparsity: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of weights (unstructured) or channels (structured) to remove, in (0, 1).",
+    )
+    ignoreLayers: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Names of modules to leave untouched; the final classifier is always kept whole.",
+    )
+    fineTune: FineTune | None = Field(None, description="Train after pruning to recover accuracy; needs data.training.")
+
+    __rules__ = (
+        Rule(
+            cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
+            message="`sparsity` other than 0.5 is only used by methods L1Unstructured, GlobalMagnitude, L1Structured "
+            "and TaylorStructured; SemiStructured24 removes exactly 2 of every 4 weights, so leave it unset or 0.5",
+            field_path=".sparsity",
+        ),
+    )
+
+
+LowRankMethod = Literal["SVD", "Tucker2"]
+
+
+class LowRankStep(ApiModel):
+    """Replace weight tensors with thin factors of low rank: fewer parameters and MACs, dense kernels."""
+
+    method: LowRankMethod = Field(
+        description=(
+            "SVD factorizes Linear layers and 1x1 convolutions into two thin layers (W = U S V^T, "
+            "the bias kept on the second). Tucker2 decomposes the channel modes of kxk convolutions "
+            "into a 1x1 -> kxk (core) -> 1x1 sequence."
+        )
+    )
+    rankRatio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Rank of each factorized layer as a fraction of its full rank (per channel mode for Tucker2).",
+    )
+    energy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "Choose each layer's rank as the smallest that keeps this fraction of the squared singular "
+            "values (of each channel mode's unfolding for Tucker2), e.g. 0.9."
+        ),
+    )
+    includeLayers: list[ModulePattern] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Module name patterns (shell-style: `*` and `?`, e.g. `encoder.layer.*.intermediate.dense`) "
+            "of the layers to factorize; empty means every layer the method applies to."
+        ),
+    )
+    excludeLayers: list[ModulePattern] = Field(
+        default_factory=list, max_length=64, description="Module name patterns of layers to leave whole."
+    )
+    fineTune: FineTune | None = Field(
+        None, description="Train after factorizing to recover accuracy; needs data.training."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="has(self.rankRatio) != has(self.energy)",
+            message="set exactly one of `rankRatio` (a fraction of full rank) or `energy` (a fraction of the "
+            "squared singular values kept) to choose the ranks",
+        ),
+    )
+
+
+class StudentRef(ApiModel):
+    """The student model: the output of an earlier step, or a fresh architecture."""
+
+    fromStep: StepName | None = Field(None, description="Name of an earlier step whose output model is the student.")
+    architecture: Annotated[str, StringConstraints(pattern=IMPORT_REF_PATTERN, max_length=253)] | None = Field(
+        None,
+        description=(
+            "A class or factory (module.path:Name) that builds a fresh student, e.g. "
+            "`torchvision.models:resnet18`; the rules of spec.model.architecture apply."
+        ),
+    )
+    architectureArguments: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Keyword arguments for `architecture`; only with `architecture`. As for spec.model, arguments "
+            "that fetch weights or code (pretrained, weights, checkpoint_path, ...) must be null or false."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="has(self.fromStep) != has(self.architecture)",
+            message="set exactly one of `fromStep` or `architecture`",
+        ),
+        Rule(
+            cel="!has(self.architectureArguments) || has(self.architecture)",
+            message="`architectureArguments` is only used with `architecture`; remove it when the student "
+            "comes from `fromStep`",
+            field_path=".architectureArguments",
+        ),
+    )
+
+
+class DistillStep(ApiModel):
+    """Train a student to match the original model (the teacher): KL on softened outputs plus cross-entropy."""
+
+    student: StudentRef = Field(description="The model to train.")
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the training data.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature for the distillation loss.")
+    alpha: float = Field(
+        0.7, ge=0, le=1, description="Weight of the distillation loss; 1 - alpha weights the hard-label loss."
+    )
+    learningRate: float = Field(1e-3, gt=0, le=10, description="Learning rate of the Adam optimizer.")
+    batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")

@@ -66,7 +66,7 @@ CASES = [
     Case("quantize-twice", [_quantize(scheme="FP8Dynamic"), _quantize(scheme="FP8Dynamic")], "spec.steps", LISTS),
     Case("sparsify-twice", [SPARSEGPT, WANDA], "spec.steps", LISTS),
     Case("quantize-then-sparsify", [_quantize(scheme="FP8Dynamic"), SPARSEGPT], "spec.steps", LISTS),
-    Case("sparsify-then-onnx", [SPARSEGPT, {"onnx": {}}], "spec.steps", LISTS),
+    Case("sparsify-then-onnx", [SPARSEGPT, {"onnx": {}}], "spec.steps", "one worker image"),
     Case("sparsify-quantize-sparsify", [SPARSEGPT, _quantize(scheme="FP8Dynamic"), WANDA], "spec.steps", LISTS),
     Case("sparsegpt-then-gptq-by-default", [SPARSEGPT, _quantize(scheme="W4A16")], "spec.steps", "algorithm RTN"),
     Case(

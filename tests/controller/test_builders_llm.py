@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from factories import manifest
-from kompression.api.v1alpha1 import LLM_TECHNIQUE_FIELDS, TECHNIQUE_FIELDS
 from kompression.api.validation import parse_job
 from kompression.controller.builders import build_job
 from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE, Settings
@@ -29,11 +28,11 @@ def _pod(gpus: int, settings: Settings = SETTINGS, **spec: Any) -> dict[str, Any
     return dict(build_job(job, settings)["spec"]["template"]["spec"])
 
 
-def test_every_llm_technique_counts_as_an_llm_step() -> None:
-    assert "llmQuantize" in LLM_TECHNIQUE_FIELDS
-    assert set(LLM_TECHNIQUE_FIELDS) == {k for k in TECHNIQUE_FIELDS if k.startswith("llm")}
-    assert parse_job(manifest(**LLM)).spec.runs_llm
-    assert not parse_job(manifest()).spec.runs_llm
+def test_each_llm_technique_declares_the_llm_image() -> None:
+    assert parse_job(manifest(**LLM)).spec.image == "worker-llm"
+    assert parse_job(manifest()).spec.image == "worker"
+    sparsify = _pod(1, steps=[{"name": "sparse24", "llmSparsify": {"method": "Wanda"}}])
+    assert sparsify["containers"][0]["image"] == "registry.local/worker-llm:1"
 
 
 def test_an_llm_job_runs_in_the_llm_image_and_others_in_the_worker() -> None:

@@ -27,7 +27,7 @@ from kompression.api.constants import (
     progress_audience,
 )
 from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT, pvc_claim
-from kompression.api.v1alpha1 import CompressionJob
+from kompression.api.v1alpha1 import CompressionJob, WorkerImage
 from kompression.controller.failure import WORKER_CONTAINER, pod_failure_policy
 from kompression.controller.labels import child_labels, owner_reference
 from kompression.controller.naming import configmap_name, job_name
@@ -165,10 +165,11 @@ def _command(job: CompressionJob) -> list[str]:
 
 
 def worker_image(job: CompressionJob, settings: Settings) -> str:
-    """The job's own image, else the LLM worker for a job with an LLM step, else the worker."""
+    """The job's own image, else the operator's image of the kind its steps declare they run in."""
     if job.spec.worker.image:
         return job.spec.worker.image
-    return settings.worker_llm_image if job.spec.runs_llm else settings.worker_image
+    images: dict[WorkerImage, str] = {"worker": settings.worker_image, "worker-llm": settings.worker_llm_image}
+    return images[job.spec.image]
 
 
 def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:

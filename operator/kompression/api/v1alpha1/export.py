@@ -8,9 +8,10 @@ from pydantic import Field
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import MAX_DIMENSION, MAX_INPUT_ELEMENTS, ApiModel, shape_elements_cel
+from kompression.api.v1alpha1.needs import ALWAYS, Requires, Technique, When
 
 
-class OnnxStep(ApiModel):
+class OnnxStep(Technique):
     """Export to ONNX and check onnxruntime's outputs against torch."""
 
     opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
@@ -18,6 +19,8 @@ class OnnxStep(ApiModel):
         1e-3, gt=0, le=1, description="Largest allowed absolute difference between onnxruntime and torch outputs."
     )
     dynamicBatch: bool = Field(True, description="Keep the batch dimension dynamic in the exported graph.")
+
+    __needs__ = Requires()
 
 
 class ShapeProfile(ApiModel):
@@ -55,7 +58,7 @@ class ShapeProfile(ApiModel):
     )
 
 
-class TensorRTStep(ApiModel):
+class TensorRTStep(Technique):
     """Build a TensorRT engine (needs TensorRT and an NVIDIA GPU at run time)."""
 
     precision: Literal["FP32", "FP16", "INT8", "FP8"] = Field(
@@ -70,3 +73,12 @@ class TensorRTStep(ApiModel):
     )
     workspaceMiB: int = Field(4096, ge=16, le=1_048_576, description="Builder workspace memory limit in MiB.")
     timingCache: bool = Field(True, description="Reuse and save the builder's timing cache under the output prefix.")
+
+    __needs__ = Requires(
+        calibration=When("precision", ("INT8",)),
+        gpu=ALWAYS,
+        advice={
+            "calibration": "add a calibration data set or use FP16",
+            "gpu": "set resources.gpus to at least 1 (TensorRT builds the engine on an NVIDIA GPU)",
+        },
+    )

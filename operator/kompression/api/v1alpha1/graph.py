@@ -8,6 +8,7 @@ from pydantic import Field, StringConstraints
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import IMPORT_REF_PATTERN, ApiModel, ModulePattern, StepName
+from kompression.api.v1alpha1.needs import ALWAYS, Given, Requires, Technique
 
 
 class FineTune(ApiModel):
@@ -22,7 +23,7 @@ PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "Tayl
 STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
 
 
-class PruneStep(ApiModel):
+class PruneStep(Technique):
     """Remove weights. Structured methods delete whole channels, so the model gets faster on any hardware."""
 
     method: PruneMethod = Field(
@@ -46,6 +47,8 @@ class PruneStep(ApiModel):
     )
     fineTune: FineTune | None = Field(None, description="Train after pruning to recover accuracy; needs data.training.")
 
+    __needs__ = Requires(training=Given("fineTune"))
+
     __rules__ = (
         Rule(
             cel="self.method != 'SemiStructured24' || self.sparsity == 0.5",
@@ -59,7 +62,7 @@ class PruneStep(ApiModel):
 LowRankMethod = Literal["SVD", "Tucker2"]
 
 
-class LowRankStep(ApiModel):
+class LowRankStep(Technique):
     """Replace weight tensors with thin factors of low rank: fewer parameters and MACs, dense kernels."""
 
     method: LowRankMethod = Field(
@@ -98,6 +101,8 @@ class LowRankStep(ApiModel):
     fineTune: FineTune | None = Field(
         None, description="Train after factorizing to recover accuracy; needs data.training."
     )
+
+    __needs__ = Requires(training=Given("fineTune"))
 
     __rules__ = (
         Rule(
@@ -141,7 +146,7 @@ class StudentRef(ApiModel):
     )
 
 
-class DistillStep(ApiModel):
+class DistillStep(Technique):
     """Train a student to match the original model (the teacher): KL on softened outputs plus cross-entropy."""
 
     student: StudentRef = Field(description="The model to train.")
@@ -152,3 +157,5 @@ class DistillStep(ApiModel):
     )
     learningRate: float = Field(1e-3, gt=0, le=10, description="Learning rate of the Adam optimizer.")
     batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
+
+    __needs__ = Requires(training=ALWAYS)

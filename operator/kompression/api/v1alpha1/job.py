@@ -11,10 +11,11 @@ from pydantic.alias_generators import to_camel
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import DNS_SUBDOMAIN_PATTERN, MAX_STEPS, ApiModel, Quantity, StorageUri, uri_rules
 from kompression.api.v1alpha1.data import DATA_ROLES, DataSpec, is_text_cel
-from kompression.api.v1alpha1.llm import LLM_ALGORITHM_SCHEMES, LLM_CALIBRATED_SCHEMES, LLM_WEIGHT_ONLY_SCHEMES
+from kompression.api.v1alpha1.llm import LLM_ALGORITHM_SCHEMES
 from kompression.api.v1alpha1.model import ModelSource
+from kompression.api.v1alpha1.needs import Needs, WorkerImage, image_cel, job_needs, job_rules
 from kompression.api.v1alpha1.status import CompressionJobStatus
-from kompression.api.v1alpha1.step import LLM_TECHNIQUE_FIELDS, Step
+from kompression.api.v1alpha1.step import TECHNIQUES, Step
 
 DEFAULT_MAX_TRIALS = 8
 
@@ -203,8 +204,8 @@ class Measurement(ApiModel):
 
 
 _INDICES = str(list(range(MAX_STEPS)))
-# A step of the LLM path (worker/llm), inside `self.steps.exists(s, ...)`.
-_LLM_STEP = "(has(s.llmQuantize) || has(s.llmSparsify))"
+# A step that runs in the worker-llm image, inside `self.steps.exists(s, ...)`.
+_LLM_STEP = image_cel(TECHNIQUES, "worker-llm", "s")
 
 
 class CompressionJobSpec(ApiModel):
@@ -228,24 +229,7 @@ class CompressionJobSpec(ApiModel):
             message="step names must be unique",
             field_path=".steps",
         ),
-        Rule(
-            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'StaticInt8') || "
-            "(has(self.data) && has(self.data.calibration))",
-            message="quantize method StaticInt8 needs data.calibration; add a calibration data set or use DynamicInt8",
-            field_path=".data",
-        ),
-        Rule(
-            cel="!self.steps.exists(s, has(s.tensorrt) && s.tensorrt.precision == 'INT8') || "
-            "(has(self.data) && has(self.data.calibration))",
-            message="tensorrt precision INT8 needs data.calibration; add a calibration data set or use FP16",
-            field_path=".data",
-        ),
-        Rule(
-            cel="!self.steps.exists(s, has(s.distill) || (has(s.prune) && has(s.prune.fineTune)) || "
-            "(has(s.lowRank) && has(s.lowRank.fineTune))) || (has(self.data) && has(self.data.training))",
-            message="distill, prune.fineTune and lowRank.fineTune need data.training; add a training data set",
-            field_path=".data",
-        ),
+        *job_rules(TECHNIQUES),
         Rule(
             # Index loops over a constant list keep CEL's estimated cost low; map()/indexOf() inside
             # all() is estimated at over 100x the budget.
@@ -285,34 +269,11 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.quantize) && s.quantize.method == 'FP8') || self.resources.gpus > 0",
-            message="quantize method FP8 runs on FP8 tensor cores: resources.gpus must be at least 1",
-            field_path=".resources",
-        ),
-        Rule(
-            cel=f"!self.steps.exists(s, {_LLM_STEP}) || size(self.steps) == 1 || (size(self.steps) == 2 && "
+            cel=f"!self.steps.all(s, {_LLM_STEP}) || size(self.steps) == 1 || (size(self.steps) == 2 && "
             "has(self.steps[0].llmSparsify) && has(self.steps[1].llmQuantize))",
-            message="LLM steps run in a job of their own (the worker-llm image has no other technique), as one of "
-            "[llmQuantize], [llmSparsify] or [llmSparsify, llmQuantize] (prune, then quantize); put other steps "
-            "in a job of their own",
+            message="the worker-llm image runs one of [llmQuantize], [llmSparsify] or [llmSparsify, llmQuantize] "
+            "(prune, then quantize); put other steps in a job of their own",
             field_path=".steps",
-        ),
-        Rule(
-            cel=f"!self.steps.exists(s, {_LLM_STEP}) || self.model.format == 'HuggingFace'",
-            message="llmQuantize and llmSparsify steps need a causal language model in format HuggingFace (a "
-            "transformers folder with safetensors weights)",
-            field_path=".model.format",
-        ),
-        Rule(
-            cel="!self.steps.exists(s, has(s.llmSparsify) || (has(s.llmQuantize) && ("
-            f"(s.llmQuantize.scheme in {list(LLM_WEIGHT_ONLY_SCHEMES)} && "
-            "(!has(s.llmQuantize.algorithm) || s.llmQuantize.algorithm != 'RTN')) || "
-            f"s.llmQuantize.scheme in {list(LLM_CALIBRATED_SCHEMES)} || has(s.llmQuantize.kvCache)))) || "
-            "(has(self.data) && has(self.data.calibration))",
-            message="llmSparsify, and llmQuantize with algorithm GPTQ (the default of W4A16 and W8A16) or AWQ, "
-            "scheme W8A8, FP8 or NVFP4, or a kvCache: each needs data.calibration (a .txt or .jsonl text file); add one, "
-            "or quantize with algorithm RTN, scheme FP8Dynamic and no kvCache",
-            field_path=".data",
         ),
         Rule(
             # GPTQ moves each column's rounding error onto the columns after it, which fills in the zeros
@@ -377,17 +338,22 @@ class CompressionJobSpec(ApiModel):
             "used by llmQuantize and llmSparsify jobs; use data.evaluation for other steps",
             field_path=".data.tasks",
         ),
-        Rule(
-            cel="!self.steps.exists(s, has(s.tensorrt)) || self.resources.gpus > 0",
-            message="a tensorrt step builds on an NVIDIA GPU: resources.gpus must be at least 1",
-            field_path=".resources",
-        ),
     )
 
     @property
+    def needs(self) -> Needs:
+        """What the job needs: any step's data, tokenizer and GPU, and the one worker image its steps run in."""
+        return job_needs(step.config for step in self.steps)
+
+    @property
+    def image(self) -> WorkerImage:
+        """The worker image that runs the job (its steps', which a rule keeps to one)."""
+        return self.needs.image
+
+    @property
     def runs_llm(self) -> bool:
-        """Whether a step is an LLM technique: the job then runs in the worker-llm image."""
-        return any(step.kind in LLM_TECHNIQUE_FIELDS for step in self.steps)
+        """Whether the job runs in the worker-llm image (worker/cli.py chooses the LLM path by it)."""
+        return self.image == "worker-llm"
 
 
 # The spec is immutable except for these runPolicy fields (GitOps tools may toggle them).

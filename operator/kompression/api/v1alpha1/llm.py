@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from kompression.api.rules import Rule
-from kompression.api.v1alpha1.base import ApiModel, ModulePattern
+from kompression.api.v1alpha1.base import ModulePattern
+from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, Technique, When
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
 LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN"]
@@ -19,6 +20,9 @@ LLM_ALGORITHM_SCHEMES = ("W4A16", "W8A16", "W8A8")
 LLM_AWQ_SCHEMES = LLM_WEIGHT_ONLY_SCHEMES
 # Schemes whose activation scales are learned from calibration text (static, or NVFP4's global scale).
 LLM_CALIBRATED_SCHEMES = ("W8A8", "FP8", "NVFP4")
+# GPTQ corrects rounding with second-order statistics, AWQ scales by activation saliency: both learn
+# from calibration text; RTN rounds to nearest.
+LLM_CALIBRATED_ALGORITHMS = ("GPTQ", "AWQ")
 # vLLM serves a calibrated FP8 KV cache (k_scale/v_scale per layer) beside int and FP8 linear layers; the
 # 4-bit float formats are left out, since no consumer here can check their pairing.
 LLM_KV_CACHE_SCHEMES = ("W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8")
@@ -37,7 +41,7 @@ DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
 MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
 
 
-class LLMQuantizeStep(ApiModel):
+class LLMQuantizeStep(Technique):
     """Quantize a HuggingFace causal language model with llm-compressor's oneshot, saved as a
     compressed-tensors checkpoint that vLLM, SGLang and transformers load. Runs in the worker-llm image."""
 
@@ -112,6 +116,27 @@ class LLMQuantizeStep(ApiModel):
         ),
     )
 
+    __needs__ = Requires(
+        image="worker-llm",
+        tokenizer=ALWAYS,
+        calibration=AnyOf(
+            (
+                Given("kvCache"),
+                When("scheme", LLM_CALIBRATED_SCHEMES),
+                AllOf(
+                    (
+                        When("scheme", LLM_WEIGHT_ONLY_SCHEMES),
+                        When("algorithm", LLM_CALIBRATED_ALGORITHMS, unset=DEFAULT_LLM_ALGORITHM),
+                    )
+                ),
+            )
+        ),
+        advice={
+            "calibration": "add a .txt or .jsonl text file, or quantize with algorithm RTN, scheme FP8Dynamic "
+            "and no kvCache",
+            "tokenizer": "give a causal language model's transformers folder (safetensors weights and its tokenizer)",
+        },
+    )
     __rules__ = (
         Rule(
             cel="!has(self.algorithm) || self.scheme in " + str(list(LLM_ALGORITHM_SCHEMES)),
@@ -211,17 +236,14 @@ class LLMQuantizeStep(ApiModel):
 
     @property
     def needs_calibration(self) -> bool:
-        """GPTQ, AWQ, SmoothQuant, static activation scales and the KV cache's scales learn from
-        calibration text (the job rule on data.calibration says the same in CEL)."""
-        if self.kvCache is not None or self.scheme in LLM_CALIBRATED_SCHEMES:
-            return True
-        return self.scheme in LLM_WEIGHT_ONLY_SCHEMES and self.algorithm_or_default != "RTN"
+        """Whether it learns from calibration text: the declaration's answer (worker/llm asks this)."""
+        return self.needs.calibration
 
 
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]
 
 
-class LLMSparsifyStep(ApiModel):
+class LLMSparsifyStep(Technique):
     """Prune a HuggingFace causal language model to 2:4 semi-structured sparsity with llm-compressor's
     oneshot (half the weights of every decoder Linear layer become zero). Runs in the worker-llm image;
     an llmQuantize step may follow it."""
@@ -248,4 +270,14 @@ class LLMSparsifyStep(ApiModel):
             "Modules to keep dense, by name or as `re:REGEX` (llm-compressor's ignore syntax), e.g. "
             "`re:.*mlp.down_proj`. lm_head is always kept."
         ),
+    )
+
+    __needs__ = Requires(
+        image="worker-llm",
+        tokenizer=ALWAYS,
+        calibration=ALWAYS,
+        advice={
+            "calibration": "add a .txt or .jsonl text file",
+            "tokenizer": "give a causal language model's transformers folder (safetensors weights and its tokenizer)",
+        },
     )

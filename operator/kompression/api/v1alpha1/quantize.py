@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kompression.api.rules import Rule
-from kompression.api.v1alpha1.base import ApiModel
+from kompression.api.v1alpha1.needs import Requires, Technique, When
 
 QuantizeMethod = Literal["DynamicInt8", "StaticInt8", "Float16", "BFloat16", "FP8"]
 Calibrator = Literal["MinMax", "Percentile", "Entropy"]
@@ -18,7 +18,7 @@ DEFAULT_PERCENTILE = 99.999
 DEFAULT_PER_CHANNEL = True
 
 
-class QuantizeStep(ApiModel):
+class QuantizeStep(Technique):
     """Store and compute with fewer bits. The result runs quantized kernels, not fake-quantized floats."""
 
     method: QuantizeMethod = Field(
@@ -62,6 +62,14 @@ class QuantizeStep(ApiModel):
         ),
     )
 
+    __needs__ = Requires(
+        calibration=When("method", ("StaticInt8",)),
+        gpu=When("method", ("FP8",)),
+        advice={
+            "calibration": "add a calibration data set or use DynamicInt8",
+            "gpu": "set resources.gpus to at least 1 on a node with FP8 tensor cores (Ada, Hopper or newer)",
+        },
+    )
     __rules__ = (
         Rule(
             cel="!has(self.calibrator) || self.method == 'StaticInt8'",

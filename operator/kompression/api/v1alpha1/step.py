@@ -9,11 +9,21 @@ from kompression.api.v1alpha1.base import ApiModel, StepName
 from kompression.api.v1alpha1.export import OnnxStep, TensorRTStep
 from kompression.api.v1alpha1.graph import DistillStep, LowRankStep, PruneStep
 from kompression.api.v1alpha1.llm import LLMQuantizeStep, LLMSparsifyStep
+from kompression.api.v1alpha1.needs import Needs, Technique
 from kompression.api.v1alpha1.quantize import QuantizeStep
 
-TECHNIQUE_FIELDS = ("prune", "lowRank", "distill", "quantize", "llmQuantize", "llmSparsify", "onnx", "tensorrt")
-# The techniques of the LLM path: a job with one runs in the worker-llm image.
-LLM_TECHNIQUE_FIELDS = tuple(kind for kind in TECHNIQUE_FIELDS if kind.startswith("llm"))
+# Each technique field of a step and its config class, which declares what the technique needs.
+TECHNIQUES: dict[str, type[Technique]] = {
+    "prune": PruneStep,
+    "lowRank": LowRankStep,
+    "distill": DistillStep,
+    "quantize": QuantizeStep,
+    "llmQuantize": LLMQuantizeStep,
+    "llmSparsify": LLMSparsifyStep,
+    "onnx": OnnxStep,
+    "tensorrt": TensorRTStep,
+}
+TECHNIQUE_FIELDS = tuple(TECHNIQUES)
 
 
 class Step(ApiModel):
@@ -51,8 +61,13 @@ class Step(ApiModel):
         raise ValueError(f"step {self.name} has no technique")
 
     @property
-    def config(self) -> ApiModel:
+    def config(self) -> Technique:
         """The technique's typed configuration."""
         cfg = getattr(self, self.kind)
-        assert isinstance(cfg, ApiModel)
+        assert isinstance(cfg, Technique)
         return cfg
+
+    @property
+    def needs(self) -> Needs:
+        """What this step needs: calibration and training data, a tokenizer, a GPU, and its worker image."""
+        return self.config.needs

@@ -8,7 +8,7 @@ from typing import Any
 from api_cases import ROOT
 
 from kompression.api.crd import build_crd, render_crd
-from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, ApiModel, Step
+from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, TECHNIQUES, ApiModel, Requires, Step, TechniqueConfig
 
 CRD_FILE = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
 
@@ -106,6 +106,10 @@ def test_enum_values_keep_acronyms_in_capitals() -> None:
         assert not re.search(r"Onnx|Tensorrt|Cuda|Gpu", value), f"{value}: write acronyms in capitals"
 
 
-def test_the_step_kinds_are_the_step_fields_in_one_list() -> None:
-    # TECHNIQUE_FIELDS names each kind once; the Step fields, its CEL rule and the worker's registry follow it.
+def test_each_step_kind_is_one_step_field_whose_config_declares_its_needs() -> None:
+    # The Step fields name each kind once; TECHNIQUE_FIELDS, its CEL rule and the worker's registry follow them.
     assert list(TECHNIQUE_FIELDS) == [name for name in Step.model_fields if name != "name"]
+    for kind in TECHNIQUE_FIELDS:
+        config = TECHNIQUES[kind]
+        assert issubclass(config, TechniqueConfig), kind
+        assert isinstance(config.__dict__.get("__needs__"), Requires), f"{kind}: its config declares no __needs__"

@@ -30,7 +30,7 @@ from kompression.api.v1alpha1 import (
     Needs,
     Never,
     Predicate,
-    Technique,
+    TechniqueConfig,
     When,
     job_needs,
     job_rules,
@@ -81,14 +81,14 @@ def _strings(annotation: Any) -> list[Any]:
     return []
 
 
-def _candidates(cls: type[Technique], name: str) -> list[Any]:
+def _candidates(cls: type[TechniqueConfig], name: str) -> list[Any]:
     info = cls.model_fields[name]
     if name in GIVEN:
         return [None, GIVEN[name]]
     return ([None] if info.default is None else []) + _strings(info.annotation)
 
 
-def variants(kind: str, predicate: Predicate) -> list[Technique]:
+def variants(kind: str, predicate: Predicate) -> list[TechniqueConfig]:
     """The technique's config with every combination of the values of the fields the predicate reads."""
     cls = TECHNIQUES[kind]
     names = _names(predicate)

@@ -8,10 +8,10 @@ from pydantic import Field
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import MAX_DIMENSION, MAX_INPUT_ELEMENTS, ApiModel, shape_elements_cel
-from kompression.api.v1alpha1.needs import ALWAYS, Requires, Technique, When
+from kompression.api.v1alpha1.needs import ALWAYS, Requires, TechniqueConfig, When
 
 
-class OnnxStep(Technique):
+class OnnxStep(TechniqueConfig):
     """Export to ONNX and check onnxruntime's outputs against torch."""
 
     opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
@@ -58,7 +58,7 @@ class ShapeProfile(ApiModel):
     )
 
 
-class TensorRTStep(Technique):
+class TensorRTStep(TechniqueConfig):
     """Build a TensorRT engine (needs TensorRT and an NVIDIA GPU at run time)."""
 
     precision: Literal["FP32", "FP16", "INT8", "FP8"] = Field(

@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import IMPORT_REF_PATTERN, ApiModel, ModulePattern, StepName
-from kompression.api.v1alpha1.needs import ALWAYS, Given, Requires, Technique
+from kompression.api.v1alpha1.needs import ALWAYS, Given, Requires, TechniqueConfig
 
 
 class FineTune(ApiModel):
@@ -23,7 +23,7 @@ PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "Tayl
 STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
 
 
-class PruneStep(Technique):
+class PruneStep(TechniqueConfig):
     """Remove weights. Structured methods delete whole channels, so the model gets faster on any hardware."""
 
     method: PruneMethod = Field(
@@ -62,7 +62,7 @@ class PruneStep(Technique):
 LowRankMethod = Literal["SVD", "Tucker2"]
 
 
-class LowRankStep(Technique):
+class LowRankStep(TechniqueConfig):
     """Replace weight tensors with thin factors of low rank: fewer parameters and MACs, dense kernels."""
 
     method: LowRankMethod = Field(
@@ -146,7 +146,7 @@ class StudentRef(ApiModel):
     )
 
 
-class DistillStep(Technique):
+class DistillStep(TechniqueConfig):
     """Train a student to match the original model (the teacher): KL on softened outputs plus cross-entropy."""
 
     student: StudentRef = Field(description="The model to train.")

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import ModulePattern
-from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, Technique, When
+from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
 LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN"]
@@ -41,7 +41,7 @@ DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
 MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
 
 
-class LLMQuantizeStep(Technique):
+class LLMQuantizeStep(TechniqueConfig):
     """Quantize a HuggingFace causal language model with llm-compressor's oneshot, saved as a
     compressed-tensors checkpoint that vLLM, SGLang and transformers load. Runs in the worker-llm image."""
 
@@ -243,7 +243,7 @@ class LLMQuantizeStep(Technique):
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]
 
 
-class LLMSparsifyStep(Technique):
+class LLMSparsifyStep(TechniqueConfig):
     """Prune a HuggingFace causal language model to 2:4 semi-structured sparsity with llm-compressor's
     oneshot (half the weights of every decoder Linear layer become zero). Runs in the worker-llm image;
     an llmQuantize step may follow it."""

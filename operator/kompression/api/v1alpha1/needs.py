@@ -1,6 +1,6 @@
 """What a technique needs, declared once on its config class.
 
-Each technique's config (a ``Technique``) declares in ``__needs__`` when it needs calibration data,
+Each technique's config (a ``TechniqueConfig``) declares in ``__needs__`` when it needs calibration data,
 training data, a tokenizer (the model folder's: format HuggingFace) and a GPU, as predicates over its
 own fields, and which worker image runs it. A predicate is evaluated in Python (``Step.needs``, which
 the worker acts on) and rendered to CEL (the job-level rules ``job_rules`` makes, which the API server
@@ -174,7 +174,7 @@ class Requires:
         return found
 
 
-class Technique(ApiModel):
+class TechniqueConfig(ApiModel):
     """The config of one technique: what a step's technique field holds."""
 
     __needs__: ClassVar[Requires]
@@ -224,13 +224,13 @@ def _subject(kind: str, predicate: Predicate) -> str:
     return f"{kind} with {described}" if described else kind
 
 
-def image_cel(techniques: Mapping[str, type[Technique]], image: WorkerImage, var: str) -> str:
+def image_cel(techniques: Mapping[str, type[TechniqueConfig]], image: WorkerImage, var: str) -> str:
     """CEL: the step at `var` runs in `image`."""
     kinds = [kind for kind, cls in techniques.items() if cls.__needs__.image == image]
     return "(" + " || ".join(f"has({var}.{kind})" for kind in kinds) + ")"
 
 
-def job_rules(techniques: Mapping[str, type[Technique]]) -> tuple[Rule, ...]:
+def job_rules(techniques: Mapping[str, type[TechniqueConfig]]) -> tuple[Rule, ...]:
     """The CompressionJobSpec rules the declarations imply: one per technique and need it may have,
     then one that keeps a job's steps in one worker image."""
     rules = []
@@ -263,7 +263,7 @@ def job_rules(techniques: Mapping[str, type[Technique]]) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def job_needs(techniques: Iterable[Technique]) -> Needs:
+def job_needs(techniques: Iterable[TechniqueConfig]) -> Needs:
     """What a job whose steps hold these configs needs: any step's need, and the one image they share."""
     each = [t.needs for t in techniques]
     images = {n.image for n in each}

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kompression.api.rules import Rule
-from kompression.api.v1alpha1.needs import Requires, Technique, When
+from kompression.api.v1alpha1.needs import Requires, TechniqueConfig, When
 
 QuantizeMethod = Literal["DynamicInt8", "StaticInt8", "Float16", "BFloat16", "FP8"]
 Calibrator = Literal["MinMax", "Percentile", "Entropy"]
@@ -18,7 +18,7 @@ DEFAULT_PERCENTILE = 99.999
 DEFAULT_PER_CHANNEL = True
 
 
-class QuantizeStep(Technique):
+class QuantizeStep(TechniqueConfig):
     """Store and compute with fewer bits. The result runs quantized kernels, not fake-quantized floats."""
 
     method: QuantizeMethod = Field(

@@ -30,6 +30,7 @@ from kompression.api.v1alpha1 import (
     Needs,
     Never,
     Predicate,
+    Requires,
     TechniqueConfig,
     When,
     job_needs,
@@ -148,6 +149,11 @@ NEEDS += [("llmQuantize", f, Needs("worker-llm", calibration=c, tokenizer=True))
 @pytest.mark.parametrize(("kind", "flow", "needs"), NEEDS, ids=[f"{k}{f}" for k, f, _ in NEEDS])
 def test_each_technique_declares_what_it_needs(kind: str, flow: str, needs: Needs) -> None:
     assert TECHNIQUES[kind].model_validate(yaml.safe_load(flow)).needs == needs
+
+
+def test_advice_for_a_need_that_does_not_exist_is_refused() -> None:
+    with pytest.raises(ValueError, match="the needs are calibration, training, tokenizer, gpu"):
+        Requires(advice={"calibraton": "add one"})
 
 
 def test_needs_calibration_is_the_declarations_answer() -> None:

@@ -165,8 +165,20 @@ class Requires:
     gpu: Predicate = NEVER
     advice: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.advice) - set(NEED_NAMES)
+        if unknown:
+            raise ValueError(f"advice for {sorted(unknown)}: the needs are {', '.join(NEED_NAMES)}")
+
     def of(self, config: ApiModel) -> Needs:
-        return Needs(self.image, *(self.predicate(n).holds(config) for n in NEED_NAMES))
+        """The needs of one config of the technique."""
+        return Needs(
+            self.image,
+            calibration=self.calibration.holds(config),
+            training=self.training.holds(config),
+            tokenizer=self.tokenizer.holds(config),
+            gpu=self.gpu.holds(config),
+        )
 
     def predicate(self, need: str) -> Predicate:
         found = getattr(self, need)

@@ -415,6 +415,13 @@ class FineTune(ApiModel):
     batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
 
 
+def _relaxation(factor: float) -> float:
+    """A step's `relaxed` factor, checked: 1 keeps the step as written, towards 0 it removes ever less."""
+    if not 0 < factor <= 1:
+        raise ValueError(f"a relaxation factor is in (0, 1], not {factor}")
+    return factor
+
+
 PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "TaylorStructured", "SemiStructured24"]
 STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
 
@@ -451,6 +458,14 @@ class PruneStep(ApiModel):
             field_path=".sparsity",
         ),
     )
+
+    def relaxed(self, factor: float) -> PruneStep:
+        """This prune removing `factor` of its sparsity (1: as written, smaller: removes less), as
+        acceptance.strategy Auto tries it; SemiStructured24's fixed 2:4 pattern has nothing to relax."""
+        factor = _relaxation(factor)
+        if self.method == "SemiStructured24":
+            return self
+        return self.model_copy(update={"sparsity": round(self.sparsity * factor, 4)})
 
 
 LowRankMethod = Literal["SVD", "Tucker2"]
@@ -503,6 +518,13 @@ class LowRankStep(ApiModel):
             "squared singular values kept) to choose the ranks",
         ),
     )
+
+    def relaxed(self, factor: float) -> LowRankStep:
+        """This factorization discarding `factor` of what it discards (1 - energy, or 1 - rankRatio; 1: as
+        written, smaller: keeps more), as acceptance.strategy Auto tries it."""
+        field = "energy" if self.energy is not None else "rankRatio"
+        kept = getattr(self, field)
+        return self.model_copy(update={field: round(1 - (1 - kept) * _relaxation(factor), 4)})
 
 
 class StudentRef(ApiModel):
@@ -647,6 +669,12 @@ class QuantizeStep(ApiModel):
     def per_channel_or_default(self) -> bool:
         """Whether int8 weights get one scale per output channel."""
         return DEFAULT_PER_CHANNEL if self.perChannel is None else self.perChannel
+
+    @property
+    def float_fallbacks(self) -> int:
+        """How many layers beyond the step's own float choice acceptance.strategy Auto's trials may keep
+        float: the int8 methods measure every layer's int8 error, so a trial adds the next worst, up to 2."""
+        return 2 if self.method in INT8_METHODS else 0
 
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]

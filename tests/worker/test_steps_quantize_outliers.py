@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.onnx_io import export_onnx
-from kompression.worker.steps.sensitivity import output_error, sample_batches
+from kompression.worker.steps.quantize import has_vnni
+from kompression.worker.steps.sensitivity import layer_errors, output_error, sample_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,6 +97,46 @@ def test_excluded_layers_replace_the_measured_choice(tmp_path: Path) -> None:
     assert result.notes["floatLayers"] == "fc0"
     assert result.notes["floatLayersChosenBy"] == "excludeLayers"
     assert float_weights(result.model.path) == [(16, 48)]
+
+
+def _added(notes: dict[str, float | int | str]) -> list[str]:
+    """The layers an Auto trial added, from "name (error), name (error)"."""
+    return re.findall(r"([^ ,]+) \(\d+\.\d+\)", str(notes["floatLayersAddedByAuto"]))
+
+
+@pytest.mark.parametrize("method", ["DynamicInt8", "StaticInt8"])
+def test_an_auto_trials_float_layers_are_the_next_worst_added_to_the_measured_choice(
+    tmp_path: Path, method: str
+) -> None:
+    data = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    ctx = replace(context({"name": "q", "quantize": {"method": method}}, tmp_path, data), extra_float_layers=1)  # type: ignore[type-var]
+    result = quantize(planted_outliers(), ctx)
+    assert isinstance(result.model, OnnxModel)
+    # The step keeps its own measured choice (fc2, verified against the output error)...
+    assert result.notes["floatLayersChosenBy"] == "measured int8 error (in brackets)"
+    assert result.notes["outputErrorWithFloatLayers"] < result.notes["outputErrorAllInt8"]  # type: ignore[operator]
+    # ...and the trial adds the layer its same measurement ranks next, on the graph it quantized.
+    graph = tmp_path / ("model.prepared.onnx" if method == "StaticInt8" else "model.float.onnx")
+    ranked = layer_errors(graph, sample_batches({"x": data}), skip=set(), per_channel=True, reduce_range=not has_vnni())
+    assert ranked[0].layer == "fc2"
+    assert _added(result.notes) == [ranked[1].layer]
+    assert str(result.notes["floatLayers"]).startswith("fc2 (")
+    assert str(result.notes["floatLayers"]).endswith(str(result.notes["floatLayersAddedByAuto"]))
+    sizes = {"fc0": (16, 48), "fc1": (40, 48), "fc2": (24, 40), "fc3": (8, 24)}
+    assert sorted(float_weights(result.model.path)) == sorted([sizes["fc2"], sizes[ranked[1].layer]])
+
+
+def test_an_auto_trials_float_layers_are_added_to_excluded_layers(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    step = {"name": "q", "quantize": {"method": "DynamicInt8", "excludeLayers": ["fc0"]}}
+    result = quantize(planted_outliers(), replace(context(step, tmp_path, data), extra_float_layers=2))  # type: ignore[type-var]
+    assert isinstance(result.model, OnnxModel)
+    assert result.notes["floatLayersChosenBy"] == "excludeLayers"
+    added = _added(result.notes)
+    assert added[0] == "fc2" and len(added) == 2 and "fc0" not in added  # measured without the excluded layer
+    assert result.notes["floatLayers"] == f"fc0, {result.notes['floatLayersAddedByAuto']}"
+    assert result.notes["measuredLayers"] == 3
+    assert len(float_weights(result.model.path)) == 3
 
 
 def test_dynamic_int8_weights_are_per_channel_unless_told(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ layer-based technique run on them."""
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import cast
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.fp8 import FP8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
-from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
+from kompression.worker.steps.onnx_io import nodes_of_modules
 
 SHAPE = [-1, 3, 16, 16]
 
@@ -243,15 +243,15 @@ def test_int8_keeps_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_
     assert result.notes["floatLayers"] == "mlp.0, stem.0"
 
 
-def test_auto_search_ranks_the_layers_of_a_rebuilt_graph(zoo_pt2: Path, tmp_path: Path) -> None:
-    from kompression.worker import trial, tuning
-
+def test_auto_trials_keep_named_layers_of_a_rebuilt_graph_in_float(zoo_pt2: Path, tmp_path: Path) -> None:
+    # An Auto trial's extra float layers, measured by the quantize step, are the rebuilt model's layers.
     model = _load(zoo_pt2)
-    loaded = cast(trial.Loaded, SimpleNamespace(model=model, data=DataSets(calibration=_data())))
-    ranked = tuning.sensitive_layers(loaded)
-    assert len(ranked) == tuning.FALLBACK_LAYERS
+    step = {"name": "q", "quantize": {"method": "StaticInt8", "excludeLayers": ["stem.0"]}}
+    ctx = replace(standalone_context(step, tmp_path, DataSets(calibration=_data()), SHAPE), extra_float_layers=2)
+    result = TECHNIQUES[QuantizeStep](model, ctx)
+    added = re.findall(r"([^ ,]+) \(\d+\.\d+\)", str(result.notes["floatLayersAddedByAuto"]))
+    assert len(added) == 2 and "stem.0" not in added
     names = dict(model.module.named_modules())
-    assert all(isinstance(names[n], (nn.Conv2d, nn.Linear)) for n in ranked)
-    exported = tmp_path / "float.onnx"
-    export_onnx(model, exported, ["x"])
-    assert all(nodes_of_modules(exported, ranked).values())
+    assert all(isinstance(names[n], nn.Linear) for n in added)  # int8 sensitivity ranks the matrix products
+    assert all(nodes_of_modules(tmp_path / "model.float.onnx", added).values())
+    assert result.notes["floatLayers"] == f"stem.0, {result.notes['floatLayersAddedByAuto']}"

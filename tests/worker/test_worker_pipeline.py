@@ -224,7 +224,8 @@ def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _mlp_with_an_outlier_input(env)
-    # excludeLayers replaces the step's own measured choice, so the spec's trial is int8 up to the head.
+    # excludeLayers replaces the step's own measured choice, so the spec's trial is int8 up to the head;
+    # the next trial adds the layer the step measures as the most int8-sensitive of the others.
     body = _outlier_job({"method": "StaticInt8", "excludeLayers": ["5"]}, {"strategy": "Auto", "maxTrials": 3})
     assert main(["run", str(write_job(env / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
     trials = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -234,7 +235,9 @@ def test_auto_strategy_keeps_the_int8_sensitive_layer_in_float_in_the_published_
 
     fetched = publish.fetch_published("file://out/", env / "fetched")
     report = json.loads(fetched["report.json"].read_text())
-    assert report["details"]["models"][1]["notes"]["floatLayers"] == "1, 5"  # 1 measured as the most sensitive
+    notes = report["details"]["models"][1]["notes"]
+    assert notes["floatLayersAddedByAuto"].startswith("1 (")  # measured as the most sensitive, error in brackets
+    assert notes["floatLayers"] == f"5, {notes['floatLayersAddedByAuto']}"  # added to the step's own choice
     assert report["result"]["gates"][0]["passed"]
     _assert_float_and_int8_layers(fetched["model.int8.onnx"], {"/1/Gemm", "/5/Gemm"})
 

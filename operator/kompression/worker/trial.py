@@ -195,7 +195,13 @@ class Checkpoints:
 
 
 def run_steps(
-    loaded: Loaded, steps: list[Step], techniques: Techniques, reporter: Reporter, seed: int
+    loaded: Loaded,
+    steps: list[Step],
+    techniques: Techniques,
+    reporter: Reporter,
+    seed: int,
+    *,
+    extra_float_layers: int = 0,
 ) -> list[StepRecord]:
     spec = loaded.job.spec
     teacher = loaded.model if isinstance(loaded.model, TorchModel) else None
@@ -230,6 +236,7 @@ def run_steps(
             save_checkpoint=partial(checkpoints.save, step.name),
             load_checkpoint=partial(checkpoints.load, step.name),
             seed=seed,
+            extra_float_layers=extra_float_layers,
         )
         try:
             torch.manual_seed(seed)

@@ -19,6 +19,13 @@ class FineTune(ApiModel):
     batchSize: int = Field(64, ge=1, le=65536, description="Training batch size.")
 
 
+def _relaxation(factor: float) -> float:
+    """A step's `relaxed` factor, checked: 1 keeps the step as written, towards 0 it removes ever less."""
+    if not 0 < factor <= 1:
+        raise ValueError(f"a relaxation factor is in (0, 1], not {factor}")
+    return factor
+
+
 PruneMethod = Literal["L1Unstructured", "GlobalMagnitude", "L1Structured", "TaylorStructured", "SemiStructured24"]
 STRUCTURED_PRUNE_METHODS = ("L1Structured", "TaylorStructured")
 
@@ -57,6 +64,14 @@ class PruneStep(TechniqueConfig):
             field_path=".sparsity",
         ),
     )
+
+    def relaxed(self, factor: float) -> PruneStep:
+        """This prune removing `factor` of its sparsity (1: as written, smaller: removes less), as
+        acceptance.strategy Auto tries it; SemiStructured24's fixed 2:4 pattern has nothing to relax."""
+        factor = _relaxation(factor)
+        if self.method == "SemiStructured24":
+            return self
+        return self.model_copy(update={"sparsity": round(self.sparsity * factor, 4)})
 
 
 LowRankMethod = Literal["SVD", "Tucker2"]
@@ -111,6 +126,13 @@ class LowRankStep(TechniqueConfig):
             "squared singular values kept) to choose the ranks",
         ),
     )
+
+    def relaxed(self, factor: float) -> LowRankStep:
+        """This factorization discarding `factor` of what it discards (1 - energy, or 1 - rankRatio; 1: as
+        written, smaller: keeps more), as acceptance.strategy Auto tries it."""
+        field = "energy" if self.energy is not None else "rankRatio"
+        kept = getattr(self, field)
+        return self.model_copy(update={field: round(1 - (1 - kept) * _relaxation(factor), 4)})
 
 
 class StudentRef(ApiModel):

@@ -113,3 +113,9 @@ class QuantizeStep(TechniqueConfig):
     def per_channel_or_default(self) -> bool:
         """Whether int8 weights get one scale per output channel."""
         return DEFAULT_PER_CHANNEL if self.perChannel is None else self.perChannel
+
+    @property
+    def float_fallbacks(self) -> int:
+        """How many layers beyond the step's own float choice acceptance.strategy Auto's trials may keep
+        float: the int8 methods measure every layer's int8 error, so a trial adds the next worst, up to 2."""
+        return 2 if self.method in INT8_METHODS else 0

@@ -35,6 +35,9 @@ class StepContext(Generic[ConfigT]):
     save_checkpoint: Callable[[str, dict[str, Any]], None]
     load_checkpoint: Callable[[str], dict[str, Any] | None]
     seed: int = 0
+    # acceptance.strategy Auto: how many layers an int8 quantize step keeps float beyond its own
+    # choice, the next most int8-sensitive it measured (QuantizeStep.float_fallbacks bounds it).
+    extra_float_layers: int = 0
 
 
 @dataclass

@@ -32,7 +32,7 @@ from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
-from kompression.worker.steps.sensitivity import layer_errors, outliers, output_error, sample_batches
+from kompression.worker.steps.sensitivity import LayerError, layer_errors, outliers, output_error, sample_batches
 
 CALIBRATORS = {
     "MinMax": CalibrationMethod.MinMax,
@@ -128,39 +128,77 @@ def _quantize_keeping_float(
     reduce_range: bool,
     run: Callable[[list[str], Path], None],
 ) -> Notes:
-    """run(float_nodes, path) quantizes `graph` into path. With no excludeLayers, the layers whose
-    int8 error stands out, measured on the calibration (else evaluation) data, stay float; the
-    choice is kept only when it lowers the model's measured output error."""
-    if cfg.excludeLayers:
-        run(_excluded_nodes(graph, cfg, ctx.name), out)
-        return {"floatLayers": ", ".join(cfg.excludeLayers), "floatLayersChosenBy": "excludeLayers"}
+    """run(float_nodes, path) quantizes `graph` into path. The step keeps float its excludeLayers, else
+    the layers whose int8 error stands out, measured on the calibration (else evaluation) data, when
+    that lowers the model's measured output error. An Auto trial's ctx.extra_float_layers more, the
+    next worst by the same measurement, are added to those."""
     data = ctx.data.calibration if ctx.data.calibration is not None else ctx.data.evaluation
     batches = sample_batches(_inputs_by_name(data, input_names)) if data is not None else []
-    if not batches:
-        run([], out)
-        return {"floatLayers": "none: no calibration or evaluation data to measure layer errors on"}
-    ctx.report_progress(0.1, "measuring each layer's int8 error")
-    errors = layer_errors(graph, batches, skip=set(), per_channel=cfg.per_channel_or_default, reduce_range=reduce_range)
+    own = _excluded_nodes(graph, cfg, ctx.name)
+    errors: list[LayerError] = []
+    notes: Notes = {}
+    if batches and (not cfg.excludeLayers or ctx.extra_float_layers):
+        ctx.report_progress(0.1, "measuring each layer's int8 error")
+        errors = layer_errors(
+            graph, batches, skip=set(own), per_channel=cfg.per_channel_or_default, reduce_range=reduce_range
+        )
+        median = float(np.median([e.error for e in errors])) if errors else 0.0
+        notes = {"measuredLayers": len(errors), "medianLayerError": round(median, 4)}
+    quantized = False
+    if cfg.excludeLayers:
+        notes |= {"floatLayers": ", ".join(cfg.excludeLayers), "floatLayersChosenBy": "excludeLayers"}
+    elif not batches:
+        notes["floatLayers"] = "none: no calibration or evaluation data to measure layer errors on"
+    else:
+        own, chosen = _measured_float_layers(errors, ctx, graph=graph, batches=batches, out=out, run=run)
+        notes |= chosen
+        quantized = True
+    added = [e for e in errors if e.node not in own][: ctx.extra_float_layers]
+    if added or not quantized:
+        ctx.report_progress(
+            0.7, "quantizing" if not added else f"quantizing with {len(own) + len(added)} layers in float"
+        )
+        run([*own, *(e.node for e in added)], out)
+    if added:
+        listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in added)
+        notes["floatLayers"] = f"{notes['floatLayers']}, {listed}" if own else listed
+        notes["floatLayersAddedByAuto"] = listed
+    return notes
+
+
+def _measured_float_layers(
+    errors: list[LayerError],
+    ctx: StepContext[QuantizeStep],
+    *,
+    graph: Path,
+    batches: list[dict[str, np.ndarray]],
+    out: Path,
+    run: Callable[[list[str], Path], None],
+) -> tuple[list[str], Notes]:
+    """The nodes of the layers whose int8 error stands out, kept float in `out` only when that lowers
+    the model's output error; `out` is quantized either way."""
     chosen = outliers(errors)
     ctx.report_progress(0.4, "quantizing")
     run([], out)
-    median = float(np.median([e.error for e in errors])) if errors else 0.0
-    notes: Notes = {"measuredLayers": len(errors), "medianLayerError": round(median, 4)}
     if not chosen:
         worst = f"; the worst is {errors[0].layer} at {errors[0].error:.4f}" if errors else ""
-        return {**notes, "floatLayers": f"none: no layer's int8 error stands out{worst}"}
+        return [], {"floatLayers": f"none: no layer's int8 error stands out{worst}"}
     all_int8 = output_error(graph, out, batches)
     ctx.report_progress(0.7, f"quantizing with {len(chosen)} layers in float")
     trial = out.with_name(out.stem + ".fallback.onnx")
     run([e.node for e in chosen], trial)
     fallback = output_error(graph, trial, batches)
     listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in chosen)
-    notes |= {"outputErrorAllInt8": round(all_int8, 4), "outputErrorWithFloatLayers": round(fallback, 4)}
+    notes: Notes = {"outputErrorAllInt8": round(all_int8, 4), "outputErrorWithFloatLayers": round(fallback, 4)}
     if fallback >= all_int8:
         trial.unlink()
-        return {**notes, "floatLayers": f"none: keeping {listed} float did not lower the output error"}
+        return [], {**notes, "floatLayers": f"none: keeping {listed} float did not lower the output error"}
     trial.replace(out)
-    return {**notes, "floatLayers": listed, "floatLayersChosenBy": "measured int8 error (in brackets)"}
+    return [e.node for e in chosen], {
+        **notes,
+        "floatLayers": listed,
+        "floatLayersChosenBy": "measured int8 error (in brackets)",
+    }
 
 
 def _feed_float(path: Path, float_nodes: list[str]) -> None:

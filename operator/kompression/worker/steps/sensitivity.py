@@ -11,10 +11,11 @@ output is recomputed with its input and weight rounded as onnxruntime's int8 ker
 (uint8 asymmetric activations over the batch, int8 symmetric weights per output channel or per
 tensor). The error is ||Y_int8 - Y|| / ||Y|| over the samples. A layer whose error stands above
 the others' (OUTLIER_FACTOR times the median, and above MIN_ERROR) is kept float, worst first, at
-most MAX_FLOAT_FRACTION of the layers. The cost is one float pass over at most SAMPLES samples
-plus one matrix product per layer. On all-MiniLM-L6-v2 the three FFN output layers of blocks 0, 1
-and 3 stand out (1.8-2.3x the median); keeping them float halves the drop in sentence-embedding
-cosine (benchmarks/results/encoder_int8.md).
+most MAX_FLOAT_FRACTION of the layers; acceptance.strategy Auto's trials keep the next worst float
+too (steps/quantize.py), so this is the search's one measure of int8 sensitivity. The cost is one
+float pass over at most SAMPLES samples plus one matrix product per layer. On all-MiniLM-L6-v2
+the three FFN output layers of blocks 0, 1 and 3 stand out (1.8-2.3x the median); keeping them
+float halves the drop in sentence-embedding cosine (benchmarks/results/encoder_int8.md).
 """
 
 from __future__ import annotations

@@ -104,14 +104,14 @@ def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
 def test_hostile_folders_are_model_errors_naming_the_file(
     texts: Texts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    from kompression.worker.llm import runner  # llm-compressor: after the skip above
+    from kompression.worker import pipeline  # through llm-compressor's techniques: after the skip above
 
     if name == "kernel-missing":
         monkeypatch.setitem(sys.modules, "kernels", None)  # as in an image built without the package
     root = _hostile(name, texts, tmp_path)
     job = parse_job(yaml.safe_load((root / "job.yaml").read_text()))
     with pytest.raises(ModelError) as refused:
-        runner.run(job, runner.RunOptions(workdir=tmp_path), Reporter(job, stream=io.StringIO()))
+        pipeline.run(job, pipeline.RunOptions(workdir=tmp_path), Reporter(job, stream=io.StringIO()))
     assert CASES[name][1] in refused.value.message
     assert refused.value.message.startswith("spec.model.uri: ")
     assert not (root / "out").exists()

@@ -23,7 +23,7 @@ from kompression.api.v1alpha1 import ModelSource
 from kompression.worker import data, formats, hf_folder
 from kompression.worker.cli import OFFLINE_ENVIRONMENT
 from kompression.worker.errors import ModelError
-from kompression.worker.model import TorchModel
+from kompression.worker.model import CheckpointFolder, TorchModel
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,7 +162,7 @@ def test_the_worker_chooses_the_attention_whatever_the_folder_names(bert: Path) 
     }
     # A model class without scaled_dot_product_attention gets eager.
     no_sdpa = type("NoSdpa", (), {"_supports_sdpa": False})
-    assert hf_folder.attention(hf_folder.Folder(folder.path, folder.config, no_sdpa), object) == "eager"
+    assert hf_folder.attention(CheckpointFolder(folder.path, folder.config, no_sdpa), object) == "eager"
 
 
 def test_a_hub_kernel_is_refused_with_no_network_access(bert: Path, tmp_path: Path) -> None:

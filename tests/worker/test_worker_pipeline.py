@@ -528,8 +528,27 @@ def test_bar_mode_keeps_library_output_off_the_terminal(env: Path) -> None:
 
 def test_every_step_kind_has_one_technique_keyed_by_its_config_class() -> None:
     configs = {
-        next(a for a in get_args(Step.model_fields[kind].annotation) if a is not NoneType)
-        for kind in TECHNIQUE_FIELDS
-        if kind not in ("llmQuantize", "llmSparsify")  # the LLM path (worker/llm) runs in its own environment
+        next(a for a in get_args(Step.model_fields[kind].annotation) if a is not NoneType) for kind in TECHNIQUE_FIELDS
     }
     assert set(TECHNIQUES) == configs
+
+
+def test_the_registry_names_its_techniques_without_importing_their_libraries() -> None:
+    """Each technique is imported when its step runs: importing the pipeline and the registry loads
+    neither image's libraries, and every name points at a function of a module that exists."""
+    code = """
+import importlib.util, sys
+from kompression.worker import cli, pipeline
+from kompression.worker.steps import TECHNIQUES
+libraries = ('onnx', 'onnxruntime', 'torch_pruning', 'tensorly', 'llmcompressor', 'modelopt')
+print(sorted(m for m in libraries if m in sys.modules))
+for technique in TECHNIQUES.values():
+    print(technique.ref, importlib.util.find_spec(technique.ref.partition(':')[0]).origin)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, *refs = proc.stdout.splitlines()
+    assert loaded == "[]"
+    assert len(refs) == len(TECHNIQUE_FIELDS)
+    for line in refs:
+        ref, origin = line.split()
+        assert f"\ndef {ref.partition(':')[2]}(" in Path(origin).read_text(), ref

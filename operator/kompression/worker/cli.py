@@ -24,6 +24,7 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
+from kompression.worker import step_needs
 from kompression.worker.errors import WorkerError
 from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
 from kompression.worker.reporting import table
@@ -66,14 +67,9 @@ OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANS
 WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
 
-def is_llm_job(job: CompressionJob) -> bool:
-    """A job with an LLM step runs on the LLM path (worker/llm) in the worker-llm environment."""
-    return job.spec.runs_llm
-
-
 def job_needs(job: CompressionJob) -> list[Need]:
     """What `kompression run` must be able to import for this job, by extra."""
-    if is_llm_job(job):
+    if step_needs.job_needs(job).llm:  # LLM techniques run in the worker-llm environment
         return [Need(f"an {job.spec.steps[-1].kind} step", "llm", EXTRAS["llm"])]
     needs = [Need("`kompression run`", "worker", WORKER_CORE)]
     if job.spec.model.format == "HuggingFace":
@@ -151,24 +147,15 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
-    # torch and the techniques' libraries: only once the extras check passed
-    from kompression.worker import distributed, publish
+    # torch: only once the extras check passed (the techniques' libraries load as their steps run)
+    from kompression.worker import distributed, pipeline, publish
 
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:
         # A manifest at the output prefix that publication could not build on fails now, before
-        # the model is even fetched, not after all the compute (both pipelines publish through it).
+        # the model is even fetched, not after all the compute.
         publish.check_prefix(args.output or job.spec.output.uri)
-        if is_llm_job(job):
-            # llm-compressor exists only in the worker-llm environment (.venv-llm).
-            from kompression.worker.llm import runner
-
-            _, rows = runner.run(job, runner.RunOptions(output=args.output, workdir=workdir), reporter)
-        else:
-            # torch, onnxruntime and Torch-Pruning, which an LLM job's environment lacks.
-            from kompression.worker.pipeline import RunOptions, run
-
-            _, rows = run(job, RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
+        _, rows = pipeline.run(job, pipeline.RunOptions(output=args.output, seed=args.seed, workdir=workdir), reporter)
     except WorkerError as exc:
         reporter.finish("Failed", exc.reason, exc.message)
         print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=err)

@@ -51,12 +51,22 @@ def example_inputs(inputs: list[ModelInput], batch: int = 1) -> tuple[torch.Tens
     return tuple(out)
 
 
-def load_model(source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None) -> Model:
+# Where a checkpoint folder's problems are reported (the LLM techniques read it as the manifest names it).
+MODEL_URI = "spec.model.uri"
+
+
+def load_model(
+    source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None, *, checkpoint: bool = False
+) -> Model:
     """Load the model at path (already local) as source.format says, and check its inputs.
 
     fetch_sibling(relative_name) brings a file stored next to the model (ONNX external data)
     into the same local folder; it is only called for names that passed the path checks.
+    checkpoint: a HuggingFace folder stays a CheckpointFolder (vetted, not loaded), the model of
+    the LLM techniques, which read and write folders as servers load them.
     """
+    if checkpoint:
+        return hf_folder.vet(path, MODEL_URI)
     loaders: dict[str, Callable[[ModelSource, Path], Model]] = {
         "TorchExport": _load_torch_export,
         "TorchScript": _load_torchscript,
@@ -427,8 +437,11 @@ def save_safetensors(module: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def file_size(path: Path) -> int:
-    """Bytes on disk of a file, or of every file in a folder."""
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return os.path.getsize(path)
+def model_size(artifact: Path) -> int:
+    """The model's size, the one figure compressionRatio divides (the original's over the final
+    model's), on every path: the bytes of the files that hold its weights as published. A model in
+    one file (.pt2, .onnx, a TensorRT engine, .safetensors) is that file, its graph included; a
+    HuggingFace folder is its .safetensors files (config, tokenizer and chat template hold no weights)."""
+    if artifact.is_dir():
+        return sum(f.stat().st_size for f in artifact.rglob("*.safetensors") if f.is_file())
+    return os.path.getsize(artifact)

@@ -1,8 +1,9 @@
 """The one vetting of a HuggingFace model folder, and the options of every transformers call on it.
 
-Both paths that read such a folder (format HuggingFace in the main worker, and the LLM path in the
-worker-llm image) call `vet` before anything from transformers opens a file in it, and load through
-`load_options`, `loading` and `check_complete`. What the folder's files say is untrusted:
+The loader (formats.load_model) calls `vet` once, before anything from transformers opens a file in
+the job's folder, whether the folder becomes a graph (format HuggingFace) or stays a checkpoint
+folder for the LLM techniques; every load goes through `load_options`, `loading` and
+`check_complete`. What the folder's files say is untrusted:
 
 - config.json (and every settings file transformers reads beside it) must be a JSON object of
   bounded size and depth; none may name remote code (`auto_map`) or an attention implementation
@@ -24,13 +25,14 @@ import importlib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from kompression.worker.errors import ModelError, brief
+from kompression.worker.model import CheckpointFolder
 
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -66,17 +68,7 @@ OFFLINE = {"local_files_only": True, "trust_remote_code": False}
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,127}$")
 
 
-@dataclass(frozen=True)
-class Folder:
-    """A vetted folder: where it is, its config.json, and the class its `architectures` names (None:
-    unnamed). Loading from a Folder rather than a path keeps a folder to one vetting."""
-
-    path: Path
-    config: dict[str, Any]
-    architecture: type | None
-
-
-def vet(folder: Path, where: str) -> Folder:
+def vet(folder: Path, where: str) -> CheckpointFolder:
     """Every check of the folder's contents that can run before transformers reads it; a ModelError
     naming `where`, the file and what is wrong otherwise."""
     if not folder.is_dir() or not (folder / CONFIG).is_file():
@@ -95,7 +87,13 @@ def vet(folder: Path, where: str) -> Folder:
     architecture = _architecture(config, where)
     for shard in sorted(_weights(folder, where)):
         _read_header(folder / shard, where)
-    return Folder(folder, config, architecture)
+    return CheckpointFolder(folder, config, architecture)
+
+
+def written(folder: Path, source: CheckpointFolder, where: str) -> CheckpointFolder:
+    """A folder a step wrote from the vetted `source` (the worker's own output, not vetted again):
+    its own config.json, the source's model class and the zeros it keeps."""
+    return replace(source, path=folder, config=read_json(folder / CONFIG, where, SETTINGS_LIMIT))
 
 
 def vet_tokenizer(folder: Path, where: str) -> None:
@@ -244,14 +242,14 @@ def _read_header(path: Path, where: str) -> None:
         raise ModelError(f"{where}: {path.name} is not a readable safetensors file: {brief(exc)}") from None
 
 
-def attention(folder: Folder, auto: type) -> str:
+def attention(folder: CheckpointFolder, auto: type) -> str:
     """The attention implementation the worker loads with: sdpa where the model class supports it,
     else eager; never what the folder asks for."""
     model_class = folder.architecture or _auto_class(folder, auto)
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) is True else "eager"
 
 
-def _auto_class(folder: Folder, auto: type) -> type | None:
+def _auto_class(folder: CheckpointFolder, auto: type) -> type | None:
     """The class `auto` (AutoModel, AutoModelForCausalLM) would build for the folder's model_type."""
     transformers = importlib.import_module("transformers")
     try:
@@ -261,7 +259,7 @@ def _auto_class(folder: Folder, auto: type) -> type | None:
         return None  # from_pretrained names the unknown model_type itself
 
 
-def load_options(folder: Folder, auto: type) -> dict[str, Any]:
+def load_options(folder: CheckpointFolder, auto: type) -> dict[str, Any]:
     """The keyword arguments of every from_pretrained of a model: offline, no repository code,
     safetensors only, the worker's attention."""
     return {

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from kompression.api.v1alpha1 import MeasuredDevice, MeasuredProvider, Measurement, Metrics, ModelInput
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing
-from kompression.worker.formats import example_inputs, file_size
+from kompression.worker.formats import example_inputs, model_size
 from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel, TorchModel
 
 Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -35,6 +36,7 @@ class Measured:
     metrics: Metrics
     latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (p50, p95)
     outputs: np.ndarray | None = None  # evaluation outputs, the reference for later steps
+    notes: dict[str, Any] = field(default_factory=dict)  # what the evaluator adds to the report (task scores)
 
 
 def threads_for(measurement: Measurement) -> int:
@@ -81,7 +83,10 @@ def runner(model: Model, threads: int, device: str) -> Runner:
         return Runner(_torch_forward(model, threads, device), api_device(device), "PyTorch")
     if isinstance(model, OnnxModel):
         return _onnx_runner(model, threads, device)
-    return Runner(_engine_forward(model), "GPU", "TensorRT")
+    if isinstance(model, EngineModel):
+        return Runner(_engine_forward(model), "GPU", "TensorRT")
+    # A checkpoint folder has no forward on arrays: its evaluator generates text (llm/scoring.py).
+    raise ModelError(f"{model.path}: a checkpoint folder is scored on text, not run on the job's arrays")
 
 
 def _torch_forward(model: TorchModel, threads: int, target: str) -> Forward:
@@ -335,7 +340,7 @@ def measure(  # noqa: PLR0917 - few call sites, every argument is distinct
     }
     first = timings[measurement.batchSizes[0]]
     metrics = Metrics(
-        sizeBytes=file_size(artifact),
+        sizeBytes=model_size(artifact),
         parameters=parameters(model),
         accuracy=accuracy,
         latencyMs=round(first[0], 4),

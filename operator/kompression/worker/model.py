@@ -1,14 +1,16 @@
-"""The model as it flows between steps: eager PyTorch, an ONNX file, or a TensorRT engine."""
+"""The model as it flows between steps: eager PyTorch, an ONNX file, a TensorRT engine, or a
+HuggingFace causal-LM checkpoint folder (the LLM techniques' model)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from kompression.api.v1alpha1 import DataSource
+from kompression.api.v1alpha1 import DataSource, LLMSparsifyStep
 
 # A data set read without a batch size (a test's, a notebook's) is batched as the API's default.
 DEFAULT_BATCH_SIZE: int = DataSource.model_fields["batchSize"].default
@@ -39,7 +41,22 @@ class EngineModel:
     compute_capability: str
 
 
-Model = TorchModel | OnnxModel | EngineModel
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """A HuggingFace causal-LM checkpoint folder on local disk (config.json, safetensors weights, the
+    tokenizer), as servers load it. The job's own folder is vetted once, by the loader
+    (hf_folder.vet); a step's output is a folder the step wrote from it. Loading from a
+    CheckpointFolder rather than a path keeps a folder to that one vetting."""
+
+    path: Path
+    config: dict[str, Any]
+    architecture: type | None  # the class config.json's `architectures` names (None: unnamed)
+    # The llmSparsify step whose N:M zeros the weights hold: later steps keep them, and each step
+    # measures how its output still follows the pattern.
+    sparsified: LLMSparsifyStep | None = None
+
+
+Model = TorchModel | OnnxModel | EngineModel | CheckpointFolder
 
 
 @dataclass
@@ -69,7 +86,20 @@ class Dataset:
 
 
 @dataclass
+class TokenTexts:
+    """A text data set tokenized for a checkpoint folder: one list of token ids per sample (their
+    lengths differ), and what report.json records about the set."""
+
+    samples: list[list[int]]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataSets:
+    """A job's data, as its model kind reads it: arrays for graphs, token ids for checkpoint folders."""
+
     calibration: Dataset | None = None
     evaluation: Dataset | None = None
     training: Dataset | None = None
+    calibration_text: TokenTexts | None = None
+    evaluation_text: TokenTexts | None = None

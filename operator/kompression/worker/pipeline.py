@@ -1,4 +1,5 @@
-"""The worker's pipeline: load, run the steps (or search over them), publish the chosen trial."""
+"""The worker's one pipeline, for every step kind and model kind: load, run the steps (or search
+over them), publish the chosen trial."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ from pathlib import Path
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import CompressionJob
-from kompression.worker import distributed, formats, gates, publish, reporting, storage, tuning
+from kompression.api.v1alpha1 import ArtifactKind, CompressionJob
+from kompression.worker import distributed, formats, gates, lazy, publish, reporting, step_needs, storage, tuning
 from kompression.worker.errors import GateFailed, WorkerError
-from kompression.worker.model import TorchModel
+from kompression.worker.model import CheckpointFolder, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.steps.base import Techniques
-from kompression.worker.trial import Checkpoints, Loaded, Trial, default_techniques, load, run_steps, score_trial
+from kompression.worker.trial import (
+    Checkpoints,
+    Loaded,
+    StepRecord,
+    Trial,
+    default_techniques,
+    job_device,
+    load,
+    run_steps,
+    score_trial,
+)
+
+# Under torchrun the LLM techniques calibrate on every rank, but only rank 0 loads, scores and
+# publishes: the others join the group and wait for its plan (worker/llm/distributed.py).
+LLM_RANKS = "kompression.worker.llm.techniques:join_ranks"
 
 # --------------------------------------------------------------------------------------------
 # the whole run
@@ -31,6 +46,10 @@ class RunOptions:
 def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
     prefix = options.output or job.spec.output.uri
+    if distributed.world_size() > 1 and step_needs.job_needs(job).llm:
+        storage.parse_uri(prefix)  # an unusable output URI fails on every rank before any work
+        if not lazy.resolve(LLM_RANKS)(job_device(job), options.workdir):
+            return reporter.report, []  # this rank calibrated its share; rank 0 publishes
     reporter.set_environment(reporting.environment())
     with tempfile.TemporaryDirectory(prefix="kompression-", dir=options.workdir) as tmp:
         loaded = load(job, prefix, Path(tmp), reporter)
@@ -61,14 +80,13 @@ def publish_trial(
     folder.mkdir()
     publisher = publish.Publisher(target)
     final = trial.records[-1]
-    publisher.add(final.artifact, final.step.name, final.kind, f"model{''.join(final.artifact.suffixes)}")
-    if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
-        weights = formats.save_safetensors(final.model.module, folder / "model.safetensors")
-        publisher.add(weights, final.step.name, "SafeTensors")
+    for path, kind, name in _model_files(final, folder):
+        publisher.add(path, final.step.name, kind, name)
     for record in trial.records:
         for name, kind, path in record.extra:
             publisher.add(path, name, kind, f"{record.step.name}/{path.name}")
-    plots = reporting.plot(rows, folder)
+    # The worker-llm image has no matplotlib: a checkpoint folder's report is its tables.
+    plots = [] if isinstance(final.model, CheckpointFolder) else reporting.plot(rows, folder)
     for p in plots:
         publisher.add(p, p.stem, "Plot")
     # The report lists the model artifacts; the report files themselves are in the manifest.
@@ -91,8 +109,30 @@ def publish_trial(
         )
 
 
+def _model_files(final: StepRecord, folder: Path) -> list[tuple[Path, ArtifactKind, str | None]]:
+    """The final model's files, their kinds and their names under the run: a checkpoint folder's
+    files under model/, as servers load them; a graph's file as model.<suffix>, with its weights as
+    model.safetensors beside a TorchExport archive."""
+    if isinstance(final.model, CheckpointFolder):
+        return [
+            (
+                path,
+                "SafeTensors" if path.suffix == ".safetensors" else "HuggingFaceFile",
+                f"model/{path.relative_to(final.artifact).as_posix()}",
+            )
+            for path in sorted(p for p in final.artifact.rglob("*") if p.is_file())
+        ]
+    files: list[tuple[Path, ArtifactKind, str | None]] = [
+        (final.artifact, final.kind, f"model{''.join(final.artifact.suffixes)}")
+    ]
+    if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
+        files.append((formats.save_safetensors(final.model.module, folder / "model.safetensors"), "SafeTensors", None))
+    return files
+
+
 def rows_for(loaded: Loaded, trial: Trial) -> list[reporting.Row]:
-    rows = [reporting.Row("original", loaded.baseline.metrics, loaded.baseline.latency_ms)]
+    baseline = loaded.baseline
+    rows = [reporting.Row("original", baseline.metrics, baseline.latency_ms, None, baseline.notes or None)]
     for r in trial.records:
         rows.append(reporting.Row(r.step.name, r.measured.metrics, r.measured.latency_ms, round(r.seconds, 3), r.notes))
     return rows

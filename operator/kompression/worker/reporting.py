@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -31,19 +32,17 @@ class Row:
 
 
 def environment() -> Environment:
-    """Versions and hardware; engines are only valid where these match."""
-    # The runtimes are slow to import: only once a job runs, never for the CLI alone.
-    import onnx
-    import onnxruntime
-
+    """Versions and hardware; engines are only valid where these match. Each runtime is recorded
+    where this worker has it: the worker-llm image has no onnx or onnxruntime, only NVIDIA images
+    have TensorRT."""
     env = torch_environment()
-    env.onnx, env.onnxruntime = onnx.__version__, onnxruntime.__version__
-    try:
-        import tensorrt  # optional: NVIDIA images only
-
-        env.tensorrt = tensorrt.__version__
-    except ImportError:
-        pass
+    for name in ("onnx", "onnxruntime", "tensorrt"):
+        try:
+            # The runtimes are slow to import: only once a job runs, never for the CLI alone.
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        setattr(env, name, module.__version__)
     return env
 
 

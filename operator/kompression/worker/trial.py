@@ -21,9 +21,9 @@ import torch
 
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MeasuredDevice, Metrics, ModelInput, Result, Step
 from kompression.worker import data as data_io
-from kompression.worker import formats, gates, measure, storage
-from kompression.worker.errors import DataError, ModelError, WorkerError
-from kompression.worker.model import DataSets, EngineModel, Model, OnnxModel, TorchModel
+from kompression.worker import evaluation, formats, gates, measure, step_needs, storage
+from kompression.worker.errors import ModelError, RuntimeMissing, WorkerError
+from kompression.worker.model import CheckpointFolder, DataSets, EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
 from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.base import StepContext, Techniques
@@ -41,6 +41,8 @@ class Loaded:
     baseline: measure.Measured
     workdir: Path
     device: str
+    # How a step's output is scored: the evaluator of the model's kind (set by load).
+    evaluate: evaluation.Evaluator | None = None
     # The original re-measured on another device than the job's, for a like-for-like speedup.
     remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
 
@@ -93,9 +95,20 @@ def default_techniques() -> Techniques:
 # loading
 
 
+def job_device(job: CompressionJob) -> str:
+    """The device the job runs on; a step that needs a GPU fails here without one, before any work."""
+    gpus = job.spec.resources.gpus
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    needs_gpu = step_needs.job_needs(job).gpu_only
+    if device == "cpu" and needs_gpu:
+        raise RuntimeMissing(step_needs.gpu_refusal(needs_gpu[0], gpus))
+    return device
+
+
 def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) -> Loaded:
     spec = job.spec
     storage.parse_uri(prefix)  # an unusable output URI fails before any work
+    device = job_device(job)
     model_path = storage.source(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
 
     def fetch_sibling(name: str) -> Path:
@@ -103,41 +116,15 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         return storage.source(uri, model_path.parent, ModelError, "ONNX external data", dest=model_path.parent / name)
 
     model = formats.load_model(
-        spec.model, model_path, fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None
-    )
-    datasets = data_io.load_datasets(
-        spec.data,
-        spec.model.inputs,
-        lambda uri: storage.source(uri, workdir / "data", DataError, "spec.data"),
-        model_path if spec.model.format == "HuggingFace" else None,
-    )
-    model = _with_real_examples(model, datasets)
-    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
-    baseline = measure.measure(
-        model,
+        spec.model,
         model_path,
-        spec.model.inputs,
-        spec.measurement,
-        datasets.evaluation,
-        metric,
-        None,
-        device,
-        data_io.first_sample(datasets),
+        fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None,
+        checkpoint=step_needs.job_needs(job).llm,
     )
+    prepared = evaluation.prepare(job, model, model_path, workdir, device)
+    baseline = prepared.evaluate(prepared.model, model_path, None)
     reporter.phase_done("Baseline")
-    return Loaded(job, prefix, model, model_path, datasets, baseline, workdir, device)
-
-
-def _with_real_examples(model: Model, datasets: DataSets) -> Model:
-    """The model's example inputs become one real sample of the data, so that tracing, layout
-    timing and export see real token ids, masks and sequence lengths; without data they stay the
-    declared shapes."""
-    sample = data_io.first_sample(datasets)
-    if sample is None or not isinstance(model, TorchModel):
-        return model
-    dtypes = [t.dtype for t in model.example_inputs]
-    return TorchModel(model.module, tuple(torch.from_numpy(a).to(d) for a, d in zip(sample, dtypes, strict=True)))
+    return Loaded(job, prefix, prepared.model, model_path, prepared.data, baseline, workdir, device, prepared.evaluate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +134,8 @@ def _with_real_examples(model: Model, datasets: DataSets) -> Model:
 def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -> tuple[Path, ArtifactKind]:
     """The model's file on disk: its size is the step's size, and it is what gets published."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, CheckpointFolder):
+        return model.path, "HuggingFaceFile"  # published file by file (pipeline.publish_trial)
     if isinstance(model, OnnxModel):
         return model.path, "ONNXModel"
     if isinstance(model, EngineModel):
@@ -210,7 +199,9 @@ def run_steps(
     outputs: dict[str, Model] = {}
     records: list[StepRecord] = []
     checkpoints = Checkpoints(loaded.prefix, steps)
-    metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"
+    calibrated = step_needs.job_needs(loaded.job).calibration_text
+    evaluate = loaded.evaluate
+    assert evaluate is not None  # load sets it
     for index, step in enumerate(steps):
         config = step.config
         technique = techniques.get(type(config))
@@ -237,29 +228,26 @@ def run_steps(
             load_checkpoint=partial(checkpoints.load, step.name),
             seed=seed,
             extra_float_layers=extra_float_layers,
+            calibrates_on_text=step.name in calibrated,
         )
         try:
             torch.manual_seed(seed)
             np.random.seed(seed)
             result = technique(current, ctx)
             artifact, kind = serialize(result.model, workdir / "out", spec.model.inputs)
-            measured = measure.measure(
-                result.model,
-                artifact,
-                spec.model.inputs,
-                spec.measurement,
-                loaded.data.evaluation,
-                metric,
-                loaded.baseline.outputs,
-                loaded.device,
-                data_io.first_sample(loaded.data),
-            )
+            if result.metrics is None:
+                measured = evaluate(result.model, artifact, loaded.baseline)
+            else:  # a model no runtime here loads: the technique scored it itself
+                measured = measure.Measured(
+                    result.metrics.model_copy(update={"sizeBytes": formats.model_size(artifact)})
+                )
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)
             raise
         seconds = time.monotonic() - started
-        notes = dict(result.notes)
-        reporter.step_finished(step.name, measured.metrics, ", ".join(f"{k}={v}" for k, v in notes.items()) or None)
+        notes = {**result.notes, **measured.notes}
+        summary = result.summary or ", ".join(f"{k}={v}" for k, v in notes.items()) or None
+        reporter.step_finished(step.name, measured.metrics, summary)
         records.append(
             StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
         )

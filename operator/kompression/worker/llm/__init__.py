@@ -1,8 +1,11 @@
-"""Causal language models compressed with llm-compressor: the worker-llm image's path.
+"""Causal language models: the LLM techniques (llm-compressor, Model Optimizer) and the checkpoint
+folder's evaluator, for the worker-llm image.
 
 llm-compressor pins an older torch and a narrow transformers range than the main worker, so these
 modules run in their own environment (images/worker-llm, `make setup-llm`). Only they import
-llmcompressor and compressed_tensors; `kompression run` picks this path for an llmQuantize or llmSparsify job.
+llmcompressor, compressed_tensors and modelopt; the one pipeline imports them by name when a job's
+model is a checkpoint folder (evaluation.PREPARE) and when its llmQuantize or llmSparsify step runs
+(steps.TECHNIQUES).
 """
 
 import os

@@ -3,7 +3,7 @@ memory a calibration takes.
 
 `kompression run --nproc-per-node N` (what the operator runs for resources.gpus > 1) starts N
 ranks in one pod. Rank 0 is the job: it fetches the model and the text, scores the original,
-then hands every rank the plan (the model folder, the step, the calibration samples). Each rank
+then hands every rank the plan (the model folder, the step's config, the calibration samples). Each rank
 calibrates a disjoint share of the samples; llm-compressor sums the GPTQ Hessians across ranks
 and spreads the layers' quantization over them. Only rank 0 holds the weights in memory (the
 others load on the meta device and map rank 0's offloaded tensors), and only rank 0 writes the
@@ -31,9 +31,13 @@ import torch.distributed as dist
 from llmcompressor.utils.dev import load_context
 from transformers import AutoModelForCausalLM
 
-from kompression.api.v1alpha1 import Step
+from kompression.api.v1alpha1 import LLMQuantizeStep, LLMSparsifyStep
 from kompression.worker import distributed, hf_folder
 from kompression.worker.errors import DataError
+from kompression.worker.formats import MODEL_URI
+from kompression.worker.model import CheckpointFolder
+
+Config = LLMQuantizeStep | LLMSparsifyStep
 
 # Ranks other than 0 wait in a collective while rank 0 downloads the model and scores the
 # original, which for a large model takes far longer than torch's default 10 minutes; the Job's
@@ -67,25 +71,27 @@ def join(device: str) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """What rank 0 hands the other ranks: its local copy of the model (the ranks share the pod's
-    disk), the step, and every calibration sample (each rank takes its own share)."""
+    """What rank 0 hands the other ranks: its local copy of the model, vetted (the ranks share the
+    pod's disk), the step's config, and every calibration sample (each rank takes its own share)."""
 
-    model_dir: str
-    step: Step
+    model: CheckpointFolder
+    config: Config
     calibration: list[list[int]] | None
 
 
-def share(model_dir: Path, step: Step, calibration: list[list[int]] | None) -> list[list[int]] | None:
+def share(model: CheckpointFolder, config: Config, calibration: list[list[int]] | None) -> list[list[int]] | None:
     """Rank 0: hand the plan to the other ranks, and return rank 0's own share of the samples.
     One process: the samples unchanged."""
     if world() <= 1:
         return calibration
-    box: list[Plan | None] = [Plan(str(model_dir), step, calibration)]
+    box: list[Plan | None] = [Plan(model, config, calibration)]
     dist.broadcast_object_list(box, src=0)
     return part(calibration)
 
 
-def follow(apply: Callable[[Step, Path, Path, list[list[int]] | None], Any], workroot: Path | None) -> None:
+def follow(
+    apply: Callable[[Config, CheckpointFolder, Path, list[list[int]] | None], Any], workroot: Path | None
+) -> None:
     """Ranks other than 0: wait for rank 0's plan, calibrate this rank's share of the first step
     with the same `apply` rank 0 runs (its collectives must line up), and return without publishing."""
     box: list[Plan | None] = [None]
@@ -94,7 +100,7 @@ def follow(apply: Callable[[Step, Path, Path, list[list[int]] | None], Any], wor
     assert plan is not None
     with tempfile.TemporaryDirectory(prefix="kompression-llm-rank-", dir=workroot) as tmp:
         # save_pretrained is collective, but only rank 0 writes: this folder stays empty.
-        apply(plan.step, Path(plan.model_dir), Path(tmp) / "out", part(plan.calibration))
+        apply(plan.config, plan.model, Path(tmp) / "out", part(plan.calibration))
 
 
 def disband() -> None:
@@ -117,18 +123,17 @@ def part(calibration: list[list[int]] | None) -> list[list[int]] | None:
     return calibration[n * r // w : n * (r + 1) // w]
 
 
-def load(model_dir: Path, offload_dir: Path) -> Any:
+def load(model: CheckpointFolder, offload_dir: Path) -> Any:
     """The model for calibration, offloaded as llm-compressor intends: held in CPU memory (and on
     disk beyond it), never on the GPU as a whole; the sequential pipeline onloads one layer at a
     time. Under torchrun rank 0 reads the weights and the other ranks map them."""
-    vetted = hf_folder.vet(model_dir, "spec.model.uri")
-    with hf_folder.loading("spec.model.uri", "a causal LM"), load_context(AutoModelForCausalLM):
+    with hf_folder.loading(MODEL_URI, "a causal LM"), load_context(AutoModelForCausalLM):
         return AutoModelForCausalLM.from_pretrained(
-            model_dir,
+            model.path,
             dtype="auto",
             device_map="auto_offload",
             offload_folder=str(offload_dir),
-            **hf_folder.load_options(vetted, AutoModelForCausalLM),
+            **hf_folder.load_options(model, AutoModelForCausalLM),
         )
 
 

@@ -23,10 +23,13 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from kompression.api.v1alpha1 import LLMQuantizeStep
+from kompression.api.v1alpha1 import LLMQuantizeStep, Metrics
 from kompression.worker import hf_folder
 from kompression.worker.errors import RuntimeMissing, StepInvalid
+from kompression.worker.formats import MODEL_URI
 from kompression.worker.llm.perplexity import perplexity
+from kompression.worker.measure import api_device
+from kompression.worker.model import CheckpointFolder
 
 # Our scheme -> (ModelOpt's preset config, the quant_algo its export writes, the algorithm's name).
 PRESETS = {
@@ -111,27 +114,29 @@ def linear_shapes(model: torch.nn.Module, cfg: LLMQuantizeStep) -> dict[str, tup
 
 
 def quantize(
-    model_dir: Path,
+    source: CheckpointFolder,
     out: Path,
     cfg: LLMQuantizeStep,
     *,
     calibration: list[list[int]] | None,
     evaluation: list[list[int]] | None,
     device: str,
-) -> float | None:
+) -> Metrics:
     """Quantize with ModelOpt, export the unified HF checkpoint to `out`, check it; returns the
-    simulated-quantization perplexity on the evaluation text (None without one)."""
+    figures measured in memory: the simulated-quantization perplexity on the evaluation text (None
+    without one) and the original's parameter count (quantization removes none). The pipeline
+    adds the exported folder's size."""
 
     mtq, export_hf_checkpoint = _modelopt()
-    vetted = hf_folder.vet(model_dir, "spec.model.uri")
-    with hf_folder.loading("spec.model.uri", "a causal LM"):
+    with hf_folder.loading(MODEL_URI, "a causal LM"):
         model: Any = AutoModelForCausalLM.from_pretrained(
-            model_dir,
+            source.path,
             dtype=torch.float32 if device == "cpu" else "auto",
-            **hf_folder.load_options(vetted, AutoModelForCausalLM),
+            **hf_folder.load_options(source, AutoModelForCausalLM),
         )
     model = model.to(device).eval()
     shapes = linear_shapes(model, cfg)
+    parameters = sum(p.numel() for p in model.parameters())
 
     def forward_loop(m: torch.nn.Module) -> None:
         with torch.no_grad():
@@ -144,10 +149,10 @@ def quantize(
         raise StepInvalid(f"llmQuantize {cfg.scheme} with backend ModelOpt cannot apply to this model: {exc}") from None
     value = None if evaluation is None else round(perplexity(model, evaluation, device).value, 4)
     with torch.inference_mode():
-        export_hf_checkpoint(model, dtype=_export_dtype(model_dir), export_dir=out)
-    hf_folder.tokenizer(model_dir, "spec.model.uri").save_pretrained(out)
+        export_hf_checkpoint(model, dtype=_export_dtype(source.path), export_dir=out)
+    hf_folder.tokenizer(source.path, MODEL_URI).save_pretrained(out)
     check_checkpoint(out, cfg, shapes)
-    return value
+    return Metrics(parameters=parameters, perplexity=value, device=api_device(device), provider="PyTorch")
 
 
 def check_checkpoint(folder: Path, cfg: LLMQuantizeStep, shapes: dict[str, tuple[int, int]]) -> None:

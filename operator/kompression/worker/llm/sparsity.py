@@ -9,7 +9,6 @@ format a following llmQuantize step picks. The measure therefore reads the publi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from kompression.api.v1alpha1 import LLMSparsifyStep
 from kompression.worker import hf_folder
+from kompression.worker.model import CheckpointFolder
 
 # N:M patterns as the fraction of each group of M weights that is zero.
 SPARSITY = {"2:4": 0.5}
@@ -59,18 +59,17 @@ def describe(cfg: LLMSparsifyStep) -> dict[str, Any]:
     }
 
 
-def measure(folder: Path, cfg: LLMSparsifyStep) -> dict[str, Any]:
+def measure(folder: CheckpointFolder, cfg: LLMSparsifyStep) -> dict[str, Any]:
     """How the folder's pruned Linear layers, loaded back by transformers (quantized weights
     dequantized), follow the pattern: the fraction of zero weights, the fraction of groups of M
     along the input dimension with at least N zeros, and how many layers conform entirely."""
 
     n, m = (int(x) for x in cfg.pattern.split(":"))
-    vetted = hf_folder.vet(folder, f"the {cfg.pattern} checkpoint")
-    quantization = vetted.config.get("quantization_config")
+    quantization = folder.config.get("quantization_config")
     model = AutoModelForCausalLM.from_pretrained(
-        folder,
+        folder.path,
         dtype=torch.float32,
-        **hf_folder.load_options(vetted, AutoModelForCausalLM),
+        **hf_folder.load_options(folder, AutoModelForCausalLM),
         **({"quantization_config": CompressedTensorsConfig(dequantize=True)} if quantization else {}),
     )
     weights = zeros = groups = conforming = layers = whole = 0

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from kompression.api.v1alpha1 import ApiModel, ArtifactKind, CompressionJob, Measurement, ModelInput
+from kompression.api.v1alpha1 import ApiModel, ArtifactKind, CompressionJob, Measurement, Metrics, ModelInput
+from kompression.worker import lazy
 from kompression.worker.model import DataSets, Model, TorchModel
 
 ConfigT = TypeVar("ConfigT", bound=ApiModel)
@@ -38,6 +39,7 @@ class StepContext(Generic[ConfigT]):
     # acceptance.strategy Auto: how many layers an int8 quantize step keeps float beyond its own
     # choice, the next most int8-sensitive it measured (QuantizeStep.float_fallbacks bounds it).
     extra_float_layers: int = 0
+    calibrates_on_text: bool = False  # the step declares it learns from spec.data.calibration's text
 
 
 @dataclass
@@ -48,6 +50,11 @@ class StepResult:
     notes: dict[str, float | int | str] = field(default_factory=dict)
     # Extra files to publish besides the model (e.g. a TensorRT timing cache).
     extra_artifacts: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
+    # The figures of a model no runtime here loads (a ModelOpt checkpoint, scored by the technique
+    # in memory before export): the pipeline reports these, with the size it measures itself,
+    # instead of evaluating the output.
+    metrics: Metrics | None = None
+    summary: str | None = None  # the step's one-line status message (default: the notes as key=value)
 
 
 class Technique(Protocol[ConfigT]):
@@ -58,6 +65,20 @@ class Technique(Protocol[ConfigT]):
 
 # The registry's type: a step's technique is the one registered for type(step.config).
 Techniques = Mapping[type[ApiModel], Technique[Any]]
+
+
+class Lazy:
+    """A technique named by "package.module:function", imported when a step first runs it."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+    def __call__(self, model: Model, ctx: StepContext[Any], /) -> StepResult:
+        technique: Technique[Any] = lazy.resolve(self.ref)
+        return technique(model, ctx)
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.ref!r})"
 
 
 def standalone_context(

@@ -1,0 +1,116 @@
+"""A checkpoint folder's evaluator: perplexity on the job's evaluation text, accuracy on its task
+suites (lm-evaluation-harness) and decode tokens/s, of the folder loaded by transformers as a server
+loads it: float32 on a CPU, the folder's dtype on a GPU. Also the job's text, tokenized once for
+the folder's steps (calibration) and for scoring (evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from kompression.api.v1alpha1 import CompressionJob, DataSource, Metrics
+from kompression.worker import hf_folder, step_needs, storage
+from kompression.worker.errors import DataError
+from kompression.worker.evaluation import Prepared
+from kompression.worker.formats import MODEL_URI, model_size
+from kompression.worker.llm import tasks, text, throughput
+from kompression.worker.llm.perplexity import perplexity
+from kompression.worker.measure import Measured, api_device
+from kompression.worker.model import CheckpointFolder, DataSets, Model, TokenTexts
+from kompression.worker.texts import read_texts
+
+
+def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir: Path, device: str) -> Prepared:
+    """The job's text, tokenized by the folder's tokenizer, and the folder's evaluator."""
+    assert isinstance(model, CheckpointFolder)  # evaluation.PREPARE picks this for folders only
+    data = job.spec.data
+    tokenizer = hf_folder.tokenizer(model.path, MODEL_URI)
+    calibration = evaluation = suite = None
+    if step_needs.job_needs(job).calibration_text:
+        assert data is not None and data.calibration is not None  # the API requires it
+        calibration = _text(data.calibration, workdir, tokenizer, "spec.data.calibration")
+    if data is not None and data.evaluation is not None:
+        evaluation = _text(data.evaluation, workdir, tokenizer, "spec.data.evaluation")
+    if data is not None and data.tasks:
+        suite = tasks.prepare(data.tasks, workdir)
+    sequences = evaluation.samples if evaluation is not None else None
+    evaluate = FolderEvaluator(sequences, suite, device)
+    return Prepared(model, DataSets(calibration_text=calibration, evaluation_text=evaluation), evaluate)
+
+
+def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> TokenTexts:
+    assert source.uri is not None  # the API refuses builtin data for an LLM job's text
+    path = storage.source(source.uri, workdir / "data", DataError, where)
+    samples = text.tokenize(tokenizer, read_texts(path, where, tokenizer).texts[: source.samples], source, where)
+    notes = {
+        "uri": source.uri,
+        "sha256": storage.sha256_file(path),
+        "samples": len(samples),
+        "tokens": sum(len(x) for x in samples),
+    }
+    return TokenTexts(samples, notes)
+
+
+def load(folder: CheckpointFolder, dtype: Any, device_map: str | None = None, *, original: bool = False) -> Any:
+    """The folder's causal LM; the job's own model (`original`) must hold every weight it expects,
+    where a step's output is a checkpoint compressed-tensors reshapes as it loads."""
+    with hf_folder.loading(MODEL_URI, "a causal LM"):
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            folder.path,
+            dtype=dtype,
+            device_map=device_map,
+            output_loading_info=True,
+            **hf_folder.load_options(folder, AutoModelForCausalLM),
+        )
+    model, info = loaded
+    if original:
+        hf_folder.check_complete(info, model, MODEL_URI)
+    return model
+
+
+class FolderEvaluator:
+    """Scores a checkpoint folder on the job's evaluation text and task suites."""
+
+    def __init__(self, sequences: list[list[int]] | None, suite: tasks.Suite | None, device: str) -> None:
+        self.sequences = sequences
+        self.suite = suite
+        self.device = device
+
+    def __call__(self, model: Model, artifact: Path, reference: Measured | None, /) -> Measured:
+        assert isinstance(model, CheckpointFolder)  # evaluation.PREPARE gives folders this evaluator
+        # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
+        # a model larger than one GPU is scored too.
+        cpu = self.device == "cpu"
+        loaded = load(model, torch.float32 if cpu else "auto", None if cpu else "auto", original=reference is None)
+        loaded.eval()
+        # A loaded compressed-tensors model keeps packed weights as buffers, so only the original's
+        # count means anything; no LLM technique removes a weight (pruned ones are zeros, quantized
+        # ones packed), so a step's output has the original's.
+        parameters = sum(p.numel() for p in loaded.parameters()) if reference is None else reference.metrics.parameters
+        value = None if self.sequences is None else round(perplexity(loaded, self.sequences, self.device).value, 4)
+        scores = (
+            None if self.suite is None else tasks.score(loaded, hf_folder.tokenizer(model.path, MODEL_URI), self.suite)
+        )
+        speed = throughput.tokens_per_second(loaded, throughput.prompt(loaded, self.sequences), self.device)
+        del loaded
+        metrics = Metrics(
+            sizeBytes=model_size(artifact),
+            parameters=parameters,
+            accuracy=scores.mean if scores else None,
+            perplexity=value,
+            tokensPerSecond=round(speed, 2),
+            device=api_device(self.device),
+            provider="PyTorch",
+        )
+        notes: dict[str, Any] = {}
+        if scores is not None and self.suite is not None:
+            # The suites are described once per step; the original's row lists its scores only.
+            notes = (
+                {"taskScores": scores.per_task}
+                if reference is None
+                else {"tasks": self.suite.describe(), "taskScores": scores.per_task}
+            )
+        return Measured(metrics, notes=notes)

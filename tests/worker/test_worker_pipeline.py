@@ -552,3 +552,19 @@ for technique in TECHNIQUES.values():
     for line in refs:
         ref, origin = line.split()
         assert f"\ndef {ref.partition(':')[2]}(" in Path(origin).read_text(), ref
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a worker that sees no CUDA device")
+def test_a_step_that_declares_a_gpu_fails_before_any_work_where_none_is_visible(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # resources.gpus 1 passes validation; the node gave the pod no CUDA device (a missing driver, a
+    # CPU node): the step's declared need is checked before the model is even fetched.
+    steps = [{"name": "fp8", "quantize": {"method": "FP8"}}]
+    body = job("file://missing.pt2", "file://out/", steps, resources={"gpus": 1})
+    assert main(["run", str(write_job(env / "job.yaml", body))]) == ExitCode.RUNTIME_MISSING
+    err = capsys.readouterr().err
+    assert "step fp8: quantize with method FP8 needs a GPU; set resources.gpus to at least 1 on a node with FP8" in err
+    assert "this worker sees no CUDA device" in err and "Traceback" not in err
+    assert termination(env).reason == "RuntimeMissing"
+    assert not (env / "out").exists()

@@ -24,7 +24,6 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
-from kompression.worker import step_needs
 from kompression.worker.errors import WorkerError
 from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
 from kompression.worker.reporting import table
@@ -69,7 +68,7 @@ WORKER_CORE = tuple(m for m in EXTRAS["worker"] if m != "transformers")
 
 def job_needs(job: CompressionJob) -> list[Need]:
     """What `kompression run` must be able to import for this job, by extra."""
-    if step_needs.job_needs(job).llm:  # LLM techniques run in the worker-llm environment
+    if job.spec.image == "worker-llm":
         return [Need(f"an {job.spec.steps[-1].kind} step", "llm", EXTRAS["llm"])]
     needs = [Need("`kompression run`", "worker", WORKER_CORE)]
     if job.spec.model.format == "HuggingFace":

@@ -10,7 +10,7 @@ from pathlib import Path
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob
-from kompression.worker import distributed, formats, gates, lazy, publish, reporting, step_needs, storage, tuning
+from kompression.worker import distributed, formats, gates, lazy, publish, reporting, storage, tuning
 from kompression.worker.errors import GateFailed, WorkerError
 from kompression.worker.model import CheckpointFolder, TorchModel
 from kompression.worker.progress import Reporter
@@ -46,7 +46,7 @@ class RunOptions:
 def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
     prefix = options.output or job.spec.output.uri
-    if distributed.world_size() > 1 and step_needs.job_needs(job).llm:
+    if distributed.world_size() > 1 and job.spec.image == "worker-llm":
         storage.parse_uri(prefix)  # an unusable output URI fails on every rank before any work
         if not lazy.resolve(LLM_RANKS)(job_device(job), options.workdir):
             return reporter.report, []  # this rank calibrated its share; rank 0 publishes

@@ -19,9 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MeasuredDevice, Metrics, ModelInput, Result, Step
+from kompression.api.v1alpha1 import (
+    ArtifactKind,
+    CompressionJob,
+    MeasuredDevice,
+    Metrics,
+    ModelInput,
+    Result,
+    Step,
+    unmet,
+)
 from kompression.worker import data as data_io
-from kompression.worker import evaluation, formats, gates, measure, step_needs, storage
+from kompression.worker import evaluation, formats, gates, measure, storage
 from kompression.worker.errors import ModelError, RuntimeMissing, WorkerError
 from kompression.worker.model import CheckpointFolder, DataSets, EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.progress import Reporter
@@ -99,9 +108,10 @@ def job_device(job: CompressionJob) -> str:
     """The device the job runs on; a step that needs a GPU fails here without one, before any work."""
     gpus = job.spec.resources.gpus
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    needs_gpu = step_needs.job_needs(job).gpu_only
-    if device == "cpu" and needs_gpu:
-        raise RuntimeMissing(step_needs.gpu_refusal(needs_gpu[0], gpus))
+    for step in job.spec.steps:
+        if device == "cpu" and step.needs.gpu:
+            why = "resources.gpus is 0" if gpus == 0 else "this worker sees no CUDA device"
+            raise RuntimeMissing(f"step {step.name}: {unmet(step.kind, step.config, 'gpu')}; {why}")
     return device
 
 
@@ -119,7 +129,7 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         spec.model,
         model_path,
         fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None,
-        checkpoint=step_needs.job_needs(job).llm,
+        checkpoint=job.spec.image == "worker-llm",  # the LLM techniques work on the folder itself
     )
     prepared = evaluation.prepare(job, model, model_path, workdir, device)
     baseline = prepared.evaluate(prepared.model, model_path, None)
@@ -199,7 +209,6 @@ def run_steps(
     outputs: dict[str, Model] = {}
     records: list[StepRecord] = []
     checkpoints = Checkpoints(loaded.prefix, steps)
-    calibrated = step_needs.job_needs(loaded.job).calibration_text
     evaluate = loaded.evaluate
     assert evaluate is not None  # load sets it
     for index, step in enumerate(steps):
@@ -228,7 +237,6 @@ def run_steps(
             load_checkpoint=partial(checkpoints.load, step.name),
             seed=seed,
             extra_float_layers=extra_float_layers,
-            calibrates_on_text=step.name in calibrated,
         )
         try:
             torch.manual_seed(seed)

@@ -135,6 +135,7 @@ from kompression.api.v1alpha1.needs import (
     image_cel,
     job_needs,
     job_rules,
+    unmet,
     words,
 )
 from kompression.api.v1alpha1.quantize import (
@@ -289,6 +290,7 @@ __all__ = [
     "job_needs",
     "job_rules",
     "shape_elements_cel",
+    "unmet",
     "uri_rules",
     "words",
 ]

@@ -350,11 +350,6 @@ class CompressionJobSpec(ApiModel):
         """The worker image that runs the job (its steps', which a rule keeps to one)."""
         return self.needs.image
 
-    @property
-    def runs_llm(self) -> bool:
-        """Whether the job runs in the worker-llm image (worker/cli.py chooses the LLM path by it)."""
-        return self.image == "worker-llm"
-
 
 # The spec is immutable except for these runPolicy fields (GitOps tools may toggle them).
 MUTABLE_RUN_POLICY_FIELDS = ("suspend", "ttlSecondsAfterFinished")

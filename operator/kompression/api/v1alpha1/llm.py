@@ -9,7 +9,7 @@ from pydantic import Field
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import ModulePattern
-from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When
+from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When, words
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
 LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN"]
@@ -135,7 +135,11 @@ class LLMQuantizeStep(TechniqueConfig):
             "calibration": "add a .txt or .jsonl text file, or quantize with algorithm RTN, scheme FP8Dynamic "
             "and no kvCache",
             "tokenizer": "give a causal language model's transformers folder (safetensors weights and its tokenizer)",
+            "gpu": f"{words(LLM_GPU_ONLY_SCHEMES, 'and')} are GPU-only formats (their kernels and their checkpoints' "
+            "consumers run on NVIDIA GPUs): set resources.gpus to at least 1 on a GPU node, or use W4A16 or W8A8 "
+            "on a CPU",
         },
+        gpu=When("scheme", LLM_GPU_ONLY_SCHEMES),
     )
     __rules__ = (
         Rule(
@@ -233,11 +237,6 @@ class LLMQuantizeStep(TechniqueConfig):
     def backend_or_default(self) -> LLMBackend:
         """The library that quantizes and exports."""
         return self.backend or DEFAULT_LLM_BACKEND
-
-    @property
-    def needs_calibration(self) -> bool:
-        """Whether it learns from calibration text: the declaration's answer (worker/llm asks this)."""
-        return self.needs.calibration
 
 
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]

@@ -242,12 +242,21 @@ def image_cel(techniques: Mapping[str, type[TechniqueConfig]], image: WorkerImag
     return "(" + " || ".join(f"has({var}.{kind})" for kind in kinds) + ")"
 
 
+def unmet(kind: str, config: TechniqueConfig | type[TechniqueConfig], need: str) -> str:
+    """What a step of `kind` needs and what to do about it: the job rule's message, and the worker's
+    when the need is only found unmet where the job runs (a GPU the node does not have)."""
+    requires = config.__needs__
+    predicate = requires.predicate(need)
+    _, _, phrase, advice = _JOB_CHECKS[need]
+    return f"{_subject(kind, predicate)} {phrase}; {requires.advice.get(need, advice)}"
+
+
 def job_rules(techniques: Mapping[str, type[TechniqueConfig]]) -> tuple[Rule, ...]:
     """The CompressionJobSpec rules the declarations imply: one per technique and need it may have,
     then one that keeps a job's steps in one worker image."""
     rules = []
     for need in NEED_NAMES:
-        holds, path, phrase, advice = _JOB_CHECKS[need]
+        holds, path, _, _ = _JOB_CHECKS[need]
         for kind, cls in techniques.items():
             predicate = cls.__needs__.predicate(need)
             if isinstance(predicate, Never):
@@ -255,7 +264,7 @@ def job_rules(techniques: Mapping[str, type[TechniqueConfig]]) -> tuple[Rule, ..
             rules.append(
                 Rule(
                     cel=f"!self.steps.exists(s, {_step_cel(kind, predicate)}) || ({holds})",
-                    message=f"{_subject(kind, predicate)} {phrase}; {cls.__needs__.advice.get(need, advice)}",
+                    message=unmet(kind, cls, need),
                     field_path=path,
                 )
             )

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import CompressionJob, DataSource, Metrics
-from kompression.worker import hf_folder, step_needs, storage
+from kompression.worker import hf_folder, storage
 from kompression.worker.errors import DataError
 from kompression.worker.evaluation import Prepared
 from kompression.worker.formats import MODEL_URI, model_size
@@ -29,7 +29,7 @@ def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir:
     data = job.spec.data
     tokenizer = hf_folder.tokenizer(model.path, MODEL_URI)
     calibration = evaluation = suite = None
-    if step_needs.job_needs(job).calibration_text:
+    if job.spec.needs.calibration:
         assert data is not None and data.calibration is not None  # the API requires it
         calibration = _text(data.calibration, workdir, tokenizer, "spec.data.calibration")
     if data is not None and data.evaluation is not None:

@@ -109,7 +109,7 @@ def _notes(
     return {
         **method,
         **({"measuredSparsity": sparsity.measure(folder, folder.sparsified)} if folder.sparsified else {}),
-        "calibration": calibration.notes if ctx.calibrates_on_text and calibration else None,
+        "calibration": calibration.notes if ctx.config.needs.calibration and calibration else None,
         "backends": backend_versions(),
         **ranks.memory_notes(peak, model_size(source.path), ctx.device, sharing),
     }

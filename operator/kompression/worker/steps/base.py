@@ -39,7 +39,6 @@ class StepContext(Generic[ConfigT]):
     # acceptance.strategy Auto: how many layers an int8 quantize step keeps float beyond its own
     # choice, the next most int8-sensitive it measured (QuantizeStep.float_fallbacks bounds it).
     extra_float_layers: int = 0
-    calibrates_on_text: bool = False  # the step declares it learns from spec.data.calibration's text
 
 
 @dataclass

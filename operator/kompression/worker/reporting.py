@@ -35,20 +35,7 @@ def environment() -> Environment:
     """Versions and hardware; engines are only valid where these match. Each runtime is recorded
     where this worker has it: the worker-llm image has no onnx or onnxruntime, only NVIDIA images
     have TensorRT."""
-    env = torch_environment()
-    for name in ("onnx", "onnxruntime", "tensorrt"):
-        try:
-            # The runtimes are slow to import: only once a job runs, never for the CLI alone.
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        setattr(env, name, module.__version__)
-    return env
-
-
-def torch_environment() -> Environment:
-    """torch, the CPU and the GPU: what every worker environment has (the LLM one has no onnxruntime)."""
-    import torch  # slow to import: only once a job runs
+    import torch  # slow to import: only once a job runs, never for the CLI alone
 
     env = Environment(torch=torch.__version__, cpu=cpu_model())
     if torch.cuda.is_available():
@@ -56,6 +43,13 @@ def torch_environment() -> Environment:
         env.gpu = torch.cuda.get_device_name(0)
         major, minor = torch.cuda.get_device_capability(0)
         env.computeCapability = f"{major}.{minor}"
+    for name in ("onnx", "onnxruntime", "tensorrt"):
+        try:
+            # By name: which of these a worker has depends on its image, and each is slow to import.
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        setattr(env, name, module.__version__)
     return env
 
 

@@ -23,9 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import interleaved_ms, job_context, load_average, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource, PruneStep, QuantizeStep
-from kompression.worker import formats
+from kompression.worker.formats import loader
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
+from kompression.worker.techniques import TECHNIQUES
 
 IMAGE = 96
 TOKENS = 64
@@ -173,7 +173,7 @@ def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tupl
         }
     )
     started = time.monotonic()
-    loaded = formats.load_model(source, work / "model.pt2")  # the worker's loader: rebuild + parity check
+    loaded = loader.load_model(source, work / "model.pt2")  # the worker's loader: rebuild + parity check
     assert isinstance(loaded, TorchModel)
     load_s = time.monotonic() - started
     ctx = job_context({"name": "p", "prune": {"method": "L1Structured", "sparsity": 0.5}}, work, shape, DataSets())
@@ -255,7 +255,7 @@ def main() -> None:
         rows,
         f"""
 Each model is exported with `torch.export` (dynamic batch), saved as `.pt2` and loaded with the
-worker's loader (`formats.load_model`: the graph rebuilt with real layers, checked against the
+worker's loader (`loader.load_model`: the graph rebuilt with real layers, checked against the
 program to 1e-5), then pruned by the worker's prune step (`L1Structured`, sparsity 0.5, the
 classifier kept, the faster memory layout chosen by timing). "Torch-Pruning direct" is
 `tp.pruner.BasePruner` with the same importance and ratio on the eager model (classifier kept).

@@ -4,7 +4,7 @@ A wide CNN teacher, early-stopped on a validation carve-out of the training spli
 student (under 1/4 of the teacher's parameters) trained twice per seed with the very same code
 path, data order, epochs, optimizer and learning rate: once with the teacher's soft targets
 (alpha > 0), once alone (alpha = 0, which makes the distill loss plain cross-entropy on the
-labels). Accuracy on the worker's held-out Digits split (kompression.worker.data.digits("eval"),
+labels). Accuracy on the worker's held-out Digits split (kompression.worker.data.arrays.digits("eval"),
 20%, the split the builtin data and the tests use), which neither teacher nor students train on.
 
 Why early stopping: a teacher trained far past its best validation epoch reaches a similar test
@@ -26,11 +26,11 @@ from torch import nn
 from common import THREADS, job_context, load_average, workdir, write_report
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import DistillStep, FineTune
-from kompression.worker.data import digits
-from kompression.worker.formats import parameter_count
+from kompression.worker.data.arrays import digits
+from kompression.worker.formats.loader import parameter_count
 from kompression.worker.model import Dataset, DataSets, TorchModel
-from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.training import accuracy, fine_tune
+from kompression.worker.techniques import TECHNIQUES
 
 SEEDS = (0, 1, 2, 3, 4)
 MAX_TEACHER_EPOCHS, PATIENCE, VALIDATION = 40, 3, 0.15

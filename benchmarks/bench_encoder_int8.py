@@ -36,11 +36,10 @@ from torch import nn
 from bench_lowrank import SENTENCES, cpu_flags
 from common import RESULTS, THREADS, interleaved_ms, load_average, machine, ort_session, workdir
 from kompression.api.v1alpha1 import ModelSource, QuantizeStep
-from kompression.worker import formats
+from kompression.worker.formats import loader
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.onnx_io import export_onnx
+from kompression.worker.techniques import TECHNIQUES, standalone_context
 
 BATCH = 8
 SEQUENCE = 128
@@ -158,7 +157,7 @@ def main() -> None:
     published, notes, how = kompression_run(folder, work)
     print(how, flush=True)
     source = ModelSource.model_validate({"uri": f"file://{folder}", "format": "HuggingFace", "inputs": INPUTS})
-    loaded = formats.load_model(source, folder)
+    loaded = loader.load_model(source, folder)
     assert isinstance(loaded, TorchModel)
     if published is None:
         published, notes = step_directly(loaded, calibration, work)

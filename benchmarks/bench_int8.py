@@ -26,9 +26,9 @@ from common import (
 )
 from kompression.api.v1alpha1 import QuantizeStep
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.onnx_io import export_onnx
 from kompression.worker.steps.quantize import has_vnni
+from kompression.worker.techniques import TECHNIQUES
 
 CALIBRATION = 32
 # Each call is only 10-40 ms: many short interleaved blocks ride out other processes' bursts.

@@ -50,7 +50,7 @@ def cpu() -> str:
 
 
 def texts(folder: Path) -> tuple[Path, Path]:
-    from kompression.worker.llm.example_model import paragraphs
+    from kompression.worker.llm.tiny_llama import paragraphs
 
     everything = paragraphs()
     (folder / "train.txt").write_text("\n".join(t for i, t in enumerate(everything) if i % 10) + "\n")
@@ -191,7 +191,7 @@ def main() -> None:
         "",
         f"Model: tests/llm/fixtures/tiny-llama, a 3-layer Llama (hidden 256, GQA 4/2 heads, vocab 384, tied "
         f"embeddings, 1.87M parameters) trained for 300 steps on Debian's license texts by "
-        f"`python -m kompression.worker.llm.example_model`, stored in bf16. Calibration: {CALIBRATION_SAMPLES} "
+        f"`python -m kompression.worker.llm.tiny_llama`, stored in bf16. Calibration: {CALIBRATION_SAMPLES} "
         f"training paragraphs; evaluation: the first {EVAL_SAMPLES} held-out paragraphs (every tenth), at most "
         f"{MAX_LENGTH} tokens each; perplexity of each folder as saved, loaded back by transformers on the CPU. "
         f"Kompression GPTQ vs llm-compressor directly: perplexity {gap:+.3%} (target within 1%), weights "

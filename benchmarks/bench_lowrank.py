@@ -40,11 +40,11 @@ from torch import nn
 
 from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
 from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
-from kompression.worker import formats
-from kompression.worker.formats import parameter_count
+from kompression.worker.formats import loader
+from kompression.worker.formats.loader import parameter_count
 from kompression.worker.model import DataSets, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.onnx_io import session
+from kompression.worker.techniques import TECHNIQUES
 
 BATCHES = (1, 8)
 ENERGIES = (0.9, 0.8)
@@ -129,7 +129,7 @@ def resnet50(work: Path) -> list[str]:
             "inputs": [{"name": "x", "shape": [-1, 3, 224, 224]}],
         }
     )
-    loaded = formats.load_model(source, weights)
+    loaded = loader.load_model(source, weights)
     assert isinstance(loaded, TorchModel)
     dense = loaded.module.eval()
     x1 = torch.randn(1, 3, 224, 224)
@@ -217,7 +217,7 @@ def encoder(work: Path) -> list[str]:
         {"name": "attention_mask", "shape": [-1, SEQUENCE], "dtype": "int64"},
     ]
     source = ModelSource.model_validate({"uri": f"file://{folder}", "format": "HuggingFace", "inputs": inputs})
-    loaded = formats.load_model(source, folder)
+    loaded = loader.load_model(source, folder)
     assert isinstance(loaded, TorchModel)
     tokens = AutoTokenizer.from_pretrained(str(folder))(
         SENTENCES, padding="max_length", max_length=SEQUENCE, truncation=True, return_tensors="np"

@@ -13,9 +13,9 @@ from torch.nn.utils import prune as torch_prune
 
 from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
 from kompression.api.v1alpha1 import PruneStep
-from kompression.worker.formats import parameter_count
+from kompression.worker.formats.loader import parameter_count
 from kompression.worker.model import DataSets, TorchModel
-from kompression.worker.steps import TECHNIQUES
+from kompression.worker.techniques import TECHNIQUES
 
 BATCHES = (1, 8)
 REPEATS = 25  # more than the default 7: identical models differed by up to 30% over 7 (and 15) on the shared machine

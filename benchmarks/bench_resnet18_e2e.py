@@ -24,8 +24,8 @@ from common import (
     write_report,
 )
 from kompression.worker.model import Dataset, DataSets, Model, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
 from kompression.worker.steps.onnx_io import export_onnx
+from kompression.worker.techniques import TECHNIQUES
 
 STEPS = [
     {"name": "prune", "prune": {"method": "L1Structured", "sparsity": 0.5}},

@@ -194,6 +194,6 @@ def job_context(
     inputs: Sequence[dict[str, Any]] | None = None,
 ) -> Any:
     """A StepContext for one step, as the worker would build it (`inputs` as in spec.model.inputs)."""
-    from kompression.worker.steps.base import standalone_context
+    from kompression.worker.techniques import standalone_context
 
     return standalone_context(step, work, data, input_shape, teacher=teacher, device=device, seed=seed, inputs=inputs)

@@ -39,7 +39,7 @@ from torch import nn
 
 from common import job_context, workdir
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
-from kompression.worker.steps import TECHNIQUES
+from kompression.worker.techniques import TECHNIQUES
 
 BUDGET_S = 7 * 60  # leaves a minute of the 8 for start-up and writing
 START = time.monotonic()
@@ -268,7 +268,7 @@ def fp8(sizes: Sizes) -> list[Row]:
 
 def distill(sizes: Sizes) -> list[Row]:
     import bench_distill
-    from kompression.worker.data import digits
+    from kompression.worker.data.arrays import digits
     from kompression.worker.steps.training import accuracy
 
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 quickstart's example model, trained by the CLI), data files and a standalone StepContext. Plain
 functions; the fixtures live in each folder's conftest.py.
 
-The Digits data itself is not made here: `kompression.worker.data.digits(split)` is the one split
+The Digits data itself is not made here: `kompression.worker.data.arrays.digits(split)` is the one split
 that the worker's builtin data, the tests and the benchmarks all read.
 """
 
@@ -22,11 +22,11 @@ from torch import nn
 
 from kompression.api.constants import API_VERSION
 from kompression.api.v1alpha1 import FineTune
-from kompression.worker import formats
-from kompression.worker.data import digits
+from kompression.worker.data.arrays import digits
+from kompression.worker.formats import loader
 from kompression.worker.model import DataSets, Model, TorchModel
-from kompression.worker.steps.base import StepContext, standalone_context
 from kompression.worker.steps.training import fine_tune
+from kompression.worker.techniques import StepContext, standalone_context
 
 # --- manifests ---------------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ def trained_tiny() -> Tiny:
 
 
 def save_tiny(path: Path) -> Path:
-    return formats.save_torch_export(TorchModel(trained_tiny(), (torch.zeros(1, 1, 8, 8),)), path)
+    return loader.save_torch_export(TorchModel(trained_tiny(), (torch.zeros(1, 1, 8, 8),)), path)
 
 
 def example_model(uri: str, cwd: Path, env: dict[str, str] | None = None) -> None:

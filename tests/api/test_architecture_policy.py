@@ -1,6 +1,6 @@
 """`architecture` may only name modules the cluster's operator allows: `kompression validate`
 checks it, the operator hands its list to every worker, and the worker checks it again
-(tests/worker/test_worker_formats.py)."""
+(tests/worker/formats/test_worker_formats.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from kompression.api import failures
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.controller.failure import EXIT_REASONS, pod_failure_policy
+from kompression.controller.failure_policy import EXIT_REASONS, pod_failure_policy
 from kompression.controller.observe import observe
 from kompression.controller.views import JobView, PodView
 from kompression.worker import errors

@@ -20,7 +20,7 @@ from kubectl import apply_cr, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
 from factories import example_model
-from kompression.worker.data import digits
+from kompression.worker.data.arrays import digits
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 CLAIMS = ("models", "results")

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ReportCursor
-from kompression.controller.progress import pod_belongs
-from kompression.controller.reports import SEQUENCE_SKEW_MS, SequenceGate, differs, report_status, sequence_bound
+from kompression.controller.report_channel import pod_belongs
+from kompression.controller.report_status import SEQUENCE_SKEW_MS, SequenceGate, differs, report_status, sequence_bound
 from kompression.controller.views import JobView, PodView
 
 

@@ -15,7 +15,7 @@ from kompression.cli import main
 from kompression.controller.builders import build_job
 from kompression.controller.cli import register, settings_from
 from kompression.controller.leadership import Leadership, is_active
-from kompression.controller.reports import report_status
+from kompression.controller.report_status import report_status
 from kompression.controller.settings import Settings
 
 

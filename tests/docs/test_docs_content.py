@@ -38,7 +38,7 @@ def test_troubleshooting_covers_every_reason_and_exit_code() -> None:
 
 
 def test_troubleshooting_covers_every_exit_reason_of_the_operator() -> None:
-    failure = __import__("kompression.controller.failure", fromlist=["EXIT_REASONS"])
+    failure = __import__("kompression.controller.failure_policy", fromlist=["EXIT_REASONS"])
     page = (DOCS / "troubleshooting.md").read_text()
     for reason in failure.EXIT_REASONS.values():
         assert f"| `{reason}` |" in page, reason

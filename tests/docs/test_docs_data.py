@@ -14,7 +14,7 @@ import yaml
 
 from kompression.api.v1alpha1 import DataSpec, ModelInput
 from kompression.api.validation import parse_job
-from kompression.worker.data import load_datasets
+from kompression.worker.data.arrays import load_datasets
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "data.md"

@@ -10,7 +10,7 @@ import pytest
 
 from kompression.api.constants import ExitCode
 from kompression.cli import main
-from kompression.worker import publish
+from kompression.worker.storage import publish
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -20,7 +20,7 @@ if _TESTS_DIR not in sys.path:
 
 from llm_jobs import Texts  # noqa: E402
 
-from kompression.worker.llm.example_model import paragraphs  # noqa: E402
+from kompression.worker.llm.tiny_llama import paragraphs  # noqa: E402
 
 
 @pytest.fixture(scope="session")

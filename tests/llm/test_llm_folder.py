@@ -1,4 +1,4 @@
-"""The LLM path vets the model folder with the main worker's one vetting (worker/hf_folder.py): each
+"""The LLM path vets the model folder with the main worker's one vetting (worker/formats/hf_folder.py): each
 hostile folder, a copy of the fixture model with the file an attacker controls changed, ends in
 ModelError (exit 3, never retried) with a message naming the file, with no name lookup and no
 socket connection, and with the folder's code never run, though stdin answers yes to every prompt."""
@@ -23,7 +23,7 @@ from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
 from kompression.api.validation import parse_job
 from kompression.worker.errors import ModelError
-from kompression.worker.progress import Reporter
+from kompression.worker.report.live import Reporter
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 

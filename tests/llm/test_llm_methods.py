@@ -85,8 +85,8 @@ def test_awq_loads_in_transformers_and_is_no_worse_than_round_to_nearest_on_the_
     from transformers import AutoTokenizer
 
     from kompression.api.v1alpha1 import LLMQuantizeStep
-    from kompression.worker import hf_folder
-    from kompression.worker.llm import techniques
+    from kompression.worker.formats import hf_folder
+    from kompression.worker.llm import compress
     from kompression.worker.llm.perplexity import perplexity
 
     run = _ok(runs["awq"])
@@ -96,7 +96,7 @@ def test_awq_loads_in_transformers_and_is_no_worse_than_round_to_nearest_on_the_
     result = run.report["result"]
     assert awq == pytest.approx(result["final"]["perplexity"], rel=1e-3)  # the report scores the published folder
     rtn = LLMQuantizeStep(scheme="W4A16", algorithm="RTN", symmetric=False)
-    techniques.calibrate(rtn, hf_folder.vet(FIXTURE, "the fixture"), tmp_path / "rtn", None)
+    compress.calibrate(rtn, hf_folder.vet(FIXTURE, "the fixture"), tmp_path / "rtn", None)
     rtn = perplexity(_generates(tmp_path / "rtn"), ids).value
     baseline = result["baseline"]["perplexity"]
     # On this model (40 held-out samples) the original scores 33.580, RTN 33.592 and AWQ 33.580: int4

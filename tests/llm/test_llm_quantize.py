@@ -1,5 +1,5 @@
 """llmQuantize end to end through `kompression run`, on a tiny Llama trained on license texts
-(tests/llm/fixtures/tiny-llama, made by `python -m kompression.worker.llm.example_model`): GPTQ and
+(tests/llm/fixtures/tiny-llama, made by `python -m kompression.worker.llm.tiny_llama`): GPTQ and
 round-to-nearest W4A16 publish compressed-tensors folders that transformers loads on a CPU and
 generates with, the perplexity gate passes and fails, and GPU-only schemes fail clearly on a CPU."""
 

@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kompression.api.v1alpha1 import TaskData
 from kompression.worker.errors import DataError
 from kompression.worker.llm import tasks
-from kompression.worker.llm.example_model import paragraphs
+from kompression.worker.llm.tiny_llama import paragraphs
 
 STEPS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "steps.md"
 CHANCE = 0.25

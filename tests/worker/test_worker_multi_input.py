@@ -13,20 +13,21 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
 from torch import nn
 
+from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
 from factories import job, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, OnnxStep, ShapeProfile
 from kompression.cli import main
-from kompression.worker import formats, measure, publish
-from kompression.worker.data import load_datasets
+from kompression.worker.data.arrays import load_datasets
 from kompression.worker.errors import DataError, StepInvalid
+from kompression.worker.formats import loader
+from kompression.worker.measure import graphs
 from kompression.worker.model import DataSets, TorchModel
-from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import standalone_context
 from kompression.worker.steps.tensorrt import profile_shapes
+from kompression.worker.storage import publish
+from kompression.worker.techniques import TECHNIQUES, standalone_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,7 +192,7 @@ def test_mixed_dtypes_in_one_npz_feed_every_path(tmp_path: Path) -> None:
     torch.manual_seed(0)
     declared = [ModelInput.model_validate(i) for i in MIXED]
     example = tuple(torch.ones(1, 6, dtype=torch.int64) if d.dtype == "int64" else torch.zeros(1, 4) for d in declared)
-    formats.save_torch_export(TorchModel(IdsMaskFeatures().eval(), example), tmp_path / "model.pt2", declared)
+    loader.save_torch_export(TorchModel(IdsMaskFeatures().eval(), example), tmp_path / "model.pt2", declared)
     _mixed_npz(tmp_path / "train.npz", 96, 1)
     _mixed_npz(tmp_path / "eval.npz", 32, 2)
     sets = load_datasets(
@@ -234,11 +235,11 @@ def test_cosine_similarity_mean_pools_over_the_attention_mask() -> None:
     a0, b0 = (outputs[0, 0] + outputs[0, 1]) / 2, (reference[0, 0] + reference[0, 1]) / 2
     a1, b1 = outputs[1, 0], reference[1, 0]
     expected = np.mean([a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in ((a0, b0), (a1, b1))])
-    assert measure.score("CosineSimilarity", outputs, None, reference, mask) == pytest.approx(expected, rel=1e-9)
+    assert graphs.score("CosineSimilarity", outputs, None, reference, mask) == pytest.approx(expected, rel=1e-9)
     changed = outputs.copy()
     changed[0, 2] += 100.0  # a padded position: no effect
-    assert measure.score("CosineSimilarity", changed, None, reference, mask) == pytest.approx(expected, rel=1e-9)
-    unmasked = measure.score("CosineSimilarity", outputs, None, reference)
+    assert graphs.score("CosineSimilarity", changed, None, reference, mask) == pytest.approx(expected, rel=1e-9)
+    unmasked = graphs.score("CosineSimilarity", outputs, None, reference)
     assert unmasked != pytest.approx(expected)  # without a mask: the flattened outputs, as before
 
 
@@ -247,7 +248,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
     source = ModelSource.model_validate(
         {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(None)}
     )
-    loaded = formats.load_model(source, bert)
+    loaded = loader.load_model(source, bert)
     assert isinstance(loaded, TorchModel)
     jsonl, _ = _texts(tmp_path)
     sets = load_datasets(
@@ -275,7 +276,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
             expected = loaded.module(*(torch.from_numpy(v) for v in feed.values())).numpy()
         actual = sess.run(None, feed)[0]
         assert actual.shape == (3, length, 32) and np.abs(actual - expected).max() < 1e-4
-    saved = formats.save_torch_export(model, tmp_path / "encoder.pt2", declared)
+    saved = loader.save_torch_export(model, tmp_path / "encoder.pt2", declared)
     program = torch.export.load(str(saved))
     out = program.module()(torch.full((2, 9), 7), torch.ones(2, 9, dtype=torch.int64))
     assert tuple(out.shape) == (2, 9, 32)

@@ -28,11 +28,12 @@ from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, Step
 from kompression.cli import main
-from kompression.worker import formats, publish
-from kompression.worker.data import digits
+from kompression.worker.data.arrays import digits
+from kompression.worker.formats import loader
 from kompression.worker.model import TorchModel
-from kompression.worker.reporting import load_report
-from kompression.worker.steps import TECHNIQUES
+from kompression.worker.report.files import load_report
+from kompression.worker.storage import publish
+from kompression.worker.techniques import TECHNIQUES
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
@@ -178,7 +179,7 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
     train_on_digits(model, epochs=8)
     with torch.no_grad():
         model[1].weight[:, 0] = 0
-    formats.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
+    loader.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
     for split, name in (("train", "calibration"), ("eval", "evaluation")):
         data = digits(split)
         inputs = data.inputs["x"].copy()
@@ -539,7 +540,7 @@ def test_the_registry_names_its_techniques_without_importing_their_libraries() -
     code = """
 import importlib.util, sys
 from kompression.worker import cli, pipeline
-from kompression.worker.steps import TECHNIQUES
+from kompression.worker.techniques import TECHNIQUES
 libraries = ('onnx', 'onnxruntime', 'torch_pruning', 'tensorly', 'llmcompressor', 'modelopt')
 print(sorted(m for m in libraries if m in sys.modules))
 for technique in TECHNIQUES.values():

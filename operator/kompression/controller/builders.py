@@ -28,7 +28,7 @@ from kompression.api.constants import (
 )
 from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT, pvc_claim
 from kompression.api.v1alpha1 import CompressionJob, WorkerImage
-from kompression.controller.failure import WORKER_CONTAINER, pod_failure_policy
+from kompression.controller.failure_policy import WORKER_CONTAINER, pod_failure_policy
 from kompression.controller.labels import child_labels, owner_reference
 from kompression.controller.naming import configmap_name, job_name
 from kompression.controller.settings import Settings

@@ -27,8 +27,8 @@ from kompression.controller.kubeapi import Api
 from kompression.controller.labels import MANAGED_SELECTOR
 from kompression.controller.leadership import Leadership, own_identity
 from kompression.controller.metrics import Metrics
-from kompression.controller.progress import ProgressServer
 from kompression.controller.reconcile import Reconciler
+from kompression.controller.report_channel import ProgressServer
 from kompression.controller.settings import Settings
 from kompression.controller.store import Store
 

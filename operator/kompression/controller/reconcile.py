@@ -28,7 +28,7 @@ from kompression.controller.metrics import Metrics
 from kompression.controller.naming import configmap_name, job_name
 from kompression.controller.observe import final_report, observe
 from kompression.controller.queueing import Key
-from kompression.controller.reports import report_status
+from kompression.controller.report_status import report_status
 from kompression.controller.settings import Settings
 from kompression.controller.statuswriter import StatusWriter
 from kompression.controller.store import Body, Store

@@ -29,7 +29,7 @@ from kompression.controller.events import post_event
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Key
-from kompression.controller.reports import differs, report_status
+from kompression.controller.report_status import differs, report_status
 from kompression.controller.store import Body, Store
 from kompression.controller.views import JobView
 

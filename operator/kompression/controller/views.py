@@ -14,7 +14,7 @@ from typing import Any
 
 from kompression.api.constants import ANNOTATION_RECREATION
 from kompression.controller.conditions import TERMINAL_PHASES, ready_reason
-from kompression.controller.failure import WORKER_CONTAINER
+from kompression.controller.failure_policy import WORKER_CONTAINER
 from kompression.controller.labels import controller_ref, controller_uid
 
 

@@ -25,8 +25,8 @@ from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
 from kompression.worker.errors import WorkerError
-from kompression.worker.progress import Reporter, libraries_logged, reserved_stdout, write_termination_message
-from kompression.worker.reporting import table
+from kompression.worker.report.files import table
+from kompression.worker.report.live import Reporter, libraries_logged, reserved_stdout, write_termination_message
 
 
 def register(sub: Any) -> None:  # argparse's subparsers action has no public type
@@ -147,7 +147,8 @@ def _terminal(mode: str, job: CompressionJob) -> Iterator[tuple[TextIO, TextIO]]
 
 def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, err: TextIO) -> int:
     # torch: only once the extras check passed (the techniques' libraries load as their steps run)
-    from kompression.worker import distributed, pipeline, publish
+    from kompression.worker import distributed, pipeline
+    from kompression.worker.storage import publish
 
     workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
     try:

@@ -1,7 +1,7 @@
 """Each model kind's evaluator, chosen by the kind of the model, never by the job.
 
 - graphs (TorchModel, OnnxModel, EngineModel): accuracy (or agreement, cosine), latency, size,
-  parameters and sparsity on the job's arrays (measure.measure);
+  parameters and sparsity on the job's arrays (graphs.measure);
 - HuggingFace checkpoint folders: perplexity on the job's text, accuracy on its task suites and
   decode tokens/s, the folder loaded as a server loads it (worker/llm/scoring.py).
 
@@ -21,14 +21,16 @@ import numpy as np
 import torch
 
 from kompression.api.v1alpha1 import CompressionJob, Measurement, ModelInput
-from kompression.worker import data as data_io
-from kompression.worker import lazy, measure, storage
+from kompression.worker import lazy
+from kompression.worker.data import arrays as data_io
 from kompression.worker.errors import DataError
+from kompression.worker.measure import graphs
 from kompression.worker.model import CheckpointFolder, Dataset, DataSets, EngineModel, Model, OnnxModel, TorchModel
+from kompression.worker.storage import objects
 
 
 class Evaluator(Protocol):
-    def __call__(self, model: Model, artifact: Path, reference: measure.Measured | None, /) -> measure.Measured:
+    def __call__(self, model: Model, artifact: Path, reference: graphs.Measured | None, /) -> graphs.Measured:
         """Every figure of `model`, whose published form is `artifact`; `reference` is the original's
         measurement (None when this is the original)."""
 
@@ -68,9 +70,9 @@ class GraphEvaluator:
     device: str
     sample: Sequence[np.ndarray] | None
 
-    def __call__(self, model: Model, artifact: Path, reference: measure.Measured | None, /) -> measure.Measured:
+    def __call__(self, model: Model, artifact: Path, reference: graphs.Measured | None, /) -> graphs.Measured:
         outputs = None if reference is None else reference.outputs
-        return measure.measure(
+        return graphs.measure(
             model,
             artifact,
             self.inputs,
@@ -88,7 +90,7 @@ def prepare_graph(job: CompressionJob, model: Model, model_path: Path, workdir: 
     datasets = data_io.load_datasets(
         spec.data,
         spec.model.inputs,
-        lambda uri: storage.source(uri, workdir / "data", DataError, "spec.data"),
+        lambda uri: objects.source(uri, workdir / "data", DataError, "spec.data"),
         model_path if spec.model.format == "HuggingFace" else None,
     )
     metric = spec.data.evaluation.metric if spec.data and spec.data.evaluation else "Top1Accuracy"

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from kompression.worker import formats, storage
-from kompression.worker.data import digits
+from kompression.worker.data.arrays import digits
+from kompression.worker.formats import loader
 from kompression.worker.model import TorchModel
+from kompression.worker.storage import objects
 
 
 class DigitsCNN(nn.Module):
@@ -70,6 +71,6 @@ def build(output: str, seed: int = 0, epochs: int = 12, workdir: Path | None = N
     """Train and save as TorchExport at output (any storage URI); returns (accuracy, size in bytes)."""
     model, accuracy = train(seed=seed, epochs=epochs)
     with tempfile.TemporaryDirectory(prefix="kompression-example-", dir=workdir) as tmp:
-        path = formats.save_torch_export(TorchModel(model, (torch.zeros(1, 1, 8, 8),)), Path(tmp) / "digits-cnn.pt2")
-        storage.upload(path, output)
+        path = loader.save_torch_export(TorchModel(model, (torch.zeros(1, 1, 8, 8),)), Path(tmp) / "digits-cnn.pt2")
+        objects.upload(path, output)
         return accuracy, path.stat().st_size

@@ -10,11 +10,15 @@ from pathlib import Path
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob
-from kompression.worker import distributed, formats, gates, lazy, publish, reporting, storage, tuning
+from kompression.worker import distributed, lazy, tuning
 from kompression.worker.errors import GateFailed, WorkerError
+from kompression.worker.formats import loader
+from kompression.worker.measure import gates
 from kompression.worker.model import CheckpointFolder, TorchModel
-from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import Techniques
+from kompression.worker.report import files
+from kompression.worker.report.live import Reporter
+from kompression.worker.storage import objects, publish
+from kompression.worker.techniques import Techniques
 from kompression.worker.trial import (
     Checkpoints,
     Loaded,
@@ -28,8 +32,8 @@ from kompression.worker.trial import (
 )
 
 # Under torchrun the LLM techniques calibrate on every rank, but only rank 0 loads, scores and
-# publishes: the others join the group and wait for its plan (worker/llm/distributed.py).
-LLM_RANKS = "kompression.worker.llm.techniques:join_ranks"
+# publishes: the others join the group and wait for its plan (worker/llm/ranks.py).
+LLM_RANKS = "kompression.worker.llm.compress:join_ranks"
 
 # --------------------------------------------------------------------------------------------
 # the whole run
@@ -43,14 +47,14 @@ class RunOptions:
     workdir: Path | None = None
 
 
-def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[reporting.Row]]:
+def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[WorkerReport, list[files.Row]]:
     """Run the job to completion. Raises a WorkerError (GateFailed after publishing under rejected/)."""
     prefix = options.output or job.spec.output.uri
     if distributed.world_size() > 1 and job.spec.image == "worker-llm":
-        storage.parse_uri(prefix)  # an unusable output URI fails on every rank before any work
+        objects.parse_uri(prefix)  # an unusable output URI fails on every rank before any work
         if not lazy.resolve(LLM_RANKS)(job_device(job), options.workdir):
             return reporter.report, []  # this rank calibrated its share; rank 0 publishes
-    reporter.set_environment(reporting.environment())
+    reporter.set_environment(files.environment())
     with tempfile.TemporaryDirectory(prefix="kompression-", dir=options.workdir) as tmp:
         loaded = load(job, prefix, Path(tmp), reporter)
         techniques = options.techniques if options.techniques is not None else default_techniques()
@@ -72,11 +76,11 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
 
 
 def publish_trial(
-    job: CompressionJob, prefix: str, trial: Trial, *, rows: list[reporting.Row], folder: Path, reporter: Reporter
+    job: CompressionJob, prefix: str, trial: Trial, *, rows: list[files.Row], folder: Path, reporter: Reporter
 ) -> None:
     """Publish the trial: under the output prefix when it passed every gate, else under rejected/ and
     raise GateFailed."""
-    target = prefix if trial.passed else storage.join(prefix, publish.REJECTED)
+    target = prefix if trial.passed else objects.join(prefix, publish.REJECTED)
     folder.mkdir()
     publisher = publish.Publisher(target)
     final = trial.records[-1]
@@ -86,7 +90,7 @@ def publish_trial(
         for name, kind, path in record.extra:
             publisher.add(path, name, kind, f"{record.step.name}/{path.name}")
     # The worker-llm image has no matplotlib: a checkpoint folder's report is its tables.
-    plots = [] if isinstance(final.model, CheckpointFolder) else reporting.plot(rows, folder)
+    plots = [] if isinstance(final.model, CheckpointFolder) else files.plot(rows, folder)
     for p in plots:
         publisher.add(p, p.stem, "Plot")
     # The report lists the model artifacts; the report files themselves are in the manifest.
@@ -94,8 +98,8 @@ def publish_trial(
     snapshot = reporter.report.model_copy(deep=True)
     snapshot.phase = "Succeeded" if trial.passed else "Failed"
     name = job.metadata.name or "compressionjob"
-    publisher.add(reporting.write_json(snapshot, rows, publisher.run_id, folder / "report.json"), "report", "Report")
-    publisher.add(reporting.write_markdown(snapshot, rows, plots, name, folder / "report.md"), "report", "Report")
+    publisher.add(files.write_json(snapshot, rows, publisher.run_id, folder / "report.json"), "report", "Report")
+    publisher.add(files.write_markdown(snapshot, rows, plots, name, folder / "report.md"), "report", "Report")
     manifest = publisher.commit(
         {"job": name, "namespace": job.metadata.namespace, "passed": trial.passed, "result": trial.result.to_wire()}
     )
@@ -126,13 +130,13 @@ def _model_files(final: StepRecord, folder: Path) -> list[tuple[Path, ArtifactKi
         (final.artifact, final.kind, f"model{''.join(final.artifact.suffixes)}")
     ]
     if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
-        files.append((formats.save_safetensors(final.model.module, folder / "model.safetensors"), "SafeTensors", None))
+        files.append((loader.save_safetensors(final.model.module, folder / "model.safetensors"), "SafeTensors", None))
     return files
 
 
-def rows_for(loaded: Loaded, trial: Trial) -> list[reporting.Row]:
+def rows_for(loaded: Loaded, trial: Trial) -> list[files.Row]:
     baseline = loaded.baseline
-    rows = [reporting.Row("original", baseline.metrics, baseline.latency_ms, None, baseline.notes or None)]
+    rows = [files.Row("original", baseline.metrics, baseline.latency_ms, None, baseline.notes or None)]
     for r in trial.records:
-        rows.append(reporting.Row(r.step.name, r.measured.metrics, r.measured.latency_ms, round(r.seconds, 3), r.notes))
+        rows.append(files.Row(r.step.name, r.measured.metrics, r.measured.latency_ms, round(r.seconds, 3), r.notes))
     return rows

@@ -29,13 +29,15 @@ from kompression.api.v1alpha1 import (
     Step,
     unmet,
 )
-from kompression.worker import data as data_io
-from kompression.worker import evaluation, formats, gates, measure, storage
+from kompression.worker import evaluation
+from kompression.worker.data import arrays as data_io
 from kompression.worker.errors import ModelError, RuntimeMissing, WorkerError
+from kompression.worker.formats import loader
+from kompression.worker.measure import gates, graphs
 from kompression.worker.model import CheckpointFolder, DataSets, EngineModel, Model, OnnxModel, TorchModel
-from kompression.worker.progress import Reporter
-from kompression.worker.steps import TECHNIQUES
-from kompression.worker.steps.base import StepContext, Techniques
+from kompression.worker.report.live import Reporter
+from kompression.worker.storage import objects
+from kompression.worker.techniques import TECHNIQUES, StepContext, Techniques
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Loaded:
     model: Model
     model_path: Path
     data: DataSets
-    baseline: measure.Measured
+    baseline: graphs.Measured
     workdir: Path
     device: str
     # How a step's output is scored: the evaluator of the model's kind (set by load).
@@ -59,7 +61,7 @@ class Loaded:
         """The original's size, parameters and latency on another device than the job's (measured once)."""
         if device not in self.remeasured:
             spec = self.job.spec
-            self.remeasured[device] = measure.measure(
+            self.remeasured[device] = graphs.measure(
                 self.model,
                 self.model_path,
                 spec.model.inputs,
@@ -67,7 +69,7 @@ class Loaded:
                 None,
                 "",
                 None,
-                measure.torch_device(device),
+                graphs.torch_device(device),
                 data_io.first_sample(self.data),
             ).metrics
         return self.remeasured[device]
@@ -79,7 +81,7 @@ class StepRecord:
     model: Model
     artifact: Path
     kind: ArtifactKind
-    measured: measure.Measured
+    measured: graphs.Measured
     seconds: float
     notes: dict[str, Any] = field(default_factory=dict)
     extra: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
@@ -117,18 +119,18 @@ def job_device(job: CompressionJob) -> str:
 
 def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) -> Loaded:
     spec = job.spec
-    storage.parse_uri(prefix)  # an unusable output URI fails before any work
+    objects.parse_uri(prefix)  # an unusable output URI fails before any work
     device = job_device(job)
-    model_path = storage.source(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
+    model_path = objects.source(spec.model.uri, workdir / "model", ModelError, "spec.model.uri")
 
     def fetch_sibling(name: str) -> Path:
         uri = spec.model.uri.rsplit("/", 1)[0] + "/" + name
-        return storage.source(uri, model_path.parent, ModelError, "ONNX external data", dest=model_path.parent / name)
+        return objects.source(uri, model_path.parent, ModelError, "ONNX external data", dest=model_path.parent / name)
 
-    model = formats.load_model(
+    model = loader.load_model(
         spec.model,
         model_path,
-        fetch_sibling if not storage.parse_uri(spec.model.uri).is_local else None,
+        fetch_sibling if not objects.parse_uri(spec.model.uri).is_local else None,
         checkpoint=job.spec.image == "worker-llm",  # the LLM techniques work on the folder itself
     )
     prepared = evaluation.prepare(job, model, model_path, workdir, device)
@@ -151,12 +153,12 @@ def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -
     if isinstance(model, EngineModel):
         return model.path, "TensorRTEngine"
     try:
-        return formats.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
+        return loader.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
     except ModelError:
         raise
     except Exception:
         # Some graphs (e.g. eager quantized modules) cannot be exported: keep the weights instead.
-        return formats.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
+        return loader.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
 
 
 class Checkpoints:
@@ -168,29 +170,29 @@ class Checkpoints:
     def __init__(self, prefix: str, steps: list[Step]) -> None:
         digest = hashlib.sha256(json.dumps([s.to_wire() for s in steps], sort_keys=True).encode()).hexdigest()[:16]
         self.prefix = prefix
-        self.root = storage.join(prefix, "checkpoints", digest)
+        self.root = objects.join(prefix, "checkpoints", digest)
 
     def save(self, step: str, name: str, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        target = storage.join(self.root, step, f"{name}.pt")
-        storage.confine(self.prefix, target)  # a symlinked checkpoints/ must not lead writes elsewhere
-        storage.write_bytes(buffer.getvalue(), target)
+        target = objects.join(self.root, step, f"{name}.pt")
+        objects.confine(self.prefix, target)  # a symlinked checkpoints/ must not lead writes elsewhere
+        objects.write_bytes(buffer.getvalue(), target)
 
     def load(self, step: str, name: str) -> dict[str, Any] | None:
         try:
-            body = storage.read_bytes(storage.join(self.root, step, f"{name}.pt"))
-        except storage.ObjectNotFound:
+            body = objects.read_bytes(objects.join(self.root, step, f"{name}.pt"))
+        except objects.ObjectNotFound:
             return None
         state = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
         return state if isinstance(state, dict) else None
 
     def clear(self) -> None:
-        storage.confine(self.prefix, self.root)
-        storage.remove(self.root)
+        objects.confine(self.prefix, self.root)
+        objects.remove(self.root)
         parent = self.root.rsplit("/", 1)[0]
-        if not storage.list_files(parent):
-            storage.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
+        if not objects.list_files(parent):
+            objects.remove(parent)  # leave no empty checkpoints/ folder behind on local disks
 
 
 def run_steps(
@@ -246,9 +248,7 @@ def run_steps(
             if result.metrics is None:
                 measured = evaluate(result.model, artifact, loaded.baseline)
             else:  # a model no runtime here loads: the technique scored it itself
-                measured = measure.Measured(
-                    result.metrics.model_copy(update={"sizeBytes": formats.model_size(artifact)})
-                )
+                measured = graphs.Measured(result.metrics.model_copy(update={"sizeBytes": loader.model_size(artifact)}))
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)
             raise

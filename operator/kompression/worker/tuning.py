@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
 from kompression.api.v1alpha1 import Step
-from kompression.worker.progress import Reporter
-from kompression.worker.steps.base import Techniques
+from kompression.worker.report.live import Reporter
+from kompression.worker.techniques import Techniques
 from kompression.worker.trial import Loaded, Trial, run_steps, score_trial
 
 REMOVAL_FACTORS = (1.0, 0.75, 0.5, 0.25)

@@ -5,7 +5,7 @@ llm-compressor pins an older torch and a narrow transformers range than the main
 modules run in their own environment (images/worker-llm, `make setup-llm`). Only they import
 llmcompressor, compressed_tensors and modelopt; the one pipeline imports them by name when a job's
 model is a checkpoint folder (evaluation.PREPARE) and when its llmQuantize or llmSparsify step runs
-(steps.TECHNIQUES).
+(techniques.TECHNIQUES).
 """
 
 import os

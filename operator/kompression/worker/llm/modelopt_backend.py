@@ -24,11 +24,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import LLMQuantizeStep, Metrics
-from kompression.worker import hf_folder
 from kompression.worker.errors import RuntimeMissing, StepInvalid
-from kompression.worker.formats import MODEL_URI
+from kompression.worker.formats import hf_folder
+from kompression.worker.formats.loader import MODEL_URI
 from kompression.worker.llm.perplexity import perplexity
-from kompression.worker.measure import api_device
+from kompression.worker.measure.graphs import api_device
 from kompression.worker.model import CheckpointFolder
 
 # Our scheme -> (ModelOpt's preset config, the quant_algo its export writes, the algorithm's name).

@@ -12,15 +12,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import CompressionJob, DataSource, Metrics
-from kompression.worker import hf_folder, storage
+from kompression.worker.data.texts import read_texts
 from kompression.worker.errors import DataError
 from kompression.worker.evaluation import Prepared
-from kompression.worker.formats import MODEL_URI, model_size
-from kompression.worker.llm import tasks, text, throughput
+from kompression.worker.formats import hf_folder
+from kompression.worker.formats.loader import MODEL_URI, model_size
+from kompression.worker.llm import tasks, throughput, token_ids
 from kompression.worker.llm.perplexity import perplexity
-from kompression.worker.measure import Measured, api_device
+from kompression.worker.measure.graphs import Measured, api_device
 from kompression.worker.model import CheckpointFolder, DataSets, Model, TokenTexts
-from kompression.worker.texts import read_texts
+from kompression.worker.storage import objects
 
 
 def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir: Path, device: str) -> Prepared:
@@ -43,11 +44,11 @@ def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir:
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> TokenTexts:
     assert source.uri is not None  # the API refuses builtin data for an LLM job's text
-    path = storage.source(source.uri, workdir / "data", DataError, where)
-    samples = text.tokenize(tokenizer, read_texts(path, where, tokenizer).texts[: source.samples], source, where)
+    path = objects.source(source.uri, workdir / "data", DataError, where)
+    samples = token_ids.tokenize(tokenizer, read_texts(path, where, tokenizer).texts[: source.samples], source, where)
     notes = {
         "uri": source.uri,
-        "sha256": storage.sha256_file(path),
+        "sha256": objects.sha256_file(path),
         "samples": len(samples),
         "tokens": sum(len(x) for x in samples),
     }

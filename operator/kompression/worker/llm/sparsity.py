@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils.quantization_config import CompressedTensorsConfig
 
 from kompression.api.v1alpha1 import LLMSparsifyStep
-from kompression.worker import hf_folder
+from kompression.worker.formats import hf_folder
 from kompression.worker.model import CheckpointFolder
 
 # N:M patterns as the fraction of each group of M weights that is zero.

@@ -21,8 +21,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from kompression.api.v1alpha1 import TaskData
-from kompression.worker import storage
 from kompression.worker.errors import DataError
+from kompression.worker.storage import objects
 
 SHAPE = '{"question": str, "choices": [str, ...] (two or more), "answer": int (index of the correct choice)}'
 BATCH_SIZE = 8
@@ -81,9 +81,9 @@ def prepare(specs: list[TaskData], work: Path) -> Suite:
     tasks = []
     for index, spec in enumerate(specs):
         where = f"spec.data.tasks[{index}] ({spec.name})"
-        path = storage.source(spec.uri, work / "downloads", DataError, where)
+        path = objects.source(spec.uri, work / "downloads", DataError, where)
         questions = read_questions(path, where, spec.samples)
-        digest = storage.sha256_file(path)
+        digest = objects.sha256_file(path)
         if spec.fewShot >= len(questions):
             raise DataError(
                 f"{where}: fewShot {spec.fewShot} needs at least {spec.fewShot + 1} questions (the examples are "

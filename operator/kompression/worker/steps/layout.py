@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from kompression.worker import distributed
-from kompression.worker.measure import threads_for
-from kompression.worker.steps.base import StepContext
+from kompression.worker.measure.graphs import threads_for
+from kompression.worker.techniques import StepContext
 
 CONTIGUOUS = "contiguous"
 CHANNELS_LAST = "channels_last"

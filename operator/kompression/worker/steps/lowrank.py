@@ -26,12 +26,12 @@ from torch import nn
 
 from kompression.api.v1alpha1 import LowRankStep
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats import parameter_count
+from kompression.worker.formats.loader import parameter_count
 from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import WEIGHT_LAYERS, require_torch
 from kompression.worker.steps.training import fine_tune, labelled
+from kompression.worker.techniques import StepContext, StepResult
 
 Notes = dict[str, float | int | str]
 LISTING_CHARS = 800  # notes end up in status.steps[].message, which holds 4096 characters

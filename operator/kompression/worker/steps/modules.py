@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kompression.worker import eager
 from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import graph_rebuild
 from kompression.worker.model import Model, TorchModel
-from kompression.worker.steps.base import StepContext
+from kompression.worker.techniques import StepContext
 
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -46,7 +46,7 @@ def final_layer(module: nn.Module, example_inputs: Sequence[torch.Tensor]) -> st
             h.remove()
         module.train(was_training)
     if not order:
-        loose = eager.loose_weights(module)
+        loose = graph_rebuild.loose_weights(module)
         if loose:
             raise StepInvalid(
                 f"the model computes with weights that are not layers: {', '.join(loose[:5])}"

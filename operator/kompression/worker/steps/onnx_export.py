@@ -11,8 +11,8 @@ import torch
 from kompression.api.v1alpha1 import OnnxStep
 from kompression.worker.errors import ModelError, StepInvalid
 from kompression.worker.model import Model, OnnxModel, TorchModel
-from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
+from kompression.worker.techniques import StepContext, StepResult
 
 CHECK_SAMPLES = 4
 

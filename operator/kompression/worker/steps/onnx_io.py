@@ -13,8 +13,8 @@ import onnxruntime as ort
 import torch
 
 from kompression.api.v1alpha1 import ModelInput
-from kompression.worker import eager
 from kompression.worker.errors import ModelError
+from kompression.worker.formats import graph_rebuild
 from kompression.worker.model import OnnxModel, TorchModel
 
 DEFAULT_OPSET = 18
@@ -31,7 +31,7 @@ def export_onnx(
 ) -> OnnxModel:
     """Export on CPU in float32 and check the graph, so every later tool sees a valid model.
     Dimensions `declared` -1 other than the batch (a sequence length) stay dynamic too."""
-    module = eager.scoped_for_tracing(copy.deepcopy(model.module).to("cpu").eval())
+    module = graph_rebuild.scoped_for_tracing(copy.deepcopy(model.module).to("cpu").eval())
     inputs = tuple(x.detach().to("cpu") for x in model.example_inputs)
     names = list(input_names)[: len(inputs)]
     if len(names) < len(inputs):

@@ -18,11 +18,10 @@ from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry 
 from torch.sparse import to_sparse_semi_structured
 
 from kompression.api.v1alpha1 import PruneStep
-from kompression.worker import eager
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.formats import parameter_count
+from kompression.worker.formats import graph_rebuild
+from kompression.worker.formats.loader import parameter_count
 from kompression.worker.model import Dataset, Model, TorchModel
-from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
@@ -31,6 +30,7 @@ from kompression.worker.steps.modules import (
     require_torch,
 )
 from kompression.worker.steps.training import batches, fine_tune, labelled
+from kompression.worker.techniques import StepContext, StepResult
 
 Notes = dict[str, float | int | str]
 TAYLOR_BATCHES = 4
@@ -141,7 +141,7 @@ def _structured(
     importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
     # In a rebuilt torch.export graph some widths are fixed by the graph itself (reshapes into
     # attention heads, [batch, 768, tokens]): those layers keep their output channels.
-    fixed = eager.shape_bound_layers(module)
+    fixed = graph_rebuild.shape_bound_layers(module)
     ignored = kept + [module.get_submodule(name) for name in fixed]
     channels_before = _channels(module)
     try:
@@ -183,7 +183,7 @@ def _check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], step: str)
             module.eval()(*example)
             return
         except Exception as exc:
-            culprit = eager.failing_node(module, example) or f"{type(exc).__name__}: {str(exc)[:200]}"
+            culprit = graph_rebuild.failing_node(module, example) or f"{type(exc).__name__}: {str(exc)[:200]}"
     raise StepInvalid(
         f"step {step}: after removing channels the model no longer runs, at {culprit}; {_STRUCTURED_ADVICE}"
     )

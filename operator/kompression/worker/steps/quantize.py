@@ -28,11 +28,11 @@ from torch import nn
 from kompression.api.v1alpha1 import QuantizeStep
 from kompression.worker.errors import DataError, RuntimeMissing, StepInvalid
 from kompression.worker.model import Dataset, Model, OnnxModel, TorchModel
-from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
 from kompression.worker.steps.sensitivity import LayerError, layer_errors, outliers, output_error, sample_batches
+from kompression.worker.techniques import StepContext, StepResult
 
 CALIBRATORS = {
     "MinMax": CalibrationMethod.MinMax,

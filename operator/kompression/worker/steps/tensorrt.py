@@ -17,9 +17,9 @@ import torch
 from kompression.api.v1alpha1 import ModelInput, ShapeProfile, TensorRTStep
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing, StepInvalid
 from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel
-from kompression.worker.steps.base import StepContext, StepResult
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx
+from kompression.worker.techniques import StepContext, StepResult
 
 MISSING = (
     "TensorRT is not installed (pip install 'kompression[tensorrt]') or no CUDA GPU is visible; in a cluster, "

@@ -1,0 +1,1 @@
+"""Data sets a job names: arrays (calibration, evaluation, training) and text files."""

@@ -1,0 +1,1 @@
+"""Object storage: one layer for every URI scheme, its retry policy, and atomic publication."""

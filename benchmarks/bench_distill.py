@@ -27,7 +27,7 @@ from common import THREADS, job_context, load_average, workdir, write_report
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import DistillStep, FineTune
 from kompression.worker.data.arrays import digits
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps.training import accuracy, fine_tune
 from kompression.worker.techniques import TECHNIQUES

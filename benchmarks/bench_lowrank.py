@@ -41,7 +41,7 @@ from torch import nn
 from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
 from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker.formats import loader
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import DataSets, OnnxModel, TorchModel
 from kompression.worker.steps.onnx_io import session
 from kompression.worker.techniques import TECHNIQUES

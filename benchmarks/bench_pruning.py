@@ -13,7 +13,7 @@ from torch.nn.utils import prune as torch_prune
 
 from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
 from kompression.api.v1alpha1 import PruneStep
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.techniques import TECHNIQUES
 

@@ -23,7 +23,7 @@ from torch import nn
 from kompression.api.constants import API_VERSION
 from kompression.api.v1alpha1 import FineTune
 from kompression.worker.data.arrays import digits
-from kompression.worker.formats import loader
+from kompression.worker.formats import torch_export
 from kompression.worker.model import DataSets, Model, TorchModel
 from kompression.worker.steps.training import fine_tune
 from kompression.worker.techniques import StepContext, standalone_context
@@ -184,7 +184,7 @@ def trained_tiny() -> Tiny:
 
 
 def save_tiny(path: Path) -> Path:
-    return loader.save_torch_export(TorchModel(trained_tiny(), (torch.zeros(1, 1, 8, 8),)), path)
+    return torch_export.save_torch_export(TorchModel(trained_tiny(), (torch.zeros(1, 1, 8, 8),)), path)
 
 
 def example_model(uri: str, cwd: Path, env: dict[str, str] | None = None) -> None:

@@ -22,7 +22,7 @@ from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, OnnxStep
 from kompression.cli import main
 from kompression.worker.data.arrays import load_datasets
 from kompression.worker.errors import DataError, StepInvalid
-from kompression.worker.formats import loader
+from kompression.worker.formats import loader, torch_export
 from kompression.worker.measure import graphs
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps.tensorrt import profile_shapes
@@ -192,7 +192,7 @@ def test_mixed_dtypes_in_one_npz_feed_every_path(tmp_path: Path) -> None:
     torch.manual_seed(0)
     declared = [ModelInput.model_validate(i) for i in MIXED]
     example = tuple(torch.ones(1, 6, dtype=torch.int64) if d.dtype == "int64" else torch.zeros(1, 4) for d in declared)
-    loader.save_torch_export(TorchModel(IdsMaskFeatures().eval(), example), tmp_path / "model.pt2", declared)
+    torch_export.save_torch_export(TorchModel(IdsMaskFeatures().eval(), example), tmp_path / "model.pt2", declared)
     _mixed_npz(tmp_path / "train.npz", 96, 1)
     _mixed_npz(tmp_path / "eval.npz", 32, 2)
     sets = load_datasets(
@@ -276,7 +276,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
             expected = loaded.module(*(torch.from_numpy(v) for v in feed.values())).numpy()
         actual = sess.run(None, feed)[0]
         assert actual.shape == (3, length, 32) and np.abs(actual - expected).max() < 1e-4
-    saved = loader.save_torch_export(model, tmp_path / "encoder.pt2", declared)
+    saved = torch_export.save_torch_export(model, tmp_path / "encoder.pt2", declared)
     program = torch.export.load(str(saved))
     out = program.module()(torch.full((2, 9), 7), torch.ones(2, 9, dtype=torch.int64))
     assert tuple(out.shape) == (2, 9, 32)

@@ -29,7 +29,7 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import TECHNIQUE_FIELDS, Step
 from kompression.cli import main
 from kompression.worker.data.arrays import digits
-from kompression.worker.formats import loader
+from kompression.worker.formats import torch_export
 from kompression.worker.model import TorchModel
 from kompression.worker.report.files import load_report
 from kompression.worker.storage import publish
@@ -179,7 +179,7 @@ def _mlp_with_an_outlier_input(folder: Path) -> None:
     train_on_digits(model, epochs=8)
     with torch.no_grad():
         model[1].weight[:, 0] = 0
-    loader.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
+    torch_export.save_torch_export(TorchModel(model.eval(), (torch.zeros(1, 1, 8, 8),)), folder / "model.pt2")
     for split, name in (("train", "calibration"), ("eval", "evaluation")):
         data = digits(split)
         inputs = data.inputs["x"].copy()

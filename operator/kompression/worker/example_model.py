@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kompression.worker.data.arrays import digits
-from kompression.worker.formats import loader
+from kompression.worker.formats import torch_export
 from kompression.worker.model import TorchModel
 from kompression.worker.storage import objects
 
@@ -71,6 +71,8 @@ def build(output: str, seed: int = 0, epochs: int = 12, workdir: Path | None = N
     """Train and save as TorchExport at output (any storage URI); returns (accuracy, size in bytes)."""
     model, accuracy = train(seed=seed, epochs=epochs)
     with tempfile.TemporaryDirectory(prefix="kompression-example-", dir=workdir) as tmp:
-        path = loader.save_torch_export(TorchModel(model, (torch.zeros(1, 1, 8, 8),)), Path(tmp) / "digits-cnn.pt2")
+        path = torch_export.save_torch_export(
+            TorchModel(model, (torch.zeros(1, 1, 8, 8),)), Path(tmp) / "digits-cnn.pt2"
+        )
         objects.upload(path, output)
         return accuracy, path.stat().st_size

@@ -12,7 +12,7 @@ from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob
 from kompression.worker import distributed, lazy, tuning
 from kompression.worker.errors import GateFailed, WorkerError
-from kompression.worker.formats import loader
+from kompression.worker.formats import safetensors_weights
 from kompression.worker.measure import gates
 from kompression.worker.model import CheckpointFolder, TorchModel
 from kompression.worker.report import files
@@ -130,7 +130,13 @@ def _model_files(final: StepRecord, folder: Path) -> list[tuple[Path, ArtifactKi
         (final.artifact, final.kind, f"model{''.join(final.artifact.suffixes)}")
     ]
     if isinstance(final.model, TorchModel) and final.kind == "TorchExport":
-        files.append((loader.save_safetensors(final.model.module, folder / "model.safetensors"), "SafeTensors", None))
+        files.append(
+            (
+                safetensors_weights.save_safetensors(final.model.module, folder / "model.safetensors"),
+                "SafeTensors",
+                None,
+            )
+        )
     return files
 
 

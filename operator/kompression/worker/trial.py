@@ -32,7 +32,7 @@ from kompression.api.v1alpha1 import (
 from kompression.worker import evaluation
 from kompression.worker.data import arrays as data_io
 from kompression.worker.errors import ModelError, RuntimeMissing, WorkerError
-from kompression.worker.formats import loader
+from kompression.worker.formats import loader, safetensors_weights, size, torch_export
 from kompression.worker.measure import gates, graphs
 from kompression.worker.model import CheckpointFolder, DataSets, EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.report.live import Reporter
@@ -153,12 +153,12 @@ def serialize(model: Model, folder: Path, declared: Sequence[ModelInput] = ()) -
     if isinstance(model, EngineModel):
         return model.path, "TensorRTEngine"
     try:
-        return loader.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
+        return torch_export.save_torch_export(model, folder / "model.pt2", declared), "TorchExport"
     except ModelError:
         raise
     except Exception:
         # Some graphs (e.g. eager quantized modules) cannot be exported: keep the weights instead.
-        return loader.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
+        return safetensors_weights.save_safetensors(model.module, folder / "model.safetensors"), "SafeTensors"
 
 
 class Checkpoints:
@@ -248,7 +248,7 @@ def run_steps(
             if result.metrics is None:
                 measured = evaluate(result.model, artifact, loaded.baseline)
             else:  # a model no runtime here loads: the technique scored it itself
-                measured = graphs.Measured(result.metrics.model_copy(update={"sizeBytes": loader.model_size(artifact)}))
+                measured = graphs.Measured(result.metrics.model_copy(update={"sizeBytes": size.model_size(artifact)}))
         except WorkerError as exc:
             reporter.step_failed(step.name, exc.message)
             raise

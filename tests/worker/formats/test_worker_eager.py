@@ -15,7 +15,7 @@ from torch import nn
 
 from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker.errors import ModelError, StepInvalid
-from kompression.worker.formats import graph_rebuild, loader
+from kompression.worker.formats import graph_rebuild, loader, torch_export
 from kompression.worker.model import Dataset, DataSets, TorchModel
 from kompression.worker.steps.fp8 import FP8Linear, convert_to_fp8
 from kompression.worker.steps.modules import final_layer
@@ -134,7 +134,7 @@ def test_every_prune_method_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, t
         assert pruned.module.get_submodule("attention.in_proj").out_features == 96
         assert pruned.module.get_submodule("mlp.0").out_features < 64
         # The pruned graph still saves and loads as a .pt2 archive (as every step's output does).
-        again = _load(loader.save_torch_export(pruned, tmp_path / "again.pt2"))
+        again = _load(torch_export.save_torch_export(pruned, tmp_path / "again.pt2"))
         with torch.no_grad():
             x = torch.randn(2, 3, 16, 16)
             assert torch.allclose(again.module(x), pruned.module.eval()(x), atol=1e-5)
@@ -156,7 +156,7 @@ def test_low_rank_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, tmp_path: P
     assert not isinstance(factorized.get_submodule(layer), (nn.Linear, nn.Conv2d))  # now a chain of thin factors
     out = factorized(torch.randn(3, 3, 16, 16))
     assert out.shape == (3, 5) and torch.isfinite(out).all()
-    again = _load(loader.save_torch_export(result.model, tmp_path / "again.pt2"))
+    again = _load(torch_export.save_torch_export(result.model, tmp_path / "again.pt2"))
     with torch.no_grad():
         x = torch.randn(2, 3, 16, 16)
         assert torch.allclose(again.module(x), factorized.eval()(x), atol=1e-5)

@@ -16,7 +16,7 @@ from factories import Tiny, save_tiny
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES, ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker.errors import ModelError, RuntimeMissing, SpecError
-from kompression.worker.formats import loader
+from kompression.worker.formats import loader, safetensors_weights, size, torch_export
 from kompression.worker.model import OnnxModel, TorchModel
 
 
@@ -78,7 +78,7 @@ def test_shape_mismatch_names_input_and_both_shapes(tmp_path: Path) -> None:
 
 def test_safetensors_with_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "torch.nn")
-    loader.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
+    safetensors_weights.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
     model = loader.load_model(
         source(
             "file://w.safetensors",
@@ -275,9 +275,9 @@ def test_onnx_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
 
 def test_saved_pt2_holds_every_parameter(tmp_path: Path) -> None:
     module = Tiny().eval()
-    path = loader.save_torch_export(TorchModel(module, (torch.zeros(1, 1, 8, 8),)), tmp_path / "x.pt2")
+    path = torch_export.save_torch_export(TorchModel(module, (torch.zeros(1, 1, 8, 8),)), tmp_path / "x.pt2")
     reloaded = torch.export.load(str(path))
-    assert sum(t.numel() for t in reloaded.state_dict.values()) == loader.parameter_count(module)
+    assert sum(t.numel() for t in reloaded.state_dict.values()) == size.parameter_count(module)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_architecture_outside_the_allowed_modules_is_never_called(
 ) -> None:
     monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, allowed)
     marker = tmp_path / "ran"
-    loader.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
+    safetensors_weights.save_safetensors(torch.nn.Linear(4, 3), tmp_path / "w.safetensors")
     spec = source("file://w.safetensors", "SafeTensors", [-1, 4], architecture=ref)
     spec.architectureArguments = {"command": f"touch {marker}"} if ref.startswith("os:") else None
     with pytest.raises(SpecError, match=why) as info:
@@ -323,11 +323,13 @@ def test_a_bad_architecture_reference_is_a_spec_error_wherever_it_is_named(
     monkeypatch.setenv(ENV_ARCHITECTURE_MODULES, "torchvision.models,collections")
     for field in ("spec.model.architecture", "spec.steps[1].distill.student.architecture"):
         with pytest.raises(SpecError, match=why) as info:
-            loader.build_architecture(ref, arguments, field)
+            safetensors_weights.build_architecture(ref, arguments, field)
         assert info.value.message.startswith(f"{field}: ") and info.value.exit_code == ExitCode.INVALID_SPEC
 
 
 def test_default_architecture_modules_build_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_ARCHITECTURE_MODULES, raising=False)
-    module = loader.build_architecture("torchvision.models:resnet18", {"num_classes": 3}, "spec.model.architecture")
+    module = safetensors_weights.build_architecture(
+        "torchvision.models:resnet18", {"num_classes": 3}, "spec.model.architecture"
+    )
     assert isinstance(module, torch.nn.Module)

@@ -12,7 +12,7 @@ from torch import nn
 
 from factories import make_ctx, trained_cnn
 from kompression.api.v1alpha1 import PruneStep
-from kompression.worker.formats import loader
+from kompression.worker.formats import torch_export
 from kompression.worker.model import TorchModel
 from kompression.worker.steps.layout import (
     CHANNELS_LAST,
@@ -46,7 +46,7 @@ def test_the_pt2_archive_keeps_a_channels_last_layout(tmp_path: Path) -> None:
     model = trained_cnn()
     model.module.to(memory_format=torch.channels_last)
     assert current_layout(model.module) == CHANNELS_LAST
-    loaded = torch.export.load(str(loader.save_torch_export(model, tmp_path / "model.pt2"))).module()
+    loaded = torch.export.load(str(torch_export.save_torch_export(model, tmp_path / "model.pt2"))).module()
     strides = kernel_strides(loaded)
     assert strides == kernel_strides(model.module) and len(strides) >= 2
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in loaded.parameters() if p.dim() == 4)
@@ -120,7 +120,7 @@ def test_structured_prune_reports_its_layout_and_the_pt2_archive_keeps_it(tmp_pa
     assert isinstance(pruned, TorchModel)
     layout = str(result.notes["memoryFormat"])
     assert in_layout(pruned.module, layout)
-    path = loader.save_torch_export(pruned, tmp_path / "model.pt2")
+    path = torch_export.save_torch_export(pruned, tmp_path / "model.pt2")
     loaded = torch.export.load(str(path)).module()
     # The exported module has no nn.Conv2d left to ask, so its kernels' strides are compared by name.
     assert kernel_strides(loaded) == kernel_strides(pruned.module)

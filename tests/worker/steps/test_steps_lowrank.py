@@ -19,7 +19,7 @@ from factories import layer, make_ctx, trained_cnn
 from kompression.api.v1alpha1 import DistillStep, LowRankStep, OnnxStep, QuantizeStep
 from kompression.worker.data.arrays import digits
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import OnnxModel, TorchModel
 from kompression.worker.steps.lowrank import factorize, layer_macs, rank_for, replace_module, svd_factors
 from kompression.worker.steps.training import accuracy

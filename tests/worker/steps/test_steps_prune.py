@@ -13,7 +13,7 @@ from factories import layer, make_ctx, trained_cnn
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.data.arrays import digits
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import DataSets, TorchModel
 from kompression.worker.steps.training import accuracy
 from kompression.worker.techniques import TECHNIQUES

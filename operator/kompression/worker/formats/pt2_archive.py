@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from kompression.api.v1alpha1 import ModelSource
 from kompression.worker.errors import ModelError, RuntimeMissing
 
 PICKLE_ADVICE = (
@@ -364,3 +365,11 @@ def _attribute_ok(node: ast.Attribute, name_ok: Callable[[str], bool]) -> bool:
     if isinstance(node.value, ast.Name) and node.value.id == "math":
         return name_ok("math")  # math.floor, math.inf ...: the math module has no escape hatches
     return node.attr in _SAFE_METHODS and name_ok("L")  # L['x'].size() in guards only
+
+
+def reject_pickle_checkpoint(source: ModelSource, path: Path) -> None:
+    """A torch.save() file offered as some other format gets a precise explanation."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()):
+                raise ModelError(f"{source.uri} is a torch.save() pickle, not {source.format}: {PICKLE_ADVICE}")

@@ -23,7 +23,8 @@ import torch
 
 from kompression.api.v1alpha1 import MeasuredDevice, MeasuredProvider, Measurement, Metrics, ModelInput
 from kompression.worker.errors import DataError, ModelError, RuntimeMissing
-from kompression.worker.formats.loader import example_inputs, model_size
+from kompression.worker.formats.inputs import example_inputs
+from kompression.worker.formats.size import model_size
 from kompression.worker.model import Dataset, EngineModel, Model, OnnxModel, TorchModel
 
 Forward = Callable[[Sequence[np.ndarray]], np.ndarray]

@@ -18,7 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from kompression.api.v1alpha1 import DistillStep
 from kompression.worker import distributed
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats.loader import build_architecture, parameter_count
+from kompression.worker.formats.safetensors_weights import build_architecture
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.training import batches, check_labels, labelled
 from kompression.worker.techniques import StepContext, StepResult

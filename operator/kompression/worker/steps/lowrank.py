@@ -26,7 +26,7 @@ from torch import nn
 
 from kompression.api.v1alpha1 import LowRankStep
 from kompression.worker.errors import StepInvalid
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Model, TorchModel
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import WEIGHT_LAYERS, require_torch

@@ -20,7 +20,7 @@ from torch.sparse import to_sparse_semi_structured
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.formats import graph_rebuild
-from kompression.worker.formats.loader import parameter_count
+from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Dataset, Model, TorchModel
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (

@@ -43,8 +43,39 @@ def test_the_page_covers_layers_techniques_failures_tests_and_lint() -> None:
         assert heading in headings, heading
     # The worker's layers, top to bottom, in the order the page lists them.
     rows = re.findall(r"^\| `([a-z_/*]+)`", PAGE, re.M)
-    worker = ["cli", "pipeline", "tuning", "trial", "steps/*", "measure", "model", "errors"]
+    worker = [
+        "cli",
+        "pipeline",
+        "tuning",
+        "trial",
+        "steps/*",
+        "techniques",
+        "measure/*",
+        "formats/*",
+        "model",
+        "errors",
+    ]
     assert [r for r in rows if r in worker][: len(worker)] == worker
+
+
+def test_the_worker_table_names_every_worker_module() -> None:
+    table = PAGE.split("### The worker", 1)[1].split("###", 1)[0]
+    worker = REPO / "operator" / "kompression" / "worker"
+    for module in worker.rglob("*.py"):
+        if module.name == "__init__.py":
+            continue
+        assert f"`{module.stem}`" in table or f"/{module.stem}`" in table, f"{module.relative_to(worker)} is not listed"
+
+
+def test_the_worked_technique_is_quoted_from_the_code() -> None:
+    section = PAGE.split("## Adding a technique", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        lines = [line[3:] if line.startswith("   ") else line for line in block.splitlines()]
+        source = (REPO / lines[0].removeprefix("# ").strip()).read_text()
+        for line in lines[1:]:
+            assert line.strip() == "" or line in source, f"{lines[0]}: {line!r} is not in the code"
 
 
 def test_every_make_target_the_page_names_exists() -> None:

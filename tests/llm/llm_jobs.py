@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-llama"
 
 
@@ -23,14 +25,14 @@ class Texts:
 
 def job_yaml(
     texts: Texts,
-    output: Path,
     llm_quantize: str,
     *,
     acceptance: str = "",
     evaluation: Path | None = None,
     eval_samples: int = 40,
 ) -> str:
-    """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping."""
+    """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping. It names no
+    output: write_job gives it one."""
     return f"""\
 apiVersion: kompression.dev/v1alpha1
 kind: CompressionJob
@@ -47,9 +49,21 @@ spec:
   - name: quantize
     llmQuantize: {llm_quantize}
   {acceptance}
-  output: {{uri: 'file://{output}/'}}
   resources: {{gpus: 0}}
 """
+
+
+def write_job(folder: Path, manifest: str | dict[str, Any], *, model: Path = FIXTURE) -> Path:
+    """folder/job.yaml (the folder made if missing): `manifest` (job_yaml's, or a job from the docs or
+    examples, as YAML or as the document) with `model` as its model and folder/out as its output,
+    whatever it named, so that each test's job, and what it publishes, stay in one folder."""
+    doc = yaml.safe_load(manifest) if isinstance(manifest, str) else manifest
+    doc["spec"]["model"]["uri"] = f"file://{model}"
+    doc["spec"]["output"] = {"uri": f"file://{folder}/out/"}
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / "job.yaml"
+    job.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return job
 
 
 def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from llm_jobs import Run, Texts, job_yaml
+from llm_jobs import Run, Texts, job_yaml, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
@@ -30,15 +30,14 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Ru
     jobs: dict[int, Path] = {}
     for nproc in (1, 2):
         folder = tmp_path_factory.mktemp(f"ranks{nproc}")
-        jobs[nproc] = folder / "job.yaml"
-        jobs[nproc].write_text(
+        jobs[nproc] = write_job(
+            folder,
             job_yaml(
                 texts,
-                folder / "out",
                 "{scheme: W4A16, algorithm: GPTQ}",
                 acceptance="acceptance: {maxPerplexityIncrease: 0.05}",
                 eval_samples=20,
-            )
+            ),
         )
     with ThreadPoolExecutor(max_workers=2) as pool:
         procs = dict(zip(jobs, pool.map(lambda n: _run(jobs[n], n), jobs), strict=True))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts, job_yaml
+from llm_jobs import FIXTURE, Texts, job_yaml, write_job
 
 from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
@@ -93,8 +93,7 @@ def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
     model = root / "model"
     shutil.copytree(FIXTURE, model)
     CASES[name][0](model)
-    job = root / "job.yaml"
-    job.write_text(job_yaml(texts, root / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model)))
+    write_job(root, job_yaml(texts, "{scheme: W4A16, algorithm: RTN}"), model=model)
     return root
 
 

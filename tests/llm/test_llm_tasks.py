@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts
+from llm_jobs import FIXTURE, Texts, write_job
 
 from hostile import AUDIT, GUARD
 from kompression.api.constants import ExitCode
@@ -128,18 +128,11 @@ def thinnest_margins(questions: list[dict[str, Any]], count: int, work: Path) ->
     return [questions[i] for i in sorted(margins, key=margins.__getitem__)[:count]]
 
 
-def _job(folder: Path, questions: list[dict[str, Any]], texts: Texts) -> Path:
-    """The docs' job as written, but for where its files are."""
+def _data(folder: Path, questions: list[dict[str, Any]], texts: Texts) -> str:
+    """The docs' job as written, but for where its data is: the questions and the evaluation text, put in folder."""
     (folder / "word-order.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (folder / "eval.txt").write_text(texts.evaluation.read_text())
-    manifest = (
-        _docs_job()
-        .replace("s3://models/llama/", f"file://{FIXTURE}")
-        .replace("s3://data/", f"file://{folder}/")
-        .replace("s3://models/llama-w4a16/", f"file://{folder}/out/")
-    )
-    (folder / "job.yaml").write_text(manifest)
-    return folder / "job.yaml"
+    return _docs_job().replace("s3://data/", f"file://{folder}/")
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +142,14 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, R
     everything = paragraphs()
     train = [t for i, t in enumerate(everything) if i % 10]
     folders = tmp_path_factory.mktemp("docs"), tmp_path_factory.mktemp("coarse")
-    docs = _job(folders[0], word_order_task(train, QUESTIONS), texts)
+    docs = write_job(folders[0], _data(folders[0], word_order_task(train, QUESTIONS), texts))
     thin = thinnest_margins(word_order_task(train, 200, seed=1), THIN, tmp_path_factory.mktemp("margins"))
-    coarse = _job(folders[1], thin, texts)
-    lines = coarse.read_text().splitlines(keepends=True)
-    coarse.write_text(
+    lines = _data(folders[1], thin, texts).splitlines(keepends=True)
+    coarse = write_job(
+        folders[1],
         "".join(line for line in lines if "word-order-2-shot" not in line)  # few shots could gain accuracy
         .replace("{scheme: W4A16, algorithm: RTN}", "{scheme: W4A16, algorithm: RTN, groupSize: 256}")
-        .replace("maxAccuracyDrop: 0.1", "maxAccuracyDrop: 0")
+        .replace("maxAccuracyDrop: 0.1", "maxAccuracyDrop: 0"),
     )
     # The docs' job runs with the offline switches unset: the worker sets them itself. The coarse
     # one has them as the worker-llm image does.

@@ -50,6 +50,14 @@ def running_pod(kube: Any, ns: str, job: str, timeout: float = 60) -> dict[str, 
     return result
 
 
+def finish(kube: Any, pod: dict[str, Any], code: int = 0, message: str | None = None) -> None:
+    """What the kubelet would report of the pod's finished container: kwok ends `pod` with this exit
+    code and, when given, this termination message (the worker's JSON summary)."""
+    extra = [f"kompression.dev/kwok-termination-message={message}"] if message is not None else []
+    name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    kube.kubectl("-n", ns, "annotate", "pod", name, f"kompression.dev/kwok-exit-code={code}", *extra)
+
+
 def events(kube: Any, ns: str, name: str) -> set[str]:
     items = get_json(kube, "-n", ns, "events", "--field-selector", f"involvedObject.name={name}")["items"]
     return {e["reason"] for e in items}

@@ -16,7 +16,7 @@ import kubelet
 import numpy as np
 import pytest
 import yaml
-from kubectl import apply_cr, jobs, running_pod, status, wait_phase
+from kubectl import apply_cr, finish, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
 from factories import example_model
@@ -133,7 +133,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     code = kubelet.run(prepared, tmp_path / "worker.log", timeout=400)
     assert code == 0, (tmp_path / "worker.log").read_text()[-4000:]
     message = prepared.termination_log.read_text()
-    kubelet.report(kube, pod, code, message)
+    finish(kube, pod, code, message)
     final = wait_phase(kube, namespace, "pvc", "Succeeded", timeout=90)
     assert final["result"]["gatesPassed"] is True
     published = volumes["results"] / "digits"

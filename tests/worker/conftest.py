@@ -17,3 +17,12 @@ def prefix(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return f"s3://{s3.create_bucket()}/team/model"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder a worker pod runs in: the current directory, with the termination log (what the
+    kubelet reads back as the pod's termination message) written there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    return tmp_path

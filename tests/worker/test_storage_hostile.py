@@ -30,13 +30,6 @@ CLIMB = "../" * 40
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    return tmp_path
-
-
-@pytest.fixture
 def s3env(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from encoder_helpers import save_tiny_bert
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -26,3 +27,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """encoder_helpers' tiny BERT folder, saved once per module: tests that change it change a copy."""
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")

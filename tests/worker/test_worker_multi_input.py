@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
+from encoder_helpers import SENTENCES, encoder_inputs
 from torch import nn
 
 from factories import job, write_job
@@ -31,11 +31,6 @@ from kompression.worker.steps.tensorrt import profile_shapes
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
 def _texts(folder: Path) -> tuple[Path, Path]:
     jsonl = folder / "sentences.jsonl"
     jsonl.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
@@ -44,10 +39,10 @@ def _texts(folder: Path) -> tuple[Path, Path]:
     return jsonl, txt
 
 
-def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: Path, tmp_path: Path) -> None:
+def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(tiny_bert: Path, tmp_path: Path) -> None:
     jsonl, txt = _texts(tmp_path)
     body = job(
-        f"file://{bert}",
+        f"file://{tiny_bert}",
         f"file://{tmp_path}/out/",
         steps=[
             {"name": "export", "onnx": {}},
@@ -58,7 +53,7 @@ def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: P
             "calibration": {"uri": f"file://{txt}", "maxLength": 16, "padding": "MaxLength"},
         },
     )
-    body["spec"]["model"] = {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
+    body["spec"]["model"] = {"uri": f"file://{tiny_bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
     assert main(["run", str(write_job(tmp_path / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
 
     fetched = publish.fetch_published(f"file://{tmp_path}/out/", tmp_path / "fetched")
@@ -74,7 +69,7 @@ def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: P
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
 
 
-def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) -> None:
+def test_text_is_tokenized_into_the_declared_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     jsonl, txt = _texts(tmp_path)
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(json.dumps({"text": s, "label": i % 2}) + "\n" for i, s in enumerate(SENTENCES)))
@@ -86,7 +81,7 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
             "training": {"uri": f"file://{labelled}", "maxLength": 24},
         }
     )
-    sets = load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), bert)
+    sets = load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), tiny_bert)
     assert sets.evaluation is not None and sets.calibration is not None and sets.training is not None
     ids, mask = sets.evaluation.inputs["input_ids"], sets.evaluation.inputs["attention_mask"]
     assert list(sets.evaluation.inputs) == ["input_ids", "attention_mask"] and ids.dtype == mask.dtype == np.int64
@@ -101,13 +96,13 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
 
     strict = DataSpec.model_validate({"calibration": {"uri": f"file://{txt}", "maxLength": 8, "truncation": False}})
     with pytest.raises(DataError, match=r"spec\.data\.calibration: \d+ sample\(s\).*longer than maxLength 8"):
-        load_datasets(strict, declared, lambda uri: Path(uri.removeprefix("file://")), bert)
+        load_datasets(strict, declared, lambda uri: Path(uri.removeprefix("file://")), tiny_bert)
     with pytest.raises(DataError, match=r"spec\.data\.calibration: .*only a HuggingFace model folder has one"):
         load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), None)
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):  # the model without its tokenizer files
-        (bare / name).write_bytes((bert / name).read_bytes())
+        (bare / name).write_bytes((tiny_bert / name).read_bytes())
     with pytest.raises(
         DataError, match=r"spec\.data\.calibration: the model folder has no tokenizer \(tokenizer\.json, vocab\.txt"
     ):
@@ -119,7 +114,7 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
             DataSpec.model_validate({"calibration": {"uri": f"file://{bad}"}}),
             declared,
             lambda uri: bad,
-            bert,
+            tiny_bert,
         )
 
 
@@ -242,12 +237,12 @@ def test_cosine_similarity_mean_pools_over_the_attention_mask() -> None:
     assert unmasked != pytest.approx(expected)  # without a mask: the flattened outputs, as before
 
 
-def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: Path, tmp_path: Path) -> None:
+def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(tiny_bert: Path, tmp_path: Path) -> None:
     declared = [ModelInput.model_validate(i) for i in encoder_inputs(None)]
     source = ModelSource.model_validate(
-        {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(None)}
+        {"uri": f"file://{tiny_bert}", "format": "HuggingFace", "inputs": encoder_inputs(None)}
     )
-    loaded = formats.load_model(source, bert)
+    loaded = formats.load_model(source, tiny_bert)
     assert isinstance(loaded, TorchModel)
     jsonl, _ = _texts(tmp_path)
     sets = load_datasets(
@@ -256,7 +251,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
         ),
         declared,
         lambda uri: jsonl,
-        bert,
+        tiny_bert,
     )
     assert sets.evaluation is not None
     real = tuple(torch.from_numpy(a) for a in sets.evaluation.rows(slice(0, 1)))

@@ -8,6 +8,10 @@ from operator_process import get_json
 
 from factories import applied
 
+# The resources of a job whose pod kwok only pretends to run: no GPU, and the least CPU and memory
+# the quota and the scheduler count.
+SMALL: dict[str, Any] = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
+
 
 def apply_cr(kube: Any, ns: str, name: str, **spec: Any) -> None:
     kube.apply(applied(name, ns, **spec))

@@ -19,7 +19,7 @@ import yaml
 from kubectl import apply_cr, finish, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
-from factories import example_model
+from factories import LLAMA, example_model
 from kompression.worker.data import digits
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -151,11 +151,7 @@ def test_a_task_file_on_a_claim_of_its_own_is_mounted_in_the_job(
 ) -> None:
     """The Job the real API server stores mounts the claim that only data.tasks names (read-only)."""
     spec: dict[str, Any] = {
-        "model": {
-            "uri": "s3://models/llama/",
-            "format": "HuggingFace",
-            "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
-        },
+        "model": LLAMA,
         "data": {
             "calibration": {"uri": "s3://data/calibration.jsonl", "samples": 8, "maxLength": 64},
             "tasks": [{"name": "arc", "uri": "pvc://tasks/arc/test.jsonl"}],

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, events, finish, jobs, pods, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, events, finish, jobs, pods, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json
 
 from testbed.nodes import FakeNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 SHARED_TESTBED = (Path(__file__).resolve().parents[2] / ".testbed").resolve()
 
 
@@ -183,7 +182,7 @@ def test_node_removed_under_a_running_pod(kube: Any, namespace: str, operator: O
             kube,
             namespace,
             "node",
-            resources={"gpus": 1, "gpuProduct": product, "cpu": "100m", "memory": "64Mi"},
+            resources={**SMALL, "gpus": 1, "gpuProduct": product},
             runPolicy={"backoffLimit": 0},
         )
         first = running_pod(kube, namespace, "node")

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, cr, events, finish, jobs, pods, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, cr, events, finish, jobs, pods, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json
 
 from kompression.api.constants import ANNOTATION_RECREATION
@@ -18,7 +18,6 @@ from kompression.api.validation import parse_job
 from kompression.controller.builders import build_configmap
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 MANAGED = "app.kubernetes.io/managed-by=kompression-operator"
 OPERATOR_ARGS = ("--max-job-recreations=1",)
 
@@ -168,7 +167,7 @@ def test_worker_pods_are_admitted_under_restricted_pod_security(
     refused = kube.wait(lambda: _failed_creates(kube, namespace, "unrestricted"), "FailedCreate on the control Job")
     assert "violates PodSecurity" in refused[0]
 
-    apply_cr(kube, namespace, "psa", resources={"gpus": 1, "cpu": "100m", "memory": "64Mi"})
+    apply_cr(kube, namespace, "psa", resources={**SMALL, "gpus": 1})
     pod = running_pod(kube, namespace, "psa")
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     wait_phase(kube, namespace, "psa", "Running")

@@ -17,15 +17,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, finish, jobs, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, finish, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json, install_crd
 
 from testbed.faults import etcd_compact, etcd_url, second_apiserver
 from testbed.relay import Relay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
-GPU = {"gpus": 1, "cpu": "100m", "memory": "64Mi"}
+GPU = {**SMALL, "gpus": 1}
 # Minutes made seconds: same mechanisms, shorter clocks.
 FAST = (
     "--watch-inactivity-timeout=4",

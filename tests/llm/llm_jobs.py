@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,28 +67,34 @@ def write_job(folder: Path, manifest: str | dict[str, Any], *, model: Path = FIX
     return job
 
 
+def kompression_run(
+    job: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    guard: str | None = None,
+    answers: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`kompression run` of job as the worker-llm pod runs it: one torch thread, no GPU, `args` after
+    the job's. `env` replaces this process's environment; `guard` is a program that runs
+    `kompression` under an audit hook (hostile.GUARD: `python -c GUARD run ...`); `answers` go to
+    stdin, for a prompt the run must never act on."""
+    program = ["-c", guard] if guard is not None else ["-m", "kompression"]
+    return subprocess.run(
+        [sys.executable, *program, "run", str(job), "--progress", "json", *args],
+        input=answers,
+        capture_output=True,
+        text=True,
+        env={**(os.environ if env is None else env), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+        check=False,
+        timeout=600,
+    )
+
+
 def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:
-    """`kompression run` as the worker-llm pod runs it, one torch thread each, the jobs side by side
-    (CI has two cores, and most of a tiny model's run is single-threaded Python)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    """kompression_run of each job, side by side (CI has two cores, and most of a tiny model's run
+    is single-threaded Python)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(
-            pool.map(
-                lambda job: subprocess.run(
-                    [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    check=False,
-                    timeout=600,
-                ),
-                jobs,
-            )
-        )
-
-
-def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
-    return kompression_runs(job)[0]
+        return list(pool.map(kompression_run, jobs))
 
 
 @dataclass(frozen=True)

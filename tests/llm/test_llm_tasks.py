@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts, write_job
+from llm_jobs import FIXTURE, Texts, kompression_run, write_job
 
 from hostile import AUDIT, GUARD
 from kompression.api.constants import ExitCode
@@ -91,14 +91,7 @@ def _guarded_runs(*jobs: tuple[Path, dict[str, str]]) -> list[Run]:
     def one(job: Path, env: dict[str, str]) -> Run:
         network = job.parent / "network.log"
         network.write_text("")
-        proc = subprocess.run(
-            [sys.executable, "-c", GUARD, "run", str(job), "--progress", "json"],
-            capture_output=True,
-            text=True,
-            env={**env, "NETWORK_LOG": str(network), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-            check=False,
-            timeout=600,
-        )
+        proc = kompression_run(job, env={**env, "NETWORK_LOG": str(network)}, guard=GUARD)
         return Run(proc, job.parent / "out", network)
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import interleaved_ms, job_context, load_average, workdir, write_report
+from common import interleaved_ms, job_context, load_average, table_section, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource, PruneStep, QuantizeStep
 from kompression.worker.formats import loader
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
@@ -250,34 +250,36 @@ def main() -> None:
     load = load_average()
     write_report(
         "architectures",
-        "(g) Real architectures through the loader: structured pruning at 50% and int8, vs Torch-Pruning direct",
-        ["model", "variant", "GMACs", "params (M)", "batch-1 ms", "speedup vs dense"],
-        rows,
-        f"""
-Each model is exported with `torch.export` (dynamic batch), saved as `.pt2` and loaded with the
-worker's loader (`loader.load_model`: the graph rebuilt with real layers, checked against the
-program to 1e-5), then pruned by the worker's prune step (`L1Structured`, sparsity 0.5, the
-classifier kept, the faster memory layout chosen by timing). "Torch-Pruning direct" is
-`tp.pruner.BasePruner` with the same importance and ratio on the eager model (classifier kept).
-Int8 is the worker's `StaticInt8` step (onnxruntime QDQ, MinMax, {CALIBRATION} random calibration
-samples) on each pruned model. MACs are counted by `torch.utils.flop_counter` at the aten level
-(matmuls of attention included), the dense figure on the loaded graph: eager ViT's fused attention
-op has no counter formula. The direct rows are counted on the eager models.
-Latency: batch 1, {THREADS} thread(s), median of {REPEATS} interleaved blocks of 3 calls; int8 rows run in
-onnxruntime, the others in torch eager.
+        table_section(
+            "(g) Real architectures through the loader: structured pruning at 50% and int8, vs Torch-Pruning direct",
+            ["model", "variant", "GMACs", "params (M)", "batch-1 ms", "speedup vs dense"],
+            rows,
+            f"""
+    Each model is exported with `torch.export` (dynamic batch), saved as `.pt2` and loaded with the
+    worker's loader (`loader.load_model`: the graph rebuilt with real layers, checked against the
+    program to 1e-5), then pruned by the worker's prune step (`L1Structured`, sparsity 0.5, the
+    classifier kept, the faster memory layout chosen by timing). "Torch-Pruning direct" is
+    `tp.pruner.BasePruner` with the same importance and ratio on the eager model (classifier kept).
+    Int8 is the worker's `StaticInt8` step (onnxruntime QDQ, MinMax, {CALIBRATION} random calibration
+    samples) on each pruned model. MACs are counted by `torch.utils.flop_counter` at the aten level
+    (matmuls of attention included), the dense figure on the loaded graph: eager ViT's fused attention
+    op has no counter formula. The direct rows are counted on the eager models.
+    Latency: batch 1, {THREADS} thread(s), median of {REPEATS} interleaved blocks of 3 calls; int8 rows run in
+    onnxruntime, the others in torch eager.
 
-Reduced inputs to bound the run: vision models at {IMAGE}x{IMAGE} (ViT-B/16 built for that size,
-so {(IMAGE // 16) ** 2} patches), BERT with 4 layers of width 512 at {TOKENS} tokens. Random weights.
+    Reduced inputs to bound the run: vision models at {IMAGE}x{IMAGE} (ViT-B/16 built for that size,
+    so {(IMAGE // 16) ** 2} patches), BERT with 4 layers of width 512 at {TOKENS} tokens. Random weights.
 
-In the transformers the graph fixes some widths (attention heads reshaped to constant sizes, the
-residual stream reshaped in ViT's patch embedding), so Kompression prunes the MLP widths only and
-keeps those layers. Torch-Pruning called directly on the eager model fails on torchvision's ViT
-(its `hidden_dim` reshape) and, on BERT, prunes the attention projections too (HuggingFace reshapes
-with -1 heads), which is why it removes more there.
+    In the transformers the graph fixes some widths (attention heads reshaped to constant sizes, the
+    residual stream reshaped in ViT's patch embedding), so Kompression prunes the MLP widths only and
+    keeps those layers. Torch-Pruning called directly on the eager model fails on torchvision's ViT
+    (its `hidden_dim` reshape) and, on BERT, prunes the attention projections too (HuggingFace reshapes
+    with -1 heads), which is why it removes more there.
 
-{chr(10).join("- " + t for t in timings)}
-- whole run {time.monotonic() - started:.0f} s; load average (1/5/15 min) at the end: {load}
-""",
+    {chr(10).join("- " + t for t in timings)}
+    - whole run {time.monotonic() - started:.0f} s; load average (1/5/15 min) at the end: {load}
+    """,
+        ),
     )
 
 

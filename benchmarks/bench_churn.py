@@ -43,14 +43,13 @@ from bench_operator import (
     start_operator,
     stop_operator,
 )
+from common import ROOT, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "operator")]
 
 from testbed.cluster import Cluster  # noqa: E402
 from testbed.nodes import H100, FakeNode  # noqa: E402
 
-RESULT = ROOT / "benchmarks" / "results" / "churn.md"
 NS = "churn"
 EXTRA_NODES, GPUS_PER_NODE = 64, 16  # 1,024 GPUs: every live job runs at once
 SAMPLE_S = 10.0
@@ -294,8 +293,7 @@ def main() -> int:
             keep_operator_log(Path(tmp), "bench-churn.log")
             cluster.down(quiet=True)
     text = report(fig, args.live, time.monotonic() - started)
-    RESULT.write_text(text)
-    print(text)
+    write_report("churn", text)
     print(json.dumps(fig, default=str))
     return 0
 

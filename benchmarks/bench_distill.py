@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from common import THREADS, job_context, load_average, workdir, write_report
+from common import THREADS, job_context, load_average, table_section, workdir, write_report
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES
 from kompression.api.v1alpha1 import DistillStep, FineTune
 from kompression.worker.data.arrays import digits
@@ -199,18 +199,20 @@ def main() -> None:
     gap = 100 * (teacher_acc - statistics.mean(kd))
     write_report(
         "distill",
-        "(c) Distillation on digits: KD student vs the same student alone vs the teacher",
-        ["model", "params", "held-out accuracy % (mean over seeds)", "per seed"],
-        rows,
-        f"KD - alone: {gain:+.2f} points (target > 0), KD ahead on {wins} of {len(SEEDS)} seeds (paired); teacher - KD: {gap:.2f} points (target <= 1). "
-        f"Student/teacher parameters: {student_params / teacher_params:.3f} (limit 0.25). Digits: "
-        f"{len(digits('train'))} training / {len(digits('eval'))} held-out images (the worker's split). Teacher: Adam 1e-3, "
-        f"batch 64, early-stopped on a {VALIDATION:.0%} validation carve-out of the training split "
-        f"(patience {PATIENCE}). Students: Kompression's distill step, seeds {list(SEEDS)}, "
-        f"{EPOCHS} epochs, Adam {LEARNING_RATE:g}, batch {BATCH}; the same seed gives KD and alone the same "
-        "initial weights and batch order. "
-        f"{HISTORY} "
-        f"Run time {time.perf_counter() - start:.0f} s; load average before / after: {load_before} | {load_average()}.",
+        table_section(
+            "(c) Distillation on digits: KD student vs the same student alone vs the teacher",
+            ["model", "params", "held-out accuracy % (mean over seeds)", "per seed"],
+            rows,
+            f"KD - alone: {gain:+.2f} points (target > 0), KD ahead on {wins} of {len(SEEDS)} seeds (paired); teacher - KD: {gap:.2f} points (target <= 1). "
+            f"Student/teacher parameters: {student_params / teacher_params:.3f} (limit 0.25). Digits: "
+            f"{len(digits('train'))} training / {len(digits('eval'))} held-out images (the worker's split). Teacher: Adam 1e-3, "
+            f"batch 64, early-stopped on a {VALIDATION:.0%} validation carve-out of the training split "
+            f"(patience {PATIENCE}). Students: Kompression's distill step, seeds {list(SEEDS)}, "
+            f"{EPOCHS} epochs, Adam {LEARNING_RATE:g}, batch {BATCH}; the same seed gives KD and alone the same "
+            "initial weights and batch order. "
+            f"{HISTORY} "
+            f"Run time {time.perf_counter() - start:.0f} s; load average before / after: {load_before} | {load_average()}.",
+        ),
     )
 
 

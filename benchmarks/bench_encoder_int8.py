@@ -34,7 +34,7 @@ from onnxruntime.quantization import quantize_dynamic
 from torch import nn
 
 from bench_lowrank import SENTENCES, cpu_flags
-from common import RESULTS, THREADS, interleaved_ms, load_average, machine, ort_session, workdir
+from common import THREADS, interleaved_ms, load_average, machine, markdown_table, ort_session, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource, QuantizeStep
 from kompression.worker.formats import loader
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel
@@ -220,7 +220,7 @@ def main() -> None:
             if "DynamicInt8" in name
             else ""
         )
-        rows.append(f"| {name} | {mean:.4f} | {worst:.4f} | {times[name]:.1f} | {ratio:.2f} | {size_mb} | {verdict} |")
+        rows.append([name, f"{mean:.4f}", f"{worst:.4f}", f"{times[name]:.1f}", f"{ratio:.2f}", size_mb, verdict])
     float_layers = notes.get("floatLayers", "(not reported)")
     text = "\n".join(
         [
@@ -228,10 +228,18 @@ def main() -> None:
             "",
             f"Machine: {machine()}. CPU flags: {cpu_flags()}. Command: `benchmarks/bench_encoder_int8.py`.",
             "",
-            "| model | cosine mean | cosine worst | batch 8 x 128: median ms | vs onnxruntime fp32 | ONNX MB | "
-            "targets (mean >= 0.99, worst >= 0.98, <= 0.6x) |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
+            *markdown_table(
+                [
+                    "model",
+                    "cosine mean",
+                    "cosine worst",
+                    "batch 8 x 128: median ms",
+                    "vs onnxruntime fp32",
+                    "ONNX MB",
+                    "targets (mean >= 0.99, worst >= 0.98, <= 0.6x)",
+                ],
+                rows,
+            ),
             "",
             f"Kompression: {how}. The job (written by the script): HuggingFace folder, `quantize: {{method: "
             "DynamicInt8}` with nothing else set, then `onnx`; calibration .npz of "
@@ -253,9 +261,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "encoder_int8.md").write_text(text)
-    print(text)
+    write_report("encoder_int8", text)
 
 
 if __name__ == "__main__":

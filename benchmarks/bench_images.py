@@ -21,9 +21,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_report
+
 sys.path.insert(0, str(ROOT / "tests" / "images"))
-from built import TAGS, inspect, podman_run  # noqa: E402  (tests/images/built.py: the tags and the pod-like podman run)
+from built import TAGS, inspect, podman_run  # tests/images/built.py: the tags and the pod-like podman run
 
 KOMPRESSION = str(Path(sys.executable).parent / "kompression")
 
@@ -131,8 +132,7 @@ The quickstart's `kompression run` (examples/quickstart.yaml), median of {args.r
 **Container overhead on the run: {med_in / med_out:.2f}x** (the image's Python is the base's, the
 libraries the same versions).
 """
-    (ROOT / "benchmarks" / "results" / "images.md").write_text(text)
-    print(text)
+    write_report("images", text)
     return 0
 
 

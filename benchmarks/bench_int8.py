@@ -21,6 +21,7 @@ from common import (
     job_context,
     load_average,
     ort_session,
+    table_section,
     workdir,
     write_report,
 )
@@ -94,27 +95,29 @@ def main() -> None:
     fair = " / ".join(f"{times[OURS, spinning] / times[SAME, spinning]:.3f}" for spinning in SPINNING)
     write_report(
         "int8",
-        "(b) StaticInt8 vs fp32 in onnxruntime, ResNet-18 (random weights), batch 1, 224x224",
-        [
-            "model",
-            "size (MB)",
-            "size ratio",
-            "median ms (ratio vs fp32), default spinning",
-            "median ms (ratio vs fp32), spinning off",
-        ],
-        rows,
-        f"Kompression int8 / direct call with the same recipe (default spinning / off): {fair} (target within "
-        f"1.10); the two graphs are {'identical' if identical else 'different'}. "
-        "Targets: latency ratio <= 0.38, size ratio <= 0.26. All sessions: intra-op threads 2, graph "
-        "optimization ALL, thread spinning as the column says (on is onnxruntime's default, and what Kompression's "
-        "worker measures with); all eight timed in one interleaved run (A,B,C,..., then B,C,...,A, ...), "
-        f"{REPEATS} repetitions x {INNER} calls, each block after {REWARM_S * 1000:.0f} ms of untimed calls (so the "
-        "previous session's spinning threads have stopped), medians of single calls. "
-        f"Calibration: {CALIBRATION} random-normal samples (latency does not depend on the ranges). "
-        f"Same recipe: QDQ, U8S8, per-channel, MinMax, reduce_range={not has_vnni()} (this CPU has VNNI: {has_vnni()}). "
-        "The plain call uses quantize_static's defaults (QDQ, per-channel, S8S8) without the pre-process, "
-        "which leaves the exporter's Identity-wrapped weights unfused. "
-        f"Load average (1/5/15 min) before / after timing: {load_before} | {load_after}.",
+        table_section(
+            "(b) StaticInt8 vs fp32 in onnxruntime, ResNet-18 (random weights), batch 1, 224x224",
+            [
+                "model",
+                "size (MB)",
+                "size ratio",
+                "median ms (ratio vs fp32), default spinning",
+                "median ms (ratio vs fp32), spinning off",
+            ],
+            rows,
+            f"Kompression int8 / direct call with the same recipe (default spinning / off): {fair} (target within "
+            f"1.10); the two graphs are {'identical' if identical else 'different'}. "
+            "Targets: latency ratio <= 0.38, size ratio <= 0.26. All sessions: intra-op threads 2, graph "
+            "optimization ALL, thread spinning as the column says (on is onnxruntime's default, and what Kompression's "
+            "worker measures with); all eight timed in one interleaved run (A,B,C,..., then B,C,...,A, ...), "
+            f"{REPEATS} repetitions x {INNER} calls, each block after {REWARM_S * 1000:.0f} ms of untimed calls (so the "
+            "previous session's spinning threads have stopped), medians of single calls. "
+            f"Calibration: {CALIBRATION} random-normal samples (latency does not depend on the ranges). "
+            f"Same recipe: QDQ, U8S8, per-channel, MinMax, reduce_range={not has_vnni()} (this CPU has VNNI: {has_vnni()}). "
+            "The plain call uses quantize_static's defaults (QDQ, per-channel, S8S8) without the pre-process, "
+            "which leaves the exporter's Identity-wrapped weights unfused. "
+            f"Load average (1/5/15 min) before / after timing: {load_before} | {load_after}.",
+        ),
     )
 
 

@@ -24,11 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "operator"))
+from common import ROOT, THREADS, markdown_table, write_report
+
 sys.path.insert(0, str(ROOT / "tests" / "llm"))
-RESULTS = Path(__file__).resolve().parent / "results"
-THREADS = 2
 CALIBRATION_SAMPLES = 64
 EVAL_SAMPLES = 120
 MAX_LENGTH = 128
@@ -185,9 +183,7 @@ def main() -> None:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Command: `.venv-llm/bin/python "
         "benchmarks/bench_llm.py`.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(x) + " |" for x in rows),
+        *markdown_table(header, rows),
         "",
         f"Model: tests/llm/fixtures/tiny-llama, a 3-layer Llama (hidden 256, GQA 4/2 heads, vocab 384, tied "
         f"embeddings, 1.87M parameters) trained for 300 steps on Debian's license texts by "
@@ -205,9 +201,7 @@ def main() -> None:
         f"{measured['zeroFraction']:.2%} zeros)." + NOTE,
         "",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "llm.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report("llm", "\n".join(lines))
 
 
 if __name__ == "__main__":

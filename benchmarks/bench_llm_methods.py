@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_llm import CALIBRATION_SAMPLES, EVAL_SAMPLES, MAX_LENGTH, RESULTS, THREADS, cpu, kompression, texts
+from bench_llm import CALIBRATION_SAMPLES, EVAL_SAMPLES, MAX_LENGTH, cpu, kompression, texts
+from common import THREADS, markdown_table, write_report
 
 METHODS = {
     "W4A16 RTN, symmetric": "{scheme: W4A16, algorithm: RTN}",
@@ -39,8 +40,8 @@ def main() -> None:
     base = next(iter(runs.values()))["result"]["baseline"]
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
-    def row(name: str, m: dict[str, Any], seconds: float | None) -> str:
-        cells = [
+    def row(name: str, m: dict[str, Any], seconds: float | None) -> list[str]:
+        return [
             name,
             f"{m['perplexity']:.3f}",
             f"{m['perplexity'] / base['perplexity'] - 1:+.3%}",
@@ -48,7 +49,6 @@ def main() -> None:
             f"{m['tokensPerSecond']:.1f}",
             "-" if seconds is None else f"{seconds:.0f}",
         ]
-        return "| " + " | ".join(cells) + " |"
 
     header = ["model", "perplexity", "vs original", "weights KiB", "decode tok/s", "seconds"]
     versions = ", ".join(
@@ -61,10 +61,13 @@ def main() -> None:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Command: `.venv-llm/bin/python "
         "benchmarks/bench_llm_methods.py`.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        row("original (bf16 weights, run in fp32)", base, None),
-        *(row(name, r["result"]["final"], r["seconds"]) for name, r in runs.items()),
+        *markdown_table(
+            header,
+            [
+                row("original (bf16 weights, run in fp32)", base, None),
+                *(row(name, r["result"]["final"], r["seconds"]) for name, r in runs.items()),
+            ],
+        ),
         "",
         f"Model and text as in (i): tests/llm/fixtures/tiny-llama, {CALIBRATION_SAMPLES} calibration paragraphs, "
         f"{EVAL_SAMPLES} held-out paragraphs for perplexity, at most {MAX_LENGTH} tokens each. Each row is one "
@@ -78,9 +81,7 @@ def main() -> None:
         "int4 rows share one grid (group 128), so RTN against AWQ with zero points is the like-for-like pair.",
         "",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "llm_methods.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report("llm_methods", "\n".join(lines))
 
 
 if __name__ == "__main__":

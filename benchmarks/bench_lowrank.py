@@ -38,7 +38,7 @@ import torchvision
 from tensorly.decomposition import partial_tucker
 from torch import nn
 
-from common import RESULTS, ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir
+from common import ROOT, THREADS, interleaved_ms, job_context, load_average, machine, workdir, write_report
 from kompression.api.v1alpha1 import LowRankStep, ModelSource, QuantizeStep
 from kompression.worker.formats import loader
 from kompression.worker.formats.size import parameter_count
@@ -385,9 +385,7 @@ def main() -> None:
             *sections,
         ]
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lowrank.md").write_text(text)
-    print(text)
+    write_report("lowrank", text)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_report
+
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "operator")]
 
 from testbed.cluster import Cluster  # noqa: E402
@@ -46,7 +47,6 @@ from testbed.nodes import H100, FakeNode  # noqa: E402
 from testbed.procs import free_port  # noqa: E402
 
 CRD = ROOT / "crds" / "compressionjobs.kompression.dev.yaml"
-RESULT = ROOT / "benchmarks" / "results" / "operator.md"
 EXTRA_NODES, GPUS_PER_NODE = 50, 16
 BURST, STEADY_RATE, STEADY_SECONDS = 500, 10, 60
 CONCURRENCY = 32
@@ -517,8 +517,7 @@ def main() -> int:
             keep_operator_log(Path(tmp), "bench-operator.log")
             cluster.down(quiet=True)
     text = report(fig, time.monotonic() - started)
-    RESULT.write_text(text)
-    print(text)
+    write_report("operator", text)
     print(json.dumps(fig, indent=1, default=str))
     return 0
 

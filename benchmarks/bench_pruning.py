@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from common import THREADS, interleaved_ms, job_context, load_average, workdir, write_report
+from common import THREADS, interleaved_ms, job_context, load_average, table_section, workdir, write_report
 from kompression.api.v1alpha1 import PruneStep
 from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import DataSets, TorchModel
@@ -97,19 +97,27 @@ def main() -> None:
     equal_layout = ", ".join(f"batch {b}: {times[b][OURS] / times[b][same_layout]:.3f}" for b in BATCHES)
     write_report(
         "pruning",
-        "(a) Structured pruning vs masks, ResNet-18 (random weights), 224x224",
-        ["model", "params (M)", "GMACs", "MACs ratio", *(f"batch {b}: median ms (ratio vs dense)" for b in BATCHES)],
-        rows,
-        "Targets: Kompression structured latency ratio <= 0.35 (anchor ~0.30); masks ~1.0 (dense kernels "
-        "still multiply the zeros). Ratios are against the dense model as given (NCHW). Kompression's prune step "
-        f"timed both memory layouts and kept {layout}; the direct Torch-Pruning model stays NCHW. Kompression's "
-        f"model against the dense model in that same layout (the pruning's share alone): {equal_layout}. "
-        f"Every input is NCHW, torch eager fp32 under torch.inference_mode(), {THREADS} threads; the candidates are "
-        f"timed interleaved (A,B,C,D,E, then B,C,D,E,A, ...), {REPEATS} repetitions x 5 calls after 3 warm-up "
-        "calls, medians of single calls. MACs from torch_pruning.utils.count_ops_and_params at batch 1. "
-        f"Kompression's and the direct Torch-Pruning model have {'identical' if identical else 'different'} "
-        "weights and shapes, so any gap between those two rows is the layout plus measurement noise. "
-        f"Load average (1/5/15 min) before, after batch 1, after batch 8: {' | '.join(loads)}.",
+        table_section(
+            "(a) Structured pruning vs masks, ResNet-18 (random weights), 224x224",
+            [
+                "model",
+                "params (M)",
+                "GMACs",
+                "MACs ratio",
+                *(f"batch {b}: median ms (ratio vs dense)" for b in BATCHES),
+            ],
+            rows,
+            "Targets: Kompression structured latency ratio <= 0.35 (anchor ~0.30); masks ~1.0 (dense kernels "
+            "still multiply the zeros). Ratios are against the dense model as given (NCHW). Kompression's prune step "
+            f"timed both memory layouts and kept {layout}; the direct Torch-Pruning model stays NCHW. Kompression's "
+            f"model against the dense model in that same layout (the pruning's share alone): {equal_layout}. "
+            f"Every input is NCHW, torch eager fp32 under torch.inference_mode(), {THREADS} threads; the candidates are "
+            f"timed interleaved (A,B,C,D,E, then B,C,D,E,A, ...), {REPEATS} repetitions x 5 calls after 3 warm-up "
+            "calls, medians of single calls. MACs from torch_pruning.utils.count_ops_and_params at batch 1. "
+            f"Kompression's and the direct Torch-Pruning model have {'identical' if identical else 'different'} "
+            "weights and shapes, so any gap between those two rows is the layout plus measurement noise. "
+            f"Load average (1/5/15 min) before, after batch 1, after batch 8: {' | '.join(loads)}.",
+        ),
     )
 
 

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_report
+
 KOMPRESSION = str(Path(sys.executable).parent / "kompression")
 
 
@@ -101,9 +102,7 @@ def main() -> None:
         f"**Median accuracy drop: {drop:.2f} points** (target <= 1): {'met' if drop <= 1 else 'NOT met'}.",
         "",
     ]
-    out = ROOT / "benchmarks" / "results" / "quickstart.md"
-    out.write_text("\n".join(lines))
-    print(out.read_text())
+    write_report("quickstart", "\n".join(lines))
 
 
 if __name__ == "__main__":

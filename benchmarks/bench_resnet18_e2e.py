@@ -20,6 +20,7 @@ from common import (
     job_context,
     load_average,
     ort_session,
+    table_section,
     workdir,
     write_report,
 )
@@ -86,32 +87,34 @@ def main() -> None:
     eager = times["eager"]
     write_report(
         "resnet18_e2e",
-        "(e) End to end on ResNet-18 (random weights): prune 0.5 -> StaticInt8 -> onnx, batch 1, 224x224",
-        ["model", "interleaved median (ms)", "speedup", "alone median (ms)", "speedup alone"],
-        [
-            ["original, torch eager fp32", f"{eager:.2f}", "1.0", f"{alone['eager']:.2f}", "1.0"],
-            *(
-                [
-                    label,
-                    f"{times[key]:.2f}",
-                    f"{eager / times[key]:.1f}x",
-                    f"{alone[key]:.2f}",
-                    f"{alone['eager'] / alone[key]:.1f}x",
-                ]
-                for key, label in (
-                    ("final", "Kompression's final artifact, onnxruntime int8"),
-                    ("direct", "the libraries called directly, same recipe, onnxruntime int8"),
-                )
-            ),
-        ],
-        "Target >= 15x. Two timings of the same models in the same run: interleaved blocks (another "
-        f"candidate ran shortly before: each block starts after {SETTLE_S} s idle and {REWARM_S * 1000:.0f} ms of untimed "
-        "calls) and alone (60 back-to-back calls after 1 s of warm-up, as a direct benchmark of one library "
-        "times it). The direct row is Torch-Pruning, the ONNX exporter, quant_pre_process and quantize_static "
-        "called by hand with Kompression's recipe: what the libraries compose to on this machine in this run. "
-        "Same input and 2 threads for all; torch under inference_mode, onnxruntime with graph optimization ALL "
-        f"and its default thread spinning; timed interleaved, {REPEATS} repetitions x 5 calls, medians of single calls. "
-        f"Load average (1/5/15 min) before / after timing: {load_before} | {load_after}.",
+        table_section(
+            "(e) End to end on ResNet-18 (random weights): prune 0.5 -> StaticInt8 -> onnx, batch 1, 224x224",
+            ["model", "interleaved median (ms)", "speedup", "alone median (ms)", "speedup alone"],
+            [
+                ["original, torch eager fp32", f"{eager:.2f}", "1.0", f"{alone['eager']:.2f}", "1.0"],
+                *(
+                    [
+                        label,
+                        f"{times[key]:.2f}",
+                        f"{eager / times[key]:.1f}x",
+                        f"{alone[key]:.2f}",
+                        f"{alone['eager'] / alone[key]:.1f}x",
+                    ]
+                    for key, label in (
+                        ("final", "Kompression's final artifact, onnxruntime int8"),
+                        ("direct", "the libraries called directly, same recipe, onnxruntime int8"),
+                    )
+                ),
+            ],
+            "Target >= 15x. Two timings of the same models in the same run: interleaved blocks (another "
+            f"candidate ran shortly before: each block starts after {SETTLE_S} s idle and {REWARM_S * 1000:.0f} ms of untimed "
+            "calls) and alone (60 back-to-back calls after 1 s of warm-up, as a direct benchmark of one library "
+            "times it). The direct row is Torch-Pruning, the ONNX exporter, quant_pre_process and quantize_static "
+            "called by hand with Kompression's recipe: what the libraries compose to on this machine in this run. "
+            "Same input and 2 threads for all; torch under inference_mode, onnxruntime with graph optimization ALL "
+            f"and its default thread spinning; timed interleaved, {REPEATS} repetitions x 5 calls, medians of single calls. "
+            f"Load average (1/5/15 min) before / after timing: {load_before} | {load_after}.",
+        ),
     )
 
 

@@ -160,21 +160,29 @@ def machine() -> str:
     )
 
 
-def write_report(name: str, title: str, header: Sequence[str], rows: Sequence[Sequence[object]], notes: str) -> Path:
-    lines = [
-        f"# {title}",
-        "",
-        f"Machine: {machine()}",
-        "",
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown table's lines: the header, its rule, then one line per row."""
+    return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
     ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    lines += ["", notes.strip(), ""]
+
+
+def table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], notes: str) -> str:
+    """The usual results section: its title, the machine, one table, and the notes that say how it was measured."""
+    return "\n".join(
+        [f"# {title}", "", f"Machine: {machine()}", "", *markdown_table(header, rows), "", notes.strip(), ""]
+    )
+
+
+def write_report(name: str, text: str) -> Path:
+    """results/<name>.md, the section `run_all.py --collect` puts into RESULTS.md, and the same text on
+    stdout, so that a run's figures are seen as they are kept."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.md"
-    path.write_text("\n".join(lines))
-    print(path.read_text())
+    path.write_text(text)
+    print(text)
     return path
 
 

@@ -40,6 +40,13 @@ _SPEC: dict[str, Any] = {
     "output": {"uri": "s3://out/resnet/"},
 }
 
+# spec.model of an LLM job: a causal language model's HuggingFace folder, read as token ids.
+LLAMA: dict[str, Any] = {
+    "uri": "s3://models/llama/",
+    "format": "HuggingFace",
+    "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+}
+
 
 def manifest(name: str = "resnet", namespace: str = "team-a", **spec: Any) -> dict[str, Any]:
     """A CompressionJob as the controller reads it from the API server (with uid and generation),

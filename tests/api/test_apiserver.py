@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from admission import DryRun
 from api_cases import EXAMPLES, INVALID, ROOT, expected_field
-from kubernetes.client import ApiException
 from option_cases import CASES, Case, refusal_names_option_and_users
 
 from kompression.api.validation import SpecInvalid, parse_job
@@ -50,19 +50,15 @@ def test_invalid_manifest_is_rejected_like_the_cli_does(kube: Any, crd: None, na
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_options_a_method_does_not_use_are_refused_like_the_cli_does(kube: Any, crd: None, case: Case) -> None:
-    # A server-side dry run: the whole admission chain (defaulting, then the CEL rules), nothing stored.
-    path = "/apis/kompression.dev/v1alpha1/namespaces/default/compressionjobs?dryRun=All&fieldValidation=Strict"
-    try:
-        kube.request("POST", path, case.manifest)
-    except ApiException as exc:
-        assert exc.status == 422, exc.reason
-        causes = json.loads(exc.reason)["details"]["causes"]
-        assert not case.accepted, f"the API server refused it: {causes}"
-        messages = [c["message"] for c in causes if c.get("field") == case.field]
-        assert any(refusal_names_option_and_users(case, m) for m in messages), causes
-    else:
+def test_options_a_method_does_not_use_are_refused_like_the_cli_does(dry_run: DryRun, case: Case) -> None:
+    refusal = dry_run(case.manifest)
+    if refusal is None:
         assert case.accepted, f"the API server accepted {case.field} with {case.manifest['spec']}"
+    else:
+        assert refusal.status == 422, refusal.body
+        assert not case.accepted, f"the API server refused it: {refusal.causes}"
+        messages = [c["message"] for c in refusal.causes if c.get("field") == case.field]
+        assert any(refusal_names_option_and_users(case, m) for m in messages), refusal.causes
 
 
 def test_spec_is_immutable_except_suspend_and_ttl(kube: Any, crd: None, namespace: str) -> None:

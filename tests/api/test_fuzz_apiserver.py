@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from admission import DryRun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubernetes.client import ApiException
 
 from kompression.api.validation import SpecInvalid, parse_job
 
@@ -244,18 +244,7 @@ def cli_verdict(doc: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
-def server_verdict(kube: Any, namespace: str, doc: dict[str, Any]) -> tuple[bool, str]:
-    path = f"/apis/kompression.dev/v1alpha1/namespaces/{namespace}/compressionjobs?dryRun=All&fieldValidation=Strict"
-    try:
-        kube.request("POST", path, body=doc)
-    except ApiException as exc:
-        if exc.status not in (400, 422):
-            raise
-        return False, str(exc.reason)
-    return True, ""
-
-
-def test_cli_and_api_server_agree_on_generated_jobs(kube: Any, crd: None, namespace: str) -> None:
+def test_cli_and_api_server_agree_on_generated_jobs(dry_run: DryRun, namespace: str) -> None:
     seen = {True: 0, False: 0}
 
     @settings(
@@ -267,7 +256,8 @@ def test_cli_and_api_server_agree_on_generated_jobs(kube: Any, crd: None, namesp
     @given(compression_job())
     def agree(doc: dict[str, Any]) -> None:
         cli_ok, cli_why = cli_verdict(doc)
-        server_ok, server_why = server_verdict(kube, namespace, doc)
+        refusal = dry_run(doc, namespace)
+        server_ok, server_why = refusal is None, "" if refusal is None else refusal.body
         assert cli_ok == server_ok, (
             f"CLI {'accepts' if cli_ok else 'rejects'}: {cli_why}\nAPI server: {server_why}\n{doc}"
         )

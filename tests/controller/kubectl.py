@@ -8,6 +8,10 @@ from operator_process import get_json
 
 from factories import applied
 
+# The resources of a job whose pod kwok only pretends to run: no GPU, and the least CPU and memory
+# the quota and the scheduler count.
+SMALL: dict[str, Any] = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
+
 
 def apply_cr(kube: Any, ns: str, name: str, **spec: Any) -> None:
     kube.apply(applied(name, ns, **spec))
@@ -48,6 +52,14 @@ def running_pod(kube: Any, ns: str, job: str, timeout: float = 60) -> dict[str, 
 
     result: dict[str, Any] = kube.wait(probe, f"a running pod of {ns}/{job}", timeout=timeout)
     return result
+
+
+def finish(kube: Any, pod: dict[str, Any], code: int = 0, message: str | None = None) -> None:
+    """What the kubelet would report of the pod's finished container: kwok ends `pod` with this exit
+    code and, when given, this termination message (the worker's JSON summary)."""
+    extra = [f"kompression.dev/kwok-termination-message={message}"] if message is not None else []
+    name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    kube.kubectl("-n", ns, "annotate", "pod", name, f"kompression.dev/kwok-exit-code={code}", *extra)
 
 
 def events(kube: Any, ns: str, name: str) -> set[str]:

@@ -155,17 +155,3 @@ def run(prepared: Prepared, log: Path, timeout: float) -> int:
             prepared.argv, env=prepared.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
         )
     return proc.returncode
-
-
-def report(kube: Any, pod: dict[str, Any], code: int, message: str) -> None:
-    """What the kubelet would report of the finished container: kwok ends `pod` with this exit
-    code and termination message."""
-    kube.kubectl(
-        "-n",
-        pod["metadata"]["namespace"],
-        "annotate",
-        "pod",
-        pod["metadata"]["name"],
-        f"kompression.dev/kwok-exit-code={code}",
-        f"kompression.dev/kwok-termination-message={message}",
-    )

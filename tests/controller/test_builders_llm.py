@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from factories import manifest
+from factories import LLAMA, manifest
 from kompression.api.validation import parse_job
 from kompression.controller.builders import build_job
 from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE, Settings
@@ -13,11 +13,7 @@ from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE, Settings
 SETTINGS = Settings(worker_image="registry.local/worker:1", worker_llm_image="registry.local/worker-llm:1")
 
 LLM = {
-    "model": {
-        "uri": "s3://models/llama/",
-        "format": "HuggingFace",
-        "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
-    },
+    "model": LLAMA,
     "data": {"calibration": {"uri": "s3://data/calibration.jsonl", "samples": 256, "maxLength": 2048}},
     "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "GPTQ"}}],
 }

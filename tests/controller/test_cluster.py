@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, cr, events, pods, wait_phase
+from kubectl import apply_cr, conditions, cr, events, finish, pods, wait_phase
 from operator_process import OperatorProcess, get_json
 
 pytestmark = pytest.mark.timeout(300)
@@ -15,8 +15,7 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 
 
 def _finish_pod(kube: Any, ns: str, job: str, code: int) -> None:
-    pod = kube.wait(lambda: pods(kube, ns, job), f"a pod of {job}")[0]
-    kube.kubectl("-n", ns, "annotate", "pod", pod["metadata"]["name"], f"kompression.dev/kwok-exit-code={code}")
+    finish(kube, kube.wait(lambda: pods(kube, ns, job), f"a pod of {job}")[0], code)
 
 
 def test_lifecycle_gpu_job_to_success(kube: Any, namespace: str, operator: OperatorProcess, prometheus: Any) -> None:

@@ -16,10 +16,10 @@ import kubelet
 import numpy as np
 import pytest
 import yaml
-from kubectl import apply_cr, jobs, running_pod, status, wait_phase
+from kubectl import apply_cr, finish, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
-from factories import example_model
+from factories import LLAMA, example_model
 from kompression.worker.data.arrays import digits
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -133,7 +133,7 @@ def test_pvc_job_mounts_the_claims_and_the_worker_reads_and_writes_through_them(
     code = kubelet.run(prepared, tmp_path / "worker.log", timeout=400)
     assert code == 0, (tmp_path / "worker.log").read_text()[-4000:]
     message = prepared.termination_log.read_text()
-    kubelet.report(kube, pod, code, message)
+    finish(kube, pod, code, message)
     final = wait_phase(kube, namespace, "pvc", "Succeeded", timeout=90)
     assert final["result"]["gatesPassed"] is True
     published = volumes["results"] / "digits"
@@ -151,11 +151,7 @@ def test_a_task_file_on_a_claim_of_its_own_is_mounted_in_the_job(
 ) -> None:
     """The Job the real API server stores mounts the claim that only data.tasks names (read-only)."""
     spec: dict[str, Any] = {
-        "model": {
-            "uri": "s3://models/llama/",
-            "format": "HuggingFace",
-            "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
-        },
+        "model": LLAMA,
         "data": {
             "calibration": {"uri": "s3://data/calibration.jsonl", "samples": 8, "maxLength": 64},
             "tasks": [{"name": "arc", "uri": "pvc://tasks/arc/test.jsonl"}],

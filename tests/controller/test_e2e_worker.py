@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import kubelet
 import pytest
-from kubectl import apply_cr, conditions, events, running_pod, status, wait_phase
+from kubectl import apply_cr, conditions, events, finish, running_pod, status, wait_phase
 from operator_process import OperatorProcess
 
 from factories import example_model
@@ -87,7 +87,7 @@ def test_worker_runs_the_operators_pod_and_the_cr_shows_its_results(
         timeout=30,
     )
 
-    kubelet.report(kube, pod, code, message)
+    finish(kube, pod, code, message)
     kube.kubectl("-n", namespace, "wait", "--for=condition=Succeeded", "compressionjob/e2e", "--timeout=90s")
     final = wait_phase(kube, namespace, "e2e", "Succeeded")
     assert conditions(final)["Ready"]["status"] == "True"

@@ -19,19 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, events, jobs, pods, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, events, finish, jobs, pods, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json
 
 from testbed.nodes import FakeNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 SHARED_TESTBED = (Path(__file__).resolve().parents[2] / ".testbed").resolve()
-
-
-def _finish(kube: Any, ns: str, pod: dict[str, Any], code: int = 0, message: str | None = None) -> None:
-    extra = [f"kompression.dev/kwok-termination-message={message}"] if message else []
-    kube.kubectl("-n", ns, "annotate", "pod", pod["metadata"]["name"], f"kompression.dev/kwok-exit-code={code}", *extra)
 
 
 def _one_job_each(kube: Any, ns: str, names: list[str]) -> None:
@@ -128,7 +122,7 @@ def test_job_deleted_by_hand_runs_again_and_succeeds(kube: Any, namespace: str, 
         "the new Job's pod",
         60,
     )[0]
-    _finish(kube, namespace, pod)
+    finish(kube, pod)
     final = wait_phase(kube, namespace, "gone", "Succeeded")
     assert conditions(final)["Ready"]["status"] == "True"
     _one_job_each(kube, namespace, ["gone"])
@@ -163,7 +157,7 @@ def test_evicted_pod_is_replaced_without_burning_a_retry(kube: Any, namespace: s
     job = get_json(kube, "-n", namespace, "job", "evict")
     assert not job["status"].get("failed")  # podFailurePolicy Ignore: backoffLimit 0 still holds
     wait_phase(kube, namespace, "evict", "Running")
-    _finish(kube, namespace, second)
+    finish(kube, second)
     wait_phase(kube, namespace, "evict", "Succeeded")
     _one_job_each(kube, namespace, ["evict"])
 
@@ -188,7 +182,7 @@ def test_node_removed_under_a_running_pod(kube: Any, namespace: str, operator: O
             kube,
             namespace,
             "node",
-            resources={"gpus": 1, "gpuProduct": product, "cpu": "100m", "memory": "64Mi"},
+            resources={**SMALL, "gpus": 1, "gpuProduct": product},
             runPolicy={"backoffLimit": 0},
         )
         first = running_pod(kube, namespace, "node")
@@ -205,7 +199,7 @@ def test_node_removed_under_a_running_pod(kube: Any, namespace: str, operator: O
         kube.request("POST", "/api/v1/nodes", node.manifest())
         second = running_pod(kube, namespace, "node", timeout=120)
         assert second["metadata"]["name"] != first["metadata"]["name"]
-        _finish(kube, namespace, second)
+        finish(kube, second)
         wait_phase(kube, namespace, "node", "Succeeded")
         _one_job_each(kube, namespace, ["node"])
     finally:
@@ -253,7 +247,7 @@ def test_concurrent_status_writer_is_not_clobbered(kube: Any, namespace: str, op
     t.start()
     try:
         time.sleep(3)
-        _finish(kube, namespace, pod)
+        finish(kube, pod)
         time.sleep(3)
     finally:
         stop.set()
@@ -281,7 +275,7 @@ def test_cr_deleted_while_the_operator_is_down(
     for name in ("keep", "drop"):
         apply_cr(kube, namespace, name, resources=SMALL)
     for name in ("keep", "drop"):
-        _finish(kube, namespace, running_pod(kube, namespace, name), 0, message)
+        finish(kube, running_pod(kube, namespace, name), 0, message)
     for name in ("keep", "drop"):
         assert wait_phase(kube, namespace, name, "Succeeded")["result"]["compressionRatio"] == 3.5
     kube.wait(lambda: len(_metric_lines(operator, namespace)) == 6, "result gauges of both", timeout=30)

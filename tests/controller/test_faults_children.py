@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, cr, events, jobs, pods, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, cr, events, finish, jobs, pods, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json
 
 from kompression.api.constants import ANNOTATION_RECREATION
@@ -18,7 +18,6 @@ from kompression.api.validation import parse_job
 from kompression.controller.builders import build_configmap
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
 MANAGED = "app.kubernetes.io/managed-by=kompression-operator"
 OPERATOR_ARGS = ("--max-job-recreations=1",)
 
@@ -26,10 +25,6 @@ OPERATOR_ARGS = ("--max-job-recreations=1",)
 def _metric(operator: OperatorProcess, prefix: str) -> float:
     """The sum of every series of a metric."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in operator.metrics().splitlines() if line.startswith(prefix))
-
-
-def _finish(kube: Any, ns: str, pod: dict[str, Any]) -> None:
-    kube.kubectl("-n", ns, "annotate", "pod", pod["metadata"]["name"], "kompression.dev/kwok-exit-code=0")
 
 
 def _configmaps(kube: Any, ns: str) -> list[dict[str, Any]]:
@@ -61,7 +56,7 @@ def test_foreign_finalizer_on_a_cr_being_deleted(kube: Any, namespace: str, oper
     assert _metric(operator, "kompression_reconcile_errors_total") == errors
 
     # Status stays true while it is held: the worker finishes, the CR says so.
-    _finish(kube, namespace, pod)
+    finish(kube, pod)
     final = wait_phase(kube, namespace, "held", "Succeeded")
     assert conditions(final)["Succeeded"]["status"] == "True"
 
@@ -172,7 +167,7 @@ def test_worker_pods_are_admitted_under_restricted_pod_security(
     refused = kube.wait(lambda: _failed_creates(kube, namespace, "unrestricted"), "FailedCreate on the control Job")
     assert "violates PodSecurity" in refused[0]
 
-    apply_cr(kube, namespace, "psa", resources={"gpus": 1, "cpu": "100m", "memory": "64Mi"})
+    apply_cr(kube, namespace, "psa", resources={**SMALL, "gpus": 1})
     pod = running_pod(kube, namespace, "psa")
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     wait_phase(kube, namespace, "psa", "Running")

@@ -17,15 +17,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubectl import apply_cr, conditions, jobs, running_pod, status, wait_phase
+from kubectl import SMALL, apply_cr, conditions, finish, jobs, running_pod, status, wait_phase
 from operator_process import OperatorProcess, get_json, install_crd
 
 from testbed.faults import etcd_compact, etcd_url, second_apiserver
 from testbed.relay import Relay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
-SMALL = {"gpus": 0, "cpu": "100m", "memory": "64Mi"}
-GPU = {"gpus": 1, "cpu": "100m", "memory": "64Mi"}
+GPU = {**SMALL, "gpus": 1}
 # Minutes made seconds: same mechanisms, shorter clocks.
 FAST = (
     "--watch-inactivity-timeout=4",
@@ -45,10 +44,6 @@ def _state_dir(kube: Any) -> Path:
 
 def _apiserver_port(state_dir: Path) -> int:
     return int(json.loads((state_dir / "ports.json").read_text())["apiserver"])
-
-
-def _finish(kube: Any, ns: str, pod: dict[str, Any]) -> None:
-    kube.kubectl("-n", ns, "annotate", "pod", pod["metadata"]["name"], "kompression.dev/kwok-exit-code=0")
 
 
 def _metric(operator: OperatorProcess, name: str) -> float:
@@ -95,7 +90,7 @@ def test_stalled_watches_are_dropped_and_nothing_is_missed(
     names = [f"during-{i}" for i in range(5)]
     for name in names:
         apply_cr(kube, namespace, name, resources=SMALL)
-    _finish(kube, namespace, pod)
+    finish(kube, pod)
 
     # With the production defaults nothing would move for 300 s (the client timeout).
     kube.wait(lambda: len(jobs(kube, namespace)) == 6, "a Job for every CR created during the stall", timeout=60)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fakeapi import FakeApi
-from kubectl import apply_cr, conditions, events, jobs, pods, status, wait_phase
+from kubectl import apply_cr, conditions, events, finish, jobs, pods, status, wait_phase
 from operator_process import OperatorProcess
 
 from factories import manifest
@@ -110,7 +110,7 @@ def test_second_live_job_on_one_prefix_waits_with_a_condition_and_an_event(
     assert sorted(j["metadata"]["name"] for j in jobs(kube, namespace)) == ["elsewhere", "first"]
     # The holder finishes: the waiting job starts on its own.
     (pod,) = pods(kube, namespace, "first")
-    kube.kubectl("-n", namespace, "annotate", "pod", pod["metadata"]["name"], "kompression.dev/kwok-exit-code=0")
+    finish(kube, pod)
     wait_phase(kube, namespace, "first", "Succeeded")
     wait_phase(kube, namespace, "second", "Running")
     assert conditions(status(kube, namespace, "second"))["Stalled"]["status"] == "False"

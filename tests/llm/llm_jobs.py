@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-llama"
 
@@ -23,14 +26,14 @@ class Texts:
 
 def job_yaml(
     texts: Texts,
-    output: Path,
     llm_quantize: str,
     *,
     acceptance: str = "",
     evaluation: Path | None = None,
     eval_samples: int = 40,
 ) -> str:
-    """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping."""
+    """A CompressionJob for the fixture model; llm_quantize is the step's flow mapping. It names no
+    output: write_job gives it one."""
     return f"""\
 apiVersion: kompression.dev/v1alpha1
 kind: CompressionJob
@@ -47,33 +50,51 @@ spec:
   - name: quantize
     llmQuantize: {llm_quantize}
   {acceptance}
-  output: {{uri: 'file://{output}/'}}
   resources: {{gpus: 0}}
 """
 
 
+def write_job(folder: Path, manifest: str | dict[str, Any], *, model: Path = FIXTURE) -> Path:
+    """folder/job.yaml (the folder made if missing): `manifest` (job_yaml's, or a job from the docs or
+    examples, as YAML or as the document) with `model` as its model and folder/out as its output,
+    whatever it named, so that each test's job, and what it publishes, stay in one folder."""
+    doc = yaml.safe_load(manifest) if isinstance(manifest, str) else manifest
+    doc["spec"]["model"]["uri"] = f"file://{model}"
+    doc["spec"]["output"] = {"uri": f"file://{folder}/out/"}
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / "job.yaml"
+    job.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return job
+
+
+def kompression_run(
+    job: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    guard: str | None = None,
+    answers: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`kompression run` of job as the worker-llm pod runs it: one torch thread, no GPU, `args` after
+    the job's. `env` replaces this process's environment; `guard` is a program that runs
+    `kompression` under an audit hook (hostile.GUARD: `python -c GUARD run ...`); `answers` go to
+    stdin, for a prompt the run must never act on."""
+    program = ["-c", guard] if guard is not None else ["-m", "kompression"]
+    return subprocess.run(
+        [sys.executable, *program, "run", str(job), "--progress", "json", *args],
+        input=answers,
+        capture_output=True,
+        text=True,
+        env={**(os.environ if env is None else env), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+        check=False,
+        timeout=600,
+    )
+
+
 def kompression_runs(*jobs: Path) -> list[subprocess.CompletedProcess[str]]:
-    """`kompression run` as the worker-llm pod runs it, one torch thread each, the jobs side by side
-    (CI has two cores, and most of a tiny model's run is single-threaded Python)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    """kompression_run of each job, side by side (CI has two cores, and most of a tiny model's run
+    is single-threaded Python)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(
-            pool.map(
-                lambda job: subprocess.run(
-                    [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    check=False,
-                    timeout=600,
-                ),
-                jobs,
-            )
-        )
-
-
-def kompression_run(job: Path) -> subprocess.CompletedProcess[str]:
-    return kompression_runs(job)[0]
+        return list(pool.map(kompression_run, jobs))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_runs
+from llm_jobs import FIXTURE, Texts, job_yaml, kompression_runs, write_job
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
@@ -52,10 +52,8 @@ def published(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     for model_type, (dtype, _) in ARCHITECTURES.items():
         folder = tmp_path_factory.mktemp(model_type)
         _tiny_model(folder / "model", model_type, dtype)
-        manifest = job_yaml(texts, folder / "out", "{scheme: W4A16, algorithm: GPTQ, groupSize: 32}", eval_samples=8)
-        job = folder / "job.yaml"
-        job.write_text(manifest.replace(f"file://{FIXTURE}", f"file://{folder / 'model'}"))
-        jobs.append(job)
+        manifest = job_yaml(texts, "{scheme: W4A16, algorithm: GPTQ, groupSize: 32}", eval_samples=8)
+        jobs.append(write_job(folder, manifest, model=folder / "model"))
         outputs[model_type] = folder / "out"
     for proc, model_type in zip(kompression_runs(*jobs), ARCHITECTURES, strict=True):
         assert proc.returncode == 0, f"{model_type}: {proc.stderr[-3000:]}"

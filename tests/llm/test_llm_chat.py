@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from llm_jobs import FIXTURE, Texts, job_yaml, kompression_runs
+from llm_jobs import FIXTURE, Texts, job_yaml, kompression_runs, write_job
 
 from kompression.api.constants import ExitCode
 
@@ -36,12 +36,8 @@ def test_messages_are_scored_through_the_chat_template_and_refused_without_one(t
     )
     jobs = []
     for name, model in (("with-template", chat_model), ("without", FIXTURE)):
-        folder = tmp_path / name
-        folder.mkdir()
-        job = folder / "job.yaml"
-        manifest = job_yaml(texts, folder / "out", "{scheme: W4A16, algorithm: RTN}", evaluation=conversations)
-        job.write_text(manifest.replace(f"file://{FIXTURE}", f"file://{model}"))
-        jobs.append(job)
+        manifest = job_yaml(texts, "{scheme: W4A16, algorithm: RTN}", evaluation=conversations)
+        jobs.append(write_job(tmp_path / name, manifest, model=model))
     with_template, without = kompression_runs(*jobs)
 
     assert with_template.returncode == 0, with_template.stderr[-2000:]

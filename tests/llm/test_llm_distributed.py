@@ -6,22 +6,13 @@ on the fixture model."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from llm_jobs import Run, Texts, job_yaml
+from llm_jobs import Run, Texts, job_yaml, kompression_run, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
-
-
-def _run(job: Path, nproc: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    argv = [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json", "--nproc-per-node", str(nproc)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +21,19 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Ru
     jobs: dict[int, Path] = {}
     for nproc in (1, 2):
         folder = tmp_path_factory.mktemp(f"ranks{nproc}")
-        jobs[nproc] = folder / "job.yaml"
-        jobs[nproc].write_text(
+        jobs[nproc] = write_job(
+            folder,
             job_yaml(
                 texts,
-                folder / "out",
                 "{scheme: W4A16, algorithm: GPTQ}",
                 acceptance="acceptance: {maxPerplexityIncrease: 0.05}",
                 eval_samples=20,
-            )
+            ),
         )
     with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(jobs, pool.map(lambda n: _run(jobs[n], n), jobs), strict=True))
+        procs = dict(
+            zip(jobs, pool.map(lambda n: kompression_run(jobs[n], "--nproc-per-node", str(n)), jobs), strict=True)
+        )
     return {n: Run(procs[n], jobs[n].parent / "out") for n in jobs}
 
 

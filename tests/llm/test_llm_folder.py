@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts, job_yaml
+from llm_jobs import FIXTURE, Texts, job_yaml, kompression_run, write_job
 
 from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
@@ -93,8 +93,7 @@ def _hostile(name: str, texts: Texts, tmp_path: Path) -> Path:
     model = root / "model"
     shutil.copytree(FIXTURE, model)
     CASES[name][0](model)
-    job = root / "job.yaml"
-    job.write_text(job_yaml(texts, root / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model)))
+    write_job(root, job_yaml(texts, "{scheme: W4A16, algorithm: RTN}"), model=model)
     return root
 
 
@@ -125,22 +124,12 @@ def test_kompression_run_refuses_a_hub_kernel_and_a_tokenizer_s_code_offline_wit
     def run(root: Path) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "CUDA_VISIBLE_DEVICES": "",
             "NETWORK_LOG": str(root / "network.log"),
             "HF_MODULES_CACHE": str(root / "modules"),  # where transformers would copy a folder's code
         }
         for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             env.pop(variable, None)  # `kompression run` sets them itself
-        return subprocess.run(
-            [sys.executable, "-c", GUARD, "run", str(root / "job.yaml"), "--progress", "json"],
-            input="y\n" * 10,
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-            timeout=600,
-        )
+        return kompression_run(root / "job.yaml", env=env, guard=GUARD, answers="y\n" * 10)
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # CI has two cores
         results = dict(zip(roots, pool.map(run, roots.values()), strict=True))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_runs, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
@@ -24,17 +24,10 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ru
     folders = {name: tmp_path_factory.mktemp(name) for name in steps}
     jobs = []
     for name, step in steps.items():
-        job = folders[name] / "job.yaml"
-        job.write_text(
-            job_yaml(
-                texts,
-                folders[name] / "out",
-                step,
-                acceptance="acceptance: {maxPerplexityIncrease: 0.05}",
-                eval_samples=EVAL_SAMPLES,
-            )
+        manifest = job_yaml(
+            texts, step, acceptance="acceptance: {maxPerplexityIncrease: 0.05}", eval_samples=EVAL_SAMPLES
         )
-        jobs.append(job)
+        jobs.append(write_job(folders[name], manifest))
     procs = kompression_runs(*jobs)
     return {name: Run(proc, folders[name] / "out") for name, proc in zip(steps, procs, strict=True)}
 

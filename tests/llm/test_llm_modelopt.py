@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs, write_job
 
 from kompression.api.constants import ExitCode
 
@@ -30,26 +30,21 @@ from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.llm import modelopt_backend
 
 
-def _job(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    job = folder / "job.yaml"
-    job.write_text(job_yaml(texts, folder / "out", step, **kwargs))
-    return job
-
-
 @pytest.fixture(scope="module")
 def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run]:
     """W4A16 (ModelOpt's INT4 AWQ, gated) and FP8Dynamic (no calibration), side by side."""
     folders = tmp_path_factory.mktemp("awq"), tmp_path_factory.mktemp("fp8")
     jobs = (
-        _job(
+        write_job(
             folders[0],
-            texts,
-            "{scheme: W4A16, backend: ModelOpt}",
-            acceptance="acceptance: {maxPerplexityIncrease: 0.1}",
-            eval_samples=16,
+            job_yaml(
+                texts,
+                "{scheme: W4A16, backend: ModelOpt}",
+                acceptance="acceptance: {maxPerplexityIncrease: 0.1}",
+                eval_samples=16,
+            ),
         ),
-        _job(folders[1], texts, "{scheme: FP8Dynamic, backend: ModelOpt}", eval_samples=16),
+        write_job(folders[1], job_yaml(texts, "{scheme: FP8Dynamic, backend: ModelOpt}", eval_samples=16)),
     )
     awq, fp8 = kompression_runs(*jobs)
     return Run(awq, folders[0] / "out"), Run(fp8, folders[1] / "out")
@@ -136,9 +131,10 @@ def test_the_checkpoint_check_refuses_a_folder_a_loader_could_not_read(runs: tup
 
 
 def test_modelopt_nvfp4_fails_on_a_cpu_naming_the_cause(texts: Texts, tmp_path: Path) -> None:
-    run = kompression_run(_job(tmp_path, texts, "{scheme: NVFP4, backend: ModelOpt}"))
+    job = job_yaml(texts, "{scheme: NVFP4, backend: ModelOpt}").replace("gpus: 0", "gpus: 1")
+    run = kompression_run(write_job(tmp_path, job))
     assert run.returncode == ExitCode.RUNTIME_MISSING
-    assert "scheme NVFP4 is a GPU-only format" in run.stderr
+    assert "NVFP4 and MXFP4 are GPU-only formats" in run.stderr and "sees no CUDA device" in run.stderr
     assert not (tmp_path / "out").exists()
 
 

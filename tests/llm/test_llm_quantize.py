@@ -12,22 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs
+from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_run, kompression_runs, write_job
 
 from kompression.api.constants import ExitCode
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
 
-def _job(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    job = folder / "job.yaml"
-    job.write_text(job_yaml(texts, folder / "out", step, **kwargs))
-    return job
-
-
 def _run(folder: Path, texts: Texts, step: str, **kwargs: Any) -> Run:
-    return Run(kompression_run(_job(folder, texts, step, **kwargs)), folder / "out")
+    return Run(kompression_run(write_job(folder, job_yaml(texts, step, **kwargs))), folder / "out")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +29,16 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, R
     .jsonl, RTN as .txt: both readers must give the same baseline."""
     folders = tmp_path_factory.mktemp("gptq"), tmp_path_factory.mktemp("rtn")
     jobs = (
-        _job(
+        write_job(
             folders[0],
-            texts,
-            "{scheme: W4A16, algorithm: GPTQ}",
-            acceptance="acceptance: {maxPerplexityIncrease: 0.05, minCompressionRatio: 3}",
-            evaluation=texts.evaluation_jsonl,
+            job_yaml(
+                texts,
+                "{scheme: W4A16, algorithm: GPTQ}",
+                acceptance="acceptance: {maxPerplexityIncrease: 0.05, minCompressionRatio: 3}",
+                evaluation=texts.evaluation_jsonl,
+            ),
         ),
-        _job(folders[1], texts, "{scheme: W4A16, algorithm: RTN}"),
+        write_job(folders[1], job_yaml(texts, "{scheme: W4A16, algorithm: RTN}")),
     )
     gptq, rtn = kompression_runs(*jobs)
     return Run(gptq, folders[0] / "out"), Run(rtn, folders[1] / "out")
@@ -150,7 +145,10 @@ def test_w8a8_and_fp8_dynamic_publish_checkpoints_transformers_loads_on_a_cpu(te
     }
     gate = "acceptance: {maxPerplexityIncrease: 0.05}"
     folders = [tmp_path / str(i) for i in range(len(cases))]
-    jobs = [_job(f, texts, step, acceptance=gate, eval_samples=12) for f, step in zip(folders, cases, strict=True)]
+    jobs = [
+        write_job(f, job_yaml(texts, step, acceptance=gate, eval_samples=12))
+        for f, step in zip(folders, cases, strict=True)
+    ]
     for proc, folder, expected in zip(kompression_runs(*jobs), folders, cases.values(), strict=True):
         run = Run(proc, folder / "out")
         algorithm, weights, activations, form = expected
@@ -164,13 +162,20 @@ def test_w8a8_and_fp8_dynamic_publish_checkpoints_transformers_loads_on_a_cpu(te
         assert abs(run.increase) < 0.05
 
 
-# NVFP4 and MXFP4 take the same check (device_for); one scheme keeps CI short.
+# NVFP4 and MXFP4 declare the same GPU need (LLMQuantizeStep.__needs__); one scheme keeps CI short.
 @pytest.mark.parametrize("scheme", ["NVFP4"])
 def test_gpu_only_schemes_fail_on_a_cpu_naming_the_cause(scheme: str, texts: Texts, tmp_path: Path) -> None:
-    run = _run(tmp_path, texts, f"{{scheme: {scheme}}}")
+    # Without a GPU asked for, validation refuses the job before anything runs ...
+    refused = _run(tmp_path / "no-gpu", texts, f"{{scheme: {scheme}}}")
+    assert refused.proc.returncode == ExitCode.INVALID_SPEC
+    assert "llmQuantize with scheme NVFP4 or MXFP4 needs a GPU" in refused.proc.stderr
+    # ... and with one asked for, a worker that sees no CUDA device fails before any work.
+    job = job_yaml(texts, f"{{scheme: {scheme}}}").replace("gpus: 0", "gpus: 1")
+    run = Run(kompression_run(write_job(tmp_path / "gpu", job)), tmp_path / "gpu" / "out")
     assert run.proc.returncode == ExitCode.RUNTIME_MISSING
-    assert f"error (RuntimeMissing, exit code 7): scheme {scheme} is a GPU-only format" in run.proc.stderr
-    assert "resources.gpus is 0" in run.proc.stderr
+    assert "error (RuntimeMissing, exit code 7): step " in run.proc.stderr
+    assert "needs a GPU; NVFP4 and MXFP4 are GPU-only formats" in run.proc.stderr
+    assert "this worker sees no CUDA device" in run.proc.stderr
     assert "Traceback" not in run.proc.stderr
     assert not run.output.exists()
 
@@ -179,11 +184,7 @@ def test_pickled_weights_are_refused(texts: Texts, tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(FIXTURE, model)
     (model / "pytorch_model.bin").write_bytes(b"not loaded")
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        job_yaml(texts, tmp_path / "out", "{scheme: W4A16, algorithm: RTN}").replace(str(FIXTURE), str(model))
-    )
-    proc = kompression_run(job)
+    proc = kompression_run(write_job(tmp_path, job_yaml(texts, "{scheme: W4A16, algorithm: RTN}"), model=model))
     assert proc.returncode == ExitCode.MODEL_ERROR
     assert "pickled weights (pytorch_model.bin)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Run, Texts, kompression_runs
+from llm_jobs import Run, Texts, kompression_runs, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
@@ -20,33 +20,28 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm-sparse24.yaml"
 WANDA = [{"name": "wanda24", "llmSparsify": {"method": "Wanda", "excludeLayers": ["re:.*down_proj"]}}]
 
 
-def _job(folder: Path, texts: Texts, steps: list[dict[str, Any]] | None = None) -> Path:
-    """examples/llm-sparse24.yaml as written (SparseGPT, then FP8Dynamic, and its gates), on the fixture
-    model and its text, 16 samples of 96 tokens each, on the CPU; or the same job with other steps."""
-    doc = yaml.safe_load(EXAMPLE.read_text())
+def _example(texts: Texts, steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """examples/llm-sparse24.yaml as written (SparseGPT, then FP8Dynamic, and its gates), on the fixture's
+    text, 16 samples of 96 tokens each, on the CPU; or the same job with other steps."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
-    spec["model"]["uri"] = f"file://{FIXTURE}"
     spec["data"] = {
         "calibration": {"uri": f"file://{texts.calibration}", "samples": 16, "maxLength": 96},
         "evaluation": {"uri": f"file://{texts.evaluation}", "samples": 16, "maxLength": 96},
     }
-    spec["output"] = {"uri": f"file://{folder}/out/"}
     spec["resources"] = {"gpus": 0}
     del spec["worker"]
     if steps is not None:
         spec["steps"] = steps
         spec["acceptance"] = {"maxPerplexityIncrease": 5}
-    folder.mkdir(parents=True, exist_ok=True)
-    job = folder / "job.yaml"
-    job.write_text(yaml.safe_dump(doc))
-    return job
+    return doc
 
 
 @pytest.fixture(scope="module")
 def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     cases = {"example": None, "wanda": WANDA}
     folders = {name: tmp_path_factory.mktemp(name) for name in cases}
-    procs = kompression_runs(*(_job(folders[n], texts, steps) for n, steps in cases.items()))
+    procs = kompression_runs(*(write_job(folders[n], _example(texts, steps)) for n, steps in cases.items()))
     return {n: Run(p, folders[n] / "out") for n, p in zip(cases, procs, strict=True)}
 
 
@@ -150,7 +145,7 @@ def test_quantizing_with_gptq_after_pruning_is_refused_naming_what_works(texts: 
         {"name": "sparse24", "llmSparsify": {"method": "SparseGPT"}},
         {"name": "w4a16", "llmQuantize": {"scheme": "W4A16"}},
     ]
-    doc = yaml.safe_load(_job(tmp_path, texts, steps).read_text())
+    doc = yaml.safe_load(write_job(tmp_path, _example(texts, steps)).read_text())
     with pytest.raises(SpecInvalid) as info:
         parse_job(doc)
     (error,) = info.value.errors

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_jobs import FIXTURE, Texts
+from llm_jobs import FIXTURE, Texts, kompression_run, write_job
 
 from hostile import AUDIT, GUARD
 from kompression.api.constants import ExitCode
@@ -91,14 +91,7 @@ def _guarded_runs(*jobs: tuple[Path, dict[str, str]]) -> list[Run]:
     def one(job: Path, env: dict[str, str]) -> Run:
         network = job.parent / "network.log"
         network.write_text("")
-        proc = subprocess.run(
-            [sys.executable, "-c", GUARD, "run", str(job), "--progress", "json"],
-            capture_output=True,
-            text=True,
-            env={**env, "NETWORK_LOG": str(network), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-            check=False,
-            timeout=600,
-        )
+        proc = kompression_run(job, env={**env, "NETWORK_LOG": str(network)}, guard=GUARD)
         return Run(proc, job.parent / "out", network)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -128,18 +121,11 @@ def thinnest_margins(questions: list[dict[str, Any]], count: int, work: Path) ->
     return [questions[i] for i in sorted(margins, key=margins.__getitem__)[:count]]
 
 
-def _job(folder: Path, questions: list[dict[str, Any]], texts: Texts) -> Path:
-    """The docs' job as written, but for where its files are."""
+def _data(folder: Path, questions: list[dict[str, Any]], texts: Texts) -> str:
+    """The docs' job as written, but for where its data is: the questions and the evaluation text, put in folder."""
     (folder / "word-order.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (folder / "eval.txt").write_text(texts.evaluation.read_text())
-    manifest = (
-        _docs_job()
-        .replace("s3://models/llama/", f"file://{FIXTURE}")
-        .replace("s3://data/", f"file://{folder}/")
-        .replace("s3://models/llama-w4a16/", f"file://{folder}/out/")
-    )
-    (folder / "job.yaml").write_text(manifest)
-    return folder / "job.yaml"
+    return _docs_job().replace("s3://data/", f"file://{folder}/")
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +135,14 @@ def runs(texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, R
     everything = paragraphs()
     train = [t for i, t in enumerate(everything) if i % 10]
     folders = tmp_path_factory.mktemp("docs"), tmp_path_factory.mktemp("coarse")
-    docs = _job(folders[0], word_order_task(train, QUESTIONS), texts)
+    docs = write_job(folders[0], _data(folders[0], word_order_task(train, QUESTIONS), texts))
     thin = thinnest_margins(word_order_task(train, 200, seed=1), THIN, tmp_path_factory.mktemp("margins"))
-    coarse = _job(folders[1], thin, texts)
-    lines = coarse.read_text().splitlines(keepends=True)
-    coarse.write_text(
+    lines = _data(folders[1], thin, texts).splitlines(keepends=True)
+    coarse = write_job(
+        folders[1],
         "".join(line for line in lines if "word-order-2-shot" not in line)  # few shots could gain accuracy
         .replace("{scheme: W4A16, algorithm: RTN}", "{scheme: W4A16, algorithm: RTN, groupSize: 256}")
-        .replace("maxAccuracyDrop: 0.1", "maxAccuracyDrop: 0")
+        .replace("maxAccuracyDrop: 0.1", "maxAccuracyDrop: 0"),
     )
     # The docs' job runs with the offline switches unset: the worker sets them itself. The coarse
     # one has them as the worker-llm image does.

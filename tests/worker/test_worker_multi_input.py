@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
+from encoder_helpers import SENTENCES, encoder_inputs
 from factories import job, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import DataSpec, ModelInput, ModelSource, OnnxStep, ShapeProfile
@@ -32,11 +32,6 @@ from kompression.worker.techniques import TECHNIQUES, standalone_context
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
 def _texts(folder: Path) -> tuple[Path, Path]:
     jsonl = folder / "sentences.jsonl"
     jsonl.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
@@ -45,10 +40,10 @@ def _texts(folder: Path) -> tuple[Path, Path]:
     return jsonl, txt
 
 
-def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: Path, tmp_path: Path) -> None:
+def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(tiny_bert: Path, tmp_path: Path) -> None:
     jsonl, txt = _texts(tmp_path)
     body = job(
-        f"file://{bert}",
+        f"file://{tiny_bert}",
         f"file://{tmp_path}/out/",
         steps=[
             {"name": "export", "onnx": {}},
@@ -59,7 +54,7 @@ def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: P
             "calibration": {"uri": f"file://{txt}", "maxLength": 16, "padding": "MaxLength"},
         },
     )
-    body["spec"]["model"] = {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
+    body["spec"]["model"] = {"uri": f"file://{tiny_bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
     assert main(["run", str(write_job(tmp_path / "job.yaml", body)), "--progress", "json"]) == ExitCode.OK
 
     fetched = publish.fetch_published(f"file://{tmp_path}/out/", tmp_path / "fetched")
@@ -75,7 +70,7 @@ def test_a_two_input_encoder_with_text_data_runs_through_kompression_run(bert: P
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
 
 
-def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) -> None:
+def test_text_is_tokenized_into_the_declared_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     jsonl, txt = _texts(tmp_path)
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(json.dumps({"text": s, "label": i % 2}) + "\n" for i, s in enumerate(SENTENCES)))
@@ -87,7 +82,7 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
             "training": {"uri": f"file://{labelled}", "maxLength": 24},
         }
     )
-    sets = load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), bert)
+    sets = load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), tiny_bert)
     assert sets.evaluation is not None and sets.calibration is not None and sets.training is not None
     ids, mask = sets.evaluation.inputs["input_ids"], sets.evaluation.inputs["attention_mask"]
     assert list(sets.evaluation.inputs) == ["input_ids", "attention_mask"] and ids.dtype == mask.dtype == np.int64
@@ -102,13 +97,13 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
 
     strict = DataSpec.model_validate({"calibration": {"uri": f"file://{txt}", "maxLength": 8, "truncation": False}})
     with pytest.raises(DataError, match=r"spec\.data\.calibration: \d+ sample\(s\).*longer than maxLength 8"):
-        load_datasets(strict, declared, lambda uri: Path(uri.removeprefix("file://")), bert)
+        load_datasets(strict, declared, lambda uri: Path(uri.removeprefix("file://")), tiny_bert)
     with pytest.raises(DataError, match=r"spec\.data\.calibration: .*only a HuggingFace model folder has one"):
         load_datasets(spec, declared, lambda uri: Path(uri.removeprefix("file://")), None)
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):  # the model without its tokenizer files
-        (bare / name).write_bytes((bert / name).read_bytes())
+        (bare / name).write_bytes((tiny_bert / name).read_bytes())
     with pytest.raises(
         DataError, match=r"spec\.data\.calibration: the model folder has no tokenizer \(tokenizer\.json, vocab\.txt"
     ):
@@ -120,7 +115,7 @@ def test_text_is_tokenized_into_the_declared_inputs(bert: Path, tmp_path: Path) 
             DataSpec.model_validate({"calibration": {"uri": f"file://{bad}"}}),
             declared,
             lambda uri: bad,
-            bert,
+            tiny_bert,
         )
 
 
@@ -243,12 +238,12 @@ def test_cosine_similarity_mean_pools_over_the_attention_mask() -> None:
     assert unmasked != pytest.approx(expected)  # without a mask: the flattened outputs, as before
 
 
-def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: Path, tmp_path: Path) -> None:
+def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(tiny_bert: Path, tmp_path: Path) -> None:
     declared = [ModelInput.model_validate(i) for i in encoder_inputs(None)]
     source = ModelSource.model_validate(
-        {"uri": f"file://{bert}", "format": "HuggingFace", "inputs": encoder_inputs(None)}
+        {"uri": f"file://{tiny_bert}", "format": "HuggingFace", "inputs": encoder_inputs(None)}
     )
-    loaded = loader.load_model(source, bert)
+    loaded = loader.load_model(source, tiny_bert)
     assert isinstance(loaded, TorchModel)
     jsonl, _ = _texts(tmp_path)
     sets = load_datasets(
@@ -257,7 +252,7 @@ def test_a_dynamic_sequence_length_stays_dynamic_in_onnx_and_torch_export(bert: 
         ),
         declared,
         lambda uri: jsonl,
-        bert,
+        tiny_bert,
     )
     assert sets.evaluation is not None
     real = tuple(torch.from_numpy(a) for a in sets.evaluation.rows(slice(0, 1)))

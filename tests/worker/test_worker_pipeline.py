@@ -39,12 +39,10 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
+def env(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KOMPRESSION_STORAGE_RETRIES", "2")
     monkeypatch.setenv("KOMPRESSION_STORAGE_BACKOFF_SECONDS", "0")
-    return tmp_path
+    return workdir
 
 
 def termination(env: Path) -> WorkerReport:

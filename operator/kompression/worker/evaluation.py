@@ -5,7 +5,7 @@
 - HuggingFace checkpoint folders: perplexity on the job's text, accuracy on its task suites and
   decode tokens/s, the folder loaded as a server loads it (worker/llm/scoring.py).
 
-Every kind sizes its model with formats.model_size, so compressionRatio means one thing. Each
+Every kind sizes its model with formats.size.model_size, so compressionRatio means one thing. Each
 kind's evaluator (and the data it reads) is imported when a model of that kind is loaded: the
 folder's evaluator needs lm-eval and transformers, which only the worker-llm environment has.
 """

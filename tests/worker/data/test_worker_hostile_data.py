@@ -23,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encoder_helpers import SENTENCES, encoder_inputs, save_tiny_bert
+from encoder_helpers import SENTENCES, encoder_inputs
 from factories import DigitsCNN, job, make_ctx, write_job
 from kompression.api.constants import ENV_ARCHITECTURE_MODULES, ExitCode
 from kompression.api.v1alpha1 import DataSource, DistillStep, FineTune, ModelInput
@@ -54,13 +54,8 @@ def _chat_folder(bert: Path, folder: Path, template: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
-@pytest.fixture(scope="module")
-def chat_bert(bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _chat_folder(bert, tmp_path_factory.mktemp("chat") / "encoder", TEMPLATE)
+def chat_bert(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _chat_folder(tiny_bert, tmp_path_factory.mktemp("chat") / "encoder", TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +263,8 @@ def _lying_npz(path: Path, declared_size: int | None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def looping_bert(bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _chat_folder(bert, tmp_path_factory.mktemp("looping") / "encoder", LOOPS)
+def looping_bert(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _chat_folder(tiny_bert, tmp_path_factory.mktemp("looping") / "encoder", LOOPS)
 
 
 def _run(tmp_path: Path, model: Path, data: Path) -> subprocess.CompletedProcess[str]:
@@ -303,21 +298,21 @@ def _hostile_runs() -> Iterator[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("case", list(_hostile_runs()), ids=[r[0] for r in _hostile_runs()])
 def test_kompression_run_on_hostile_text_exits_4_without_a_traceback(
-    bert: Path, looping_bert: Path, tmp_path: Path, case: tuple[str, str, str]
+    tiny_bert: Path, looping_bert: Path, tmp_path: Path, case: tuple[str, str, str]
 ) -> None:
     name, text, message = case
     data = tmp_path / "hostile.jsonl"
     data.write_text(text)
-    proc = _run(tmp_path, looping_bert if name == "loops" else bert, data)
+    proc = _run(tmp_path, looping_bert if name == "loops" else tiny_bert, data)
     assert proc.returncode == ExitCode.DATA_ERROR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"spec.data.evaluation: hostile.jsonl {message}" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "out").exists()
 
 
-def test_kompression_run_on_a_zip_bomb_exits_4_without_a_traceback(bert: Path, tmp_path: Path) -> None:
+def test_kompression_run_on_a_zip_bomb_exits_4_without_a_traceback(tiny_bert: Path, tmp_path: Path) -> None:
     data = _lying_npz(tmp_path / "bomb.npz", memory_bytes() + 1)
-    proc = _run(tmp_path, bert, data)
+    proc = _run(tmp_path, tiny_bert, data)
     assert proc.returncode == ExitCode.DATA_ERROR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "spec.data.evaluation: bomb.npz unpacks to" in proc.stderr, proc.stderr[-3000:]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from encoder_helpers import SENTENCES, cosine_job, encoder_inputs, save_tiny_bert
+from encoder_helpers import SENTENCES, cosine_job, encoder_inputs
 from factories import job, write_job
 from hostile import GUARD, plant_tokenizer_code
 from kompression.api.constants import ExitCode
@@ -30,17 +30,12 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
 @pytest.fixture
-def bert(pristine: Path, tmp_path: Path) -> Path:
+def bert(tiny_bert: Path, tmp_path: Path) -> Path:
     """A copy of the tiny BERT folder for the test to make hostile."""
     folder = tmp_path / "bert"
     folder.mkdir()
-    for path in pristine.iterdir():
+    for path in tiny_bert.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     return folder
 
@@ -195,10 +190,10 @@ def _shard(bert: Path) -> None:
     (bert / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def test_a_sharded_folder_loads(bert: Path, pristine: Path) -> None:
+def test_a_sharded_folder_loads(bert: Path, tiny_bert: Path) -> None:
     _shard(bert)
     loaded = loader.load_model(source(bert), bert)
-    reference = loader.load_model(source(pristine), pristine)
+    reference = loader.load_model(source(tiny_bert), tiny_bert)
     ids = torch.randint(0, 20, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.int64)
     assert isinstance(loaded, TorchModel) and isinstance(reference, TorchModel)

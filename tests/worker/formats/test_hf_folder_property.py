@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encoder_helpers import cosine_job, encoder_inputs, save_tiny_bert
+from encoder_helpers import cosine_job, encoder_inputs
 from kompression.api.constants import ExitCode
 from kompression.api.v1alpha1 import ModelSource
 from kompression.worker.data import arrays
@@ -45,20 +45,15 @@ SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
 @st.composite
-def contents(draw: st.DrawFn, name: str, pristine: Path) -> bytes:
+def contents(draw: st.DrawFn, name: str, tiny_bert: Path) -> bytes:
     """Random bytes, random JSON, or the real file with random values under some of its keys (which
     reaches past the parsing into transformers); for safetensors, a header of random JSON."""
     kind = draw(st.sampled_from(["bytes", "json", "mutated"]))
     if kind == "bytes":
         return draw(st.binary(max_size=256))
     if name == "model.safetensors":
-        real, tensors = _header(pristine)
+        real, tensors = _header(tiny_bert)
         header = json.dumps(draw(JSON) if kind == "json" else _mutated(draw, real)).encode()
         return (
             struct.pack("<Q", len(header)) + header + (tensors if kind == "mutated" else draw(st.binary(max_size=64)))
@@ -67,7 +62,7 @@ def contents(draw: st.DrawFn, name: str, pristine: Path) -> bytes:
         real: Any = {"metadata": {}, "weight_map": {"embeddings.word_embeddings.weight": "model.safetensors"}}
         value = draw(JSON) if kind == "json" else _mutated(draw, real)
         return json.dumps(value).encode()
-    return json.dumps(_mutated(draw, json.loads((pristine / name).read_text()))).encode()
+    return json.dumps(_mutated(draw, json.loads((tiny_bert / name).read_text()))).encode()
 
 
 def _mutated(draw: st.DrawFn, value: Any) -> Any:
@@ -87,24 +82,24 @@ def _header(folder: Path) -> tuple[Any, bytes]:
     return json.loads(raw[8 : 8 + length]), raw[8 + length :]
 
 
-def _folder(pristine: Path, root: Path, name: str, content: bytes) -> Path:
+def _folder(tiny_bert: Path, root: Path, name: str, content: bytes) -> Path:
     folder = root / "bert"
     folder.mkdir()
-    for path in pristine.iterdir():
+    for path in tiny_bert.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / name).write_bytes(content)
     return folder
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_random_folder_files_end_in_success_or_a_model_or_data_error(pristine: Path, name: str) -> None:
+def test_random_folder_files_end_in_success_or_a_model_or_data_error(tiny_bert: Path, name: str) -> None:
     src = ModelSource.model_validate({"uri": "file://bert", "format": "HuggingFace", "inputs": encoder_inputs()})
 
     @SETTINGS
-    @given(content=contents(name, pristine))
+    @given(content=contents(name, tiny_bert))
     def check(content: bytes) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = _folder(pristine, Path(tmp), name, content)
+            folder = _folder(tiny_bert, Path(tmp), name, content)
             try:
                 loader.load_model(src, folder)
                 arrays.tokenizer_for(folder, "spec.data.evaluation")("a cat", truncation=True, max_length=8)
@@ -117,12 +112,12 @@ def test_random_folder_files_end_in_success_or_a_model_or_data_error(pristine: P
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_folder_files_through_kompression_run_exit_0_3_or_4(
-    pristine: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
 ) -> None:
     name = data.draw(st.sampled_from(FILES))
-    content = data.draw(contents(name, pristine))
+    content = data.draw(contents(name, tiny_bert))
     root = tmp_path_factory.mktemp("run")
-    folder = _folder(pristine, root, name, content)
+    folder = _folder(tiny_bert, root, name, content)
     proc = subprocess.run(
         [sys.executable, "-m", "kompression", "run", str(cosine_job(folder, root)), "--progress", "json"],
         input="y\n" * 10,

@@ -43,13 +43,6 @@ def _body(value: Any) -> bytes:
     return value if isinstance(value, bytes) else json.dumps(value).encode()
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    return tmp_path
-
-
 def _run(prefix: str, workdir: Path) -> int:
     # The model does not exist: a run that got as far as fetching it would fail with ModelError (3).
     body = job("file://missing-model.pt2", prefix + "/")

@@ -262,17 +262,15 @@ def test_sigterm_mid_multipart_upload_aborts_it(s3env: Any, tmp_path: Path) -> N
 
 
 def test_spec_output_retry_seconds_reaches_the_worker(
-    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    relay: Relay, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from factories import job, write_job
     from kompression.cli import main
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv(retry.ENV_RETRY_SECONDS, "60")  # the chart's; the spec's must win
     relay.cut()
     body = job("s3://models/model.pt2", "file://out/")
     body["spec"]["output"]["retrySeconds"] = 1
-    code = main(["run", str(write_job(tmp_path / "job.yaml", body)), "--progress", "json"])
+    code = main(["run", str(write_job(workdir / "job.yaml", body)), "--progress", "json"])
     err = capsys.readouterr().err
     assert code == ExitCode.STORAGE_ERROR and "retry budget 1 s" in err, err[-2000:]

@@ -30,13 +30,6 @@ CLIMB = "../" * 40
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    return tmp_path
-
-
-@pytest.fixture
 def s3env(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
@@ -184,11 +177,6 @@ def test_plain_keys_pass_the_check() -> None:
 # links and special files in sources read in place
 
 
-@pytest.fixture(scope="module")
-def bert_original(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "encoder")
-
-
 def _plant(folder: Path, kind: str, outside: Path) -> str:
     """Put one hostile entry into folder; returns its name."""
     if kind == "environ":
@@ -228,10 +216,10 @@ def _hf_job(model_uri: str, workdir: Path) -> Path:
 
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_a_huggingface_folder_with_a_link_or_fifo_is_refused_by_name(
-    bert_original: Path, workdir: Path, capsys: pytest.CaptureFixture[str], kind: str
+    tiny_bert: Path, workdir: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
     folder = workdir / "model"
-    shutil.copytree(bert_original, folder)
+    shutil.copytree(tiny_bert, folder)
     outside = workdir / "outside"
     outside.mkdir()
     (outside / "secret").write_text("token")
@@ -244,11 +232,11 @@ def test_a_huggingface_folder_with_a_link_or_fifo_is_refused_by_name(
 
 @pytest.mark.parametrize("kind", ["environ", "fifo"])
 def test_a_pvc_model_folder_with_a_link_or_fifo_is_refused(
-    bert_original: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
+    tiny_bert: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
     root = workdir / "mnt-pvc"
     folder = root / "models" / "bert"
-    shutil.copytree(bert_original, folder)
+    shutil.copytree(tiny_bert, folder)
     monkeypatch.setenv("KOMPRESSION_PVC_ROOT", str(root))
     name = _plant(folder, kind, workdir)
     assert main(["run", str(_hf_job("pvc://models/bert", workdir)), "--progress", "json"]) == ExitCode.MODEL_ERROR
@@ -299,9 +287,9 @@ def test_data_that_is_or_holds_a_link_or_fifo_is_a_data_error(
     assert not (workdir / "out").exists()
 
 
-def test_the_llm_paths_fetch_refuses_links_as_a_model_error(bert_original: Path, tmp_path: Path) -> None:
+def test_the_llm_paths_fetch_refuses_links_as_a_model_error(tiny_bert: Path, tmp_path: Path) -> None:
     folder = tmp_path / "model"
-    shutil.copytree(bert_original, folder)
+    shutil.copytree(tiny_bert, folder)
     (folder / "chat_template.jinja").symlink_to("/proc/self/environ")
     with pytest.raises(
         ModelError, match=r"spec\.model\.uri: .*chat_template\.jinja is a symbolic link \(to /proc/self/environ\)"
@@ -309,11 +297,11 @@ def test_the_llm_paths_fetch_refuses_links_as_a_model_error(bert_original: Path,
         objects.source(f"file://{folder}", tmp_path / "work", ModelError, "spec.model.uri")
 
 
-def test_a_folder_reached_through_a_linked_parent_is_read(bert_original: Path, tmp_path: Path) -> None:
+def test_a_folder_reached_through_a_linked_parent_is_read(tiny_bert: Path, tmp_path: Path) -> None:
     """Only the source itself and what it holds are vetted: an administrator's link higher up the
     path (a mount point moved elsewhere) is not the source's content."""
     (tmp_path / "real").mkdir()
-    shutil.copytree(bert_original, tmp_path / "real" / "model")
+    shutil.copytree(tiny_bert, tmp_path / "real" / "model")
     (tmp_path / "models").symlink_to(tmp_path / "real")
     path = objects.source(f"file://{tmp_path}/models/model", tmp_path / "work", ModelError, "spec.model.uri")
     assert (path / "config.json").is_file()

@@ -20,13 +20,6 @@ from kompression.worker.storage import objects, publish
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KOMPRESSION_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    return tmp_path
-
-
 def _run_through(model_prefix: str, output: str, workdir: Path) -> None:
     """Store a model and its evaluation set under model_prefix, compress with real DynamicInt8, and
     check what was published under output."""

@@ -3,7 +3,7 @@ folder and writes its own, which transformers, vLLM or TensorRT-LLM load as they
 
 - llm-compressor (llmQuantize's default backend, and llmSparsify): oneshot with the step's recipe,
   saved as compressed-tensors; under torchrun every rank calibrates a share of the samples
-  (distributed.py), and rank 0 alone goes on.
+  (ranks.py), and rank 0 alone goes on.
 - Model Optimizer (llmQuantize backend ModelOpt): its unified HF checkpoint, which no runtime here
   loads, so the step reports the figures it measured in memory before export.
 

@@ -5,13 +5,10 @@ hostile task file exits 4 with no traceback, before any model work."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from llm_jobs import FIXTURE
+from llm_jobs import kompression_run, write_job
 
 from kompression.api.constants import ExitCode
 
@@ -108,31 +105,18 @@ def test_a_surrogate_pair_and_a_line_separator_inside_a_string_are_text(tmp_path
 
 def test_kompression_run_on_a_hostile_task_file_exits_4_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "task.jsonl").write_text(json.dumps(GOOD) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
-    (tmp_path / "job.yaml").write_text(f"""\
-apiVersion: kompression.dev/v1alpha1
-kind: CompressionJob
-metadata: {{name: hostile-task}}
-spec:
-  model:
-    uri: file://{FIXTURE}
-    format: HuggingFace
-    inputs: [{{name: input_ids, shape: [-1, -1], dtype: int64}}]
-  data:
-    tasks: [{{name: hostile, uri: 'file://{tmp_path}/task.jsonl'}}]
-  steps:
-  - name: w4a16
-    llmQuantize: {{scheme: W4A16, algorithm: RTN}}
-  output: {{uri: 'file://{tmp_path}/out/'}}
-  resources: {{gpus: 0}}
-""")
-    proc = subprocess.run(
-        [sys.executable, "-m", "kompression", "run", str(tmp_path / "job.yaml")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-        check=False,
-        timeout=600,
-    )
+    job = {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "hostile-task"},
+        "spec": {
+            "model": {"format": "HuggingFace", "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}]},
+            "data": {"tasks": [{"name": "hostile", "uri": f"file://{tmp_path}/task.jsonl"}]},
+            "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "RTN"}}],
+            "resources": {"gpus": 0},
+        },
+    }
+    proc = kompression_run(write_job(tmp_path, job))
     assert proc.returncode == ExitCode.DATA_ERROR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "spec.data.tasks[0] (hostile): task.jsonl:2: its JSON is nested too deeply" in proc.stderr, proc.stderr

@@ -34,6 +34,8 @@ import torch
 from kompression.worker.errors import ModelError, brief
 from kompression.worker.model import CheckpointFolder
 
+# Where a checkpoint folder's problems are reported (the LLM techniques read it as the manifest names it).
+MODEL_URI = "spec.model.uri"
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # The JSON files transformers reads as settings (not vocabularies): each may carry auto_map.

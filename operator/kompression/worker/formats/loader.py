@@ -10,9 +10,6 @@ from kompression.worker.formats import hf_folder, huggingface, onnx_file, safete
 from kompression.worker.formats.inputs import check_inputs
 from kompression.worker.model import Model
 
-# Where a checkpoint folder's problems are reported (the LLM techniques read it as the manifest names it).
-MODEL_URI = "spec.model.uri"
-
 
 def load_model(
     source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None, *, checkpoint: bool = False
@@ -25,7 +22,7 @@ def load_model(
     the LLM techniques, which read and write folders as servers load them.
     """
     if checkpoint:
-        return hf_folder.vet(path, MODEL_URI)
+        return hf_folder.vet(path, hf_folder.MODEL_URI)
     loaders: dict[str, Callable[[ModelSource, Path], Model]] = {
         "TorchExport": torch_export.load,
         "TorchScript": torchscript.load,

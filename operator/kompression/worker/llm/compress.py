@@ -26,7 +26,7 @@ from llmcompressor import oneshot
 from kompression.api.v1alpha1 import LLMQuantizeStep, LLMSparsifyStep
 from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import hf_folder
-from kompression.worker.formats.loader import MODEL_URI
+from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
 from kompression.worker.llm import modelopt_backend, ranks, recipe, sparsity
 from kompression.worker.model import CheckpointFolder, Model

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from kompression.api.v1alpha1 import LLMQuantizeStep, Metrics
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.formats import hf_folder
-from kompression.worker.formats.loader import MODEL_URI
+from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.measure.graphs import api_device
 from kompression.worker.model import CheckpointFolder

@@ -35,7 +35,7 @@ from kompression.api.v1alpha1 import LLMQuantizeStep, LLMSparsifyStep
 from kompression.worker import distributed
 from kompression.worker.errors import DataError
 from kompression.worker.formats import hf_folder
-from kompression.worker.formats.loader import MODEL_URI
+from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.model import CheckpointFolder
 
 Config = LLMQuantizeStep | LLMSparsifyStep

@@ -16,7 +16,7 @@ from kompression.worker.data.texts import read_texts
 from kompression.worker.errors import DataError
 from kompression.worker.evaluation import Prepared
 from kompression.worker.formats import hf_folder
-from kompression.worker.formats.loader import MODEL_URI
+from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
 from kompression.worker.llm import tasks, throughput, token_ids
 from kompression.worker.llm.perplexity import perplexity

@@ -52,8 +52,7 @@ class Loaded:
     baseline: graphs.Measured
     workdir: Path
     device: str
-    # How a step's output is scored: the evaluator of the model's kind (set by load).
-    evaluate: evaluation.Evaluator | None = None
+    evaluate: evaluation.Evaluator  # how a step's output is scored: the evaluator of the model's kind
     # The original re-measured on another device than the job's, for a like-for-like speedup.
     remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
 
@@ -211,8 +210,6 @@ def run_steps(
     outputs: dict[str, Model] = {}
     records: list[StepRecord] = []
     checkpoints = Checkpoints(loaded.prefix, steps)
-    evaluate = loaded.evaluate
-    assert evaluate is not None  # load sets it
     for index, step in enumerate(steps):
         config = step.config
         technique = techniques.get(type(config))
@@ -246,7 +243,7 @@ def run_steps(
             result = technique(current, ctx)
             artifact, kind = serialize(result.model, workdir / "out", spec.model.inputs)
             if result.metrics is None:
-                measured = evaluate(result.model, artifact, loaded.baseline)
+                measured = loaded.evaluate(result.model, artifact, loaded.baseline)
             else:  # a model no runtime here loads: the technique scored it itself
                 measured = graphs.Measured(result.metrics.model_copy(update={"sizeBytes": size.model_size(artifact)}))
         except WorkerError as exc:

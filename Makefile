@@ -56,8 +56,10 @@ crd: setup ## regenerate everything derived from the typed API: crds/, the chart
 	$(BIN)/python -m kompression.api.reference > docs/crd-reference.md
 	hack/chart-render-deploy.sh
 
-test: setup testbed-deps lint test-llm ## every test, against the real test bed (starts it as needed)
-	$(BIN)/pytest
+# The images' tests and the real node's need root (as CI runs): the node mounts, and owns a bridge and
+# iptables rules. The node starts inside the pytest session and stops with it.
+test: setup testbed-deps node-deps images lint test-llm ## every test: the test bed, the product images, and a real node running them
+	KOMPRESSION_REAL_NODE=1 KOMPRESSION_TEST_IMAGES=1 $(BIN)/pytest
 
 test-llm: setup-llm ## the LLM path's tests, in .venv-llm (skipped in .venv, which cannot hold llm-compressor)
 	OMP_NUM_THREADS=1 $(VENV_LLM)/bin/pytest tests/llm --confcutdir=tests/llm

@@ -15,7 +15,10 @@
 #
 # Builds are cached by their inputs: the sha256 of the Dockerfile, pyproject.toml, README.md,
 # operator/ and the base image's ID is the label dev.kompression.inputs; an image whose label
-# matches is not rebuilt, so a second run returns in seconds.
+# matches is not rebuilt, so a second run returns in seconds. The workers' dependencies (torch and
+# the rest: gigabytes) are an image of their own, the Dockerfile's `deps` stage, cached by the
+# Dockerfile, pyproject.toml and the requirement helpers alone: a change to Kompression's code
+# rebuilds only the small layer that holds it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,17 +81,50 @@ python_base() {
   standin_base
 }
 
-inputs_hash() { # dockerfile base_id
+inputs_hash() { # base_id path...
+  local base=$1
+  shift
   (
     cd "$ROOT"
-    printf '%s\n%s\n' "$2" "$VERSION"
+    printf '%s\n%s\n' "$base" "$VERSION"
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ --exclude='*.egg-info' \
-      -cf - "$(dirname "$1")" pyproject.toml README.md operator
+      -cf - "$@"
   ) | sha256sum | cut -c1-64
 }
 
+build() { # tag hash log_name buildah-build-args...: builds unless the image's inputs label matches
+  local tag=$1 hash=$2 name=$3 previous start=$SECONDS
+  shift 3
+  if [ "$(image_label "$tag" dev.kompression.inputs)" = "$hash" ]; then
+    log "$tag is up to date (inputs $hash)"
+    return
+  fi
+  log "building $tag (log: $CACHE/$name.log)"
+  previous=$(image_id "$tag" || true)
+  # No --layers: the cache is the inputs' hash (and pip's cache mount), and a multi-gigabyte build
+  # stage kept per build fills a CI machine's disk.
+  if ! buildah --cgroup-manager cgroupfs build "${RUN_ARGS[@]}" "$@" \
+      --build-arg "VERSION=$VERSION" --label "dev.kompression.inputs=$hash" -t "$tag" "$ROOT" >"$CACHE/$name.log" 2>&1; then
+    tail -30 "$CACHE/$name.log" >&2
+    die "building $tag failed (full log: $CACHE/$name.log)"
+  fi
+  # The image this build replaced is untagged now: nothing else refers to it.
+  if [ -n "$previous" ] && [ "$previous" != "$(image_id "$tag")" ]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
+  log "built $tag in $((SECONDS - start)) s: $(buildah images --format '{{.Size}}' "$tag" 2>/dev/null || true)"
+}
+
+deps_image() { # name base_arg...: the worker's dependency stage as an image of its own; prints its tag
+  local name=$1 dockerfile="images/$1/Dockerfile" tag="localhost/kompression/$1-deps:$VERSION" hash helpers=()
+  shift
+  helpers=(images/extra-requirements.py)
+  [ -f "$ROOT/images/$name/cpu-requirements.py" ] && helpers+=("images/$name/cpu-requirements.py")
+  hash=$(inputs_hash "$(image_id "${1#--build-arg=PYTHON_BASE=}")" "$dockerfile" pyproject.toml "${helpers[@]}")
+  build "$tag" "$hash" "$name-deps" "$@" --target deps -f "$ROOT/$dockerfile" >&2
+  echo "$tag"
+}
+
 build_one() { # name
-  local name=$1 dockerfile tag base_arg=() base_id
+  local name=$1 dockerfile tag base_args=() base_id
   dockerfile="images/$name/Dockerfile"
   [ -f "$ROOT/$dockerfile" ] || die "no $dockerfile"
   case "$name" in
@@ -101,34 +137,23 @@ build_one() { # name
   if [ "$name" = worker ]; then
     # Its RUN has a pipe under SHELL pipefail, which only the docker image format keeps.
     base_id=nvidia
-    base_arg=(--format docker)
+    base_args=(--format docker)
   else
     local base
     base=$(python_base)
-    base_arg=(--build-arg "PYTHON_BASE=$base")
+    base_args=("--build-arg=PYTHON_BASE=$base")
     base_id=$(image_id "$base")
   fi
-  local hash
-  hash=$(inputs_hash "$dockerfile" "$base_id")
-  if [ "$(image_label "$tag" dev.kompression.inputs)" = "$hash" ]; then
-    log "$tag is up to date (inputs $hash)"
-    echo "$tag"
-    return
-  fi
-  log "building $tag from $dockerfile (log: $CACHE/$name.log)"
-  local start=$SECONDS previous
-  previous=$(image_id "$tag" || true)
-  # No --layers: the cache is the inputs' hash (and pip's cache mount), and a multi-gigabyte build
-  # stage kept per build fills a CI machine's disk.
-  if ! buildah --cgroup-manager cgroupfs build "${RUN_ARGS[@]}" "${base_arg[@]}" \
-      --build-arg "VERSION=$VERSION" --label "dev.kompression.inputs=$hash" \
-      -f "$ROOT/$dockerfile" -t "$tag" "$ROOT" >"$CACHE/$name.log" 2>&1; then
-    tail -30 "$CACHE/$name.log" >&2
-    die "building $tag failed (full log: $CACHE/$name.log)"
-  fi
-  # The image this build replaced is untagged now: nothing else refers to it.
-  if [ -n "$previous" ] && [ "$previous" != "$(image_id "$tag")" ]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
-  log "built $tag in $((SECONDS - start)) s: $(buildah images --format '{{.Size}}' "$tag" 2>/dev/null || true)"
+  case "$name" in
+    worker-cpu | worker-llm)
+      local deps
+      deps=$(deps_image "$name" "${base_args[@]}")
+      base_args+=("--build-arg=DEPS=$deps")
+      base_id="$base_id $(image_id "$deps")"
+      ;;
+  esac
+  build "$tag" "$(inputs_hash "$base_id" "$(dirname "$dockerfile")" pyproject.toml README.md operator)" "$name" \
+    "${base_args[@]}" -f "$ROOT/$dockerfile" >&2
   echo "$tag"
 }
 
@@ -137,3 +162,5 @@ names=("$@")
 for n in "${names[@]}"; do
   if [ "$n" = base ]; then python_base; else build_one "$n"; fi
 done
+# A rebuilt dependency image leaves its predecessor untagged once no worker image stands on it.
+buildah rmi --prune >/dev/null 2>&1 || true

@@ -10,6 +10,7 @@ KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 # 3.36+ needs Node 22; 3.35 runs on the Node 18/20 that Debian and Ubuntu ship.
 AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"
 
@@ -58,11 +59,15 @@ build_k8s() {
 }
 
 build_node() {
-  # The real node's kubelet, from the same k8s.io/kubernetes release as the control plane. A work
-  # directory of its own (build_k8s may be running in the other), sharing Go's build cache, so the
-  # packages the apiserver already compiled are not compiled again (about 4 minutes then).
-  stamp_ok kubelet "$K8S_VERSION" && return 0
-  log "building kubelet from k8s.io/kubernetes@$K8S_VERSION"
+  # The real node's kubelet and kube-proxy, from the same k8s.io/kubernetes release as the control
+  # plane. A work directory of its own (build_k8s may be running in the other), sharing Go's build
+  # cache, so the packages the apiserver already compiled are not compiled again (about 4 minutes
+  # then). CoreDNS, the cluster DNS the pods resolve Service names with, is its own Go module.
+  build_go_module coredns github.com/coredns/coredns github.com/coredns/coredns "$COREDNS_VERSION"
+  local wanted=(kubelet kube-proxy) missing=()
+  for b in "${wanted[@]}"; do stamp_ok "$b" "$K8S_VERSION" || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "building ${missing[*]} from k8s.io/kubernetes@$K8S_VERSION"
   local work="$CACHE/src/k8s-node-$K8S_VERSION" staging="v0.${K8S_VERSION#v1.}"
   mkdir -p "$work"
   (
@@ -75,11 +80,16 @@ build_node() {
       go mod edit -replace "$m=$m@$staging"
     done
     go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' >tools.go
+    printf '//go:build tools\n\npackage tools\n\nimport (\n' >tools.go
+    for b in "${wanted[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b" >>tools.go; done
+    printf ')\n' >>tools.go
     go mod tidy -e >/dev/null 2>&1 || true
-    go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" -o "$BIN/kubelet" k8s.io/kubernetes/cmd/kubelet
+    for b in "${missing[@]}"; do
+      log "go build $b"
+      go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" -o "$BIN/$b" "k8s.io/kubernetes/cmd/$b"
+      stamp "$b" "$K8S_VERSION"
+    done
   )
-  stamp kubelet "$K8S_VERSION"
 }
 
 build_go_module() { # name module package version
@@ -123,7 +133,7 @@ build_azurite() {
 }
 
 targets=("$@")
-# `node` (the real node's kubelet) is built only when asked: `make node` and its tests need root.
+# `node` (the real node's kubelet, kube-proxy and CoreDNS) is built only when asked: `make node` and its tests need root.
 [ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite actionlint k8s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "binaries ready in $BIN"

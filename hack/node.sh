@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One real Kubernetes node beside the test bed's kwok nodes: containerd, runc, the CNI bridge and a
-# kubelet built from the control plane's release (hack/build-testbed.sh node). Needs root (mounts,
+# kubelet and kube-proxy built from the control plane's release, and CoreDNS as the cluster DNS
+# (hack/build-testbed.sh node). Needs root (mounts,
 # network namespaces, iptables) and a running test bed (`make cluster`, or TESTBED_DIR of one).
 #   up                 start the node (after `down` of anything a crashed run left); prints its name
 #   down               stop every process it started, remove its mounts, rules, bridge and state
@@ -8,10 +9,13 @@
 #   import TAG...      copy buildah images into the node's containerd (once per image ID)
 #
 # The node is labelled kompression.dev/real-node=true and advertises no GPU. Pods reach the host's
-# loopback services (the API server, the test bed's S3, the operator) at the bridge's address,
-# $GATEWAY, through a DNAT to 127.0.0.1; the `kubernetes` Service's address goes to the API server
-# the same way. A safety net drops anything the pod bridge would forward off the machine (IPv4 and
-# IPv6), installed before the kubelet starts, so no pod ever sends a packet beyond this host.
+# loopback services (the test bed's S3, Prometheus, Pushgateway) at the bridge's address, $GATEWAY,
+# through a DNAT to 127.0.0.1. Services are what a cluster makes of them: kube-proxy (iptables mode)
+# translates Service addresses (the `kubernetes` Service's goes to the API server on loopback by a
+# rule of this script, since loopback cannot be published as an endpoint), and CoreDNS on $GATEWAY
+# answers the cluster's names and nothing else (no forwarding). A safety net drops anything the pod
+# bridge would forward off the machine (IPv4 and IPv6); it, kube-proxy's first sync and CoreDNS are
+# in place before the kubelet starts, so no pod ever sends a packet beyond this host.
 # One real node per machine: the bridge, its rules and the image store are shared.
 set -euo pipefail
 
@@ -25,8 +29,8 @@ STORE="$CACHE/node/containerd"
 NODE_NAME="${NODE_NAME:-kompression-node-0}"
 BRIDGE=kompression0
 POD_SUBNET=10.213.0.0/24
-GATEWAY=10.213.0.1
 KUBERNETES_SERVICE_IP=10.96.0.1
+GATEWAY=10.213.0.1
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 CHAIN=KOMPRESSION-NODE
 SOCK="$NODE_DIR/containerd.sock"
@@ -42,12 +46,14 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 prerequisites() {
   [ "$(id -u)" -eq 0 ] || die "needs root (mounts, network namespaces, iptables)"
   local missing=()
-  for c in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables ip gcc buildah; do
+  for c in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables ip gcc buildah curl; do
     command -v "$c" >/dev/null || missing+=("$c")
   done
   [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
   [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (apt-get install containerd runc containernetworking-plugins iptables gcc libc6-dev buildah)"
-  [ -x "$BIN/kubelet" ] || die "no kubelet at $BIN/kubelet: run hack/build-testbed.sh node"
+  for b in kubelet kube-proxy coredns; do
+    [ -x "$BIN/$b" ] || die "no $b at $BIN/$b: run hack/build-testbed.sh node"
+  done
   [ -f "$TESTBED_DIR/kubeconfig" ] && [ -f "$TESTBED_DIR/ports.json" ] ||
     die "no test bed in $TESTBED_DIR: start one first (make cluster)"
 }
@@ -57,23 +63,29 @@ apiserver_port() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]
 # ---- the safety net and the routes to the host ------------------------------------------------
 
 rules() { # add | delete
-  local op=$1 port
+  local op=$1
   if [ "$op" = add ]; then
-    port=$(apiserver_port)
     iptables -N "$CHAIN" 2>/dev/null || iptables -F "$CHAIN"
+    # Pod to pod (bridged, or routed back onto the bridge after kube-proxy's DNAT) stays inside.
+    iptables -A "$CHAIN" -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
     # Off the machine: nothing the bridge forwards leaves it, and nothing forwarded reaches it.
     iptables -A "$CHAIN" -i "$BRIDGE" -j DROP
     iptables -A "$CHAIN" -o "$BRIDGE" -j DROP
     iptables -C FORWARD -j "$CHAIN" 2>/dev/null || iptables -I FORWARD 1 -j "$CHAIN"
     ip6tables -N "$CHAIN" 2>/dev/null || ip6tables -F "$CHAIN"
+    ip6tables -A "$CHAIN" -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
     ip6tables -A "$CHAIN" -i "$BRIDGE" -j DROP
     ip6tables -A "$CHAIN" -o "$BRIDGE" -j DROP
     ip6tables -C FORWARD -j "$CHAIN" 2>/dev/null || ip6tables -I FORWARD 1 -j "$CHAIN"
-    # To the host: the bridge's address is the host's loopback, the `kubernetes` Service the API server.
+    # To the host: the bridge's address is the host's loopback (the test bed's servers), except the
+    # ports the node serves there itself (the kubelet's; CoreDNS answers on UDP and TCP 53). The
+    # `kubernetes` Service goes to the API server here, before kube-proxy's rules: the API server
+    # listens on loopback, an address it may not publish as the Service's endpoint.
     iptables -t nat -N "$CHAIN" 2>/dev/null || iptables -t nat -F "$CHAIN"
     iptables -t nat -A "$CHAIN" -i "$BRIDGE" -p tcp -d "$KUBERNETES_SERVICE_IP" --dport 443 \
-      -j DNAT --to-destination "127.0.0.1:$port"
-    iptables -t nat -A "$CHAIN" -i "$BRIDGE" -p tcp -d "$GATEWAY" -j DNAT --to-destination 127.0.0.1
+      -j DNAT --to-destination "127.0.0.1:$(apiserver_port)"
+    iptables -t nat -A "$CHAIN" -i "$BRIDGE" -p tcp -d "$GATEWAY" -m multiport ! --dports 53,"$KUBELET_PORT" \
+      -j DNAT --to-destination 127.0.0.1
     iptables -t nat -C PREROUTING -j "$CHAIN" 2>/dev/null || iptables -t nat -I PREROUTING 1 -j "$CHAIN"
   else
     iptables -D FORWARD -j "$CHAIN" 2>/dev/null || true
@@ -222,14 +234,74 @@ current-context: node
 EOF
 }
 
-dns_up() {
-  setsid python3 "$ROOT/hack/node-dns.py" "$GATEWAY" "$KUBERNETES_SERVICE_IP" >>"$NODE_DIR/logs/dns.log" 2>&1 </dev/null &
-  echo $! >"$NODE_DIR/dns.pid"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # what name command...: polls the command for 60 s while the process lives
+  local what=$1 name=$2
+  shift 2
+  for _ in $(seq 240); do
+    alive "$NODE_DIR/$name.pid" || break
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.25
+  done
+  tail -20 "$NODE_DIR/logs/$name.log" >&2
+  die "$what did not come up (log: $NODE_DIR/logs/$name.log)"
+}
+
+kube_proxy_up() {
+  # Every Service address is translated on this host before a pod can start. masqueradeAll: a pod
+  # that reaches a Service whose endpoint sits on the same bridge gets the replies back through the
+  # host, with or without br_netfilter. The conntrack sysctls stay as they are (the VM refuses them).
+  cat >"$NODE_DIR/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: "$TESTBED_DIR/kubeconfig"}
+hostnameOverride: $NODE_NAME
+# The node's primary address. The kubelet creates the Node object only later: kube-proxy waits 30 s
+# for it, then goes on with this address (a pod cannot start before that, nor before the first sync).
+bindAddress: $GATEWAY
+mode: iptables
+clusterCIDR: $POD_SUBNET
+iptables: {masqueradeAll: true, syncPeriod: 30s, minSyncPeriod: 0s}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+nodePortAddresses: ["$GATEWAY/32"]
+healthzBindAddress: "127.0.0.1:$(free_port)"
+metricsBindAddress: "127.0.0.1:$(free_port)"
+EOF
+  setsid "$BIN/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml" --v=1 \
+    >>"$NODE_DIR/logs/kube-proxy.log" 2>&1 </dev/null &
+  echo $! >"$NODE_DIR/kube-proxy.pid"
+  wait_for kube-proxy kube-proxy kube_proxy_synced
+}
+
+# Synced once a full sync has written the chain's last rule, the jump to the node ports.
+kube_proxy_synced() { iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q -- '-j KUBE-NODEPORTS'; }
+
+coredns_up() {
+  # The cluster DNS: the names of Services and pods, from the API server, on the bridge's address
+  # only. With no `forward` plugin a name outside the cluster's zones is never sent on.
+  local ready
+  ready=$(free_port)
+  cat >"$NODE_DIR/Corefile" <<EOF
+.:53 {
+    bind $GATEWAY
+    errors
+    ready 127.0.0.1:$ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $TESTBED_DIR/kubeconfig
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    cache 5
+}
+EOF
+  setsid "$BIN/coredns" -conf "$NODE_DIR/Corefile" >>"$NODE_DIR/logs/coredns.log" 2>&1 </dev/null &
+  echo $! >"$NODE_DIR/coredns.pid"
+  # `ready` answers 200 once the kubernetes plugin has listed Services and EndpointSlices.
+  wait_for CoreDNS coredns curl -fsS "http://127.0.0.1:$ready/ready"
 }
 
 kubelet_up() {
-  local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   cat >"$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -244,7 +316,7 @@ failSwapOn: false
 # leaves the machine from. The API server reaches it from the host; pods' packets to it are
 # DNATed to loopback before they could reach this port.
 address: $GATEWAY
-port: $port
+port: $KUBELET_PORT
 readOnlyPort: 0
 healthzPort: 0
 # Only the API server (on this host) talks to this port, for logs and exec.
@@ -253,10 +325,12 @@ authorization: {mode: AlwaysAllow}
 # Never evict or garbage-collect the imported images: they cannot be pulled back.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# Absolute floors, not percentages: on a shared disk that image builds fill and free again, 1% of a
+# large disk once tainted the node with DiskPressure and had the kubelet delete the imported images.
+evictionHard: {memory.available: "100Mi", nodefs.available: "512Mi", imagefs.available: "512Mi"}
 maxPods: 16
-# The pods' resolver is hack/node-dns.py on the bridge (the `kubernetes` Service's names only);
-# the host's is off the machine and never theirs. Pods address the host by IP ($GATEWAY).
+# The pods' resolver is CoreDNS on the bridge (the cluster's names only); the host's is off the
+# machine and never theirs. Pods address the test bed's servers by IP ($GATEWAY).
 resolvConf: ""
 clusterDNS: [$GATEWAY]
 clusterDomain: cluster.local
@@ -301,7 +375,8 @@ stop_pidfile() { # pidfile
 down() {
   [ "$(id -u)" -eq 0 ] || { [ -d "$NODE_DIR" ] && log "not root: cannot stop the node in $NODE_DIR"; return 0; }
   stop_pidfile "$NODE_DIR/kubelet.pid"
-  stop_pidfile "$NODE_DIR/dns.pid"
+  stop_pidfile "$NODE_DIR/coredns.pid"
+  stop_pidfile "$NODE_DIR/kube-proxy.pid"
   if alive "$NODE_DIR/containerd.pid"; then containers_clear; fi
   stop_pidfile "$NODE_DIR/containerd.pid"
   # runc's shims outlive containerd by design; these are the ones started for this node's socket.
@@ -319,6 +394,8 @@ down() {
       umount -l "$m" 2>/dev/null || true
     done
     rules delete
+    # kube-proxy's own chains (KUBE-SERVICES, KUBE-FORWARD, ...), which it leaves behind by design.
+    if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
     ip link del "$BRIDGE" 2>/dev/null || true
     rm -f "$OWNER"
   fi
@@ -335,6 +412,7 @@ up() {
   down
   mkdir -p "$NODE_DIR/logs" "$(dirname "$OWNER")"
   echo "$NODE_DIR" >"$OWNER"
+  KUBELET_PORT=$(free_port)
   rules add
   bridge_up
   containerd_config
@@ -342,13 +420,14 @@ up() {
   containers_clear
   pause_image
   node_kubeconfig
-  dns_up
+  kube_proxy_up
+  coredns_up
   kubelet_up
   echo "$NODE_NAME"
 }
 
 status() {
-  for c in containerd dns kubelet; do
+  for c in containerd kube-proxy coredns kubelet; do
     if alive "$NODE_DIR/$c.pid"; then echo "$c: pid $(cat "$NODE_DIR/$c.pid")"; else echo "$c: not running"; fi
   done
   [ -f "$TESTBED_DIR/kubeconfig" ] && "$BIN/kubectl" --kubeconfig "$TESTBED_DIR/kubeconfig" get node "$NODE_NAME" 2>&1 || true

@@ -26,6 +26,13 @@ deps() {
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   command -v lua5.4 >/dev/null || missing+=(lua5.4)  # runs the Argo CD health check in tests/gitops
   command -v npm >/dev/null || missing+=(nodejs npm)   # installs Azurite, the Azure Storage emulator
+  # The product images, built and run daemonless (hack/build-images.sh, tests/images).
+  local c
+  for c in buildah podman mmdebstrap; do command -v "$c" >/dev/null || missing+=("$c"); done
+  # The real node (hack/node.sh): its runtime, the CNI bridge, iptables, and gcc for the pause binary.
+  for c in containerd runc iptables curl; do command -v "$c" >/dev/null || missing+=("$c"); done
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  command -v gcc >/dev/null || missing+=(gcc libc6-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq

@@ -8,10 +8,10 @@ enforced here, the tests run as root); the termination message path as a file. M
 mapped under a temp root, and every occurrence of a mount path (or of a folder holding mount
 points) in the command, args and env values is rewritten to match.
 
-Only for what the real node cannot serve: the real node (hack/node.sh, `make test-node`,
-tests/controller/test_real_node_e2e.py) runs CPU jobs in the worker image on a real kubelet, but it
-has no GPU, so jobs that ask for GPUs (kwok's H100 and A100 nodes, multi-GPU torchrun pods) run
-here; and `make test` does not start the real node (it needs root and the built images).
+Only for what the real node cannot serve: a GPU. The real node (hack/node.sh, started by `make
+test`; tests/controller/test_real_node_e2e.py) runs the operator image and CPU and LLM jobs in the
+worker images on a real kubelet, claims included, but it has no GPU, so the jobs that ask for GPUs
+(kwok's H100 and A100 nodes, multi-GPU torchrun pods) run here.
 """
 
 from __future__ import annotations

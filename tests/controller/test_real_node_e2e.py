@@ -1,51 +1,83 @@
-"""End to end on the real node (hack/node.sh): the operator's Job runs in the CPU worker image on
-a real kubelet, with no stand-in anywhere between the CR and the objects in S3.
+"""End to end on the real node (hack/node.sh): the chart runs the operator image as a pod, and its
+Jobs run in the CPU and LLM worker images on a real kubelet, with no stand-in anywhere between the
+CR and the objects in S3.
 
-The operator runs here (a process on the host); its worker pods land on the real node through
-`--worker-node-selector`, run as UID 65532 with a read-only root, reach the test bed's S3 and the
-operator's progress server at the pod bridge's address, and end with the termination message the
-real kubelet wrote. Skipped, naming the fix, where the real node cannot start (`make test-node`).
+The tests talk to the operator only through the API server: CRs, their status and Events, and its
+metrics through the API server's proxy to its Service. The chart puts the operator pod and the
+worker pods on the real node (nodeSelector, worker.nodeSelector). Workers run as UID 65532 with a
+read-only root, resolve the operator's Service with CoreDNS and reach it through kube-proxy with
+their projected token, reach the test bed's S3 at the pod bridge's address, and end with the
+termination message the real kubelet wrote. Skipped, naming the fix, where the real node cannot start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import yaml
-from kubectl import conditions, events, pods, status, wait_phase
-from operator_process import OperatorProcess, install_crd
+from claims import claim_volumes
+from kubectl import apply_cr, conditions, events, pods, status, wait_phase
 
 from factories import example_model
-from testbed.node import NODE_LABEL, RealNode
+from kompression.worker.data.arrays import digits
+from testbed.chart import installed, release_name
+from testbed.node import OPERATOR_IMAGE, WORKER_LLM_IMAGE, RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+TINY_LLAMA = Path(__file__).resolve().parents[1] / "llm" / "fixtures" / "tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def operator(real_node: RealNode, kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """The operator, handing its workers the CPU image, the real node and its own address as a pod sees it."""
-    install_crd(kube)
-    proc = OperatorProcess(kube, tmp_path_factory.mktemp("operator-real-node"))
-    proc.extra = (
-        "--worker-image",
-        real_node.worker_image,
-        "--worker-node-selector",
-        json.dumps({NODE_LABEL: "true"}),
-        # After the default's: the last --progress-base-url wins.
-        "--progress-base-url",
-        real_node.url(proc.progress_base_url),
+def operator(real_node: RealNode, kube: Any, helm: Any) -> Iterator[str]:
+    """The chart's operator, from the operator image, as a pod on the real node, with leader election
+    and its workers sent to the real node in the CPU and LLM worker images; yields its Service's
+    API-server proxy path."""
+    for image in (OPERATOR_IMAGE, WORKER_LLM_IMAGE):
+        if not real_node.has_image(image):
+            pytest.skip(f"{image} is not built: run `make images`")
+    release, system = release_name("e2e"), kube.create_namespace("kompression")
+    operator_repository, operator_tag = OPERATOR_IMAGE.rsplit(":", 1)
+    worker_repository, worker_tag = real_node.worker_image.rsplit(":", 1)
+    llm_repository, llm_tag = WORKER_LLM_IMAGE.rsplit(":", 1)
+    sets = (
+        f"image.repository={operator_repository}",
+        f"image.tag={operator_tag}",
+        "image.pullPolicy=Never",
+        f"nodeSelector.kubernetes\\.io/hostname={real_node.name}",
+        "operator.peering.enabled=true",
+        f"worker.image.repository={worker_repository}",
+        f"worker.image.tag={worker_tag}",
+        f"worker.llmImage.repository={llm_repository}",
+        f"worker.llmImage.tag={llm_tag}",
+        f"worker.nodeSelector.kubernetes\\.io/hostname={real_node.name}",
+        # No network plugin here enforces NetworkPolicy; the node's own rules confine the pods.
+        "networkPolicy.enabled=false",
     )
-    proc.start()
-    yield proc
-    proc.stop()
+    with installed(kube, helm, release, system, *sets) as objects:
+        service = next(o for o in objects if o["kind"] == "Service")["metadata"]["name"]
+
+        def ready() -> bool:
+            found = json.loads(kube.kubectl("-n", system, "get", "pods", "-o", "json").stdout)["items"]
+            return any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for p in found
+                if p["spec"].get("nodeName") == real_node.name
+                for c in p["status"].get("conditions", [])
+            )
+
+        kube.wait(ready, "the operator pod Ready on the real node", timeout=300)
+        yield f"/api/v1/namespaces/{system}/services/{service}:metrics/proxy/metrics"
 
 
 def _sha256(s3: Any, uri: str) -> str:
@@ -84,9 +116,8 @@ def _worker_pod(kube: Any, namespace: str, name: str) -> dict[str, Any]:
     return pod
 
 
-@pytest.mark.usefixtures("operator")
 def test_the_quickstart_runs_in_the_cpu_worker_image_on_the_real_node(
-    real_node: RealNode, kube: Any, namespace: str, s3: Any, tmp_path: Path
+    operator: str, real_node: RealNode, kube: Any, namespace: str, s3: Any, *, tmp_path: Path
 ) -> None:
     bucket = s3.create_bucket("real-node")
     model = f"s3://{bucket}/models/digits-cnn.pt2"
@@ -130,6 +161,61 @@ def test_the_quickstart_runs_in_the_cpu_worker_image_on_the_real_node(
         assert artifact["uri"].startswith(f"s3://{bucket}/out/")
         assert artifact["sha256"] == _sha256(s3, artifact["uri"]), artifact["name"]
     assert "Succeeded" in events(kube, namespace, "quickstart")
+    # The operator's own figures, through the API server's proxy to its Service.
+    metrics = kube.kubectl("get", "--raw", operator).stdout
+    assert 'kompression_jobs{phase="Succeeded"}' in metrics
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_pvc_job_reads_and_writes_through_its_claims_on_the_real_node(
+    real_node: RealNode, kube: Any, namespace: str, volumes: dict[str, Path], *, tmp_path: Path
+) -> None:
+    """The operator's Job mounts the claims a job names (the same volumes `kompression render`
+    prints), and the real kubelet mounts their host-path volumes, the models claim read-only."""
+    models = volumes["models"] / "digits"
+    example_model(f"file://{models}/model.pt2", tmp_path)
+    evaluation = digits("eval")
+    np.savez(models / "val.npz", inputs=evaluation.inputs["x"], labels=evaluation.labels)
+    spec: dict[str, Any] = {
+        "model": {
+            "uri": "pvc://models/digits/model.pt2",
+            "format": "TorchExport",
+            "inputs": [{"name": "x", "shape": [-1, 1, 8, 8], "dtype": "float32"}],
+        },
+        "data": {"evaluation": {"uri": "pvc://models/digits/val.npz", "metric": "Top1Accuracy"}},
+        "steps": [{"name": "int8", "quantize": {"method": "DynamicInt8"}}],
+        "output": {"uri": "pvc://results/digits/"},
+        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+        "measurement": {"iterations": 3, "warmupIterations": 1},
+    }
+    apply_cr(kube, namespace, "pvc", **spec)
+    pod = _worker_pod(kube, namespace, "pvc")
+    assert pod["spec"]["nodeName"] == real_node.name
+
+    # The operator's Job mounts the models claim read-only and the results claim read-write ...
+    claims, mounts = claim_volumes(pod["spec"])
+    assert {c: v["readOnly"] for c, v in claims.items()} == {"models": True, "results": False}
+    assert mounts == {"models": ("/mnt/pvc/models", True), "results": ("/mnt/pvc/results", False)}
+    # ... exactly as `kompression render` shows it.
+    manifest = tmp_path / "pvc.yaml"
+    cr = json.loads(kube.kubectl("-n", namespace, "get", "compressionjob", "pvc", "-o", "json").stdout)
+    manifest.write_text(yaml.safe_dump({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec")}))
+    render = subprocess.run(
+        [sys.executable, "-m", "kompression.cli", "render", str(manifest)], capture_output=True, text=True, check=True
+    )
+    _, rendered = yaml.safe_load_all(render.stdout)
+    assert claim_volumes(rendered["spec"]["template"]["spec"]) == (claims, mounts)
+
+    final = wait_phase(kube, namespace, "pvc", "Succeeded", timeout=600)
+    assert final["result"]["gatesPassed"] is True
+    published = volumes["results"] / "digits"
+    assert (published / "manifest.json").is_file()
+    for artifact in final["artifacts"]:
+        assert artifact["uri"].startswith("pvc://results/digits/"), artifact
+        assert (published / artifact["uri"].removeprefix("pvc://results/digits/")).is_file()
+    # The read-only claim only holds what was put there.
+    assert sorted(p.name for p in volumes["models"].rglob("*") if p.is_file()) == ["model.pt2", "val.npz"]
+    assert status(kube, namespace, "pvc")["phase"] == "Succeeded"
 
 
 @pytest.mark.usefixtures("operator")
@@ -157,3 +243,58 @@ def test_bad_data_fails_the_job_with_its_reason_through_the_real_pod_failure_pol
     assert message.startswith("spec.data.evaluation: not a readable .npz"), message
     listed = s3.client.list_objects_v2(Bucket=bucket, Prefix="out/")
     assert listed.get("KeyCount", 0) == 0, "nothing is published by a failed job"
+
+
+def test_an_llm_job_runs_in_the_llm_worker_image_on_the_real_node(
+    operator: str, real_node: RealNode, kube: Any, namespace: str, s3: Any
+) -> None:
+    # Imported here: only this test needs the worker's text split, and it imports torch.
+    from kompression.worker.llm.tiny_llama import paragraphs
+
+    bucket = s3.create_bucket("real-node-llm")
+    for f in sorted(TINY_LLAMA.iterdir()):
+        s3.client.put_object(Bucket=bucket, Key=f"models/tiny-llama/{f.name}", Body=f.read_bytes())
+    everything = paragraphs()
+    texts = {"train.txt": [t for i, t in enumerate(everything) if i % 10], "eval.txt": everything[::10]}
+    for name, lines in texts.items():
+        s3.client.put_object(Bucket=bucket, Key=f"data/{name}", Body=("\n".join(lines) + "\n").encode())
+    _credentials(kube, namespace, s3, real_node)
+    doc = {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "tiny-llama"},
+        "spec": {
+            "model": {
+                "uri": f"s3://{bucket}/models/tiny-llama/",
+                "format": "HuggingFace",
+                "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+            },
+            "data": {
+                "calibration": {"uri": f"s3://{bucket}/data/train.txt", "samples": 16, "maxLength": 128},
+                "evaluation": {"uri": f"s3://{bucket}/data/eval.txt", "samples": 16, "maxLength": 128},
+            },
+            "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "RTN"}}],
+            "output": {"uri": f"s3://{bucket}/out/", "credentials": {"secretName": "s3-creds"}},
+            "resources": {"gpus": 0, "cpu": "1", "memory": "4Gi"},
+        },
+    }
+    kube.apply(doc, namespace)
+    final = wait_phase(kube, namespace, "tiny-llama", "Succeeded", timeout=1200)
+
+    (pod,) = pods(kube, namespace, "tiny-llama")
+    assert pod["spec"]["nodeName"] == real_node.name
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == WORKER_LLM_IMAGE
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0
+    assert json.loads(terminated["message"])["phase"] == "Succeeded"
+    (step,) = final["steps"]
+    assert step["phase"] == "Succeeded"
+    assert final["result"]["gatesPassed"] is True
+    assert final["artifacts"]
+    for artifact in final["artifacts"]:
+        assert artifact["uri"].startswith(f"s3://{bucket}/out/")
+        if not artifact["uri"].endswith("/"):
+            assert artifact["sha256"] == _sha256(s3, artifact["uri"]), artifact["name"]

@@ -131,3 +131,55 @@ def test_pods_reach_the_hosts_loopback_servers_and_nothing_leaves_the_machine(
         while real_node.dropped_off_machine() <= dropped_before and time.monotonic() < deadline:
             time.sleep(0.2)
         assert real_node.dropped_off_machine() > dropped_before
+
+
+def test_pods_reach_a_service_by_its_name_through_kube_proxy_and_coredns_answers_nothing_outside(
+    real_node: RealNode, kube: Any, namespace: str
+) -> None:
+    web = _pod(
+        "web",
+        real_node,
+        "import http.server as h; h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()",
+    )
+    web["metadata"]["labels"] = {"app": "web"}
+    web["spec"]["containers"][0]["workingDir"] = "/tmp"
+    kube.apply(web, namespace)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+        namespace,
+    )
+    cluster_ip = json.loads(kube.kubectl("-n", namespace, "get", "service", "web", "-o", "json").stdout)["spec"][
+        "clusterIP"
+    ]
+    script = (
+        "import socket, time, urllib.request\n"
+        f"name = 'web.{namespace}.svc'\n"
+        "for _ in range(60):\n"
+        "    try:\n"
+        "        print('status', urllib.request.urlopen(f'http://{name}/', timeout=5).status)\n"
+        "        break\n"
+        "    except OSError as e:\n"
+        "        last = e\n"
+        "        time.sleep(1)\n"
+        "else:\n"
+        "    raise SystemExit(f'the Service never answered: {last}')\n"
+        "print('resolved', socket.gethostbyname(name))\n"
+        "try:\n"
+        "    print('outside resolved', socket.gethostbyname('example.com'))\n"
+        "except OSError as e:\n"
+        "    print('outside unresolved', type(e).__name__)\n"
+    )
+    kube.apply(_pod("client", real_node, script), namespace)
+    end = _terminated(kube, namespace, "client")
+    logs = _logs(kube, namespace, "client")
+    assert end["exitCode"] == 0, logs
+    # CoreDNS named the Service's address, and kube-proxy carried the request to the pod behind it.
+    assert f"resolved {cluster_ip}" in logs
+    assert "status 200" in logs
+    # No forwarding: a name outside the cluster resolves nowhere (the host's resolver is off the machine).
+    assert "outside unresolved" in logs and "outside resolved" not in logs

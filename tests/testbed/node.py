@@ -34,6 +34,7 @@ CHAIN = "KOMPRESSION-NODE"
 _VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 WORKER_CPU_IMAGE = f"ghcr.io/kompression/worker:{_VERSION}-cpu"
 OPERATOR_IMAGE = f"ghcr.io/kompression/operator:{_VERSION}"
+WORKER_LLM_IMAGE = f"ghcr.io/kompression/worker-llm:{_VERSION}"
 # Opt-in: `make test` does not start the real node; `make test-node` does.
 OPT_IN = "KOMPRESSION_REAL_NODE"
 _COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip6tables", "ip", "gcc", "buildah")
@@ -116,7 +117,7 @@ def real_node(request: pytest.FixtureRequest) -> Iterator[RealNode]:
         _node_sh(testbed_dir, "down", timeout=120)
         pytest.fail(f"hack/node.sh up failed:\n{up.stderr[-3000:]}{tails}")
     try:
-        images = [WORKER_CPU_IMAGE] + ([OPERATOR_IMAGE] if _image_built(OPERATOR_IMAGE) else [])
+        images = [WORKER_CPU_IMAGE] + [t for t in (OPERATOR_IMAGE, WORKER_LLM_IMAGE) if _image_built(t)]
         imported = _node_sh(testbed_dir, "import", *images, timeout=1800)
         assert imported.returncode == 0, imported.stderr[-3000:]
         yield RealNode(NODE_NAME, GATEWAY, testbed_dir, WORKER_CPU_IMAGE, tuple(images))

@@ -118,7 +118,12 @@ deps_image() { # name base_arg...: the worker's dependency stage as an image of 
   shift
   helpers=(images/extra-requirements.py)
   [ -f "$ROOT/images/$name/cpu-requirements.py" ] && helpers+=("images/$name/cpu-requirements.py")
-  hash=$(inputs_hash "$(image_id "${1#--build-arg=PYTHON_BASE=}")" "$dockerfile" pyproject.toml "${helpers[@]}")
+  # The stage's own lines (and the ARGs before the first FROM), not the whole Dockerfile: an edit to
+  # the final stage must not rebuild gigabytes of dependencies.
+  hash=$({
+    awk '/^FROM /{in_deps = / AS deps$/} !seen_from || in_deps {print} /^FROM /{seen_from = 1}' "$ROOT/$dockerfile"
+    inputs_hash "$(image_id "${1#--build-arg=PYTHON_BASE=}")" pyproject.toml "${helpers[@]}"
+  } | sha256sum | cut -c1-64)
   build "$tag" "$hash" "$name-deps" "$@" --target deps -f "$ROOT/$dockerfile" >&2
   echo "$tag"
 }

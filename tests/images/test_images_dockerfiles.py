@@ -119,12 +119,30 @@ def test_operator_image_has_no_torch_and_the_worker_has_its_extras() -> None:
     assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:", worker, re.M)
     # The CPU variant: the Python base users pull by default, the worker extra without TensorRT.
     cpu = " ".join(args for _, args in instructions(IMAGES["worker-cpu"]))
-    assert "[worker]" in cpu and "tensorrt" not in cpu.lower()
+    assert "extra-requirements.py pyproject.toml worker " in cpu and "tensorrt" not in cpu.lower()
     assert base_images(IMAGES["worker-cpu"]) == base_images(IMAGES["operator"])
     assert all(base.startswith("python:3.12") for base in base_images(IMAGES["worker-cpu"]))
     # llm-compressor pins an older torch than the worker extra: its own image, never both extras.
     llm = IMAGES["worker-llm"].read_text()
-    assert "[llm]" in llm and "[worker" not in llm
+    assert "extra-requirements.py pyproject.toml llm " in llm and "pyproject.toml worker" not in llm
+
+
+@pytest.mark.parametrize("name", ["worker-cpu", "worker-llm"])
+def test_the_workers_dependencies_are_a_stage_of_their_own_that_no_code_reaches(name: str) -> None:
+    """`make images` caches the `deps` stage as an image keyed by pyproject.toml: it must copy nothing
+    of the code, and the final stage must stand on it (DEPS, whose default is that stage)."""
+    steps = instructions(IMAGES[name])
+    stages: dict[str, list[tuple[str, str]]] = {"": []}  # "": the ARGs before the first FROM
+    current = ""
+    for keyword, args in steps:
+        if keyword == "FROM":
+            current = args.split()[-1] if " AS " in args.upper() else args
+            stages[current] = []
+        stages[current].append((keyword, args))
+    copied = [args for k, args in stages["deps"] if k == "COPY"]
+    assert copied and not any("operator" in c or "README" in c for c in copied), copied
+    assert final_stage(IMAGES[name])[0] == ("FROM", "${DEPS}")
+    assert ("ARG", "DEPS=deps") in steps
 
 
 def test_dockerignore_keeps_local_state_out() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -359,3 +361,61 @@ def test_a_pvc_output_prefix_through_a_link_is_refused_before_any_work(
     assert f"{root / 'outputs' / 'alias'} is a symbolic link (to real)" in capsys.readouterr().err
     assert list((root / "outputs" / "real").iterdir()) == []
     objects.refuse_aliased_claim_path("pvc://outputs/real/out/")  # the folder's own spelling is fine
+
+
+@pytest.fixture
+def shared_folder() -> Iterator[Path]:
+    """A folder every user may enter (pytest's own are root's alone), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="kompression-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _as_the_pod_user(uri: str) -> str:
+    """storage.source(uri) in a forked child running as the worker pod's UID and GID 65532: the
+    ModelError it raises, or "" when it reads the source."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read_end)
+        message, code = "", 0
+        try:
+            os.setgid(65532)
+            os.setuid(65532)
+            objects.source(uri, Path("/tmp"), ModelError, "spec.model")
+        except ModelError as e:
+            message = str(e)
+        except BaseException as e:  # anything else fails the test, named
+            message, code = f"{type(e).__name__}: {e}", 1
+        os.write(write_end, message.encode())
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        said = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    return said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the check as another user")
+def test_a_file_the_worker_may_not_read_is_refused_by_name_not_misread(shared_folder: Path) -> None:
+    """As the worker pod's UID: a model file only its (root) owner may read is a ModelError that says
+    so, not "not a zip file" from the archive reader that could not open it."""
+    model = shared_folder / "model.pt2"
+    model.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    model.chmod(0o600)
+    refused = _as_the_pod_user(f"file://{model}")
+    assert refused.startswith(f"spec.model: file://{model}: {model} is not readable by the worker (uid 65532"), refused
+    assert "chmod a+r" in refused
+    model.chmod(0o644)
+    assert _as_the_pod_user(f"file://{model}") == ""
+
+
+def test_published_local_files_are_readable_by_every_user_of_the_volume(tmp_path: Path) -> None:
+    src = tmp_path / "artifact.onnx"
+    src.write_bytes(b"weights")
+    target = tmp_path / "out" / "model.onnx"
+    objects.upload(src, f"file://{target}")
+    assert target.read_bytes() == b"weights"
+    assert target.stat().st_mode & 0o777 == objects.PUBLISHED_FILE_MODE == 0o644

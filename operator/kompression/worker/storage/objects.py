@@ -69,6 +69,8 @@ __all__ = ["ObjectNotFound", "StorageError", "StorageRefused", "UnsafeSource", "
 
 CHECKSUM_SETTINGS = ("when_required", "when_supported")
 CHUNK = 1 << 20
+# A published file: read by anyone who may read the volume, written by its owner only.
+PUBLISHED_FILE_MODE = 0o644
 LOCK_FILE = ".publish.lock"
 # The longest file name Linux file systems take (bytes); a longer key could never be written.
 NAME_MAX = 255
@@ -83,8 +85,8 @@ ACCEPTED_KEYS = (
 
 
 class UnsafeSource(StorageRefused):
-    """A source holds what the worker will not read or copy: an object key that would land outside
-    the destination, a symbolic link, a fifo or a device. Permanent (a retry sees the same listing);
+    """A source holds what the worker will not (or cannot) read or copy: an object key that would land
+    outside the destination, a symbolic link, a fifo or a device, a file its permissions keep from it. Permanent (a retry sees the same listing);
     callers turn it into ModelError or DataError for the field that named the URI."""
 
 
@@ -342,6 +344,9 @@ def upload(src: Path, uri: str) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
+                # mkstemp's 0600 would hide a published file from every other user of the volume (a
+                # serving pod, the next job, its author): it gets what umask 022 gives a new file.
+                os.fchmod(fd, PUBLISHED_FILE_MODE)
                 with os.fdopen(fd, "wb") as out, src.open("rb") as fh:
                     for chunk in iter(lambda: fh.read(CHUNK), b""):
                         out.write(chunk)
@@ -414,6 +419,12 @@ def _refuse_entry(uri: str, where: Path, mode: int) -> None:
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = "a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
         raise UnsafeSource(f"{uri}: {where} is {kind}; {ACCEPTED_ENTRIES}")
+    # Said here, by name: the readers behind would report an unreadable file as a malformed one.
+    if not os.access(where, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        raise UnsafeSource(
+            f"{uri}: {where} is not readable by the worker (uid {os.getuid()}, gid {os.getgid()}); make it "
+            "readable to that user (chmod a+r, a+rx for folders), or give the pod a fsGroup that may read it"
+        )
 
 
 def _vet_tree(uri: str, root: Path) -> None:

@@ -1,0 +1,210 @@
+"""Structured pruning of attention heads in rebuilt torch.export graphs: tiny HuggingFace BERT and
+torchvision ViT with random weights, loaded as the worker loads a .pt2."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import fx, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from factories import make_ctx
+from kompression.api.v1alpha1 import PruneStep
+from kompression.worker.errors import StepInvalid
+from kompression.worker.formats import graph_rebuild
+from kompression.worker.formats.size import parameter_count
+from kompression.worker.model import Dataset, DataSets, TorchModel
+from kompression.worker.steps import heads
+from kompression.worker.steps.prune import head_scores
+from kompression.worker.techniques import TECHNIQUES
+
+torchvision = pytest.importorskip("torchvision")
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+prune = TECHNIQUES[PruneStep]
+TOKENS = 12
+VOCAB = 50
+
+
+class _Logits(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).logits  # type: ignore[no-any-return]
+
+
+def _bert() -> nn.Module:
+    # 4 heads of 8 with 12 tokens: no head size equals the token count or the head count.
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=TOKENS,
+        num_labels=3,
+    )
+    return _Logits(transformers.BertForSequenceClassification(config))
+
+
+def _bert_heads_as_tokens() -> nn.Module:
+    # 12 heads of 4 at 12 tokens: a size equal to the head count that is not the head count.
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=64,
+        max_position_embeddings=TOKENS,
+        num_labels=3,
+    )
+    return _Logits(transformers.BertForSequenceClassification(config))
+
+
+def _vit() -> nn.Module:
+    model = torchvision.models.vit_b_16(image_size=32, num_classes=5)
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initializes the head
+    return model
+
+
+def _tokens(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, TOKENS), generator=torch.Generator().manual_seed(seed))
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[..., torch.Tensor], tuple[int, ...]]] = {
+    "bert": (_bert, _tokens, (-1, TOKENS)),
+    "bert-12-heads-12-tokens": (_bert_heads_as_tokens, _tokens, (-1, TOKENS)),
+    "vit": (_vit, _images, (-1, 3, 32, 32)),
+}
+
+
+def _rebuilt(name: str) -> fx.GraphModule:
+    build, inputs, _ = MODELS[name]
+    torch.manual_seed(0)
+    program = torch.export.export(
+        build().eval(), (inputs(2),), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},)
+    )
+    return graph_rebuild.rebuild(program)
+
+
+def _macs(module: nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(x)
+    return int(counter.get_total_flops()) // 2
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_removing_heads_matches_the_original_with_those_heads_zeroed(name: str) -> None:
+    gm = _rebuilt(name)
+    inputs = MODELS[name][1]
+    blocks = heads.attention_blocks(gm, (inputs(2),))
+    assert len(blocks) == {"bert": 2, "bert-12-heads-12-tokens": 1, "vit": 12}[name]
+    reference = copy.deepcopy(gm)
+    for i, block in enumerate(blocks):
+        dropped = [(i + j) % block.heads for j in range(block.heads // 2)]  # a different half per block
+        with torch.no_grad():
+            reference.get_submodule(block.output).weight[:, block.columns(dropped)] = 0
+        heads.remove_heads(gm, block, [h for h in range(block.heads) if h not in dropped])
+    for batch in (1, 5):  # the batch stays dynamic
+        x = inputs(batch, seed=batch)
+        with torch.no_grad():
+            expected, actual = reference(x), gm(x)
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+        assert expected.abs().max() > 1e-3  # the comparison compares something
+    assert parameter_count(gm) < parameter_count(reference)
+    assert _macs(gm, inputs(1)) < _macs(reference, inputs(1))
+
+
+def test_a_block_whose_heads_do_not_follow_the_graph_is_left_whole() -> None:
+    """A model that reads the projection as [head_dim, heads] (not [heads, head_dim]) has no
+    heads this module can find, so it must find no block rather than cut the wrong rows."""
+
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(24, 24) for _ in range(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.view(x.shape[0], 5, 4, 6).transpose(2, 3).transpose(1, 2)  # [b, 6 heads?, 5, 4]
+
+            out = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+            return self.o(out.transpose(1, 2).reshape(x.shape[0], 5, 24))  # type: ignore[no-any-return]
+
+    x = torch.randn(2, 5, 24)
+    gm = graph_rebuild.rebuild(torch.export.export(Transposed().eval(), (x,)))
+    assert heads.attention_blocks(gm, (x,)) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), [("bert", "L1Structured"), ("vit", "L1Structured"), ("bert", "TaylorStructured")]
+)
+def test_structured_prune_removes_heads_and_widths(name: str, method: str, tmp_path: Path) -> None:
+    gm = _rebuilt(name)
+    _, inputs, shape = MODELS[name]
+    example = inputs(1)
+    model = TorchModel(gm, (example,))
+    data = DataSets(calibration=Dataset({"x": inputs(8, seed=3).numpy()}))
+    ctx = make_ctx({"name": "p", "prune": {"method": method, "sparsity": 0.5}}, tmp_path, data=data, input_shape=shape)
+    result = prune(model, ctx)
+    pruned = result.model
+    assert isinstance(pruned, TorchModel)
+    blocks = heads.attention_blocks(gm, (example,))
+    assert result.notes["attentionBlocks"] == len(blocks)
+    assert result.notes["removedHeads"] == sum(b.heads // 2 for b in blocks)
+    left = heads.attention_blocks(pruned.module, (example,))
+    assert [b.heads for b in left] == [b.heads - b.heads // 2 for b in blocks]
+    for before, after in zip(blocks, left, strict=True):
+        assert pruned.module.get_submodule(after.output).in_features == before.value_dim * after.heads
+    # BERT also loses half its hidden width; ViT's stays (its patch embedding reshapes it to a
+    # constant), so there the heads and the MLP make the difference.
+    bound = {"bert": 0.45, "vit": 0.55}[name]
+    assert parameter_count(pruned.module) < bound * parameter_count(gm)
+    assert _macs(pruned.module, example) < bound * _macs(gm, example)
+    x = inputs(3, seed=7)
+    with torch.no_grad():
+        out = pruned.module(x)
+    assert out.shape == gm(x).shape and bool(torch.isfinite(out).all())
+
+
+def test_ignored_attention_layers_keep_their_heads(tmp_path: Path) -> None:
+    gm = _rebuilt("bert")
+    blocks = heads.attention_blocks(gm, (_tokens(1),))
+    step = {"name": "p", "prune": {"method": "L1Structured", "ignoreLayers": [blocks[0].output]}}
+    result = prune(TorchModel(gm, (_tokens(1),)), make_ctx(step, tmp_path, input_shape=(-1, TOKENS)))
+    assert result.notes["attentionBlocks"] == 1
+    pruned = result.model
+    assert isinstance(pruned, TorchModel)
+    assert pruned.module.get_submodule(blocks[0].output).in_features == 32
+
+
+def test_head_scores_rank_the_heads_with_the_smallest_weights_lowest() -> None:
+    gm = _rebuilt("bert")
+    block = heads.attention_blocks(gm, (_tokens(1),))[0]
+    with torch.no_grad():
+        for source in block.sources:
+            layer = gm.get_submodule(source)
+            layer.weight[block.rows(layer, source, [2])] *= 0.01
+        gm.get_submodule(block.output).weight[:, block.columns([2])] *= 0.01
+    assert int(head_scores(gm, block, taylor=False).argmin()) == 2
+
+
+def test_taylor_heads_without_data_are_refused(tmp_path: Path) -> None:
+    ctx = make_ctx(
+        {"name": "p", "prune": {"method": "TaylorStructured"}}, tmp_path, data=DataSets(), input_shape=(-1, TOKENS)
+    )
+    with pytest.raises(StepInvalid, match="needs data"):
+        prune(TorchModel(_rebuilt("bert"), (_tokens(1),)), ctx)

@@ -19,24 +19,16 @@ whole. How heads are ranked is the caller's: this module only finds blocks and a
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from kompression.worker.formats.graph_rebuild import slice_dim
+from kompression.worker.steps import graph_sizes
 
 aten = torch.ops.aten
-
-# One factor of a dimension: its size and whether it is the head count.
-Factor = tuple[int, bool]
-Dims = list[list[Factor]]
-
-_REGROUP = {"view", "reshape", "_unsafe_view", "unflatten", "flatten"}
-_SAME = {"contiguous", "clone", "alias", "dropout", "detach"}
 
 
 @dataclass
@@ -61,116 +53,12 @@ class AttentionBlock:
         return [h * self.value_dim + j for h in heads for j in range(self.value_dim)]
 
 
-def _name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return str(node.target)
-    if node.target is slice_dim:
-        return "slice"
-    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-        return str(node.target._opname)
-    return ""
-
-
 def _is_linear(gm: fx.GraphModule, node: Any) -> bool:
     return (
         isinstance(node, fx.Node)
         and node.op == "call_module"
         and isinstance(gm.get_submodule(str(node.target)), nn.Linear)
     )
-
-
-def shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[fx.Node, tuple[int, ...]]:
-    """Every tensor-valued node's shape on these inputs (the graph's stored shapes may predate an
-    earlier pruning)."""
-    found: dict[fx.Node, tuple[int, ...]] = {}
-
-    class _Record(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            if isinstance(value, torch.Tensor):
-                found[n] = tuple(value.shape)
-            return value
-
-    with torch.no_grad():
-        _Record(gm).run(*inputs)
-    return found
-
-
-def _regroup(dims: Dims, sizes: Sequence[int]) -> Dims | None:
-    """The factors of `dims` grouped into dimensions of `sizes` (same element count), splitting a
-    factor other than the heads where a dimension ends inside it; None where they do not fit."""
-    pending = [f for dim in dims for f in dim if f[0] != 1]
-    out: Dims = []
-    for size in sizes:
-        group: list[Factor] = []
-        need = size
-        while need > 1:
-            if not pending:
-                return None
-            width, is_head = pending.pop(0)
-            if need % width == 0:
-                group.append((width, is_head))
-                need //= width
-            elif width % need == 0 and not is_head:
-                group.append((need, False))
-                pending.insert(0, (width // need, False))
-                need = 1
-            else:
-                return None
-        out.append(group)
-    return out if not pending else None
-
-
-def _dim(index: Any, rank: int) -> int:
-    return int(index) % rank
-
-
-def _transpose(dims: Dims, args: Sequence[Any]) -> Dims | None:
-    a, b = _dim(args[1], len(dims)), _dim(args[2], len(dims))
-    moved = list(dims)
-    moved[a], moved[b] = moved[b], moved[a]
-    return moved
-
-
-def _permute(dims: Dims, args: Sequence[Any]) -> Dims | None:
-    return [dims[_dim(d, len(dims))] for d in args[1]]
-
-
-def _unsqueeze(dims: Dims, args: Sequence[Any]) -> Dims | None:
-    at = int(args[1]) % (len(dims) + 1)
-    return [*dims[:at], [], *dims[at:]]
-
-
-def _squeeze(dims: Dims, args: Sequence[Any]) -> Dims | None:
-    if len(args) < 2 or not isinstance(args[1], int):
-        return None  # squeeze of every size-1 dimension: which ones depends on the batch
-    at = _dim(args[1], len(dims))
-    return [d for i, d in enumerate(dims) if i != at] if math.prod(w for w, _ in dims[at]) == 1 else dims
-
-
-def _select(dims: Dims, args: Sequence[Any]) -> Dims | None:
-    at = _dim(args[1], len(dims))
-    return None if any(h for _, h in dims[at]) else [d for i, d in enumerate(dims) if i != at]
-
-
-_MOVES: dict[str, Callable[[Dims, Sequence[Any]], Dims | None]] = {
-    "transpose": _transpose,
-    "permute": _permute,
-    "unsqueeze": _unsqueeze,
-    "squeeze": _squeeze,
-    "select": _select,
-}
-
-
-def _follow(node: fx.Node, dims: Dims, shape: tuple[int, ...]) -> Dims | None:
-    """The factors of `node`'s output, given those of its tensor input; None for ops not followed."""
-    name = _name(node)
-    if name in _SAME:
-        return dims
-    if name in _REGROUP:
-        return _regroup(dims, shape)
-    move = _MOVES.get(name)
-    return None if move is None else move(dims, node.args)
 
 
 def _tensor_input(node: fx.Node) -> fx.Node | None:
@@ -183,7 +71,7 @@ def _chain_back(gm: fx.GraphModule, start: fx.Node) -> list[fx.Node] | None:
     chain = [start]
     node = start
     while not _is_linear(gm, node):
-        if _name(node) not in _REGROUP | _SAME | set(_MOVES):
+        if graph_sizes.op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
             return None
         parent = _tensor_input(node)
         if parent is None:
@@ -205,11 +93,11 @@ def _chain_forward(gm: fx.GraphModule, start: fx.Node) -> list[fx.Node] | None:
         chain.append(node)
         if _is_linear(gm, node):
             return chain
-        if _name(node) not in _REGROUP | _SAME | set(_MOVES):
+        if graph_sizes.op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
             return None
 
 
-def _source_dims(shape: tuple[int, ...], heads: int, width: int) -> Dims | None:
+def _source_dims(shape: tuple[int, ...], heads: int, width: int) -> graph_sizes.Dims | None:
     """A projection's output: the last dimension as ``[chunks, heads, width]``."""
     if shape[-1] % (heads * width):
         return None
@@ -218,25 +106,25 @@ def _source_dims(shape: tuple[int, ...], heads: int, width: int) -> Dims | None:
 
 
 def _walk(
-    chain: list[fx.Node], dims: Dims, sizes: dict[fx.Node, tuple[int, ...]], block: AttentionBlock
-) -> Dims | None:
+    chain: list[fx.Node], dims: graph_sizes.Dims, sizes: dict[fx.Node, tuple[int, ...]], block: AttentionBlock
+) -> graph_sizes.Dims | None:
     """Follow the factors along `chain` (its first node already described by `dims`), noting in
     `block` every regrouping whose output holds the heads."""
     for node in chain[1:]:
         if node not in sizes:
             return None
-        followed = _follow(node, dims, sizes[node])
+        followed = graph_sizes.follow(node, dims, sizes[node])
         if followed is None:
             return None
         dims = followed
-        if _name(node) in _REGROUP:
-            held = _held_positions(node, dims, block.heads)
+        if graph_sizes.op_name(node) in graph_sizes.REGROUP:
+            held = graph_sizes.held_positions(node, dims, block.heads)
             if held is None or block.resized.setdefault(node, held) != held:
                 return None
     return dims
 
 
-def _head_axis(dims: Dims, heads: int, width: int) -> bool:
+def _head_axis(dims: graph_sizes.Dims, heads: int, width: int) -> bool:
     """Attention's view of an input: ``[..., heads, tokens, width]``, the heads alone in their dimension."""
     return (
         len(dims) >= 3
@@ -301,7 +189,7 @@ def attention_blocks(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Atte
     """The graph's attention blocks whose heads can be removed, in graph order."""
     if not isinstance(gm, fx.GraphModule):
         return []
-    sizes = shapes(gm, inputs)
+    sizes = graph_sizes.shapes(gm, inputs)
     blocks = []
     used: set[str] = set()
     for node in gm.graph.nodes:
@@ -331,64 +219,6 @@ def remove_heads(gm: fx.GraphModule, block: AttentionBlock, keep: Sequence[int])
     output.weight = nn.Parameter(output.weight.detach()[:, columns].clone())
     output.in_features = len(columns)
     for node, positions in block.resized.items():
-        _resize(gm.graph, node, positions, block.heads, len(keep))
+        graph_sizes.resize(gm.graph, node, positions, block.heads, len(keep))
     gm.graph.lint()
     gm.recompile()
-
-
-def _size_args(node: fx.Node) -> tuple[int, list[Any], bool] | None:
-    """Where a regrouping node's sizes start in its arguments, the sizes, and whether they are one
-    list (``view(x, [a, b])``) rather than spread (``x.view(a, b)``); None for flatten, which has none."""
-    name = _name(node)
-    if name == "flatten":
-        return None
-    position = 2 if name == "unflatten" else 1
-    if len(node.args) <= position:
-        return None
-    value = node.args[position]
-    if isinstance(value, (list, tuple)):
-        return position, list(value), True
-    return position, list(node.args[position:]), False
-
-
-def _held_positions(node: fx.Node, dims: Dims, heads: int) -> list[int] | None:
-    """The positions among `node`'s size arguments of the dimensions holding the heads, each a
-    constant or batch times a constant that the new head count can replace; None where one is not."""
-    found = _size_args(node)
-    held = [i for i, dim in enumerate(dims) if any(h for _, h in dim)]
-    if found is None:
-        return [] if _name(node) == "flatten" else None
-    _, sizes, _ = found
-    # unflatten's sizes replace one input dimension: output dimension i is size i - dim.
-    offset = int(node.args[1]) % (len(dims) - len(sizes) + 1) if _name(node) == "unflatten" else 0  # type: ignore[arg-type]
-    positions = []
-    for index in held:
-        at = index - offset
-        if not 0 <= at < len(sizes):
-            return None
-        size = sizes[at]
-        constant = size.args[1] if isinstance(size, fx.Node) and size.target == operator.mul else size
-        if size == -1:
-            continue
-        if not isinstance(constant, int) or isinstance(constant, bool) or constant % heads:
-            return None
-        positions.append(at)
-    return positions
-
-
-def _resize(graph: fx.Graph, node: fx.Node, positions: list[int], heads: int, kept: int) -> None:
-    """Rewrite the held sizes of a regrouping node for `kept` heads of `heads`."""
-    found = _size_args(node)
-    if found is None:
-        return
-    position, sizes, packed = found
-    for at in positions:
-        size = sizes[at]
-        if isinstance(size, fx.Node):  # batch times a constant: a new product, the old may be shared
-            batch, constant = size.args
-            assert isinstance(constant, int)  # _held_positions admitted only these
-            with graph.inserting_before(node):
-                sizes[at] = graph.call_function(operator.mul, (batch, constant // heads * kept))
-        else:
-            sizes[at] = size // heads * kept
-    node.args = (*node.args[:position], sizes) if packed else (*node.args[:position], *sizes)

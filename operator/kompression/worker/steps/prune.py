@@ -23,7 +23,7 @@ from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.formats import graph_rebuild
 from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Dataset, Model, TorchModel
-from kompression.worker.steps import heads
+from kompression.worker.steps import graph_sizes, heads
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
@@ -149,7 +149,11 @@ def _structured(
     # the reshapes into attention heads, [batch, 768, tokens]): those layers keep their output
     # channels here; whole heads went above.
     fixed = graph_rebuild.shape_bound_layers(module)
-    ignored = [m for n, m in module.named_modules() if n in kept] + [module.get_submodule(name) for name in fixed]
+    resizable = _resizable(module, example, fixed)
+    ignored = [m for n, m in module.named_modules() if n in kept] + [
+        module.get_submodule(name) for name in fixed if name not in resizable
+    ]
+    widths = {name: _out_width(module.get_submodule(name)) for name in resizable}
     try:
         pruner = tp.pruner.BasePruner(
             module,
@@ -161,6 +165,7 @@ def _structured(
         if taylor:
             _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
         pruner.step()
+        _resize_widths(module, resizable, widths)
     except (StepInvalid, DataError):
         raise
     except Exception as exc:
@@ -172,9 +177,45 @@ def _structured(
     _check_runs(module, example, ctx.name)
     notes: Notes = {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
     notes.update(head_notes)
-    if fixed:
-        notes["fixedWidthLayers"] = len(fixed)
+    if len(fixed) > len(resizable):
+        notes["fixedWidthLayers"] = len(fixed) - len(resizable)
+    if resizable:
+        notes["resizedWidthLayers"] = len(resizable)
     return notes
+
+
+def _resizable(
+    module: nn.Module, example: tuple[torch.Tensor, ...], fixed: dict[str, str]
+) -> dict[str, graph_sizes.Plan]:
+    """Of the layers whose width the graph spells as sizes, those whose sizes can follow a new width."""
+    if not fixed or not isinstance(module, fx.GraphModule):
+        return {}
+    sizes = graph_sizes.shapes(module, example)
+    plans = {name: graph_sizes.width_plan(module, name, sizes) for name in fixed}
+    return {name: plan for name, plan in plans.items() if plan is not None}
+
+
+def _out_width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return int(layer.out_channels)
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[1] if isinstance(layer, nn.Embedding) else weight.shape[0])
+
+
+def _resize_widths(module: nn.Module, plans: dict[str, graph_sizes.Plan], widths: dict[str, int]) -> None:
+    """After Torch-Pruning, set the graph's sizes that hold a pruned layer's width to its new width."""
+    if not plans or not isinstance(module, fx.GraphModule):
+        return
+    done: set[fx.Node] = set()
+    for name, plan in plans.items():
+        new = _out_width(module.get_submodule(name))
+        for node, positions in plan.items():
+            if new != widths[name] and node not in done:
+                graph_sizes.resize(module.graph, node, positions, widths[name], new)
+                done.add(node)
+    module.graph.lint()
+    module.recompile()
 
 
 def _attention_heads(

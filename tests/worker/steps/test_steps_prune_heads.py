@@ -243,3 +243,46 @@ def test_a_width_the_graph_spells_as_a_size_is_pruned_where_the_size_can_follow(
     else:
         assert embed.out_channels == 4 and result.notes["resizedWidthLayers"] == 1
     assert pruned.module(_images(3)[:, :, :8, :8]).shape == (3, 5)
+
+
+def _kept(before: torch.Tensor, after: torch.Tensor, dim: int) -> list[int]:
+    """Which slices of `before` along `dim` survive in `after`, matched by value."""
+    old, new = (t.detach().movedim(dim, 0) for t in (before, after))
+    old, new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
+    return [int((old - row).abs().sum(dim=1).argmin()) for row in new]
+
+
+def test_vit_keeps_the_same_hidden_channels_across_its_reshape_and_every_layer(tmp_path: Path) -> None:
+    """The channels the patch embedding keeps, through the rewritten reshape, are the ones the
+    class token, the position embedding, every LayerNorm and the classifier keep."""
+    gm = _rebuilt("vit")
+    with torch.no_grad():
+        _fetch(gm, "class_token").normal_()  # torchvision starts it at zeros
+        for module in gm.modules():
+            if isinstance(module, nn.LayerNorm):  # distinct values, so that each channel is recognisable
+                module.weight.normal_()
+                module.bias.normal_()
+    original = copy.deepcopy(gm)
+    ctx = make_ctx({"name": "p", "prune": {"method": "L1Structured"}}, tmp_path, input_shape=(-1, 3, 32, 32))
+    pruned = prune(TorchModel(gm, (_images(1),)), ctx).model
+    assert isinstance(pruned, TorchModel)
+
+    def kept(name: str, dim: int) -> list[int]:
+        before, after = (_fetch(m, name) for m in (original, pruned.module))
+        return _kept(before, after, dim)
+
+    channels = kept("conv_proj.weight", 0)
+    assert len(channels) == 384
+    assert kept("class_token", -1) == channels
+    assert kept("encoder.pos_embedding", -1) == channels
+    assert kept("heads.head.weight", 1) == channels
+    for name in ("encoder.ln", "encoder.layers.encoder_layer_0.ln_1", "encoder.layers.encoder_layer_11.ln_2"):
+        assert kept(f"{name}.weight", 0) == channels, name
+        assert kept(f"{name}.bias", 0) == channels, name
+
+
+def _fetch(module: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    value = getattr(module.get_submodule(owner) if owner else module, attr)
+    assert isinstance(value, torch.Tensor)
+    return value

@@ -67,11 +67,11 @@ def regroup(dims: Dims, sizes: Sequence[int]) -> Dims | None:
         while need > 1:
             if not pending:
                 return None
-            width, is_head = pending.pop(0)
+            width, held = pending.pop(0)
             if need % width == 0:
-                group.append((width, is_head))
+                group.append((width, held))
                 need //= width
-            elif width % need == 0 and not is_head:
+            elif width % need == 0 and not held:
                 group.append((need, False))
                 pending.insert(0, (width // need, False))
                 need = 1

@@ -19,6 +19,7 @@ whole. How heads are ranked is the caller's: this module only finds blocks and a
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,16 +191,13 @@ def attention_blocks(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Atte
     if not isinstance(gm, fx.GraphModule):
         return []
     sizes = graph_sizes.shapes(gm, inputs)
-    blocks = []
-    used: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target == aten.scaled_dot_product_attention.default:
-            block = _block(gm, node, sizes)
-            layers = set(block.sources) | {block.output} if block else set()
-            if block is not None and not layers & used:  # a layer shared by two blocks: leave both
-                blocks.append(block)
-                used |= layers
-    return blocks
+    calls = [
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target == aten.scaled_dot_product_attention.default
+    ]
+    found = [b for b in (_block(gm, n, sizes) for n in calls) if b is not None]
+    # A layer that feeds two blocks would have to lose the heads of both: leave both whole.
+    uses = Counter(layer for b in found for layer in {*b.sources, b.output})
+    return [b for b in found if all(uses[layer] == 1 for layer in {*b.sources, b.output})]
 
 
 def remove_heads(gm: fx.GraphModule, block: AttentionBlock, keep: Sequence[int]) -> None:

@@ -145,9 +145,10 @@ def _structured(
     channels_before = _channels(module)
     head_notes = _attention_heads(module, example, kept, cfg.sparsity, ctx)
     importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
-    # In a rebuilt torch.export graph some widths are fixed by the graph itself (the head size in
-    # the reshapes into attention heads, [batch, 768, tokens]): those layers keep their output
-    # channels here; whole heads went above.
+    # In a rebuilt torch.export graph the graph spells some widths as sizes ([batch, 768, tokens],
+    # the head size in the reshapes into heads). Where the width stays one whole dimension those
+    # sizes are rewritten after pruning; the other layers keep their output channels (whole heads
+    # went above).
     fixed = graph_rebuild.shape_bound_layers(module)
     resizable = _resizable(module, example, fixed)
     ignored = [m for n, m in module.named_modules() if n in kept] + [

@@ -25,6 +25,7 @@ ORDER = [
     "quickstart",
     "resnet18_e2e",
     "architectures",
+    "heads",
     "llm",
     "llm_methods",
     "operator",

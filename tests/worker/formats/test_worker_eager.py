@@ -130,8 +130,9 @@ def test_every_prune_method_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, t
     assert out.shape == (3, 5) and torch.isfinite(out).all()
     if method.endswith("Structured"):
         assert sum(p.numel() for p in pruned.module.parameters()) < before
-        # The attention's projections feed reshapes into heads: their widths stay.
-        assert pruned.module.get_submodule("attention.in_proj").out_features == 96
+        # The attention loses whole heads (2 of its 4, each 8 wide), in all three packed projections.
+        assert pruned.module.get_submodule("attention.in_proj").out_features == 3 * 2 * 8
+        assert pruned.module.get_submodule("attention.out_proj").in_features == 2 * 8
         assert pruned.module.get_submodule("mlp.0").out_features < 64
         # The pruned graph still saves and loads as a .pt2 archive (as every step's output does).
         again = _load(torch_export.save_torch_export(pruned, tmp_path / "again.pt2"))

@@ -9,11 +9,12 @@ in whichever memory layout runs it faster (see layout.py).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import prune as torch_prune  # unannotated: its calls carry type: ignore
 from torch.sparse import to_sparse_semi_structured
 
@@ -22,6 +23,7 @@ from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.formats import graph_rebuild
 from kompression.worker.formats.size import parameter_count
 from kompression.worker.model import Dataset, Model, TorchModel
+from kompression.worker.steps import graph_sizes, heads
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import (
     WEIGHT_LAYERS,
@@ -35,6 +37,8 @@ from kompression.worker.techniques import StepContext, StepResult
 Notes = dict[str, float | int | str]
 TAYLOR_BATCHES = 4
 TAYLOR_BATCH_SIZE = 32
+# Removing heads must reproduce the original with those heads zeroed, to float rounding.
+HEAD_PARITY = 1e-4
 
 
 def prune(model: Model, ctx: StepContext[PruneStep]) -> StepResult:
@@ -52,7 +56,7 @@ def prune(model: Model, ctx: StepContext[PruneStep]) -> StepResult:
 
     before = parameter_count(module)
     if cfg.method in ("L1Structured", "TaylorStructured"):
-        notes = _structured(module, example, [m for n, m in module.named_modules() if n in kept], cfg, ctx)
+        notes = _structured(module, example, kept, cfg, ctx)
         _maybe_fine_tune(module, cfg, ctx)
         notes.update(apply_faster_layout(module, example, ctx))
     else:
@@ -133,17 +137,24 @@ def _sparsity(layers: Iterable[nn.Module]) -> float:
 def _structured(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
-    kept: list[nn.Module],
+    kept: set[str],
     cfg: PruneStep,
     ctx: StepContext[PruneStep],
 ) -> Notes:
     taylor = cfg.method == "TaylorStructured"
-    importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
-    # In a rebuilt torch.export graph some widths are fixed by the graph itself (reshapes into
-    # attention heads, [batch, 768, tokens]): those layers keep their output channels.
-    fixed = graph_rebuild.shape_bound_layers(module)
-    ignored = kept + [module.get_submodule(name) for name in fixed]
     channels_before = _channels(module)
+    head_notes = _attention_heads(module, example, kept, cfg.sparsity, ctx)
+    importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=1)
+    # In a rebuilt torch.export graph the graph spells some widths as sizes ([batch, 768, tokens],
+    # the head size in the reshapes into heads). Where the width stays one whole dimension those
+    # sizes are rewritten after pruning; the other layers keep their output channels (whole heads
+    # went above).
+    fixed = graph_rebuild.shape_bound_layers(module)
+    resizable = _resizable(module, example, fixed)
+    ignored = [m for n, m in module.named_modules() if n in kept] + [
+        module.get_submodule(name) for name in fixed if name not in resizable
+    ]
+    widths = {name: _out_width(module.get_submodule(name)) for name in resizable}
     try:
         pruner = tp.pruner.BasePruner(
             module,
@@ -155,6 +166,7 @@ def _structured(
         if taylor:
             _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
         pruner.step()
+        _resize_widths(module, resizable, widths)
     except (StepInvalid, DataError):
         raise
     except Exception as exc:
@@ -165,9 +177,112 @@ def _structured(
     module.zero_grad(set_to_none=True)
     _check_runs(module, example, ctx.name)
     notes: Notes = {"removedChannels": channels_before - _channels(module), "importance": "Taylor" if taylor else "L1"}
-    if fixed:
-        notes["fixedWidthLayers"] = len(fixed)
+    notes.update(head_notes)
+    if len(fixed) > len(resizable):
+        notes["fixedWidthLayers"] = len(fixed) - len(resizable)
+    if resizable:
+        notes["resizedWidthLayers"] = len(resizable)
     return notes
+
+
+def _resizable(
+    module: nn.Module, example: tuple[torch.Tensor, ...], fixed: dict[str, str]
+) -> dict[str, graph_sizes.Plan]:
+    """Of the layers whose width the graph spells as sizes, those whose sizes can follow a new width."""
+    if not fixed or not isinstance(module, fx.GraphModule):
+        return {}
+    sizes = graph_sizes.shapes(module, example)
+    plans = {name: graph_sizes.width_plan(module, name, sizes) for name in fixed}
+    return {name: plan for name, plan in plans.items() if plan is not None}
+
+
+def _out_width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return int(layer.out_channels)
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[1] if isinstance(layer, nn.Embedding) else weight.shape[0])
+
+
+def _resize_widths(module: nn.Module, plans: dict[str, graph_sizes.Plan], widths: dict[str, int]) -> None:
+    """After Torch-Pruning, set the graph's sizes that hold a pruned layer's width to its new width."""
+    if not plans or not isinstance(module, fx.GraphModule):
+        return
+    done: set[fx.Node] = set()
+    for name, plan in plans.items():
+        new = _out_width(module.get_submodule(name))
+        for node, positions in plan.items():
+            if new != widths[name] and node not in done:
+                graph_sizes.resize(module.graph, node, positions, widths[name], new)
+                done.add(node)
+    module.graph.lint()
+    module.recompile()
+
+
+def _attention_heads(
+    module: nn.Module, example: tuple[torch.Tensor, ...], kept: set[str], sparsity: float, ctx: StepContext[PruneStep]
+) -> Notes:
+    """Remove `sparsity` of the heads of every attention block the graph shows (lowest ranked by
+    L1 norm or Taylor score, as the method ranks channels), outside the kept layers."""
+    if not isinstance(module, fx.GraphModule):
+        return {}  # an eager model's attention is Torch-Pruning's, through its own shapes
+    blocks = [b for b in heads.attention_blocks(module, example) if not (set(b.sources) | {b.output}) & kept]
+    removed = [int(b.heads * sparsity) for b in blocks]
+    if not any(removed):
+        return {}
+    taylor = ctx.config.method == "TaylorStructured"
+    if taylor:
+        _accumulate_gradients(module, _taylor_data(ctx), ctx.device)
+    reference = copy.deepcopy(module)
+    for block, count in zip(blocks, removed, strict=True):
+        order = head_scores(module, block, taylor).argsort(descending=True)
+        keep = sorted(int(h) for h in order[: block.heads - count])
+        dropped = sorted(int(h) for h in order[block.heads - count :])
+        with torch.no_grad():
+            weight = reference.get_submodule(block.output).weight
+            assert isinstance(weight, torch.Tensor)
+            weight[:, block.columns(dropped)] = 0
+        heads.remove_heads(module, block, keep)
+    module.zero_grad(set_to_none=True)
+    _check_heads(module, reference, example, ctx.name)
+    return {"attentionBlocks": len(blocks), "removedHeads": sum(removed)}
+
+
+def head_scores(module: nn.Module, block: heads.AttentionBlock, taylor: bool) -> torch.Tensor:
+    """Each head's importance: the L1 norm of its weights in the projections feeding it and in the
+    output projection, or with Taylor the first-order estimate |w * dL/dw| summed over them."""
+
+    def weights(path: str) -> torch.Tensor:
+        weight = module.get_submodule(path).weight
+        assert isinstance(weight, torch.Tensor)
+        if taylor:
+            if weight.grad is None:
+                raise StepInvalid(f"layer {path} got no gradient: its heads cannot be ranked by Taylor scores")
+            return (weight * weight.grad).detach().abs()
+        return weight.detach().abs()
+
+    scores = weights(block.output).sum(dim=0).reshape(block.heads, -1).sum(dim=1)
+    for source, width in block.sources.items():
+        rows = weights(source).sum(dim=1)
+        scores = scores + rows.reshape(-1, block.heads, width).sum(dim=(0, 2))
+    return scores.cpu()
+
+
+def _check_heads(module: nn.Module, reference: nn.Module, example: tuple[torch.Tensor, ...], step: str) -> None:
+    """The graph without its heads must compute what the original computes with those heads'
+    outputs zeroed; anything else means a size was rewritten wrongly."""
+    _check_runs(module, example, step)
+    with torch.no_grad():
+        expected, actual = reference.eval()(*example), module.eval()(*example)
+    if not isinstance(expected, torch.Tensor) or not isinstance(actual, torch.Tensor):
+        return  # several outputs: running at all is what can be checked cheaply
+    scale = float(expected.abs().max()) or 1.0
+    diff = float((expected - actual).abs().max()) / scale if expected.shape == actual.shape else math.inf
+    if not diff <= HEAD_PARITY:
+        raise StepInvalid(
+            f"step {step}: after removing attention heads the model differs from the original with those "
+            f"heads zeroed by {diff:.3g} (relative); list the attention layers in ignoreLayers"
+        )
 
 
 _STRUCTURED_ADVICE = (

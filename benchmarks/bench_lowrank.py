@@ -503,10 +503,10 @@ def llama(work: Path) -> list[str]:
         # The HuggingFace wrapper returns logits alone; perplexity calls the transformers model, in fp32.
         return perplexity(copy.deepcopy(model.module.inner).float(), sequences).value  # type: ignore[operator]
 
-    rows = [
-        ["bf16 original", f"{parameter_count(loaded.module) / 1e6:.3f}", "1.000", f"{scored(loaded):.3f}", "-", "-"]
-    ]
+    original = scored(loaded)
+    rows = [["bf16 original", f"{parameter_count(loaded.module) / 1e6:.3f}", "1.000", f"{original:.3f}", "-", "-"]]
     base = parameter_count(loaded.module)
+    increases: dict[tuple[float, str], float] = {}
     for ratio in RANK_RATIOS:
         for activations, data in (("Ignore", DataSets()), ("Whiten", calibration)):
             step = {
@@ -517,12 +517,14 @@ def llama(work: Path) -> list[str]:
             result = TECHNIQUES[LowRankStep](loaded, job_context(step, work, [], data, inputs=declared))
             elapsed = time.monotonic() - started
             assert isinstance(result.model, TorchModel)
+            value = scored(result.model)
+            increases[ratio, activations] = value - original
             rows.append(
                 [
                     f"SVD rankRatio {ratio}, activations {activations}",
                     f"{parameter_count(result.model.module) / 1e6:.3f}",
                     f"{parameter_count(result.model.module) / base:.3f}",
-                    f"{scored(result.model):.3f}",
+                    f"{value:.3f}",
                     str(result.notes["factorizedLayers"]),
                     f"{elapsed:.1f}",
                 ]
@@ -532,6 +534,13 @@ def llama(work: Path) -> list[str]:
         "",
         *markdown_table(["model", "params (M)", "params ratio", "perplexity", "layers factorized", "step s"], rows),
         "",
+        "Perplexity increase over the original, whitened against plain at the same ranks: "
+        + "; ".join(
+            f"rankRatio {r}: {increases[r, 'Whiten']:+.3f} against {increases[r, 'Ignore']:+.3f} "
+            f"({increases[r, 'Whiten'] / increases[r, 'Ignore']:.2f}x)"
+            for r in RANK_RATIOS
+        )
+        + ". "
         f"tests/llm/fixtures/tiny-llama (3 layers, hidden 256, MLP 512, bf16; benchmark (i)'s model), loaded through "
         f"the worker's HuggingFace loader as a graph model; `{json.dumps(LLAMA_MLP)}` (gate, up and down "
         f"projections, 9 layers). Whiten calibrates on the first {CALIBRATION_SAMPLES} training paragraphs as "

@@ -399,6 +399,19 @@ def test_padding_the_attention_mask_marks_is_not_an_input_of_the_second_moment()
     assert torch.allclose(moment, rows.T @ rows / len(rows), rtol=1e-5, atol=1e-5)
 
 
+def test_a_strided_1x1_convolution_is_whitened_by_the_pixels_it_reads() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, 1, stride=2)
+    x = torch.randn(4, 6, 7, 7)
+    x[:, :, 1::2, :] = 50.0  # rows the stride skips: they must not count
+    moment = second_moments(conv, {"conv": conv}, Dataset({"x": x.numpy()}, batch_size=3), "cpu", "lr")["conv"]
+    read = x[:, :, ::2, ::2].movedim(1, -1).reshape(-1, 6)
+    assert torch.allclose(moment, read.T @ read / len(read), rtol=1e-5, atol=1e-5)
+    factored = factorize(conv, "SVD", (6,), cholesky_root(moment))
+    with torch.no_grad():
+        assert float((factored(x) - conv(x)).abs().max()) <= 1e-3
+
+
 def test_a_dead_input_channel_is_damped_and_full_rank_still_reproduces_the_layer() -> None:
     torch.manual_seed(0)
     dense = nn.Linear(16, 24)

@@ -6,11 +6,12 @@ alike ranges, which a later int8 quantization of the factors rewards. With calib
 whitens first (SVD-LLM): it truncates W R, where R R^T is the second moment of the layer's inputs
 on that data, and folds R^-1 back into the first factor. That minimises the error of the layer's
 outputs on such inputs, ||(W - W_r) X||, instead of the weight's, which is what a pretrained
-model's quality depends on: directions its inputs never take cost nothing to drop. Tucker2 decomposes the output-
-and input-channel modes of a kxk convolution with tensorly's partial_tucker (HOOI), giving a
-1x1 (Cin -> r_in) -> kxk core (r_in -> r_out) -> 1x1 (r_out -> Cout) sequence. A layer is left whole
-when its chosen rank would not save both parameters and MACs: past that break-even the factors
-only cost more.
+model's quality depends on: directions its inputs never take cost nothing to drop.
+
+Tucker2 decomposes the output- and input-channel modes of a kxk convolution with tensorly's
+partial_tucker (HOOI), giving a 1x1 (Cin -> r_in) -> kxk core (r_in -> r_out) -> 1x1 (r_out -> Cout)
+sequence. A layer is left whole when its chosen rank would not save both parameters and MACs: past
+that break-even the factors only cost more.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
         )
     notes: Notes = {
         "method": cfg.method,
-        **({"activations": "Ignore"} if cfg.method == "SVD" else {}),
-        **({"activations": "Whiten", "calibrationSamples": len(calibration)} if calibration is not None else {}),
+        **({"activations": "Ignore" if calibration is None else "Whiten"} if cfg.method == "SVD" else {}),
+        **({"calibrationSamples": len(calibration)} if calibration is not None else {}),
         "factorizedLayers": len(plans),
         "leftWholeLayers": len(whole),
         "parametersBefore": params_before,

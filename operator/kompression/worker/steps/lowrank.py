@@ -2,11 +2,16 @@
 
 SVD turns a Linear layer (or a 1x1 convolution) W (m x n) into two layers of rank r,
 W ~ (U sqrt(S)) (sqrt(S) V^T), with the bias on the second; splitting S evenly gives both factors
-alike ranges, which a later int8 quantization of the factors rewards. Tucker2 decomposes the output-
-and input-channel modes of a kxk convolution with tensorly's partial_tucker (HOOI), giving a
-1x1 (Cin -> r_in) -> kxk core (r_in -> r_out) -> 1x1 (r_out -> Cout) sequence. A layer is left whole
-when its chosen rank would not save both parameters and MACs: past that break-even the factors
-only cost more.
+alike ranges, which a later int8 quantization of the factors rewards. With calibration data SVD
+whitens first (SVD-LLM): it truncates W R, where R R^T is the second moment of the layer's inputs
+on that data, and folds R^-1 back into the first factor. That minimises the error of the layer's
+outputs on such inputs, ||(W - W_r) X||, instead of the weight's, which is what a pretrained
+model's quality depends on: directions its inputs never take cost nothing to drop.
+
+Tucker2 decomposes the output- and input-channel modes of a kxk convolution with tensorly's
+partial_tucker (HOOI), giving a 1x1 (Cin -> r_in) -> kxk core (r_in -> r_out) -> 1x1 (r_out -> Cout)
+sequence. A layer is left whole when its chosen rank would not save both parameters and MACs: past
+that break-even the factors only cost more.
 """
 
 from __future__ import annotations
@@ -25,17 +30,23 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from kompression.api.v1alpha1 import LowRankStep
-from kompression.worker.errors import StepInvalid
+from kompression.worker.errors import DataError, StepInvalid
 from kompression.worker.formats.size import parameter_count
-from kompression.worker.model import Model, TorchModel
+from kompression.worker.model import Dataset, Model, TorchModel
 from kompression.worker.steps.layout import apply_faster_layout
 from kompression.worker.steps.modules import WEIGHT_LAYERS, require_torch
-from kompression.worker.steps.training import fine_tune, labelled
+from kompression.worker.steps.training import batches, fine_tune, labelled
 from kompression.worker.techniques import StepContext, StepResult
 
 Notes = dict[str, float | int | str]
 LISTING_CHARS = 800  # notes end up in status.steps[].message, which holds 4096 characters
 SCOPES = {"SVD": "Linear layers and 1x1 Conv2d layers", "Tucker2": "kxk Conv2d layers (k > 1)"}
+# Added to the second moment's diagonal, relative to its mean, before its Cholesky factor is taken
+# (GPTQ damps its Hessian alike): inputs that never take some direction (a dead channel, fewer tokens
+# than features) leave it singular, and the damping keeps a little of the plain SVD's care for it.
+DAMPING = 1e-2
+# A model input of this name marks a sequence's padding (0), as transformers' tokenizers make it.
+MASK_INPUT = "attention_mask"
 
 
 @dataclass
@@ -78,30 +89,28 @@ def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
     # Never mutate the incoming module: it may be the teacher or an earlier step's output.
     module = copy.deepcopy(source.module).to(ctx.device).eval()
     example = tuple(x.to(ctx.device) for x in source.example_inputs)
+    calibration = _whitening_data(ctx)
     layers = select_layers(module, cfg, ctx.name)
     calls = _calls(module, layers, example)
-    shared = _shared_weights(module)
-
+    candidates, whole = _factorizable(layers, calls, _shared_weights(module))
+    roots = (
+        {n: cholesky_root(m) for n, m in second_moments(module, candidates, calibration, ctx.device, ctx.name).items()}
+        if calibration is not None
+        else {}
+    )
     plans: list[Plan] = []
-    whole: dict[str, str] = {}
-    for name, layer in layers.items():
-        if name not in calls:
-            whole[name] = "not called by forward() (its weight is used some other way)"
-        elif id(layer.weight) in shared:
-            whole[name] = "weight shared with another module (tied)"
-        elif isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            whole[name] = f"grouped convolution (groups={layer.groups})"
+    for name, layer in candidates.items():
+        plan = plan_layer(name, layer, cfg, calls[name], roots.get(name))
+        if plan.saves:
+            plans.append(plan)
         else:
-            plan = plan_layer(name, layer, cfg, calls[name])
-            if plan.saves:
-                plans.append(plan)
-            else:
-                whole[name] = plan.why_whole()
+            whole[name] = plan.why_whole()
 
     params_before, macs_before = parameter_count(module), layer_macs(module, example)
     with torch.no_grad():
         for index, plan in enumerate(plans):
-            replace_module(module, plan.name, factorize(layers[plan.name], cfg.method, plan.ranks))
+            factored = factorize(layers[plan.name], cfg.method, plan.ranks, roots.get(plan.name))
+            replace_module(module, plan.name, factored)
             ctx.report_progress((index + 1) / len(plans) * (0.5 if cfg.fineTune else 1.0), f"factorized {plan.name}")
     macs_after = _runs_after_factorizing(module, example, ctx.name)
     if cfg.fineTune is not None and training is not None and plans:
@@ -111,6 +120,8 @@ def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
         )
     notes: Notes = {
         "method": cfg.method,
+        **({"activations": "Ignore" if calibration is None else "Whiten"} if cfg.method == "SVD" else {}),
+        **({"calibrationSamples": len(calibration)} if calibration is not None else {}),
         "factorizedLayers": len(plans),
         "leftWholeLayers": len(whole),
         "parametersBefore": params_before,
@@ -129,8 +140,39 @@ def low_rank(model: Model, ctx: StepContext[LowRankStep]) -> StepResult:
     return StepResult(TorchModel(module.eval(), source.example_inputs), notes)
 
 
+def _whitening_data(ctx: StepContext[LowRankStep]) -> Dataset | None:
+    """The calibration data SVD whitens by, or None when it truncates the weights alone."""
+    data = ctx.data.calibration if ctx.data.calibration is not None and len(ctx.data.calibration) else None
+    if not ctx.config.whitens(data is not None):
+        return None
+    if data is None:
+        raise StepInvalid(
+            f"step {ctx.name}: lowRank.activations Whiten needs data.calibration, the inputs whose second moment "
+            "it whitens by; add a calibration data set or set activations: Ignore"
+        )
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # which layers, at which ranks
+
+
+def _factorizable(
+    layers: dict[str, nn.Linear | nn.Conv2d], calls: Mapping[str, Calls], shared: set[int]
+) -> tuple[dict[str, nn.Linear | nn.Conv2d], dict[str, str]]:
+    """The layers a factorization can replace, and why each of the others stays whole."""
+    candidates: dict[str, nn.Linear | nn.Conv2d] = {}
+    whole: dict[str, str] = {}
+    for name, layer in layers.items():
+        if name not in calls:
+            whole[name] = "not called by forward() (its weight is used some other way)"
+        elif id(layer.weight) in shared:
+            whole[name] = "weight shared with another module (tied)"
+        elif isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            whole[name] = f"grouped convolution (groups={layer.groups})"
+        else:
+            candidates[name] = layer
+    return candidates, whole
 
 
 def in_scope(layer: nn.Module, method: str) -> TypeGuard[nn.Linear | nn.Conv2d]:
@@ -183,11 +225,15 @@ def rank_for(singular_values: torch.Tensor, cfg: LowRankStep) -> int:
     return max(1, min(full, int((kept < cfg.energy - 1e-12).sum()) + 1))
 
 
-def plan_layer(name: str, layer: nn.Linear | nn.Conv2d, cfg: LowRankStep, calls: Calls) -> Plan:
+def plan_layer(
+    name: str, layer: nn.Linear | nn.Conv2d, cfg: LowRankStep, calls: Calls, root: torch.Tensor | None = None
+) -> Plan:
+    """The layer's ranks and what they cost; with SVD's whitening `root`, energy is of the whitened
+    weight's singular values, the ones truncated."""
     weight = layer.weight.detach().float()
     out_ch, in_ch = weight.shape[0], weight.shape[1]
     if cfg.method == "SVD":
-        rank = rank_for(torch.linalg.svdvals(weight.reshape(out_ch, in_ch)), cfg)
+        rank = rank_for(torch.linalg.svdvals(_whitened(weight.reshape(out_ch, in_ch), root)), cfg)
         params = (out_ch * in_ch, rank * (out_ch + in_ch))
         macs = (calls.outputs * out_ch * in_ch, calls.outputs * rank * (out_ch + in_ch))
         return Plan(name, (rank,), (min(out_ch, in_ch),), params, macs)
@@ -207,12 +253,72 @@ def plan_layer(name: str, layer: nn.Linear | nn.Conv2d, cfg: LowRankStep, calls:
 # the factors and the layers built from them
 
 
-def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def second_moments(
+    module: nn.Module, layers: Mapping[str, nn.Linear | nn.Conv2d], data: Dataset, device: str, step: str
+) -> dict[str, torch.Tensor]:
+    """Each layer's X^T X / rows over the calibration data (n x n, n its input features or channels):
+    every token of a sequence and every pixel a 1x1 convolution reads is a row."""
+    sums: dict[str, torch.Tensor] = {}
+    rows: Counter[str] = Counter()
+    names = {id(m): n for n, m in layers.items()}
+    mask_at = list(data.inputs).index(MASK_INPUT) if MASK_INPUT in data.inputs else None
+    mask: torch.Tensor | None = None
+
+    def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        x = inputs[0].detach().float()
+        if isinstance(layer, nn.Conv2d):
+            # A strided 1x1 reads every stride-th pixel; padding only adds zero rows, which add nothing.
+            x = x[:, :, :: layer.stride[0], :: layer.stride[1]].movedim(1, -1)
+        elif mask is not None and x.shape[:-1] == mask.shape:
+            x = x[mask.bool()]
+        x = x.reshape(-1, x.shape[-1])
+        name = names[id(layer)]
+        if name not in sums:
+            sums[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+        sums[name].addmm_(x.T, x)
+        rows[name] += x.shape[0]
+
+    for inputs, _ in batches(data, data.batch_size, device, shuffle=False):
+        mask = None if mask_at is None else inputs[mask_at]
+        _forward_with_hooks(module, inputs, layers, record)
+    overflown = [name for name, total in sums.items() if not torch.isfinite(total).all()]
+    if overflown:
+        raise DataError(
+            f"step {step}: on data.calibration the inputs of {listing(overflown)} are not finite (NaN or "
+            "infinite values, or beyond float32), so nothing can be whitened by them; check the calibration "
+            "data, or set lowRank.activations: Ignore"
+        )
+    return {name: total / rows[name] for name, total in sums.items()}
+
+
+def cholesky_root(moment: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular R with R R^T the second moment (float64), damped until it is positive definite."""
+    moment = moment.double()
+    eye = torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+    damping = DAMPING * max(float(moment.diagonal().mean()), 1e-12)
+    while True:  # ends: finite (second_moments checks) and damped ever more, the moment turns definite
+        root: torch.Tensor
+        root, info = torch.linalg.cholesky_ex(moment + damping * eye)
+        if int(info) == 0:
+            return root
+        damping *= 10
+
+
+def _whitened(weight: torch.Tensor, root: torch.Tensor | None) -> torch.Tensor:
+    return weight.double() if root is None else weight.double() @ root.to(weight.device)
+
+
+def svd_factors(weight: torch.Tensor, rank: int, root: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, second) with second @ first the best rank-`rank` approximation of weight (m x n):
-    first = sqrt(S) V^T (rank x n), second = U sqrt(S) (m x rank)."""
-    u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
-    root = s[:rank].sqrt()
-    return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    first = sqrt(S) V^T (rank x n), second = U sqrt(S) (m x rank). With `root` (cholesky_root of the
+    inputs' second moment) it is the SVD of weight @ root, first = sqrt(S) V^T root^-1: the rank-`rank`
+    weight whose outputs on those inputs are closest to the layer's."""
+    u, s, vh = torch.linalg.svd(_whitened(weight, root), full_matrices=False)
+    scale = s[:rank].sqrt()
+    first = scale[:, None] * vh[:rank]
+    if root is not None:
+        first = torch.linalg.solve_triangular(root.to(first.device), first, upper=False, left=False)
+    return first.float(), (u[:, :rank] * scale[None, :]).float()
 
 
 def tucker2_factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,12 +329,13 @@ def tucker2_factors(weight: torch.Tensor, ranks: tuple[int, int]) -> tuple[torch
     return core, out_factor, in_factor
 
 
-def factorize(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Sequential:
-    """The layer as a sequence of thinner layers, on the layer's device and dtype."""
+def factorize(layer: nn.Module, method: str, ranks: tuple[int, ...], root: torch.Tensor | None = None) -> nn.Sequential:
+    """The layer as a sequence of thinner layers, on the layer's device and dtype; SVD whitens by
+    `root` when given (see svd_factors)."""
     if isinstance(layer, nn.Linear):
-        built = _svd_linear(layer, ranks[0])
+        built = _svd_linear(layer, ranks[0], root)
     elif isinstance(layer, nn.Conv2d) and method == "SVD":
-        built = _svd_conv(layer, ranks[0])
+        built = _svd_conv(layer, ranks[0], root)
     elif isinstance(layer, nn.Conv2d):
         built = _tucker2_conv(layer, (ranks[0], ranks[1]))
     else:
@@ -236,8 +343,8 @@ def factorize(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Seque
     return built.to(device=layer.weight.device, dtype=layer.weight.dtype)
 
 
-def _svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    first_w, second_w = svd_factors(layer.weight.detach(), rank)
+def _svd_linear(layer: nn.Linear, rank: int, root: torch.Tensor | None) -> nn.Sequential:
+    first_w, second_w = svd_factors(layer.weight.detach(), rank, root)
     first = nn.Linear(layer.in_features, rank, bias=False)
     second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
     first.weight.data.copy_(first_w)
@@ -247,8 +354,8 @@ def _svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def _svd_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
-    first_w, second_w = svd_factors(layer.weight.detach().flatten(1), rank)
+def _svd_conv(layer: nn.Conv2d, rank: int, root: torch.Tensor | None) -> nn.Sequential:
+    first_w, second_w = svd_factors(layer.weight.detach().flatten(1), rank, root)
     # Stride, padding and dilation stay on the first 1x1: with no bias its padded zeros stay zero.
     first = _conv_like(layer, layer.in_channels, rank, (1, 1), first_w, bias=False)
     second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None)

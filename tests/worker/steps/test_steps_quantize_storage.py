@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from kompression.api.v1alpha1 import QuantizeStep
@@ -109,3 +110,23 @@ def test_a_layer_kept_float_stores_its_weight_as_float16_and_computes_in_float32
     options.optimized_model_filepath = str(optimized)
     ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
     assert TensorProto.FLOAT16 not in initializers(optimized).values()
+
+
+def test_per_channel_dynamic_weights_get_one_zero_point_and_compute_the_same(tmp_path: Path) -> None:
+    ctx = standalone_context({"name": "q", "quantize": {"method": "DynamicInt8"}}, tmp_path, DataSets(), [-1, TOKENS])
+    model = TorchModel(
+        nn.Sequential(nn.Linear(TOKENS, 64), nn.ReLU(), nn.Linear(64, 8)).eval(), (torch.zeros(1, TOKENS),)
+    )
+    result = quantize(model, ctx)  # type: ignore[arg-type]
+    assert isinstance(result.model, OnnxModel)
+    assert result.notes["scalarWeightZeroPoints"] == 2
+    graph = onnx.load(str(result.model.path)).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    products = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert [shapes[n.input[3]] for n in products] == [[], []]  # one zero point per weight
+    assert sorted(d for name, d in shapes.items() if name.endswith("_scale") and d) == [[8], [64]]  # per channel
+    # onnxruntime's own per-channel output, with a zero point per column, is the same to the bit.
+    reference = tmp_path / "per-column.onnx"
+    quantize_dynamic(str(tmp_path / "model.float.onnx"), str(reference), per_channel=True, weight_type=QuantType.QInt8)
+    feed = np.random.default_rng(0).normal(size=(16, TOKENS)).astype(np.float32)
+    assert np.array_equal(run_onnx(session(result.model.path), [feed]), run_onnx(session(reference), [feed]))

@@ -298,6 +298,37 @@ def _int8_embeddings(path: Path, float_nodes: list[str]) -> int:
     return converted
 
 
+def _scalar_weight_zero_points(path: Path) -> int:
+    """Give each MatMulInteger whose int8 weight has a zero point of 0 for every column a single 0.
+    quantize_dynamic writes per-channel weights with one (symmetric, so zero) zero point per column,
+    and onnxruntime runs a weight with a column of zero points on a slower int8 GEMM path than one
+    with a single zero point: on all-MiniLM-L6-v2 that made per-channel int8 3-7% slower in all than
+    per-tensor, and with one zero point it is as fast. The per-column scales stay and the products
+    are identical. Returns how many nodes were changed."""
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    tables = {t.name: t for t in graph.initializer}
+    changed = 0
+    for node in graph.node:
+        zero_point = tables.get(node.input[3]) if node.op_type == "MatMulInteger" and len(node.input) > 3 else None
+        if zero_point is None or len(zero_point.dims) != 1 or numpy_helper.to_array(zero_point).any():
+            continue
+        scalar = f"{zero_point.name}/scalar"
+        if scalar not in tables:
+            tables[scalar] = numpy_helper.from_array(
+                np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(zero_point.data_type)), scalar
+            )
+            graph.initializer.append(tables[scalar])
+        node.input[3] = scalar
+        changed += 1
+    if changed:
+        read = {name for node in graph.node for name in node.input}
+        for table in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(table)
+        onnx.save(proto, str(path))
+    return changed
+
+
 def _float16_stored(path: Path, float_nodes: list[str]) -> int:
     """Store the large float32 weights that only float-kept layers read as float16, cast back to
     float32 in the graph: onnxruntime folds the Cast into a float32 initializer when the session
@@ -400,6 +431,7 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep
             op_types_to_quantize=DYNAMIC_OP_TYPES,
             nodes_to_exclude=named,
         )
+        stored["scalarWeightZeroPoints"] = _scalar_weight_zero_points(path)
         stored["int8Embeddings"] = _int8_embeddings(path, named)
         stored["float16StoredWeights"] = _float16_stored(path, named)
 

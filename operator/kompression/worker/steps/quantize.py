@@ -136,9 +136,10 @@ def _quantize_keeping_float(
     input_names: list[str],
     out: Path,
     reduce_range: bool,
-    run: Callable[[list[str], Path], None],
+    run: Callable[[list[str], Path], Notes],
 ) -> Notes:
-    """run(float_nodes, path) quantizes `graph` into path. The step keeps float its excludeLayers, else
+    """run(float_nodes, path) quantizes `graph` into path and says how it stored it (the notes of the
+    file kept are returned). The step keeps float its excludeLayers, else
     the layers whose int8 error stands out, measured on the calibration (else evaluation) data, when
     that lowers the model's measured output error. An Auto trial's ctx.extra_float_layers more, the
     next worst by the same measurement, are added to those."""
@@ -168,7 +169,7 @@ def _quantize_keeping_float(
         ctx.report_progress(
             0.7, "quantizing" if not added else f"quantizing with {len(own) + len(added)} layers in float"
         )
-        run([*own, *(e.node for e in added)], out)
+        notes |= run([*own, *(e.node for e in added)], out)
     if added:
         listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in added)
         notes["floatLayers"] = f"{notes['floatLayers']}, {listed}" if own else listed
@@ -183,31 +184,33 @@ def _measured_float_layers(
     graph: Path,
     batches: list[dict[str, np.ndarray]],
     out: Path,
-    run: Callable[[list[str], Path], None],
+    run: Callable[[list[str], Path], Notes],
 ) -> tuple[list[str], Notes]:
     """The nodes of the layers whose int8 error stands out, kept float in `out` only when that divides
     the model's output error by FLOAT_MIN_GAIN; `out` is quantized either way."""
     chosen = outliers(errors)
     ctx.report_progress(0.4, "quantizing")
-    run([], out)
+    stored = run([], out)
     if not chosen:
         worst = f"; the worst is {errors[0].layer} at {errors[0].error:.4f}" if errors else ""
-        return [], {"floatLayers": f"none: no layer's int8 error stands out{worst}"}
+        return [], {**stored, "floatLayers": f"none: no layer's int8 error stands out{worst}"}
     all_int8 = output_error(graph, out, batches)
     ctx.report_progress(0.7, f"quantizing with {len(chosen)} layers in float")
     trial = out.with_name(out.stem + ".fallback.onnx")
-    run([e.node for e in chosen], trial)
+    stored_trial = run([e.node for e in chosen], trial)
     fallback = output_error(graph, trial, batches)
     listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in chosen)
     notes: Notes = {"outputErrorAllInt8": round(all_int8, 4), "outputErrorWithFloatLayers": round(fallback, 4)}
     if fallback * FLOAT_MIN_GAIN > all_int8:
         trial.unlink()
         return [], {
+            **stored,
             **notes,
             "floatLayers": f"none: keeping {listed} float did not divide the output error by {FLOAT_MIN_GAIN:g}",
         }
     trial.replace(out)
     return [e.node for e in chosen], {
+        **stored_trial,
         **notes,
         "floatLayers": listed,
         "floatLayersChosenBy": "measured int8 error (in brackets)",
@@ -382,7 +385,7 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
     prepared = ctx.workdir / "model.prepared.onnx"
     quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
 
-    def run(float_nodes: list[str], path: Path) -> None:
+    def run(float_nodes: list[str], path: Path) -> Notes:
         quantize_static(
             str(prepared),
             str(path),
@@ -398,10 +401,11 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
         )
         if float_nodes:
             _feed_float(path, float_nodes)
-        stored["int8Embeddings"] = _int8_embeddings(path, float_nodes)
-        stored["float16StoredWeights"] = _float16_stored(path, float_nodes)
+        return {
+            "int8Embeddings": _int8_embeddings(path, float_nodes),
+            "float16StoredWeights": _float16_stored(path, float_nodes),
+        }
 
-    stored: Notes = {}
     notes: Notes = {
         "format": "ONNX QDQ (onnxruntime int8 kernels)",
         "calibrator": cfg.calibrator_or_default,
@@ -412,14 +416,14 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
             cfg, ctx, prepared, input_names=input_names, out=out, reduce_range=reduce_range, run=run
         ),
     }
-    return StepResult(OnnxModel(out, source.input_names), notes | stored)
+    return StepResult(OnnxModel(out, source.input_names), notes)
 
 
 def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     source = float_onnx(model, ctx)
     out = ctx.workdir / "model.dynamic-int8.onnx"
 
-    def run(float_nodes: list[str], path: Path) -> None:
+    def run(float_nodes: list[str], path: Path) -> Notes:
         # quantize_dynamic first rewrites each Gemm as MatMul + Add under the name NODE_MatMul,
         # and only then matches exclusions: a Gemm's own name alone would leave it int8.
         named = [*float_nodes, *(f"{node}_MatMul" for node in float_nodes)]
@@ -431,11 +435,11 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep
             op_types_to_quantize=DYNAMIC_OP_TYPES,
             nodes_to_exclude=named,
         )
-        stored["scalarWeightZeroPoints"] = _scalar_weight_zero_points(path)
-        stored["int8Embeddings"] = _int8_embeddings(path, named)
-        stored["float16StoredWeights"] = _float16_stored(path, named)
-
-    stored: Notes = {}
+        return {
+            "scalarWeightZeroPoints": _scalar_weight_zero_points(path),
+            "int8Embeddings": _int8_embeddings(path, named),
+            "float16StoredWeights": _float16_stored(path, named),
+        }
 
     names = source.input_names or [i.name for i in ctx.inputs]
     notes: Notes = {
@@ -445,7 +449,7 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep
         # quantize_dynamic keeps full-range int8 weights (its reduce_range defaults to off).
         **_quantize_keeping_float(cfg, ctx, source.path, input_names=names, out=out, reduce_range=False, run=run),
     }
-    return StepResult(OnnxModel(out, source.input_names), notes | stored)
+    return StepResult(OnnxModel(out, source.input_names), notes)
 
 
 class LowPrecision(nn.Module):

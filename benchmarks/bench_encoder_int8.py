@@ -8,7 +8,8 @@ holding `input_ids` and `attention_mask` tokenized from real sentences. Quality 
 mean-pooled, L2-normalised sentence embeddings (as sentence-transformers pools this model) against
 torch fp32, on sentences the calibration never saw; latency is batch 8, sequence 128.
 
-Targets (issue 10): mean cosine >= 0.99, worst sentence >= 0.98, latency <= 0.6x onnxruntime fp32.
+Targets (issue 22): mean cosine >= 0.99, worst sentence >= 0.98, size <= 0.30x the fp32 ONNX,
+latency <= 0.55x onnxruntime fp32 where VNNI exists.
 
     .venv/bin/python benchmarks/bench_encoder_int8.py
 
@@ -142,6 +143,27 @@ def step_directly(loaded: TorchModel, data: dict[str, np.ndarray], work: Path) -
     return result.model.path, result.notes
 
 
+def op_profile(path: Path, feeds: dict[str, np.ndarray], calls: int = 3) -> dict[str, float]:
+    """Milliseconds per call in each operator type, from onnxruntime's own profiler (THREADS threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)  # untimed warm-up, also profiled: subtracted below by counting calls + 1
+    for _ in range(calls):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1000 / (calls + 1)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(THREADS)
@@ -170,11 +192,12 @@ def main() -> None:
     torch_fp32 = loaded.module.eval()
     torch_ao = torch.ao.quantization.quantize_dynamic(loaded.module, {nn.Linear}, dtype=torch.qint8)
 
-    sessions = {
-        "onnxruntime fp32": ort_session(fp32),
-        "Kompression DynamicInt8 (defaults)": ort_session(published),
-        "onnxruntime quantize_dynamic (defaults)": ort_session(ort_default),
+    paths = {
+        "onnxruntime fp32": fp32,
+        "Kompression DynamicInt8 (defaults)": published,
+        "onnxruntime quantize_dynamic (defaults)": ort_default,
     }
+    sessions = {name: ort_session(path) for name, path in paths.items()}
     modules = {"torch fp32": torch_fp32, "torch.ao quantize_dynamic (Linear, qint8)": torch_ao}
 
     def embed(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -202,25 +225,30 @@ def main() -> None:
     times = interleaved_ms(calls, repeats=7, inner=3, settle_s=0.2, rewarm_s=0.5)
     loads.append(load_average())
 
+    profiles = {name: op_profile(path, batch) for name, path in paths.items()}
     base = times["onnxruntime fp32"]
     rows = []
     for name in names:
         mean, worst = float(cosines[name].mean()), float(cosines[name].min())
         ratio = times[name] / base
-        size = (fp32 if name == "onnxruntime fp32" else published if "Kompression" in name else ort_default).stat()
-        size_mb = f"{size.st_size / 1e6:.1f}" if name in sessions else "-"
+        size = paths[name].stat() if name in paths else fp32.stat()
+        size_mb = f"{size.st_size / 1e6:.1f}" if name in paths else "-"
         verdict = (
             " / ".join(
                 [
                     "mean ok" if mean >= 0.99 else "mean MISS",
                     "worst ok" if worst >= 0.98 else "worst MISS",
-                    "latency ok" if ratio <= 0.6 else "latency MISS",
+                    "size ok" if size.st_size <= 0.30 * fp32.stat().st_size else "size MISS",
+                    "latency ok" if ratio <= 0.55 else "latency MISS",
                 ]
             )
             if "DynamicInt8" in name
             else ""
         )
-        rows.append([name, f"{mean:.4f}", f"{worst:.4f}", f"{times[name]:.1f}", f"{ratio:.2f}", size_mb, verdict])
+        size_x = f"{size.st_size / fp32.stat().st_size:.2f}" if name in sessions else "-"
+        rows.append(
+            [name, f"{mean:.4f}", f"{worst:.4f}", f"{times[name]:.1f}", f"{ratio:.2f}", size_mb, size_x, verdict]
+        )
     float_layers = notes.get("floatLayers", "(not reported)")
     text = "\n".join(
         [
@@ -236,7 +264,8 @@ def main() -> None:
                     "batch 8 x 128: median ms",
                     "vs onnxruntime fp32",
                     "ONNX MB",
-                    "targets (mean >= 0.99, worst >= 0.98, <= 0.6x)",
+                    "vs fp32 size",
+                    "targets (mean >= 0.99, worst >= 0.98, size <= 0.30x, latency <= 0.55x)",
                 ],
                 rows,
             ),
@@ -248,7 +277,15 @@ def main() -> None:
             + ", ".join(
                 f"{k} {v}"
                 for k, v in notes.items()
-                if k in ("medianLayerError", "outputErrorAllInt8", "outputErrorWithFloatLayers", "perChannel")
+                if k
+                in (
+                    "medianLayerError",
+                    "outputErrorAllInt8",
+                    "outputErrorWithFloatLayers",
+                    "perChannel",
+                    "int8Embeddings",
+                    "float16StoredWeights",
+                )
             )
             + f". Step and export took {kompression_s:.0f} s in all.",
             "",
@@ -258,6 +295,30 @@ def main() -> None:
             f"qint8 (torch's x86 dynamic kernels). Latency: the same batch of {BATCH} sentences for every candidate, "
             f"{THREADS} threads each, interleaved medians (7 repetitions x 3 calls, 0.2 s settle and 0.5 s re-warm "
             f"per block). Load average before and after timing: {' | '.join(loads)}.",
+            "",
+            "What changed for issue 22, and where the latency went. Size: the word embedding (30522x384, 47 MB in "
+            "fp32, half the file) and the position embedding are now int8 rows with one scale each, dequantized "
+            "only for the rows looked up (`int8Embeddings`). Latency: the step used to keep the three FFN output "
+            "layers of blocks 0, 1 and 3 in float, which ran as fp32 MatMuls; they lower the output error only "
+            "from 0.17 to 0.12 (cosine 0.9954 / 0.9931 against 0.9933 / 0.9898 all int8), so they now stay int8 "
+            "(a layer stays float only when that halves the output error). Per-channel weights carried one zero "
+            "point per column, which onnxruntime runs on a slower GEMM path than one zero point (3-7% of the "
+            "whole int8 latency side by side); the step now writes a single zero point "
+            "(`scalarWeightZeroPoints`, same products to the bit). The graph onnxruntime then runs is, node "
+            "for node after its fusions, the one of its own quantize_dynamic defaults except the embedding "
+            "lookups (Gather, Cast, Mul against its DequantizeLinear) and the per-channel scales that keep the "
+            "cosine. What is left is in the operators int8 does not touch, the same as in fp32: the attention "
+            "masking (Softmax, Where, Add), the products of two activations (FusedMatMul, MatMul), LayerNorm "
+            "and Gelu:",
+            "",
+            "Where the time goes: onnxruntime's profiler, ms per call in each operator type (the same batch, "
+            "warm-up included in the average, the machine shared, so the proportions matter, not the sums):",
+            "",
+            *(
+                f"- {name}: total {sum(ops.values()):.0f}; "
+                + ", ".join(f"{op} {ms:.0f}" for op, ms in list(ops.items())[:8])
+                for name, ops in profiles.items()
+            ),
             "",
         ]
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -31,7 +32,14 @@ from kompression.worker.model import Dataset, Model, OnnxModel, TorchModel
 from kompression.worker.steps.fp8 import FP8_MIN_CAPABILITY, convert_to_fp8
 from kompression.worker.steps.modules import require_torch
 from kompression.worker.steps.onnx_io import export_onnx, nodes_of_modules
-from kompression.worker.steps.sensitivity import LayerError, layer_errors, outliers, output_error, sample_batches
+from kompression.worker.steps.sensitivity import (
+    FLOAT_MIN_GAIN,
+    LayerError,
+    layer_errors,
+    outliers,
+    output_error,
+    sample_batches,
+)
 from kompression.worker.techniques import StepContext, StepResult
 
 CALIBRATORS = {
@@ -42,6 +50,8 @@ CALIBRATORS = {
 # Dynamic quantization targets weight-heavy matrix products; onnxruntime's CPU ConvInteger only
 # takes uint8 weights, so convolutions stay float there (use StaticInt8 for CNNs).
 DYNAMIC_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM"]
+# A smaller lookup table saves less than its extra Gather, Cast and Mul cost per call.
+EMBEDDING_MIN_ELEMENTS = 65536
 
 
 def quantize(model: Model, ctx: StepContext[QuantizeStep]) -> StepResult:
@@ -126,9 +136,10 @@ def _quantize_keeping_float(
     input_names: list[str],
     out: Path,
     reduce_range: bool,
-    run: Callable[[list[str], Path], None],
+    run: Callable[[list[str], Path], Notes],
 ) -> Notes:
-    """run(float_nodes, path) quantizes `graph` into path. The step keeps float its excludeLayers, else
+    """run(float_nodes, path) quantizes `graph` into path and says how it stored it (the notes of the
+    file kept are returned). The step keeps float its excludeLayers, else
     the layers whose int8 error stands out, measured on the calibration (else evaluation) data, when
     that lowers the model's measured output error. An Auto trial's ctx.extra_float_layers more, the
     next worst by the same measurement, are added to those."""
@@ -158,7 +169,7 @@ def _quantize_keeping_float(
         ctx.report_progress(
             0.7, "quantizing" if not added else f"quantizing with {len(own) + len(added)} layers in float"
         )
-        run([*own, *(e.node for e in added)], out)
+        notes |= run([*own, *(e.node for e in added)], out)
     if added:
         listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in added)
         notes["floatLayers"] = f"{notes['floatLayers']}, {listed}" if own else listed
@@ -173,28 +184,33 @@ def _measured_float_layers(
     graph: Path,
     batches: list[dict[str, np.ndarray]],
     out: Path,
-    run: Callable[[list[str], Path], None],
+    run: Callable[[list[str], Path], Notes],
 ) -> tuple[list[str], Notes]:
-    """The nodes of the layers whose int8 error stands out, kept float in `out` only when that lowers
-    the model's output error; `out` is quantized either way."""
+    """The nodes of the layers whose int8 error stands out, kept float in `out` only when that divides
+    the model's output error by FLOAT_MIN_GAIN; `out` is quantized either way."""
     chosen = outliers(errors)
     ctx.report_progress(0.4, "quantizing")
-    run([], out)
+    stored = run([], out)
     if not chosen:
         worst = f"; the worst is {errors[0].layer} at {errors[0].error:.4f}" if errors else ""
-        return [], {"floatLayers": f"none: no layer's int8 error stands out{worst}"}
+        return [], {**stored, "floatLayers": f"none: no layer's int8 error stands out{worst}"}
     all_int8 = output_error(graph, out, batches)
     ctx.report_progress(0.7, f"quantizing with {len(chosen)} layers in float")
     trial = out.with_name(out.stem + ".fallback.onnx")
-    run([e.node for e in chosen], trial)
+    stored_trial = run([e.node for e in chosen], trial)
     fallback = output_error(graph, trial, batches)
     listed = ", ".join(f"{e.layer} ({e.error:.4f})" for e in chosen)
     notes: Notes = {"outputErrorAllInt8": round(all_int8, 4), "outputErrorWithFloatLayers": round(fallback, 4)}
-    if fallback >= all_int8:
+    if fallback * FLOAT_MIN_GAIN > all_int8:
         trial.unlink()
-        return [], {**notes, "floatLayers": f"none: keeping {listed} float did not lower the output error"}
+        return [], {
+            **stored,
+            **notes,
+            "floatLayers": f"none: keeping {listed} float did not divide the output error by {FLOAT_MIN_GAIN:g}",
+        }
     trial.replace(out)
     return [e.node for e in chosen], {
+        **stored_trial,
         **notes,
         "floatLayers": listed,
         "floatLayersChosenBy": "measured int8 error (in brackets)",
@@ -225,6 +241,134 @@ def _feed_float(path: Path, float_nodes: list[str]) -> None:
     onnx.save(proto, str(path))
 
 
+def _int8_embeddings(path: Path, float_nodes: list[str]) -> int:
+    """Store each float lookup table that a Gather alone reads (a token embedding) as int8 rows with
+    one scale per row, dequantizing only the rows looked up: Gather(table) becomes
+    Cast(Gather(int8 table)) * Gather(row scales). A per-row scale follows each token's own range, so
+    rare tokens with large entries do not coarsen the others, as one scale for the whole table would;
+    dequantizing the whole table up front would cost a pass over it on every call. Tables in
+    float_nodes (excludeLayers) stay float. Returns how many tables were converted."""
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    tables = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    skip = set(float_nodes)
+    nodes: list[onnx.NodeProto] = []
+    converted = 0
+    for node in graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" and node.input else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (
+            table is None
+            or node.name in skip
+            or axis != 0
+            or readers[table.name] != 1
+            or table.data_type != onnx.TensorProto.FLOAT
+            or len(table.dims) != 2
+            or int(np.prod(table.dims)) < EMBEDDING_MIN_ELEMENTS
+        ):
+            nodes.append(node)
+            continue
+        weights = numpy_helper.to_array(table)
+        peak = np.abs(weights).max(axis=1, keepdims=True)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        codes = np.clip(np.round(weights / scale), -127, 127).astype(np.int8)
+        # Names under the node's own, apart from the X_scale/X_zero_point the quantizer gives activations.
+        base, ids, out = table.name, node.input[1], node.output[0]
+        codes_of, scales_of, rows, row_scales, widened = (
+            f"{base}/int8_rows",
+            f"{base}/row_scales",
+            f"{node.name}/int8_rows",
+            f"{node.name}/row_scales",
+            f"{node.name}/rows",
+        )
+        graph.initializer.remove(table)
+        graph.initializer.extend([numpy_helper.from_array(codes, codes_of), numpy_helper.from_array(scale, scales_of)])
+        nodes += [
+            onnx.helper.make_node("Gather", [codes_of, ids], [rows], name=rows),
+            onnx.helper.make_node("Gather", [scales_of, ids], [row_scales], name=row_scales),
+            onnx.helper.make_node("Cast", [rows], [widened], name=widened, to=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node("Mul", [widened, row_scales], [out], name=f"{node.name}/dequantize"),
+        ]
+        converted += 1
+    if converted:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(proto, str(path))
+    return converted
+
+
+def _scalar_weight_zero_points(path: Path) -> int:
+    """Give each MatMulInteger whose int8 weight has a zero point of 0 for every column a single 0.
+    quantize_dynamic writes per-channel weights with one (symmetric, so zero) zero point per column,
+    and onnxruntime runs a weight with a column of zero points on a slower int8 GEMM path than one
+    with a single zero point: on all-MiniLM-L6-v2 that made per-channel int8 3-7% slower in all than
+    per-tensor, and with one zero point it is as fast. The per-column scales stay and the products
+    are identical. Returns how many nodes were changed."""
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    tables = {t.name: t for t in graph.initializer}
+    changed = 0
+    for node in graph.node:
+        zero_point = tables.get(node.input[3]) if node.op_type == "MatMulInteger" and len(node.input) > 3 else None
+        if zero_point is None or len(zero_point.dims) != 1 or numpy_helper.to_array(zero_point).any():
+            continue
+        scalar = f"{zero_point.name}/scalar"
+        if scalar not in tables:
+            tables[scalar] = numpy_helper.from_array(
+                np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(zero_point.data_type)), scalar
+            )
+            graph.initializer.append(tables[scalar])
+        node.input[3] = scalar
+        changed += 1
+    if changed:
+        read = {name for node in graph.node for name in node.input}
+        for table in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(table)
+        onnx.save(proto, str(path))
+    return changed
+
+
+def _float16_stored(path: Path, float_nodes: list[str]) -> int:
+    """Store the large float32 weights that only float-kept layers read as float16, cast back to
+    float32 in the graph: onnxruntime folds the Cast into a float32 initializer when the session
+    loads, so the layer still computes in float32 and the file carries half the bytes. float16 keeps
+    11 significant bits, far finer than the int8 rounding the layer is kept float to avoid. A weight
+    beyond float16's range stays float32. Returns how many weights were converted."""
+    if not float_nodes:
+        return 0
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    wanted = set(float_nodes)
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    converted = 0
+    for table in list(graph.initializer):
+        if (
+            table.data_type != onnx.TensorProto.FLOAT
+            or int(np.prod(table.dims)) < EMBEDDING_MIN_ELEMENTS
+            or not readers.get(table.name)
+            or not readers[table.name] <= wanted
+        ):
+            continue
+        weights = numpy_helper.to_array(table)
+        if np.abs(weights).max() > np.finfo(np.float16).max:
+            continue
+        graph.initializer.remove(table)
+        half = f"{table.name}/float16"
+        graph.initializer.append(numpy_helper.from_array(weights.astype(np.float16), half))
+        graph.node.insert(0, onnx.helper.make_node("Cast", [half], [table.name], name=half, to=onnx.TensorProto.FLOAT))
+        converted += 1
+    if converted:
+        onnx.save(proto, str(path))
+    return converted
+
+
 def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]) -> StepResult:
     calibration = ctx.data.calibration
     if calibration is None or len(calibration) == 0:
@@ -241,7 +385,7 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
     prepared = ctx.workdir / "model.prepared.onnx"
     quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
 
-    def run(float_nodes: list[str], path: Path) -> None:
+    def run(float_nodes: list[str], path: Path) -> Notes:
         quantize_static(
             str(prepared),
             str(path),
@@ -257,6 +401,10 @@ def _static_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep]
         )
         if float_nodes:
             _feed_float(path, float_nodes)
+        return {
+            "int8Embeddings": _int8_embeddings(path, float_nodes),
+            "float16StoredWeights": _float16_stored(path, float_nodes),
+        }
 
     notes: Notes = {
         "format": "ONNX QDQ (onnxruntime int8 kernels)",
@@ -275,17 +423,23 @@ def _dynamic_int8(model: Model, cfg: QuantizeStep, ctx: StepContext[QuantizeStep
     source = float_onnx(model, ctx)
     out = ctx.workdir / "model.dynamic-int8.onnx"
 
-    def run(float_nodes: list[str], path: Path) -> None:
+    def run(float_nodes: list[str], path: Path) -> Notes:
+        # quantize_dynamic first rewrites each Gemm as MatMul + Add under the name NODE_MatMul,
+        # and only then matches exclusions: a Gemm's own name alone would leave it int8.
+        named = [*float_nodes, *(f"{node}_MatMul" for node in float_nodes)]
         quantize_dynamic(
             str(source.path),
             str(path),
             per_channel=cfg.per_channel_or_default,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=DYNAMIC_OP_TYPES,
-            # quantize_dynamic first rewrites each Gemm as MatMul + Add under the name NODE_MatMul,
-            # and only then matches exclusions: a Gemm's own name alone would leave it int8.
-            nodes_to_exclude=[*float_nodes, *(f"{node}_MatMul" for node in float_nodes)],
+            nodes_to_exclude=named,
         )
+        return {
+            "scalarWeightZeroPoints": _scalar_weight_zero_points(path),
+            "int8Embeddings": _int8_embeddings(path, named),
+            "float16StoredWeights": _float16_stored(path, named),
+        }
 
     names = source.input_names or [i.name for i in ctx.inputs]
     notes: Notes = {

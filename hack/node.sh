@@ -211,6 +211,19 @@ import_image() { # tag
   echo "$id" >"$stamp"
 }
 
+# The CRI plugin keeps each image's ID (sha256:...) as a reference of its own: once a tag moves to a
+# newer build, the old image would live on through it, gigabytes each. Remove the references that no
+# tag shares a target with; containerd's collector then frees what only they held.
+prune_images() {
+  local listing tagged ref digest
+  listing=$(ctr_ images ls)
+  tagged=$(awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}' <<<"$listing")
+  while read -r ref digest; do
+    [ -n "$ref" ] || continue
+    grep -qxF -- "$digest" <<<"$tagged" || ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
+  done < <(awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' <<<"$listing")
+}
+
 # ---- kubelet ----------------------------------------------------------------------------------
 
 node_kubeconfig() {
@@ -438,6 +451,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   import) shift; [ "$(id -u)" -eq 0 ] || die "needs root"; alive "$NODE_DIR/containerd.pid" || die "the node is not up"
-    for t in "$@"; do import_image "$t"; done ;;
+    for t in "$@"; do import_image "$t"; done
+    prune_images ;;
   *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

@@ -333,7 +333,8 @@ def main() -> None:
         "report's tokensPerSecond), the folder's vetting and publishing with digests. The original is scored "
         "once per job and its figures reused by every step and trial; the text is tokenized once; the saved "
         "folder is loaded back to be scored, so that what is published is what was measured. The machine was "
-        f"shared with other jobs (load average {loads} at the end).",
+        f"shared with other jobs (load average {loads} at the end). The direct script's start-up row is the wall "
+        "time its own clock does not cover (the interpreter, importing torch, and its exit).",
         "",
     ]
     write_report("llm", "\n".join(lines))

@@ -79,6 +79,19 @@ def test_gptq_and_rtn_publish_every_file_with_its_digest(gptq: Run, rtn: Run) ->
             assert notes["calibration"] is None  # round-to-nearest reads no data
 
 
+def test_the_report_says_where_each_models_seconds_went(gptq: Run, rtn: Run) -> None:
+    models = {m["name"]: m for m in gptq.report["details"]["models"]}
+    original, step = models["original"]["notes"], models["quantize"]["notes"]
+    assert set(original["scoreSeconds"]) == set(step["scoreSeconds"]) == {"load", "perplexity", "decode"}
+    assert set(step["stepSeconds"]) == {"load", "calibrate", "save"}
+    phases = [*step["stepSeconds"].values(), *step["scoreSeconds"].values()]
+    assert all(seconds > 0 for seconds in phases)
+    # The phases are parts of the step's row (its technique and its scoring), rounded to milliseconds.
+    assert sum(phases) <= models["quantize"]["seconds"] + 0.01
+    # Round-to-nearest reads no text, but its step is still loaded, quantized and saved.
+    assert set(rtn.notes()["stepSeconds"]) == {"load", "calibrate", "save"}
+
+
 def test_gptq_beats_round_to_nearest_and_both_cost_measurable_perplexity(gptq: Run, rtn: Run) -> None:
     # The same original, scored from .jsonl (GPTQ's job) and .txt (RTN's job).
     assert gptq.report["result"]["baseline"]["perplexity"] == rtn.report["result"]["baseline"]["perplexity"]

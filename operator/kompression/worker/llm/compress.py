@@ -29,6 +29,7 @@ from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
 from kompression.worker.llm import modelopt_backend, ranks, recipe, sparsity
+from kompression.worker.llm.phases import Phases
 from kompression.worker.model import CheckpointFolder, Model
 from kompression.worker.techniques import StepContext, StepResult
 
@@ -60,12 +61,12 @@ def llm_quantize(model: Model, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
             metrics=metrics,
             summary=f"{cfg.scheme} {notes['algorithm']}",
         )
-    peak = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
     notes = recipe.describe(cfg)
     folder = hf_folder.written(out, source, MODEL_URI)
     return StepResult(
         folder,
-        _notes(notes, folder, source, ctx, peak=peak, sharing=sharing),
+        _notes(notes, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.scheme} {notes['algorithm']}",
     )
 
@@ -76,11 +77,11 @@ def llm_sparsify(model: Model, ctx: StepContext[LLMSparsifyStep]) -> StepResult:
     out = ctx.workdir / "out"
     sharing = ranks.world()
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
-    peak = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
     folder = replace(hf_folder.written(out, source, MODEL_URI), sparsified=cfg)
     return StepResult(
         folder,
-        _notes(sparsity.describe(cfg), folder, source, ctx, peak=peak, sharing=sharing),
+        _notes(sparsity.describe(cfg), folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.pattern} {cfg.method}",
     )
 
@@ -101,10 +102,12 @@ def _notes(
     *,
     peak: int,
     sharing: int,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """What report.json says about the step: its method, how the zeros of an llmSparsify step
     (this one or an earlier one) survive in its output, the calibration text it learned from, the
-    libraries, and what calibration took against the size of the weights it read."""
+    libraries, what calibration took against the size of the weights it read, and the seconds of
+    each of its phases."""
     calibration = ctx.data.calibration_text
     return {
         **method,
@@ -112,6 +115,7 @@ def _notes(
         "calibration": calibration.notes if ctx.config.needs.calibration and calibration else None,
         "backends": backend_versions(),
         **ranks.memory_notes(peak, model_size(source.path), ctx.device, sharing),
+        **({"stepSeconds": seconds} if seconds is not None else {}),
     }
 
 
@@ -120,9 +124,10 @@ def calibrate(
     source: CheckpointFolder,
     out: Path,
     calibration: list[list[int]] | None,
-) -> int:
-    """One llm-compressor step from source into out; returns calibration's peak memory. Every rank
-    of a torchrun group runs it (ranks.follow)."""
+) -> tuple[int, dict[str, float]]:
+    """One llm-compressor step from source into out; returns calibration's peak memory and the
+    seconds it spent loading, calibrating and saving. Every rank of a torchrun group runs it
+    (ranks.follow)."""
     if isinstance(config, LLMSparsifyStep):
         what = f"llmSparsify {config.method} {config.pattern}"
         return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what)
@@ -135,19 +140,21 @@ def _oneshot(
     build: Callable[[Any], list[Any]],
     calibration: list[list[int]] | None,
     what: str,
-) -> int:
+) -> tuple[int, dict[str, float]]:
     """llm-compressor's oneshot with the recipe build(model) makes, saved as compressed-tensors;
-    returns the peak memory of calibration. Under torchrun every rank runs it on its share of the
-    samples, and the ranks part after the collective save."""
+    returns the peak memory of calibration and the seconds of each phase. Under torchrun every rank
+    runs it on its share of the samples, and the ranks part after the collective save."""
 
     dataset = None
     if calibration is not None:
         dataset = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(x) for x in calibration]})
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    phases = Phases()
     with ranks.peak_memory(device) as peak:
-        model = ranks.load(source, out.parent / f"{out.name}-offload")
+        with phases("load"):
+            model = ranks.load(source, out.parent / f"{out.name}-offload")
         try:
-            with recipe.host_only_safe():
+            with recipe.host_only_safe(), phases("calibrate"):
                 oneshot(
                     model=model,
                     recipe=build(model),
@@ -158,11 +165,12 @@ def _oneshot(
                 )
         except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
             raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None
-    model.save_pretrained(out, save_compressed=True)
-    ranks.disband()
-    if ranks.leads():
-        hf_folder.tokenizer(source.path, MODEL_URI).save_pretrained(out)
-    return peak[0]
+    with phases("save"):
+        model.save_pretrained(out, save_compressed=True)
+        ranks.disband()
+        if ranks.leads():
+            hf_folder.tokenizer(source.path, MODEL_URI).save_pretrained(out)
+    return peak[0], phases.seconds
 
 
 def join_ranks(device: str, workdir: Path | None) -> bool:

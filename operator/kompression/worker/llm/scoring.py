@@ -20,6 +20,7 @@ from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
 from kompression.worker.llm import tasks, throughput, token_ids
 from kompression.worker.llm.perplexity import perplexity
+from kompression.worker.llm.phases import Phases
 from kompression.worker.measure.graphs import Measured, api_device
 from kompression.worker.model import CheckpointFolder, DataSets, Model, TokenTexts
 from kompression.worker.storage import objects
@@ -86,17 +87,25 @@ class FolderEvaluator:
         # On GPUs accelerate spreads the layers over every GPU the pod has (and the CPU beyond them):
         # a model larger than one GPU is scored too.
         cpu = self.device == "cpu"
-        loaded = load(model, torch.float32 if cpu else "auto", None if cpu else "auto", original=reference is None)
+        phases = Phases()
+        # The folder is loaded back from disk even where the step still holds the model in memory:
+        # what is scored is what was written, so a save that dropped or mangled a tensor shows.
+        with phases("load"):
+            loaded = load(model, torch.float32 if cpu else "auto", None if cpu else "auto", original=reference is None)
         loaded.eval()
         # A loaded compressed-tensors model keeps packed weights as buffers, so only the original's
         # count means anything; no LLM technique removes a weight (pruned ones are zeros, quantized
         # ones packed), so a step's output has the original's.
         parameters = sum(p.numel() for p in loaded.parameters()) if reference is None else reference.metrics.parameters
-        value = None if self.sequences is None else round(perplexity(loaded, self.sequences, self.device).value, 4)
-        scores = (
-            None if self.suite is None else tasks.score(loaded, hf_folder.tokenizer(model.path, MODEL_URI), self.suite)
-        )
-        speed = throughput.tokens_per_second(loaded, throughput.prompt(loaded, self.sequences), self.device)
+        value = scores = None
+        if self.sequences is not None:
+            with phases("perplexity"):
+                value = round(perplexity(loaded, self.sequences, self.device).value, 4)
+        if self.suite is not None:
+            with phases("tasks"):
+                scores = tasks.score(loaded, hf_folder.tokenizer(model.path, MODEL_URI), self.suite)
+        with phases("decode"):
+            speed = throughput.tokens_per_second(loaded, throughput.prompt(loaded, self.sequences), self.device)
         del loaded
         metrics = Metrics(
             sizeBytes=model_size(artifact),
@@ -115,4 +124,4 @@ class FolderEvaluator:
                 if reference is None
                 else {"tasks": self.suite.describe(), "taskScores": scores.per_task}
             )
-        return Measured(metrics, notes=notes)
+        return Measured(metrics, notes={**notes, "scoreSeconds": phases.seconds})

@@ -113,9 +113,9 @@ build() { # tag hash log_name buildah-build-args...: builds unless the image's i
   log "built $tag in $((SECONDS - start)) s: $(buildah images --format '{{.Size}}' "$tag" 2>/dev/null || true)"
 }
 
-deps_image() { # name base_arg...: the worker's dependency stage as an image of its own; prints its tag
-  local name=$1 dockerfile="images/$1/Dockerfile" tag="localhost/kompression/$1-deps:$VERSION" hash helpers=()
-  shift
+deps_image() { # name worker_tag base_arg...: the worker's dependency stage as an image of its own; prints its tag
+  local name=$1 worker=$2 dockerfile="images/$1/Dockerfile" tag="localhost/kompression/$1-deps:$VERSION" hash helpers=()
+  shift 2
   helpers=(images/extra-requirements.py)
   [ -f "$ROOT/images/$name/cpu-requirements.py" ] && helpers+=("images/$name/cpu-requirements.py")
   # The stage's own lines (and the ARGs before the first FROM), not the whole Dockerfile: an edit to
@@ -124,6 +124,11 @@ deps_image() { # name base_arg...: the worker's dependency stage as an image of 
     awk '/^FROM /{in_deps = / AS deps$/} !seen_from || in_deps {print} /^FROM /{seen_from = 1}' "$ROOT/$dockerfile"
     inputs_hash "$(image_id "${1#--build-arg=PYTHON_BASE=}")" pyproject.toml "${helpers[@]}"
   } | sha256sum | cut -c1-64)
+  if [ "$(image_label "$tag" dev.kompression.inputs)" != "$hash" ]; then
+    # Gigabytes each: the worker image standing on the old dependencies, and they, go before the
+    # build rather than after it, so that a rebuild needs room for one copy of them, not two.
+    buildah rmi "$worker" "$tag" >/dev/null 2>&1 || true
+  fi
   build "$tag" "$hash" "$name-deps" "$@" --target deps -f "$ROOT/$dockerfile" >&2
   echo "$tag"
 }
@@ -152,7 +157,7 @@ build_one() { # name
   case "$name" in
     worker-cpu | worker-llm)
       local deps
-      deps=$(deps_image "$name" "${base_args[@]}")
+      deps=$(deps_image "$name" "$tag" "${base_args[@]}")
       base_args+=("--build-arg=DEPS=$deps")
       base_id="$base_id $(image_id "$deps")"
       ;;

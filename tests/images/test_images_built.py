@@ -61,6 +61,9 @@ def test_no_build_tools_pip_or_caches_and_the_root_is_read_only(name: str) -> No
         "import os, shutil, sys\n"
         "found = [t for t in ('gcc', 'cc', 'g++', 'make', 'ld') if shutil.which(t)]\n"
         "found += [p for p in ('/opt/kompression/bin/pip', '/root/.cache/pip', '/src', '/wheels') if os.path.exists(p)]\n"
+        # Compiled at build time: the root is read-only, so a start could not cache what it compiles.
+        "import importlib.util, kompression.cli\n"
+        "print('compiled', os.path.exists(importlib.util.cache_from_source(kompression.cli.__file__)))\n"
         "print('found', found)\n"
         "print('uid', os.getuid(), os.getgid())\n"
         "try:\n"
@@ -71,6 +74,7 @@ def test_no_build_tools_pip_or_caches_and_the_root_is_read_only(name: str) -> No
     proc = podman_run(tag, "-c", probe, entrypoint="/opt/kompression/bin/python")
     assert proc.returncode == 0, proc.stderr
     assert "found []" in proc.stdout
+    assert "compiled True" in proc.stdout
     assert f"uid {UID} {UID}" in proc.stdout
     assert "write 30" in proc.stdout  # EROFS
 

@@ -57,7 +57,8 @@ class QuantizeStep(TechniqueConfig):
         description=(
             "StaticInt8, DynamicInt8 and FP8 only: names of layers to keep in floating point (sensitive "
             "layers). Unset, StaticInt8 and DynamicInt8 keep float the few layers whose int8 error, measured "
-            "on the job's calibration (else evaluation) data, stands out; setting it replaces that choice. "
+            "on the job's calibration (else evaluation) data, stands out, when keeping them float at least "
+            "halves the model's output error; setting it replaces that choice. "
             "Float16 and BFloat16 convert the whole model."
         ),
     )

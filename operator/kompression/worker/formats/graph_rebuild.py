@@ -472,7 +472,8 @@ SPLITTING_OPS = {"split", "split_with_sizes", "slice", "narrow", "chunk"}
 CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
 
-def _op_name(node: fx.Node) -> str:
+def op_name(node: fx.Node) -> str:
+    """An op's name, whether an aten call, a method _dynamic_sizes made of one, or slice_dim."""
     if node.op == "call_method":
         return str(node.target)
     if node.target is slice_dim:
@@ -483,7 +484,7 @@ def _op_name(node: fx.Node) -> str:
 
 
 def _fixed_sizes(node: fx.Node) -> bool:
-    name = _op_name(node)
+    name = op_name(node)
     if name in SPLITTING_OPS:
         return True
     if name not in SIZED_OPS:

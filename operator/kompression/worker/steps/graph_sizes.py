@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from kompression.worker.formats.graph_rebuild import slice_dim
+from kompression.worker.formats.graph_rebuild import CHANNEL_LAYERS, op_name
 
 # One factor of a dimension: its size and whether it is the width being changed.
 Factor = tuple[int, bool]
@@ -25,18 +25,6 @@ Dims = list[list[Factor]]
 
 REGROUP = {"view", "reshape", "_unsafe_view", "unflatten", "flatten"}
 SAME = {"contiguous", "clone", "alias", "dropout", "detach"}
-# Layers whose output width is what the sizes hold, and the dimension of it.
-WIDTH_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
-
-
-def op_name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return str(node.target)
-    if node.target is slice_dim:
-        return "slice"
-    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-        return str(node.target._opname)
-    return ""
 
 
 def shapes(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[fx.Node, tuple[int, ...]]:
@@ -213,7 +201,7 @@ def width_plan(gm: fx.GraphModule, layer: str, sizes: dict[fx.Node, tuple[int, .
         for user in node.users:
             if user in dims or user.op == "output":
                 continue
-            if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), WIDTH_LAYERS):
+            if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), CHANNEL_LAYERS):
                 continue  # a new layer starts new channels
             followed = _next_dims(user, dims[node], node, sizes)
             if followed is None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from kompression.worker.formats.graph_rebuild import op_name
 from kompression.worker.steps import graph_sizes
 
 aten = torch.ops.aten
@@ -72,7 +73,7 @@ def _chain_back(gm: fx.GraphModule, start: fx.Node) -> list[fx.Node] | None:
     chain = [start]
     node = start
     while not _is_linear(gm, node):
-        if graph_sizes.op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
+        if op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
             return None
         parent = _tensor_input(node)
         if parent is None:
@@ -94,7 +95,7 @@ def _chain_forward(gm: fx.GraphModule, start: fx.Node) -> list[fx.Node] | None:
         chain.append(node)
         if _is_linear(gm, node):
             return chain
-        if graph_sizes.op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
+        if op_name(node) not in graph_sizes.REGROUP | graph_sizes.SAME | set(graph_sizes.MOVES):
             return None
 
 
@@ -118,7 +119,7 @@ def _walk(
         if followed is None:
             return None
         dims = followed
-        if graph_sizes.op_name(node) in graph_sizes.REGROUP:
+        if op_name(node) in graph_sizes.REGROUP:
             held = graph_sizes.held_positions(node, dims, block.heads)
             if held is None or block.resized.setdefault(node, held) != held:
                 return None

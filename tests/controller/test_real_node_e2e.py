@@ -240,7 +240,7 @@ def test_bad_data_fails_the_job_with_its_reason_through_the_real_pod_failure_pol
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 4
     message = json.loads(terminated["message"])["message"]
-    assert message.startswith("spec.data.evaluation: not a readable .npz"), message
+    assert message.startswith("spec.data.evaluation: eval.npz is not an .npz file"), message
     listed = s3.client.list_objects_v2(Bucket=bucket, Prefix="out/")
     assert listed.get("KeyCount", 0) == 0, "nothing is published by a failed job"
 

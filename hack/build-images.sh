@@ -16,8 +16,8 @@
 # Builds are cached by their inputs: the sha256 of the Dockerfile, pyproject.toml, README.md,
 # operator/ and the base image's ID is the label dev.kompression.inputs; an image whose label
 # matches is not rebuilt, so a second run returns in seconds. The workers' dependencies (torch and
-# the rest: gigabytes) are an image of their own, the Dockerfile's `deps` stage, cached by the
-# Dockerfile, pyproject.toml and the requirement helpers alone: a change to Kompression's code
+# the rest: gigabytes) are an image of their own, the Dockerfile's `deps` stage, cached by that
+# stage's lines, pyproject.toml and the requirement helpers alone: a change to Kompression's code
 # rebuilds only the small layer that holds it.
 set -euo pipefail
 
@@ -172,5 +172,5 @@ names=("$@")
 for n in "${names[@]}"; do
   if [ "$n" = base ]; then python_base; else build_one "$n"; fi
 done
-# A rebuilt dependency image leaves its predecessor untagged once no worker image stands on it.
+# Whatever an interrupted or failed build left untagged.
 buildah rmi --prune >/dev/null 2>&1 || true

@@ -49,11 +49,13 @@ from kompression.worker.techniques import TECHNIQUES
 IMAGE = 96
 TOKENS = 64
 VOCAB = 1000
-REPEATS = 7
+REPEATS = 9
 # Each candidate is timed at both, torch and onnxruntime alike, in one interleaved run per count.
 THREADS = (1, 2)
 CALIBRATION = 16
 AGREEMENT_SAMPLES = 8
+AA_FP32 = "A/A: Torch-Pruning fp32, a second copy"
+AA_INT8 = "A/A: by-hand int8, a second session"
 
 
 def _bert() -> nn.Module:
@@ -238,6 +240,26 @@ def graph_difference(ours: Path, hand: Path) -> str:
     return f"{len(a)} nodes against {len(b)} after onnxruntime's fusions ({listed or 'same ops, other order'})"
 
 
+def aten_ops(module: nn.Module, x: torch.Tensor) -> collections.Counter[str]:
+    """The aten operators one call runs, counted by torch's profiler at 1 thread."""
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        module(x)
+        with torch.profiler.profile() as prof:
+            module(x)
+    return collections.Counter({event.key: event.count for event in prof.key_averages()})
+
+
+def aten_difference(ours: nn.Module, hand: nn.Module, x: torch.Tensor) -> str:
+    """How the pruned fp32 models differ in what torch runs: the aten operators of one call."""
+    a, b = aten_ops(ours, x), aten_ops(hand, x)
+    if a == b:
+        return f"the same {sum(a.values())} aten calls"
+    more, fewer = a - b, b - a
+    listed = ", ".join([*(f"+{n} {op}" for op, n in more.items()), *(f"-{n} {op}" for op, n in fewer.items())])
+    return f"{sum(a.values())} aten calls against {sum(b.values())} ({listed})"
+
+
 Candidate = nn.Module | Path
 
 
@@ -329,8 +351,17 @@ def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tupl
         )
         ours_int8, hand_int8_path = candidates["Kompression pruned + StaticInt8"][0], candidates[hand_int8_name][0]
         assert isinstance(ours_int8, Path) and isinstance(hand_int8_path, Path)
-        graphs = f"; int8 graphs, Kompression against by hand: {graph_difference(ours_int8, hand_int8_path)}"
-    times = time_candidates({k: c[0] for k, c in candidates.items()}, x)
+        graphs = (
+            f"; fp32, Kompression against by hand: {aten_difference(ours, direct, x)}"
+            f"; int8 graphs, Kompression against by hand: {graph_difference(ours_int8, hand_int8_path)}"
+        )
+    timed: dict[str, Candidate] = {k: c[0] for k, c in candidates.items()}
+    if direct is not None:
+        # A/A controls, timed but not tabled: a second copy of each by-hand candidate. Their ratio to
+        # the first copy is what this run's noise alone makes of two identical candidates.
+        timed[AA_FP32] = copy.deepcopy(direct)
+        timed[AA_INT8] = candidates[hand_int8_name][0]
+    times = time_candidates(timed, x)
     # Dense MACs are counted on the loaded graph: eager ViT runs attention in one fused op that the
     # counter has no formula for, so the eager count would leave attention out.
     versus = {"Kompression L1Structured 0.5, fp32": hand, "Kompression pruned + StaticInt8": hand_int8_name}
@@ -352,7 +383,18 @@ def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tupl
     if direct is None:
         rows.append([name, f"Torch-Pruning direct 0.5: failed ({failure})", *["-"] * 6])
     notes = str(result.notes.get("fixedWidthLayers", 0))
-    timing = f"{name}: load {load_s:.1f} s, prune {prune_s:.1f} s, layers with graph-fixed widths {notes}{graphs}"
+    heads = result.notes.get("removedHeads")
+    control = ""
+    if direct is not None:
+        control = "; A/A control, by hand against its own copy, fp32 {} and int8 {}".format(
+            " / ".join(f"{times[t][AA_FP32] / times[t][hand]:.2f}" for t in THREADS),
+            " / ".join(f"{times[t][AA_INT8] / times[t][hand_int8_name]:.2f}" for t in THREADS),
+        )
+    timing = (
+        f"{name}: load {load_s:.1f} s, prune {prune_s:.1f} s, layers with graph-fixed widths {notes}"
+        + (f", attention heads removed {heads}" if heads else "")
+        + f"{control}{graphs}"
+    )
     return rows, timing
 
 
@@ -408,11 +450,18 @@ def main() -> None:
     The machine is a shared 2-core one (other jobs ran during the run), so only the ratios within a run
     mean anything.
 
-    In the transformers the graph fixes some widths (attention heads reshaped to constant sizes, the
-    residual stream reshaped in ViT's patch embedding), so Kompression prunes the MLP widths only and
-    keeps those layers. Torch-Pruning called directly on the eager model fails on torchvision's ViT
-    (its `hidden_dim` reshape) and, on BERT, prunes the attention projections too (HuggingFace reshapes
-    with -1 heads), which is why it removes more there.
+    In the transformers Kompression removes whole attention heads (the query, key, value and output
+    projections of each head, the reshape sizes in the rebuilt graph rewritten to the heads kept) and
+    the MLP widths; the widths the graph itself fixes (the residual stream, reshaped in ViT's patch
+    embedding) stay. On BERT it then removes what Torch-Pruning removes (the same GMACs and
+    parameters). Torch-Pruning called directly on the eager model fails on torchvision's ViT (its
+    `hidden_dim` reshape).
+
+    A/A controls: in every model's run the by-hand fp32 model and the by-hand int8 file are timed a
+    second time (a copy, a second session) among the other candidates, and the line per model below
+    gives that copy's ratio to the original. Two identical candidates differ by that much from noise
+    alone, so a Kompression ratio above 1.00 but within the control's distance from 1.00 is on par,
+    not slower.
 
     What differed from the hand composition (issue 22). Node by node, after onnxruntime's fusions,
     Kompression's int8 graph is the by-hand one for every CNN here (the line per model below says so
@@ -429,9 +478,9 @@ def main() -> None:
     widths (0.285 against 0.210 GMACs). The fp32 rows run the rebuilt graph in torch against the
     eager model; on this loaded machine they swing both ways between models and thread counts.
 
-    {chr(10).join("- " + t for t in timings)}
-    - whole run {time.monotonic() - started:.0f} s; load average (1/5/15 min) at the end: {load}
-    """),
+    """)
+            + "\n".join(f"- {t}" for t in timings)
+            + f"\n- whole run {time.monotonic() - started:.0f} s; load average (1/5/15 min) at the end: {load}\n",
         ),
     )
 

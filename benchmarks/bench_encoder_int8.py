@@ -19,6 +19,7 @@ on the shared 2-core machine).
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import yaml
 from onnxruntime.quantization import quantize_dynamic
@@ -44,6 +46,9 @@ from kompression.worker.techniques import TECHNIQUES, standalone_context
 
 BATCH = 8
 SEQUENCE = 128
+# all-MiniLM-L6-v2's attention, which onnxruntime's optimizer must be told.
+HEADS = 12
+HIDDEN = 384
 KOMPRESSION = str(Path(sys.executable).parent / "kompression")
 INPUTS = [
     {"name": "input_ids", "shape": [-1, SEQUENCE], "dtype": "int64"},
@@ -164,6 +169,29 @@ def op_profile(path: Path, feeds: dict[str, np.ndarray], calls: int = 3) -> dict
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+FUSED = "onnxruntime's BERT recipe: fused Attention, then quantize_dynamic"
+
+
+def fused_attention_int8(loaded: TorchModel, work: Path) -> Path:
+    """onnxruntime's own recipe for BERT-class encoders on a CPU: export with the eager attention (the
+    SDPA export is not a pattern its fusions match), fuse with its transformer optimizer (Attention,
+    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), then quantize_dynamic, which turns the
+    fused Attention into QAttention."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    eager = TorchModel(copy.deepcopy(loaded.module), loaded.example_inputs)
+    next(m for m in eager.module.modules() if hasattr(m, "set_attn_implementation")).set_attn_implementation("eager")
+    exported = export_onnx(eager, work / "eager-attention.onnx", [i["name"] for i in INPUTS]).path
+    optimized = optimize_model(str(exported), model_type="bert", num_heads=HEADS, hidden_size=HIDDEN)
+    fused = optimized.get_fused_operator_statistics()
+    assert fused.get("Attention", 0) > 0, f"onnxruntime's optimizer fused no attention: {fused}"
+    optimized.save_model_to_file(str(work / "fused.onnx"))
+    out = work / "fused-int8.onnx"
+    # The fused operators are in onnxruntime's own domain, which shape inference cannot type.
+    quantize_dynamic(str(work / "fused.onnx"), str(out), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return out
+
+
 def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(THREADS)
@@ -189,6 +217,7 @@ def main() -> None:
     fp32 = export_onnx(loaded, work / "fp32.onnx", [i["name"] for i in INPUTS]).path
     ort_default = work / "ort-default.onnx"
     quantize_dynamic(str(fp32), str(ort_default))  # onnxruntime's defaults: per tensor, every op type it knows
+    ort_fused = fused_attention_int8(loaded, work)
     torch_fp32 = loaded.module.eval()
     torch_ao = torch.ao.quantization.quantize_dynamic(loaded.module, {nn.Linear}, dtype=torch.qint8)
 
@@ -196,6 +225,7 @@ def main() -> None:
         "onnxruntime fp32": fp32,
         "Kompression DynamicInt8 (defaults)": published,
         "onnxruntime quantize_dynamic (defaults)": ort_default,
+        FUSED: ort_fused,
     }
     sessions = {name: ort_session(path) for name, path in paths.items()}
     modules = {"torch fp32": torch_fp32, "torch.ao quantize_dynamic (Linear, qint8)": torch_ao}
@@ -250,6 +280,19 @@ def main() -> None:
             [name, f"{mean:.4f}", f"{worst:.4f}", f"{times[name]:.1f}", f"{ratio:.2f}", size_mb, size_x, verdict]
         )
     float_layers = notes.get("floatLayers", "(not reported)")
+    ours_x, fused_x = times["Kompression DynamicInt8 (defaults)"] / base, times[FUSED] / base
+    fused_note = (
+        f"The other known recipe, onnxruntime's own for BERT-class models (its transformer optimizer fuses "
+        f"each layer's attention into one Attention operator, which quantize_dynamic turns into QAttention; "
+        f"the export uses the eager attention, since the SDPA export matches none of its patterns), runs at "
+        f"{fused_x:.2f}x of fp32 in this run against Kompression's {ours_x:.2f}x, with cosine "
+        f"{float(cosines[FUSED].mean()):.4f} / {float(cosines[FUSED].min()):.4f}: "
+        + (
+            "fusing the attention does not reach the 0.55x target on this machine either."
+            if fused_x > 0.55
+            else "it reaches the target here, and Kompression does not: a gap left open."
+        )
+    )
     text = "\n".join(
         [
             "# (f) Int8 on a pretrained sentence encoder (all-MiniLM-L6-v2)",
@@ -319,6 +362,8 @@ def main() -> None:
                 + ", ".join(f"{op} {ms:.0f}" for op, ms in list(ops.items())[:8])
                 for name, ops in profiles.items()
             ),
+            "",
+            fused_note,
             "",
         ]
     )

@@ -11,6 +11,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 # 3.36+ needs Node 22; 3.35 runs on the Node 18/20 that Debian and Ubuntu ship.
 AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"
 
@@ -119,6 +120,10 @@ build_actionlint() { build_go_module actionlint github.com/rhysd/actionlint gith
 build_fake_gcs() {
   build_go_module fake-gcs-server github.com/fsouza/fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION"
 }
+
+# Kueue's manager; its CRDs come from the same module's source in the Go module cache (the
+# test bed's fixture applies them from there, so they always match the binary).
+build_kueue() { build_go_module kueue sigs.k8s.io/kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION"; }
 
 build_azurite() {
   # The Azure Storage emulator is an npm package; it lives in its own prefix next to bin/.

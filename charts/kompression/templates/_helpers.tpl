@@ -80,6 +80,10 @@ app.kubernetes.io/part-of: kompression
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# A queued Job's Kueue Workload says why it waits (no quota, preempted); read only, and only if Kueue is installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch"]
 # Kubernetes events on the CompressionJob tell users what happened (kopf posts and aggregates them).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

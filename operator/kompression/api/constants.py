@@ -33,6 +33,8 @@ ANNOTATION_GENERATION: Final = f"{GROUP}/generation"
 # On a worker Job: how many Jobs of its CompressionJob were deleted unfinished before it was made.
 ANNOTATION_RECREATION: Final = f"{GROUP}/recreation"
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+# Kueue's WorkloadPriorityClass of a Job.
+KUEUE_PRIORITY_CLASS_LABEL: Final = "kueue.x-k8s.io/priority-class"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 

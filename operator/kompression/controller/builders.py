@@ -21,6 +21,7 @@ from kompression.api.constants import (
     ENV_STORAGE_RETRY_SECONDS,
     ENV_WORKDIR,
     GPU_PRODUCT_LABEL,
+    KUEUE_PRIORITY_CLASS_LABEL,
     KUEUE_QUEUE_LABEL,
     PROGRESS_PATH_PREFIX,
     TERMINATION_MESSAGE_PATH,
@@ -291,6 +292,8 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
     job_labels = dict(labels)
     if policy.queueName:
         job_labels[KUEUE_QUEUE_LABEL] = policy.queueName
+    if policy.workloadPriorityClassName:
+        job_labels[KUEUE_PRIORITY_CLASS_LABEL] = policy.workloadPriorityClassName
     spec: dict[str, Any] = {
         "completions": 1,
         "parallelism": 1,

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kompression.api.constants import GROUP, PLURAL, VERSION
+from kompression.controller import kueue
 from kompression.controller.httpguard import Limits
 from kompression.controller.kubeapi import Api
 from kompression.controller.labels import MANAGED_SELECTOR
@@ -126,6 +127,12 @@ class Runtime:
             if deleted:
                 self.reconciler.kick_queue()
 
+    def on_workload(self, event: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        key = self.store.put_workload(event["object"], deleted=event.get("type") == "DELETED")
+        if key is not None:
+            self.reconciler.enqueue(key)
+
     def on_pod(self, event: Mapping[str, Any]) -> None:
         assert self.reconciler is not None
         key = self.store.put_pod(event["object"], deleted=event.get("type") == "DELETED")
@@ -181,6 +188,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event("", "v1", "pods", labels=MANAGED_SELECTOR, registry=registry)
     def pod(event: kopf.RawEvent, **_: Any) -> None:
         runtime.on_pod(event)
+
+    # Kueue's Workloads say why a queued Job waits. Without Kueue's CRDs kopf logs once that it
+    # cannot serve them, and starts watching if they are installed later.
+    @kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.WORKLOADS, registry=registry)
+    def workload(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_workload(event)
 
     return registry
 

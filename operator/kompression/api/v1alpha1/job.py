@@ -173,10 +173,31 @@ class RunPolicy(ApiModel):
     )
     suspend: bool = Field(False, description="Suspend the job (stops a running worker); false resumes it.")
     queueName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
-        None, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit."
+        None,
+        description=(
+            "Kueue LocalQueue; the Job is created suspended for Kueue to admit, and Kueue's quota, not the "
+            "operator's GPU limits, decides when it runs."
+        ),
     )
     priorityClassName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
         None, description="PriorityClass of the worker pod; also orders the operator's own queue."
+    )
+    workloadPriorityClassName: (
+        Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None
+    ) = Field(
+        None,
+        description=(
+            "Kueue WorkloadPriorityClass: the job's priority in Kueue's queue and preemption (the label "
+            "kueue.x-k8s.io/priority-class on the worker Job). Needs queueName."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.workloadPriorityClassName) || has(self.queueName)",
+            message="workloadPriorityClassName needs queueName: only Kueue reads it",
+            field_path=".workloadPriorityClassName",
+        ),
     )
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
+import yaml
 from fakeapi import FakeApi
 
 from factories import manifest
@@ -18,6 +21,7 @@ from kompression.controller.reconcile import Reconciler
 from kompression.controller.settings import Settings
 from kompression.controller.store import Store
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "install.md"
 JOBS = "/apis/batch/v1/namespaces/team-a/jobs"
 CRS = "/apis/kompression.dev/v1alpha1/namespaces/team-a/compressionjobs"
 # Kueue's own words (v0.17), as it writes them on a Workload that waits for quota.
@@ -186,3 +190,24 @@ def test_the_workload_of_a_queued_job_reaches_its_status() -> None:
     # deleted with its Job: forgotten
     store.put_workload(pending, deleted=True)
     assert store.workload_of("team-a", "kq") is None
+
+
+def docs_example() -> list[dict[str, Any]]:
+    """The objects of docs/install.md's Kueue example, in order (test_kueue.py runs them)."""
+    section = DOCS.read_text().split("## Queueing with Kueue", 1)[1]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    return [dict(doc) for doc in yaml.safe_load_all(block)]
+
+
+def test_the_docs_kueue_example_is_a_valid_job_for_kueue() -> None:
+    objects = docs_example()
+    assert [o["kind"] for o in objects] == [
+        "ResourceFlavor",
+        "ClusterQueue",
+        "LocalQueue",
+        "WorkloadPriorityClass",
+        "CompressionJob",
+    ]
+    job = parse_job(objects[-1])
+    assert kueue.kueue_admits(job)
+    assert job.spec.runPolicy.workloadPriorityClassName == objects[3]["metadata"]["name"]

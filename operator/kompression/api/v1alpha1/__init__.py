@@ -89,6 +89,7 @@ from kompression.api.v1alpha1.job import (
     Resources,
     RunPolicy,
     SecretRef,
+    StepCache,
     WorkerOverrides,
 )
 from kompression.api.v1alpha1.llm import (
@@ -322,6 +323,7 @@ __all__ = [
     "ShapeProfile",
     "ShortString",
     "Step",
+    "StepCache",
     "StepName",
     "StepPhase",
     "StepStatus",

@@ -63,8 +63,11 @@ def cpu_model() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -> Path:
-    """report.json: every WorkerReport field, plus `details` (per-batch latency, notes, seconds)."""
+def write_json(
+    report: WorkerReport, rows: list[Row], run_id: str, path: Path, *, step_cache: dict[str, Any] | None = None
+) -> Path:
+    """report.json: every WorkerReport field, plus `details` (per-batch latency, notes, seconds, and with
+    spec.stepCache what the job reused from it)."""
     body = report.model_dump(by_alias=True, exclude_none=True, mode="json")
     body["details"] = {
         "runId": run_id,
@@ -80,6 +83,8 @@ def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -
             for r in rows
         ],
     }
+    if step_cache is not None:
+        body["details"]["stepCache"] = step_cache
     path.write_text(json.dumps(body, indent=2, sort_keys=True))
     return path
 
@@ -176,11 +181,25 @@ def _speedup_lines(result: Result) -> list[str]:
     return [f"| speedup (p50, first batch size) | {result.speedup:.2f}x, {where} |"]
 
 
-def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job_name: str, path: Path) -> Path:
+def write_markdown(
+    report: WorkerReport,
+    rows: list[Row],
+    plots: list[Path],
+    job_name: str,
+    path: Path,
+    *,
+    step_cache: dict[str, Any] | None = None,
+) -> Path:
     result = report.result
     lines = [f"# Compression report: {job_name}", ""]
     if result is not None:
         lines += ["| figure | value |", "|---|---|"]
+        if step_cache is not None:
+            reused, executed = step_cache["reusedSteps"], step_cache["executedSteps"]
+            baseline = "reused" if step_cache["baselineReused"] else "measured here"
+            lines.append(
+                f"| step cache | {reused} of {reused + executed} step executions reused, baseline {baseline} |"
+            )
         if result.compressionRatio is not None:
             lines.append(f"| compression ratio | {result.compressionRatio:.2f}x |")
         if result.accuracyDelta is not None:

@@ -85,3 +85,6 @@ SWEEP_CRD_NAME: Final = f"{SWEEP_PLURAL}.{GROUP}"
 # On each trial's CompressionJob: the sweep that made it, and the trial's name within it.
 LABEL_SWEEP_NAME: Final = f"{GROUP}/sweep-name"
 LABEL_SWEEP_TRIAL: Final = f"{GROUP}/sweep-trial"
+# The trial's number and its value per axis (JSON), from which the sweep's state is read back.
+ANNOTATION_SWEEP_TRIAL_INDEX: Final = f"{GROUP}/sweep-trial-index"
+ANNOTATION_SWEEP_PARAMETERS: Final = f"{GROUP}/sweep-parameters"

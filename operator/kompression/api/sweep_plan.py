@@ -194,23 +194,25 @@ def _history_trial(
 
 
 def next_trials(spec: CompressionSweepSpec, made: Sequence[TrialStatus], count: int) -> list[PlannedTrial]:
-    """The next `count` trials (fewer once the sweep has made all of its), given the trials made so far.
+    """The next `count` trials (fewer once the sweep has made all of its), given the trials made so far:
+    the lowest numbers not made yet, so a trial deleted by hand is made again.
 
-    Grid and Random: the next ones of the fixed plan. TPE: see _tpe_trials.
+    Grid and Random: those of the fixed plan. TPE: see _tpe_trials.
     """
     total = trial_count(spec)
-    start = len(made)
-    count = max(0, min(count, total - start))
+    taken = {t.index for t in made}
+    indices = [i for i in range(total) if i not in taken][: max(0, count)]
     if spec.search.algorithm == "TPE":
-        return _tpe_trials(spec, made, start, count)
-    fixed = itertools.islice(_fixed_plan(spec), start, start + count)
+        return _tpe_trials(spec, made, indices)
+    chosen = set(indices)
     return [
         PlannedTrial(i, trial_suffix(i, total), v, apply_values(spec, v, trial_suffix(i, total)))
-        for i, v in enumerate(fixed, start)
+        for i, v in enumerate(_fixed_plan(spec))
+        if i in chosen
     ]
 
 
-def _tpe_trials(spec: CompressionSweepSpec, made: Sequence[TrialStatus], start: int, count: int) -> list[PlannedTrial]:
+def _tpe_trials(spec: CompressionSweepSpec, made: Sequence[TrialStatus], indices: Sequence[int]) -> list[PlannedTrial]:
     """Optuna's TPESampler, told every trial made so far (finished ones with their objectives, unfinished
     ones as running), asks for each next trial. Its seed is the sweep's plus the trial's number, so the
     same history always yields the same proposal, whether the controller restarted in between or not.
@@ -230,7 +232,7 @@ def _tpe_trials(spec: CompressionSweepSpec, made: Sequence[TrialStatus], start: 
     }
     history = sorted(made, key=lambda t: t.index)
     out: list[PlannedTrial] = []
-    for index in range(start, start + count):
+    for index in indices:
         study = optuna.create_study(
             directions=[
                 optuna.study.StudyDirection.MAXIMIZE

@@ -22,6 +22,8 @@ from testbed.cluster import binary
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kompression"
 CRD_FILE = REPO / "crds" / "compressionjobs.kompression.dev.yaml"
+SWEEP_CRD_FILE = REPO / "crds" / "compressionsweeps.kompression.dev.yaml"
+CRD_FILES = (CRD_FILE, SWEEP_CRD_FILE)
 KUBE_VERSION = "1.31.0"
 
 

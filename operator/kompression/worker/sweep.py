@@ -211,9 +211,12 @@ def run(sweep: CompressionSweep, options: SweepOptions) -> SweepResult:
                 _announce(options.stream, outcome, spec.objectives)
     failed = sum(t.phase == "Failed" for t in made)
     phase = "Failed" if spec.maxFailedTrials is not None and failed > spec.maxFailedTrials else "Succeeded"
-    status = sweep_status(sweep, made, total, phase)
     result = SweepResult(
-        sweep, status, [outcomes[i] for i in sorted(outcomes)], cache, round(time.monotonic() - started, 3)
+        sweep,
+        sweep_status(sweep, made, total, phase),
+        [outcomes[i] for i in sorted(outcomes)],
+        cache,
+        round(time.monotonic() - started, 3),
     )
     result.published = publish_report(result, options.workdir)
     return result
@@ -279,9 +282,10 @@ def publish_report(result: SweepResult, workdir: Path | None) -> list[str]:
         markdown = folder / "report.md"
         markdown.write_text(report_markdown(result, plot is not None))
         publisher = publish.Publisher(prefix)
-        for path, kind in ((plot, "Plot"), (report, "Report"), (markdown, "Report")):
-            if path is not None:
-                publisher.add(path, path.stem, kind)
+        if plot is not None:
+            publisher.add(plot, plot.stem, "Plot")
+        publisher.add(report, "report", "Report")
+        publisher.add(markdown, "report", "Report")
         publisher.commit({"sweep": sweep.metadata.name, "phase": result.status.phase})
         return [a.uri.rsplit("/", 1)[-1] for a in publisher.artifacts]
 

@@ -96,13 +96,19 @@ def load_report(path: Path) -> WorkerReport:
     return WorkerReport.model_validate(body)
 
 
-def plot(rows: list[Row], folder: Path) -> list[Path]:
-    """One bar chart per figure of merit, steps in order."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     import matplotlib  # slow to import: only when plots are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the backend is chosen
 
+    return plt
+
+
+def plot(rows: list[Row], folder: Path) -> list[Path]:
+    """One bar chart per figure of merit, steps in order."""
+    plt = _pyplot()
     paths = []
     names = [r.name for r in rows]
     for filename, key, title, scale in PLOTS:
@@ -119,6 +125,35 @@ def plot(rows: list[Row], folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+@dataclass
+class Point:
+    """One trial of a sweep on the plane of its first two objectives."""
+
+    label: str
+    x: float
+    y: float
+    front: bool  # on the Pareto front
+
+
+def pareto_plot(points: list[Point], x_title: str, y_title: str, path: Path) -> Path:
+    """A sweep's trials by their first two objectives, the Pareto front marked and joined."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    rest = [p for p in points if not p.front]
+    front = sorted((p for p in points if p.front), key=lambda p: (p.x, p.y))
+    ax.scatter([p.x for p in rest], [p.y for p in rest], color="#9aa7b4", label="trial")
+    ax.plot([p.x for p in front], [p.y for p in front], "o-", color="#c0392b", label="Pareto front")
+    for p in points:
+        ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel(y_title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def table(rows: list[Row]) -> str:

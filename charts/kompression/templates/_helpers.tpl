@@ -59,14 +59,24 @@ app.kubernetes.io/part-of: kompression
 
 {{/* The operator's namespaced permissions: granted cluster-wide or per watched namespace (see rbac.yaml). */}}
 {{- define "kompression.namespacedRules" -}}
-# Watch CompressionJobs and record progress on them; the operator never creates or deletes them.
+# Watch CompressionJobs and record progress on them; the operator creates only a sweep's trials, and never
+# deletes one (a sweep's trials go with it, by ownerReferences and the garbage collector).
 - apiGroups: ["kompression.dev"]
   resources: ["compressionjobs"]
-  verbs: ["get", "list", "watch", "patch"]
-# Status is a subresource: results, conditions and per-step state are written here only.
+  verbs: ["get", "list", "watch", "patch", "create"]
+# Watch CompressionSweeps; each trial's CompressionJob is owned by its sweep.
 - apiGroups: ["kompression.dev"]
-  resources: ["compressionjobs/status"]
+  resources: ["compressionsweeps"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is a subresource: results, conditions and per-step (per-trial) state are written here only.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionjobs/status", "compressionsweeps/status"]
   verbs: ["get", "patch"]
+# A trial's ownerReference blocks its sweep's deletion until the trial is gone, which the API server's
+# OwnerReferencesPermissionEnforcement allows only to who may update the sweep's finalizers.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionsweeps/finalizers"]
+  verbs: ["update"]
 # Each CompressionJob runs as one batch/v1 Job; deleted when the CompressionJob is suspended or replaced.
 - apiGroups: ["batch"]
   resources: ["jobs"]

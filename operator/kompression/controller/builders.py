@@ -143,14 +143,17 @@ _POD_SECURITY = {
 
 def _claim_volumes(job: CompressionJob) -> list[tuple[str, str, bool]]:
     """(volume name, claim, writable) for every PersistentVolumeClaim the job's URIs name, in spec
-    order: the output's claim is writable, the model's, data's and task files' are only read."""
+    order: the output's and the step cache's claims are writable, the model's, data's and task files' are
+    only read."""
     spec = job.spec
     inputs = [spec.model.uri]
     if spec.data is not None:
         inputs += [d.uri for d in (spec.data.calibration, spec.data.training, spec.data.evaluation) if d and d.uri]
         inputs += [t.uri for t in spec.data.tasks or ()]
+    # The step cache is written as the output is.
+    outputs = [spec.output.uri] + ([spec.stepCache.uri] if spec.stepCache is not None else [])
     out: dict[str, bool] = {}
-    for uri, writable in [*((u, False) for u in inputs), (spec.output.uri, True)]:
+    for uri, writable in [*((u, False) for u in inputs), *((u, True) for u in outputs)]:
         claim = pvc_claim(uri)
         if claim is not None:
             out[claim] = out.get(claim, False) or writable

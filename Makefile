@@ -46,6 +46,8 @@ lint: setup ## ruff, mypy (strict), import rules (layers too), CRD drift
 	$(BIN)/lint-imports
 	$(BIN)/kompression crd | diff -u crds/compressionjobs.kompression.dev.yaml - || \
 	  (echo "crds/ is stale: run make crd" >&2; exit 1)
+	$(BIN)/kompression crd --kind CompressionSweep | diff -u crds/compressionsweeps.kompression.dev.yaml - || \
+	  (echo "crds/ is stale: run make crd" >&2; exit 1)
 
 format: setup ## apply ruff's formatter and fixes
 	$(BIN)/ruff format operator tests benchmarks
@@ -53,6 +55,7 @@ format: setup ## apply ruff's formatter and fixes
 
 crd: setup ## regenerate everything derived from the typed API: crds/, the chart's and deploy/ copies, docs/crd-reference.md
 	$(BIN)/kompression crd -o crds/compressionjobs.kompression.dev.yaml
+	$(BIN)/kompression crd --kind CompressionSweep -o crds/compressionsweeps.kompression.dev.yaml
 	$(BIN)/python -m kompression.api.reference > docs/crd-reference.md
 	hack/chart-render-deploy.sh
 

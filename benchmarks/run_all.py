@@ -23,6 +23,7 @@ ORDER = [
     "distill",
     "lowrank",
     "quickstart",
+    "sweep",
     "resnet18_e2e",
     "architectures",
     "heads",

@@ -11,6 +11,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 # 3.36+ needs Node 22; 3.35 runs on the Node 18/20 that Debian and Ubuntu ship.
 AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"
 
@@ -120,6 +121,22 @@ build_fake_gcs() {
   build_go_module fake-gcs-server github.com/fsouza/fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION"
 }
 
+# Kueue's manager, and its CRDs and webhook configurations from the same module's source (the
+# test bed's fixture, tests/testbed/kueue.py, applies them), copied next to the binaries: CI
+# caches ~/.cache/kompression but not Go's module cache.
+build_kueue() {
+  local share="$CACHE/kueue/$KUEUE_VERSION"
+  if [ ! -f "$share/webhook/manifests.yaml" ]; then
+    local dir
+    dir=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    mkdir -p "$share/crd" "$share/webhook"
+    cp "$dir"/config/components/crd/bases/*.yaml "$share/crd/"
+    cp "$dir/config/components/webhook/manifests.yaml" "$share/webhook/"
+    chmod -R u+w "$share"
+  fi
+  build_go_module kueue sigs.k8s.io/kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION"
+}
+
 build_azurite() {
   # The Azure Storage emulator is an npm package; it lives in its own prefix next to bin/.
   local prefix="$CACHE/azurite"
@@ -134,6 +151,6 @@ build_azurite() {
 
 targets=("$@")
 # `node` (the real node's kubelet, kube-proxy and CoreDNS) is built only when asked: `make node` and its tests need root.
-[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite actionlint k8s)
+[ ${#targets[@]} -eq 0 ] && targets=(etcd kwok helm fake_gcs azurite actionlint k8s kueue)
 for t in "${targets[@]}"; do "build_$t"; done
 log "binaries ready in $BIN"

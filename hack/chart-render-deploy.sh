@@ -9,5 +9,7 @@ HELM="${HELM:-$HOME/.cache/kompression/bin/helm}"
   "$HELM" template kompression charts/kompression --namespace kompression-system --kube-version 1.31.0 \
     --set crds.enabled=false
 } > deploy/kompression.yaml
-cp crds/compressionjobs.kompression.dev.yaml deploy/crds/compressionjobs.kompression.dev.yaml
-cp crds/compressionjobs.kompression.dev.yaml charts/kompression/files/crds/compressionjobs.kompression.dev.yaml
+for crd in compressionjobs.kompression.dev.yaml compressionsweeps.kompression.dev.yaml; do
+  cp "crds/$crd" "deploy/crds/$crd"
+  cp "crds/$crd" "charts/kompression/files/crds/$crd"
+done

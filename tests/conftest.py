@@ -21,6 +21,7 @@ from testbed.fixtures import (  # noqa: E402,F401
     gcs,
     helm,
     kube,
+    kueue,
     namespace,
     prometheus,
     pushgateway,
@@ -44,7 +45,7 @@ def one_thread() -> Iterator[None]:
 
 
 _TEST_BED_FIXTURES = frozenset(
-    {"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm", "real_node"}
+    {"kube", "namespace", "s3", "gcs", "azurite", "prometheus", "pushgateway", "helm", "kueue", "real_node"}
 )
 
 

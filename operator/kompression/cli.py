@@ -17,8 +17,8 @@ from pathlib import Path
 
 from kompression import __version__
 from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES, module_list_argument
-from kompression.api.constants import ENV_ARCHITECTURE_MODULES
-from kompression.api.crd import render_crd
+from kompression.api.constants import ENV_ARCHITECTURE_MODULES, KIND
+from kompression.api.crd import CRD_FILES
 from kompression.api.validation import (
     ManifestUnreadable,
     SpecInvalid,
@@ -58,7 +58,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    text = render_crd()
+    _, render = CRD_FILES[args.kind]
+    text = render()
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -112,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("crd", help="print the CompressionJob CRD generated from the typed API")
+    p = sub.add_parser("crd", help="print a CRD generated from the typed API (the CompressionJob's by default)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument(
+        "--kind",
+        choices=list(CRD_FILES),
+        default=KIND,
+        help="which resource's CRD: " + ", ".join(f"{k} (crds/{f})" for k, (f, _) in CRD_FILES.items()),
+    )
     p.set_defaults(func=_crd)
 
     p = sub.add_parser("version", help="print the version, Python's and the installed libraries' ('-': not installed)")

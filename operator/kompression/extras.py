@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # The top-level modules each extra of pyproject.toml brings (a test keeps the two in step).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "operator": ("kopf", "aiohttp", "prometheus_client"),
+    "operator": ("kopf", "aiohttp", "prometheus_client", "optuna"),
     "worker": (
         "torch",
         "torchvision",

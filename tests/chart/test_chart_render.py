@@ -9,7 +9,7 @@ import tomllib
 import pytest
 import yaml
 
-from testbed.chart import CHART, CRD_FILE, REPO, env_of, find, helm, one, template, template_error
+from testbed.chart import CHART, CRD_FILES, REPO, env_of, find, helm, one, template, template_error
 
 FULL = "kompression"
 NAMESPACED_KINDS = {
@@ -37,9 +37,10 @@ def test_versions_match_the_package() -> None:
     assert chart["version"] == project["version"]
 
 
-def test_crd_copy_has_no_drift() -> None:
-    copy = CHART / "files" / "crds" / CRD_FILE.name
-    assert copy.read_text() == CRD_FILE.read_text(), f"run: cp {CRD_FILE.relative_to(REPO)} {copy.relative_to(REPO)}"
+def test_crd_copies_have_no_drift() -> None:
+    for crd in CRD_FILES:
+        copy = CHART / "files" / "crds" / crd.name
+        assert copy.read_text() == crd.read_text(), f"run: cp {crd.relative_to(REPO)} {copy.relative_to(REPO)}"
 
 
 def test_defaults_render_the_operator() -> None:
@@ -48,6 +49,7 @@ def test_defaults_render_the_operator() -> None:
     assert kinds == sorted(
         [
             "ServiceAccount",
+            "CustomResourceDefinition",
             "CustomResourceDefinition",
             "ClusterRole",
             "ClusterRole",
@@ -66,14 +68,16 @@ def test_defaults_render_the_operator() -> None:
             assert obj["metadata"]["namespace"] == "kompression-system"
 
 
-def test_templated_crd_is_the_generated_crd_plus_labels_and_keep() -> None:
-    crd = one(template(), "CustomResourceDefinition")
-    generated = yaml.safe_load(CRD_FILE.read_text())
-    assert crd["spec"] == generated["spec"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert generated["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
-    unkept = one(template({"crds": {"keep": False}}), "CustomResourceDefinition")
-    assert "annotations" not in unkept["metadata"]
+def test_templated_crds_are_the_generated_crds_plus_labels_and_keep() -> None:
+    for crd_file in CRD_FILES:
+        generated = yaml.safe_load(crd_file.read_text())
+        name = generated["metadata"]["name"]
+        crd = one(template(), "CustomResourceDefinition", name)
+        assert crd["spec"] == generated["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert generated["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+        unkept = one(template({"crds": {"keep": False}}), "CustomResourceDefinition", name)
+        assert "annotations" not in unkept["metadata"]
     assert not find(template({"crds": {"enabled": False}}), "CustomResourceDefinition")
 
 

@@ -21,8 +21,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 # What the operator's ServiceAccount may do in a watched namespace; anything else fails the test.
 ALLOWED = {
-    "compressionjobs.kompression.dev": {"get", "list", "watch", "patch"},
+    # Created only as a sweep's trials; deleted by the garbage collector, never by the operator.
+    "compressionjobs.kompression.dev": {"get", "list", "watch", "patch", "create"},
     "compressionjobs.kompression.dev/status": {"get", "patch"},
+    "compressionsweeps.kompression.dev": {"get", "list", "watch", "patch"},
+    "compressionsweeps.kompression.dev/status": {"get", "patch"},
+    # So that a trial's ownerReference may block its sweep's deletion.
+    "compressionsweeps.kompression.dev/finalizers": {"update"},
     "jobs.batch": {"create", "get", "list", "watch", "delete"},
     # Created, and read back by name after AlreadyExists; never listed or watched.
     "configmaps": {"create", "get"},
@@ -46,6 +51,9 @@ FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
 OWN = (
     "compressionjobs.kompression.dev",
     "compressionjobs.kompression.dev/status",
+    "compressionsweeps.kompression.dev",
+    "compressionsweeps.kompression.dev/status",
+    "compressionsweeps.kompression.dev/finalizers",
     "jobs.batch",
     "configmaps",
     "pods",
@@ -135,7 +143,14 @@ def test_watch_namespaces_grants_nothing_elsewhere(kube: Any, helm: Any) -> None
         _check_exact(can_i_list(kube, _sa(ns, release), watched))
         elsewhere = can_i_list(kube, _sa(ns, release), other)
         _check_least_privilege(elsewhere)
-        for resource in ("jobs.batch", "configmaps", "pods", "compressionjobs.kompression.dev", "namespaces"):
+        for resource in (
+            "jobs.batch",
+            "configmaps",
+            "pods",
+            "compressionjobs.kompression.dev",
+            "compressionsweeps.kompression.dev",
+            "namespaces",
+        ):
             assert resource not in elsewhere, f"{resource} granted outside the watched namespaces"
 
 

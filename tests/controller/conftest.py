@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from claims import host_path_claims
+from kueue_queues import make_queue, priority_classes  # noqa: F401 (fixtures of the Kueue tests)
 from operator_process import OperatorProcess, install_crd
 
 

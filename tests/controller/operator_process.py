@@ -14,13 +14,15 @@ from typing import Any
 from testbed.procs import free_port
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "compressionjobs.kompression.dev.yaml"
+SWEEP_CRD = CRD.with_name("compressionsweeps.kompression.dev.yaml")
 
 
 def install_crd(kube: Any, *extra: Path) -> None:
-    """Apply the generated CRD (and any other CRD files) and wait until it serves."""
-    files = [arg for path in (CRD, *extra) for arg in ("-f", str(path))]
+    """Apply the generated CRDs (and any other CRD files) and wait until they serve."""
+    files = [arg for path in (CRD, SWEEP_CRD, *extra) for arg in ("-f", str(path))]
     kube.kubectl("apply", "--server-side", "--force-conflicts", *files)
     kube.wait_established(CRD.stem, timeout=30)
+    kube.wait_established(SWEEP_CRD.stem, timeout=30)
 
 
 class OperatorProcess:

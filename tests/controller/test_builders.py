@@ -236,6 +236,13 @@ def test_pvc_claims_are_mounted_read_only_for_inputs_and_read_write_for_the_outp
     assert {"name": "KOMPRESSION_PVC_ROOT", "value": "/mnt/pvc"} in container["env"]
 
 
+def test_the_step_caches_claim_is_mounted_read_write() -> None:
+    job = _job(output={"uri": "s3://results/resnet/"}, stepCache={"uri": "pvc://sweep-cache/steps/"})
+    pod = _pod(job)
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "sweep-cache", "readOnly": False}]
+
+
 def test_a_claim_read_and_written_is_mounted_once_read_write() -> None:
     pod = _pod(
         _job(

@@ -22,6 +22,8 @@ from testbed.cluster import binary
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kompression"
 CRD_FILE = REPO / "crds" / "compressionjobs.kompression.dev.yaml"
+SWEEP_CRD_FILE = REPO / "crds" / "compressionsweeps.kompression.dev.yaml"
+CRD_FILES = (CRD_FILE, SWEEP_CRD_FILE)
 KUBE_VERSION = "1.31.0"
 
 
@@ -84,19 +86,20 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def adopt_crd(kube: Any, release: str, namespace: str) -> None:
-    """Let `release` take over a CRD another test (or release) already installed: the documented
+    """Let `release` take over the CRDs another test (or release) already installed: the documented
     adoption step (docs/install.md), since Helm refuses to overwrite objects it does not own."""
-    if kube.kubectl("get", "crd", c.CRD_NAME, check=False).returncode != 0:
-        return
-    kube.kubectl("label", "--overwrite", "crd", c.CRD_NAME, "app.kubernetes.io/managed-by=Helm")
-    kube.kubectl(
-        "annotate",
-        "--overwrite",
-        "crd",
-        c.CRD_NAME,
-        f"meta.helm.sh/release-name={release}",
-        f"meta.helm.sh/release-namespace={namespace}",
-    )
+    for name in (c.CRD_NAME, c.SWEEP_CRD_NAME):
+        if kube.kubectl("get", "crd", name, check=False).returncode != 0:
+            continue
+        kube.kubectl("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
+        kube.kubectl(
+            "annotate",
+            "--overwrite",
+            "crd",
+            name,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
 
 
 def install(

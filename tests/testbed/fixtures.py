@@ -9,6 +9,7 @@ Session-scoped servers, started lazily on first use:
   prometheus  -> Prometheus  (call it: prometheus(scrape_targets=[...]))
   pushgateway -> Pushgateway
   helm        -> Helm        (runs against the kube fixture's cluster)
+  kueue       -> KueueManager (Kueue's manager against the kube fixture's cluster; enroll(ns))
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the kubernetes and boto3 imports cost a second; only pay wh
     from .azurite import AzuriteServer
     from .gcs import GcsServer
     from .kube import Kube
+    from .kueue import KueueManager
     from .s3 import S3Server
 
 KUBECONFIG_ENV = "KOMPRESSION_TEST_KUBECONFIG"
@@ -111,3 +113,10 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgatewa
 @pytest.fixture(scope="session")
 def helm(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     return Helm(kube.kubeconfig, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture(scope="session")
+def kueue(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KueueManager]:
+    from .kueue import KueueManager
+
+    yield from _until_session_end(KueueManager(kube, tmp_path_factory.mktemp("kueue")))

@@ -59,14 +59,24 @@ app.kubernetes.io/part-of: kompression
 
 {{/* The operator's namespaced permissions: granted cluster-wide or per watched namespace (see rbac.yaml). */}}
 {{- define "kompression.namespacedRules" -}}
-# Watch CompressionJobs and record progress on them; the operator never creates or deletes them.
+# Watch CompressionJobs and record progress on them; the operator creates only a sweep's trials, and never
+# deletes one (a sweep's trials go with it, by ownerReferences and the garbage collector).
 - apiGroups: ["kompression.dev"]
   resources: ["compressionjobs"]
-  verbs: ["get", "list", "watch", "patch"]
-# Status is a subresource: results, conditions and per-step state are written here only.
+  verbs: ["get", "list", "watch", "patch", "create"]
+# Watch CompressionSweeps; each trial's CompressionJob is owned by its sweep.
 - apiGroups: ["kompression.dev"]
-  resources: ["compressionjobs/status"]
+  resources: ["compressionsweeps"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is a subresource: results, conditions and per-step (per-trial) state are written here only.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionjobs/status", "compressionsweeps/status"]
   verbs: ["get", "patch"]
+# A trial's ownerReference blocks its sweep's deletion until the trial is gone, which the API server's
+# OwnerReferencesPermissionEnforcement allows only to who may update the sweep's finalizers.
+- apiGroups: ["kompression.dev"]
+  resources: ["compressionsweeps/finalizers"]
+  verbs: ["update"]
 # Each CompressionJob runs as one batch/v1 Job; deleted when the CompressionJob is suspended or replaced.
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -79,6 +89,10 @@ app.kubernetes.io/part-of: kompression
 # Worker pods' status and termination messages explain failures (OOMKilled, ImagePullBackOff, exit codes).
 - apiGroups: [""]
   resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# A queued Job's Kueue Workload says why it waits (no quota, preempted); read only, and only if Kueue is installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
   verbs: ["get", "list", "watch"]
 # Kubernetes events on the CompressionJob tell users what happened (kopf posts and aggregates them).
 - apiGroups: ["", "events.k8s.io"]

@@ -33,6 +33,8 @@ ANNOTATION_GENERATION: Final = f"{GROUP}/generation"
 # On a worker Job: how many Jobs of its CompressionJob were deleted unfinished before it was made.
 ANNOTATION_RECREATION: Final = f"{GROUP}/recreation"
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+# Kueue's WorkloadPriorityClass of a Job.
+KUEUE_PRIORITY_CLASS_LABEL: Final = "kueue.x-k8s.io/priority-class"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 
 
@@ -75,3 +77,16 @@ def progress_audience(namespace: str, name: str, uid: str) -> str:
 
 PROGRESS_PATH_PREFIX: Final = "/v1/progress"  # POST {prefix}/{namespace}/{name}
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+
+# The CompressionSweep: one child CompressionJob per trial.
+SWEEP_KIND: Final = "CompressionSweep"
+SWEEP_PLURAL: Final = "compressionsweeps"
+SWEEP_SINGULAR: Final = "compressionsweep"
+SWEEP_SHORT_NAMES: Final = ("ksweep",)
+SWEEP_CRD_NAME: Final = f"{SWEEP_PLURAL}.{GROUP}"
+# On each trial's CompressionJob: the sweep that made it, and the trial's name within it.
+LABEL_SWEEP_NAME: Final = f"{GROUP}/sweep-name"
+LABEL_SWEEP_TRIAL: Final = f"{GROUP}/sweep-trial"
+# The trial's number and its value per axis (JSON), from which the sweep's state is read back.
+ANNOTATION_SWEEP_TRIAL_INDEX: Final = f"{GROUP}/sweep-trial-index"
+ANNOTATION_SWEEP_PARAMETERS: Final = f"{GROUP}/sweep-parameters"

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from kompression.api import constants as c
-from kompression.api.v1alpha1 import ApiModel, CompressionJob
+from kompression.api.v1alpha1 import ApiModel, CompressionJob, CompressionSweep
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
     {"name": "Step", "type": "string", "jsonPath": ".status.currentStep", "description": "Step running now."},
     {
@@ -41,6 +41,32 @@ PRINTER_COLUMNS = [
         "type": "number",
         "jsonPath": ".status.result.speedup",
         "description": "Original / final latency.",
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the sweep."},
+    {"name": "Done", "type": "integer", "jsonPath": ".status.trialsDone", "description": "Trials finished."},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.trialsTotal", "description": "Trials planned."},
+    {
+        "name": "BestRatio",
+        "type": "number",
+        "jsonPath": ".status.best.metrics.compressionRatio",
+        "description": "Compression ratio of the best trial by the first objective.",
+    },
+    {
+        "name": "BestAccDelta",
+        "type": "number",
+        "jsonPath": ".status.best.metrics.accuracyDelta",
+        "description": "Accuracy delta of the best trial by the first objective.",
+    },
+    {
+        "name": "Best",
+        "type": "string",
+        "jsonPath": ".status.best.name",
+        "description": "The best trial's CompressionJob.",
         "priority": 1,
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -107,6 +133,9 @@ class _Converter:
             if len(options) != 1:
                 raise SchemaError(f"{where}: unions other than Optional[X] are not structural")
             return self.convert({**options[0], **node}, where)
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            # Any JSON value (a sweep axis's values): the schema says only that it is kept as given.
+            return {k: node[k] for k in ("description", "x-kubernetes-preserve-unknown-fields") if k in node}
         if "const" in node:
             node["enum"] = [node.pop("const")]
         out = _scalar_keywords(node)
@@ -131,11 +160,30 @@ class _Converter:
         return out
 
 
-def openapi_schema() -> dict[str, Any]:
-    raw = CompressionJob.model_json_schema(by_alias=True, mode="validation")
+def _resource_schema(cls: type[ApiModel], kind: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The root schema of a resource, and its spec and status nodes (to be adjusted per kind)."""
+    raw = cls.model_json_schema(by_alias=True, mode="validation")
     conv = _Converter(raw.get("$defs", {}))
-    spec = conv.convert({"$ref": "#/$defs/CompressionJobSpec"}, "spec")
-    status = conv.convert({"$ref": "#/$defs/CompressionJobStatus"}, "status")
+    spec = conv.convert({"$ref": f"#/$defs/{kind}Spec"}, "spec")
+    status = conv.convert({"$ref": f"#/$defs/{kind}Status"}, "status")
+    status["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    root = {
+        "type": "object",
+        "description": " ".join((cls.__doc__ or "").split()),
+        "properties": {
+            "apiVersion": {"type": "string", "description": f"APIVersion: {c.API_VERSION}."},
+            "kind": {"type": "string", "description": f"Kind: {kind}."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+    return root, spec, status
+
+
+def _job_spec_defaults(spec: dict[str, Any]) -> None:
+    """What a CompressionJob spec's schema adds to the model's: defaulted objects and map-keyed lists."""
     # These always exist after defaulting, so their fields' defaults apply when the user leaves
     # the whole object out. Technique objects (onnx: {}, fineTune: {}) must never be defaulted:
     # their presence is meaningful.
@@ -143,39 +191,50 @@ def openapi_schema() -> dict[str, Any]:
         spec["properties"][name]["default"] = {}
     # Lists keyed by a name merge cleanly under server-side apply.
     spec["properties"]["steps"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
-    status["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The CompressionJob's schema."""
+    root, spec, status = _resource_schema(CompressionJob, c.KIND)
+    _job_spec_defaults(spec)
     status["properties"]["steps"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
-    return {
-        "type": "object",
-        "description": " ".join((CompressionJob.__doc__ or "").split()),
-        "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion: kompression.dev/v1alpha1."},
-            "kind": {"type": "string", "description": "Kind: CompressionJob."},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-        "required": ["spec"],
-    }
+    return root
 
 
-def build_crd() -> dict[str, Any]:
-    """The CompressionJob CRD as a manifest."""
+def sweep_openapi_schema() -> dict[str, Any]:
+    """The CompressionSweep's schema: its template is a CompressionJob spec, defaulted alike."""
+    root, spec, status = _resource_schema(CompressionSweep, c.SWEEP_KIND)
+    _job_spec_defaults(spec["properties"]["template"])
+    # The API server checks a default against the rules as written, before nested defaults fill it in.
+    spec["properties"]["search"]["default"] = {"algorithm": "Grid"}
+    for name in ("parameters", "objectives"):
+        spec["properties"][name]["x-kubernetes-list-type"] = "atomic"
+    status["properties"]["trials"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    return root
+
+
+def _crd(
+    *,
+    name: str,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    columns: list[dict[str, Any]],
+    schema: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": c.CRD_NAME,
-            "labels": {c.LABEL_PART_OF: "kompression"},
-        },
+        "metadata": {"name": name, "labels": {c.LABEL_PART_OF: "kompression"}},
         "spec": {
             "group": c.GROUP,
             "names": {
-                "kind": c.KIND,
-                "listKind": f"{c.KIND}List",
-                "plural": c.PLURAL,
-                "singular": c.SINGULAR,
-                "shortNames": list(c.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(c.CATEGORIES),
             },
             "scope": "Namespaced",
@@ -185,16 +244,55 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
 
 
+def build_crd() -> dict[str, Any]:
+    """The CompressionJob CRD as a manifest."""
+    return _crd(
+        name=c.CRD_NAME,
+        kind=c.KIND,
+        plural=c.PLURAL,
+        singular=c.SINGULAR,
+        short_names=c.SHORT_NAMES,
+        columns=PRINTER_COLUMNS,
+        schema=openapi_schema(),
+    )
+
+
+def build_sweep_crd() -> dict[str, Any]:
+    """The CompressionSweep CRD as a manifest."""
+    return _crd(
+        name=c.SWEEP_CRD_NAME,
+        kind=c.SWEEP_KIND,
+        plural=c.SWEEP_PLURAL,
+        singular=c.SWEEP_SINGULAR,
+        short_names=c.SWEEP_SHORT_NAMES,
+        columns=SWEEP_PRINTER_COLUMNS,
+        schema=sweep_openapi_schema(),
+    )
+
+
 HEADER = "# Generated by `kompression crd` from operator/kompression/api/v1alpha1/. Do not edit.\n"
 
 
 def render_crd() -> str:
+    """The CompressionJob CRD file."""
     return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def render_sweep_crd() -> str:
+    """The CompressionSweep CRD file."""
+    return HEADER + yaml.safe_dump(build_sweep_crd(), sort_keys=False, width=120)
+
+
+# Each CRD file under crds/ and what renders it: `kompression crd --kind`, make crd and the drift checks.
+CRD_FILES = {
+    c.KIND: (f"{c.CRD_NAME}.yaml", render_crd),
+    c.SWEEP_KIND: (f"{c.SWEEP_CRD_NAME}.yaml", render_sweep_crd),
+}

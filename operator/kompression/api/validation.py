@@ -50,10 +50,10 @@ class FieldError:
 class SpecInvalid(ValueError):
     """The manifest breaks the API's rules; every error is listed."""
 
-    def __init__(self, errors: list[FieldError], name: str | None = None) -> None:
+    def __init__(self, errors: list[FieldError], name: str | None = None, kind: str = KIND) -> None:
         self.errors = errors
         self.name = name
-        what = f"CompressionJob {name!r}" if name else "CompressionJob"
+        what = f"{kind} {name!r}" if name else kind
         super().__init__(f"{what} is invalid:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
@@ -297,11 +297,12 @@ def _architecture_errors(spec: CompressionJobSpec, allowed: tuple[str, ...]) -> 
     return errors
 
 
-def check_update(old: CompressionJobSpec, new: CompressionJobSpec) -> list[FieldError]:
-    """The transition rules (immutability) that the API server applies to updates."""
+def check_update(old: ApiModel, new: ApiModel) -> list[FieldError]:
+    """The transition rules (immutability) that the API server applies to updates of a spec (a
+    CompressionJob's or a CompressionSweep's)."""
     return [
         FieldError("spec", rule.message)
-        for rule in CompressionJobSpec.__rules__
+        for rule in type(new).__rules__
         if rule.transition and not rule.holds(new.to_wire(), old.to_wire())
     ]
 

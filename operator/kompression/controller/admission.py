@@ -2,7 +2,8 @@
 
 The policy is queueing.py's; this module gathers its input (who waits, with which priority and
 how many GPUs, and which Jobs hold a GPU) and reserves an admitted job's slot at once, so that
-two concurrent reconciles cannot both take the last one.
+two concurrent reconciles cannot both take the last one. A job with a Kueue queue name is
+Kueue's to admit (kueue.py): it neither waits here nor counts against these limits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from kompression.controller import outputs
 from kompression.controller.builders import build_job
 from kompression.controller.conditions import TERMINAL_PHASES
 from kompression.controller.kubeapi import Api, path
+from kompression.controller.kueue import kueue_admits
 from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Candidate, Key, Limits, decide
 from kompression.controller.settings import Settings
@@ -54,22 +56,24 @@ class Admission:
                 and view.ready_reason != outputs.REASON  # not waiting for a GPU, but for its prefix
                 and not view.deleting  # never admitted: it is going
                 and job.spec.resources.gpus > 0
+                and not kueue_admits(job)
             ):
                 out.append((key, view.created, job))
         return out
 
     def in_flight(self) -> dict[str, int]:
-        """Unfinished Jobs that hold a GPU, by namespace."""
+        """Unfinished Jobs that hold a GPU, by namespace. Not those Kueue admits: its quota counts
+        them, and counting them here too would hold the operator's own jobs back twice."""
         counts: dict[str, int] = {}
         for (ns, _), body in self.store.jobs.items():
             job = JobView.of(body)
-            if self.settings.gpu_resource in job.limited_on and not job.finished:
+            if self.settings.gpu_resource in job.limited_on and not job.finished and job.kueue_queue is None:
                 counts[ns] = counts.get(ns, 0) + 1
         return counts
 
     async def admit(self, key: Key, spec: CompressionJob) -> tuple[bool, int | None]:
         """Whether `key` may create its Job now (its slot is then reserved), else its queue position."""
-        if spec.spec.resources.gpus == 0 or not self.limited:
+        if spec.spec.resources.gpus == 0 or kueue_admits(spec) or not self.limited:
             return True, None
         async with self._lock:
             waiting = [

@@ -21,6 +21,7 @@ from kompression.api.constants import (
     ENV_STORAGE_RETRY_SECONDS,
     ENV_WORKDIR,
     GPU_PRODUCT_LABEL,
+    KUEUE_PRIORITY_CLASS_LABEL,
     KUEUE_QUEUE_LABEL,
     PROGRESS_PATH_PREFIX,
     TERMINATION_MESSAGE_PATH,
@@ -142,14 +143,17 @@ _POD_SECURITY = {
 
 def _claim_volumes(job: CompressionJob) -> list[tuple[str, str, bool]]:
     """(volume name, claim, writable) for every PersistentVolumeClaim the job's URIs name, in spec
-    order: the output's claim is writable, the model's, data's and task files' are only read."""
+    order: the output's and the step cache's claims are writable, the model's, data's and task files' are
+    only read."""
     spec = job.spec
     inputs = [spec.model.uri]
     if spec.data is not None:
         inputs += [d.uri for d in (spec.data.calibration, spec.data.training, spec.data.evaluation) if d and d.uri]
         inputs += [t.uri for t in spec.data.tasks or ()]
+    # The step cache is written as the output is.
+    outputs = [spec.output.uri] + ([spec.stepCache.uri] if spec.stepCache is not None else [])
     out: dict[str, bool] = {}
-    for uri, writable in [*((u, False) for u in inputs), (spec.output.uri, True)]:
+    for uri, writable in [*((u, False) for u in inputs), *((u, True) for u in outputs)]:
         claim = pvc_claim(uri)
         if claim is not None:
             out[claim] = out.get(claim, False) or writable
@@ -291,6 +295,8 @@ def build_job(job: CompressionJob, settings: Settings, recreation: int = 0) -> d
     job_labels = dict(labels)
     if policy.queueName:
         job_labels[KUEUE_QUEUE_LABEL] = policy.queueName
+    if policy.workloadPriorityClassName:
+        job_labels[KUEUE_PRIORITY_CLASS_LABEL] = policy.workloadPriorityClassName
     spec: dict[str, Any] = {
         "completions": 1,
         "parallelism": 1,

@@ -21,7 +21,8 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kompression.api.constants import GROUP, PLURAL, VERSION
+from kompression.api.constants import GROUP, PLURAL, SWEEP_PLURAL, VERSION
+from kompression.controller import kueue
 from kompression.controller.httpguard import Limits
 from kompression.controller.kubeapi import Api
 from kompression.controller.labels import MANAGED_SELECTOR
@@ -31,6 +32,8 @@ from kompression.controller.reconcile import Reconciler
 from kompression.controller.report_channel import ProgressServer
 from kompression.controller.settings import Settings
 from kompression.controller.store import Store
+from kompression.controller.sweep_builders import sweep_of
+from kompression.controller.sweep_reconcile import SweepReconciler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Runtime:
         self.metrics = Metrics()
         self.api: Api | None = None
         self.reconciler: Reconciler | None = None
+        self.sweeps: SweepReconciler | None = None
         self.identity = own_identity()
         self.leadership = Leadership(
             settings.peering, self.identity, settings.effective_priority(), settings.namespaces
@@ -58,11 +62,14 @@ class Runtime:
             self.api = Api(info, timeout=self.settings.api_timeout_s)
             self.api.on_write = lambda verb, resource: self.metrics.api_writes.labels(verb, resource).inc()
             self.reconciler = Reconciler(self.api, self.settings, self.store, self.metrics, self.leadership)
+            self.sweeps = SweepReconciler(self.api, self.settings, self.metrics, self.leadership)
 
     async def start(self) -> None:
-        assert self.api is not None and self.reconciler is not None
+        assert self.api is not None and self.reconciler is not None and self.sweeps is not None
         self._tasks.append(asyncio.create_task(self.reconciler.run()))
         self._tasks.append(asyncio.create_task(self.reconciler.resync_forever()))
+        self._tasks.append(asyncio.create_task(self.sweeps.run()))
+        self._tasks.append(asyncio.create_task(self.sweeps.resync_forever()))
         self._tasks.append(asyncio.create_task(self.leadership.run(self.api)))
         s = self.settings
         limits = Limits(
@@ -116,6 +123,18 @@ class Runtime:
                 self.progress.forget(str(body["metadata"].get("uid")))
         else:
             self.reconciler.enqueue(self.store.put_cr(body))
+        owner = sweep_of(body)
+        if owner is not None and self.sweeps is not None:  # a trial changed: its sweep decides again
+            self.sweeps.enqueue((body["metadata"]["namespace"], owner))
+
+    def on_sweep(self, event: Mapping[str, Any]) -> None:
+        assert self.sweeps is not None
+        meta = event["object"]["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event.get("type") == "DELETED":
+            self.sweeps.forget(key)
+        else:
+            self.sweeps.enqueue(key)
 
     def on_job(self, event: Mapping[str, Any]) -> None:
         assert self.reconciler is not None
@@ -125,6 +144,12 @@ class Runtime:
             self.reconciler.enqueue(key)
             if deleted:
                 self.reconciler.kick_queue()
+
+    def on_workload(self, event: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        key = self.store.put_workload(event["object"], deleted=event.get("type") == "DELETED")
+        if key is not None:
+            self.reconciler.enqueue(key)
 
     def on_pod(self, event: Mapping[str, Any]) -> None:
         assert self.reconciler is not None
@@ -174,6 +199,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def compressionjob(event: kopf.RawEvent, **_: Any) -> None:
         runtime.on_cr(event)
 
+    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, registry=registry)
+    def compressionsweep(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_sweep(event)
+
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_SELECTOR, registry=registry)
     def job(event: kopf.RawEvent, **_: Any) -> None:
         runtime.on_job(event)
@@ -181,6 +210,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event("", "v1", "pods", labels=MANAGED_SELECTOR, registry=registry)
     def pod(event: kopf.RawEvent, **_: Any) -> None:
         runtime.on_pod(event)
+
+    # Kueue's Workloads say why a queued Job waits. Without Kueue's CRDs kopf logs once that it
+    # cannot serve them, and starts watching if they are installed later.
+    @kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.WORKLOADS, registry=registry)
+    def workload(event: kopf.RawEvent, **_: Any) -> None:
+        runtime.on_workload(event)
 
     return registry
 

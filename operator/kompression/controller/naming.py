@@ -32,3 +32,13 @@ def job_name(cr_name: str) -> str:
 def configmap_name(cr_name: str) -> str:
     """The ConfigMap holding the worker's copy of the manifest."""
     return _fit(cr_name + CONFIGMAP_SUFFIX, MAX_OBJECT_NAME)
+
+
+def label_value(name: str) -> str:
+    """An object name as a label value (at most 63 characters), hashed when longer."""
+    return _fit(name, MAX_JOB_NAME)
+
+
+def trial_name(sweep_name: str, suffix: str) -> str:
+    """The CompressionJob of one trial of a sweep: the sweep's name and the trial's suffix."""
+    return _fit(f"{sweep_name}-{suffix}", MAX_OBJECT_NAME)

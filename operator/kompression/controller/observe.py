@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from kompression.api import failures
 from kompression.api.report import WorkerReport
 from kompression.controller.conditions import Observation
+from kompression.controller.kueue import WorkloadView, queued
 from kompression.controller.views import JobView, PodView
 
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
@@ -85,8 +86,10 @@ def observe(
     *,
     user_suspended: bool,
     kueue_managed: bool,
+    workload: WorkloadView | None = None,
 ) -> Observation:
-    """The phase of a CompressionJob whose Job exists (or is about to: job=None)."""
+    """The phase of a CompressionJob whose Job exists (or is about to: job=None); `workload`: the
+    Job's Kueue Workload, when Kueue admits it."""
     if job is None:
         return Observation("Pending", "Creating", "creating the worker Job")
     if job.condition("Complete", "SuccessCriteriaMet"):
@@ -97,6 +100,6 @@ def observe(
         if user_suspended:
             return Observation("Suspended", "Suspended", "runPolicy.suspend is true")
         if kueue_managed:
-            return Observation("Queued", "WaitingForKueue", "the Job waits for Kueue to admit it")
+            return queued(workload)
     # One message for "no pod yet" and "pod not running yet": a status write per pod step buys nothing.
     return _pending(pods) if pods else Observation("Pending", "Starting", "waiting for the worker pod to start")

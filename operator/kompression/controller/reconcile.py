@@ -22,6 +22,7 @@ from kompression.controller.admission import Admission
 from kompression.controller.builders import build_configmap, build_job, job_spec_drift
 from kompression.controller.conditions import TERMINAL_PHASES, Observation
 from kompression.controller.kubeapi import Api, ApiError, path
+from kompression.controller.kueue import WorkloadView, kueue_admits
 from kompression.controller.labels import MANAGED_SELECTOR, controller_uid
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
@@ -154,14 +155,22 @@ class Reconciler:
         # and this status write can lose the count.
         extra: dict[str, Any] = {"jobRecreations": job.recreation} if job.recreation else {}
         pods = [PodView.of(p) for p in self.store.pods_of(key[0], job.name)]
-        policy = spec.spec.runPolicy
-        obs = observe(job, pods, user_suspended=policy.suspend, kueue_managed=policy.queueName is not None)
+        workload = self._workload(key[0], job)
+        obs = observe(
+            job, pods, user_suspended=spec.spec.runPolicy.suspend, kueue_managed=kueue_admits(spec), workload=workload
+        )
         if obs.phase in TERMINAL_PHASES:
             reports = [r for r in map(final_report, pods) if r is not None]
             if reports:
                 # The termination message is compact (no steps, environment): keep what POSTs left.
                 extra.update(report_status(max(reports, key=lambda r: r.sequence), partial=True))
         await self.status.write(cr, obs, job, extra)
+
+    def _workload(self, namespace: str, job: JobView) -> WorkloadView | None:
+        """The Kueue Workload of this very Job (not of a deleted namesake's)."""
+        body = self.store.workload_of(namespace, job.name) if job.kueue_queue else None
+        view = WorkloadView.of(body) if body is not None else None
+        return view if view is not None and view.job_uid == job.uid else None
 
     async def _make_job(self, key: Key, cr: Body, spec: CompressionJob) -> Body | None:
         """Create the children, unless queued, conflicting, or deleted by hand too often."""

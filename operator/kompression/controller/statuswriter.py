@@ -27,6 +27,7 @@ from kompression.controller.conditions import (
 )
 from kompression.controller.events import post_event
 from kompression.controller.kubeapi import Api, ApiError, path
+from kompression.controller.kueue import EVENT_TYPES as KUEUE_EVENT_TYPES
 from kompression.controller.metrics import Metrics
 from kompression.controller.queueing import Key
 from kompression.controller.report_status import differs, report_status
@@ -131,6 +132,8 @@ class StatusWriter:
             self.event(cr, "Normal" if obs.phase == "Succeeded" else "Warning", obs.reason, obs.message)
         elif obs.reason in WARNING_REASONS:
             self.event(cr, "Warning", obs.reason, obs.message)
+        elif obs.reason in KUEUE_EVENT_TYPES:
+            self.event(cr, KUEUE_EVENT_TYPES[obs.reason], obs.reason, obs.message)
 
     async def apply_report(self, key: Key, report: WorkerReport, cursor: ReportCursor) -> None:
         """Merge a live report into status, unless the job already finished (the final report rules).

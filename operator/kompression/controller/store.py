@@ -11,6 +11,7 @@ from typing import Any
 
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import SpecInvalid, parse_job
+from kompression.controller import kueue
 from kompression.controller.labels import controller_ref, owner_name
 from kompression.controller.queueing import Key
 
@@ -115,6 +116,7 @@ class Store:
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
     gone: dict[str, None] = field(default_factory=dict)  # uids of deleted CompressionJobs, oldest first
+    workloads: dict[Key, Body] = field(default_factory=dict)  # Kueue's, keyed by (ns, job name)
 
     def put_cr(self, body: Body) -> Key:
         meta = body["metadata"]
@@ -166,6 +168,7 @@ class Store:
             if self.jobs.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
                 self.jobs.pop(key, None)
                 self.job_owner.pop(job_key, None)
+                self.workloads.pop(job_key, None)
         else:
             self.jobs[key] = slim_job(job)
             self.job_owner[job_key] = key
@@ -183,6 +186,24 @@ class Store:
         else:
             pods[pod["metadata"]["name"]] = slim_pod(pod)
         return self.job_owner.get(job_key)
+
+    def put_workload(self, workload: Body, deleted: bool = False) -> Key | None:
+        """Keep a Kueue Workload of one of our Jobs; the key of the CompressionJob it concerns."""
+        job_key = kueue.job_key(workload)
+        if job_key is None:
+            return None
+        if deleted:
+            held = self.workloads.get(job_key, {}).get("metadata", {}).get("uid")
+            if held == workload["metadata"].get("uid"):
+                self.workloads.pop(job_key, None)
+        else:
+            # Kept even while its Job is unknown: after a restart the Workloads may be listed
+            # before the Jobs, and nothing would bring a Workload that then stays unchanged back.
+            self.workloads[job_key] = kueue.slim_workload(workload)
+        return self.job_owner.get(job_key)
+
+    def workload_of(self, namespace: str, job_name: str) -> Body | None:
+        return self.workloads.get((namespace, job_name))
 
     def pods_of(self, namespace: str, job_name: str) -> list[Body]:
         return list(self.pods.get((namespace, job_name), {}).values())

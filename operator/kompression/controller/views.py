@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kompression.api.constants import ANNOTATION_RECREATION
+from kompression.api.constants import ANNOTATION_RECREATION, KUEUE_QUEUE_LABEL
 from kompression.controller.conditions import TERMINAL_PHASES, ready_reason
 from kompression.controller.failure_policy import WORKER_CONTAINER
 from kompression.controller.labels import controller_ref, controller_uid
@@ -87,6 +87,7 @@ class JobView:
     owner_uid: str | None  # of the CompressionJob that controls it
     recreation: int  # how many Jobs of its CompressionJob were deleted unfinished before this one
     suspend: bool
+    kueue_queue: str | None  # the LocalQueue it is labelled with: Kueue admits it
     ttl_seconds_after_finished: int | None
     limited_on: frozenset[str]  # the resources the worker container has limits on (nvidia.com/gpu)
     conditions: tuple[TrueCondition, ...]
@@ -104,6 +105,7 @@ class JobView:
             owner_uid=controller_uid(job),
             recreation=int(recreation) if recreation.isdigit() else 0,
             suspend=bool(spec.get("suspend")),
+            kueue_queue=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL),
             ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
             limited_on=frozenset((_worker(containers).get("resources") or {}).get("limits") or ()),
             conditions=_true_conditions(status),

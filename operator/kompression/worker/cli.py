@@ -18,10 +18,11 @@ from typing import Any, TextIO
 
 from kompression.api import failures
 from kompression.api.architectures import allowed_modules
-from kompression.api.constants import ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
+from kompression.api.constants import API_VERSION, ENV_JOB_FILE, ENV_STORAGE_RETRY_SECONDS, ENV_WORKDIR, ExitCode
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import CompressionJob
+from kompression.api.sweep_plan import explain, parse_sweep
+from kompression.api.v1alpha1 import CompressionJob, CompressionSweep
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
 from kompression.worker.errors import WorkerError
@@ -50,6 +51,19 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
         "calibrates with llm-compressor's distributed oneshot",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("sweep", help="run a CompressionSweep's trials here and report their Pareto front")
+    p.add_argument("sweep", metavar="SWEEP.yaml", help="the CompressionSweep manifest")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trials at once: 1 (default) runs them in this process one after another, N in N processes",
+    )
+    p.add_argument("--seed", type=int, default=0, help="every trial's random seed (default 0)")
+    p.add_argument("--explain", action="store_true", help="print the trials the sweep would make, and run nothing")
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser("example-model", help="train the quickstart's small CNN on digits and save it (TorchExport)")
     p.add_argument("--output", metavar="URI", required=True, help="where to write the .pt2 file")
@@ -183,6 +197,59 @@ def _execute(job: CompressionJob, args: argparse.Namespace, reporter: Reporter, 
             where = f"published under {args.output or job.spec.output.uri}"
             print(f"\n{summary}; {where}" if summary else f"\n{where}", file=reporter.stream)
     return ExitCode.OK
+
+
+def _checked_sweep(args: argparse.Namespace) -> CompressionSweep:
+    """The sweep, refused (ManifestUnreadable, SpecInvalid, ExtraMissing) before any trial runs."""
+    docs = load_documents(Path(args.sweep))
+    if len(docs) != 1:
+        raise ManifestUnreadable(f"{args.sweep}: expected exactly one CompressionSweep document, found {len(docs)}")
+    sweep = parse_sweep(docs[0])
+    if args.workers < 1:
+        raise ManifestUnreadable(f"--workers {args.workers}: give a number of trials at once, 1 or more")
+    if not args.explain:
+        # The trials' jobs differ only in the axes' values: the template needs what all of them need.
+        first = CompressionJob(apiVersion=API_VERSION, kind="CompressionJob", spec=sweep.spec.template)
+        check_architectures(first, allowed_modules(os.environ))
+        require(*job_needs(first))
+    return sweep
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    try:
+        sweep = _checked_sweep(args)
+        if args.explain:
+            print(explain(sweep), end="")
+            return ExitCode.OK
+        from kompression.worker import sweep as local  # torch: only once the extras check passed
+
+        workdir = Path(os.environ[ENV_WORKDIR]) if os.environ.get(ENV_WORKDIR) else None
+        options = local.SweepOptions(workers=args.workers, seed=args.seed, workdir=workdir, stream=sys.stdout)
+        result = local.run(sweep, options)
+    except (ManifestUnreadable, SpecInvalid) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_SPEC
+    except ExtraMissing as exc:  # also search TPE's Optuna, asked for when it plans
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except WorkerError as exc:
+        print(f"error ({exc.reason}, exit code {exc.exit_code}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    status = result.status
+    print(
+        f"\nsweep {status.phase}: {status.trialsDone} of {status.trialsTotal} trials done, Pareto front "
+        f"{', '.join(status.paretoFront) or '(none passed its gates)'}; {result.reused} of "
+        f"{result.reused + result.executed} step executions reused; report under {sweep.spec.template.output.uri}"
+    )
+    if status.phase == "Succeeded":
+        return ExitCode.OK
+    print(
+        f"error: {status.counts.failed if status.counts else 0} trials failed, more than maxFailedTrials "
+        f"{sweep.spec.maxFailedTrials}; no further trial was started",
+        file=sys.stderr,
+    )
+    return ExitCode.UNEXPECTED
 
 
 def _example_model(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
@@ -17,12 +18,12 @@ from kompression.worker.measure import gates
 from kompression.worker.model import CheckpointFolder, TorchModel
 from kompression.worker.report import files
 from kompression.worker.report.live import Reporter
+from kompression.worker.step_cache import StepRecord
 from kompression.worker.storage import objects, publish
 from kompression.worker.techniques import Techniques
 from kompression.worker.trial import (
     Checkpoints,
     Loaded,
-    StepRecord,
     Trial,
     default_techniques,
     job_device,
@@ -71,15 +72,25 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         reporter.set_result(trial.result)
         rows = rows_for(loaded, trial)
         if distributed.is_leader():
-            publish_trial(job, prefix, trial, rows=rows, folder=Path(tmp) / "publish", reporter=reporter)
+            cache = None if loaded.cache is None else loaded.cache.summary()
+            publish_trial(
+                job, prefix, trial, rows=rows, folder=Path(tmp) / "publish", reporter=reporter, step_cache=cache
+            )
         return reporter.report, rows
 
 
 def publish_trial(
-    job: CompressionJob, prefix: str, trial: Trial, *, rows: list[files.Row], folder: Path, reporter: Reporter
+    job: CompressionJob,
+    prefix: str,
+    trial: Trial,
+    *,
+    rows: list[files.Row],
+    folder: Path,
+    reporter: Reporter,
+    step_cache: dict[str, Any] | None = None,
 ) -> None:
     """Publish the trial: under the output prefix when it passed every gate, else under rejected/ and
-    raise GateFailed."""
+    raise GateFailed. step_cache: what the job took from spec.stepCache and ran itself, for the report."""
     target = prefix if trial.passed else objects.join(prefix, publish.REJECTED)
     folder.mkdir()
     publisher = publish.Publisher(target)
@@ -98,8 +109,10 @@ def publish_trial(
     snapshot = reporter.report.model_copy(deep=True)
     snapshot.phase = "Succeeded" if trial.passed else "Failed"
     name = job.metadata.name or "compressionjob"
-    publisher.add(files.write_json(snapshot, rows, publisher.run_id, folder / "report.json"), "report", "Report")
-    publisher.add(files.write_markdown(snapshot, rows, plots, name, folder / "report.md"), "report", "Report")
+    report_json = files.write_json(snapshot, rows, publisher.run_id, folder / "report.json", step_cache=step_cache)
+    publisher.add(report_json, "report", "Report")
+    markdown = files.write_markdown(snapshot, rows, plots, name, folder / "report.md", step_cache=step_cache)
+    publisher.add(markdown, "report", "Report")
     manifest = publisher.commit(
         {"job": name, "namespace": job.metadata.namespace, "passed": trial.passed, "result": trial.result.to_wire()}
     )

@@ -36,6 +36,7 @@ from kompression.worker.formats import loader, safetensors_weights, size, torch_
 from kompression.worker.measure import gates, graphs
 from kompression.worker.model import CheckpointFolder, DataSets, EngineModel, Model, OnnxModel, TorchModel
 from kompression.worker.report.live import Reporter
+from kompression.worker.step_cache import StepCache, StepRecord, open_cache
 from kompression.worker.storage import objects
 from kompression.worker.techniques import TECHNIQUES, StepContext, Techniques
 
@@ -55,6 +56,7 @@ class Loaded:
     evaluate: evaluation.Evaluator  # how a step's output is scored: the evaluator of the model's kind
     # The original re-measured on another device than the job's, for a like-for-like speedup.
     remeasured: dict[MeasuredDevice, Metrics] = field(default_factory=dict)
+    cache: StepCache | None = None  # spec.stepCache: step prefixes other jobs ran
 
     def baseline_elsewhere(self, device: MeasuredDevice) -> Metrics:
         """The original's size, parameters and latency on another device than the job's (measured once)."""
@@ -72,18 +74,6 @@ class Loaded:
                 data_io.first_sample(self.data),
             ).metrics
         return self.remeasured[device]
-
-
-@dataclass
-class StepRecord:
-    step: Step
-    model: Model
-    artifact: Path
-    kind: ArtifactKind
-    measured: graphs.Measured
-    seconds: float
-    notes: dict[str, Any] = field(default_factory=dict)
-    extra: list[tuple[str, ArtifactKind, Path]] = field(default_factory=list)
 
 
 @dataclass
@@ -133,9 +123,25 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         checkpoint=job.spec.image == "worker-llm",  # the LLM techniques work on the folder itself
     )
     prepared = evaluation.prepare(job, model, model_path, workdir, device)
-    baseline = prepared.evaluate(prepared.model, model_path, None)
+    cache = open_cache(job, model_path, prepared.data, device, workdir)
+    baseline = cache.baseline() if cache is not None else None
+    if baseline is None:
+        baseline = prepared.evaluate(prepared.model, model_path, None)
+        if cache is not None:
+            cache.store_baseline(baseline)
     reporter.phase_done("Baseline")
-    return Loaded(job, prefix, prepared.model, model_path, prepared.data, baseline, workdir, device, prepared.evaluate)
+    return Loaded(
+        job,
+        prefix,
+        prepared.model,
+        model_path,
+        prepared.data,
+        baseline,
+        workdir,
+        device,
+        prepared.evaluate,
+        cache=cache,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,8 +215,15 @@ def run_steps(
     current: Model = copy.deepcopy(loaded.model) if teacher is not None else loaded.model
     outputs: dict[str, Model] = {}
     records: list[StepRecord] = []
+    cache = loaded.cache
+    # The longest prefix of these steps another job published: the loop starts after it.
+    for reused in cache.longest_prefix(steps, seed, extra_float_layers, loaded.model) if cache is not None else []:
+        reporter.step_started(reused.step.name)
+        reporter.step_finished(reused.step.name, reused.measured.metrics, "reused from the step cache")
+        records.append(reused)
+        outputs[reused.step.name] = current = reused.model
     checkpoints = Checkpoints(loaded.prefix, steps)
-    for index, step in enumerate(steps):
+    for index, step in enumerate(steps[len(records) :], start=len(records)):
         config = step.config
         technique = techniques.get(type(config))
         if technique is None:
@@ -253,9 +266,10 @@ def run_steps(
         notes = {**result.notes, **measured.notes}
         summary = result.summary or ", ".join(f"{k}={v}" for k, v in notes.items()) or None
         reporter.step_finished(step.name, measured.metrics, summary)
-        records.append(
-            StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
-        )
+        record = StepRecord(step, result.model, artifact, kind, measured, seconds, notes, list(result.extra_artifacts))
+        records.append(record)
+        if cache is not None:
+            cache.store(steps[: index + 1], seed, extra_float_layers, record)
         outputs[step.name] = result.model
         current = result.model
     return records

@@ -122,6 +122,23 @@ class Output(ApiModel):
     __rules__ = uri_rules()
 
 
+class StepCache(ApiModel):
+    """Where the worker keeps the results of step prefixes, to reuse them across jobs."""
+
+    uri: StorageUri = Field(
+        description=(
+            "Prefix under which each finished step prefix is published, content-addressed by a digest of the "
+            "model (its source and bytes), the data, the measurement settings, the seed and the first k steps "
+            "with all their options; the baseline measurement of the original is kept the same way. A job "
+            "whose first steps match a published prefix starts after it and reports its step results as "
+            "reused. Several jobs (a sweep's trials) may share one cache; it is read with the job's "
+            "output.credentials and, on pvc://, its claim is mounted read-write."
+        )
+    )
+
+    __rules__ = uri_rules()
+
+
 class Resources(ApiModel):
     """What the worker pod asks for."""
 
@@ -173,10 +190,31 @@ class RunPolicy(ApiModel):
     )
     suspend: bool = Field(False, description="Suspend the job (stops a running worker); false resumes it.")
     queueName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
-        None, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit."
+        None,
+        description=(
+            "Kueue LocalQueue; the Job is created suspended for Kueue to admit, and Kueue's quota, not the "
+            "operator's GPU limits, decides when it runs."
+        ),
     )
     priorityClassName: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None = Field(
         None, description="PriorityClass of the worker pod; also orders the operator's own queue."
+    )
+    workloadPriorityClassName: (
+        Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None
+    ) = Field(
+        None,
+        description=(
+            "Kueue WorkloadPriorityClass: the job's priority in Kueue's queue and preemption (the label "
+            "kueue.x-k8s.io/priority-class on the worker Job). Needs queueName."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.workloadPriorityClassName) || has(self.queueName)",
+            message="workloadPriorityClassName needs queueName: only Kueue reads it",
+            field_path=".workloadPriorityClassName",
+        ),
     )
 
 
@@ -218,6 +256,9 @@ class CompressionJobSpec(ApiModel):
     )
     acceptance: Acceptance | None = Field(None, description="Gates the final model must pass.")
     output: Output = Field(description="Where the artifacts and report go.")
+    stepCache: StepCache | None = Field(
+        None, description="Reuse step prefixes other jobs already ran (a sweep's trials); unset runs every step."
+    )
     resources: Resources = Field(default_factory=Resources, description="Pod resources and GPU selection.")
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, cleanup and queueing.")
     worker: WorkerOverrides = Field(default_factory=WorkerOverrides, description="Worker container overrides.")

@@ -63,8 +63,11 @@ def cpu_model() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -> Path:
-    """report.json: every WorkerReport field, plus `details` (per-batch latency, notes, seconds)."""
+def write_json(
+    report: WorkerReport, rows: list[Row], run_id: str, path: Path, *, step_cache: dict[str, Any] | None = None
+) -> Path:
+    """report.json: every WorkerReport field, plus `details` (per-batch latency, notes, seconds, and with
+    spec.stepCache what the job reused from it)."""
     body = report.model_dump(by_alias=True, exclude_none=True, mode="json")
     body["details"] = {
         "runId": run_id,
@@ -80,6 +83,8 @@ def write_json(report: WorkerReport, rows: list[Row], run_id: str, path: Path) -
             for r in rows
         ],
     }
+    if step_cache is not None:
+        body["details"]["stepCache"] = step_cache
     path.write_text(json.dumps(body, indent=2, sort_keys=True))
     return path
 
@@ -91,13 +96,19 @@ def load_report(path: Path) -> WorkerReport:
     return WorkerReport.model_validate(body)
 
 
-def plot(rows: list[Row], folder: Path) -> list[Path]:
-    """One bar chart per figure of merit, steps in order."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     import matplotlib  # slow to import: only when plots are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the backend is chosen
 
+    return plt
+
+
+def plot(rows: list[Row], folder: Path) -> list[Path]:
+    """One bar chart per figure of merit, steps in order."""
+    plt = _pyplot()
     paths = []
     names = [r.name for r in rows]
     for filename, key, title, scale in PLOTS:
@@ -114,6 +125,35 @@ def plot(rows: list[Row], folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+@dataclass
+class Point:
+    """One trial of a sweep on the plane of its first two objectives."""
+
+    label: str
+    x: float
+    y: float
+    front: bool  # on the Pareto front
+
+
+def pareto_plot(points: list[Point], x_title: str, y_title: str, path: Path) -> Path:
+    """A sweep's trials by their first two objectives, the Pareto front marked and joined."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    rest = [p for p in points if not p.front]
+    front = sorted((p for p in points if p.front), key=lambda p: (p.x, p.y))
+    ax.scatter([p.x for p in rest], [p.y for p in rest], color="#9aa7b4", label="trial")
+    ax.plot([p.x for p in front], [p.y for p in front], "o-", color="#c0392b", label="Pareto front")
+    for p in points:
+        ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel(y_title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def table(rows: list[Row]) -> str:
@@ -176,11 +216,25 @@ def _speedup_lines(result: Result) -> list[str]:
     return [f"| speedup (p50, first batch size) | {result.speedup:.2f}x, {where} |"]
 
 
-def write_markdown(report: WorkerReport, rows: list[Row], plots: list[Path], job_name: str, path: Path) -> Path:
+def write_markdown(
+    report: WorkerReport,
+    rows: list[Row],
+    plots: list[Path],
+    job_name: str,
+    path: Path,
+    *,
+    step_cache: dict[str, Any] | None = None,
+) -> Path:
     result = report.result
     lines = [f"# Compression report: {job_name}", ""]
     if result is not None:
         lines += ["| figure | value |", "|---|---|"]
+        if step_cache is not None:
+            reused, executed = step_cache["reusedSteps"], step_cache["executedSteps"]
+            baseline = "reused" if step_cache["baselineReused"] else "measured here"
+            lines.append(
+                f"| step cache | {reused} of {reused + executed} step executions reused, baseline {baseline} |"
+            )
         if result.compressionRatio is not None:
             lines.append(f"| compression ratio | {result.compressionRatio:.2f}x |")
         if result.accuracyDelta is not None:

@@ -22,6 +22,7 @@ from kompression.extras import EXIT_EXTRA_MISSING, EXTRAS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+SWEEP = ROOT / "examples" / "sweep-digits.yaml"
 pytestmark = pytest.mark.slow
 
 
@@ -72,7 +73,13 @@ def test_the_base_install_has_no_extra(base_install: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("validate", str(QUICKSTART)), ("crd",), ("render", str(QUICKSTART)), ("version",)],
+    [
+        ("validate", str(QUICKSTART)),
+        ("crd",),
+        ("render", str(QUICKSTART)),
+        ("version",),
+        ("sweep", str(SWEEP), "--explain"),
+    ],
     ids=lambda a: a[0],
 )
 def test_the_api_commands_need_no_extra(base_install: Path, args: tuple[str, ...]) -> None:
@@ -88,8 +95,9 @@ def test_the_api_commands_need_no_extra(base_install: Path, args: tuple[str, ...
         (("run", str(QUICKSTART)), "worker"),
         (("run", str(QUICKSTART), "--nproc-per-node", "2"), "worker"),
         (("example-model", "--output", "file:///nowhere/model.pt2"), "worker"),
+        (("sweep", str(SWEEP)), "worker"),
     ],
-    ids=["operator", "run", "run-nproc", "example-model"],
+    ids=["operator", "run", "run-nproc", "example-model", "sweep"],
 )
 def test_a_command_without_its_extra_names_it_and_exits_2(
     base_install: Path, args: tuple[str, ...], extra: str

@@ -14,6 +14,8 @@ from factories import job, save_tiny, write_job
 from kompression.api.constants import ExitCode
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.cli import main
+from kompression.worker.model import DataSets
+from kompression.worker.step_cache import open_cache
 from kompression.worker.storage import publish
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_thread")]
@@ -147,3 +149,12 @@ def test_a_step_cache_the_storage_cannot_serve_is_refused_naming_the_field() -> 
     body = job("file://m.pt2", "file://o/", stepCache={"uri": "https://example.com/cache/"})
     with pytest.raises(SpecInvalid, match=r"spec\.stepCache\.uri: expected a storage URI"):
         parse_job(body)
+
+
+def test_a_job_on_several_ranks_leaves_the_cache_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = job("file://m.pt2", "file://o/", stepCache={"uri": f"file://{tmp_path}/cache/"})
+    parsed = parse_job(body)
+    save_tiny(tmp_path / "m.pt2")
+    assert open_cache(parsed, tmp_path / "m.pt2", DataSets(), "cpu", tmp_path) is not None
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it on each rank
+    assert open_cache(parsed, tmp_path / "m.pt2", DataSets(), "cpu", tmp_path) is None

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -211,7 +212,8 @@ def _checked_sweep(args: argparse.Namespace) -> CompressionSweep:
         # The trials' jobs differ only in the axes' values: the template needs what all of them need.
         first = CompressionJob(apiVersion=API_VERSION, kind="CompressionJob", spec=sweep.spec.template)
         check_architectures(first, allowed_modules(os.environ))
-        require(*job_needs(first))
+        command = Need("`kompression run`", "worker", WORKER_CORE)
+        require(*(replace(n, what="`kompression sweep`") if n == command else n for n in job_needs(first)))
     return sweep
 
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kompression import __version__
 from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, Metrics, ModelSource, Step
+from kompression.worker import distributed
 from kompression.worker.errors import WorkerError
 from kompression.worker.formats import loader
 from kompression.worker.measure import graphs
@@ -290,8 +291,10 @@ class StepCache:
 
 
 def open_cache(job: CompressionJob, model_path: Path, data: DataSets, device: str, workdir: Path) -> StepCache | None:
-    """The job's step cache, or None when spec.stepCache is unset."""
-    if job.spec.stepCache is None:
+    """The job's step cache, or None when spec.stepCache is unset or the job runs on several ranks:
+    torchrun's ranks would each decide which prefix to reuse, and one entry published between two
+    ranks' reads would set them on different steps (one training with DDP, the others not)."""
+    if job.spec.stepCache is None or distributed.world_size() > 1:
         return None
     objects.parse_uri(job.spec.stepCache.uri)  # an unusable cache URI fails before any work
     folder = workdir / "step-cache"

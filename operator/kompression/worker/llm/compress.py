@@ -62,12 +62,12 @@ def llm_quantize(model: Model, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
             summary=f"{cfg.scheme} {notes['algorithm']}",
         )
     layers = _layers(ctx, source, calibration, sharing)
-    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers)
-    notes = recipe.describe(cfg)
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
+    notes = {**recipe.describe(cfg), **resume.report(layers)}
     folder = hf_folder.written(out, source, MODEL_URI)
     return StepResult(
         folder,
-        _notes({**notes, **resume.report(layers)}, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
+        _notes(notes, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.scheme} {notes['algorithm']}",
     )
 
@@ -79,11 +79,12 @@ def llm_sparsify(model: Model, ctx: StepContext[LLMSparsifyStep]) -> StepResult:
     sharing = ranks.world()
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
     layers = _layers(ctx, source, calibration, sharing)
-    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers)
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
     folder = replace(hf_folder.written(out, source, MODEL_URI), sparsified=cfg)
+    method = {**sparsity.describe(cfg), **resume.report(layers)}
     return StepResult(
         folder,
-        _notes({**sparsity.describe(cfg), **resume.report(layers)}, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
+        _notes(method, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.pattern} {cfg.method}",
     )
 
@@ -136,6 +137,7 @@ def calibrate(
     source: CheckpointFolder,
     out: Path,
     calibration: list[list[int]] | None,
+    *,
     layers: resume.Layers | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One llm-compressor step from source into out; returns calibration's peak memory and the
@@ -143,9 +145,9 @@ def calibrate(
     (ranks.follow); `layers` checkpoints and resumes a single process's calibration."""
     if isinstance(config, LLMSparsifyStep):
         what = f"llmSparsify {config.method} {config.pattern}"
-        return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what, layers)
+        return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what, layers=layers)
     what = f"llmQuantize {config.scheme}"
-    return _oneshot(source, out, lambda _: recipe.modifiers(config), calibration, what, layers)
+    return _oneshot(source, out, lambda _: recipe.modifiers(config), calibration, what, layers=layers)
 
 
 def _oneshot(
@@ -154,6 +156,7 @@ def _oneshot(
     build: Callable[[Any], list[Any]],
     calibration: list[list[int]] | None,
     what: str,
+    *,
     layers: resume.Layers | None,
 ) -> tuple[int, dict[str, float]]:
     """llm-compressor's oneshot with the recipe build(model) makes, saved as compressed-tensors;

@@ -39,9 +39,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from compressed_tensors.offload import update_offload_parameter
@@ -119,7 +119,10 @@ class Layers:
 
         # llm-compressor has no hook at a subgraph's start nor for the cache it builds: the
         # pipeline module's own names are replaced for this one oneshot call.
-        with patch_attr(sequential, "trace_subgraphs", traced), patch_attr(IntermediatesCache, "from_dataloader", cache):
+        with (
+            patch_attr(sequential, "trace_subgraphs", traced),
+            patch_attr(IntermediatesCache, "from_dataloader", cache),
+        ):
             yield
 
     def notes(self) -> dict[str, Any]:
@@ -180,11 +183,12 @@ class Layers:
         self.progress(finished / total, f"{where}layer {index} of {self.layers}{eta}")
 
     def _checkpoint(self, done: tuple[int, int], boundary: tuple[int, int]) -> None:
+        cache = self.activations
+        if cache is None:  # a pipeline that builds no cache has nothing to resume from
+            return
         values: list[dict[str, Any]] = []
-        for index in range(len(self.activations.batch_intermediates)):
-            batch = tree_map(
-                lambda x: x.detach().to("cpu") if isinstance(x, torch.Tensor) else x, self.activations.fetch(index)
-            )
+        for index in range(len(cache.batch_intermediates)):
+            batch = tree_map(lambda x: x.detach().to("cpu") if isinstance(x, torch.Tensor) else x, cache.fetch(index))
             leaves, _ = tree_flatten(batch)
             if not all(isinstance(x, PLAIN) for x in leaves):
                 if self.note is None:
@@ -194,6 +198,11 @@ class Layers:
             values.append(batch)
         self.save(self._layer_name(*done), {"tensors": self._state(done[1])})
         self.save(self._boundary_name, {"pass": boundary[0], "subgraph": boundary[1], "activations": values})
+
+    def _model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError("layer checkpoints before llm-compressor traced the model")
+        return self.model
 
     @property
     def _boundary_name(self) -> str:
@@ -207,7 +216,7 @@ class Layers:
         quantization modifiers attach while calibrating (they are gone once it ends)."""
         return {
             name: tensor.detach().to("cpu").clone()
-            for name, tensor in _tensors(self.model, self._names[index])
+            for name, tensor in _tensors(self._model(), self._names[index])
             if "_observer." not in name
         }
 
@@ -246,7 +255,7 @@ class Layers:
         for state in states:
             for name, tensor in state.items():
                 owner, _, leaf = name.rpartition(".")
-                update_offload_parameter(self.model.get_submodule(owner), leaf, tensor)
+                update_offload_parameter(self._model().get_submodule(owner), leaf, tensor)
         self._saved_activations = activations
         self.resumed = pass_ * self.layers + max(index - 1, 0)
         return pass_, index
@@ -261,7 +270,7 @@ class Layers:
         return state
 
     def _state_shapes(self, index: int) -> Iterator[tuple[str, tuple[tuple[int, ...], torch.dtype]]]:
-        for name, tensor in _tensors(self.model, self._names[index]):
+        for name, tensor in _tensors(self._model(), self._names[index]):
             if "_observer." not in name:
                 yield name, (tuple(tensor.shape), tensor.dtype)
 
@@ -271,7 +280,7 @@ def report(layers: Layers | None) -> dict[str, Any]:
     return layers.notes() if layers is not None else {}
 
 
-def around(layers: Layers | None, recipe: Sequence[Any]) -> ContextManager[None]:
+def around(layers: Layers | None, recipe: Sequence[Any]) -> AbstractContextManager[None]:
     """layers.around(recipe), or nothing for a calibration without checkpoints."""
     return layers.around(recipe) if layers is not None else nullcontext()
 

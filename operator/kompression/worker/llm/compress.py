@@ -96,7 +96,7 @@ def _layers(
     if calibration is None or sharing > 1:
         return None
     key = resume.content_key(source, calibration, ctx.config.to_wire(), backend_versions())
-    return resume.Layers(key, ctx.save_checkpoint, ctx.load_checkpoint, ctx.report_progress)
+    return resume.Layers(key, len(calibration), ctx.save_checkpoint, ctx.load_checkpoint, ctx.report_progress)
 
 
 def _folder(model: Model, ctx: StepContext[Any]) -> CheckpointFolder:

@@ -83,6 +83,7 @@ class Layers:
     `save` and `load` are the step's checkpoint callables; `progress` its report_progress."""
 
     key: str
+    samples: int  # calibration samples: oneshot's batches (its batch size is 1, compress.py sets none)
     save: Callable[[str, dict[str, Any]], None]
     load: Callable[[str], dict[str, Any] | None]
     progress: Callable[[float, str], None]
@@ -141,7 +142,7 @@ class Layers:
         self._names = [_module_names(s) for s in subgraphs]
         self.layers = len(subgraphs) - 1
         if self._pass == 0 and self._boundary is not None:
-            self._resume = self._restore(self._boundary)
+            self._resume = self._restore(self._boundary, subgraphs)
             self._boundary = None
         if self._resume is not None and self._pass < self._resume[0]:
             return []  # this pass's work is already in the loaded states
@@ -227,7 +228,7 @@ class Layers:
             self.note = f"{name}: {exc}"
             return None
 
-    def _restore(self, boundary: dict[str, Any]) -> tuple[int, int] | None:
+    def _restore(self, boundary: dict[str, Any], subgraphs: list[Any]) -> tuple[int, int] | None:
         """Vet the boundary and the layer states it needs, then load them into the model; None
         (and the reason in `discarded`) when any of them does not fit."""
         try:
@@ -237,8 +238,11 @@ class Layers:
             if not (0 <= pass_ < max(self.passes, 1) and 0 <= index < len(self._names)):
                 raise Unusable(f"pass {pass_}, subgraph {index} is outside this recipe's passes and model's layers")
             activations = boundary.get("activations")
-            if not isinstance(activations, list) or not all(isinstance(b, dict) for b in activations):
-                raise Unusable("the activations are not one mapping per batch")
+            if not isinstance(activations, list) or len(activations) != self.samples:
+                raise Unusable(f"the activations are not one entry per calibration sample ({self.samples})")
+            needed = subgraphs[index].input_names
+            if not all(isinstance(b, dict) and needed <= b.keys() for b in activations):
+                raise Unusable(f"the activations lack the inputs of subgraph {index} ({', '.join(sorted(needed))})")
             states: list[dict[str, torch.Tensor]] = []
             for sub in range(len(self._names)):
                 done = (pass_, sub) if sub < index else (pass_ - 1, sub)

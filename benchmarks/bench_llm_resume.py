@@ -23,21 +23,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_llm import CALIBRATION_SAMPLES, MAX_LENGTH, cpu, environment, kompression, texts
+from bench_llm import cpu, environment, timed  # puts tests/llm on the path, for llm_jobs
 from common import THREADS, markdown_table, write_report
+from kompression.worker.llm.tiny_llama import paragraphs
 
-ROUNDS = 3
+from llm_jobs import Texts, job_yaml, write_job  # isort: skip
+
+ROUNDS = 2
 STEP = "{scheme: W4A16, algorithm: GPTQ}"
 LAYERS = 3  # the fixture's decoder layers
 KILL_AT = f"layer {LAYERS} of {LAYERS}"
 
 
-def killed(work: Path, name: str) -> float:
-    """Start the job work/name.yaml, SIGKILL it as it reports
-    KILL_AT; its wall seconds until then."""
+def command(job: Path) -> list[str]:
+    return [sys.executable, "-m", "kompression", "run", str(job), "--progress", "json"]
+
+
+def run(work: Path, name: str, text: Texts) -> dict[str, Any]:
+    """`kompression run` of the tests' job (tests/llm/llm_jobs.py) for the step, in work/name: its
+    wall seconds and the step's notes."""
+    job = write_job(work / name, job_yaml(text, STEP))
+    _, wall, _ = timed(command(job), environment(work), work / f"{name}.log")
+    out = work / name / "out"
+    report = json.loads(
+        (out / "runs" / json.loads((out / "manifest.json").read_text())["runId"] / "report.json").read_text()
+    )
+    return {"seconds": wall, "notes": report["details"]["models"][-1]["notes"]}
+
+
+def killed(work: Path, name: str, text: Texts) -> float:
+    """The same job, SIGKILLed as it reports KILL_AT; its wall seconds until then."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kompression", "run", str(work / f"{name}.yaml"), "--progress", "json"],
+        command(write_job(work / name, job_yaml(text, STEP))),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -55,25 +73,25 @@ def killed(work: Path, name: str) -> float:
 
 
 def weights_digest(work: Path, name: str) -> str:
-    out = work / name
+    out = work / name / "out"
     run = json.loads((out / "manifest.json").read_text())["runId"]
     return hashlib.sha256((out / "runs" / run / "model" / "model.safetensors").read_bytes()).hexdigest()
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kompression-bench-llm-resume-"))
-    calibration, evaluation = texts(work)
+    everything = paragraphs()  # the fixture model's split of its text, as tests/llm/conftest.py makes it
+    (work / "train.txt").write_text("\n".join(t for i, t in enumerate(everything) if i % 10) + "\n")
+    (work / "eval.txt").write_text("\n".join(everything[::10]) + "\n")
+    text = Texts(work / "train.txt", work / "eval.txt", work / "eval.jsonl")
     whole: list[dict[str, Any]] = []
     kills: list[float] = []
     resumed: list[dict[str, Any]] = []
     for r in range(ROUNDS):
-        whole.append(kompression(work, f"whole{r}", STEP, calibration, evaluation))
-        # The same job under another name and output, as kompression() writes it.
-        name = f"resumed{r}"
-        (work / f"{name}.yaml").write_text((work / f"whole{r}.yaml").read_text().replace(f"whole{r}", name))
-        kills.append(killed(work, name))
-        resumed.append(kompression(work, name, STEP, calibration, evaluation))
-        if weights_digest(work, name) != weights_digest(work, f"whole{r}"):
+        whole.append(run(work, f"whole{r}", text))
+        kills.append(killed(work, f"resumed{r}", text))
+        resumed.append(run(work, f"resumed{r}", text))
+        if weights_digest(work, f"resumed{r}") != weights_digest(work, f"whole{r}"):
             raise SystemExit("the resumed run published other weights than the uninterrupted one")
 
     def med(values: list[float]) -> float:
@@ -115,8 +133,8 @@ def main() -> None:
             rows,
         ),
         "",
-        f"tests/llm/fixtures/tiny-llama ({LAYERS} decoder layers), GPTQ W4A16, {CALIBRATION_SAMPLES} calibration "
-        f"paragraphs of at most {MAX_LENGTH} tokens; medians of {ROUNDS} rounds, each round running the three side "
+        f"tests/llm/fixtures/tiny-llama ({LAYERS} decoder layers), GPTQ W4A16, the LLM tests' job "
+        "(tests/llm/llm_jobs.py: 32 calibration and 40 evaluation paragraphs of at most 128 tokens); medians of {ROUNDS} rounds, each round running the three side "
         "by side (uninterrupted, killed, resumed). The killed attempt is `kompression run` SIGKILLed as its "
         "progress reports the last layer; the resumed attempt is the same command again, which loads the first "
         f"{LAYERS - 1} layers and the activations at the third from the job's output folder. Calibrate s is the "

@@ -134,7 +134,7 @@ def main() -> None:
         ),
         "",
         f"tests/llm/fixtures/tiny-llama ({LAYERS} decoder layers), GPTQ W4A16, the LLM tests' job "
-        "(tests/llm/llm_jobs.py: 32 calibration and 40 evaluation paragraphs of at most 128 tokens); medians of {ROUNDS} rounds, each round running the three side "
+        f"(tests/llm/llm_jobs.py: 32 calibration and 40 evaluation paragraphs of at most 128 tokens); medians of {ROUNDS} rounds, each round running the three side "
         "by side (uninterrupted, killed, resumed). The killed attempt is `kompression run` SIGKILLed as its "
         "progress reports the last layer; the resumed attempt is the same command again, which loads the first "
         f"{LAYERS - 1} layers and the activations at the third from the job's output folder. Calibrate s is the "

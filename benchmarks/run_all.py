@@ -29,6 +29,7 @@ ORDER = [
     "heads",
     "llm",
     "llm_methods",
+    "llm_resume",
     "operator",
     "churn",
     "gpu",
@@ -42,7 +43,7 @@ side by side in one run, as the median of at least 5 repetitions. Regenerate wit
 
 
 # Benchmarks that run in an environment of their own (llm-compressor pins an older torch: `make setup-llm`).
-INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods")}
+INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods", "llm_resume")}
 
 
 def run(names: list[str]) -> int:

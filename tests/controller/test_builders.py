@@ -274,3 +274,30 @@ def test_scratch_and_ephemeral_storage_are_bounded_by_the_spec() -> None:
         resources = pod["containers"][0]["resources"]
         assert resources["requests"]["ephemeral-storage"] == size
         assert resources["limits"]["ephemeral-storage"] == size
+
+
+def test_a_low_priority_llm_calibration_is_retried_after_preemption_without_spending_its_retries() -> None:
+    """docs/steps.md (llmQuantize: Resuming): a pod that is evicted or preempted carries the
+    DisruptionTarget condition, which the Job's podFailurePolicy ignores, so the Job starts another
+    pod (which resumes at the first unfinished layer) and backoffLimit counts only real failures."""
+    llm = {
+        "model": {
+            "uri": "s3://models/llama/",
+            "format": "HuggingFace",
+            "inputs": [{"name": "input_ids", "shape": [-1, -1], "dtype": "int64"}],
+        },
+        "data": {
+            "calibration": {"uri": "s3://data/calibration.jsonl", "samples": 512, "maxLength": 2048},
+            "evaluation": {"uri": "s3://data/eval.txt", "samples": 256, "maxLength": 2048},
+        },
+        "steps": [{"name": "w4a16", "llmQuantize": {"scheme": "W4A16", "algorithm": "GPTQ"}}],
+        "acceptance": {},
+        "resources": {"gpus": 1},
+        "runPolicy": {"priorityClassName": "batch-low", "backoffLimit": 2},
+    }
+    job = _job(**llm)
+    assert _pod(job)["priorityClassName"] == "batch-low"
+    assert job["spec"]["backoffLimit"] == 2
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    disruption = [r for r in rules if r.get("onPodConditions") == [{"type": "DisruptionTarget", "status": "True"}]]
+    assert [r["action"] for r in disruption] == ["Ignore"]

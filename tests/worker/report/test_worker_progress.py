@@ -36,6 +36,18 @@ def test_termination_message_written_on_finish(tmp_path: Path, monkeypatch: pyte
     assert back.phase == "Failed" and back.reason == "ModelError" and "does not exist" in (back.message or "")
 
 
+def test_a_running_steps_status_message_says_where_it_is_until_it_finishes() -> None:
+    """The LLM steps report "layer i of N, ETA ...": status.steps[].message carries it while the
+    step runs, and the step's summary replaces it when it finishes."""
+    reporter = Reporter(parse_job(job("file://m.pt2", "file://out/")), mode="quiet")
+    name = reporter.steps[0].name
+    reporter.step_started(name)
+    reporter.step_progress(name, 0.5, "layer 2 of 3, ETA 4s")
+    assert reporter.report.steps[0].message == "layer 2 of 3, ETA 4s"
+    reporter.step_finished(name, Metrics(sizeBytes=1), "W4A16 GPTQ")
+    assert reporter.report.steps[0].message == "W4A16 GPTQ"
+
+
 def test_step_metrics_reach_the_pushgateway(pushgateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KOMPRESSION_PUSHGATEWAY_URL", pushgateway.url)
     reporter = Reporter(parse_job(job("file://m.pt2", "file://out/")), mode="quiet")

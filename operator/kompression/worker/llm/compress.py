@@ -28,7 +28,7 @@ from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
-from kompression.worker.llm import modelopt_backend, ranks, recipe, sparsity
+from kompression.worker.llm import modelopt_backend, ranks, recipe, resume, sparsity
 from kompression.worker.llm.phases import Phases
 from kompression.worker.model import CheckpointFolder, Model
 from kompression.worker.techniques import StepContext, StepResult
@@ -61,8 +61,9 @@ def llm_quantize(model: Model, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
             metrics=metrics,
             summary=f"{cfg.scheme} {notes['algorithm']}",
         )
-    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
-    notes = recipe.describe(cfg)
+    layers = _layers(ctx, source, calibration, sharing)
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
+    notes = {**recipe.describe(cfg), **resume.report(layers)}
     folder = hf_folder.written(out, source, MODEL_URI)
     return StepResult(
         folder,
@@ -77,13 +78,25 @@ def llm_sparsify(model: Model, ctx: StepContext[LLMSparsifyStep]) -> StepResult:
     out = ctx.workdir / "out"
     sharing = ranks.world()
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
-    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration))
+    layers = _layers(ctx, source, calibration, sharing)
+    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
     folder = replace(hf_folder.written(out, source, MODEL_URI), sparsified=cfg)
+    method = {**sparsity.describe(cfg), **resume.report(layers)}
     return StepResult(
         folder,
-        _notes(sparsity.describe(cfg), folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
+        _notes(method, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.pattern} {cfg.method}",
     )
+
+
+def _layers(
+    ctx: StepContext[Any], source: CheckpointFolder, calibration: list[list[int]] | None, sharing: int
+) -> resume.Layers | None:
+    """The step's layer checkpoints (resume.py), for a calibration one process runs."""
+    if calibration is None or sharing > 1:
+        return None
+    key = resume.content_key(source, calibration, ctx.config.to_wire(), backend_versions())
+    return resume.Layers(key, len(calibration), ctx.save_checkpoint, ctx.load_checkpoint, ctx.report_progress)
 
 
 def _folder(model: Model, ctx: StepContext[Any]) -> CheckpointFolder:
@@ -124,14 +137,17 @@ def calibrate(
     source: CheckpointFolder,
     out: Path,
     calibration: list[list[int]] | None,
+    *,
+    layers: resume.Layers | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One llm-compressor step from source into out; returns calibration's peak memory and the
     seconds it spent loading, calibrating and saving. Every rank of a torchrun group runs it
-    (ranks.follow)."""
+    (ranks.follow); `layers` checkpoints and resumes a single process's calibration."""
     if isinstance(config, LLMSparsifyStep):
         what = f"llmSparsify {config.method} {config.pattern}"
-        return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what)
-    return _oneshot(source, out, lambda _: recipe.modifiers(config), calibration, f"llmQuantize {config.scheme}")
+        return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what, layers=layers)
+    what = f"llmQuantize {config.scheme}"
+    return _oneshot(source, out, lambda _: recipe.modifiers(config), calibration, what, layers=layers)
 
 
 def _oneshot(
@@ -140,6 +156,8 @@ def _oneshot(
     build: Callable[[Any], list[Any]],
     calibration: list[list[int]] | None,
     what: str,
+    *,
+    layers: resume.Layers | None,
 ) -> tuple[int, dict[str, float]]:
     """llm-compressor's oneshot with the recipe build(model) makes, saved as compressed-tensors;
     returns the peak memory of calibration and the seconds of each phase. Under torchrun every rank
@@ -153,11 +171,12 @@ def _oneshot(
     with ranks.peak_memory(device) as peak:
         with phases("load"):
             model = ranks.load(source, out.parent / f"{out.name}-offload")
+        modifiers = build(model)
         try:
-            with recipe.host_only_safe(), phases("calibrate"):
+            with recipe.host_only_safe(), phases("calibrate"), resume.around(layers, modifiers):
                 oneshot(
                     model=model,
-                    recipe=build(model),
+                    recipe=modifiers,
                     dataset=dataset,
                     num_calibration_samples=len(calibration) if calibration else 0,
                     max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,

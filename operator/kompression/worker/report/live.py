@@ -154,6 +154,9 @@ class Reporter:
         self._emit({"event": "StepStarted", "step": name})
 
     def step_progress(self, name: str, fraction: float, message: str) -> None:
+        # status.steps[].message says where a running step is ("layer 3 of 32, ETA 540s"); the
+        # finished step's summary replaces it.
+        self._status(name).message = message[:4096]
         self.units_done = self._step_base + max(0.0, min(1.0, fraction)) * 0.9
         self._emit({"event": "StepProgress", "step": name, "fraction": round(fraction, 3), "message": message})
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from llm_jobs import FIXTURE, Run, Texts, job_yaml, kompression_runs, write_job
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -25,7 +26,7 @@ pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `ma
 
 from kompression.worker.llm import tiny_moe
 
-STEPS = {"w4a16": "{scheme: W4A16, algorithm: GPTQ}", "fp8": "{scheme: FP8}"}
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm-moe.yaml"
 LAYERS, EXPERTS, TOP_K = 2, 4, 2
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -37,14 +38,26 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _example(texts: Texts) -> dict[str, Any]:
+    """examples/llm-moe.yaml as written (W4A16 GPTQ and its gate), on the fixture's text and the CPU."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    spec = doc["spec"]
+    spec["data"] = {
+        "calibration": {"uri": f"file://{texts.calibration}", "samples": 32, "maxLength": 128},
+        "evaluation": {"uri": f"file://{texts.evaluation}", "samples": 8, "maxLength": 128},
+    }
+    spec["resources"] = {"gpus": 0}
+    del spec["worker"]
+    return doc
+
+
 @pytest.fixture(scope="module")
 def runs(model: Path, texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    folders = {name: tmp_path_factory.mktemp(name) for name in STEPS}
-    jobs = [
-        write_job(folders[name], job_yaml(texts, step, eval_samples=8), model=model) for name, step in STEPS.items()
-    ]
-    procs = kompression_runs(*jobs)
-    return {name: Run(proc, folders[name] / "out") for name, proc in zip(STEPS, procs, strict=True)}
+    """The example's job and static FP8 (whose activation scales show which experts saw tokens)."""
+    manifests = {"w4a16": _example(texts), "fp8": job_yaml(texts, "{scheme: FP8}", eval_samples=8)}
+    folders = {name: tmp_path_factory.mktemp(name) for name in manifests}
+    procs = kompression_runs(*(write_job(folders[n], m, model=model) for n, m in manifests.items()))
+    return {name: Run(proc, folders[name] / "out") for name, proc in zip(manifests, procs, strict=True)}
 
 
 def _ok(run: Run) -> Run:
@@ -118,6 +131,7 @@ def test_the_published_moe_folder_loads_in_transformers_and_generates(runs: dict
     run = _ok(runs["w4a16"])
     report = run.report["result"]
     assert math.isfinite(report["baseline"]["perplexity"]) and math.isfinite(report["final"]["perplexity"])
+    assert report["gates"][0]["passed"]  # the example's maxPerplexityIncrease
     folder = run.folder / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()

@@ -6,6 +6,7 @@ and scores it (transformers on the CPU, compressed-tensors). Runs in the worker-
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import os
@@ -23,6 +24,7 @@ METHODS = {
     "W4A16 GPTQ, symmetric": "{scheme: W4A16, algorithm: GPTQ}",
     "W4A16 AWQ, zero points (its default)": "{scheme: W4A16, algorithm: AWQ}",
     "W4A16 AWQ, symmetric": "{scheme: W4A16, algorithm: AWQ, symmetric: true}",
+    "W4A16 AutoRound, symmetric (200 iterations, its default)": "{scheme: W4A16, algorithm: AutoRound}",
     "W4A16 RTN + FP8 KV cache": "{scheme: W4A16, algorithm: RTN, kvCache: FP8}",
     "FP8Dynamic (per-token activations)": "{scheme: FP8Dynamic}",
     "FP8 (static per-tensor activations)": "{scheme: FP8}",
@@ -31,11 +33,21 @@ METHODS = {
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only the rows whose name contains this (repeatable); their table goes to "
+        "results/llm_methods_selected.md, so the full table's rows, measured side by side, stay as they were",
+    )
+    args = parser.parse_args()
+    methods = {n: s for n, s in METHODS.items() if not args.only or any(o in n for o in args.only)}
     work = Path(tempfile.mkdtemp(prefix="kompression-bench-llm-methods-"))
     calibration, evaluation = texts(work)
     runs: dict[str, dict[str, Any]] = {
         name: kompression(work, f"m{i}", step, calibration, evaluation)
-        for i, (name, step) in enumerate(METHODS.items())
+        for i, (name, step) in enumerate(methods.items())
     }
     base = next(iter(runs.values()))["result"]["baseline"]
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -55,11 +67,12 @@ def main() -> None:
         f"{n} {importlib.metadata.version(n)}" for n in ("llmcompressor", "compressed-tensors", "transformers", "torch")
     )
     lines = [
-        "# (i2) LLM methods on a CPU: RTN, GPTQ, AWQ, FP8 (dynamic and static) and the FP8 KV cache",
+        "# (i2) LLM methods on a CPU: RTN, GPTQ, AWQ, AutoRound, FP8 (dynamic and static) and the FP8 KV cache"
+        + (" (selected rows)" if args.only else ""),
         "",
         f"Machine: {cpu()}; {versions}; python {platform.python_version()}, {THREADS} threads, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Command: `.venv-llm/bin/python "
-        "benchmarks/bench_llm_methods.py`.",
+        f"benchmarks/bench_llm_methods.py{''.join(f' --only {o!r}' for o in args.only)}`.",
         "",
         *markdown_table(
             header,
@@ -78,10 +91,12 @@ def main() -> None:
         "kernels are timed by benchmarks/gpu_check.py). This machine is shared, so tok/s moves several-fold "
         f"with other jobs' load (load average at the end: {load}) and ranks nothing here; perplexities are "
         "deterministic. The "
-        "int4 rows share one grid (group 128), so RTN against AWQ with zero points is the like-for-like pair.",
+        "int4 rows share one grid (group 128), so RTN against AWQ with zero points, and RTN, GPTQ and AutoRound "
+        "symmetric, are the like-for-like sets. Seconds are each run's wall time (load, score the original, "
+        "calibrate, save, score), side by side in one run; AutoRound tunes without torch.compile on a CPU.",
         "",
     ]
-    write_report("llm_methods", "\n".join(lines))
+    write_report("llm_methods_selected" if args.only else "llm_methods", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,13 @@ TABLE = (
             "algorithm": [
                 *(({"algorithm": a}, LLM_INT) for a in ("GPTQ", "RTN")),
                 ({"algorithm": "AWQ"}, LLM_WEIGHT_ONLY),
+                ({"algorithm": "AutoRound"}, LLM_WEIGHT_ONLY),
+            ],
+            # AutoRound's options go with its algorithm, which only the weight-only schemes take.
+            "iterations": [({"algorithm": "AutoRound", "iterations": 50}, LLM_WEIGHT_ONLY), ({"iterations": 50}, ())],
+            "learningRate": [
+                ({"algorithm": "AutoRound", "learningRate": 0.01}, LLM_WEIGHT_ONLY),
+                ({"algorithm": "GPTQ", "learningRate": 0.01}, ()),
             ],
             "groupSize": [({"groupSize": 64}, LLM_WEIGHT_ONLY)],
             "symmetric": [({"symmetric": v}, LLM_WEIGHT_ONLY) for v in (True, False)],

@@ -12,17 +12,22 @@ from kompression.api.v1alpha1.base import ModulePattern
 from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When, words
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
-LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN"]
+LLMAlgorithm = Literal["GPTQ", "AWQ", "RTN", "AutoRound"]
 LLMKVCache = Literal["FP8"]
 LLM_WEIGHT_ONLY_SCHEMES = ("W4A16", "W8A16")
 LLM_ALGORITHM_SCHEMES = ("W4A16", "W8A16", "W8A8")
 # AWQ scales weight channels by activation saliency before rounding weights alone: weight-only schemes.
 LLM_AWQ_SCHEMES = LLM_WEIGHT_ONLY_SCHEMES
+# AutoRound tunes each weight's rounding and each group's clipping by signed gradient descent on a decoder
+# block's output: llm-compressor's AutoRoundModifier writes it as compressed-tensors for weight-only ints.
+LLM_AUTOROUND_SCHEMES = LLM_WEIGHT_ONLY_SCHEMES
+# auto-round's defaults (AutoRoundModifier.iters; the learning rate it derives when none is given).
+DEFAULT_AUTOROUND_ITERATIONS = 200
 # Schemes whose activation scales are learned from calibration text (static, or NVFP4's global scale).
 LLM_CALIBRATED_SCHEMES = ("W8A8", "FP8", "NVFP4")
-# GPTQ corrects rounding with second-order statistics, AWQ scales by activation saliency: both learn
-# from calibration text; RTN rounds to nearest.
-LLM_CALIBRATED_ALGORITHMS = ("GPTQ", "AWQ")
+# GPTQ corrects rounding with second-order statistics, AWQ scales by activation saliency, AutoRound tunes
+# the rounding on block outputs: all learn from calibration text; RTN rounds to nearest.
+LLM_CALIBRATED_ALGORITHMS = ("GPTQ", "AWQ", "AutoRound")
 # vLLM serves a calibrated FP8 KV cache (k_scale/v_scale per layer) beside int and FP8 linear layers; the
 # 4-bit float formats are left out, since no consumer here can check their pairing.
 LLM_KV_CACHE_SCHEMES = ("W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8")
@@ -60,8 +65,10 @@ class LLMQuantizeStep(TechniqueConfig):
         description=(
             "W4A16, W8A16 and W8A8 only: GPTQ corrects each layer's rounding error with second-order "
             "information from calibration data; AWQ (W4A16 and W8A16) scales the weight channels that "
-            "calibration activations show to matter most before rounding to nearest; RTN rounds to nearest "
-            f"and needs no data. Unset means {DEFAULT_LLM_ALGORITHM}."
+            "calibration activations show to matter most before rounding to nearest; AutoRound (W4A16 and "
+            "W8A16) learns whether each weight rounds up or down, and each group's clipping, by signed "
+            "gradient descent on every decoder block's output over the calibration data; RTN rounds to "
+            f"nearest and needs no data. Unset means {DEFAULT_LLM_ALGORITHM}."
         ),
     )
     groupSize: int | None = Field(
@@ -88,6 +95,24 @@ class LLMQuantizeStep(TechniqueConfig):
         description=(
             "W8A8 only: SmoothQuant's migration strength, how much of the activations' range moves into "
             f"the weights; unset means {DEFAULT_SMOOTHING_STRENGTH}."
+        ),
+    )
+    iterations: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description=(
+            "algorithm AutoRound only: tuning steps per decoder block; more steps can round better and take "
+            f"proportionally longer. Unset means {DEFAULT_AUTOROUND_ITERATIONS} (auto-round's default)."
+        ),
+    )
+    learningRate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "algorithm AutoRound only: the signed gradient descent's step size for the rounding offsets "
+            "and clipping. Unset means auto-round's own choice, 1 / iterations."
         ),
     )
     kvCache: LLMKVCache | None = Field(
@@ -155,6 +180,27 @@ class LLMQuantizeStep(TechniqueConfig):
             field_path=".algorithm",
         ),
         Rule(
+            cel="!has(self.algorithm) || self.algorithm != 'AutoRound' || self.scheme in "
+            + str(list(LLM_AUTOROUND_SCHEMES)),
+            message="`algorithm` AutoRound is only used by the weight-only schemes W4A16 and W8A16 (it tunes the "
+            "rounding of weights alone); use GPTQ or RTN with W8A8",
+            field_path=".algorithm",
+        ),
+        Rule(
+            cel="!has(self.iterations) || (has(self.algorithm) && self.algorithm == 'AutoRound' && self.scheme in "
+            + str(list(LLM_AUTOROUND_SCHEMES))
+            + ")",
+            message="`iterations` is only used by algorithm AutoRound (schemes W4A16 and W8A16); set algorithm AutoRound or remove it",
+            field_path=".iterations",
+        ),
+        Rule(
+            cel="!has(self.learningRate) || (has(self.algorithm) && self.algorithm == 'AutoRound' && self.scheme in "
+            + str(list(LLM_AUTOROUND_SCHEMES))
+            + ")",
+            message="`learningRate` is only used by algorithm AutoRound (schemes W4A16 and W8A16); set algorithm AutoRound or remove it",
+            field_path=".learningRate",
+        ),
+        Rule(
             cel="!has(self.kvCache) || self.scheme in " + str(list(LLM_KV_CACHE_SCHEMES)),
             message="`kvCache` is only used with schemes W4A16, W8A16, W8A8, FP8Dynamic and FP8, whose "
             "checkpoints vLLM serves with a calibrated FP8 KV cache; remove it for NVFP4 and MXFP4",
@@ -215,6 +261,11 @@ class LLMQuantizeStep(TechniqueConfig):
     def algorithm_or_default(self) -> LLMAlgorithm:
         """The weight rounding of the integer schemes."""
         return self.algorithm or DEFAULT_LLM_ALGORITHM
+
+    @property
+    def iterations_or_default(self) -> int:
+        """AutoRound's tuning steps per decoder block."""
+        return DEFAULT_AUTOROUND_ITERATIONS if self.iterations is None else self.iterations
 
     @property
     def group_size_or_default(self) -> int:

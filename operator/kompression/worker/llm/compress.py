@@ -28,7 +28,7 @@ from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
-from kompression.worker.llm import modelopt_backend, ranks, recipe, resume, sparsity
+from kompression.worker.llm import modelopt_backend, moe, ranks, recipe, resume, sparsity
 from kompression.worker.llm.phases import Phases
 from kompression.worker.model import CheckpointFolder, Model
 from kompression.worker.techniques import StepContext, StepResult
@@ -147,7 +147,7 @@ def calibrate(
         what = f"llmSparsify {config.method} {config.pattern}"
         return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what, layers=layers)
     what = f"llmQuantize {config.scheme}"
-    return _oneshot(source, out, lambda _: recipe.modifiers(config), calibration, what, layers=layers)
+    return _oneshot(source, out, lambda model: recipe.modifiers(config, model), calibration, what, layers=layers)
 
 
 def _oneshot(
@@ -181,6 +181,7 @@ def _oneshot(
                     num_calibration_samples=len(calibration) if calibration else 0,
                     max_seq_length=max((len(x) for x in calibration), default=1) if calibration else None,
                     shuffle_calibration_samples=False,
+                    moe_calibrate_all_experts=moe.CALIBRATE_ALL_EXPERTS,
                 )
         except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
             raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from llmcompressor.utils.dev import load_context
+from compressed_tensors.offload import load_offloaded_model
 from transformers import AutoModelForCausalLM
 
 from kompression.api.v1alpha1 import LLMQuantizeStep, LLMSparsifyStep
@@ -127,8 +127,13 @@ def part(calibration: list[list[int]] | None) -> list[list[int]] | None:
 def load(model: CheckpointFolder, offload_dir: Path) -> Any:
     """The model for calibration, offloaded as llm-compressor intends: held in CPU memory (and on
     disk beyond it), never on the GPU as a whole; the sequential pipeline onloads one layer at a
-    time. Under torchrun rank 0 reads the weights and the other ranks map them."""
-    with hf_folder.loading(MODEL_URI, "a causal LM"), load_context(AutoModelForCausalLM):
+    time. Under torchrun rank 0 reads the weights and the other ranks map them.
+
+    Offloading alone, not llm-compressor's load_context: its load-time MoE linearization patches
+    classes across every imported transformers module, and listing them imports optional vision
+    code (torchvision) the worker-llm image does not have. oneshot linearizes the experts after
+    loading instead (moe.py)."""
+    with hf_folder.loading(MODEL_URI, "a causal LM"), load_offloaded_model(AutoModelForCausalLM):
         return AutoModelForCausalLM.from_pretrained(
             model.path,
             dtype="auto",

@@ -1,5 +1,5 @@
 """llm-compressor modifiers built from the typed llmQuantize options (the quantization itself is
-llm-compressor's: GPTQ, AWQ, SmoothQuant and round-to-nearest are never reimplemented here)."""
+llm-compressor's: GPTQ, AWQ, AutoRound, SmoothQuant and round-to-nearest are never reimplemented here)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from compressed_tensors.quantization import QuantizationArgs, preset_name_to_scheme
+from llmcompressor.modifiers.autoround import AutoRoundModifier
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.awq import AWQModifier
@@ -16,6 +17,7 @@ from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 from llmcompressor.pipelines.cache import IntermediatesCache
 
 from kompression.api.v1alpha1 import LLM_WEIGHT_ONLY_SCHEMES, LLMQuantizeStep
+from kompression.worker.llm import moe
 
 # compressed-tensors' preset names for each scheme.
 PRESETS = {
@@ -59,12 +61,13 @@ def algorithm(cfg: LLMQuantizeStep) -> str:
     return ("SmoothQuant+" if cfg.scheme == "W8A8" else "") + cfg.algorithm_or_default
 
 
-def modifiers(cfg: LLMQuantizeStep) -> list[Any]:
-    """The oneshot recipe: [SmoothQuant for W8A8 | AWQ's channel scaling], then GPTQ or
-    round-to-nearest, which also observes the static activation and KV cache scales."""
+def modifiers(cfg: LLMQuantizeStep, model: torch.nn.Module) -> list[Any]:
+    """The oneshot recipe: [SmoothQuant for W8A8 | AWQ's channel scaling], then GPTQ, AutoRound or
+    round-to-nearest, which also observes the static activation and KV cache scales. The model's
+    MoE gates are never quantized (moe.py)."""
 
     groups = {"group_0": scheme(cfg)}
-    ignore = ignore_list(cfg)
+    ignore = [*ignore_list(cfg), *moe.gates(model)]
     recipe: list[Any] = []
     if cfg.scheme == "W8A8":
         recipe.append(SmoothQuantModifier(smoothing_strength=cfg.smoothing_strength_or_default))
@@ -73,6 +76,20 @@ def modifiers(cfg: LLMQuantizeStep) -> list[Any]:
         # AWQ only rescales channels (it reads the quantization scheme the next modifier attaches);
         # the rounding is QuantizationModifier's, as in llm-compressor's own AWQ recipes.
         recipe.append(AWQModifier())
+    if rounding == "AutoRound":
+        recipe.append(
+            AutoRoundModifier(
+                config_groups=groups,
+                ignore=ignore,
+                kv_cache_scheme=kv_cache_scheme(cfg),
+                iters=cfg.iterations_or_default,
+                lr=cfg.learningRate,
+                # Inductor compiles the tuning loop for the host's C++ compiler without an accelerator:
+                # minutes per block shape that a CPU run never earns back (measured on the tiny Llama).
+                enable_torch_compile=torch.accelerator.is_available(),
+            )
+        )
+        return recipe
     modifier = GPTQModifier if rounding == "GPTQ" else QuantizationModifier
     recipe.append(modifier(config_groups=groups, ignore=ignore, kv_cache_scheme=kv_cache_scheme(cfg)))
     return recipe
@@ -112,4 +129,9 @@ def describe(cfg: LLMQuantizeStep) -> dict[str, Any]:
         "activations": None if s.input_activations is None else _args(s.input_activations),
         "kvCache": None if kv is None else _args(kv),
         "ignored": ignore_list(cfg),
+        **(
+            {"iterations": cfg.iterations_or_default, "learningRate": cfg.learningRate}
+            if cfg.algorithm_or_default == "AutoRound"
+            else {}
+        ),
     }

@@ -32,8 +32,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_lowrank import cpu_flags
 from common import (
+    cpu_flags,
     interleaved_ms,
     job_context,
     load_average,

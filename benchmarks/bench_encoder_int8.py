@@ -36,8 +36,18 @@ import yaml
 from onnxruntime.quantization import quantize_dynamic
 from torch import nn
 
-from bench_lowrank import SENTENCES, cpu_flags
-from common import THREADS, interleaved_ms, load_average, machine, markdown_table, ort_session, workdir, write_report
+from bench_lowrank import SENTENCES
+from common import (
+    THREADS,
+    cpu_flags,
+    interleaved_ms,
+    load_average,
+    machine,
+    markdown_table,
+    ort_session,
+    workdir,
+    write_report,
+)
 from kompression.api.v1alpha1 import ModelSource, QuantizeStep
 from kompression.worker.formats import loader
 from kompression.worker.model import Dataset, DataSets, OnnxModel, TorchModel

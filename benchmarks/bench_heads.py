@@ -25,8 +25,8 @@ from torch import nn
 
 from bench_architectures import ARCHITECTURES, gmacs, measure
 from bench_encoder_int8 import INPUTS, SEQUENCE, pooled, tokenize
-from bench_lowrank import SENTENCES, cpu_flags
-from common import interleaved_ms, job_context, load_average, machine, markdown_table, workdir, write_report
+from bench_lowrank import SENTENCES
+from common import cpu_flags, interleaved_ms, job_context, load_average, machine, markdown_table, workdir, write_report
 from kompression.api.v1alpha1 import ModelSource, PruneStep
 from kompression.worker.formats import loader
 from kompression.worker.formats.size import parameter_count

@@ -47,6 +47,7 @@ from bench_llm import texts as llm_texts
 from common import (
     ROOT,
     THREADS,
+    cpu_flags,
     interleaved_ms,
     job_context,
     load_average,
@@ -198,16 +199,6 @@ CALIBRATION = [
     "The writer spent ten years working on her latest book.",
     "The stadium was full for the final game of the season.",
 ]
-
-
-def cpu_flags() -> str:
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    flags = set(line.split(":", 1)[1].split())
-    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,21 +25,12 @@ from typing import Any
 
 import yaml
 
-from common import ROOT, load_average, machine, markdown_table, write_report
+from common import ROOT, cpu_flags, load_average, machine, markdown_table, write_report
 from kompression.api.sweep_plan import parse_sweep, plan
 
 KOMPRESSION = str(Path(sys.executable).parent / "kompression")
 SPARSITIES = [0.25, 0.5, 0.75]
 # The instruction sets int8 kernels and timings depend on.
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return ", ".join(f for f in FLAGS if f in present) or "none of " + ", ".join(FLAGS)
-    return "unknown"
 
 
 def kompression(*args: str, cwd: Path) -> float:

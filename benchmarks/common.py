@@ -67,6 +67,17 @@ def interleaved_ms(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def cpu_flags() -> str:
+    """The SIMD and matrix extensions that decide which kernels run: recorded with every figure."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    flags = set(line.split(":", 1)[1].split())
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+
+
 def isolated_ms(fn: Callable[[], Any], calls: int = 60, warmup_s: float = 1.0) -> float:
     """Median of `calls` back-to-back calls after `warmup_s` of untimed ones: the candidate alone
     on the machine, as a direct benchmark of one library would time it."""

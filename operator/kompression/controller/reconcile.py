@@ -155,7 +155,14 @@ class Reconciler:
         extra: dict[str, Any] = {"jobRecreations": job.recreation} if job.recreation else {}
         pods = [PodView.of(p) for p in self.store.pods_of(key[0], job.name)]
         policy = spec.spec.runPolicy
-        obs = observe(job, pods, user_suspended=policy.suspend, kueue_managed=policy.queueName is not None)
+        obs = observe(
+            job,
+            pods,
+            user_suspended=policy.suspend,
+            kueue_managed=policy.queueName is not None,
+            memory=spec.spec.resources.memory,
+            memory_plan=(cr.get("status") or {}).get("memoryPlan"),
+        )
         if obs.phase in TERMINAL_PHASES:
             reports = [r for r in map(final_report, pods) if r is not None]
             if reports:

@@ -28,6 +28,7 @@ ORDER = [
     "heads",
     "llm",
     "llm_methods",
+    "llm_memory",
     "operator",
     "churn",
     "gpu",
@@ -41,7 +42,7 @@ side by side in one run, as the median of at least 5 repetitions. Regenerate wit
 
 
 # Benchmarks that run in an environment of their own (llm-compressor pins an older torch: `make setup-llm`).
-INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods")}
+INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods", "llm_memory")}
 
 
 def run(names: list[str]) -> int:

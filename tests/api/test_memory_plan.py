@@ -15,7 +15,10 @@ LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_head
 
 
 def _llama_tensors(layers: int, hidden: int, intermediate: int, vocab: int, dtype: str = "BF16") -> dict[str, Tensor]:
-    out = {"model.embed_tokens.weight": Tensor(dtype, (vocab, hidden)), "lm_head.weight": Tensor(dtype, (vocab, hidden))}
+    out = {
+        "model.embed_tokens.weight": Tensor(dtype, (vocab, hidden)),
+        "lm_head.weight": Tensor(dtype, (vocab, hidden)),
+    }
     for i in range(layers):
         p = f"model.layers.{i}"
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -96,7 +99,8 @@ def test_model_optimizer_on_a_cpu_holds_the_model_in_float32() -> None:
 
 
 @pytest.mark.parametrize(
-    ("quantity", "n"), [("16Gi", 16 * GiB), ("512Mi", 512 * 2**20), ("1G", 10**9), ("1.5Gi", 3 * GiB // 2), ("100", 100)]
+    ("quantity", "n"),
+    [("16Gi", 16 * GiB), ("512Mi", 512 * 2**20), ("1G", 10**9), ("1.5Gi", 3 * GiB // 2), ("100", 100)],
 )
 def test_quantities_in_bytes(quantity: str, n: int) -> None:
     assert memory_plan.quantity_bytes(quantity) == n

@@ -100,7 +100,9 @@ def header_tensors(header: bytes) -> dict[str, Tensor]:
     for name, entry in doc.items():
         if name == "__metadata__":
             continue
-        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list) and isinstance(entry.get("dtype"), str)):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("shape"), list) and isinstance(entry.get("dtype"), str)
+        ):
             raise HeaderInvalid(f"tensor {name!r} of a safetensors header has no dtype and shape")
         out[name] = Tensor(entry["dtype"], tuple(int(x) for x in entry["shape"]))
     return out

@@ -34,7 +34,16 @@ from kompression.api.constants import (
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.timestamps import now
-from kompression.api.v1alpha1 import Artifact, CompressionJob, Environment, MemoryPlan, Metrics, Progress, Result, StepStatus
+from kompression.api.v1alpha1 import (
+    Artifact,
+    CompressionJob,
+    Environment,
+    MemoryPlan,
+    Metrics,
+    Progress,
+    Result,
+    StepStatus,
+)
 
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
 TERMINATION_LIMIT = 4096

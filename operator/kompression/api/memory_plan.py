@@ -191,6 +191,8 @@ def plan(config: dict[str, Any], tensors: dict[str, Tensor], work: Workload) -> 
     )
     on_gpu = work.gpus > 0
     tokens = work.samples * work.sequence_length
+    # Hidden states are in the weights' dtype (llm-compressor loads dtype "auto").
+    element = max((DTYPE_BYTES.get(t.dtype, 4) for t in largest), default=2)
     # One sample through one layer: the MLP's intermediate and the attention scores, float32.
     sample_activations = work.sequence_length * (4 * hidden + 3 * intermediate) * 4 + (
         heads * work.sequence_length**2 * 4
@@ -211,8 +213,9 @@ def plan(config: dict[str, Any], tensors: dict[str, Tensor], work: Workload) -> 
         parts = {
             "runtime": RUNTIME_HOST,
             "weights": weights,
-            # The sequential pipeline keeps every sample's hidden states, in and out of the layer.
-            "calibrationCache": 2 * tokens * hidden * 4,
+            # The sequential pipeline keeps every sample's hidden states, in and out of the layer,
+            # in host memory (its intermediates cache offloads them there, also with a GPU).
+            "calibrationCache": 2 * tokens * hidden * element,
             "layer": layer_params * 4 + hessians,
             "activations": 0 if on_gpu else sample_activations,
             "published": published,

@@ -96,9 +96,15 @@ def test_the_plan_follows_each_knob() -> None:
 
 def test_model_optimizer_on_a_cpu_holds_the_model_in_float32() -> None:
     tensors = _llama_tensors(2, 512, 1024, 1000)
-    work = Workload("llmQuantize", "RTN", "FP8", "ModelOpt", 8, 64, 0)
-    plan = memory_plan.plan({"hidden_size": 512, "intermediate_size": 1024}, tensors, work)
+    config = {"hidden_size": 512, "intermediate_size": 1024}
+    plan = memory_plan.plan(config, tensors, Workload("llmQuantize", "RTN", "FP8", "ModelOpt", 8, 64, 0))
     assert plan.parts["weights"] == 2 * sum(t.nbytes for t in tensors.values())
+    assert plan.parts["hessians"] == 0
+    # Its SparseGPT holds every decoder Linear's Hessian at once: per layer 6 of 512^2 and one of 1024^2.
+    sparse = memory_plan.plan(config, tensors, Workload("llmSparsify", "SparseGPT", None, "ModelOpt", 8, 64, 0))
+    assert sparse.parts["hessians"] == 2 * (6 * 512**2 + 1024**2) * 4
+    on_gpu = memory_plan.plan(config, tensors, Workload("llmSparsify", "SparseGPT", None, "ModelOpt", 8, 64, 1))
+    assert on_gpu.gpu > sparse.parts["hessians"] and "hessians" not in on_gpu.parts
 
 
 @pytest.mark.parametrize(

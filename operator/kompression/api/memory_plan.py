@@ -199,16 +199,21 @@ def plan(config: dict[str, Any], tensors: dict[str, Tensor], work: Workload) -> 
     )
     published = int(params * SCHEME_BITS.get(work.scheme or "", 16) / 8)
     if work.backend == "ModelOpt":
-        # The whole model on one device, float32 on a CPU, quantized in place, then packed.
-        resident = params * 4 if not on_gpu else weights
-        parts = {
-            "runtime": RUNTIME_HOST,
-            "weights": resident if not on_gpu else weights,
-            "logits": work.sequence_length * vocab * 4,
-            "activations": sample_activations,
-            "published": published,
+        # The whole model on one device (float32 on a CPU), changed in place. Model Optimizer's
+        # SparseGPT collects every Linear's Hessian in one forward loop before it prunes any.
+        all_hessians = (
+            sum(t.shape[1] ** 2 * 4 for n, t in tensors.items() if _layer_of(n) and len(t.shape) == 2)
+            if work.algorithm in HESSIAN_ALGORITHMS
+            else 0
+        )
+        on_device = {
+            "weights": weights if on_gpu else params * 4,
+            "hessians": all_hessians,
+            "activations": sample_activations + work.sequence_length * vocab * 4,  # and the logits
         }
-        gpu = RUNTIME_GPU + weights + sample_activations + published if on_gpu else 0
+        # With a GPU the host holds the weights while they load, and the exported copy.
+        parts = {"runtime": RUNTIME_HOST, **(on_device if not on_gpu else {"weights": weights}), "published": published}
+        gpu = RUNTIME_GPU + sum(on_device.values()) + published if on_gpu else 0
     else:
         parts = {
             "runtime": RUNTIME_HOST,

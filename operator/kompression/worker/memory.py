@@ -37,7 +37,7 @@ def workloads(job: CompressionJob) -> list[Workload]:
             algorithm = cfg.algorithm_or_default if cfg.scheme in ("W4A16", "W8A16", "W8A8") else "RTN"
             out.append(Workload("llmQuantize", algorithm, cfg.scheme, cfg.backend_or_default, samples, length, gpus))
         elif isinstance(cfg, LLMSparsifyStep):
-            out.append(Workload("llmSparsify", cfg.method, None, "LLMCompressor", samples, length, gpus))
+            out.append(Workload("llmSparsify", cfg.method, None, cfg.backend_or_default, samples, length, gpus))
     return out
 
 

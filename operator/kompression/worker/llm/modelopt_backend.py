@@ -117,17 +117,13 @@ def _export_dtype(model_dir: Path) -> torch.dtype:
     return DTYPES.get(str(config_json.get("dtype") or config_json.get("torch_dtype")), torch.bfloat16)
 
 
-def _excluded(name: str, excluded: list[str]) -> bool:
-    return any(name == x or name.endswith("." + x) for x in excluded)
-
-
 def linear_shapes(model: torch.nn.Module, cfg: LLMQuantizeStep) -> dict[str, tuple[int, int]]:
     """(out, in) of every Linear the scheme quantizes."""
     excluded = [*ALWAYS_IGNORED, *cfg.excludeLayers]
     return {
         name: (module.out_features, module.in_features)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not _excluded(name, excluded)
+        if isinstance(module, torch.nn.Linear) and not sparsity.named_by(name, excluded)
     }
 
 
@@ -238,7 +234,7 @@ def check_checkpoint(
         if weight is not None and math.prod(weight[1]) != packed:
             problems.append(f"{name}.weight holds {math.prod(weight[1])} values, not {packed}")
     if sparse is not None:
-        pruned = [f"{name}.weight" for name in shapes if not _excluded(name, sparse.excludeLayers)]
+        pruned = [f"{name}.weight" for name in shapes if not sparsity.named_by(name, sparse.excludeLayers)]
         conforming = {
             name: sparsity.conforming(weight, 2, 4).float().mean().item()
             for name, weight in sparsity.stored_weights(folder, pruned.__contains__)

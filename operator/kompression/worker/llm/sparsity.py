@@ -10,7 +10,7 @@ reads the published folder back and counts zeros, rather than trusting a format 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +83,17 @@ def stored_weights(folder: Path, keep: Callable[[str], bool]) -> Iterator[tuple[
                     yield key, f.get_tensor(key).float()
 
 
+def named_by(module: str, names: Sequence[str]) -> bool:
+    """Whether a full module name is one of `names` (full names, or their trailing parts), as
+    Model Optimizer's excluded modules are given."""
+    return any(module == x or module.endswith("." + x) for x in names)
+
+
 def _decoder_linear(excluded: list[str]) -> Callable[[str], bool]:
-    """A decoder layer's Linear weight (2-D, under `.layers.N.`) that no exclusion names."""
+    """A decoder layer's weight (under `.layers.N.`) that no exclusion names."""
 
     def keep(key: str) -> bool:
-        module = key.removesuffix(".weight")
-        return (
-            key.endswith(".weight")
-            and ".layers." in key
-            and not any(module == x or module.endswith("." + x) for x in excluded)
-        )
+        return key.endswith(".weight") and ".layers." in key and not named_by(key.removesuffix(".weight"), excluded)
 
     return keep
 

@@ -30,6 +30,7 @@ ORDER = [
     "llm",
     "llm_methods",
     "llm_resume",
+    "llm_memory",
     "operator",
     "churn",
     "gpu",
@@ -43,7 +44,9 @@ side by side in one run, as the median of at least 5 repetitions. Regenerate wit
 
 
 # Benchmarks that run in an environment of their own (llm-compressor pins an older torch: `make setup-llm`).
-INTERPRETERS = {name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods", "llm_resume")}
+INTERPRETERS = {
+    name: HERE.parent / ".venv-llm" / "bin" / "python" for name in ("llm", "llm_methods", "llm_resume", "llm_memory")
+}
 
 
 def run(names: list[str]) -> int:

@@ -58,3 +58,66 @@ def test_modelopt_takes_its_own_options_and_llmcompressor_stays_the_default() ->
     del plain["spec"]["steps"][0]["llmQuantize"]["backend"]
     cfg = parse_job(plain).spec.steps[0].llmQuantize
     assert cfg is not None and cfg.backend_or_default == "LLMCompressor"
+
+
+SPARSE_MODELOPT = {"name": "s", "llmSparsify": {"method": "SparseGPT", "backend": "ModelOpt"}}
+
+
+def _steps(*steps: dict[str, Any]) -> dict[str, Any]:
+    job = copy.deepcopy(JOB)
+    job["spec"]["steps"] = list(steps)
+    return job
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [SPARSE_MODELOPT],
+        [SPARSE_MODELOPT, {"name": "q", "llmQuantize": {"scheme": "FP8", "backend": "ModelOpt"}}],
+        [SPARSE_MODELOPT, {"name": "q", "llmQuantize": {"scheme": "FP8Dynamic", "backend": "ModelOpt"}}],
+    ],
+)
+def test_modelopt_runs_2_of_4_alone_or_before_its_fp8(steps: list[dict[str, Any]]) -> None:
+    cfg = parse_job(_steps(*steps)).spec.steps[0].llmSparsify
+    assert cfg is not None and cfg.backend_or_default == "ModelOpt"
+
+
+@pytest.mark.parametrize(
+    ("steps", "path", "words"),
+    [
+        (
+            [{"name": "s", "llmSparsify": {"method": "Wanda", "backend": "ModelOpt"}}],
+            "spec.steps[0].llmSparsify.method",
+            "SparseGPT only",
+        ),
+        (
+            [{"name": "s", "llmSparsify": {"method": "SparseGPT", "backend": "ModelOpt", "excludeLayers": ["re:.*"]}}],
+            "spec.steps[0].llmSparsify.excludeLayers",
+            "by their full name",
+        ),
+        (
+            [SPARSE_MODELOPT, {"name": "q", "llmQuantize": {"scheme": "FP8Dynamic"}}],
+            "spec.steps",
+            "every step of its job uses it",
+        ),
+        (
+            [
+                {"name": "s", "llmSparsify": {"method": "SparseGPT"}},
+                {"name": "q", "llmQuantize": {"scheme": "FP8", "backend": "ModelOpt"}},
+            ],
+            "spec.steps",
+            "every step of its job uses it",
+        ),
+        (
+            [SPARSE_MODELOPT, {"name": "q", "llmQuantize": {"scheme": "W4A16", "backend": "ModelOpt"}}],
+            "spec.steps",
+            "scheme FP8 or FP8Dynamic",
+        ),
+    ],
+)
+def test_modelopt_2_of_4_refuses_what_would_lose_or_mix_the_pattern(
+    steps: list[dict[str, Any]], path: str, words: str
+) -> None:
+    with pytest.raises(SpecInvalid) as info:
+        parse_job(_steps(*steps))
+    assert any(e.path == path and words in e.message for e in info.value.errors), info.value

@@ -123,3 +123,16 @@ def test_last_transition_time_moves_only_on_status_change() -> None:
 def test_failure_target_alone_already_names_the_reason() -> None:
     # Kubernetes >= 1.31 sets FailureTarget while the Job's pods are still terminating.
     assert _obs(_job(("FailureTarget", "DeadlineExceeded")), []).reason == "DeadlineExceeded"
+
+
+def test_an_oom_kill_names_the_workers_memory_plan_and_the_knob() -> None:
+    oom = _pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})
+    plan = {"hostBytes": 20 * 2**30, "gpuBytes": 0, "scratchBytes": 2**30, "knob": "fewer calibration samples"}
+    job = JobView.of(_job(("Failed", "BackoffLimitExceeded")))
+    obs = observe(job, [PodView.of(oom)], user_suspended=False, kueue_managed=False, memory="16Gi", memory_plan=plan)
+    assert obs.reason == "OOMKilled"
+    assert "spec.resources.memory 16Gi" in obs.message
+    assert "20.00 GiB" in obs.message and "fewer calibration samples" in obs.message
+    # Without a plan (not an LLM job, or killed before planning) it still names the knob it has.
+    bare = observe(job, [PodView.of(oom)], user_suspended=False, kueue_managed=False, memory="16Gi")
+    assert bare.message == "the worker ran out of memory (spec.resources.memory 16Gi); raise spec.resources.memory"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import ReportCursor
+from kompression.api.v1alpha1 import CompressionJobStatus, ReportCursor
 from kompression.controller.report_channel import pod_belongs
 from kompression.controller.report_status import SEQUENCE_SKEW_MS, SequenceGate, differs, report_status, sequence_bound
 from kompression.controller.views import JobView, PodView
@@ -94,3 +94,13 @@ def test_the_bound_counts_from_the_worker_containers_start() -> None:
         {"name": "worker", "state": {"running": {"startedAt": "2026-01-01T00:05:00Z"}}}
     ]
     assert PodView.of(pod).started == "2026-01-01T00:05:00Z"
+
+
+def test_the_workers_memory_plan_reaches_status_and_stays_in_the_compact_final_report() -> None:
+    plan = {"hostBytes": 3 * 2**30, "gpuBytes": 2**30, "scratchBytes": 5 * 2**30, "knob": "fewer samples"}
+    live = WorkerReport.model_validate({"phase": "Running", "memoryPlan": plan, "sequence": 1})
+    assert report_status(live)["memoryPlan"] == plan
+    assert CompressionJobStatus.model_validate({"memoryPlan": plan}).memoryPlan is not None
+    # The termination message is compact: a plan it carries is kept, one it lacks clears nothing.
+    final = WorkerReport.model_validate({"phase": "Failed", "sequence": 2})
+    assert "memoryPlan" not in report_status(final, partial=True)

@@ -9,8 +9,11 @@ docs/troubleshooting.md; tests/api/test_failures.py checks that they agree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
+
+from kompression.api.memory_plan import gib
 
 # A failed worker's condition reason: one CamelCase word, as Kubernetes reasons are.
 Reason = Literal[
@@ -75,3 +78,19 @@ def by_exit_code(code: int | None) -> Failure | None:
     on any uncaught crash, so the Job's own reason (BackoffLimitExceeded) says more."""
     failure = BY_EXIT_CODE.get(code) if code is not None else None
     return failure if failure is not UNEXPECTED else None
+
+
+# The pod's termination reason when the kernel killed the worker for exceeding its memory limit.
+OOM_KILLED: Final = "OOMKilled"
+
+
+def oom_message(memory: str, plan: Mapping[str, Any] | None) -> str:
+    """What the operator says of a worker killed for memory: the limit, and for an LLM job the plan
+    its worker reported before loading (status.memoryPlan) with the knob that lowers it."""
+    said = f"the worker ran out of memory (spec.resources.memory {memory})"
+    if not plan:
+        return f"{said}; raise spec.resources.memory"
+    return (
+        f"{said}; its plan was {gib(int(plan['hostBytes']))} of host memory at peak: raise spec.resources.memory "
+        f"past it, or lower the need with {plan['knob']}"
+    )

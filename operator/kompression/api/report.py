@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kompression.api.failures import Reason
-from kompression.api.v1alpha1 import ApiModel, Artifact, Environment, Progress, Result, StepStatus
+from kompression.api.v1alpha1 import ApiModel, Artifact, Environment, MemoryPlan, Progress, Result, StepStatus
 
 
 class WorkerReport(ApiModel):
@@ -22,6 +22,7 @@ class WorkerReport(ApiModel):
     result: Result | None = Field(None, description="The outcome, once known.")
     artifacts: list[Artifact] = Field(default_factory=list, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware.")
+    memoryPlan: MemoryPlan | None = Field(None, description="An LLM job's planned peak memory and disk.")
     reason: Reason | None = Field(
         None, description="With phase Failed: one CamelCase word, a reason of the failure table (api/failures.py)."
     )

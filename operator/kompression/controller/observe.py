@@ -8,6 +8,9 @@ PodFailurePolicy).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import ValidationError
 
 from kompression.api import failures
@@ -37,7 +40,7 @@ def _newest(pods: list[PodView]) -> list[PodView]:
     return sorted(pods, key=lambda p: p.created, reverse=True)
 
 
-def _failure(job: JobView, pods: list[PodView]) -> Observation:
+def _failure(job: JobView, pods: list[PodView], memory: str, memory_plan: Mapping[str, Any] | None) -> Observation:
     # Since Kubernetes 1.31 FailureTarget comes first and Failed only once the pods are gone; both
     # carry the reason (DeadlineExceeded, BackoffLimitExceeded, PodFailurePolicy).
     cond = job.condition("Failed", "FailureTarget")
@@ -51,8 +54,8 @@ def _failure(job: JobView, pods: list[PodView]) -> Observation:
             return Observation(
                 "Failed", report.reason, report.message or failures.BY_REASON[report.reason].message, True
             )
-        if term.reason == "OOMKilled":
-            return Observation("Failed", "OOMKilled", "the worker ran out of memory; raise spec.resources.memory", True)
+        if term.reason == failures.OOM_KILLED:
+            return Observation("Failed", failures.OOM_KILLED, failures.oom_message(memory, memory_plan), True)
         by_code = failures.by_exit_code(term.exit_code)
         if by_code and job_reason in ("PodFailurePolicy", "BackoffLimitExceeded", "Failed"):
             message = f"{by_code.message} (exit code {by_code.exit_code})"
@@ -87,15 +90,18 @@ def observe(
     user_suspended: bool,
     kueue_managed: bool,
     workload: WorkloadView | None = None,
+    memory: str = "",
+    memory_plan: Mapping[str, Any] | None = None,
 ) -> Observation:
-    """The phase of a CompressionJob whose Job exists (or is about to: job=None); `workload`: the
-    Job's Kueue Workload, when Kueue admits it."""
+    """The phase of a CompressionJob whose Job exists (or is about to: job=None). `workload`: the
+    Job's Kueue Workload, when Kueue admits it; `memory` is the pod's limit and `memory_plan` what
+    its worker planned (status.memoryPlan), for an OOM kill's message."""
     if job is None:
         return Observation("Pending", "Creating", "creating the worker Job")
     if job.condition("Complete", "SuccessCriteriaMet"):
         return Observation("Succeeded", "Succeeded", "the worker finished and every gate passed")
     if job.condition("Failed", "FailureTarget"):
-        return _failure(job, pods)
+        return _failure(job, pods, memory, memory_plan)
     if job.suspend:
         if user_suspended:
             return Observation("Suspended", "Suspended", "runPolicy.suspend is true")

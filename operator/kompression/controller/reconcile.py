@@ -157,7 +157,13 @@ class Reconciler:
         pods = [PodView.of(p) for p in self.store.pods_of(key[0], job.name)]
         workload = self._workload(key[0], job)
         obs = observe(
-            job, pods, user_suspended=spec.spec.runPolicy.suspend, kueue_managed=kueue_admits(spec), workload=workload
+            job,
+            pods,
+            user_suspended=spec.spec.runPolicy.suspend,
+            kueue_managed=kueue_admits(spec),
+            workload=workload,
+            memory=spec.spec.resources.memory,
+            memory_plan=(cr.get("status") or {}).get("memoryPlan"),
         )
         if obs.phase in TERMINAL_PHASES:
             reports = [r for r in map(final_report, pods) if r is not None]

@@ -15,7 +15,7 @@ from typing import Any
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import ReportCursor
 
-REPORT_FIELDS = ("currentStep", "progress", "steps", "result", "artifacts", "environment")
+REPORT_FIELDS = ("currentStep", "progress", "steps", "result", "artifacts", "environment", "memoryPlan")
 SEQUENCE_SKEW_MS = 60_000
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from kompression.api.constants import ExitCode
 from kompression.api.report import WorkerReport
-from kompression.api.v1alpha1 import ArtifactKind, CompressionJob
-from kompression.worker import distributed, lazy, tuning
+from kompression.api.v1alpha1 import ArtifactKind, CompressionJob, MemoryPlan
+from kompression.worker import distributed, lazy, memory, tuning
 from kompression.worker.errors import GateFailed, WorkerError
 from kompression.worker.formats import safetensors_weights
 from kompression.worker.measure import gates
@@ -56,6 +56,11 @@ def run(job: CompressionJob, options: RunOptions, reporter: Reporter) -> tuple[W
         if not lazy.resolve(LLM_RANKS)(job_device(job), options.workdir):
             return reporter.report, []  # this rank calibrated its share; rank 0 publishes
     reporter.set_environment(files.environment())
+    planned = memory.plan(job)
+    if planned is not None:
+        # Before the weights are fetched: a pod too small for the job fails in seconds, not at OOM.
+        reporter.set_memory_plan(MemoryPlan.model_validate(planned.to_wire()))
+        memory.check(job, planned)
     with tempfile.TemporaryDirectory(prefix="kompression-", dir=options.workdir) as tmp:
         loaded = load(job, prefix, Path(tmp), reporter)
         techniques = options.techniques if options.techniques is not None else default_techniques()

@@ -244,6 +244,11 @@ class Measurement(ApiModel):
 _INDICES = str(list(range(MAX_STEPS)))
 # A step that runs in the worker-llm image, inside `self.steps.exists(s, ...)`.
 _LLM_STEP = image_cel(TECHNIQUES, "worker-llm", "s")
+# A step that Model Optimizer runs.
+_MODELOPT_STEP = " || ".join(
+    f"(has(s.{kind}) && has(s.{kind}.backend) && s.{kind}.backend == 'ModelOpt')"
+    for kind in ("llmQuantize", "llmSparsify")
+)
 
 
 class CompressionJobSpec(ApiModel):
@@ -349,12 +354,20 @@ class CompressionJobSpec(ApiModel):
             field_path=".data",
         ),
         Rule(
-            cel="!self.steps.exists(s, has(s.llmQuantize) && has(s.llmQuantize.backend) && "
-            "s.llmQuantize.backend == 'ModelOpt') || (size(self.steps) == 1 && self.resources.gpus <= 1 && "
-            "(!has(self.data) || !has(self.data.tasks)))",
+            cel=f"!self.steps.exists(s, {_MODELOPT_STEP}) || (self.steps.all(s, {_MODELOPT_STEP}) && "
+            "self.resources.gpus <= 1 && (!has(self.data) || !has(self.data.tasks)))",
             message="backend ModelOpt calibrates in one process and publishes a checkpoint that only TensorRT-LLM "
-            "and vLLM load, so it runs alone in its job (no llmSparsify before it), with resources.gpus of at most 1 "
-            "and no data.tasks (lm-eval scores the published folder); use backend LLMCompressor for these",
+            "and vLLM load, so every step of its job uses it (an llmSparsify step with backend ModelOpt may come "
+            "before an llmQuantize one), with resources.gpus of at most 1 and no data.tasks (lm-eval scores the "
+            "published folder); use backend LLMCompressor for these",
+            field_path=".steps",
+        ),
+        Rule(
+            cel="!self.steps.exists(s, has(s.llmSparsify) && has(s.llmSparsify.backend) && "
+            "s.llmSparsify.backend == 'ModelOpt') || self.steps.all(s, !has(s.llmQuantize) || "
+            "s.llmQuantize.scheme in ['FP8', 'FP8Dynamic'])",
+            message="after llmSparsify with backend ModelOpt, llmQuantize takes scheme FP8 or FP8Dynamic (sparse + "
+            "FP8, checked 2:4 on the published weights); other schemes pack or move the zeros",
             field_path=".steps",
         ),
         Rule(

@@ -295,8 +295,8 @@ LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]
 
 class LLMSparsifyStep(TechniqueConfig):
     """Prune a HuggingFace causal language model to 2:4 semi-structured sparsity with llm-compressor's
-    oneshot (half the weights of every decoder Linear layer become zero). Runs in the worker-llm image;
-    an llmQuantize step may follow it."""
+    oneshot or NVIDIA Model Optimizer (half the weights of every decoder Linear layer become zero). Runs
+    in the worker-llm image; an llmQuantize step may follow it."""
 
     method: LLMSparsifyMethod = Field(
         description=(
@@ -321,6 +321,36 @@ class LLMSparsifyStep(TechniqueConfig):
             "`re:.*mlp.down_proj`. lm_head is always kept."
         ),
     )
+    backend: LLMBackend | None = Field(
+        None,
+        description=(
+            "The library that prunes and writes the folder. Unset or LLMCompressor: llm-compressor, a "
+            "dense folder with the zeros in place, which vLLM (it no longer has 2:4 kernels) serves "
+            "dense. ModelOpt: NVIDIA Model Optimizer's SparseGPT, for TensorRT-LLM, alone or followed by "
+            "an llmQuantize step with backend ModelOpt and scheme FP8 or FP8Dynamic."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || self.method == 'SparseGPT'",
+            message="backend ModelOpt prunes with SparseGPT only (Model Optimizer has no Wanda); set method SparseGPT "
+            "or backend LLMCompressor",
+            field_path=".method",
+        ),
+        Rule(
+            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
+            "self.excludeLayers.all(x, !x.startsWith('re:'))",
+            message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
+            "not by `re:` regular expressions",
+            field_path=".excludeLayers",
+        ),
+    )
+
+    @property
+    def backend_or_default(self) -> LLMBackend:
+        """The library that prunes and writes the folder."""
+        return self.backend or DEFAULT_LLM_BACKEND
 
     __needs__ = Requires(
         image="worker-llm",

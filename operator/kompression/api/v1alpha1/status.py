@@ -161,6 +161,18 @@ class Environment(ApiModel):
     cpu: ShortString | None = Field(None, description="CPU model.")
 
 
+class MemoryPlan(ApiModel):
+    """What an LLM job's pod was planned to need (api/memory_plan.py), from the model's config and
+    safetensors headers, the recipe and the calibration data."""
+
+    hostBytes: int = Field(ge=0, description="Peak host memory, in bytes.")
+    gpuBytes: int = Field(ge=0, description="Peak GPU memory per GPU, in bytes; 0 without a GPU.")
+    scratchBytes: int = Field(ge=0, description="Scratch disk, in bytes.")
+    knob: Annotated[str, StringConstraints(max_length=256)] = Field(
+        description="What in the manifest lowers the host memory most."
+    )
+
+
 class CompressionJobStatus(ApiModel):
     """The observed state, written by the operator only."""
 
@@ -186,6 +198,9 @@ class CompressionJobStatus(ApiModel):
     result: Result | None = Field(None, description="The pipeline's outcome.")
     artifacts: list[Artifact] = Field(default_factory=list, max_length=64, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware the worker used.")
+    memoryPlan: MemoryPlan | None = Field(
+        None, description="An LLM job's planned peak memory and disk, as its worker reported it before loading."
+    )
     lastReport: ReportCursor | None = Field(
         None,
         description="The newest live report accepted, kept so that an operator restart never accepts an older one.",

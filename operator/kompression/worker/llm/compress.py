@@ -78,8 +78,14 @@ def llm_sparsify(model: Model, ctx: StepContext[LLMSparsifyStep]) -> StepResult:
     out = ctx.workdir / "out"
     sharing = ranks.world()
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
-    layers = _layers(ctx, source, calibration, sharing)
-    peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
+    if cfg.backend_or_default == "ModelOpt":
+        phases = Phases()  # one process (the API keeps ModelOpt jobs to one GPU)
+        with ranks.peak_memory(ctx.device) as box, phases("calibrate"):
+            modelopt_backend.sparsify(source, out, cfg, calibration=calibration or [], device=ctx.device)
+        peak, seconds = box[0], phases.seconds
+    else:
+        layers = _layers(ctx, source, calibration, sharing)
+        peak, seconds = calibrate(cfg, source, out, ranks.share(source, cfg, calibration), layers=layers)
     folder = replace(hf_folder.written(out, source, MODEL_URI), sparsified=cfg)
     method = {**sparsity.describe(cfg), **resume.report(layers)}
     return StepResult(

@@ -16,6 +16,7 @@ import copy
 import importlib.metadata
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from kompression.api.v1alpha1 import LLMQuantizeStep, Metrics
+from kompression.api.v1alpha1 import LLMQuantizeStep, LLMSparsifyStep, Metrics
 from kompression.worker.errors import RuntimeMissing, StepInvalid
 from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
+from kompression.worker.llm import sparsity
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.measure.graphs import api_device
 from kompression.worker.model import CheckpointFolder
@@ -54,6 +56,18 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 def version() -> str:
     return importlib.metadata.version("nvidia-modelopt")
+
+
+def _sparsity() -> Any:
+    try:
+        # Model Optimizer is optional (backend ModelOpt only) and slow to import.
+        import modelopt.torch.sparsity as mts
+    except ImportError as exc:
+        raise RuntimeMissing(
+            f"llmSparsify backend ModelOpt needs NVIDIA Model Optimizer (nvidia-modelopt), which this worker "
+            f"cannot import ({exc}); use the worker-llm image, or backend LLMCompressor"
+        ) from None
+    return mts
 
 
 def _modelopt() -> tuple[Any, Any]:
@@ -105,12 +119,52 @@ def _export_dtype(model_dir: Path) -> torch.dtype:
 
 def linear_shapes(model: torch.nn.Module, cfg: LLMQuantizeStep) -> dict[str, tuple[int, int]]:
     """(out, in) of every Linear the scheme quantizes."""
-    excluded = (*ALWAYS_IGNORED, *cfg.excludeLayers)
+    excluded = [*ALWAYS_IGNORED, *cfg.excludeLayers]
     return {
         name: (module.out_features, module.in_features)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not any(name == x or name.endswith("." + x) for x in excluded)
+        if isinstance(module, torch.nn.Linear) and not sparsity.named_by(name, excluded)
     }
+
+
+def _load(source: CheckpointFolder, device: str) -> Any:
+    with hf_folder.loading(MODEL_URI, "a causal LM"):
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            dtype=torch.float32 if device == "cpu" else "auto",
+            **hf_folder.load_options(source, AutoModelForCausalLM),
+        )
+    return model.to(device).eval()
+
+
+def _forward_loop(calibration: list[list[int]] | None, device: str) -> Callable[[torch.nn.Module], None]:
+    def loop(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for ids in calibration or []:
+                m(torch.tensor([ids], device=device))
+
+    return loop
+
+
+def sparsify(
+    source: CheckpointFolder, out: Path, cfg: LLMSparsifyStep, *, calibration: list[list[int]], device: str
+) -> None:
+    """Prune to 2:4 with Model Optimizer's SparseGPT (Hessians from the calibration text, on the
+    step's device) and save the pruned model, masks folded into the weights, as a transformers
+    folder in the original's dtype: the input of TensorRT-LLM's engine build with weight sparsity,
+    and of a following llmQuantize step with backend ModelOpt."""
+    mts = _sparsity()
+    model = _load(source, device)
+    # Model Optimizer's rules: every Linear but lm_head and the excluded modules.
+    rules: dict[str, Any] = {"*": {}, "*lm_head*": None, **{f"*{name}": None for name in cfg.excludeLayers}}
+    search = {"forward_loop": _forward_loop(calibration, device), "device": device, "verbose": False}
+    try:
+        model = mts.sparsify(model, [("sparsegpt", {"nn.Linear": rules})], config=search)
+    except (ValueError, AssertionError) as exc:
+        raise StepInvalid(f"llmSparsify SparseGPT with backend ModelOpt cannot apply to this model: {exc}") from None
+    model = mts.export(model)
+    model.to(_export_dtype(source.path)).save_pretrained(out)
+    hf_folder.tokenizer(source.path, MODEL_URI).save_pretrained(out)
 
 
 def quantize(
@@ -128,38 +182,29 @@ def quantize(
     adds the exported folder's size."""
 
     mtq, export_hf_checkpoint = _modelopt()
-    with hf_folder.loading(MODEL_URI, "a causal LM"):
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source.path,
-            dtype=torch.float32 if device == "cpu" else "auto",
-            **hf_folder.load_options(source, AutoModelForCausalLM),
-        )
-    model = model.to(device).eval()
+    model = _load(source, device)
     shapes = linear_shapes(model, cfg)
     parameters = sum(p.numel() for p in model.parameters())
-
-    def forward_loop(m: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for ids in calibration or []:
-                m(torch.tensor([ids], device=device))
-
     try:
-        model = mtq.quantize(model, config(cfg, mtq), forward_loop if calibration else None)
+        model = mtq.quantize(model, config(cfg, mtq), _forward_loop(calibration, device) if calibration else None)
     except (ValueError, AssertionError) as exc:  # e.g. a group size that does not divide a layer's input size
         raise StepInvalid(f"llmQuantize {cfg.scheme} with backend ModelOpt cannot apply to this model: {exc}") from None
     value = None if evaluation is None else round(perplexity(model, evaluation, device).value, 4)
     with torch.inference_mode():
         export_hf_checkpoint(model, dtype=_export_dtype(source.path), export_dir=out)
     hf_folder.tokenizer(source.path, MODEL_URI).save_pretrained(out)
-    check_checkpoint(out, cfg, shapes)
+    check_checkpoint(out, cfg, shapes, sparse=source.sparsified)
     return Metrics(parameters=parameters, perplexity=value, device=api_device(device), provider="PyTorch")
 
 
-def check_checkpoint(folder: Path, cfg: LLMQuantizeStep, shapes: dict[str, tuple[int, int]]) -> None:
+def check_checkpoint(
+    folder: Path, cfg: LLMQuantizeStep, shapes: dict[str, tuple[int, int]], *, sparse: LLMSparsifyStep | None = None
+) -> None:
     """The folder is the unified HF checkpoint TensorRT-LLM and vLLM read for this scheme: the
     quant_algo in hf_quant_config.json and config.json, and every quantized Linear's tensors with the
-    dtypes and packed sizes their ModelOpt loaders allocate. A mismatch is a StepInvalid: nothing
-    that a server cannot load is published."""
+    dtypes and packed sizes their ModelOpt loaders allocate; after a 2:4 llmSparsify (`sparse`),
+    every quantized Linear's published weight keeps 2 zeros in each group of 4. A mismatch is a
+    StepInvalid: nothing that a server cannot load, or that lost its pattern, is published."""
 
     quant_algo = PRESETS[cfg.scheme][1]
     problems: list[str] = []
@@ -188,6 +233,13 @@ def check_checkpoint(folder: Path, cfg: LLMQuantizeStep, shapes: dict[str, tuple
         packed = rows * columns // (2 if cfg.scheme in PACKED else 1)
         if weight is not None and math.prod(weight[1]) != packed:
             problems.append(f"{name}.weight holds {math.prod(weight[1])} values, not {packed}")
+    if sparse is not None:
+        pruned = [f"{name}.weight" for name in shapes if not sparsity.named_by(name, sparse.excludeLayers)]
+        conforming = {
+            name: sparsity.conforming(weight, 2, 4).float().mean().item()
+            for name, weight in sparsity.stored_weights(folder, pruned.__contains__)
+        }
+        problems += [f"{name} keeps 2:4 in only {f:.1%} of its groups of 4" for name, f in conforming.items() if f < 1]
     if problems:
         raise StepInvalid(
             f"backend ModelOpt exported a checkpoint TensorRT-LLM could not load as {quant_algo}: "

@@ -34,7 +34,16 @@ from kompression.api.constants import (
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.timestamps import now
-from kompression.api.v1alpha1 import Artifact, CompressionJob, Environment, Metrics, Progress, Result, StepStatus
+from kompression.api.v1alpha1 import (
+    Artifact,
+    CompressionJob,
+    Environment,
+    MemoryPlan,
+    Metrics,
+    Progress,
+    Result,
+    StepStatus,
+)
 
 ENV_TERMINATION_LOG = "KOMPRESSION_TERMINATION_LOG"
 TERMINATION_LIMIT = 4096
@@ -181,6 +190,11 @@ class Reporter:
 
     def set_environment(self, env: Environment) -> None:
         self.report.environment = env
+
+    def set_memory_plan(self, plan: MemoryPlan) -> None:
+        """Sent at once: if the pod is killed for memory later, the operator names the plan."""
+        self.report.memoryPlan = plan
+        self._emit({"event": "MemoryPlanned", **plan.model_dump()})
 
     def set_result(self, result: Result) -> None:
         self.report.result = result

@@ -374,10 +374,11 @@ def write_bytes(data: bytes, uri: str) -> str:
         return upload(path, uri)
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> bytes:
+    """The object's bytes, or only those from start to end (a ranged GET on object storage)."""
     loc = parse_uri(uri)
     fs = filesystem(loc.protocol)
-    return with_retries(uri, "read", lambda: bytes(fs.cat_file(loc.path)))
+    return with_retries(uri, "read", lambda: bytes(fs.cat_file(loc.path, start=start, end=end)))
 
 
 def exists(uri: str) -> bool:

@@ -34,9 +34,9 @@ from kompression.api.v1alpha1 import (
 from kompression.api.validation import (
     FieldError,
     SpecInvalid,
-    _integral_floats_as_ints,
-    _pydantic_errors,
+    integral_floats_as_ints,
     metadata_errors,
+    pydantic_errors,
     rule_errors,
 )
 from kompression.extras import Need, require
@@ -116,7 +116,7 @@ def apply_values(spec: CompressionSweepSpec, values: dict[str, Any], suffix: str
         job = CompressionJobSpec.model_validate(wire, strict=True)
     except ValidationError as exc:
         raise SpecInvalid(
-            [FieldError(f"{where}: {e.path}", e.message) for e in _pydantic_errors(exc)], kind=SWEEP_KIND
+            [FieldError(f"{where}: {e.path}", e.message) for e in pydantic_errors(exc)], kind=SWEEP_KIND
         ) from None
     errors = rule_errors(job, "template")
     if errors:
@@ -277,9 +277,9 @@ def parse_sweep(obj: Any) -> CompressionSweep:
             [FieldError("apiVersion/kind", f"expected {API_VERSION} {SWEEP_KIND}")], name, kind=SWEEP_KIND
         )
     try:
-        sweep = CompressionSweep.model_validate(_integral_floats_as_ints(obj), strict=True)
+        sweep = CompressionSweep.model_validate(integral_floats_as_ints(obj), strict=True)
     except ValidationError as exc:
-        raise SpecInvalid(metadata_errors(meta) + _pydantic_errors(exc), name, kind=SWEEP_KIND) from None
+        raise SpecInvalid(metadata_errors(meta) + pydantic_errors(exc), name, kind=SWEEP_KIND) from None
     errors = metadata_errors(meta) + rule_errors(sweep.spec, "spec")
     if not errors and sweep.spec.search.algorithm == "Grid" and combinations(sweep.spec) > MAX_TRIALS:
         errors.append(

@@ -84,7 +84,7 @@ def describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
+def pydantic_errors(exc: ValidationError) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -143,7 +143,7 @@ def _spec_rule_errors(spec: CompressionJobSpec) -> list[FieldError]:
     return errors
 
 
-def _integral_floats_as_ints(value: Any) -> Any:
+def integral_floats_as_ints(value: Any) -> Any:
     """1.0 becomes 1, as the API server's JSON decoding makes it, before the strict type check.
 
     Shared sub-objects (YAML aliases) are converted once and stay shared.
@@ -176,9 +176,9 @@ def parse_job(obj: Any) -> CompressionJob:
         raise SpecInvalid([FieldError("apiVersion/kind", f"expected {API_VERSION} {KIND}, got {got}")], name)
     try:
         # Strict: the API server's schema takes no "1" for a number and no 1 for a string or a bool.
-        job = CompressionJob.model_validate(_integral_floats_as_ints(obj), strict=True)
+        job = CompressionJob.model_validate(integral_floats_as_ints(obj), strict=True)
     except ValidationError as exc:
-        raise SpecInvalid(metadata_errors(meta) + _pydantic_errors(exc), name) from None
+        raise SpecInvalid(metadata_errors(meta) + pydantic_errors(exc), name) from None
     errors = metadata_errors(meta) + _spec_rule_errors(job.spec)
     if errors:
         raise SpecInvalid(errors, name)

@@ -14,11 +14,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from kompression import __version__
 from kompression.api.architectures import DEFAULT_ARCHITECTURE_MODULES, module_list_argument
-from kompression.api.constants import ENV_ARCHITECTURE_MODULES, KIND
+from kompression.api.constants import API_VERSION, ENV_ARCHITECTURE_MODULES, KIND, SWEEP_KIND
 from kompression.api.crd import CRD_FILES
+from kompression.api.sweep_plan import parse_sweep
+from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import (
     ManifestUnreadable,
     SpecInvalid,
@@ -47,14 +50,26 @@ def _validate(args: argparse.Namespace) -> int:
             return EXIT_UNREADABLE
         for doc in docs:
             try:
-                job = parse_job(doc)
-                check_architectures(job, args.architecture_modules)
+                kind, obj_name = _check(doc, args.architecture_modules)
             except SpecInvalid as exc:
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = EXIT_INVALID
             else:
-                print(f"{path}: CompressionJob {describe(job.metadata.name or '<unnamed>')} is valid")
+                print(f"{path}: {kind} {describe(obj_name or '<unnamed>')} is valid")
     return status
+
+
+def _check(doc: Any, architecture_modules: tuple[str, ...]) -> tuple[str, str | None]:
+    """Parse a CompressionJob or a CompressionSweep (SpecInvalid when it breaks a rule): its kind and name."""
+    if isinstance(doc, dict) and doc.get("kind") == SWEEP_KIND:
+        sweep = parse_sweep(doc)
+        # The template is the job every trial starts from: the cluster's architecture policy applies to it.
+        template = CompressionJob(apiVersion=API_VERSION, kind=KIND, metadata=sweep.metadata, spec=sweep.spec.template)
+        check_architectures(template, architecture_modules)
+        return SWEEP_KIND, sweep.metadata.name
+    job = parse_job(doc)
+    check_architectures(job, architecture_modules)
+    return KIND, job.metadata.name
 
 
 def _crd(args: argparse.Namespace) -> int:
@@ -100,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kompression", description="Compress models with a CompressionJob.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check CompressionJob manifests against the API's rules")
+    p = sub.add_parser("validate", help="check CompressionJob and CompressionSweep manifests against the API's rules")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument(
         "--architecture-modules",

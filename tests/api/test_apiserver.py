@@ -35,7 +35,7 @@ def test_every_example_is_accepted(kube: Any, crd: None, namespace: str) -> None
     for path in EXAMPLES:
         proc = _create(kube, namespace, path)
         assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
-    listed = json.loads(kube.kubectl("get", "kjob", "-n", namespace, "-o", "json").stdout)["items"]
+    listed = json.loads(kube.kubectl("get", "kompression", "-n", namespace, "-o", "json").stdout)["items"]
     assert len(listed) == len(EXAMPLES)
 
 

@@ -3,11 +3,14 @@ own schema, and every refusal names the axis and what would be accepted."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+import yaml
+from api_cases import ROOT
 
-from kompression.api.sweep_plan import parse_sweep
+from kompression.api.sweep_plan import next_trials, parse_sweep, trial_count
 from kompression.api.v1alpha1 import CompressionSweep, ValueRange
 from kompression.api.validation import SpecInvalid, check_update
 from sweep_cases import SWEEP, sweep
@@ -133,3 +136,21 @@ def test_only_parallelism_max_failed_trials_and_suspend_change_after_creation() 
     other = CompressionSweep.model_validate(sweep(objectives=[{"metric": "speedup"}])).spec
     (error,) = check_update(old, other)
     assert "template, parameters, search and objectives are immutable" in error.message
+
+
+SWEEPS_PAGE = ROOT / "docs" / "sweeps.md"
+
+
+def _cluster_section_sweeps() -> list[dict[str, Any]]:
+    section = SWEEPS_PAGE.read_text().split("## CompressionSweep on a cluster", 1)[1]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    return [b for b in blocks if isinstance(b, dict) and b.get("kind") == "CompressionSweep"]
+
+
+def test_the_cluster_section_sweep_is_valid_as_written() -> None:
+    (manifest,) = _cluster_section_sweeps()
+    parsed = parse_sweep(manifest)
+    assert parsed.spec.search.algorithm == "TPE"
+    assert trial_count(parsed.spec) == 12
+    (first,) = next_trials(parsed.spec, [], 1)
+    assert first.spec.output.uri == "s3://results/resnet-int8/t00/"

@@ -8,27 +8,18 @@ import json
 from typing import Any
 
 import pytest
-from api_cases import ROOT
+from test_sweep_api import _cluster_section_sweeps
 
 from sweep_cases import SWEEP, sweep
 
 pytestmark = pytest.mark.cluster
-
-SWEEP_CRD = ROOT / "crds" / "compressionsweeps.kompression.dev.yaml"
-
-
-@pytest.fixture(scope="module")
-def sweep_crd(kube: Any) -> None:
-    """The generated CompressionSweep CRD, installed on the test bed and Established."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SWEEP_CRD))
-    kube.wait_established("compressionsweeps.kompression.dev")
 
 
 def _create(kube: Any, namespace: str, manifest: dict[str, Any]) -> Any:
     return kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
 
 
-def test_the_sample_sweep_is_accepted_and_defaulted(kube: Any, sweep_crd: None, namespace: str) -> None:
+def test_the_sample_sweep_is_accepted_and_defaulted(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, SWEEP).returncode == 0
     stored = json.loads(kube.kubectl("get", "ksweep", "digits", "-n", namespace, "-o", "json").stdout)["spec"]
     assert stored["search"] == {"algorithm": "Grid"}
@@ -63,7 +54,7 @@ def test_the_sample_sweep_is_accepted_and_defaulted(kube: Any, sweep_crd: None, 
     ],
 )
 def test_bad_sweeps_are_refused_naming_the_field(
-    kube: Any, sweep_crd: None, namespace: str, case: tuple[dict[str, Any], str, str]
+    kube: Any, crd: None, namespace: str, case: tuple[dict[str, Any], str, str]
 ) -> None:
     spec, field, message = case
     proc = _create(kube, namespace, sweep(**spec))
@@ -71,7 +62,7 @@ def test_bad_sweeps_are_refused_naming_the_field(
     assert field in proc.stderr and message in proc.stderr, proc.stderr
 
 
-def test_only_parallelism_max_failed_trials_and_suspend_change(kube: Any, sweep_crd: None, namespace: str) -> None:
+def test_only_parallelism_max_failed_trials_and_suspend_change(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, SWEEP).returncode == 0
     kube.kubectl(
         "patch", "ksweep", "digits", "-n", namespace, "--type=merge",
@@ -84,7 +75,13 @@ def test_only_parallelism_max_failed_trials_and_suspend_change(kube: Any, sweep_
     assert edit.returncode != 0 and "immutable after creation" in edit.stderr
 
 
-def test_printer_columns(kube: Any, sweep_crd: None, namespace: str) -> None:
+def test_printer_columns(kube: Any, crd: None, namespace: str) -> None:
     assert _create(kube, namespace, SWEEP).returncode == 0
     header = kube.kubectl("get", "ksweep", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "DONE", "TOTAL", "BESTRATIO", "BESTACCDELTA", "AGE"]
+
+
+def test_the_docs_cluster_sweep_is_accepted(kube: Any, crd: None, namespace: str) -> None:
+    (manifest,) = _cluster_section_sweeps()
+    proc = _create(kube, namespace, manifest)
+    assert proc.returncode == 0, proc.stderr

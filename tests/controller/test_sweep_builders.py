@@ -16,7 +16,15 @@ from kompression.api.constants import (
 from kompression.api.sweep_plan import next_trials, parse_sweep, plan
 from kompression.api.v1alpha1 import CompressionJob, CompressionSweepSpec, TrialMetrics, TrialStatus
 from kompression.api.validation import parse_job
-from kompression.controller.sweep_builders import build_trial, decide_sweep, owned_by, sweep_of, sweep_status, trial_of
+from kompression.controller.sweep_builders import (
+    build_trial,
+    decide_sweep,
+    owned_by,
+    sweep_finished,
+    sweep_of,
+    sweep_status,
+    trial_of,
+)
 from sweep_cases import SWEEP, sweep
 
 UID = "0b5e6f2a-1111-2222-3333-444455556666"
@@ -168,3 +176,8 @@ def test_a_trial_deleted_by_hand_is_planned_again() -> None:
     made = [t for t in _made(spec, ["Running"] * 4) if t.index != 1]
     (again,) = next_trials(spec, made, 1)
     assert again.index == 1 and again.suffix == "t01"
+
+
+def test_an_ended_sweep_is_left_as_it_ended() -> None:
+    assert sweep_finished({"status": {"phase": "Succeeded"}}) and sweep_finished({"status": {"phase": "Failed"}})
+    assert not sweep_finished({"status": {"phase": "Suspended"}}) and not sweep_finished({})

@@ -133,6 +133,12 @@ def trial_of(child: Mapping[str, Any]) -> TrialStatus:
 UNFINISHED = ("Pending", "Running")
 
 
+def sweep_finished(sweep: Mapping[str, Any]) -> bool:
+    """Whether a sweep already ended (Succeeded or Failed): it makes no trial again, not even one
+    deleted by hand since (deleting a finished sweep's trials is how one frees their storage)."""
+    return (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 @dataclass(frozen=True)
 class SweepDecision:
     """What the sweep does now: how many trials to create, and the phase its status reports."""

@@ -34,6 +34,7 @@ from kompression.controller.sweep_builders import (
     build_trial,
     decide_sweep,
     owned_by,
+    sweep_finished,
     sweep_selector,
     sweep_status,
     trial_of,
@@ -85,8 +86,8 @@ class SweepReconciler:
             self.forget(key)
             return
         meta = sweep["metadata"]
-        if meta.get("deletionTimestamp"):
-            return  # its trials go with it; make no new ones
+        if meta.get("deletionTimestamp") or sweep_finished(sweep):
+            return  # its trials go with it, or it ended: make no new ones, and its status stays as it ended
         try:
             parsed = parse_sweep(sweep)
         except SpecInvalid as exc:

@@ -50,7 +50,7 @@ QUOTA_GPUS = 2
 HOLD_S = 2.0
 SAMPLE_S = 0.5
 TIMEOUT_S = 600.0
-TABLE_EVERY_S = 5.0
+TABLE_EVERY_S = 2.0
 
 
 @dataclass
@@ -248,6 +248,7 @@ def bench(workdir: Path) -> str:
                     ["sweep phase, trials succeeded / total", f"{status.get('phase')}, {counts['succeeded']}/12"],
                     ["Kueue-admitted unfinished Workloads, max", f"{peak} (quota {QUOTA_GPUS} GPUs)"],
                     ["Kueue-admitted unfinished Workloads, time-weighted mean", f"{mean:.2f}"],
+                    ["share of the quota's GPU-seconds held by admitted trials", f"{mean / QUOTA_GPUS:.0%}"],
                     ["Running trials, max", str(max(s.running for s in samples))],
                     [
                         "samples (interval median / max)",

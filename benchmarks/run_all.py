@@ -24,6 +24,7 @@ ORDER = [
     "lowrank",
     "quickstart",
     "sweep",
+    "sweep_cluster",
     "resnet18_e2e",
     "architectures",
     "heads",

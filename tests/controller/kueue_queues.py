@@ -27,37 +27,7 @@ def make_queue(kube: Any, kueue: Any, namespace: str) -> Iterator[MakeQueue]:
 
     def make(gpus: int, preempt: bool = False) -> str:
         name = f"{namespace}-{uuid.uuid4().hex[:4]}"
-        flavor = {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ResourceFlavor",
-            "metadata": {"name": name},
-            "spec": {"nodeLabels": {"nvidia.com/gpu.product": H100}},
-        }
-        quota = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "1Ti", "nvidia.com/gpu": str(gpus)}
-        cluster_queue = {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": name},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "resourceGroups": [
-                    {
-                        "coveredResources": list(quota),
-                        "flavors": [
-                            {"name": name, "resources": [{"name": k, "nominalQuota": v} for k, v in quota.items()]}
-                        ],
-                    }
-                ],
-                **({"preemption": {"withinClusterQueue": "LowerPriority"}} if preempt else {}),
-            },
-        }
-        local_queue = {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": "gpu", "namespace": namespace},
-            "spec": {"clusterQueue": name},
-        }
-        for obj in (flavor, cluster_queue, local_queue):
+        for obj in queue_objects(namespace, name, gpus, preempt):
             kube.apply(obj)
         made.extend([("clusterqueue", name), ("resourceflavor", name)])
         kube.wait(lambda: active(kube, name), f"ClusterQueue {name} to be active", timeout=60)
@@ -85,6 +55,49 @@ def priority_classes(kube: Any, kueue: Any) -> Iterator[dict[str, str]]:
     yield names
     for name in names.values():
         kube.kubectl("delete", "workloadpriorityclass", name, "--ignore-not-found", check=False)
+
+
+def queue_objects(namespace: str, name: str, gpus: int, preempt: bool = False) -> list[dict[str, Any]]:
+    """A ResourceFlavor `name` of the H100 nodes, a ClusterQueue `name` with `gpus` GPUs for `namespace`
+    (preempting lower priorities within itself when `preempt`), and the LocalQueue `gpu` in it."""
+    flavor = {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "ResourceFlavor",
+        "metadata": {"name": name},
+        "spec": {"nodeLabels": {"nvidia.com/gpu.product": H100}},
+    }
+    quota = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "1Ti", "nvidia.com/gpu": str(gpus)}
+    cluster_queue = {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "resourceGroups": [
+                {
+                    "coveredResources": list(quota),
+                    "flavors": [
+                        {"name": name, "resources": [{"name": k, "nominalQuota": v} for k, v in quota.items()]}
+                    ],
+                }
+            ],
+            **({"preemption": {"withinClusterQueue": "LowerPriority"}} if preempt else {}),
+        },
+    }
+    local_queue = {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "LocalQueue",
+        "metadata": {"name": "gpu", "namespace": namespace},
+        "spec": {"clusterQueue": name},
+    }
+    return [flavor, cluster_queue, local_queue]
+
+
+def holds_quota(workload: dict[str, Any]) -> bool:
+    """Whether a Kueue Workload holds quota now: admitted and not finished."""
+    cond = conditions(workload.get("status") or {})
+    admitted = cond.get("Admitted", {}).get("status") == "True"
+    return admitted and cond.get("Finished", {}).get("status") != "True"
 
 
 def active(kube: Any, cluster_queue: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubectl import apply_cr, conditions, finish, running_pod, wait_phase
-from kueue_queues import GPU, MakeQueue
+from kueue_queues import GPU, MakeQueue, holds_quota
 from operator_process import OperatorProcess, get_json
 
 from factories import applied
@@ -60,12 +60,7 @@ def _sweep_status(kube: Any, ns: str, name: str) -> dict[str, Any]:
 
 def _admitted_unfinished(kube: Any, ns: str) -> int:
     """Workloads that hold quota now: admitted by Kueue and not finished."""
-    count = 0
-    for wl in get_json(kube, "-n", ns, "workloads.kueue.x-k8s.io")["items"]:
-        cond = conditions(wl.get("status") or {})
-        admitted = cond.get("Admitted", {}).get("status") == "True"
-        count += admitted and cond.get("Finished", {}).get("status") != "True"
-    return count
+    return sum(holds_quota(wl) for wl in get_json(kube, "-n", ns, "workloads.kueue.x-k8s.io")["items"])
 
 
 def _finish_trial(kube: Any, ns: str, trial: dict[str, Any]) -> None:

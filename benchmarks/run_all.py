@@ -30,6 +30,7 @@ ORDER = [
     "heads",
     "llm",
     "llm_methods",
+    "llm_methods_selected",
     "llm_resume",
     "llm_memory",
     "operator",

@@ -146,6 +146,7 @@ TABLE = (
         {
             "pattern": [({"pattern": "2:4"}, LLM_SPARSIFY)],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj", "model.layers.0.mlp.up_proj"]}, LLM_SPARSIFY)],
+            "backend": [({"backend": "LLMCompressor"}, LLM_SPARSIFY), ({"backend": "ModelOpt"}, ("SparseGPT",))],
         },
     ),
     Selector(

@@ -87,7 +87,7 @@ def test_modelopt_runs_2_of_4_alone_or_before_its_fp8(steps: list[dict[str, Any]
     [
         (
             [{"name": "s", "llmSparsify": {"method": "Wanda", "backend": "ModelOpt"}}],
-            "spec.steps[0].llmSparsify.method",
+            "spec.steps[0].llmSparsify.backend",
             "SparseGPT only",
         ),
         (

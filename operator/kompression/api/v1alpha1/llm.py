@@ -334,9 +334,9 @@ class LLMSparsifyStep(TechniqueConfig):
     __rules__ = (
         Rule(
             cel="!has(self.backend) || self.backend != 'ModelOpt' || self.method == 'SparseGPT'",
-            message="backend ModelOpt prunes with SparseGPT only (Model Optimizer has no Wanda); set method SparseGPT "
+            message="`backend` ModelOpt prunes with SparseGPT only (Model Optimizer has no Wanda); set method SparseGPT "
             "or backend LLMCompressor",
-            field_path=".method",
+            field_path=".backend",
         ),
         Rule(
             cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "

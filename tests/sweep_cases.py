@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from factories import applied
+
 SWEEP: dict[str, Any] = {
     "apiVersion": "kompression.dev/v1alpha1",
     "kind": "CompressionSweep",
@@ -50,3 +52,28 @@ def sweep(**spec: Any) -> dict[str, Any]:
     out = copy.deepcopy(SWEEP)
     out["spec"].update(copy.deepcopy(spec))
     return out
+
+
+def int8_sweep(name: str, resources: dict[str, Any], excludes: list[list[str]], **spec: Any) -> dict[str, Any]:
+    """A sweep of the factories' job over its int8 step's method and excluded layers, its output and
+    calibration data in the test bed's S3: the sweep the cluster tests finish by hand on kwok nodes.
+    `spec` replaces sweep fields; `runPolicy` goes into the template."""
+    run_policy = spec.pop("runPolicy", None)
+    template = applied(name, resources=resources, **({"runPolicy": run_policy} if run_policy else {}))["spec"]
+    template["output"]["uri"] = f"s3://out/{name}/"
+    template["data"] = {"calibration": {"uri": "s3://data/calibration.npz"}}
+    return {
+        "apiVersion": "kompression.dev/v1alpha1",
+        "kind": "CompressionSweep",
+        "metadata": {"name": name},
+        "spec": {
+            "template": template,
+            "parameters": [
+                {"name": "method", "step": "int8", "field": "method", "values": ["DynamicInt8", "StaticInt8"]},
+                {"name": "exclude", "step": "int8", "field": "excludeLayers", "values": excludes},
+            ],
+            "objectives": [{"metric": "accuracyDelta"}, {"metric": "compressionRatio"}],
+            "parallelism": 2,
+            **copy.deepcopy(spec),
+        },
+    }

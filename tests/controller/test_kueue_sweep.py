@@ -11,34 +11,18 @@ from kubectl import apply_cr, conditions, finish, running_pod, wait_phase
 from kueue_queues import GPU, MakeQueue, holds_quota
 from operator_process import OperatorProcess, get_json
 
-from factories import applied
 from kompression.api.constants import LABEL_SWEEP_NAME
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import Result
 from kompression.controller import kueue as reasons
+from sweep_cases import int8_sweep
 
 pytestmark = pytest.mark.timeout(300)
 FINISHED = ("Succeeded", "Failed")
 
 
 def _sweep(name: str, run_policy: dict[str, Any], excludes: list[list[str]], parallelism: int) -> dict[str, Any]:
-    template = applied(name, resources=GPU, runPolicy=run_policy)["spec"]
-    template["output"]["uri"] = f"s3://out/{name}/"
-    template["data"] = {"calibration": {"uri": "s3://data/calibration.npz"}}
-    return {
-        "apiVersion": "kompression.dev/v1alpha1",
-        "kind": "CompressionSweep",
-        "metadata": {"name": name},
-        "spec": {
-            "template": template,
-            "parameters": [
-                {"name": "method", "step": "int8", "field": "method", "values": ["DynamicInt8", "StaticInt8"]},
-                {"name": "exclude", "step": "int8", "field": "excludeLayers", "values": excludes},
-            ],
-            "objectives": [{"metric": "accuracyDelta"}, {"metric": "compressionRatio"}],
-            "parallelism": parallelism,
-        },
-    }
+    return int8_sweep(name, GPU, excludes, runPolicy=run_policy, parallelism=parallelism)
 
 
 def _trials(kube: Any, ns: str, sweep: str) -> list[dict[str, Any]]:

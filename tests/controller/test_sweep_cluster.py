@@ -5,7 +5,6 @@ the trials with it through the garbage collector."""
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -13,10 +12,10 @@ import pytest
 from kubectl import SMALL, finish, pods, running_pod
 from operator_process import OperatorProcess, get_json
 
-from factories import applied
 from kompression.api.constants import LABEL_SWEEP_NAME
 from kompression.api.report import WorkerReport
 from kompression.api.v1alpha1 import Result
+from sweep_cases import int8_sweep
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,25 +30,7 @@ OUTCOMES = {
 
 
 def _sweep(name: str, **spec: Any) -> dict[str, Any]:
-    template = applied(name, resources=SMALL)["spec"]
-    template["output"]["uri"] = f"s3://out/{name}/"
-    template["data"] = {"calibration": {"uri": "s3://data/calibration.npz"}}
-    body: dict[str, Any] = {
-        "apiVersion": "kompression.dev/v1alpha1",
-        "kind": "CompressionSweep",
-        "metadata": {"name": name},
-        "spec": {
-            "template": template,
-            "parameters": [
-                {"name": "method", "step": "int8", "field": "method", "values": ["DynamicInt8", "StaticInt8"]},
-                {"name": "exclude", "step": "int8", "field": "excludeLayers", "values": [[], ["fc"]]},
-            ],
-            "objectives": [{"metric": "accuracyDelta"}, {"metric": "compressionRatio"}],
-            "parallelism": 2,
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
+    return int8_sweep(name, SMALL, [[], ["fc"]], **spec)
 
 
 def _trials(kube: Any, ns: str, sweep: str) -> list[dict[str, Any]]:

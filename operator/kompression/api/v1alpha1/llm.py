@@ -46,6 +46,16 @@ DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
 MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
 
 
+# Both LLM steps name excluded modules; Model Optimizer matches them by full name only.
+MODELOPT_NAMES_IN_FULL = Rule(
+    cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
+    "self.excludeLayers.all(x, !x.startsWith('re:'))",
+    message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
+    "not by `re:` regular expressions",
+    field_path=".excludeLayers",
+)
+
+
 class LLMQuantizeStep(TechniqueConfig):
     """Quantize a HuggingFace causal language model with llm-compressor's oneshot, saved as a
     compressed-tensors checkpoint that vLLM, SGLang and transformers load. Runs in the worker-llm image."""
@@ -248,13 +258,7 @@ class LLMQuantizeStep(TechniqueConfig):
             "or use backend LLMCompressor",
             field_path=".symmetric",
         ),
-        Rule(
-            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
-            "self.excludeLayers.all(x, !x.startsWith('re:'))",
-            message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
-            "not by `re:` regular expressions",
-            field_path=".excludeLayers",
-        ),
+        MODELOPT_NAMES_IN_FULL,
     )
 
     @property
@@ -338,13 +342,7 @@ class LLMSparsifyStep(TechniqueConfig):
             "or backend LLMCompressor",
             field_path=".backend",
         ),
-        Rule(
-            cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
-            "self.excludeLayers.all(x, !x.startsWith('re:'))",
-            message="backend ModelOpt names excluded modules by their full name (e.g. model.layers.0.mlp.down_proj), "
-            "not by `re:` regular expressions",
-            field_path=".excludeLayers",
-        ),
+        MODELOPT_NAMES_IN_FULL,
     )
 
     @property

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from kompression.api import memory_plan
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.worker import memory
-from kompression.worker.errors import SpecError
+from kompression.worker.errors import ModelError, SpecError
 from kompression.worker.storage import objects
 
 TINY_LLAMA = Path(__file__).resolve().parents[1] / "llm" / "fixtures" / "tiny-llama"
@@ -96,3 +96,38 @@ def test_resources_too_small_for_the_plan_are_refused_naming_numbers_and_knobs(t
     assert planned.knob in message
     assert f"spec.resources.ephemeralStorage 100Mi is less than the {memory_plan.gib(planned.scratch)}" in message
     memory.check(_job(f"file://{TINY_LLAMA}", f"file://{tmp_path}/out"), planned)  # the defaults hold it
+
+
+def _hostile_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in TINY_LLAMA.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_a_link_in_the_folder_is_refused_before_the_plan_reads_a_byte(tmp_path: Path) -> None:
+    folder = _hostile_copy(tmp_path)
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to(TINY_LLAMA / "config.json")
+    with pytest.raises(ModelError) as refused:
+        memory.plan(_job(f"file://{folder}", f"file://{tmp_path}/out"))
+    assert refused.value.message.startswith("spec.model.uri: ")
+    assert "config.json is a symbolic link" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [
+        ("config.json", b"[1, 2]"),  # not an object: the loader's vetting names it, in its words
+        ("config.json", b"{" + b" " * (memory.CONFIG_MAX_BYTES + 1) + b"}"),
+        ("model.safetensors", (16).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": ["x"]}}'[:16]),
+        ("model.safetensors", (40).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": ["x"]}}'[:40]),
+    ],
+)
+def test_a_folder_the_plan_cannot_read_gets_no_plan_and_is_left_to_the_vetting(
+    tmp_path: Path, file: str, content: bytes
+) -> None:
+    folder = _hostile_copy(tmp_path)
+    (folder / file).write_bytes(content)
+    assert memory.plan(_job(f"file://{folder}", f"file://{tmp_path}/out")) is None

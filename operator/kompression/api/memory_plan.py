@@ -101,10 +101,13 @@ def header_tensors(header: bytes) -> dict[str, Tensor]:
         if name == "__metadata__":
             continue
         if not (
-            isinstance(entry, dict) and isinstance(entry.get("shape"), list) and isinstance(entry.get("dtype"), str)
+            isinstance(entry, dict)
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(x, int) and x >= 0 for x in entry["shape"])
+            and isinstance(entry.get("dtype"), str)
         ):
             raise HeaderInvalid(f"tensor {name!r} of a safetensors header has no dtype and shape")
-        out[name] = Tensor(entry["dtype"], tuple(int(x) for x in entry["shape"]))
+        out[name] = Tensor(entry["dtype"], tuple(entry["shape"]))
     return out
 
 

@@ -41,15 +41,42 @@ def workloads(job: CompressionJob) -> list[Workload]:
     return out
 
 
+# A config.json is a few KiB; a larger one is left to the folder's vetting, not read whole here.
+CONFIG_MAX_BYTES = 1 << 20
+
+
+class Unplanned(Exception):
+    """The folder says nothing a plan can use; the folder's own vetting (formats/hf_folder) names
+    what is wrong with it when the model is loaded, in its words."""
+
+
 def read_headers(model_uri: str) -> tuple[dict[str, object], dict[str, memory_plan.Tensor]]:
-    """config.json and every tensor the folder's safetensors headers name, reading only the headers."""
+    """config.json and every tensor the folder's safetensors headers name, reading only the headers.
+
+    The folder is untrusted and not yet vetted: a local one must hold nothing but regular files and
+    folders, and an object key nothing but plain relative segments, before a byte is read (the same
+    refusals the loader's fetch makes, so the author reads the same message). Anything else the
+    plan cannot read raises Unplanned."""
     base = model_uri.rstrip("/")
     try:
-        config = json.loads(objects.read_bytes(f"{base}/config.json"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"spec.model.uri: cannot read config.json of {model_uri}: {exc}") from None
+        if objects.parse_uri(base).is_local:
+            objects.vet_local(base)
+        names = objects.list_files(base)
+        for name in names:
+            objects.check_key(base, name)
+        raw = objects.read_bytes(f"{base}/config.json", 0, CONFIG_MAX_BYTES + 1)
+    except objects.UnsafeSource as exc:
+        raise ModelError(f"spec.model.uri: {exc.message}") from None
+    except (OSError, objects.StorageError) as exc:
+        raise Unplanned(f"config.json: {exc}") from None
+    try:
+        config = json.loads(raw) if len(raw) <= CONFIG_MAX_BYTES else None
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise Unplanned("config.json is not a JSON object of at most 1 MiB")
     tensors: dict[str, memory_plan.Tensor] = {}
-    for name in objects.list_files(base):
+    for name in names:
         if "/" in name or not name.endswith(".safetensors"):
             continue
         uri = f"{base}/{name}"
@@ -58,17 +85,21 @@ def read_headers(model_uri: str) -> tuple[dict[str, object], dict[str, memory_pl
             end = memory_plan.HEADER_LENGTH_BYTES + n
             tensors.update(memory_plan.header_tensors(objects.read_bytes(uri, memory_plan.HEADER_LENGTH_BYTES, end)))
         except memory_plan.HeaderInvalid as exc:
-            raise ModelError(f"spec.model.uri: {name} is not a safetensors file: {exc}") from None
+            raise Unplanned(f"{name}: {exc}") from None
     return config, tensors
 
 
 def plan(job: CompressionJob) -> Plan | None:
-    """The largest plan over the job's LLM steps (they run one after another); None without any."""
+    """The largest plan over the job's LLM steps (they run one after another); None without any,
+    or when the folder gives no plan to make (the loader's vetting then refuses it)."""
     work = workloads(job)
     if not work:
         return None
-    config, tensors = read_headers(job.spec.model.uri)
-    return max((memory_plan.plan(config, tensors, w) for w in work), key=lambda p: p.host)
+    try:
+        config, tensors = read_headers(job.spec.model.uri)
+        return max((memory_plan.plan(config, tensors, w) for w in work), key=lambda p: p.host)
+    except Unplanned:
+        return None
 
 
 def check(job: CompressionJob, planned: Plan) -> None:

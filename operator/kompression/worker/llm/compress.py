@@ -78,6 +78,7 @@ def llm_sparsify(model: Model, ctx: StepContext[LLMSparsifyStep]) -> StepResult:
     out = ctx.workdir / "out"
     sharing = ranks.world()
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
+    layers = None  # Model Optimizer's SparseGPT runs in one call: nothing to resume layer by layer
     if cfg.backend_or_default == "ModelOpt":
         phases = Phases()  # one process (the API keeps ModelOpt jobs to one GPU)
         with ranks.peak_memory(ctx.device) as box, phases("calibrate"):

@@ -19,12 +19,14 @@ from pydantic import ValidationError
 from kompression.api.constants import API_VERSION, SWEEP_KIND
 from kompression.api.v1alpha1 import (
     MAX_TRIALS,
+    BestTrial,
     CompressionJobSpec,
     CompressionSweep,
     CompressionSweepSpec,
     Objective,
     Parameter,
     Result,
+    TrialCounts,
     TrialMetrics,
     TrialStatus,
     axis_target,
@@ -361,6 +363,23 @@ def best(trials: Sequence[TrialStatus], objectives: Sequence[Objective]) -> Tria
     if not candidates:
         return None
     return max(candidates, key=lambda c: (c[1], -c[0].index))[0]
+
+
+def best_trial(trials: Sequence[TrialStatus], objectives: Sequence[Objective]) -> BestTrial | None:
+    """best(), as the status names it: the trial and its metrics; None before one passed."""
+    top = best(trials, objectives)
+    return BestTrial(name=top.name, metrics=top.metrics) if top is not None and top.metrics else None
+
+
+def tally(trials: Sequence[TrialStatus], total: int) -> TrialCounts:
+    """The status's counts by phase; the trials not made yet count as pending."""
+    return TrialCounts(
+        pending=sum(t.phase == "Pending" for t in trials) + (total - len(trials)),
+        running=sum(t.phase == "Running" for t in trials),
+        succeeded=sum(t.phase == "Succeeded" for t in trials),
+        rejected=sum(t.phase == "Rejected" for t in trials),
+        failed=sum(t.phase == "Failed" for t in trials),
+    )
 
 
 def explain(sweep: CompressionSweep) -> str:

@@ -24,7 +24,14 @@ from kompression.api.constants import (
     LABEL_SWEEP_TRIAL,
     SWEEP_KIND,
 )
-from kompression.api.sweep_plan import PlannedTrial, best, metrics_from_result, pareto_front, trial_output
+from kompression.api.sweep_plan import (
+    PlannedTrial,
+    best_trial,
+    metrics_from_result,
+    pareto_front,
+    tally,
+    trial_output,
+)
 from kompression.api.v1alpha1 import (
     BestTrial,
     CompressionJobStatus,
@@ -154,18 +161,11 @@ class SweepDecision:
 def decide_sweep(spec: CompressionSweepSpec, trials: Sequence[TrialStatus], total: int) -> SweepDecision:
     """The next step of a sweep from its spec and its trials (those made so far), `total` the trials
     it makes in all. Never more than `parallelism` unfinished; none new while suspended or once ended."""
-    counts = TrialCounts(
-        pending=sum(t.phase == "Pending" for t in trials) + (total - len(trials)),
-        running=sum(t.phase == "Running" for t in trials),
-        succeeded=sum(t.phase == "Succeeded" for t in trials),
-        rejected=sum(t.phase == "Rejected" for t in trials),
-        failed=sum(t.phase == "Failed" for t in trials),
-    )
+    counts = tally(trials, total)
     unfinished = sum(t.phase in UNFINISHED for t in trials)
     done = counts.succeeded + counts.rejected + counts.failed
     front = [t.name for t in pareto_front(trials, spec.objectives)]
-    top = best(trials, spec.objectives)
-    chosen = BestTrial(name=top.name, metrics=top.metrics) if top is not None and top.metrics else None
+    chosen = best_trial(trials, spec.objectives)
     summary = f"{done} of {total} trials finished: {counts.succeeded} passed, {counts.rejected} rejected, {counts.failed} failed"
 
     def decision(create: int, obs: Observation) -> SweepDecision:

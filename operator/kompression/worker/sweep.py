@@ -30,7 +30,6 @@ import torch
 from kompression.api import sweep_plan
 from kompression.api.constants import API_VERSION
 from kompression.api.v1alpha1 import (
-    BestTrial,
     CompressionJob,
     CompressionSweep,
     CompressionSweepStatus,
@@ -225,14 +224,7 @@ def run(sweep: CompressionSweep, options: SweepOptions) -> SweepResult:
 def sweep_status(sweep: CompressionSweep, trials: list[TrialStatus], total: int, phase: str) -> CompressionSweepStatus:
     """The sweep's status as the controller writes it: counts, trials, the Pareto front and the best."""
     objectives = sweep.spec.objectives
-    counts = TrialCounts(
-        pending=total - len(trials),
-        running=sum(t.phase == "Running" for t in trials),
-        succeeded=sum(t.phase == "Succeeded" for t in trials),
-        rejected=sum(t.phase == "Rejected" for t in trials),
-        failed=sum(t.phase == "Failed" for t in trials),
-    )
-    top = sweep_plan.best(trials, objectives)
+    counts = sweep_plan.tally(trials, total)
     return CompressionSweepStatus.model_validate(
         {
             "phase": phase,
@@ -241,7 +233,7 @@ def sweep_status(sweep: CompressionSweep, trials: list[TrialStatus], total: int,
             "counts": counts,
             "trials": sorted(trials, key=lambda t: t.index),
             "paretoFront": [t.name for t in sweep_plan.pareto_front(trials, objectives)],
-            "best": BestTrial(name=top.name, metrics=top.metrics) if top is not None and top.metrics else None,
+            "best": sweep_plan.best_trial(trials, objectives),
         }
     )
 

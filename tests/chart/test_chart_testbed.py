@@ -37,6 +37,8 @@ ALLOWED = {
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
     "tokenreviews.authentication.k8s.io": {"create"},
     "priorityclasses.scheduling.k8s.io": {"get", "list", "watch"},
+    # A queued Job's Kueue Workload, read for why it waits (controller/kueue.py).
+    "workloads.kueue.x-k8s.io": {"get", "list", "watch"},
     "namespaces": {"list", "watch"},
     # Only with operator.peering.enabled: the replicas' shared peering object.
     "clusterkopfpeerings.kopf.dev": {"get", "list", "watch", "patch"},
@@ -59,6 +61,7 @@ OWN = (
     "pods",
     "events",
     "events.events.k8s.io",
+    "workloads.kueue.x-k8s.io",
 )
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from llm_jobs import Run, Texts, job_yaml, kompression_run, write_job
 
 from kompression.api.constants import ExitCode
+
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
 
 def test_a_pod_too_small_for_the_plan_is_refused_before_anything_is_read(texts: Texts, tmp_path: Path) -> None:

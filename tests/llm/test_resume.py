@@ -18,6 +18,8 @@ import pytest
 import torch
 from llm_jobs import Run, Texts, job_yaml, kompression_run, write_job
 
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
+
 pytestmark = pytest.mark.slow
 
 GPTQ = "{scheme: W4A16, algorithm: GPTQ}"

@@ -131,3 +131,14 @@ def test_a_folder_the_plan_cannot_read_gets_no_plan_and_is_left_to_the_vetting(
     folder = _hostile_copy(tmp_path)
     (folder / file).write_bytes(content)
     assert memory.plan(_job(f"file://{folder}", f"file://{tmp_path}/out")) is None
+
+
+def test_an_object_key_with_dot_dot_is_refused_before_the_plan_reads_a_byte(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    uri = _model_uri("s3", request, monkeypatch)
+    objects.upload(TINY_LLAMA / "config.json", f"{uri}/sub/../config.json")
+    with pytest.raises(ModelError) as refused:
+        memory.plan(_job(uri, f"file://{tmp_path}/out"))
+    assert refused.value.message.startswith("spec.model.uri: ")
+    assert "'sub/../config.json'" in refused.value.message

@@ -46,6 +46,18 @@ DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
 MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
 
 
+def _autoround_only(option: str) -> Rule:
+    """An AutoRound option refused unless the step tunes with AutoRound on a scheme it serves."""
+    return Rule(
+        cel=f"!has(self.{option}) || (has(self.algorithm) && self.algorithm == 'AutoRound' && self.scheme in "
+        + str(list(LLM_AUTOROUND_SCHEMES))
+        + ")",
+        message=f"`{option}` is only used by algorithm AutoRound (schemes W4A16 and W8A16); set algorithm AutoRound "
+        "or remove it",
+        field_path=f".{option}",
+    )
+
+
 # Both LLM steps name excluded modules; Model Optimizer matches them by full name only.
 MODELOPT_NAMES_IN_FULL = Rule(
     cel="!has(self.backend) || self.backend != 'ModelOpt' || !has(self.excludeLayers) || "
@@ -196,20 +208,8 @@ class LLMQuantizeStep(TechniqueConfig):
             "rounding of weights alone); use GPTQ or RTN with W8A8",
             field_path=".algorithm",
         ),
-        Rule(
-            cel="!has(self.iterations) || (has(self.algorithm) && self.algorithm == 'AutoRound' && self.scheme in "
-            + str(list(LLM_AUTOROUND_SCHEMES))
-            + ")",
-            message="`iterations` is only used by algorithm AutoRound (schemes W4A16 and W8A16); set algorithm AutoRound or remove it",
-            field_path=".iterations",
-        ),
-        Rule(
-            cel="!has(self.learningRate) || (has(self.algorithm) && self.algorithm == 'AutoRound' && self.scheme in "
-            + str(list(LLM_AUTOROUND_SCHEMES))
-            + ")",
-            message="`learningRate` is only used by algorithm AutoRound (schemes W4A16 and W8A16); set algorithm AutoRound or remove it",
-            field_path=".learningRate",
-        ),
+        _autoround_only("iterations"),
+        _autoround_only("learningRate"),
         Rule(
             cel="!has(self.kvCache) || self.scheme in " + str(list(LLM_KV_CACHE_SCHEMES)),
             message="`kvCache` is only used with schemes W4A16, W8A16, W8A8, FP8Dynamic and FP8, whose "

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+import torch
 
+from encoder_helpers import encoder_inputs
 from factories import make_ctx, trained_cnn
-from kompression.api.v1alpha1 import OnnxStep
+from kompression.api.v1alpha1 import ModelSource, OnnxStep
 from kompression.worker.errors import ModelError, StepInvalid
-from kompression.worker.model import OnnxModel
+from kompression.worker.formats import loader
+from kompression.worker.model import OnnxModel, TorchModel
+from kompression.worker.steps.onnx_io import export_onnx, run_onnx, session
 from kompression.worker.techniques import TECHNIQUES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,3 +50,31 @@ def test_an_onnx_model_is_checked_run_and_passed_on(tmp_path: Path) -> None:
     broken.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="invalid"):
         onnx_step(OnnxModel(broken, ["x"]), make_ctx({"name": "e3", "onnx": {}}, tmp_path))
+
+
+def test_a_huggingface_encoder_exports_its_attention_as_eager_math(tiny_bert: Path, tmp_path: Path) -> None:
+    """The SDPA export masks the scores with IsNaN and Where, which onnxruntime runs as extra passes
+    (benchmark (f)); the export uses the eager attention instead, with the same outputs on padded
+    rows, and leaves the model it was given as it was."""
+    source = ModelSource.model_validate(
+        {"uri": f"file://{tiny_bert}", "format": "HuggingFace", "inputs": encoder_inputs(16)}
+    )
+    loaded = loader.load_model(source, tiny_bert)
+    assert isinstance(loaded, TorchModel)
+    exported = export_onnx(loaded, tmp_path / "bert.onnx", ["input_ids", "attention_mask"])
+    nodes = onnx.load(str(exported.path)).graph.node
+    # The mask is turned into an additive bias once, outside the layers; no layer selects scores.
+    per_layer = [n.name for n in nodes if n.op_type in ("IsNaN", "Where") and "/encoder/" in n.name]
+    assert per_layer == [], per_layer
+    assert any(n.op_type == "Softmax" and "/encoder/" in n.name for n in nodes)
+    ids = torch.randint(5, 40, (3, 16))
+    mask = torch.ones(3, 16, dtype=torch.int64)
+    mask[1, 9:] = 0  # padded rows: the mask has to reach the scores in the graph
+    mask[2, 4:] = 0
+    with torch.inference_mode():
+        expected = loaded.module(ids, mask)
+    expected = (expected if isinstance(expected, torch.Tensor) else expected[0]).numpy()
+    got = run_onnx(session(exported.path, threads=1), [ids.numpy(), mask.numpy()])
+    assert np.abs(got - expected).max() < 1e-4
+    inner = next(m for m in loaded.module.modules() if hasattr(m, "set_attn_implementation"))
+    assert inner.config._attn_implementation == "sdpa"

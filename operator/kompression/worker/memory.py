@@ -103,18 +103,9 @@ def plan(job: CompressionJob) -> Plan | None:
 
 
 def check(job: CompressionJob, planned: Plan) -> None:
-    """Refuse a job whose spec.resources cannot hold the plan, naming the numbers and the knob."""
+    """Refuse a job whose spec.resources cannot hold the plan, naming the numbers and the knob. An
+    unset memory or ephemeralStorage is the operator's to fill in from the same plan."""
     res = job.spec.resources
-    short = []
-    if memory_plan.quantity_bytes(res.memory) < planned.host:
-        short.append(
-            f"spec.resources.memory {res.memory} is less than the {memory_plan.gib(planned.host)} of host memory "
-            f"planned; raise it, or lower the need with {planned.knob}"
-        )
-    if memory_plan.quantity_bytes(res.ephemeralStorage) < planned.scratch:
-        short.append(
-            f"spec.resources.ephemeralStorage {res.ephemeralStorage} is less than the "
-            f"{memory_plan.gib(planned.scratch)} of scratch disk planned (the model, its compressed copy and caches)"
-        )
+    short = memory_plan.shortfalls(res.memory, res.ephemeralStorage, planned.host, planned.scratch, planned.knob)
     if short:
         raise SpecError("; ".join(short))

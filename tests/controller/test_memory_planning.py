@@ -5,9 +5,12 @@ API server and the operator process: tests/controller/test_cluster_memory_plan.p
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from factories import LLAMA, manifest
 from kompression.api import memory_plan
@@ -21,12 +24,13 @@ from kompression.controller.builders import (
     planned,
     planned_resources,
 )
-from kompression.controller.conditions import PLANNING
+from kompression.controller.conditions import PLANNING, RESOURCES_TOO_SMALL
 from kompression.controller.labels import controller_uid, is_planner
 from kompression.controller.observe import Planned, planning
 from kompression.controller.settings import Settings
 from kompression.controller.store import Store
 from kompression.controller.views import JobView, PodView
+from kompression.worker import memory
 
 SETTINGS = Settings(
     worker_image="registry.local/worker:1",
@@ -188,3 +192,59 @@ def test_the_planning_job_is_kept_apart_from_the_worker_job_in_the_store() -> No
     assert store.drop_unlisted_jobs([], "9", None) == [key] and key not in store.planners
     store.put_job(planner, deleted=True)
     assert not store.planners
+
+
+STEPS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "steps.md"
+
+
+def _llama_7b() -> tuple[dict[str, Any], dict[str, memory_plan.Tensor]]:
+    """Llama-2-7B's config.json and safetensors headers (bfloat16), as the planning pod reads them."""
+    hidden, intermediate, layers, vocab = 4096, 11008, 32, 32000
+    bf16 = memory_plan.Tensor
+    tensors = {
+        "model.embed_tokens.weight": bf16("BF16", (vocab, hidden)),
+        "model.norm.weight": bf16("BF16", (hidden,)),
+        "lm_head.weight": bf16("BF16", (vocab, hidden)),
+    }
+    for i in range(layers):
+        layer = f"model.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[f"{layer}.self_attn.{proj}.weight"] = bf16("BF16", (hidden, hidden))
+        tensors[f"{layer}.mlp.gate_proj.weight"] = bf16("BF16", (intermediate, hidden))
+        tensors[f"{layer}.mlp.up_proj.weight"] = bf16("BF16", (intermediate, hidden))
+        tensors[f"{layer}.mlp.down_proj.weight"] = bf16("BF16", (hidden, intermediate))
+        tensors[f"{layer}.input_layernorm.weight"] = bf16("BF16", (hidden,))
+        tensors[f"{layer}.post_attention_layernorm.weight"] = bf16("BF16", (hidden,))
+    config = {"hidden_size": hidden, "intermediate_size": intermediate, "num_attention_heads": 32, "vocab_size": vocab}
+    return config, tensors
+
+
+def test_the_steps_pages_memory_examples_are_what_the_operator_decides() -> None:
+    """docs/steps.md (Memory planned before the pod starts): the 7B Llama job of the page, left
+    unset, gets the figures the page names; with memory: 16Gi, the refusal the page quotes."""
+    page = STEPS_PAGE.read_text()
+    section = page[page.index("### Memory planned before the pod starts") :]
+    doc = next(yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "llama-7b-w4a16" in b)
+    job = parse_job({**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": "u", "generation": 1}})
+    assert job.spec.resources.memory is None and job.spec.resources.ephemeralStorage is None
+    config, tensors = _llama_7b()
+    (work,) = memory.workloads(job)
+    made = memory_plan.plan(config, tensors, work)
+    plan = MemoryPlan.model_validate(made.to_wire())
+    limits = _container(build_job(planned_resources(job, plan), SETTINGS))["resources"]["limits"]
+    prose = " ".join(section.split())
+    host = memory_plan.gib(made.host)
+    assert f"a memory request and limit of `{limits['memory']}` ({host} planned, plus 25%)" in prose
+    assert f"`{limits['ephemeral-storage']}` of scratch disk" in prose
+    sixteen = job.model_copy(
+        update={
+            "spec": job.spec.model_copy(update={"resources": job.spec.resources.model_copy(update={"memory": "16Gi"})})
+        }
+    )
+    with pytest.raises(ResourcesTooSmall) as err:
+        planned_resources(sixteen, plan)
+    quoted = re.search(r"\n\n {6}(spec\.resources\.memory 16Gi .*?)\n\n", section, re.S)
+    assert quoted is not None and " ".join(quoted.group(1).split()) == str(err.value)
+    troubleshooting = (STEPS_PAGE.parent / "troubleshooting.md").read_text()
+    for reason in (PLANNING, RESOURCES_TOO_SMALL):
+        assert f"| `{reason}` |" in troubleshooting, reason

@@ -3,9 +3,11 @@ folder's config.json and safetensors headers, read where the model lies (a range
 header, never the weights), and refuse a job whose spec.resources cannot hold the plan before a
 single weight is downloaded.
 
-The controller cannot do this at admission: it never reads object storage (it holds no
-credentials of the jobs' Secrets, and its image has no storage client). The worker reports the
-plan instead, and the operator names it when the pod is killed for memory.
+The controller never reads object storage (it holds no credentials of the jobs' Secrets, and its
+image has no storage client), so at admission it runs `kompression plan` (worker/cli.py) in a
+planning pod of the job's own image and credentials, and refuses or fills in spec.resources from
+what that pod reports (controller/builders.py:planned_resources); the worker plans again as it
+starts, and the operator names the plan when the pod is killed for memory.
 """
 
 from __future__ import annotations

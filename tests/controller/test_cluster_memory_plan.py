@@ -94,6 +94,7 @@ def test_an_llm_job_whose_memory_cannot_hold_the_plan_is_refused_before_its_work
     _planning_job_gone(kube, namespace, "small")
     # No worker Job was ever made: its name never had a Job, and the status never named one.
     assert not jobs(kube, namespace) and "jobName" not in final
+    assert "JobCreated" not in events(kube, namespace, "small")
 
 
 def test_an_llm_job_with_memory_unset_gets_the_planned_memory_in_its_worker_job(

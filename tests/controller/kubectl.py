@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from operator_process import get_json
 
 from factories import applied
+from kompression.controller.naming import planning_job_name
 
 # The resources of a job whose pod kwok only pretends to run: no GPU, and the least CPU and memory
 # the quota and the scheduler count.
@@ -60,6 +62,14 @@ def finish(kube: Any, pod: dict[str, Any], code: int = 0, message: str | None = 
     extra = [f"kompression.dev/kwok-termination-message={message}"] if message is not None else []
     name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
     kube.kubectl("-n", ns, "annotate", "pod", name, f"kompression.dev/kwok-exit-code={code}", *extra)
+
+
+def finish_planning(kube: Any, ns: str, name: str, report: dict[str, Any] | None = None) -> None:
+    """End the memory-planning pod of the LLM job `name` as `kompression plan` ends it: exit 0 and
+    its report as the termination message (by default one without a plan: the job goes on as it
+    would have before planning)."""
+    pod = running_pod(kube, ns, planning_job_name(name))
+    finish(kube, pod, 0, json.dumps(report or {"phase": "Succeeded"}))
 
 
 def events(kube: Any, ns: str, name: str) -> set[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import jobs, running_pod
+from kubectl import finish_planning, jobs, running_pod
 from operator_process import OperatorProcess
 
 from kompression.controller.settings import DEFAULT_WORKER_LLM_IMAGE
@@ -25,8 +25,10 @@ def test_the_multi_gpu_llm_example_runs_two_ranks_in_the_llm_image(
     doc["metadata"]["namespace"] = namespace
     kube.apply(doc)
     name = doc["metadata"]["name"]
-    (job,) = kube.wait(lambda: jobs(kube, namespace), "the worker Job", timeout=60)
-    assert job["metadata"]["name"] == name
+    finish_planning(kube, namespace, name)
+    (job,) = kube.wait(
+        lambda: [j for j in jobs(kube, namespace) if j["metadata"]["name"] == name], "the worker Job", timeout=60
+    )
     pod_spec = job["spec"]["template"]["spec"]
     (container,) = pod_spec["containers"]
     assert container["image"] == DEFAULT_WORKER_LLM_IMAGE

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from claims import claim_volumes
-from kubectl import apply_cr, jobs
+from kubectl import apply_cr, finish_planning, jobs
 from operator_process import OperatorProcess
 
 from factories import LLAMA
@@ -31,7 +31,12 @@ def test_a_task_file_on_a_claim_of_its_own_is_mounted_in_the_job(
         "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
     }
     apply_cr(kube, namespace, "tasks-claim", **spec)
-    job = kube.wait(lambda: next(iter(jobs(kube, namespace)), None), f"the Job of {namespace}/tasks-claim", timeout=60)
+    finish_planning(kube, namespace, "tasks-claim")
+    job = kube.wait(
+        lambda: next((j for j in jobs(kube, namespace) if j["metadata"]["name"] == "tasks-claim"), None),
+        f"the Job of {namespace}/tasks-claim",
+        timeout=60,
+    )
     claims, mounts = claim_volumes(job["spec"]["template"]["spec"])
     assert {c: v["readOnly"] for c, v in claims.items()} == {"tasks": True}
     assert mounts == {"tasks": ("/mnt/pvc/tasks", True)}

@@ -47,3 +47,9 @@ def test_render_refuses_an_architecture_the_operator_would_refuse(
     captured = capsys.readouterr()
     assert "spec.model.architecture" in captured.err and "dynamic_module_utils" in captured.err
     assert captured.out == ""
+
+
+def test_render_prints_an_llm_jobs_planning_job_before_its_worker_job(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", str(EXAMPLES / "llm-multi-gpu.yaml")]) == 0
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == [("ConfigMap", "llama-70b-w4a16-job"), ("Job", "llama-70b-w4a16-plan"), ("Job", "llama-70b-w4a16")]

@@ -146,6 +146,34 @@ def gib(n: int) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
+# What the operator adds to a plan's figure where spec.resources leaves memory or ephemeralStorage
+# unset: the plan aims within 25% of the measured peak (benchmarks/results/llm_memory.md).
+HEADROOM: Final = 0.25
+
+
+def with_headroom(n: int) -> str:
+    """A plan's figure in bytes plus HEADROOM, as a Kubernetes quantity in whole MiB."""
+    return f"{math.ceil(n * (1 + HEADROOM) / MiB)}Mi"
+
+
+def shortfalls(memory: str | None, ephemeral_storage: str | None, host: int, scratch: int, knob: str) -> list[str]:
+    """What of spec.resources cannot hold a plan of `host` memory and `scratch` disk, each naming
+    the numbers and what to change; one message for the worker's refusal and the operator's. An
+    unset field is filled in from the plan, so it never falls short."""
+    short = []
+    if memory is not None and quantity_bytes(memory) < host:
+        short.append(
+            f"spec.resources.memory {memory} is less than the {gib(host)} of host memory planned; raise it, "
+            f"or lower the need with {knob}"
+        )
+    if ephemeral_storage is not None and quantity_bytes(ephemeral_storage) < scratch:
+        short.append(
+            f"spec.resources.ephemeralStorage {ephemeral_storage} is less than the {gib(scratch)} of scratch disk "
+            "planned (the model, its compressed copy and caches)"
+        )
+    return short
+
+
 def _int(config: dict[str, Any], *names: str, default: int = 0) -> int:
     for name in names:
         value = config.get(name)

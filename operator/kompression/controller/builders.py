@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from kompression.api import memory_plan
 from kompression.api.constants import (
     ANNOTATION_GENERATION,
     ANNOTATION_RECREATION,
@@ -28,10 +29,10 @@ from kompression.api.constants import (
     progress_audience,
 )
 from kompression.api.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT, pvc_claim
-from kompression.api.v1alpha1 import CompressionJob, WorkerImage
+from kompression.api.v1alpha1 import CompressionJob, MemoryPlan, WorkerImage
 from kompression.controller.failure_policy import WORKER_CONTAINER, pod_failure_policy
-from kompression.controller.labels import child_labels, owner_reference
-from kompression.controller.naming import configmap_name, job_name
+from kompression.controller.labels import COMPONENT_PLANNER, child_labels, owner_reference
+from kompression.controller.naming import configmap_name, job_name, planning_job_name
 from kompression.controller.settings import Settings
 from kompression.controller.views import JobView
 
@@ -117,10 +118,11 @@ def _env(job: CompressionJob, settings: Settings) -> list[dict[str, Any]]:
 
 def _resources(job: CompressionJob, settings: Settings) -> dict[str, Any]:
     res = job.spec.resources
-    limits: dict[str, str] = {"memory": res.memory, "ephemeral-storage": res.ephemeralStorage}
+    memory, disk = res.memory_or_default, res.ephemeral_storage_or_default
+    limits: dict[str, str] = {"memory": memory, "ephemeral-storage": disk}
     if res.gpus > 0:
         limits[settings.gpu_resource] = str(res.gpus)
-    requests = {"cpu": res.cpu, "memory": res.memory, "ephemeral-storage": res.ephemeralStorage}
+    requests = {"cpu": res.cpu, "memory": memory, "ephemeral-storage": disk}
     return {"requests": requests, "limits": limits}
 
 
@@ -234,7 +236,7 @@ def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
             },
         },
         # Bounded, so that a model that unpacks without end is evicted instead of filling the node's disk.
-        {"name": "scratch", "emptyDir": {"sizeLimit": job.spec.resources.ephemeralStorage}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": job.spec.resources.ephemeral_storage_or_default}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
         *_shm(job),
         *pvcs,
@@ -248,7 +250,7 @@ def _shm(job: CompressionJob) -> list[dict[str, Any]]:
     memory, so it counts against the pod's memory limit and may grow to it."""
     if job.spec.resources.gpus <= 1:
         return []
-    return [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.memory}}]
+    return [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.memory_or_default}}]
 
 
 def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:
@@ -341,3 +343,118 @@ def job_spec_drift(job: CompressionJob, existing: JobView) -> dict[str, Any]:
     if existing.ttl_seconds_after_finished != policy.ttlSecondsAfterFinished:
         patch["ttlSecondsAfterFinished"] = policy.ttlSecondsAfterFinished
     return {"spec": patch} if patch else {}
+
+
+# ------------------------------------------------------------------ the memory plan of an LLM job
+
+# The planning pod reads a config.json and the safetensors headers, nothing more: a little CPU and
+# memory (the interpreter, pydantic and a storage client), on any node, never a GPU.
+PLANNING_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "256Mi"},
+    "limits": {"memory": "512Mi", "ephemeral-storage": "256Mi"},
+}
+PLANNING_DEADLINE_S = 600  # a header read that hangs this long is a storage problem: the job goes on unplanned
+PLANNING_BACKOFF_LIMIT = 1
+
+
+def planned(job: CompressionJob) -> bool:
+    """Whether the operator plans the job's memory before its worker Job: one with an LLM step (the
+    worker-llm image runs exactly those)."""
+    return job.spec.image == "worker-llm"
+
+
+class ResourcesTooSmall(Exception):
+    """spec.resources cannot hold the memory plan; the message names the numbers and the knob."""
+
+
+def planned_resources(job: CompressionJob, plan: MemoryPlan | None) -> CompressionJob:
+    """`job` with its unset memory and ephemeralStorage filled in from `plan` (plus the stated
+    headroom); `job` itself without a plan. ResourcesTooSmall where what is set cannot hold it."""
+    if plan is None:
+        return job
+    res = job.spec.resources
+    short = memory_plan.shortfalls(res.memory, res.ephemeralStorage, plan.hostBytes, plan.scratchBytes, plan.knob)
+    if short:
+        raise ResourcesTooSmall("; ".join(short))
+    filled: dict[str, str] = {}
+    if res.memory is None:
+        filled["memory"] = memory_plan.with_headroom(plan.hostBytes)
+    if res.ephemeralStorage is None:
+        filled["ephemeralStorage"] = memory_plan.with_headroom(plan.scratchBytes)
+    if not filled:
+        return job
+    spec = job.spec.model_copy(update={"resources": res.model_copy(update=filled)})
+    return job.model_copy(update={"spec": spec})
+
+
+def build_planning_job(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    """The Job whose pod runs `kompression plan` on the job's manifest: it reads the model folder's
+    config.json and safetensors headers with the job's own credentials and claim (the operator never
+    reads object storage) and leaves the plan as its termination message. No GPU, no progress token."""
+    name, namespace, uid = _identity(job)
+    labels = child_labels(name, uid, COMPONENT_PLANNER)
+    progress = {ENV_PROGRESS_URL, ENV_PROGRESS_TOKEN_FILE}
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": worker_image(job, settings),
+        "command": ["kompression", "plan", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": [e for e in _env(job, settings) if e["name"] not in progress],
+        "resources": PLANNING_RESOURCES,
+        "securityContext": dict(_CONTAINER_SECURITY),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "job",
+            "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+        },
+        {"name": "scratch", "emptyDir": {"sizeLimit": PLANNING_RESOURCES["limits"]["ephemeral-storage"]}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    # Only the model's claim, read-only: the plan reads nothing else.
+    claim = pvc_claim(job.spec.model.uri)
+    if claim is not None:
+        container["volumeMounts"].append({"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    creds = job.spec.output.credentials
+    if creds is not None:
+        container["envFrom"] = [{"secretRef": {"name": creds.secretName}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": dict(_POD_SECURITY),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.service_account:
+        pod["serviceAccountName"] = settings.service_account
+    if settings.worker_node_selector:
+        pod["nodeSelector"] = dict(settings.worker_node_selector)
+    if settings.extra_tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.extra_tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": planning_job_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_GENERATION: str(job.metadata.generation or 1)},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": PLANNING_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": PLANNING_DEADLINE_S,
+            "podFailurePolicy": pod_failure_policy(),
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }

@@ -26,7 +26,7 @@ from kompression.api.validation import (
     load_documents,
     parse_job,
 )
-from kompression.controller.builders import build_configmap, build_job
+from kompression.controller.builders import build_configmap, build_job, build_planning_job, planned
 from kompression.controller.settings import Settings
 from kompression.extras import ExtraMissing, need, require
 
@@ -190,7 +190,13 @@ def render(docs: list[Any], settings: Settings) -> str:
             reason = "render needs metadata.name: the API server picks the name from generateName only at create"
             raise SpecInvalid([FieldError("metadata.name", reason)], None)
         check_architectures(job, settings.architecture_modules)  # as the operator would (reconcile.sync)
-        out += [build_configmap(job), build_job(job, settings)]
+        # An LLM job's planning Job runs first; an unset memory or ephemeralStorage then reaches the
+        # worker Job as the plan's figure, which only the planning pod can know (the defaults show here).
+        out += [
+            build_configmap(job),
+            *([build_planning_job(job, settings)] if planned(job) else []),
+            build_job(job, settings),
+        ]
     return yaml.safe_dump_all(out, sort_keys=False)
 
 
@@ -221,7 +227,10 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
     _add_settings(p)
     p.set_defaults(func=_operator)
 
-    p = sub.add_parser("render", help="print the ConfigMap and batch/v1 Job the operator would create for FILE")
+    p = sub.add_parser(
+        "render",
+        help="print the ConfigMap and batch/v1 Jobs the operator would create for FILE (an LLM job's planning Job too)",
+    )
     p.add_argument("file", metavar="FILE")
     _add_settings(p)
     p.set_defaults(func=_render)

@@ -14,6 +14,10 @@ from kompression.api.constants import COND_FAILED, COND_READY, COND_RECONCILING,
 from kompression.api.v1alpha1 import Condition
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# Reasons of an LLM job's memory plan, made by a planning Job before the worker Job exists.
+PLANNING = "Planning"  # the planning Job runs
+MEMORY_PLANNED = "MemoryPlanned"  # the plan is recorded in status.memoryPlan
+RESOURCES_TOO_SMALL = "ResourcesTooSmall"  # spec.resources cannot hold the plan: refused
 OWNED_CONDITIONS = frozenset({COND_READY, COND_RECONCILING, COND_STALLED, COND_SUCCEEDED, COND_FAILED})
 
 

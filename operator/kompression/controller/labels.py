@@ -23,13 +23,19 @@ MANAGED_BY = "kompression-operator"
 MANAGED_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
 
 
-def child_labels(cr_name: str, uid: str) -> dict[str, str]:
+# The component of the Job that plans an LLM job's memory before its worker Job is made: kept
+# apart from the worker Job everywhere (the GPU queue, Kueue, the progress channel, the status).
+COMPONENT_WORKER = "worker"
+COMPONENT_PLANNER = "memory-planner"
+
+
+def child_labels(cr_name: str, uid: str, component: str = COMPONENT_WORKER) -> dict[str, str]:
     # job-name carries the (possibly hashed) Job name because label values stop at 63 characters;
     # the owner lookup goes through the ownerReference, not this label.
     return {
         LABEL_JOB_NAME: job_name(cr_name),
         LABEL_JOB_UID: uid,
-        LABEL_COMPONENT: "worker",
+        LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_PART_OF: "kompression",
     }
@@ -81,3 +87,8 @@ def owner_name(obj: Mapping[str, Any]) -> str | None:
     """The name of the CompressionJob that controls `obj`."""
     ref = controller_ref(obj, KIND)
     return ref.name if ref is not None else None
+
+
+def is_planner(obj: Mapping[str, Any]) -> bool:
+    """Whether `obj` is a memory-planning Job (not the worker Job)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_PLANNER

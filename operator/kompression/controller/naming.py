@@ -12,6 +12,7 @@ import hashlib
 # 5-character suffix and a dash), so it must stay a valid label value: at most 63 characters.
 MAX_JOB_NAME = 63
 CONFIGMAP_SUFFIX = "-job"
+PLANNING_SUFFIX = "-plan"
 MAX_OBJECT_NAME = 253
 _HASH_LEN = 8
 
@@ -27,6 +28,11 @@ def _fit(name: str, limit: int) -> str:
 def job_name(cr_name: str) -> str:
     """The batch/v1 Job's name: the CR's name, truncated and hashed when too long."""
     return _fit(cr_name, MAX_JOB_NAME)
+
+
+def planning_job_name(cr_name: str) -> str:
+    """The Job that plans an LLM job's memory before its worker Job is made."""
+    return _fit(cr_name + PLANNING_SUFFIX, MAX_JOB_NAME)
 
 
 def configmap_name(cr_name: str) -> str:

@@ -9,13 +9,14 @@ PodFailurePolicy).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from kompression.api import failures
 from kompression.api.report import WorkerReport
-from kompression.controller.conditions import Observation
+from kompression.controller.conditions import PLANNING, Observation
 from kompression.controller.kueue import WorkloadView, queued
 from kompression.controller.views import JobView, PodView
 
@@ -109,3 +110,32 @@ def observe(
             return queued(workload)
     # One message for "no pod yet" and "pod not running yet": a status write per pod step buys nothing.
     return _pending(pods) if pods else Observation("Pending", "Starting", "waiting for the worker pod to start")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A planning Job's outcome: the plan (status.memoryPlan's form), or None where none could be
+    made (the worker's loading then names what is wrong with the model folder)."""
+
+    plan: Mapping[str, Any] | None
+
+
+def planning(job: JobView, pods: list[PodView]) -> Observation | Planned:
+    """What a memory-planning Job shows: still planning, a plan (or none), or a failure of the
+    job's own making (a model folder the worker refuses to read) that fails the CompressionJob."""
+    reports = [r for r in map(final_report, _newest(pods)) if r is not None]
+    if job.condition("Complete", "SuccessCriteriaMet"):
+        plan = next((r.memoryPlan for r in reports if r.phase == "Succeeded"), None)
+        return Planned(plan.to_wire() if plan is not None else None)
+    if job.condition("Failed", "FailureTarget"):
+        report = reports[0] if reports else None
+        if report is not None and report.phase == "Failed" and report.reason:
+            message = report.message or failures.BY_REASON[report.reason].message
+            return Observation("Failed", report.reason, message, True)
+        return Planned(None)  # a crash, a deadline, an eviction: the worker checks again as it loads
+    return Observation(
+        "Pending",
+        PLANNING,
+        f"planning the memory of the job's LLM steps from the model folder's config.json and safetensors "
+        f"headers (Job {job.name}), before the worker Job is made",
+    )

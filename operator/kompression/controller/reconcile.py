@@ -15,19 +15,28 @@ from typing import Any
 
 from kompression.api import failures
 from kompression.api.constants import GROUP, PLURAL, VERSION
-from kompression.api.v1alpha1 import CompressionJob
+from kompression.api.memory_plan import gib
+from kompression.api.v1alpha1 import CompressionJob, MemoryPlan
 from kompression.api.validation import SpecInvalid, check_architectures
 from kompression.controller import outputs
 from kompression.controller.admission import Admission
-from kompression.controller.builders import build_configmap, build_job, job_spec_drift
-from kompression.controller.conditions import TERMINAL_PHASES, Observation
+from kompression.controller.builders import (
+    ResourcesTooSmall,
+    build_configmap,
+    build_job,
+    build_planning_job,
+    job_spec_drift,
+    planned,
+    planned_resources,
+)
+from kompression.controller.conditions import MEMORY_PLANNED, RESOURCES_TOO_SMALL, TERMINAL_PHASES, Observation
 from kompression.controller.kubeapi import Api, ApiError, path
 from kompression.controller.kueue import WorkloadView, kueue_admits
 from kompression.controller.labels import MANAGED_SELECTOR, controller_uid
 from kompression.controller.leadership import Leadership
 from kompression.controller.metrics import Metrics
-from kompression.controller.naming import configmap_name, job_name
-from kompression.controller.observe import final_report, observe
+from kompression.controller.naming import configmap_name, job_name, planning_job_name
+from kompression.controller.observe import Planned, final_report, observe, planning
 from kompression.controller.queueing import Key
 from kompression.controller.report_status import report_status
 from kompression.controller.settings import Settings
@@ -140,7 +149,10 @@ class Reconciler:
                 obs = Observation("Failed", failures.INVALID_SPEC.reason, str(exc), stalled=True)
                 await self.status.write(cr, obs, None, {})
                 return
-            body = await self._make_job(key, cr, spec)
+            resolved = await self._plan_memory(key, cr, spec)
+            if resolved is None:
+                return
+            body = await self._make_job(key, cr, resolved)
             if body is None:
                 return
         else:
@@ -162,7 +174,7 @@ class Reconciler:
             user_suspended=spec.spec.runPolicy.suspend,
             kueue_managed=kueue_admits(spec),
             workload=workload,
-            memory=spec.spec.resources.memory,
+            memory=job.memory_limit or spec.spec.resources.memory_or_default,
             memory_plan=(cr.get("status") or {}).get("memoryPlan"),
         )
         if obs.phase in TERMINAL_PHASES:
@@ -177,6 +189,62 @@ class Reconciler:
         body = self.store.workload_of(namespace, job.name) if job.kueue_queue else None
         view = WorkloadView.of(body) if body is not None else None
         return view if view is not None and view.job_uid == job.uid else None
+
+    async def _plan_memory(self, key: Key, cr: Body, spec: CompressionJob) -> CompressionJob | None:
+        """`spec` with the resources its memory plan fills in, before its worker Job is made; None
+        while the plan is being made, or once the job is refused for it. Only LLM jobs are planned."""
+        if not planned(spec):
+            return spec
+        plan = (cr.get("status") or {}).get("memoryPlan")
+        if plan is None:
+            outcome = await self._planning(key, cr, spec)
+            if isinstance(outcome, Observation):
+                await self.status.write(cr, outcome, None, {})
+                if outcome.phase in TERMINAL_PHASES:
+                    await self._drop_planner(key)
+                return None
+            if outcome.plan is not None:
+                # Recorded before the worker Job is made, so that no retry or recreation plans again.
+                host, disk = gib(int(outcome.plan["hostBytes"])), gib(int(outcome.plan["scratchBytes"]))
+                message = f"planned {host} of host memory and {disk} of scratch disk (status.memoryPlan)"
+                obs = Observation("Pending", MEMORY_PLANNED, message)
+                await self.status.write(cr, obs, None, {"memoryPlan": dict(outcome.plan)})
+                self.status.event(cr, "Normal", MEMORY_PLANNED, message)
+                self.enqueue(key)
+                return None
+        try:
+            return planned_resources(spec, MemoryPlan.model_validate(plan) if plan is not None else None)
+        except ResourcesTooSmall as exc:
+            await self.status.write(cr, Observation("Failed", RESOURCES_TOO_SMALL, str(exc), stalled=True), None, {})
+            await self._drop_planner(key)
+            return None
+
+    async def _planning(self, key: Key, cr: Body, spec: CompressionJob) -> Observation | Planned:
+        """The planning Job's outcome; it is created (with the ConfigMap it reads) when missing."""
+        body = self.store.planners.get(key)
+        if body is not None and controller_uid(body) != cr["metadata"]["uid"]:
+            body = None  # a namesake's, on its way out
+        if body is None:
+            try:
+                await self._create_configmap(key, cr, spec)
+                body, created = await self._create_owned(
+                    path("batch", "v1", "jobs", namespace=key[0]),
+                    build_planning_job(spec, self.settings),
+                    cr["metadata"]["uid"],
+                    path("batch", "v1", "jobs", namespace=key[0], name=planning_job_name(key[1])),
+                )
+            except Conflict as exc:
+                return Observation("Pending", "JobConflict", str(exc), stalled=True)
+            self.store.put_job(body)
+            if created:
+                log.info("created planning Job %s/%s", key[0], planning_job_name(key[1]))
+        job = JobView.of(body)
+        return planning(job, [PodView.of(p) for p in self.store.pods_of(key[0], job.name)])
+
+    async def _drop_planner(self, key: Key) -> None:
+        """Delete a planning Job once its plan is used: its pod is done, and its name is free again."""
+        if key in self.store.planners:
+            await self.api.delete(path("batch", "v1", "jobs", namespace=key[0], name=planning_job_name(key[1])))
 
     async def _make_job(self, key: Key, cr: Body, spec: CompressionJob) -> Body | None:
         """Create the children, unless queued, conflicting, or deleted by hand too often."""
@@ -212,12 +280,7 @@ class Reconciler:
     async def _create_children(self, key: Key, cr: Body, spec: CompressionJob, recreation: int) -> Body:
         ns, name = key
         uid = cr["metadata"]["uid"]
-        await self._create_owned(
-            path("", "v1", "configmaps", namespace=ns),
-            build_configmap(spec),
-            uid,
-            path("", "v1", "configmaps", namespace=ns, name=configmap_name(name)),
-        )
+        await self._create_configmap(key, cr, spec)
         manifest = build_job(spec, self.settings, recreation)
         job, created = await self._create_owned(
             path("batch", "v1", "jobs", namespace=ns),
@@ -227,6 +290,7 @@ class Reconciler:
         )
         self.store.put_job(job)
         log.info("%s Job %s/%s", "created" if created else "found our", ns, job_name(name))
+        await self._drop_planner(key)
         if created:
             if recreation:
                 limit = self.settings.max_job_recreations
@@ -240,6 +304,14 @@ class Reconciler:
             else:
                 self.status.event(cr, "Normal", "JobCreated", f"created worker Job {job_name(name)}")
         return job
+
+    async def _create_configmap(self, key: Key, cr: Body, spec: CompressionJob) -> None:
+        await self._create_owned(
+            path("", "v1", "configmaps", namespace=key[0]),
+            build_configmap(spec),
+            cr["metadata"]["uid"],
+            path("", "v1", "configmaps", namespace=key[0], name=configmap_name(key[1])),
+        )
 
     async def _create_owned(self, collection: str, body: Body, uid: str, item: str) -> tuple[Body, bool]:
         """Create, or accept what is there if it is ours: AlreadyExists after a crash is success."""

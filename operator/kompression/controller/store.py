@@ -12,7 +12,7 @@ from typing import Any
 from kompression.api.v1alpha1 import CompressionJob
 from kompression.api.validation import SpecInvalid, parse_job
 from kompression.controller import kueue
-from kompression.controller.labels import controller_ref, owner_name
+from kompression.controller.labels import controller_ref, is_planner, owner_name
 from kompression.controller.queueing import Key
 
 Body = dict[str, Any]
@@ -112,7 +112,8 @@ class Store:
     crs: dict[Key, Body] = field(default_factory=dict)
     # Each CompressionJob parsed once per generation (status writes and relists leave it be).
     parsed: dict[Key, CompressionJob | SpecInvalid] = field(default_factory=dict)
-    jobs: dict[Key, Body] = field(default_factory=dict)  # keyed by the owning CompressionJob
+    jobs: dict[Key, Body] = field(default_factory=dict)  # the worker Jobs, keyed by the owning CompressionJob
+    planners: dict[Key, Body] = field(default_factory=dict)  # the memory-planning Jobs, likewise
     job_owner: dict[Key, Key] = field(default_factory=dict)  # (ns, job name) -> CompressionJob key
     pods: dict[Key, dict[str, Body]] = field(default_factory=dict)  # keyed by (ns, job name)
     gone: dict[str, None] = field(default_factory=dict)  # uids of deleted CompressionJobs, oldest first
@@ -164,13 +165,14 @@ class Store:
         if key is None:
             return None
         job_key = (key[0], job["metadata"]["name"])
+        held = self.planners if is_planner(job) else self.jobs
         if deleted:
-            if self.jobs.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
-                self.jobs.pop(key, None)
+            if held.get(key, {}).get("metadata", {}).get("uid") == job["metadata"].get("uid"):
+                held.pop(key, None)
                 self.job_owner.pop(job_key, None)
                 self.workloads.pop(job_key, None)
         else:
-            self.jobs[key] = slim_job(job)
+            held[key] = slim_job(job)
             self.job_owner[job_key] = key
         return key
 
@@ -226,14 +228,15 @@ class Store:
         """Drop the Jobs a LIST no longer has; the keys of the CompressionJobs that owned them."""
         present = {o["metadata"].get("uid") for o in listed}
         gone = []
-        for key, job in list(self.jobs.items()):
-            meta = job["metadata"]
-            # A Job without a uid is a queue reservation, not something the API server has yet.
-            unlisted = meta.get("uid") and meta["uid"] not in present and _listed_before(meta, rv)
-            if namespace in (None, key[0]) and unlisted:
-                del self.jobs[key]
-                self.job_owner.pop((key[0], meta["name"]), None)
-                gone.append(key)
+        for held in (self.jobs, self.planners):
+            for key, job in list(held.items()):
+                meta = job["metadata"]
+                # A Job without a uid is a queue reservation, not something the API server has yet.
+                unlisted = meta.get("uid") and meta["uid"] not in present and _listed_before(meta, rv)
+                if namespace in (None, key[0]) and unlisted:
+                    del held[key]
+                    self.job_owner.pop((key[0], meta["name"]), None)
+                    gone.append(key)
         return gone
 
     def drop_unlisted_pods(self, listed: list[Body], rv: str, namespace: str | None) -> list[Key]:

@@ -90,6 +90,7 @@ class JobView:
     kueue_queue: str | None  # the LocalQueue it is labelled with: Kueue admits it
     ttl_seconds_after_finished: int | None
     limited_on: frozenset[str]  # the resources the worker container has limits on (nvidia.com/gpu)
+    memory_limit: str | None  # the worker container's, as the operator set it (perhaps from the memory plan)
     conditions: tuple[TrueCondition, ...]
     start_time: str | None
     completion_time: str | None
@@ -99,6 +100,7 @@ class JobView:
         meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
         recreation = str((meta.get("annotations") or {}).get(ANNOTATION_RECREATION, "0"))
         containers = ((spec.get("template") or {}).get("spec") or {}).get("containers")
+        limits = (_worker(containers).get("resources") or {}).get("limits") or {}
         return cls(
             name=str(meta.get("name")),
             uid=meta.get("uid"),
@@ -107,7 +109,8 @@ class JobView:
             suspend=bool(spec.get("suspend")),
             kueue_queue=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL),
             ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
-            limited_on=frozenset((_worker(containers).get("resources") or {}).get("limits") or ()),
+            limited_on=frozenset(limits),
+            memory_limit=limits.get("memory"),
             conditions=_true_conditions(status),
             start_time=status.get("startTime"),
             completion_time=status.get("completionTime"),

@@ -23,7 +23,7 @@ from kompression.api.constants import API_VERSION, ENV_JOB_FILE, ENV_STORAGE_RET
 from kompression.api.failures import Reason
 from kompression.api.report import WorkerReport
 from kompression.api.sweep_plan import explain, parse_sweep
-from kompression.api.v1alpha1 import CompressionJob, CompressionSweep
+from kompression.api.v1alpha1 import CompressionJob, CompressionSweep, MemoryPlan
 from kompression.api.validation import ManifestUnreadable, SpecInvalid, check_architectures, load_documents, parse_job
 from kompression.extras import EXTRAS, ExtraMissing, Need, require
 from kompression.worker.errors import WorkerError
@@ -52,6 +52,14 @@ def register(sub: Any) -> None:  # argparse's subparsers action has no public ty
         "calibrates with llm-compressor's distributed oneshot",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "plan",
+        help="plan an LLM job's peak host memory, GPU memory and scratch disk from its model folder's config.json "
+        "and safetensors headers, reading no weight (what the operator's planning pod runs)",
+    )
+    p.add_argument("job", nargs="?", metavar="JOB.yaml", help=f"the manifest (default: ${ENV_JOB_FILE})")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("sweep", help="run a CompressionSweep's trials here and report their Pareto front")
     p.add_argument("sweep", metavar="SWEEP.yaml", help="the CompressionSweep manifest")
@@ -106,9 +114,9 @@ def _fail_early(reason: Reason, message: str, code: int) -> int:
     return code
 
 
-def _run(args: argparse.Namespace) -> int:
-    os.environ.update(OFFLINE_ENVIRONMENT)
-    name = args.job or os.environ.get(ENV_JOB_FILE)
+def _job_or_exit_code(arg: str | None) -> CompressionJob | int:
+    """The job manifest `arg` (else $KOMPRESSION_JOB_FILE) names, or the exit code of its refusal."""
+    name = arg or os.environ.get(ENV_JOB_FILE)
     if not name:
         return _fail_early(
             failures.INVALID_SPEC.reason, f"no job manifest: pass JOB.yaml or set {ENV_JOB_FILE}", ExitCode.INVALID_SPEC
@@ -122,6 +130,39 @@ def _run(args: argparse.Namespace) -> int:
         check_architectures(job, allowed_modules(os.environ))
     except (ManifestUnreadable, SpecInvalid) as exc:
         return _fail_early(failures.INVALID_SPEC.reason, str(exc), ExitCode.INVALID_SPEC)
+    return job
+
+
+def _plan(args: argparse.Namespace) -> int:
+    job = _job_or_exit_code(args.job)
+    if isinstance(job, int):
+        return job
+    from kompression.worker import memory  # the storage clients: only once the manifest passed
+
+    try:
+        planned = memory.plan(job)
+    except WorkerError as exc:
+        return _fail_early(exc.reason, exc.message, exc.exit_code)
+    if planned is None:
+        report = WorkerReport(
+            phase="Succeeded",
+            message="no memory plan: the job has no LLM step, or its model "
+            "folder gives none (loading it names what is wrong)",
+        )
+    else:
+        plan = MemoryPlan.model_validate(planned.to_wire())
+        report = WorkerReport(phase="Succeeded", memoryPlan=plan, message=f"planned {planned.describe()}")
+    # The operator's planning pod leaves it as its termination message; a user reads it here.
+    print(report.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True))
+    write_termination_message(report)
+    return ExitCode.OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    job = _job_or_exit_code(args.job)
+    if isinstance(job, int):
+        return job
     try:
         require(*job_needs(job))
     except ExtraMissing as exc:

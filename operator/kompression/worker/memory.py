@@ -3,9 +3,11 @@ folder's config.json and safetensors headers, read where the model lies (a range
 header, never the weights), and refuse a job whose spec.resources cannot hold the plan before a
 single weight is downloaded.
 
-The controller cannot do this at admission: it never reads object storage (it holds no
-credentials of the jobs' Secrets, and its image has no storage client). The worker reports the
-plan instead, and the operator names it when the pod is killed for memory.
+The controller never reads object storage (it holds no credentials of the jobs' Secrets, and its
+image has no storage client), so at admission it runs `kompression plan` (worker/cli.py) in a
+planning pod of the job's own image and credentials, and refuses or fills in spec.resources from
+what that pod reports (controller/builders.py:planned_resources); the worker plans again as it
+starts, and the operator names the plan when the pod is killed for memory.
 """
 
 from __future__ import annotations
@@ -103,18 +105,9 @@ def plan(job: CompressionJob) -> Plan | None:
 
 
 def check(job: CompressionJob, planned: Plan) -> None:
-    """Refuse a job whose spec.resources cannot hold the plan, naming the numbers and the knob."""
+    """Refuse a job whose spec.resources cannot hold the plan, naming the numbers and the knob. An
+    unset memory or ephemeralStorage is the operator's to fill in from the same plan."""
     res = job.spec.resources
-    short = []
-    if memory_plan.quantity_bytes(res.memory) < planned.host:
-        short.append(
-            f"spec.resources.memory {res.memory} is less than the {memory_plan.gib(planned.host)} of host memory "
-            f"planned; raise it, or lower the need with {planned.knob}"
-        )
-    if memory_plan.quantity_bytes(res.ephemeralStorage) < planned.scratch:
-        short.append(
-            f"spec.resources.ephemeralStorage {res.ephemeralStorage} is less than the "
-            f"{memory_plan.gib(planned.scratch)} of scratch disk planned (the model, its compressed copy and caches)"
-        )
+    short = memory_plan.shortfalls(res.memory, res.ephemeralStorage, planned.host, planned.scratch, planned.knob)
     if short:
         raise SpecError("; ".join(short))

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from kompression.api.memory_plan import HEADROOM
 from kompression.api.rules import Rule
 from kompression.api.v1alpha1.base import DNS_SUBDOMAIN_PATTERN, MAX_STEPS, ApiModel, Quantity, StorageUri, uri_rules
 from kompression.api.v1alpha1.data import DATA_ROLES, DataSpec, is_text_cel
@@ -139,6 +140,11 @@ class StepCache(ApiModel):
     __rules__ = uri_rules()
 
 
+# What an unset memory and ephemeralStorage mean where no memory plan fills them in.
+DEFAULT_MEMORY = "16Gi"
+DEFAULT_EPHEMERAL_STORAGE = "20Gi"
+
+
 class Resources(ApiModel):
     """What the worker pod asks for."""
 
@@ -146,15 +152,36 @@ class Resources(ApiModel):
     gpuProduct: Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] | None = (
         Field(None, description="Required value of the node label nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3.")
     )
-    memory: Quantity = Field("16Gi", description="Memory request and limit, a Kubernetes quantity.")
-    cpu: Quantity = Field("4", description="CPU request, a Kubernetes quantity.")
-    ephemeralStorage: Quantity = Field(
-        "20Gi",
+    memory: Quantity | None = Field(
+        None,
         description=(
-            "Local disk for the worker: the size limit of its /scratch volume and the pod's ephemeral-storage "
-            "request and limit, a Kubernetes quantity. The kubelet evicts a pod that writes more."
+            "Memory request and limit, a Kubernetes quantity. Unset: for a job with an LLM step, the host "
+            "memory the operator plans for it before the GPU pod is created (from the model folder's "
+            "config.json and safetensors headers, the recipe and the data; status.memoryPlan) plus "
+            f"{HEADROOM:.0%}; "
+            f"otherwise, or where no plan can be made, {DEFAULT_MEMORY}. Set, an LLM job it cannot hold is "
+            "refused before its GPU pod is created."
         ),
     )
+    cpu: Quantity = Field("4", description="CPU request, a Kubernetes quantity.")
+    ephemeralStorage: Quantity | None = Field(
+        None,
+        description=(
+            "Local disk for the worker: the size limit of its /scratch volume and the pod's ephemeral-storage "
+            "request and limit, a Kubernetes quantity. The kubelet evicts a pod that writes more. Unset: for a "
+            "job with an LLM step, the scratch disk the operator plans for it plus "
+            f"{HEADROOM:.0%}; otherwise, or where no "
+            f"plan can be made, {DEFAULT_EPHEMERAL_STORAGE}."
+        ),
+    )
+
+    @property
+    def memory_or_default(self) -> str:
+        return self.memory or DEFAULT_MEMORY
+
+    @property
+    def ephemeral_storage_or_default(self) -> str:
+        return self.ephemeralStorage or DEFAULT_EPHEMERAL_STORAGE
 
     __rules__ = (
         Rule(

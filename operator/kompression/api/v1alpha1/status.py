@@ -199,7 +199,9 @@ class CompressionJobStatus(ApiModel):
     artifacts: list[Artifact] = Field(default_factory=list, max_length=64, description="Published files with digests.")
     environment: Environment | None = Field(None, description="Versions and hardware the worker used.")
     memoryPlan: MemoryPlan | None = Field(
-        None, description="An LLM job's planned peak memory and disk, as its worker reported it before loading."
+        None,
+        description="An LLM job's planned peak memory and disk, as its planning pod reported it before the worker "
+        "Job was made (an unset resources.memory or ephemeralStorage is filled in from it), or its worker before loading.",
     )
     lastReport: ReportCursor | None = Field(
         None,

@@ -301,6 +301,7 @@ def compact(report: WorkerReport, limit: int = TERMINATION_LIMIT) -> str:
         message=report.message,
         result=report.result,
         artifacts=report.artifacts,
+        memoryPlan=report.memoryPlan,  # a few numbers: the operator's planning pod reports it so
         sequence=report.sequence,
     )
 

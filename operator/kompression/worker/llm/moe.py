@@ -1,8 +1,8 @@
 """Mixture-of-experts models in llmQuantize: every expert calibrated, the routers kept.
 
 - Experts: transformers fuses a layer's experts into 3-D tensors, which no Linear-targeted scheme
-  sees. llm-compressor's load context (ranks.load) linearizes them into one Linear per expert
-  projection, and oneshot's `moe_calibrate_all_experts` runs every expert on every calibration
+  sees. oneshot linearizes them after loading (ranks.load says why not at load) into one Linear per
+  expert projection, and its `moe_calibrate_all_experts` runs every expert on every calibration
   token (the router's weights still decide the output), so an expert the text seldom routes to
   gets the same statistics as the others instead of none.
 - Routers: a router's scores pick the experts, and a rounding error there sends tokens to other

@@ -193,6 +193,7 @@ def _oneshot(
         except ValueError as exc:  # e.g. a group size that does not divide a layer's input size
             raise StepInvalid(f"{what} cannot apply to this model: {exc}") from None
     with phases("save"):
+        moe.checkpoint_names(model)
         model.save_pretrained(out, save_compressed=True)
         ranks.disband()
         if ranks.leads():

@@ -71,7 +71,22 @@ def load(folder: CheckpointFolder, dtype: Any, device_map: str | None = None, *,
     model, info = loaded
     if original:
         hf_folder.check_complete(info, model, MODEL_URI)
+    if isinstance(dtype, torch.dtype):
+        _unquantized_to(model, dtype)
     return model
+
+
+def _unquantized_to(model: Any, dtype: torch.dtype) -> None:
+    """transformers 5.17 loads every tensor it renames from a pre-quantized folder in the dtype the
+    folder stores, whatever dtype was asked for (a Mixtral's router, stored as block_sparse_moe.gate,
+    is the model's mlp.gate), and the router then meets hidden states of the other dtype: the
+    half-precision tensors of every module that no quantization scheme covers get the asked dtype
+    (a quantized module's are its scales, and an FP8 weight is a stored value, not a dtype to widen)."""
+    for module in model.modules():
+        if getattr(module, "quantization_scheme", None) is None:
+            for param in module.parameters(recurse=False):
+                if param.dtype in (torch.bfloat16, torch.float16) and param.dtype != dtype:
+                    param.data = param.data.to(dtype)
 
 
 class FolderEvaluator:

@@ -135,4 +135,4 @@ def test_an_oom_kill_names_the_workers_memory_plan_and_the_knob() -> None:
     assert "20.00 GiB" in obs.message and "fewer calibration samples" in obs.message
     # Without a plan (not an LLM job, or killed before planning) it still names the knob it has.
     bare = observe(job, [PodView.of(oom)], user_suspended=False, kueue_managed=False, memory="16Gi")
-    assert bare.message == "the worker ran out of memory (spec.resources.memory 16Gi); raise spec.resources.memory"
+    assert bare.message == "the worker ran out of memory (its limit 16Gi); raise spec.resources.memory"

@@ -87,7 +87,8 @@ OOM_KILLED: Final = "OOMKilled"
 def oom_message(memory: str, plan: Mapping[str, Any] | None) -> str:
     """What the operator says of a worker killed for memory: the limit, and for an LLM job the plan
     its worker reported before loading (status.memoryPlan) with the knob that lowers it."""
-    said = f"the worker ran out of memory (spec.resources.memory {memory})"
+    # The limit is the pod's: spec.resources.memory, or the plan's figure where the author left it unset.
+    said = f"the worker ran out of memory (its limit {memory})"
     if not plan:
         return f"{said}; raise spec.resources.memory"
     return (

@@ -131,7 +131,7 @@ def test_an_oom_kill_names_the_workers_memory_plan_and_the_knob() -> None:
     job = JobView.of(_job(("Failed", "BackoffLimitExceeded")))
     obs = observe(job, [PodView.of(oom)], user_suspended=False, kueue_managed=False, memory="16Gi", memory_plan=plan)
     assert obs.reason == "OOMKilled"
-    assert "spec.resources.memory 16Gi" in obs.message
+    assert "its limit 16Gi" in obs.message
     assert "20.00 GiB" in obs.message and "fewer calibration samples" in obs.message
     # Without a plan (not an LLM job, or killed before planning) it still names the knob it has.
     bare = observe(job, [PodView.of(oom)], user_suspended=False, kueue_managed=False, memory="16Gi")

@@ -119,6 +119,7 @@ from kompression.api.v1alpha1.llm import (
     LLMScheme,
     LLMSparsifyMethod,
     LLMSparsifyStep,
+    reads_weights_only,
 )
 from kompression.api.v1alpha1.model import (
     ModelFormat,
@@ -360,6 +361,7 @@ __all__ = [
     "is_text_cel",
     "job_needs",
     "job_rules",
+    "reads_weights_only",
     "shape_elements_cel",
     "takes_integers",
     "unmet",

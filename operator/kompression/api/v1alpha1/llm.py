@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field
 
 from kompression.api.rules import Rule
-from kompression.api.v1alpha1.base import ModulePattern
+from kompression.api.v1alpha1.base import ApiModel, ModulePattern
 from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When, words
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
@@ -350,6 +351,13 @@ class LLMQuantizeStep(TechniqueConfig):
     def backend_or_default(self) -> LLMBackend:
         """The library that quantizes and exports."""
         return self.backend or DEFAULT_LLM_BACKEND
+
+
+def reads_weights_only(configs: Iterable[ApiModel]) -> bool:
+    """Whether every step of a job is an llmQuantize with method ModelFree: the job never builds a
+    model class, so its folder may name an architecture transformers does not have."""
+    steps = list(configs)
+    return bool(steps) and all(isinstance(c, LLMQuantizeStep) and c.method_or_default == "ModelFree" for c in steps)
 
 
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]

@@ -1,0 +1,235 @@
+"""llmQuantize method ModelFree (llm-compressor's model_free_ptq) through `kompression run`, on a
+folder whose config.json names an architecture transformers does not have: the fixture Llama's
+weights under KompressionUnknownForCausalLM / model_type kompression-unknown.
+
+The published safetensors are checked tensor by tensor against a round-to-nearest computed here
+from the original weights; on the fixture Llama itself (an architecture transformers has) the
+model-free folder is compared with the Oneshot RTN path's and scored like any other."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llm_jobs import FIXTURE, Run, Texts, kompression_runs, write_job
+
+pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
+
+import torch
+from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+from safetensors import safe_open
+
+from kompression.api.constants import ExitCode
+
+UNKNOWN = {"architectures": ["KompressionUnknownForCausalLM"], "model_type": "kompression-unknown"}
+# The fixture Llama's Linear layers (lm_head is tied to the embedding, so it has no tensor of its own).
+LINEAR = [
+    f"model.layers.{i}.{m}"
+    for i in range(3)
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+]
+
+
+def _manifest(step: str, *, evaluation: Path | None = None, acceptance: str = "") -> str:
+    data = f"data: {{evaluation: {{uri: 'file://{evaluation}', samples: 20, maxLength: 128}}}}" if evaluation else ""
+    return f"""\
+apiVersion: kompression.dev/v1alpha1
+kind: CompressionJob
+metadata: {{name: model-free}}
+spec:
+  model:
+    uri: file://unused
+    format: HuggingFace
+    inputs: [{{name: input_ids, shape: [-1, -1], dtype: int64}}]
+  {data}
+  steps:
+  - name: quantize
+    llmQuantize: {step}
+  {acceptance}
+  resources: {{gpus: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def unknown(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture Llama's folder, its config naming an architecture transformers does not have."""
+    folder = tmp_path_factory.mktemp("unknown") / "model"
+    shutil.copytree(FIXTURE, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **UNKNOWN}, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(unknown: Path, texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Each job, two at a time."""
+    w4 = "{scheme: W4A16, algorithm: RTN, method: ModelFree}"
+    jobs = {
+        "w4a16": (_manifest(w4, acceptance="acceptance: {minCompressionRatio: 2.0}"), unknown),
+        "fp8": (_manifest("{scheme: FP8Dynamic, method: ModelFree}"), unknown),
+        "w8a16": (_manifest("{scheme: W8A16, algorithm: RTN, method: ModelFree, groupSize: 64}"), unknown),
+        "refused": (_manifest(w4, evaluation=texts.evaluation), unknown),
+        "known": (_manifest(w4, evaluation=texts.evaluation), FIXTURE),
+        "oneshot": (_manifest("{scheme: W4A16, algorithm: RTN}", evaluation=texts.evaluation), FIXTURE),
+    }
+    paths = {
+        name: write_job(tmp_path_factory.mktemp(name), manifest, model=model)
+        for name, (manifest, model) in jobs.items()
+    }
+    procs = kompression_runs(*paths.values())
+    return {name: Run(proc, paths[name].parent / "out") for name, proc in zip(paths, procs, strict=True)}
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            out.update({name: handle.get_tensor(name) for name in handle})
+    return out
+
+
+def _ok(run: Run) -> None:
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+
+
+def _groups(weight: torch.Tensor, group: int) -> torch.Tensor:
+    rows, columns = weight.shape
+    return weight.float().reshape(rows, columns // group, group)
+
+
+def _check_int_groups(run: Run, bits: int, group: int) -> None:
+    """Every Linear weight packed as int`bits` with one symmetric scale per `group` columns:
+    scale = max|w| / ((2^bits - 1) / 2) of its group (compressed-tensors' symmetric range), and each
+    integer the nearest to w / scale, clamped to the range."""
+    original = _tensors(FIXTURE)
+    published = _tensors(run.folder / "model")
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    for module in LINEAR:
+        weight = original[f"{module}.weight"]
+        assert f"{module}.weight" not in published, module
+        packed, scale = published[f"{module}.weight_packed"], published[f"{module}.weight_scale"]
+        assert packed.dtype == torch.int32 and scale.dtype == weight.dtype, module
+        assert published[f"{module}.weight_shape"].tolist() == list(weight.shape)
+        rows, columns = weight.shape
+        assert scale.shape == (rows, columns // group), module
+        groups = _groups(weight, group)
+        # The library divides in bfloat16, the weights' dtype: equal to 1% (bf16 keeps 8 bits).
+        expected = groups.abs().amax(dim=2) / ((high - low) / 2)
+        torch.testing.assert_close(scale.float(), expected, rtol=1e-2, atol=0)
+        ints = unpack_from_int32(packed, bits, torch.Size(weight.shape)).reshape(rows, columns // group, group)
+        # w / scale in the weights' dtype, as the library divides (in float32 about 0.6% of the int4
+        # quotients near a half-way point round the other way), then to nearest: exactly equal.
+        quotient = weight.reshape(rows, columns // group, group) / scale.unsqueeze(2)
+        nearest = torch.clamp(torch.round(quotient), low, high)
+        assert torch.equal(ints.to(weight.dtype), nearest), module
+
+
+def test_w4a16_on_an_unknown_architecture_rounds_every_linear_weight_to_nearest(runs: dict[str, Run]) -> None:
+    _ok(runs["w4a16"])
+    _check_int_groups(runs["w4a16"], bits=4, group=128)
+
+
+def test_w8a16_takes_its_group_size(runs: dict[str, Run]) -> None:
+    _ok(runs["w8a16"])
+    _check_int_groups(runs["w8a16"], bits=8, group=64)
+    (group_config,) = runs["w8a16"].quantization_config["config_groups"].values()
+    assert group_config["weights"]["num_bits"] == 8 and group_config["weights"]["group_size"] == 64
+
+
+def test_fp8_dynamic_stores_fp8_weights_with_one_scale_per_row(runs: dict[str, Run]) -> None:
+    _ok(runs["fp8"])
+    original = _tensors(FIXTURE)
+    published = _tensors(runs["fp8"].folder / "model")
+    for module in LINEAR:
+        weight, fp8 = original[f"{module}.weight"].float(), published[f"{module}.weight"]
+        scale = published[f"{module}.weight_scale"]
+        assert fp8.dtype == torch.float8_e4m3fn and fp8.shape == weight.shape, module
+        assert scale.shape == (weight.shape[0], 1), module
+        # E4M3's largest value is 448: each row's largest weight maps to it.
+        torch.testing.assert_close(scale.float(), weight.abs().amax(dim=1, keepdim=True) / 448, rtol=1e-2, atol=0)
+        # w / scale in the weights' dtype, as the library divides, cast to E4M3 (to nearest): equal.
+        nearest = (original[f"{module}.weight"] / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        assert torch.equal(fp8.view(torch.uint8), nearest.view(torch.uint8)), module
+        # Dequantized, within E4M3's relative rounding (3 mantissa bits: half a step is 1/16).
+        error = (fp8.float() * scale.float() - weight).abs()
+        assert (error <= weight.abs() / 16 + scale.float() * 2**-9 + 1e-6).float().mean() > 0.999, module
+
+
+def test_the_embedding_and_norms_stay_as_they_were(runs: dict[str, Run]) -> None:
+    original = _tensors(FIXTURE)
+    for name in ("w4a16", "fp8"):
+        published = _tensors(runs[name].folder / "model")
+        kept = [k for k in original if k.endswith("norm.weight") or k == "model.embed_tokens.weight"]
+        assert "model.embed_tokens.weight" in kept
+        for key in kept:
+            assert torch.equal(published[key], original[key]), (name, key)
+        notes = runs[name].notes()
+        assert notes["keptByShape"] == ["model.embed_tokens"]
+        assert notes["method"] == "ModelFree"
+
+
+def test_config_json_carries_the_quantization_config_and_keeps_the_architecture(
+    runs: dict[str, Run], unknown: Path
+) -> None:
+    for name, fmt in (("w4a16", "pack-quantized"), ("fp8", "float-quantized")):
+        config = json.loads((runs[name].folder / "model" / "config.json").read_text())
+        assert config["architectures"] == UNKNOWN["architectures"]
+        assert config["model_type"] == UNKNOWN["model_type"]
+        quantization = config["quantization_config"]
+        assert quantization["quant_method"] == "compressed-tensors"
+        assert quantization["format"] == fmt
+        assert quantization["quantization_status"] == "compressed"
+        assert "lm_head" in quantization["ignore"] and "model.embed_tokens" in quantization["ignore"]
+        # The tokenizer travels with the weights.
+        assert (runs[name].folder / "model" / "tokenizer.json").read_bytes() == (
+            unknown / "tokenizer.json"
+        ).read_bytes()
+
+
+def test_the_report_records_sizes_and_says_why_nothing_else_was_measured(runs: dict[str, Run]) -> None:
+    report = runs["w4a16"].report
+    result = report["result"]
+    for row in (result["baseline"], result["final"]):
+        assert row["sizeBytes"] > 0
+        assert row.get("perplexity") is None and row.get("tokensPerSecond") is None and row.get("accuracy") is None
+    assert result["baseline"]["sizeBytes"] == (FIXTURE / "model.safetensors").stat().st_size
+    assert result["baseline"]["parameters"] == result["final"]["parameters"] > 0
+    # W4A16 packs eight weights in 4 bytes; the embedding stays bf16: well over the 2x gate.
+    assert result["compressionRatio"] >= 2.0
+    assert [g["passed"] for g in result["gates"]] == [True]
+    assert "no model class" in runs["w4a16"].notes()["notScored"]
+
+
+def test_scoring_an_unknown_architecture_is_refused_before_any_work(runs: dict[str, Run]) -> None:
+    run = runs["refused"]
+    assert run.proc.returncode == ExitCode.MODEL_ERROR, run.proc.stderr[-3000:]
+    assert "Traceback" not in run.proc.stderr
+    assert "has no model class for this folder" in run.proc.stderr
+    assert "spec.data.evaluation cannot be scored" in run.proc.stderr
+    assert "remove data.evaluation" in run.proc.stderr
+    assert not (run.output / "runs").exists()
+
+
+def test_on_a_known_architecture_model_free_matches_oneshot_rtn(runs: dict[str, Run]) -> None:
+    _ok(runs["known"])
+    _ok(runs["oneshot"])
+    free, oneshot = _tensors(runs["known"].folder / "model"), _tensors(runs["oneshot"].folder / "model")
+    assert free.keys() == oneshot.keys()
+    for key in free:
+        assert torch.equal(free[key], oneshot[key]), key
+    # Scored like any folder: transformers loads it back and both measure the same perplexity.
+    one: dict[str, Any] = runs["oneshot"].report["result"]
+    two: dict[str, Any] = runs["known"].report["result"]
+    assert two["final"]["perplexity"] == one["final"]["perplexity"]
+    assert two["final"]["sizeBytes"] == pytest.approx(one["final"]["sizeBytes"], rel=0.01)

@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_jobs import FIXTURE, Run, Texts, kompression_runs, write_job
+from llm_jobs import FIXTURE, Run, Texts, kompression_run, kompression_runs, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
 
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from kompression.api.constants import ExitCode
+from kompression.worker.errors import ModelError
+from kompression.worker.formats import hf_folder
 
 UNKNOWN = {"architectures": ["KompressionUnknownForCausalLM"], "model_type": "kompression-unknown"}
 # The fixture Llama's Linear layers (lm_head is tied to the embedding, so it has no tensor of its own).
@@ -95,7 +98,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
-            out.update({name: handle.get_tensor(name) for name in handle})
+            out.update({name: handle.get_tensor(name) for name in handle.keys()})  # noqa: SIM118
     return out
 
 
@@ -233,3 +236,43 @@ def test_on_a_known_architecture_model_free_matches_oneshot_rtn(runs: dict[str, 
     two: dict[str, Any] = runs["known"].report["result"]
     assert two["final"]["perplexity"] == one["final"]["perplexity"]
     assert two["final"]["sizeBytes"] == pytest.approx(one["final"]["sizeBytes"], rel=0.01)
+
+
+def test_the_folder_is_vetted_as_every_folder_is_only_its_architecture_may_be_unknown(
+    unknown: Path, tmp_path: Path
+) -> None:
+    folder = hf_folder.vet(unknown, hf_folder.MODEL_URI, any_architecture=True)
+    assert folder.architecture is None and not hf_folder.runnable(folder, AutoModelForCausalLM)
+    # A job with a step that builds the model class refuses it, as before.
+    with pytest.raises(ModelError, match=r"'KompressionUnknownForCausalLM', which is not a model class"):
+        hf_folder.vet(unknown, hf_folder.MODEL_URI)
+    hostile = tmp_path / "model"
+    for config, refusal in (
+        ({"architectures": ["AutoConfig"]}, "not a model class"),  # not a model, and transformers has it
+        ({"architectures": ["transformers.dynamic_module_utils:get_class_from_dynamic_module"]}, "not a model class"),
+        ({"auto_map": {"AutoModelForCausalLM": "modeling.Evil"}}, r"remote code \(auto_map\)"),
+        ({"attn_implementation": "kernels-community/flash-attn2"}, "not one of transformers' own"),
+    ):
+        shutil.rmtree(hostile, ignore_errors=True)
+        shutil.copytree(unknown, hostile)
+        edited = {**json.loads((unknown / "config.json").read_text()), **config}
+        (hostile / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(ModelError, match=refusal):
+            hf_folder.vet(hostile, hf_folder.MODEL_URI, any_architecture=True)
+    shutil.rmtree(hostile)
+    shutil.copytree(unknown, hostile)
+    (hostile / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="pickled weights"):
+        hf_folder.vet(hostile, hf_folder.MODEL_URI, any_architecture=True)
+
+
+def test_two_ranks_publish_what_one_process_does(runs: dict[str, Run], unknown: Path, tmp_path: Path) -> None:
+    """resources.gpus > 1 starts torchrun: rank 0 rounds the weights alone (over every GPU it has)
+    and the other ranks leave at once, instead of waiting for a calibration that never comes."""
+    job = write_job(tmp_path, _manifest("{scheme: W4A16, algorithm: RTN, method: ModelFree}"), model=unknown)
+    run = Run(kompression_run(job, "--nproc-per-node", "2"), tmp_path / "out")
+    _ok(run)
+    _ok(runs["w4a16"])
+    two, one = _tensors(run.folder / "model"), _tensors(runs["w4a16"].folder / "model")
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
+    assert len(list((run.output / "runs").iterdir())) == 1

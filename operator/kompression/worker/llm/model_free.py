@@ -66,7 +66,7 @@ def headers(folder: Path) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
 

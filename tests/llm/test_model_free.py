@@ -9,11 +9,13 @@ model-free folder is compared with the Oneshot RTN path's and scored like any ot
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from llm_jobs import FIXTURE, Run, Texts, kompression_run, kompression_runs, write_job
 
 pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `make test-llm`")
@@ -74,12 +76,23 @@ def unknown(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm-model-free.yaml"
+
+
+def _example() -> dict[str, Any]:
+    """examples/llm-model-free.yaml as written (W4A16 RTN, ModelFree, its size gate), on the CPU."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["resources"] = {"gpus": 0}
+    del doc["spec"]["worker"]
+    return doc
+
+
 @pytest.fixture(scope="module")
 def runs(unknown: Path, texts: Texts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Each job, two at a time."""
     w4 = "{scheme: W4A16, algorithm: RTN, method: ModelFree}"
     jobs = {
-        "w4a16": (_manifest(w4, acceptance="acceptance: {minCompressionRatio: 2.0}"), unknown),
+        "w4a16": (_example(), unknown),
         "fp8": (_manifest("{scheme: FP8Dynamic, method: ModelFree}"), unknown),
         "w8a16": (_manifest("{scheme: W8A16, algorithm: RTN, method: ModelFree, groupSize: 64}"), unknown),
         "refused": (_manifest(w4, evaluation=texts.evaluation), unknown),
@@ -100,6 +113,11 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as handle:
             out.update({name: handle.get_tensor(name) for name in handle.keys()})  # noqa: SIM118
     return out
+
+
+def _notes(runs: dict[str, Run], name: str) -> dict[str, Any]:
+    """report.json's notes on the job's one step (the example names it w4a16, the others quantize)."""
+    return runs[name].notes("w4a16" if name == "w4a16" else "quantize")
 
 
 def _ok(run: Run) -> None:
@@ -177,7 +195,7 @@ def test_the_embedding_and_norms_stay_as_they_were(runs: dict[str, Run]) -> None
         assert "model.embed_tokens.weight" in kept
         for key in kept:
             assert torch.equal(published[key], original[key]), (name, key)
-        notes = runs[name].notes()
+        notes = _notes(runs, name)
         assert notes["keptByShape"] == ["model.embed_tokens"]
         assert notes["method"] == "ModelFree"
 
@@ -211,7 +229,7 @@ def test_the_report_records_sizes_and_says_why_nothing_else_was_measured(runs: d
     # W4A16 packs eight weights in 4 bytes; the embedding stays bf16: well over the 2x gate.
     assert result["compressionRatio"] >= 2.0
     assert [g["passed"] for g in result["gates"]] == [True]
-    assert "no model class" in runs["w4a16"].notes()["notScored"]
+    assert "no model class" in _notes(runs, "w4a16")["notScored"]
 
 
 def test_scoring_an_unknown_architecture_is_refused_before_any_work(runs: dict[str, Run]) -> None:
@@ -276,3 +294,10 @@ def test_two_ranks_publish_what_one_process_does(runs: dict[str, Run], unknown: 
     two, one = _tensors(run.folder / "model"), _tensors(runs["w4a16"].folder / "model")
     assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
     assert len(list((run.output / "runs").iterdir())) == 1
+
+
+def test_the_steps_page_shows_the_example_that_runs_here() -> None:
+    page = (EXAMPLE.parents[1] / "docs" / "steps.md").read_text()
+    section = page.split("### Model-free PTQ", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())

@@ -23,11 +23,14 @@ pytest.importorskip("llmcompressor", reason="the LLM path runs in .venv-llm: `ma
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from kompression.api.constants import ExitCode
+from kompression.api.v1alpha1 import LLMQuantizeStep
 from kompression.worker.errors import ModelError
 from kompression.worker.formats import hf_folder
+from kompression.worker.llm import model_free
 
 UNKNOWN = {"architectures": ["KompressionUnknownForCausalLM"], "model_type": "kompression-unknown"}
 # The fixture Llama's Linear layers (lm_head is tied to the embedding, so it has no tensor of its own).
@@ -301,3 +304,45 @@ def test_the_steps_page_shows_the_example_that_runs_here() -> None:
     section = page.split("### Model-free PTQ", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_a_novel_moe_layout_keeps_router_embedding_head_and_scales_and_splits_fused_experts(tmp_path: Path) -> None:
+    """Names no transformers class has: a fused qkv, an `ln_1` norm scale, a router (`mlp.gate`), fused
+    3-D experts and an untied head. Only the matrices that are neither embedding, head nor router
+    are rounded; the library splits the fused experts into one weight per expert and projection."""
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    vocabulary, hidden, inner, experts = 384, 256, 512, 4
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * 0.02).to(torch.bfloat16)
+
+    tensors = {
+        "model.embed_tokens.weight": rand(vocabulary, hidden),
+        "model.layers.0.ln_1.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        "model.layers.0.attn.qkv.weight": rand(3 * hidden, hidden),
+        "model.layers.0.mlp.gate.weight": rand(experts, hidden),
+        "model.layers.0.mlp.experts.gate_up_proj": rand(experts, 2 * inner, hidden),
+        "model.layers.0.mlp.experts.down_proj": rand(experts, hidden, inner),
+        "lm_head.weight": rand(vocabulary, hidden),
+    }
+    save_file(tensors, str(source / "model.safetensors"))
+    config = {"architectures": ["NovelMoeForCausalLM"], "model_type": "novel-moe", "vocab_size": vocabulary}
+    (source / "config.json").write_text(json.dumps(config))
+    folder = hf_folder.vet(source, hf_folder.MODEL_URI, any_architecture=True)
+    step = LLMQuantizeStep(scheme="W4A16", algorithm="RTN", method="ModelFree")
+
+    notes = model_free.quantize(folder, out, step, "cpu")
+
+    assert notes["keptByShape"] == ["lm_head", "model.embed_tokens", "model.layers.0.ln_1"]
+    published = _tensors(out)
+    for kept in ("model.embed_tokens", "model.layers.0.ln_1", "model.layers.0.mlp.gate", "lm_head"):
+        assert torch.equal(published[f"{kept}.weight"], tensors[f"{kept}.weight"]), kept
+    assert "model.layers.0.attn.qkv.weight_packed" in published
+    for expert in range(experts):
+        for projection in ("gate_proj", "up_proj", "down_proj"):
+            assert f"model.layers.0.mlp.experts.{expert}.{projection}.weight_packed" in published
+    assert not any(k.endswith(("gate_up_proj", "experts.down_proj")) for k in published)
+    ignored = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    assert {"lm_head", "re:.*gate$", "model.embed_tokens", "model.layers.0.ln_1"} <= set(ignored)

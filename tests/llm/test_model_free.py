@@ -346,3 +346,9 @@ def test_a_novel_moe_layout_keeps_router_embedding_head_and_scales_and_splits_fu
     assert not any(k.endswith(("gate_up_proj", "experts.down_proj")) for k in published)
     ignored = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
     assert {"lm_head", "re:.*gate$", "model.embed_tokens", "model.layers.0.ln_1"} <= set(ignored)
+
+    # A .safetensors file below the top level is no weight file the vetting read: refused, not rounded.
+    (source / "extra").mkdir()
+    save_file({"x": rand(8, 8)}, str(source / "extra" / "stray.safetensors"))
+    with pytest.raises(ModelError, match=r"extra/stray\.safetensors is not one of the model's weight files"):
+        model_free.quantize(folder, tmp_path / "again", step, "cpu")

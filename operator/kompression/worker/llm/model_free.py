@@ -28,7 +28,8 @@ from llmcompressor.entrypoints.model_free import model_free_ptq
 from safetensors import safe_open
 
 from kompression.api.v1alpha1 import LLMQuantizeStep
-from kompression.worker.errors import StepInvalid
+from kompression.worker.errors import ModelError, StepInvalid
+from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.llm import recipe
 from kompression.worker.model import CheckpointFolder
 
@@ -40,6 +41,14 @@ WEIGHT = ".weight"
 def quantize(source: CheckpointFolder, out: Path, cfg: LLMQuantizeStep, device: str) -> dict[str, Any]:
     """The folder rounded into out (config.json with its quantization_config, the other files
     copied); returns what report.json says about the method."""
+    # The library rounds every .safetensors file under the folder; the vetting read the headers of the
+    # top level's (the model's weights) only.
+    nested = sorted(p.relative_to(source.path).as_posix() for p in source.path.glob("*/**/*.safetensors"))
+    if nested:
+        raise ModelError(
+            f"{MODEL_URI}: method ModelFree rounds every .safetensors file under the folder, and {nested[0]} is "
+            "not one of the model's weight files (those lie at its top level); remove it from the folder"
+        )
     found = kept_by_shape(source)
     ignore = [*recipe.ignore_list(cfg), ROUTERS, *found]
     # On GPUs the library spreads the shards over every device the pod has, one thread each.

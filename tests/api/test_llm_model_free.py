@@ -92,3 +92,11 @@ def test_the_schemes_it_serves_are_the_ones_the_description_names() -> None:
     parse_job(_job(method="ModelFree"))  # W4A16 with RTN, the fixture
     for scheme in LLM_MODEL_FREE_SCHEMES:
         parse_job(_job(scheme=scheme, algorithm="RTN" if scheme != "FP8Dynamic" else None))
+
+
+@pytest.mark.parametrize("scheme", ["W8A8", "FP8", "NVFP4", "MXFP4"])
+def test_a_scheme_it_does_not_serve_gets_one_refusal_not_a_second_about_rtn(scheme: str) -> None:
+    with pytest.raises(SpecInvalid) as info:
+        parse_job(_job(scheme=scheme, algorithm=None))
+    on_method = [e for e in info.value.errors if e.path == "spec.steps[0].llmQuantize.method"]
+    assert len(on_method) == 1 and "serves schemes W4A16, W8A16 and FP8Dynamic" in on_method[0].message

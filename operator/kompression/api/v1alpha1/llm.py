@@ -293,8 +293,9 @@ class LLMQuantizeStep(TechniqueConfig):
             field_path=".method",
         ),
         Rule(
-            cel="!has(self.method) || self.method != 'ModelFree' || self.scheme == 'FP8Dynamic' || "
-            "(has(self.algorithm) && self.algorithm == 'RTN')",
+            cel="!has(self.method) || self.method != 'ModelFree' || !(self.scheme in "
+            + str(list(LLM_WEIGHT_ONLY_SCHEMES))
+            + ") || (has(self.algorithm) && self.algorithm == 'RTN')",
             message="`method` ModelFree rounds to nearest without data: schemes W4A16 and W8A16 take it with "
             "algorithm RTN (GPTQ, their default, AWQ and AutoRound learn from calibration text run through the "
             "model; use method Oneshot for them), FP8Dynamic as it is",

@@ -137,6 +137,9 @@ TABLE = (
             "kvCache": [({"kvCache": "FP8"}, LLM_KV_CACHE)],
             "excludeLayers": [({"excludeLayers": ["re:.*down_proj"]}, LLM_SCHEMES)],
             "backend": [({"backend": "LLMCompressor"}, LLM_SCHEMES), ({"backend": "ModelOpt"}, LLM_MODELOPT)],
+            # ModelFree alone serves FP8Dynamic; the weight-only ints need algorithm RTN with it
+            # (tests/api/test_llm_model_free.py walks those).
+            "method": [({"method": "Oneshot"}, LLM_SCHEMES), ({"method": "ModelFree"}, ("FP8Dynamic",))],
         },
     ),
     Selector(

@@ -27,6 +27,7 @@ from kompression.api.v1alpha1 import (
     ModelInput,
     Result,
     Step,
+    reads_weights_only,
     unmet,
 )
 from kompression.worker import evaluation
@@ -121,6 +122,7 @@ def load(job: CompressionJob, prefix: str, workdir: Path, reporter: Reporter) ->
         model_path,
         fetch_sibling if not objects.parse_uri(spec.model.uri).is_local else None,
         checkpoint=job.spec.image == "worker-llm",  # the LLM techniques work on the folder itself
+        any_architecture=reads_weights_only(s.config for s in spec.steps),  # no model class is built
     )
     prepared = evaluation.prepare(job, model, model_path, workdir, device)
     cache = open_cache(job, model_path, prepared.data, device, workdir)

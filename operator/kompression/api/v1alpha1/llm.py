@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field
 
 from kompression.api.rules import Rule
-from kompression.api.v1alpha1.base import ModulePattern
+from kompression.api.v1alpha1.base import ApiModel, ModulePattern
 from kompression.api.v1alpha1.needs import ALWAYS, AllOf, AnyOf, Given, Requires, TechniqueConfig, When, words
 
 LLMScheme = Literal["W4A16", "W8A16", "W8A8", "FP8Dynamic", "FP8", "NVFP4", "MXFP4"]
@@ -44,6 +45,15 @@ DEFAULT_LLM_BACKEND: LLMBackend = "LLMCompressor"
 # reads them from hf_quant_config.json): W4A16 as INT4 AWQ, FP8 as FP8 per tensor, FP8Dynamic as FP8
 # per channel with dynamic per-token activations, NVFP4. ("FP8" joins LLMScheme with static FP8.)
 MODELOPT_SCHEMES = ("W4A16", "FP8", "FP8Dynamic", "NVFP4")
+# Oneshot loads the model with its transformers class and runs the recipe over it; ModelFree is
+# llm-compressor's model_free_ptq, which reads each safetensors tensor, rounds it to nearest and writes
+# it back, with no model class: for a folder whose architecture transformers does not have.
+LLMQuantizeMethod = Literal["Oneshot", "ModelFree"]
+DEFAULT_LLM_METHOD: LLMQuantizeMethod = "Oneshot"
+# What model_free_ptq can do without a model or data: round weights to nearest (int groups, FP8 per
+# channel) and leave the activations dynamic. W8A8's SmoothQuant, FP8's static activation scales and
+# NVFP4's global scales are learned from calibration text run through the model.
+LLM_MODEL_FREE_SCHEMES = ("W4A16", "W8A16", "FP8Dynamic")
 
 
 def _autoround_only(option: str) -> Rule:
@@ -163,6 +173,20 @@ class LLMQuantizeStep(TechniqueConfig):
         ),
     )
 
+    method: LLMQuantizeMethod | None = Field(
+        None,
+        description=(
+            "How llm-compressor reaches the weights. Oneshot loads the model with its transformers class and "
+            "runs every algorithm and scheme. ModelFree (llm-compressor's model_free_ptq) reads the folder's "
+            "safetensors tensor by tensor and rounds each weight to nearest, with no model class and no data: "
+            "for an architecture transformers does not have yet. It serves schemes "
+            f"{', '.join(LLM_MODEL_FREE_SCHEMES)} (algorithm RTN for the integer ones), without kvCache; the "
+            "token embedding, the output head and MoE routers stay unquantized. Unless transformers knows the "
+            "architecture, the folder cannot be run, so the job measures sizes only and may not name "
+            f"data.evaluation or data.tasks. Unset means {DEFAULT_LLM_METHOD}."
+        ),
+    )
+
     __needs__ = Requires(
         image="worker-llm",
         tokenizer=ALWAYS,
@@ -259,7 +283,43 @@ class LLMQuantizeStep(TechniqueConfig):
             field_path=".symmetric",
         ),
         MODELOPT_NAMES_IN_FULL,
+        # method ModelFree: no model is run, so nothing can be calibrated
+        Rule(
+            cel="!has(self.method) || self.method != 'ModelFree' || self.scheme in "
+            + str(list(LLM_MODEL_FREE_SCHEMES)),
+            message="`method` ModelFree rounds weights to nearest without running the model: it serves schemes "
+            "W4A16, W8A16 and FP8Dynamic; W8A8 (SmoothQuant), FP8 (static activation scales) and NVFP4 learn from "
+            "calibration text run through the model, and MXFP4 is not offered, so use method Oneshot for them",
+            field_path=".method",
+        ),
+        Rule(
+            cel="!has(self.method) || self.method != 'ModelFree' || !(self.scheme in "
+            + str(list(LLM_WEIGHT_ONLY_SCHEMES))
+            + ") || (has(self.algorithm) && self.algorithm == 'RTN')",
+            message="`method` ModelFree rounds to nearest without data: schemes W4A16 and W8A16 take it with "
+            "algorithm RTN (GPTQ, their default, AWQ and AutoRound learn from calibration text run through the "
+            "model; use method Oneshot for them), FP8Dynamic as it is",
+            field_path=".method",
+        ),
+        Rule(
+            cel="!has(self.method) || self.method != 'ModelFree' || !has(self.kvCache)",
+            message="`kvCache` scales are learned from calibration text run through the model, which method "
+            "ModelFree never runs; remove kvCache or use method Oneshot",
+            field_path=".kvCache",
+        ),
+        Rule(
+            cel="!has(self.method) || self.method != 'ModelFree' || !has(self.backend) || "
+            "self.backend == 'LLMCompressor'",
+            message="`backend` ModelOpt cannot take method ModelFree, which is llm-compressor's model_free_ptq "
+            "written as compressed-tensors (backend LLMCompressor); remove one of them",
+            field_path=".backend",
+        ),
     )
+
+    @property
+    def method_or_default(self) -> LLMQuantizeMethod:
+        """How llm-compressor reaches the weights."""
+        return self.method or DEFAULT_LLM_METHOD
 
     @property
     def algorithm_or_default(self) -> LLMAlgorithm:
@@ -292,6 +352,13 @@ class LLMQuantizeStep(TechniqueConfig):
     def backend_or_default(self) -> LLMBackend:
         """The library that quantizes and exports."""
         return self.backend or DEFAULT_LLM_BACKEND
+
+
+def reads_weights_only(configs: Iterable[ApiModel]) -> bool:
+    """Whether every step of a job is an llmQuantize with method ModelFree: the job never builds a
+    model class, so its folder may name an architecture transformers does not have."""
+    steps = list(configs)
+    return bool(steps) and all(isinstance(c, LLMQuantizeStep) and c.method_or_default == "ModelFree" for c in steps)
 
 
 LLMSparsifyMethod = Literal["SparseGPT", "Wanda"]

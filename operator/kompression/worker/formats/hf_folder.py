@@ -70,9 +70,11 @@ OFFLINE = {"local_files_only": True, "trust_remote_code": False}
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,127}$")
 
 
-def vet(folder: Path, where: str) -> CheckpointFolder:
+def vet(folder: Path, where: str, *, any_architecture: bool = False) -> CheckpointFolder:
     """Every check of the folder's contents that can run before transformers reads it; a ModelError
-    naming `where`, the file and what is wrong otherwise."""
+    naming `where`, the file and what is wrong otherwise. any_architecture: the job only reads the
+    weights (llmQuantize method ModelFree), so `architectures` may name a class transformers does not
+    have (the folder's architecture is then None); every other check still holds."""
     if not folder.is_dir() or not (folder / CONFIG).is_file():
         raise ModelError(f"{where}: a HuggingFace model is a folder with config.json; none found")
     pickled = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in PICKLED_WEIGHTS)
@@ -86,7 +88,7 @@ def vet(folder: Path, where: str) -> CheckpointFolder:
     for name, content in settings.items():
         _refuse_code(content, name, where)
     _check_types(config, where)
-    architecture = _architecture(config, where)
+    architecture = _architecture(config, where, required=not any_architecture)
     for shard in sorted(_weights(folder, where)):
         _read_header(folder / shard, where)
     return CheckpointFolder(folder, config, architecture)
@@ -168,8 +170,9 @@ def _check_types(config: dict[str, Any], where: str) -> None:
         raise ModelError(f"{where}: config.json's architectures must be a list of class names, not {_kind(names)}")
 
 
-def _architecture(config: dict[str, Any], where: str) -> type | None:
-    """The model class `architectures` names, which must be one of transformers' model classes."""
+def _architecture(config: dict[str, Any], where: str, *, required: bool = True) -> type | None:
+    """The model class `architectures` names, which must be one of transformers' model classes
+    (unless not `required`: then a plain class name transformers lacks gives None)."""
     names = config.get("architectures")
     if names is None:
         return None
@@ -189,6 +192,8 @@ def _architecture(config: dict[str, Any], where: str) -> type | None:
         and found.__module__.startswith("transformers.models.")
         and isinstance(getattr(found, "config_class", None), type)
     )
+    if not model and not required and found is None and CLASS_NAME.match(name):
+        return None
     if not model:
         raise ModelError(
             f"{where}: config.json's architectures names {name[:100]!r}, which is not a model class of transformers "
@@ -259,6 +264,12 @@ def _auto_class(folder: CheckpointFolder, auto: type) -> type | None:
         return auto._model_mapping[config_class]  # type: ignore[attr-defined, no-any-return]
     except (KeyError, ValueError, AttributeError):
         return None  # from_pretrained names the unknown model_type itself
+
+
+def runnable(folder: CheckpointFolder, auto: type) -> bool:
+    """Whether transformers has a model class for the folder (the one `architectures` names, or the
+    one `auto` maps its model_type to): a folder vetted with any_architecture may have none."""
+    return (folder.architecture or _auto_class(folder, auto)) is not None
 
 
 def load_options(folder: CheckpointFolder, auto: type) -> dict[str, Any]:

@@ -12,17 +12,23 @@ from kompression.worker.model import Model
 
 
 def load_model(
-    source: ModelSource, path: Path, fetch_sibling: Callable[[str], Path] | None = None, *, checkpoint: bool = False
+    source: ModelSource,
+    path: Path,
+    fetch_sibling: Callable[[str], Path] | None = None,
+    *,
+    checkpoint: bool = False,
+    any_architecture: bool = False,
 ) -> Model:
     """Load the model at path (already local) as source.format says, and check its inputs.
 
     fetch_sibling(relative_name) brings a file stored next to the model (ONNX external data)
     into the same local folder; it is only called for names that passed the path checks.
     checkpoint: a HuggingFace folder stays a CheckpointFolder (vetted, not loaded), the model of
-    the LLM techniques, which read and write folders as servers load them.
+    the LLM techniques, which read and write folders as servers load them; any_architecture: its
+    config.json may name an architecture transformers does not have (a job that reads weights only).
     """
     if checkpoint:
-        return hf_folder.vet(path, hf_folder.MODEL_URI)
+        return hf_folder.vet(path, hf_folder.MODEL_URI, any_architecture=any_architecture)
     loaders: dict[str, Callable[[ModelSource, Path], Model]] = {
         "TorchExport": torch_export.load,
         "TorchScript": torchscript.load,

@@ -6,6 +6,8 @@ folder and writes its own, which transformers, vLLM or TensorRT-LLM load as they
   (ranks.py), and rank 0 alone goes on.
 - Model Optimizer (llmQuantize backend ModelOpt): its unified HF checkpoint, which no runtime here
   loads, so the step reports the figures it measured in memory before export.
+- llm-compressor's model_free_ptq (llmQuantize method ModelFree, model_free.py): the safetensors
+  rounded to nearest with no model class, for architectures transformers does not have.
 
 They run in the worker-llm environment (llm-compressor, its torch and transformers); the pipeline
 imports them by name when such a step runs (techniques.TECHNIQUES).
@@ -28,7 +30,7 @@ from kompression.worker.errors import StepInvalid
 from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
-from kompression.worker.llm import modelopt_backend, moe, ranks, recipe, resume, sparsity
+from kompression.worker.llm import model_free, modelopt_backend, moe, ranks, recipe, resume, sparsity
 from kompression.worker.llm.phases import Phases
 from kompression.worker.model import CheckpointFolder, Model
 from kompression.worker.techniques import StepContext, StepResult
@@ -46,6 +48,8 @@ def llm_quantize(model: Model, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
     out = ctx.workdir / "out"
     sharing = ranks.world()  # the ranks part after the first step's save
     calibration = ctx.data.calibration_text.samples if ctx.data.calibration_text else None
+    if cfg.method_or_default == "ModelFree":
+        return _model_free(source, out, ctx)
     if cfg.backend_or_default == "ModelOpt":
         # Scored in memory: no runtime here loads its checkpoint (the API keeps it alone in its job).
         evaluation = ctx.data.evaluation_text.samples if ctx.data.evaluation_text else None
@@ -69,6 +73,23 @@ def llm_quantize(model: Model, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
         folder,
         _notes(notes, folder, source, ctx, peak=peak, sharing=sharing, seconds=seconds),
         summary=f"{cfg.scheme} {notes['algorithm']}",
+    )
+
+
+def _model_free(source: CheckpointFolder, out: Path, ctx: StepContext[LLMQuantizeStep]) -> StepResult:
+    """method ModelFree (model_free.py): rank 0 alone rounds the weights, spreading the shards over
+    every GPU of the pod; the other ranks of a torchrun group only take the plan and leave."""
+    cfg = ctx.config
+    ranks.share(source, cfg, None)
+    ranks.disband()
+    phases = Phases()
+    with ranks.peak_memory(ctx.device) as box, phases("quantize"):
+        notes = model_free.quantize(source, out, cfg, ctx.device)
+    folder = hf_folder.written(out, source, MODEL_URI)
+    return StepResult(
+        folder,
+        _notes(notes, folder, source, ctx, peak=box[0], sharing=1, seconds=phases.seconds),
+        summary=f"{cfg.scheme} {notes['algorithm']} model-free",
     )
 
 
@@ -150,6 +171,9 @@ def calibrate(
     """One llm-compressor step from source into out; returns calibration's peak memory and the
     seconds it spent loading, calibrating and saving. Every rank of a torchrun group runs it
     (ranks.follow); `layers` checkpoints and resumes a single process's calibration."""
+    if isinstance(config, LLMQuantizeStep) and config.method_or_default == "ModelFree":
+        ranks.disband()  # a rank other than 0: rank 0 rounds the weights alone, with no collective to join
+        return 0, {}
     if isinstance(config, LLMSparsifyStep):
         what = f"llmSparsify {config.method} {config.pattern}"
         return _oneshot(source, out, lambda model: sparsity.modifiers(config, model), calibration, what, layers=layers)

@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 
-from kompression.api.v1alpha1 import CompressionJob, DataSource, Metrics
+from kompression.api.v1alpha1 import CompressionJob, DataSource, DataSpec, Metrics
 from kompression.worker.data.texts import read_texts
-from kompression.worker.errors import DataError
+from kompression.worker.errors import DataError, ModelError
 from kompression.worker.evaluation import Prepared
 from kompression.worker.formats import hf_folder
 from kompression.worker.formats.hf_folder import MODEL_URI
 from kompression.worker.formats.size import model_size
-from kompression.worker.llm import tasks, throughput, token_ids
+from kompression.worker.llm import model_free, tasks, throughput, token_ids
 from kompression.worker.llm.perplexity import perplexity
 from kompression.worker.llm.phases import Phases
 from kompression.worker.measure.graphs import Measured, api_device
@@ -30,6 +31,9 @@ def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir:
     """The job's text, tokenized by the folder's tokenizer, and the folder's evaluator."""
     assert isinstance(model, CheckpointFolder)  # evaluation.PREPARE picks this for folders only
     data = job.spec.data
+    runs = hf_folder.runnable(model, AutoModelForCausalLM)
+    if not runs:
+        _refuse_scores(model, data)
     tokenizer = hf_folder.tokenizer(model.path, MODEL_URI)
     calibration = evaluation = suite = None
     if job.spec.needs.calibration:
@@ -40,8 +44,23 @@ def prepare_folder(job: CompressionJob, model: Model, model_path: Path, workdir:
     if data is not None and data.tasks:
         suite = tasks.prepare(data.tasks, workdir)
     sequences = evaluation.samples if evaluation is not None else None
-    evaluate = FolderEvaluator(sequences, suite, device)
+    evaluate = FolderEvaluator(sequences, suite, device) if runs else SizeEvaluator(device)
     return Prepared(model, DataSets(calibration_text=calibration, evaluation_text=evaluation), evaluate)
+
+
+def _refuse_scores(model: CheckpointFolder, data: DataSpec | None) -> None:
+    """A folder no transformers class runs (a job of llmQuantize method ModelFree only) has no
+    perplexity, task accuracy or speed to measure: a job that asks for them fails before any work,
+    never publishing figures it did not measure."""
+    asked = [name for name in ("evaluation", "tasks") if data is not None and getattr(data, name)]
+    if asked:
+        raise ModelError(
+            f"{MODEL_URI}: transformers {transformers.__version__} has no model class for this folder "
+            f"(architectures {model.config.get('architectures')}, model_type {model.config.get('model_type')!r}), "
+            f"so {' and '.join('spec.data.' + n for n in asked)} cannot be scored on it; llmQuantize method "
+            "ModelFree quantizes such a folder, and the job then measures sizes only: remove "
+            f"{' and '.join('data.' + n for n in asked)} (and acceptance.maxPerplexityIncrease and maxAccuracyDrop)"
+        )
 
 
 def _text(source: DataSource, workdir: Path, tokenizer: Any, where: str) -> TokenTexts:
@@ -140,3 +159,22 @@ class FolderEvaluator:
                 else {"tasks": self.suite.describe(), "taskScores": scores.per_task}
             )
         return Measured(metrics, notes={**notes, "scoreSeconds": phases.seconds})
+
+
+class SizeEvaluator:
+    """A folder no transformers class runs: its size, and its parameters counted from the original's
+    safetensors headers; no perplexity, accuracy or speed, and the notes say why."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def __call__(self, model: Model, artifact: Path, reference: Measured | None, /) -> Measured:
+        assert isinstance(model, CheckpointFolder)  # evaluation.PREPARE gives folders this evaluator
+        parameters = model_free.parameter_count(model.path) if reference is None else reference.metrics.parameters
+        metrics = Metrics(sizeBytes=model_size(artifact), parameters=parameters, device=api_device(self.device))
+        why = (
+            f"transformers {transformers.__version__} has no model class for architectures "
+            f"{model.config.get('architectures')} (model_type {model.config.get('model_type')!r}): sizes only, "
+            "no perplexity, task accuracy or decode speed"
+        )
+        return Measured(metrics, notes={"notScored": why})

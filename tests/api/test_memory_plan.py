@@ -107,6 +107,18 @@ def test_model_optimizer_on_a_cpu_holds_the_model_in_float32() -> None:
     assert on_gpu.gpu > sparse.parts["hessians"] and "hessians" not in on_gpu.parts
 
 
+def test_model_free_holds_no_calibration_cache_and_no_layer_copy() -> None:
+    """method ModelFree runs no text through a model: its plan is the runtime, the weights (the step
+    scores the model where transformers has its class) and the published copy, far below Oneshot's."""
+    tensors = _llama_tensors(32, 4096, 11008, 32000)
+    free = memory_plan.plan(LLAMA_7B, tensors, _work(algorithm=memory_plan.MODEL_FREE))
+    oneshot = memory_plan.plan(LLAMA_7B, tensors, _work(algorithm="RTN"))
+    assert set(free.parts) == {"runtime", "weights", "published"}
+    assert free.host == oneshot.host - oneshot.parts["calibrationCache"] - oneshot.parts["layer"]
+    # On a GPU: the largest tensor (the 32000 x 4096 embedding or head) in float32, beside the runtime.
+    assert free.gpu == memory_plan.RUNTIME_GPU + 32000 * 4096 * 2 * 4
+
+
 @pytest.mark.parametrize(
     ("quantity", "n"),
     [("16Gi", 16 * GiB), ("512Mi", 512 * 2**20), ("1G", 10**9), ("1.5Gi", 3 * GiB // 2), ("100", 100)],

@@ -248,3 +248,20 @@ def test_the_steps_pages_memory_examples_are_what_the_operator_decides() -> None
     troubleshooting = (STEPS_PAGE.parent / "troubleshooting.md").read_text()
     for reason in (PLANNING, RESOURCES_TOO_SMALL):
         assert f"| `{reason}` |" in troubleshooting, reason
+
+
+def test_a_model_free_step_is_planned_without_calibration() -> None:
+    """method ModelFree runs no text through a model, so its plan holds no calibration cache: a job
+    that fits it is not refused for the cache Oneshot would have needed."""
+    page = STEPS_PAGE.read_text()
+    section = page[page.index("### Memory planned before the pod starts") :]
+    doc = next(yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "llama-7b-w4a16" in b)
+    for step in doc["spec"]["steps"]:
+        if "llmQuantize" in step:
+            step["llmQuantize"] |= {"method": "ModelFree", "algorithm": "RTN"}
+    doc["spec"].pop("data", None)
+    job = parse_job({**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": "u", "generation": 1}})
+    (work,) = memory.workloads(job)
+    assert work.algorithm == memory_plan.MODEL_FREE
+    config, tensors = _llama_7b()
+    assert "calibrationCache" not in memory_plan.plan(config, tensors, work).parts

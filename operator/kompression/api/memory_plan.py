@@ -58,6 +58,8 @@ SCHEME_BITS: Final = {
     "NVFP4": 4.5,
     "MXFP4": 4.5,
 }
+# llmQuantize's method ModelFree, planned as its own algorithm: no calibration text runs through a model.
+MODEL_FREE: Final = "ModelFree"
 # Algorithms that keep a Hessian (in x in, float32) per Linear of the layer being calibrated.
 HESSIAN_ALGORITHMS: Final = ("GPTQ", "SparseGPT")
 
@@ -116,7 +118,7 @@ class Workload:
     """What the step does: its kind, scheme and algorithm, the calibration text, and where it runs."""
 
     kind: Kind
-    algorithm: str  # GPTQ, AWQ, RTN (llmQuantize), SparseGPT, Wanda (llmSparsify)
+    algorithm: str  # GPTQ, AWQ, RTN, ModelFree (llmQuantize), SparseGPT, Wanda (llmSparsify)
     scheme: str | None  # llmQuantize's; None for llmSparsify
     backend: str  # LLMCompressor or ModelOpt
     samples: int
@@ -229,7 +231,12 @@ def plan(config: dict[str, Any], tensors: dict[str, Tensor], work: Workload) -> 
         heads * work.sequence_length**2 * 4
     )
     published = int(params * SCHEME_BITS.get(work.scheme or "", 16) / 8)
-    if work.backend == "ModelOpt":
+    if work.algorithm == MODEL_FREE:
+        # model_free_ptq rounds one safetensors file at a time; the weights are counted whole because
+        # the step loads the model to score it (perplexity) wherever transformers has its class.
+        parts = {"runtime": RUNTIME_HOST, "weights": weights, "published": published}
+        gpu = RUNTIME_GPU + max((t.nbytes for t in tensors.values()), default=0) * 4 if on_gpu else 0
+    elif work.backend == "ModelOpt":
         # The whole model on one device (float32 on a CPU), changed in place. Model Optimizer's
         # SparseGPT collects every Linear's Hessian in one forward loop before it prunes any.
         all_hessians = (

@@ -36,7 +36,7 @@ def workloads(job: CompressionJob) -> list[Workload]:
     for step in job.spec.steps:
         cfg = step.config
         if isinstance(cfg, LLMQuantizeStep):
-            algorithm = cfg.algorithm_or_default if cfg.scheme in ("W4A16", "W8A16", "W8A8") else "RTN"
+            algorithm: str = cfg.algorithm_or_default if cfg.scheme in ("W4A16", "W8A16", "W8A8") else "RTN"
             if cfg.method_or_default == "ModelFree":
                 algorithm = memory_plan.MODEL_FREE
             out.append(Workload("llmQuantize", algorithm, cfg.scheme, cfg.backend_or_default, samples, length, gpus))

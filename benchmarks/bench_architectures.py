@@ -49,7 +49,8 @@ from kompression.worker.techniques import TECHNIQUES
 IMAGE = 96
 TOKENS = 64
 VOCAB = 1000
-REPEATS = 9
+# Blocks per candidate: at 9, two identical candidates differed by up to a third on the shared 2-core VM.
+REPEATS = 25
 # Each candidate is timed at both, torch and onnxruntime alike, in one interleaved run per count.
 THREADS = (1, 2)
 CALIBRATION = 16

@@ -202,11 +202,25 @@ def _container(job: CompressionJob, settings: Settings) -> dict[str, Any]:
         container["volumeMounts"].append(
             {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": not writable}
         )
-    creds = job.spec.output.credentials
-    if creds is not None:
-        # Referenced by name in the job's own namespace: the values never enter the Job spec.
-        container["envFrom"] = [{"secretRef": {"name": creds.secretName}}]
+    container.update(_credentials(job))
     return container
+
+
+def _credentials(job: CompressionJob) -> dict[str, Any]:
+    """The container's envFrom of the job's credentials Secret, if it names one."""
+    creds = job.spec.output.credentials
+    if creds is None:
+        return {}
+    # Referenced by name in the job's own namespace: the values never enter the Job spec.
+    return {"envFrom": [{"secretRef": {"name": creds.secretName}}]}
+
+
+def _config_volume(name: str) -> dict[str, Any]:
+    """The job's manifest, from its ConfigMap, as the worker reads it."""
+    return {
+        "name": "job",
+        "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+    }
 
 
 def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
@@ -217,10 +231,7 @@ def _volumes(job: CompressionJob) -> list[dict[str, Any]]:
         for volume, claim, writable in _claim_volumes(job)
     ]
     return [
-        {
-            "name": "job",
-            "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
-        },
+        _config_volume(name),
         {
             "name": "progress-token",
             "projected": {
@@ -253,19 +264,25 @@ def _shm(job: CompressionJob) -> list[dict[str, Any]]:
     return [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.memory_or_default}}]
 
 
-def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:
-    res, policy = job.spec.resources, job.spec.runPolicy
+def _pod(container: dict[str, Any], volumes: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """What every pod of the operator's Jobs shares: no retries of its own, no API credentials."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # podFailurePolicy requires it; retries are the Job's
-        # The only credential the pod gets is the single-audience progress token.
+        # The only credential a worker pod gets is the single-audience progress token.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": dict(_POD_SECURITY),
-        "containers": [_container(job, settings)],
-        "volumes": _volumes(job),
+        "containers": [container],
+        "volumes": volumes,
     }
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
+    return spec
+
+
+def _pod_spec(job: CompressionJob, settings: Settings) -> dict[str, Any]:
+    res, policy = job.spec.resources, job.spec.runPolicy
+    spec = _pod(_container(job, settings), _volumes(job), settings)
     if policy.priorityClassName:
         spec["priorityClassName"] = policy.priorityClassName
     tolerations: list[dict[str, Any]] = []
@@ -410,10 +427,7 @@ def build_planning_job(job: CompressionJob, settings: Settings) -> dict[str, Any
         ],
     }
     volumes: list[dict[str, Any]] = [
-        {
-            "name": "job",
-            "configMap": {"name": configmap_name(name), "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
-        },
+        _config_volume(name),
         {"name": "scratch", "emptyDir": {"sizeLimit": PLANNING_RESOURCES["limits"]["ephemeral-storage"]}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
@@ -422,19 +436,8 @@ def build_planning_job(job: CompressionJob, settings: Settings) -> dict[str, Any
     if claim is not None:
         container["volumeMounts"].append({"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    creds = job.spec.output.credentials
-    if creds is not None:
-        container["envFrom"] = [{"secretRef": {"name": creds.secretName}}]
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": dict(_POD_SECURITY),
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if settings.service_account:
-        pod["serviceAccountName"] = settings.service_account
+    container.update(_credentials(job))
+    pod = _pod(container, volumes, settings)
     if settings.worker_node_selector:
         pod["nodeSelector"] = dict(settings.worker_node_selector)
     if settings.extra_tolerations:

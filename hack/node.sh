@@ -205,7 +205,19 @@ import_image() { # tag
   local tar="$NODE_DIR/import.tar"
   rm -f "$tar"
   buildah push --quiet "$tag" "docker-archive:$tar:$tag" >/dev/null
-  ctr_ images import --digests=false "$tar" >/dev/null
+  # containerd 1.6.20's unpacker Stats a layer's snapshot, finds it, and its collector may remove it
+  # before the next layer is prepared on it (a layer only the build this tag replaces held):
+  # "parent snapshot ... does not exist" (containerd/containerd#3787, fixed in a later 1.6). An
+  # import again Stats afresh and unpacks the layer, as the issue's retried pulls do.
+  local attempt err
+  for attempt in 1 2 3; do
+    err=$(ctr_ images import --digests=false "$tar" 2>&1 >/dev/null) && break
+    if [ "$attempt" -eq 3 ] || ! grep -q 'parent snapshot .* does not exist' <<<"$err"; then
+      rm -f "$tar"
+      die "importing $tag failed: $err"
+    fi
+    log "containerd collected a snapshot $tag was being unpacked onto (containerd#3787); importing again"
+  done
   rm -f "$tar"
   mkdir -p "$STORE/imported"
   echo "$id" >"$stamp"

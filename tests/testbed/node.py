@@ -97,8 +97,13 @@ def missing_prerequisites() -> str | None:
     return None
 
 
-def _node_sh(testbed_dir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def node_sh(
+    testbed_dir: Path, *args: str, timeout: float, path_prefix: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """hack/node.sh on `testbed_dir`'s node; `path_prefix` puts commands ahead of the system's."""
     env = {**os.environ, "TESTBED_DIR": str(testbed_dir)}
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
     return subprocess.run([str(NODE_SH), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -110,17 +115,17 @@ def real_node(request: pytest.FixtureRequest) -> Iterator[RealNode]:
     # Only now: a skipped node must not start a cluster first.
     kube: Any = request.getfixturevalue("kube")
     testbed_dir = Path(kube.kubeconfig).parent
-    up = _node_sh(testbed_dir, "up", timeout=300)
+    up = node_sh(testbed_dir, "up", timeout=300)
     if up.returncode != 0:
         logs = testbed_dir / "node" / "logs"
         tails = "".join(f"\n--- {p.name}\n{log_tail(p)}" for p in sorted(logs.glob("*.log"))) if logs.exists() else ""
-        _node_sh(testbed_dir, "down", timeout=120)
+        node_sh(testbed_dir, "down", timeout=120)
         pytest.fail(f"hack/node.sh up failed:\n{up.stderr[-3000:]}{tails}")
     try:
         images = [WORKER_CPU_IMAGE] + [t for t in (OPERATOR_IMAGE, WORKER_LLM_IMAGE) if _image_built(t)]
-        imported = _node_sh(testbed_dir, "import", *images, timeout=1800)
+        imported = node_sh(testbed_dir, "import", *images, timeout=1800)
         assert imported.returncode == 0, imported.stderr[-3000:]
         yield RealNode(NODE_NAME, GATEWAY, testbed_dir, WORKER_CPU_IMAGE, tuple(images))
     finally:
-        down = _node_sh(testbed_dir, "down", timeout=180)
+        down = node_sh(testbed_dir, "down", timeout=180)
         assert down.returncode == 0, down.stderr[-3000:]

@@ -33,8 +33,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import (
+    Medians,
     cpu_flags,
-    interleaved_ms,
+    interleaved_medians,
     job_context,
     load_average,
     table_section,
@@ -282,10 +283,13 @@ def agreement(candidate: Candidate, reference: Candidate, feed: torch.Tensor) ->
     return f"{error:.3f} / {top1:.2f}"
 
 
-def time_candidates(candidates: dict[str, Candidate], x: torch.Tensor) -> dict[int, dict[str, float]]:
-    """Batch-1 median ms of every candidate at each thread count, all interleaved in one run per count."""
+Times = dict[int, dict[str, Medians]]
+
+
+def time_candidates(candidates: dict[str, Candidate], x: torch.Tensor) -> Times:
+    """Batch-1 medians of every candidate at each thread count, all interleaved in one run per count."""
     feed = x.numpy()
-    times: dict[int, dict[str, float]] = {}
+    times: Times = {}
     for threads in THREADS:
         torch.set_num_threads(threads)
         calls: dict[str, Callable[[], Any]] = {}
@@ -296,8 +300,19 @@ def time_candidates(candidates: dict[str, Candidate], x: torch.Tensor) -> dict[i
             else:
                 calls[name] = lambda m=candidate: m(x)
         with torch.inference_mode():
-            times[threads] = interleaved_ms(calls, REPEATS, inner=3, warmup=2, settle_s=0.05, rewarm_s=0.05)
+            times[threads] = interleaved_medians(calls, REPEATS, inner=3, warmup=2, settle_s=0.05, rewarm_s=0.05)
     return times
+
+
+def figures(medians: dict[int, Medians]) -> list[float]:
+    """Wall ms at each thread count, then the 1-thread run's CPU ms (its work alone: see Medians)."""
+    return [*(medians[t].wall_ms for t in THREADS), medians[1].thread_cpu_ms]
+
+
+def ratios(times: Times, ours: str, theirs: str) -> str:
+    """`ours` over `theirs` in each of figures(), as "1t / 2t / 1t CPU"."""
+    mine, other = figures({t: times[t][ours] for t in THREADS}), figures({t: times[t][theirs] for t in THREADS})
+    return " / ".join(f"{a / b:.2f}" for a, b in zip(mine, other, strict=True))
 
 
 def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tuple[list[list[object]], str]:
@@ -372,32 +387,28 @@ def measure(name: str, build: Callable[[], nn.Module], shape: list[int]) -> tupl
     rows: list[list[object]] = []
     for variant, (candidate, sized, reference) in candidates.items():
         against = versus.get(variant) if direct is not None else None
-        ratios = " / ".join(f"{times[t][variant] / times[t][against]:.2f}" for t in THREADS) if against else ""
+        ratio = ratios(times, variant, against) if against else ""
         rows.append(
             [
                 name,
                 variant,
                 f"{gmacs(sized, x):.3f}",
                 f"{mparams(sized):.2f}",
-                *(f"{times[t][variant]:.2f}" for t in THREADS),
-                ratios,
+                *(f"{ms:.2f}" for ms in figures({t: times[t][variant] for t in THREADS})),
+                ratio,
                 "" if candidate is reference else agreement(candidate, reference, held_out),
             ]
         )
     if direct is None:
-        rows.append([name, f"Torch-Pruning direct 0.5: failed ({failure})", *["-"] * 6])
+        rows.append([name, f"Torch-Pruning direct 0.5: failed ({failure})", *["-"] * 7])
     notes = str(result.notes.get("fixedWidthLayers", 0))
     heads = result.notes.get("removedHeads")
     control = ""
     if direct is not None:
-        control = "; A/A control, by hand against its own copy, fp32 {} and int8 {}".format(
-            " / ".join(f"{times[t][AA_FP32] / times[t][hand]:.2f}" for t in THREADS),
-            " / ".join(f"{times[t][AA_INT8] / times[t][hand_int8_name]:.2f}" for t in THREADS),
-        )
-        control += "; the pruned fp32 models timed alone, Kompression / by hand {} (its A/A {})".format(
-            " / ".join(f"{pair[t]['ours'] / pair[t]['hand']:.2f}" for t in THREADS),
-            " / ".join(f"{pair[t]['copy'] / pair[t]['hand']:.2f}" for t in THREADS),
-        )
+        fp32_aa, int8_aa = ratios(times, AA_FP32, hand), ratios(times, AA_INT8, hand_int8_name)
+        control = f"; A/A control, by hand against its own copy, fp32 {fp32_aa} and int8 {int8_aa}"
+        alone, alone_aa = ratios(pair, "ours", "hand"), ratios(pair, "copy", "hand")
+        control += f"; the pruned fp32 models timed alone, Kompression / by hand {alone} (its A/A {alone_aa})"
     timing = (
         f"{name}: load {load_s:.1f} s, prune {prune_s:.1f} s, layers with graph-fixed widths {notes}"
         + (f", attention heads removed {heads}" if heads else "")
@@ -426,7 +437,8 @@ def main() -> None:
                 "GMACs",
                 "params (M)",
                 *(f"batch-1 ms, {t} thread{'s' if t > 1 else ''}" for t in THREADS),
-                "Kompression / by hand (" + " / ".join(f"{t}t" for t in THREADS) + ")",
+                "batch-1 CPU ms, 1 thread",
+                "Kompression / by hand (" + " / ".join(f"{t}t" for t in THREADS) + " / 1t CPU)",
                 "vs reference: rel. error / top-1 agreement",
             ],
             rows,
@@ -444,8 +456,12 @@ def main() -> None:
 
     Latency: batch 1, median of {REPEATS} interleaved blocks of 3 calls per candidate, every candidate
     of a model in one interleaved run per thread count (torch and onnxruntime both at that count);
-    int8 rows run in onnxruntime, the others in torch eager. The ratio column is Kompression's row
-    over the by-hand row of the same kind in the same run (<= 1.00: Kompression at least as fast).
+    int8 rows run in onnxruntime, the others in torch eager. The 1-thread run also records each
+    call's CPU time on the calling thread (`time.thread_time`, the "CPU ms" column): at 1 thread
+    torch and onnxruntime both compute inline on that thread, so the figure is the candidate's own
+    cycles, without the time another process held the core, which moves the wall-clock medians on
+    this shared machine. The ratio column is Kompression's row over the by-hand row of the same kind
+    in the same run, in each of the three figures (<= 1.00: Kompression at least as fast).
     The last column compares Kompression's pruned model with Torch-Pruning's (the same channels
     removed gives 0.000 / 1.00) and each int8 model with the fp32 model it was quantized from, on
     {AGREEMENT_SAMPLES} held-out random inputs: relative L2 error of the outputs and the fraction of

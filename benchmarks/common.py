@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -25,7 +26,23 @@ REPEATS = 7
 K = TypeVar("K")  # a candidate's key: its name, or (name, setting)
 
 
-def interleaved_ms(
+@dataclasses.dataclass(frozen=True)
+class Medians:
+    """One candidate's median ms per call: of the wall clock, and of the calling thread's CPU time.
+    The second is this work's own cycles only where all of it runs on the calling thread (torch at
+    1 thread, onnxruntime with 1 intra-op thread, both of which then compute inline): time another
+    process held the core is then not counted, while cache and frequency effects still are."""
+
+    wall_ms: float
+    thread_cpu_ms: float
+
+
+def interleaved_ms(candidates: Mapping[K, Callable[[], Any]], repeats: int = REPEATS, **timing: Any) -> dict[K, float]:
+    """Median wall ms of one call per candidate: interleaved_medians' wall_ms (timing: its keywords)."""
+    return {name: m.wall_ms for name, m in interleaved_medians(candidates, repeats, **timing).items()}
+
+
+def interleaved_medians(
     candidates: Mapping[K, Callable[[], Any]],
     repeats: int = REPEATS,
     *,
@@ -33,7 +50,7 @@ def interleaved_ms(
     warmup: int = 3,
     settle_s: float = 0.0,
     rewarm_s: float = 0.0,
-) -> dict[K, float]:
+) -> dict[K, Medians]:
     """Median ms of one call per candidate, over `repeats` blocks of `inner` timed calls each, the
     blocks run A,B,C,B,C,A,C,A,B,... so that load from other processes on a shared machine falls
     on every candidate alike instead of on whichever ran during a busy spell. The median is taken
@@ -49,6 +66,7 @@ def interleaved_ms(
         for _ in range(warmup):
             fn()
     samples: dict[K, list[float]] = {name: [] for name in candidates}
+    cpu: dict[K, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for rep in range(repeats):
         # Rotate the starting candidate each repetition, so that none always runs right after the
@@ -61,10 +79,11 @@ def interleaved_ms(
             while time.perf_counter() < warm_until:
                 fn()
             for _ in range(inner):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
+                cpu[name].append((time.thread_time() - start_cpu) * 1000)
+    return {name: Medians(statistics.median(samples[name]), statistics.median(cpu[name])) for name in names}
 
 
 def cpu_flags() -> str:

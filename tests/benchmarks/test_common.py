@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,17 @@ def test_every_benchmark_imports() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_interleaved_medians_count_the_calling_threads_cpu_apart_from_the_wall_clock() -> None:
+    def busy() -> None:  # 5 ms of this thread's own CPU
+        until = time.thread_time() + 0.005
+        while time.thread_time() < until:
+            pass
+
+    medians = common.interleaved_medians({"sleep": lambda: time.sleep(0.02), "busy": busy}, 3, inner=2, warmup=1)
+
+    assert medians["sleep"].wall_ms >= 20
+    assert medians["sleep"].thread_cpu_ms < 5
+    assert medians["busy"].thread_cpu_ms >= 5
+    assert common.interleaved_ms({"sleep": lambda: time.sleep(0.02)}, 2, inner=1, warmup=0)["sleep"] >= 20

@@ -343,11 +343,83 @@ def rebuild(program: Any) -> fx.GraphModule:
             graph.erase_node(node)
         elif str(node.target) in moved:
             node.target = moved[str(node.target)]  # still read directly, e.g. a tied output layer
+    _drop_all_true_masks(graph)
     _dynamic_sizes(graph)
     _plain_signature(graph)
     graph.lint()
     # A plain GraphModule: the exported one refuses train()/eval(), which fine-tuning needs.
     return fx.GraphModule(gm, graph, class_name="RebuiltProgram").eval()
+
+
+_SDPA = aten.scaled_dot_product_attention.default
+# A mask for 8192 tokens a side: larger constants are left to run rather than computed at load.
+_CONSTANT_MAX_ELEMENTS = 8192 * 8192
+
+
+def _drop_all_true_masks(graph: fx.Graph) -> None:
+    """Remove each attention mask that lets every query see every key whatever the input.
+
+    transformers builds an encoder's mask even when none is passed once it is traced, so an exported
+    BERT computes, in every call, an arange, a comparison and an expand to the batch that come out
+    all True, and the attention then applies it (a Where per layer in ONNX, an IsNaN and a Where
+    more in int8) where the eager model applies none. Such a mask is dropped only where its value
+    cannot depend on the input: it reads no input, parameter or buffer, every tensor before its
+    final expands has a fixed shape, and the batch size reaches it only as those expands' sizes;
+    it is then one fixed tensor broadcast, so all True at the example size is all True at any."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != _SDPA:
+            continue
+        mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+        if not isinstance(mask, fx.Node):
+            continue
+        source = mask
+        while source.op == "call_function" and source.target == aten.expand.default:
+            source = source.args[0]  # type: ignore[assignment]
+        value = _constant(source)
+        if value is None or value.dtype != torch.bool or not bool(value.all()):
+            continue
+        if len(node.args) > 3:
+            node.args = (*node.args[:3], None, *node.args[4:])
+        else:
+            node.kwargs = {**node.kwargs, "attn_mask": None}
+        _erase_unused(graph, mask)
+
+
+def _constant(node: fx.Node) -> torch.Tensor | None:
+    """The value of `node`, if it is computed by aten calls on literals alone, else None."""
+    values: dict[fx.Node, Any] = {}
+
+    def value_of(current: fx.Node) -> Any:
+        if current in values:
+            return values[current]
+        if current.op != "call_function" or not isinstance(current.target, torch._ops.OpOverload):
+            raise LookupError(current.name)
+        known = current.meta.get("val")
+        if not isinstance(known, torch.Tensor) or any(not isinstance(d, int) for d in known.shape):
+            raise LookupError(current.name)  # a symbolic shape: the value may depend on the input
+        if known.numel() > _CONSTANT_MAX_ELEMENTS:
+            raise LookupError(current.name)
+        args, kwargs = fx.node.map_arg((current.args, current.kwargs), value_of)
+        values[current] = current.target(*args, **kwargs)
+        return values[current]
+
+    try:
+        result = value_of(node)
+    except LookupError:
+        return None
+    return result if isinstance(result, torch.Tensor) else None
+
+
+def _erase_unused(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase `node` and then whatever fed only it, now that nothing reads it."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current.users or current.op != "call_function":
+            continue
+        inputs = list(current.all_input_nodes)
+        graph.erase_node(current)
+        pending.extend(inputs)
 
 
 def _plain_signature(graph: fx.Graph) -> None:

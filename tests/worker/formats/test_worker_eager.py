@@ -144,6 +144,19 @@ def test_every_prune_method_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, t
         assert float((weights == 0).float().mean()) > 0.3
 
 
+def test_structured_pruning_calls_the_graph_only_with_its_inputs(zoo_pt2: Path, tmp_path: Path) -> None:
+    # Torch-Pruning traces the model with model(*example_inputs): a lone tensor would be unpacked
+    # into unbatched samples first, fail inside the graph, and print that failure to the job's log.
+    model = _load(zoo_pt2)
+    calls: list[tuple[int, ...]] = []
+    # On the first layer: the graph module itself is rebuilt by deepcopy, without its hooks.
+    model.module.get_submodule("stem.0").register_forward_pre_hook(lambda _m, args: calls.append(tuple(args[0].shape)))
+
+    _run({"prune": {"method": "L1Structured", "sparsity": 0.5}}, model, tmp_path)
+
+    assert calls and all(len(shape) == 4 for shape in calls)
+
+
 @pytest.mark.parametrize(("method", "layer"), [("SVD", "mlp.0"), ("Tucker2", "stem.0")])
 def test_low_rank_with_fine_tune_on_a_branching_graph(zoo_pt2: Path, tmp_path: Path, method: str, layer: str) -> None:
     model = _load(zoo_pt2)

@@ -158,7 +158,9 @@ def _structured(
     try:
         pruner = tp.pruner.BasePruner(
             module,
-            example[0] if len(example) == 1 else example,
+            # A tuple, which Torch-Pruning calls the model with as model(*example): a lone tensor
+            # it would first unpack along the batch, and run the model once on the wrong input.
+            example,
             importance=importance,
             pruning_ratio=cfg.sparsity,
             ignored_layers=ignored,

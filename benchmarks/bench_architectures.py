@@ -309,18 +309,15 @@ def figures(medians: dict[int, Medians]) -> list[float]:
     return [*(medians[t].wall_ms for t in THREADS), medians[1].thread_cpu_ms]
 
 
-def ratios(times: Times, ours: str, theirs: str) -> str:
-    """`ours` over `theirs` in each of figures(), as "1t / 2t / 1t CPU"."""
+def ratio_values(times: Times, ours: str, theirs: str) -> list[float]:
+    """`ours` over `theirs` in each of figures(): 1 thread, 2 threads, 1-thread CPU."""
     mine, other = figures({t: times[t][ours] for t in THREADS}), figures({t: times[t][theirs] for t in THREADS})
-    return " / ".join(f"{a / b:.2f}" for a, b in zip(mine, other, strict=True))
+    return [a / b for a, b in zip(mine, other, strict=True)]
 
 
-def one_thread_ratios(times: Times, copy_of: dict[str, str]) -> list[tuple[float, float]]:
-    """Each A/A copy over its original at 1 thread: (wall-clock ratio, CPU-time ratio)."""
-    return [
-        (times[1][c].wall_ms / times[1][o].wall_ms, times[1][c].thread_cpu_ms / times[1][o].thread_cpu_ms)
-        for c, o in copy_of.items()
-    ]
+def ratios(times: Times, ours: str, theirs: str) -> str:
+    """ratio_values as "1t / 2t / 1t CPU"."""
+    return " / ".join(f"{r:.2f}" for r in ratio_values(times, ours, theirs))
 
 
 def measure(
@@ -416,9 +413,15 @@ def measure(
     control = ""
     controls: list[tuple[float, float]] = []
     if direct is not None:
-        controls = one_thread_ratios(times, {AA_FP32: hand, AA_INT8: hand_int8_name}) + one_thread_ratios(
-            pair, {"copy": "hand"}
-        )
+        # Each A/A copy over its original at 1 thread: (wall-clock ratio, CPU-time ratio).
+        controls = [
+            (r[0], r[-1])
+            for r in (
+                ratio_values(times, AA_FP32, hand),
+                ratio_values(times, AA_INT8, hand_int8_name),
+                ratio_values(pair, "copy", "hand"),
+            )
+        ]
         fp32_aa, int8_aa = ratios(times, AA_FP32, hand), ratios(times, AA_INT8, hand_int8_name)
         control = f"; A/A control, by hand against its own copy, fp32 {fp32_aa} and int8 {int8_aa}"
         alone, alone_aa = ratios(pair, "ours", "hand"), ratios(pair, "copy", "hand")
